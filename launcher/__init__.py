@@ -1,0 +1,1 @@
+"""psflow.launcher: the `launch` command and the local process supervisor."""

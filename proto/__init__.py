@@ -1,0 +1,1 @@
+"""psflow.proto: the wire contract between workers and parameter servers."""

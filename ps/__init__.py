@@ -1,0 +1,1 @@
+"""psflow.ps: the parameter-server process (variable store, shards, server-side optimizers)."""

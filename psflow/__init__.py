@@ -1,0 +1,24 @@
+"""psflow: parameter-server training with a TensorFlow-1-style graph engine.
+
+`import psflow as tf` lets most TF1 graph code run unchanged: placeholders, Variables, ops,
+`gradients`, `Session`, and the optimizers in `psflow.train`.
+"""
+
+from . import errors, nn, train
+from .array_ops import concat, gather, one_hot, ones, reshape, transpose, zeros
+from .gradients import IndexedSlices, gradients
+from .graph import (Graph, Node, Tensor, Variable, as_dtype, bool_, constant, float16, float32,
+                    float64, get_default_graph, global_variables, int32, int64, name_scope,
+                    placeholder, reset_default_graph, set_random_seed, trainable_variables)
+from .initializers import (constant_initializer, get_variable, glorot_normal_initializer,
+                           glorot_uniform_initializer, ones_initializer, random_normal,
+                           random_normal_initializer, random_uniform, random_uniform_initializer,
+                           truncated_normal, truncated_normal_initializer, zeros_initializer)
+from .math_ops import (add, add_n, argmax, cast, divide, equal, exp, identity, log, matmul,
+                       multiply, negative, ones_like, reduce_mean, reduce_sum, sqrt, square,
+                       subtract, zeros_like)
+from .nn_ops import sigmoid, tanh
+from .session import Session, get_default_session
+from .state_ops import global_variables_initializer, group, no_op, variables_initializer
+
+__version__ = "0.1.0"

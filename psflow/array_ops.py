@@ -1,0 +1,239 @@
+"""Shape manipulation, concatenation, indexing and embedding lookup; gradients beside each op."""
+
+import numpy as np
+
+from .graph import Node, as_dtype, as_shape, convert_to_tensor, format_shape
+from .gradients import IndexedSlices, register_gradient
+
+
+class Reshape(Node):
+    def __init__(self, x, shape, name=None):
+        x = convert_to_tensor(x)
+        shape = tuple(int(d) for d in shape)
+        if sum(1 for d in shape if d == -1) > 1:
+            raise ValueError(f"reshape to {shape}: at most one dimension may be -1")
+        known = x.shape is not None and None not in x.shape
+        if known:
+            size = int(np.prod(x.shape))
+            fixed = int(np.prod([d for d in shape if d != -1]))
+            if (-1 in shape and (fixed == 0 or size % fixed)) or \
+                    (-1 not in shape and fixed != size):
+                raise ValueError(f"cannot reshape a tensor of shape {format_shape(x.shape)} "
+                                 f"({size} elements) to {shape}")
+        static = tuple(None if d == -1 else d for d in shape)
+        if known and -1 in shape:
+            static = tuple(size // fixed if d == -1 else d for d in shape)
+        self.new_shape = shape
+        super().__init__((x,), name=name, shape=static, dtype=x.dtype)
+
+    def forward(self, x):
+        return np.reshape(x, self.new_shape)
+
+
+class ReshapeLike(Node):
+    """Reshapes a gradient to the run-time shape of the original input."""
+
+    def __init__(self, grad, like):
+        super().__init__((grad, like), shape=like.shape, dtype=grad.dtype)
+
+    def forward(self, grad, like):
+        return np.reshape(grad, np.shape(like))
+
+
+@register_gradient(Reshape)
+def _reshape_grad(op, grad):
+    x = op.inputs[0]
+    if x.shape is not None and None not in x.shape:
+        return [Reshape(grad, x.shape)]
+    return [ReshapeLike(grad, x)]
+
+
+class Transpose(Node):
+    def __init__(self, x, perm=None, name=None):
+        x = convert_to_tensor(x)
+        if perm is None and x.shape is not None:
+            perm = tuple(reversed(range(len(x.shape))))
+        self.perm = None if perm is None else tuple(int(p) for p in perm)
+        shape = None
+        if x.shape is not None:
+            if sorted(self.perm) != list(range(len(x.shape))):
+                raise ValueError(f"transpose: {self.perm} is not a permutation of the axes of "
+                                 f"a tensor of shape {format_shape(x.shape)}")
+            shape = tuple(x.shape[p] for p in self.perm)
+        super().__init__((x,), name=name, shape=shape, dtype=x.dtype)
+
+    def forward(self, x):
+        return np.transpose(x, self.perm)
+
+
+@register_gradient(Transpose)
+def _transpose_grad(op, grad):
+    if op.perm is None:
+        return [Transpose(grad)]
+    return [Transpose(grad, tuple(np.argsort(op.perm)))]
+
+
+class Concat(Node):
+    def __init__(self, values, axis, name=None):
+        values = [convert_to_tensor(v) for v in values]
+        if not values:
+            raise ValueError("concat needs at least one tensor")
+        self.axis = int(axis)
+        shape = None
+        if all(v.shape is not None for v in values):
+            ranks = {len(v.shape) for v in values}
+            if len(ranks) != 1:
+                raise ValueError("concat: tensors have different ranks: " +
+                                 ", ".join(format_shape(v.shape) for v in values))
+            rank = ranks.pop()
+            if not -rank <= self.axis < rank:
+                raise ValueError(f"concat: axis {self.axis} out of range for rank {rank}")
+            ax = self.axis % rank
+            dims = [v.shape[ax] for v in values]
+            total = None if None in dims else sum(dims)
+            shape = values[0].shape[:ax] + (total,) + values[0].shape[ax + 1:]
+        super().__init__(values, name=name, shape=shape, dtype=values[0].dtype)
+
+    def forward(self, *values):
+        return np.concatenate(values, axis=self.axis)
+
+
+class ConcatGrad(Node):
+    """The slice of a concat's gradient that belongs to input `index`."""
+
+    def __init__(self, grad, inputs, index, axis):
+        self.index, self.axis = index, axis
+        super().__init__((grad,) + tuple(inputs), shape=inputs[index].shape,
+                         dtype=grad.dtype)
+
+    def forward(self, grad, *values):
+        axis = self.axis % grad.ndim
+        start = sum(v.shape[axis] for v in values[:self.index])
+        stop = start + values[self.index].shape[axis]
+        key = (slice(None),) * axis + (slice(start, stop),)
+        return grad[key]
+
+
+@register_gradient(Concat)
+def _concat_grad(op, grad):
+    return [ConcatGrad(grad, op.inputs, i, op.axis) for i in range(len(op.inputs))]
+
+
+class Gather(Node):
+    """Rows of `params` picked by integer `indices` (an embedding lookup)."""
+
+    def __init__(self, params, indices, name=None):
+        params, indices = convert_to_tensor(params), convert_to_tensor(indices)
+        if indices.dtype is not None and indices.dtype.kind not in "iu":
+            raise TypeError(f"gather: indices must be integers, {indices.name!r} is "
+                            f"{indices.dtype.name}")
+        shape = None
+        if params.shape is not None and indices.shape is not None:
+            shape = indices.shape + params.shape[1:]
+        super().__init__((params, indices), name=name, shape=shape, dtype=params.dtype)
+
+    def forward(self, params, indices):
+        return np.take(params, indices, axis=0)
+
+
+class GatherGrad(Node):
+    """The gradient of `gather` for `params`: only the looked-up rows, as IndexedSlices."""
+
+    is_sparse = True
+
+    def __init__(self, grad, params, indices):
+        super().__init__((grad, params, indices), shape=params.shape, dtype=grad.dtype)
+
+    def forward(self, grad, params, indices):
+        indices = np.asarray(indices).reshape(-1)
+        values = np.reshape(grad, (indices.size,) + params.shape[1:])
+        return IndexedSlices(values, indices, params.shape)
+
+
+@register_gradient(Gather)
+def _gather_grad(op, grad):
+    params, indices = op.inputs
+    return [GatherGrad(grad, params, indices), None]
+
+
+class GetItem(Node):
+    """`x[key]` for a static key of ints, slices, Ellipsis and None (numpy basic indexing)."""
+
+    def __init__(self, x, key):
+        x = convert_to_tensor(x)
+        key = key if isinstance(key, tuple) else (key,)
+        for k in key:
+            if not (k is None or k is Ellipsis or isinstance(k, (int, np.integer, slice))):
+                raise TypeError(f"indexing {x.name!r}: only ints, slices, ... and None are "
+                                f"supported, got {k!r}; use gather() to pick rows by a tensor")
+        self.key = key
+        shape = None
+        if x.shape is not None and None not in x.shape:
+            shape = np.empty(x.shape, dtype=np.bool_)[key].shape
+        super().__init__((x,), name="strided_slice", shape=shape, dtype=x.dtype)
+
+    def forward(self, x):
+        return x[self.key]
+
+
+class GetItemGrad(Node):
+    def __init__(self, grad, x, key):
+        self.key = key
+        super().__init__((grad, x), shape=x.shape, dtype=grad.dtype)
+
+    def forward(self, grad, x):
+        out = np.zeros(x.shape, dtype=grad.dtype)
+        out[self.key] = grad  # basic indexing never selects an element twice
+        return out
+
+
+@register_gradient(GetItem)
+def _getitem_grad(op, grad):
+    return [GetItemGrad(grad, op.inputs[0], op.key)]
+
+
+class OneHot(Node):
+    def __init__(self, indices, depth, on_value=1.0, off_value=0.0, dtype=np.float32,
+                 name=None):
+        indices = convert_to_tensor(indices)
+        self.depth = int(depth)
+        self.on_value, self.off_value = on_value, off_value
+        shape = None if indices.shape is None else indices.shape + (self.depth,)
+        super().__init__((indices,), name=name, shape=shape, dtype=as_dtype(dtype))
+
+    def forward(self, indices):
+        hot = np.asarray(indices)[..., None] == np.arange(self.depth)
+        return np.where(hot, self.on_value, self.off_value).astype(self.dtype)
+
+
+def reshape(x, shape, name=None):
+    return Reshape(x, shape, name=name)
+
+
+def transpose(x, perm=None, name=None):
+    return Transpose(x, perm, name=name)
+
+
+def concat(values, axis, name=None):
+    return Concat(values, axis, name=name)
+
+
+def gather(params, indices, name=None):
+    return Gather(params, indices, name=name)
+
+
+def one_hot(indices, depth, on_value=1.0, off_value=0.0, dtype=np.float32, name=None):
+    return OneHot(indices, depth, on_value, off_value, dtype, name=name)
+
+
+def zeros(shape, dtype=np.float32, name=None):
+    from .graph import Constant
+    return Constant(np.zeros(as_shape(shape), dtype=as_dtype(dtype)), name=name or "zeros")
+
+
+def ones(shape, dtype=np.float32, name=None):
+    from .graph import Constant
+    return Constant(np.ones(as_shape(shape), dtype=as_dtype(dtype)), name=name or "ones")
+
+
+Node.__getitem__ = lambda self, key: GetItem(self, key)

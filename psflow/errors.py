@@ -1,0 +1,29 @@
+"""Exceptions raised by psflow, named after their TensorFlow 1.x counterparts."""
+
+
+class PsflowError(Exception):
+    """Base class of every error psflow raises on purpose."""
+
+
+class InvalidArgumentError(PsflowError, ValueError):
+    """A value given to an op or a session was not of the expected shape, dtype or range."""
+
+
+class FailedPreconditionError(PsflowError, RuntimeError):
+    """The system is not in a state the operation needs (e.g. an uninitialized variable)."""
+
+
+class NotFoundError(PsflowError, KeyError):
+    """A named entity (a variable, a checkpoint) does not exist."""
+
+    def __str__(self):
+        # KeyError quotes its message; keep it readable.
+        return str(self.args[0]) if self.args else ""
+
+
+class GraphMismatchError(PsflowError, ValueError):
+    """Nodes from two different graphs were combined."""
+
+
+class NoGradientError(PsflowError, LookupError):
+    """A gradient was requested through an op that has none."""

@@ -1,0 +1,393 @@
+"""The computational graph: nodes, placeholders, constants, variables and the default graph.
+
+A graph only describes a computation. Values live elsewhere: a `Session` keeps the values of one
+run in a dict local to that run and the values of Variables in its variable store, so one graph
+can be run from several threads and by several sessions.
+"""
+
+import contextlib
+import threading
+
+import numpy as np
+
+from .errors import GraphMismatchError
+
+float16 = np.dtype(np.float16)
+float32 = np.dtype(np.float32)
+float64 = np.dtype(np.float64)
+int32 = np.dtype(np.int32)
+int64 = np.dtype(np.int64)
+bool_ = np.dtype(np.bool_)
+FLOAT_DTYPES = (float16, float32, float64)
+
+
+def as_dtype(dtype):
+    """Returns `dtype` as a numpy dtype; accepts numpy dtypes, their names and Python types."""
+    if dtype is float:
+        return float32
+    if dtype is int:
+        return int32
+    try:
+        return np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{dtype!r} is not a dtype") from exc
+
+
+def as_shape(shape):
+    """Returns `shape` as a tuple of ints and Nones, or None for a shape of unknown rank."""
+    if shape is None:
+        return None
+    if isinstance(shape, (int, np.integer)):
+        shape = (shape,)
+    try:
+        dims = tuple(shape)
+    except TypeError as exc:
+        raise TypeError(f"{shape!r} is not a shape: expected a list of ints or None") from exc
+    for dim in dims:
+        if dim is not None and not (isinstance(dim, (int, np.integer)) and dim >= 0):
+            raise ValueError(f"{shape!r} is not a shape: dimension {dim!r} is not a "
+                             "non-negative int or None")
+    return tuple(None if d is None else int(d) for d in dims)
+
+
+def format_shape(shape):
+    """Formats a static shape the way TensorFlow prints it: `(?, 64)`."""
+    if shape is None:
+        return "<unknown>"
+    inner = ", ".join("?" if d is None else str(d) for d in shape)
+    return f"({inner},)" if len(shape) == 1 else f"({inner})"
+
+
+def shape_compatible(static, actual):
+    """True if the concrete shape `actual` fits the partially known shape `static`."""
+    if static is None:
+        return True
+    if len(static) != len(actual):
+        return False
+    return all(s is None or s == a for s, a in zip(static, actual))
+
+
+class Graph:
+    """A set of nodes; `as_default()` makes it the graph new nodes are added to."""
+
+    def __init__(self):
+        self.nodes = []
+        self.variables = []
+        self.seed = None
+        self._names = {}
+        self._name_stack = []
+        self._lock = threading.Lock()
+
+    def unique_name(self, base):
+        """Returns `base` under the current name scope, with a suffix if it was taken already."""
+        full = "/".join(self._name_stack + [base])
+        with self._lock:
+            count = self._names.get(full, 0)
+            self._names[full] = count + 1
+        return full if count == 0 else f"{full}_{count}"
+
+    def add_node(self, node):
+        self.nodes.append(node)
+        if isinstance(node, Variable):
+            self.variables.append(node)
+
+    @contextlib.contextmanager
+    def as_default(self):
+        """Context manager in which `get_default_graph()` returns this graph."""
+        _default_graph_stack.stack.append(self)
+        try:
+            yield self
+        finally:
+            _default_graph_stack.stack.pop()
+
+    @contextlib.contextmanager
+    def name_scope(self, name):
+        """Context manager that prefixes the names of nodes created inside it with `name/`."""
+        self._name_stack.append(name)
+        try:
+            yield name + "/"
+        finally:
+            self._name_stack.pop()
+
+    def get_node_by_name(self, name):
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(f"no node named {name!r} in this graph")
+
+
+class _DefaultGraphStack(threading.local):
+    def __init__(self):
+        self.stack = []
+
+
+_default_graph_stack = _DefaultGraphStack()
+_global_default_graph = Graph()
+
+
+def get_default_graph():
+    """The graph new nodes go to: the innermost `as_default()` graph, else the global one."""
+    stack = _default_graph_stack.stack
+    return stack[-1] if stack else _global_default_graph
+
+
+def reset_default_graph():
+    """Replaces the global default graph with a new empty one."""
+    global _global_default_graph
+    if _default_graph_stack.stack:
+        raise RuntimeError("reset_default_graph() called inside a `with graph.as_default()` block")
+    _global_default_graph = Graph()
+
+
+def name_scope(name):
+    """`with psflow.name_scope("layer1"):` prefixes the names of new nodes."""
+    return get_default_graph().name_scope(name)
+
+
+def set_random_seed(seed):
+    """Sets the graph-level seed: random initializers become deterministic."""
+    get_default_graph().seed = int(seed)
+
+
+class Node:
+    """A node of the graph; evaluating it in a session gives a numpy array (or None for ops
+    run only for their effect, like a train op).
+
+    `shape` is the static shape (a tuple with None for unknown dimensions, or None when even
+    the rank is unknown); `dtype` is a numpy dtype, or None when the node has no value.
+    """
+
+    is_sparse = False  # True for gradient nodes whose value is an IndexedSlices
+
+    def __init__(self, inputs=(), name=None, shape=None, dtype=None, graph=None,
+                 unique_name=None):
+        inputs = tuple(inputs)
+        if graph is None:
+            graph = inputs[0].graph if inputs else get_default_graph()
+        for node in inputs:
+            if node.graph is not graph:
+                raise GraphMismatchError(
+                    f"cannot combine {node.name!r} and a node of another graph in "
+                    f"{type(self).__name__}: every input of an op must come from the same graph")
+        self.graph = graph
+        self.inputs = inputs
+        self.shape = shape
+        self.dtype = dtype
+        self.name = unique_name or graph.unique_name(name or type(self).__name__)
+        graph.add_node(self)
+
+    def executor(self, session):
+        """Returns the function a session calls with the input values to get this node's value.
+        Stateful nodes (variables, assignments, train ops) bind to the session's store here."""
+        return self.forward
+
+    def forward(self, *values):
+        raise NotImplementedError(f"{type(self).__name__} has no forward")
+
+    def eval(self, feed_dict=None, session=None):
+        """Evaluates this node in `session`, or in the default session."""
+        from .session import get_default_session
+        session = session or get_default_session()
+        if session is None:
+            raise ValueError(f"cannot evaluate {self.name!r}: no session given and no default "
+                             "session (use `with psflow.Session() as sess:`)")
+        return session.run(self, feed_dict=feed_dict)
+
+    run = eval
+
+    def get_shape(self):
+        return self.shape
+
+    def __repr__(self):
+        dtype = self.dtype.name if self.dtype is not None else "none"
+        return f"<{type(self).__name__} {self.name!r} shape={format_shape(self.shape)} " \
+               f"dtype={dtype}>"
+
+    # Graph nodes are compared by identity (as in TF1), so they can be dict keys.
+    __hash__ = object.__hash__
+
+
+Tensor = Node
+
+
+class Placeholder(Node):
+    """A value that must be fed to `Session.run` in `feed_dict`."""
+
+    def __init__(self, dtype=float32, shape=None, name=None):
+        super().__init__(name=name or "Placeholder", shape=as_shape(shape),
+                         dtype=as_dtype(dtype))
+
+    def forward(self):
+        # Only reached when the placeholder is needed but was not fed; the session reports it.
+        raise AssertionError("placeholder evaluated without a feed")
+
+
+def placeholder(dtype=float32, shape=None, name=None):
+    """A placeholder, TF1 style: `placeholder(psflow.float32, shape=(None, 64), name="x")`.
+
+    The first argument is the dtype as in TensorFlow; a list or tuple there is taken as the
+    shape (`placeholder((None, 64), psflow.float32)`) since that order reads naturally too.
+    """
+    if isinstance(dtype, (list, tuple)):
+        dtype, shape = (shape if shape is not None else float32), dtype
+    return Placeholder(dtype=dtype, shape=shape, name=name)
+
+
+class Constant(Node):
+    """A fixed value stored in the graph."""
+
+    def __init__(self, value, dtype=None, name=None, graph=None):
+        value = np.array(value, dtype=_default_dtype(value, dtype))
+        value.setflags(write=False)
+        self.value = value
+        super().__init__(name=name or "Const", shape=value.shape, dtype=value.dtype,
+                         graph=graph)
+
+    def forward(self):
+        return self.value
+
+
+def _default_dtype(value, dtype):
+    """TensorFlow's conversion rule: Python floats become float32 and ints int32, numpy
+    values keep their dtype."""
+    if dtype is not None:
+        return as_dtype(dtype)
+    if isinstance(value, np.ndarray) or isinstance(value, np.generic):
+        return value.dtype
+    arr = np.asarray(value)
+    if arr.dtype == np.float64:
+        return float32
+    if arr.dtype == np.int64:
+        return int32
+    return arr.dtype
+
+
+def constant(value, dtype=None, shape=None, name=None):
+    """A constant node; with `shape`, a scalar `value` is broadcast to that shape."""
+    if shape is not None:
+        value = np.broadcast_to(np.asarray(value, dtype=_default_dtype(value, dtype)),
+                                as_shape(shape))
+    return Constant(value, dtype=dtype, name=name)
+
+
+def convert_to_tensor(value, dtype=None, graph=None):
+    """Returns `value` if it is a node, else a Constant holding it (of `dtype` if given, so
+    `x * 2` keeps the dtype of x)."""
+    if isinstance(value, Node):
+        return value
+    if dtype is not None and not isinstance(value, np.ndarray):
+        return Constant(value, dtype=dtype, graph=graph)
+    return Constant(value, graph=graph)
+
+
+class Variable(Node):
+    """A trainable or stateful value that persists across `Session.run` calls.
+
+    `initial_value` may be an array, a Python number, a node (evaluated when the initializer
+    runs) or a callable returning either.
+    """
+
+    def __init__(self, initial_value, trainable=True, name=None, dtype=None):
+        if callable(initial_value) and not isinstance(initial_value, Node):
+            initial_value = initial_value()
+        graph = get_default_graph()
+        name = graph.unique_name(name or "Variable")
+        with graph.name_scope(name):
+            init = convert_to_tensor(initial_value, dtype=dtype)
+            if dtype is not None and init.dtype != as_dtype(dtype):
+                from .math_ops import cast
+                init = cast(init, dtype)
+        self.initial_value = init
+        self.trainable = bool(trainable)
+        super().__init__(shape=init.shape, dtype=init.dtype, graph=graph, unique_name=name)
+        self._initializer_op = None
+
+    def executor(self, session):
+        read = session.store.read
+        return lambda: read(self)
+
+    @property
+    def initializer(self):
+        """The op that assigns this variable its initial value."""
+        if self._initializer_op is None:
+            from .state_ops import variables_initializer
+            self._initializer_op = variables_initializer([self], name=self.name + "/Assign")
+        return self._initializer_op
+
+    def assign(self, value, name=None):
+        from .state_ops import Assign
+        return Assign(self, convert_to_tensor(value, dtype=self.dtype), name=name)
+
+    def assign_add(self, delta, name=None):
+        from .state_ops import Assign
+        return Assign(self, convert_to_tensor(delta, dtype=self.dtype), mode="add", name=name)
+
+    def assign_sub(self, delta, name=None):
+        from .state_ops import Assign
+        return Assign(self, convert_to_tensor(delta, dtype=self.dtype), mode="sub", name=name)
+
+    def read_value(self):
+        from .math_ops import identity
+        return identity(self)
+
+
+def global_variables(graph=None):
+    """Every Variable of the (default) graph."""
+    return list((graph or get_default_graph()).variables)
+
+
+def trainable_variables(graph=None):
+    """The Variables created with `trainable=True`."""
+    return [v for v in (graph or get_default_graph()).variables if v.trainable]
+
+
+def topological_order(targets, stop_at=()):
+    """Every node that `targets` depend on, each once, inputs before the nodes that use them.
+
+    Traversal does not go past nodes in `stop_at` (fed placeholders) though they are included.
+    The order serves both a session's forward pass and `gradients`' reverse pass.
+    """
+    order = []
+    visited = set()
+    stop_at = set(stop_at)
+    for target in targets:
+        if target in visited:
+            continue
+        # Iterative depth-first search, so deep graphs don't hit Python's recursion limit.
+        stack = [(target, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if expanded:
+                order.append(node)
+                continue
+            if node in visited:
+                continue
+            visited.add(node)
+            stack.append((node, True))
+            if node not in stop_at:
+                for inp in reversed(node.inputs):
+                    if inp not in visited:
+                        stack.append((inp, False))
+    return order
+
+
+def broadcast_static(a, b):
+    """The static shape of broadcasting shapes `a` and `b` (None where unknown)."""
+    if a is None or b is None:
+        return None
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        da = a[-i] if i <= len(a) else 1
+        db = b[-i] if i <= len(b) else 1
+        if da == 1:
+            out.append(db)
+        elif db == 1:
+            out.append(da)
+        elif da is None or db is None:
+            out.append(da if db is None else db)
+        elif da != db:
+            raise ValueError(f"shapes {format_shape(a)} and {format_shape(b)} cannot be "
+                             "broadcast together")
+        else:
+            out.append(da)
+    return tuple(reversed(out))

@@ -1,0 +1,177 @@
+"""Initializers (callables `(shape, dtype) -> array`), random ops and `get_variable`.
+
+Randomness is seeded as in TensorFlow: an op-level `seed`, a graph-level seed
+(`psflow.set_random_seed`), or both make results repeatable; neither gives fresh randomness.
+"""
+
+import numpy as np
+
+from .graph import Node, Variable, as_dtype, as_shape, float32, get_default_graph
+
+
+def _generator(seed, graph=None):
+    graph = graph or get_default_graph()
+    if seed is None and graph.seed is None:
+        return np.random.default_rng()
+    if seed is None:
+        # Derive a distinct, repeatable seed for each random op of a seeded graph.
+        graph.random_ops = getattr(graph, "random_ops", 0) + 1
+        seed = graph.random_ops
+    return np.random.default_rng([graph.seed or 0, int(seed)])
+
+
+def _fans(shape):
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    receptive = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    return shape[-2] * receptive, shape[-1] * receptive
+
+
+class Initializer:
+    def __call__(self, shape, dtype=float32):
+        shape = as_shape(shape)
+        if shape is None or None in shape:
+            raise ValueError(f"{type(self).__name__} needs a fully known shape, got {shape}")
+        return np.asarray(self.sample(shape), dtype=as_dtype(dtype))
+
+    def sample(self, shape):
+        raise NotImplementedError
+
+
+class zeros_initializer(Initializer):
+    def sample(self, shape):
+        return np.zeros(shape)
+
+
+class ones_initializer(Initializer):
+    def sample(self, shape):
+        return np.ones(shape)
+
+
+class constant_initializer(Initializer):
+    def __init__(self, value=0.0):
+        self.value = value
+
+    def sample(self, shape):
+        return np.broadcast_to(np.asarray(self.value), shape)
+
+
+class _RandomInitializer(Initializer):
+    """An initializer that draws from a distribution; `draw` is shared with the random ops."""
+
+    def sample(self, shape):
+        return self.draw(_generator(self.seed), shape)
+
+    def draw(self, rng, shape):
+        raise NotImplementedError
+
+
+class random_normal_initializer(_RandomInitializer):
+    def __init__(self, mean=0.0, stddev=1.0, seed=None):
+        self.mean, self.stddev, self.seed = mean, stddev, seed
+
+    def draw(self, rng, shape):
+        return rng.normal(self.mean, self.stddev, shape)
+
+
+class truncated_normal_initializer(_RandomInitializer):
+    """Normal samples redrawn until within two standard deviations of the mean."""
+
+    def __init__(self, mean=0.0, stddev=1.0, seed=None):
+        self.mean, self.stddev, self.seed = mean, stddev, seed
+
+    def draw(self, rng, shape):
+        return _truncated_normal(rng, self.mean, self.stddev, shape)
+
+
+class random_uniform_initializer(_RandomInitializer):
+    def __init__(self, minval=0.0, maxval=1.0, seed=None):
+        self.minval, self.maxval, self.seed = minval, maxval, seed
+
+    def draw(self, rng, shape):
+        return rng.uniform(self.minval, self.maxval, shape)
+
+
+class glorot_uniform_initializer(Initializer):
+    """Uniform in +-sqrt(6 / (fan_in + fan_out)); TensorFlow's default for get_variable."""
+
+    def __init__(self, seed=None):
+        self.seed = seed
+
+    def sample(self, shape):
+        fan_in, fan_out = _fans(shape)
+        limit = np.sqrt(6.0 / max(fan_in + fan_out, 1))
+        return _generator(self.seed).uniform(-limit, limit, shape)
+
+
+class glorot_normal_initializer(Initializer):
+    def __init__(self, seed=None):
+        self.seed = seed
+
+    def sample(self, shape):
+        fan_in, fan_out = _fans(shape)
+        stddev = np.sqrt(2.0 / max(fan_in + fan_out, 1))
+        return _truncated_normal(_generator(self.seed), 0.0, stddev, shape)
+
+
+def _truncated_normal(rng, mean, stddev, shape):
+    out = rng.normal(0.0, 1.0, shape)
+    bad = np.abs(out) > 2.0
+    while bad.any():
+        out[bad] = rng.normal(0.0, 1.0, int(bad.sum()))
+        bad = np.abs(out) > 2.0
+    return mean + stddev * out
+
+
+class RandomOp(Node):
+    """Draws fresh random numbers each time it runs, from its own seeded generator."""
+
+    def __init__(self, initializer, shape, dtype, name):
+        shape = as_shape(shape)
+        if shape is None or None in shape:
+            raise ValueError(f"{name} needs a fully known shape, got {shape}")
+        self.initializer = initializer
+        super().__init__(name=name, shape=shape, dtype=as_dtype(dtype))
+        self.rng = _generator(initializer.seed, self.graph)
+
+    def forward(self):
+        return np.asarray(self.initializer.draw(self.rng, self.shape), dtype=self.dtype)
+
+
+def random_normal(shape, mean=0.0, stddev=1.0, dtype=float32, seed=None, name=None):
+    """A node of normal random numbers, drawn anew at each run."""
+    return RandomOp(random_normal_initializer(mean, stddev, seed), shape, dtype,
+                    name or "random_normal")
+
+
+def truncated_normal(shape, mean=0.0, stddev=1.0, dtype=float32, seed=None, name=None):
+    return RandomOp(truncated_normal_initializer(mean, stddev, seed), shape, dtype,
+                    name or "truncated_normal")
+
+
+def random_uniform(shape, minval=0.0, maxval=1.0, dtype=float32, seed=None, name=None):
+    return RandomOp(random_uniform_initializer(minval, maxval, seed), shape, dtype,
+                    name or "random_uniform")
+
+
+def get_variable(name, shape=None, dtype=float32, initializer=None, trainable=True):
+    """A new Variable named `name`: `initializer` (default glorot_uniform) gives its value,
+    or is itself the value (an array or a number) when it is not an Initializer."""
+    graph = get_default_graph()
+    full = "/".join(graph._name_stack + [name])
+    if any(v.name == full for v in graph.variables):
+        raise ValueError(f"variable {full!r} already exists in this graph")
+    if initializer is None:
+        initializer = glorot_uniform_initializer()
+    if isinstance(initializer, Initializer):
+        if shape is None:
+            raise ValueError(f"get_variable({name!r}): a shape is needed with an initializer")
+        value = initializer(shape, dtype)
+    else:
+        value = np.asarray(initializer, dtype=as_dtype(dtype))
+        if shape is not None and value.shape != as_shape(shape):
+            raise ValueError(f"get_variable({name!r}): initial value of shape {value.shape} "
+                             f"does not match shape {as_shape(shape)}")
+    return Variable(value, trainable=trainable, name=name)

@@ -1,0 +1,242 @@
+"""`Session`: runs parts of a graph. A run computes only what its fetches need, each node once,
+in one topological order; the order is planned once per (fetches, fed nodes) and reused."""
+
+import threading
+
+import numpy as np
+
+from .errors import FailedPreconditionError, InvalidArgumentError, PsflowError
+from .graph import (Node, Placeholder, Variable, format_shape, get_default_graph,
+                    shape_compatible, topological_order)
+
+
+class LocalVariableStore:
+    """Variable values and optimizer slots held in this process.
+
+    The interface (read, assign, apply_gradients) is what a distributed session replaces with
+    calls to parameter servers.
+    """
+
+    def __init__(self):
+        self.values = {}
+        self.slots = {}
+        self._lock = threading.Lock()
+
+    def read(self, var):
+        try:
+            return self.values[var]
+        except KeyError:
+            raise FailedPreconditionError(
+                f"attempting to use uninitialized variable {var.name!r}: run "
+                "psflow.global_variables_initializer() (or the variable's initializer) "
+                "first") from None
+
+    def is_initialized(self, var):
+        return var in self.values
+
+    def assign(self, var, value):
+        value = np.array(value, dtype=var.dtype)  # an owned copy: later updates are in place
+        if not shape_compatible(var.shape, value.shape):
+            raise InvalidArgumentError(
+                f"cannot assign a value of shape {format_shape(value.shape)} to variable "
+                f"{var.name!r} of shape {format_shape(var.shape)}")
+        self.values[var] = value
+
+    def apply_gradients(self, rule, grads_and_vars):
+        """Applies `rule` (an update rule of psflow.train.update_rules, with its
+        hyperparameters bound) to each variable, in place."""
+        with self._lock:
+            for grad, var in grads_and_vars:
+                value = self.read(var)
+                slots = self.slots.get(var)
+                if slots is None:
+                    slots = self.slots[var] = rule.init_slots(value)
+                rule.apply(value, grad, slots)
+
+
+class _Plan:
+    """The steps of one kind of run: (node, function, input nodes) in topological order."""
+
+    __slots__ = ("steps", "variables")
+
+    def __init__(self, steps, variables):
+        self.steps = steps
+        self.variables = variables
+
+
+class Session:
+    """Runs graph nodes: `sess.run(fetches, feed_dict)`.
+
+    `fetches` is a node, a node's name, or a list, tuple or dict of them (nested as you like);
+    the result has the same structure with numpy arrays in place of nodes (None for ops that
+    have no value, such as a train op).
+    """
+
+    def __init__(self, graph=None, store=None):
+        self.graph = graph or get_default_graph()
+        self.store = store or LocalVariableStore()
+        self._plans = {}
+        self._closed = False
+        self._default_context = None
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self, fetches, feed_dict=None):
+        if self._closed:
+            raise RuntimeError("attempted to use a closed Session")
+        flat = []
+        structure = self._flatten(fetches, flat)
+        feeds = self._convert_feeds(feed_dict) if feed_dict else {}
+        key = (tuple(flat), frozenset(feeds))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._make_plan(flat, feeds)
+        values = self._execute(plan, feeds)
+        results = [_fetched(node, values[node]) for node in flat]
+        return _rebuild(structure, iter(results))
+
+    def _execute(self, plan, feeds):
+        values = dict(feeds)
+        node = None
+        try:
+            for node, fn, inputs in plan.steps:
+                values[node] = fn(*[values[i] for i in inputs])
+        except PsflowError:
+            raise
+        except Exception as exc:
+            raise InvalidArgumentError(
+                f"{type(node).__name__} op {node.name!r} failed: {exc}") from exc
+        return values
+
+    def _make_plan(self, fetches, feeds):
+        order = topological_order(fetches, stop_at=feeds)
+        steps = []
+        for node in order:
+            if node in feeds:
+                continue
+            if isinstance(node, Placeholder):
+                raise InvalidArgumentError(
+                    f"you must feed a value for placeholder {node.name!r} with dtype "
+                    f"{node.dtype.name} and shape {format_shape(node.shape)}")
+            steps.append((node, node.executor(self), node.inputs))
+        variables = [n for n in order if isinstance(n, Variable) and n not in feeds]
+        return _Plan(steps, variables)
+
+    # -- fetches and feeds -----------------------------------------------------------------
+    def _resolve(self, fetch):
+        if isinstance(fetch, str):
+            name = fetch[:-2] if fetch.endswith(":0") else fetch
+            try:
+                return self.graph.get_node_by_name(name)
+            except KeyError:
+                raise ValueError(f"cannot fetch {fetch!r}: no node of that name") from None
+        if not isinstance(fetch, Node):
+            raise TypeError(f"cannot fetch {fetch!r}: fetches must be graph nodes (or lists, "
+                            "tuples and dicts of them)")
+        if fetch.graph is not self.graph:
+            raise ValueError(f"cannot fetch {fetch.name!r}: it belongs to another graph than "
+                             "this session's")
+        return fetch
+
+    def _flatten(self, fetches, flat):
+        """Appends the nodes of `fetches` to `flat`; returns a description of the structure."""
+        if isinstance(fetches, dict):
+            return (dict, [(k, self._flatten(v, flat)) for k, v in fetches.items()])
+        if isinstance(fetches, (list, tuple)):
+            return (type(fetches), [self._flatten(v, flat) for v in fetches])
+        flat.append(self._resolve(fetches))
+        return None
+
+    def _convert_feeds(self, feed_dict):
+        feeds = {}
+        for key, value in feed_dict.items():
+            node = self._resolve(key)
+            feeds[node] = _check_feed(node, value)
+        return feeds
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def close(self):
+        self._closed = True
+        self._plans.clear()
+
+    def as_default(self):
+        return _DefaultSession(self)
+
+    def __enter__(self):
+        self._default_context = self.as_default()
+        self._default_context.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._default_context.__exit__(*exc_info)
+        self.close()
+        return False
+
+
+def _check_feed(node, value):
+    """The fed value as an array of the node's dtype; a clear error if it does not fit."""
+    array = np.asarray(value)
+    dtype = node.dtype
+    if dtype is not None and array.dtype != dtype:
+        ok = np.can_cast(array.dtype, dtype, casting="same_kind") or (
+            array.dtype.kind in "biu" and dtype.kind in "iuf")
+        if not ok:
+            raise InvalidArgumentError(
+                f"cannot feed a value of dtype {array.dtype.name} and shape "
+                f"{format_shape(array.shape)} to {node.name!r}, which has dtype {dtype.name} "
+                f"and shape {format_shape(node.shape)}")
+        array = array.astype(dtype)
+    if not shape_compatible(node.shape, array.shape):
+        raise InvalidArgumentError(
+            f"cannot feed a value of shape {format_shape(array.shape)} to {node.name!r}, "
+            f"which has shape {format_shape(node.shape)}")
+    return array
+
+
+def _fetched(node, value):
+    """What run() returns for a node: a copy where the value may alias a variable's storage
+    (which later steps update in place) or a read-only constant."""
+    if isinstance(value, np.ndarray) and (
+            value.base is not None or not value.flags.writeable or isinstance(node, Variable)):
+        return value.copy()
+    return value
+
+
+def _rebuild(structure, results):
+    if structure is None:
+        return next(results)
+    kind, items = structure
+    if kind is dict:
+        return {k: _rebuild(s, results) for k, s in items}
+    values = [_rebuild(s, results) for s in items]
+    if kind is list:
+        return values
+    if kind is tuple:
+        return tuple(values)
+    return kind(*values)  # a namedtuple
+
+
+class _DefaultSessionStack(threading.local):
+    def __init__(self):
+        self.stack = []
+
+
+_default_sessions = _DefaultSessionStack()
+
+
+class _DefaultSession:
+    def __init__(self, session):
+        self.session = session
+
+    def __enter__(self):
+        _default_sessions.stack.append(self.session)
+        return self.session
+
+    def __exit__(self, *exc_info):
+        _default_sessions.stack.pop()
+        return False
+
+
+def get_default_session():
+    """The session of the innermost `with Session() as sess:` block, or None."""
+    stack = _default_sessions.stack
+    return stack[-1] if stack else None

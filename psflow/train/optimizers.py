@@ -1,0 +1,138 @@
+"""Optimizers, TF1 style: `minimize(loss)` returns a train op; `compute_gradients` and
+`apply_gradients` split it in two. The arithmetic is in `update_rules`, shared with the
+parameter servers."""
+
+import numbers
+
+import numpy as np
+
+from ..graph import Node, Variable, get_default_graph, trainable_variables
+from ..gradients import gradients
+from .update_rules import UpdateRule
+
+
+class ApplyGradients(Node):
+    """Applies one update rule to a list of variables; has no value. Runs through the
+    session's variable store, which also advances `global_step` when one is given."""
+
+    def __init__(self, rule, grads_and_vars, global_step=None, name=None):
+        self.rule = rule
+        self.variables = [v for _, v in grads_and_vars]
+        self.global_step = global_step
+        super().__init__([g for g, _ in grads_and_vars], name=name or "Apply")
+
+    def executor(self, session):
+        store, rule, variables, global_step = (session.store, self.rule, self.variables,
+                                               self.global_step)
+
+        def run(*grads):
+            store.apply_gradients(rule, list(zip(grads, variables)))
+            if global_step is not None:
+                store.assign(global_step, store.read(global_step) + 1)
+        return run
+
+
+class Optimizer:
+    """Base class: subclasses name their update rule and its hyperparameters."""
+
+    rule_name = None
+
+    def __init__(self, learning_rate, name, **hyper):
+        if not isinstance(learning_rate, numbers.Real) or isinstance(learning_rate, bool) \
+                or not np.isfinite(learning_rate) or learning_rate < 0:
+            raise ValueError(f"{name}: learning_rate must be a non-negative number, got "
+                             f"{learning_rate!r}")
+        self.name = name
+        self.learning_rate = float(learning_rate)
+        self.rule = UpdateRule(self.rule_name, learning_rate=learning_rate, **hyper)
+
+    def compute_gradients(self, loss, var_list=None):
+        """[(gradient, variable)] for the trainable variables (or `var_list`); the gradient
+        is None for a variable the loss does not depend on."""
+        if not isinstance(loss, Node):
+            raise TypeError(f"{self.name}: loss must be a graph node, got {loss!r}")
+        var_list = list(var_list) if var_list is not None else trainable_variables(loss.graph)
+        if not var_list:
+            raise ValueError(f"{self.name}: no variables to optimize")
+        for var in var_list:
+            if not isinstance(var, Variable):
+                raise TypeError(f"{self.name}: {var!r} in var_list is not a Variable")
+        grads = gradients(loss, var_list)
+        return list(zip(grads, var_list))
+
+    def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+        """A train op applying the gradients; it increments `global_step` if given."""
+        pairs = [(g, v) for g, v in grads_and_vars if g is not None]
+        if not pairs:
+            names = ", ".join(v.name for _, v in grads_and_vars)
+            raise ValueError(f"{self.name}: no gradients provided for any variable ({names}); "
+                             "does the loss depend on them?")
+        graph = pairs[0][1].graph
+        with graph.as_default():
+            return ApplyGradients(self.rule, pairs, global_step=global_step,
+                                  name=name or self.name)
+
+    def minimize(self, loss, global_step=None, var_list=None, name=None):
+        """compute_gradients followed by apply_gradients."""
+        return self.apply_gradients(self.compute_gradients(loss, var_list),
+                                    global_step=global_step, name=name)
+
+
+class GradientDescentOptimizer(Optimizer):
+    rule_name = "sgd"
+
+    def __init__(self, learning_rate, use_locking=False, name="GradientDescent"):
+        super().__init__(learning_rate, name)
+
+
+class MomentumOptimizer(Optimizer):
+    rule_name = "momentum"
+
+    def __init__(self, learning_rate, momentum, use_locking=False, name="Momentum",
+                 use_nesterov=False):
+        super().__init__(learning_rate, name, momentum=momentum, use_nesterov=use_nesterov)
+
+
+class AdagradOptimizer(Optimizer):
+    rule_name = "adagrad"
+
+    def __init__(self, learning_rate, initial_accumulator_value=0.1, use_locking=False,
+                 name="Adagrad"):
+        if initial_accumulator_value <= 0:
+            raise ValueError("initial_accumulator_value must be positive, got "
+                             f"{initial_accumulator_value}")
+        super().__init__(learning_rate, name,
+                         initial_accumulator_value=initial_accumulator_value)
+
+
+class AdamOptimizer(Optimizer):
+    rule_name = "adam"
+
+    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
+                 use_locking=False, name="Adam"):
+        super().__init__(learning_rate, name, beta1=beta1, beta2=beta2, epsilon=epsilon)
+
+
+def get_global_step(graph=None):
+    """The graph's global step variable, or None."""
+    graph = graph or get_default_graph()
+    return getattr(graph, "global_step", None)
+
+
+def get_or_create_global_step(graph=None):
+    """The graph's global step: a non-trainable int64 Variable starting at 0."""
+    graph = graph or get_default_graph()
+    step = getattr(graph, "global_step", None)
+    if step is None:
+        with graph.as_default():
+            step = Variable(np.int64(0), trainable=False, name="global_step")
+        graph.global_step = step
+    return step
+
+
+create_global_step = get_or_create_global_step
+
+
+def global_step(sess, global_step_tensor):
+    """The global step's current value as an int."""
+    return int(sess.run(global_step_tensor))

@@ -1,0 +1,143 @@
+"""Optimizers' update rules as plain numpy functions of (value, grad, slots, hyperparameters).
+
+They update `value` and `slots` in place: a parameter server runs the very same functions on
+the arrays it holds, so local and distributed training apply identical arithmetic. `grad` is a
+dense array of the value's shape, or an IndexedSlices (a sparse, row-wise gradient).
+The formulas are TensorFlow 1.x's.
+"""
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+from ..gradients import IndexedSlices
+
+
+def _dense(grad, value):
+    if isinstance(grad, IndexedSlices):
+        grad = grad.to_dense()
+    grad = np.asarray(grad)
+    if grad.shape != value.shape:
+        raise InvalidArgumentError(f"gradient of shape {grad.shape} does not match the "
+                                   f"variable's shape {value.shape}")
+    return grad
+
+
+def _rows(grad, value):
+    """A sparse gradient with each row once: (unique row indices, summed rows)."""
+    if tuple(grad.dense_shape) != value.shape:
+        raise InvalidArgumentError(f"sparse gradient for shape {grad.dense_shape} does not "
+                                   f"match the variable's shape {value.shape}")
+    indices = np.asarray(grad.indices).reshape(-1)
+    if indices.size and (indices.min() < 0 or indices.max() >= value.shape[0]):
+        raise InvalidArgumentError(f"sparse gradient row index out of range [0, "
+                                   f"{value.shape[0]})")
+    rows, inverse = np.unique(indices, return_inverse=True)
+    summed = np.zeros((rows.size,) + value.shape[1:], dtype=value.dtype)
+    np.add.at(summed, inverse, grad.values)
+    return rows, summed
+
+
+def sgd(value, grad, slots, learning_rate):
+    """value -= learning_rate * grad"""
+    if isinstance(grad, IndexedSlices):
+        rows, summed = _rows(grad, value)
+        value[rows] -= learning_rate * summed
+        return
+    value -= learning_rate * _dense(grad, value)
+
+
+def sgd_slots(value, **hyper):
+    return {}
+
+
+def momentum(value, grad, slots, learning_rate, momentum, use_nesterov=False):
+    """accum = momentum * accum + grad; value -= learning_rate * accum
+    (Nesterov: value -= learning_rate * (grad + momentum * accum)). A sparse gradient updates
+    only its rows, as TensorFlow's sparse momentum does."""
+    accum = slots["momentum"]
+    if isinstance(grad, IndexedSlices):
+        rows, g = _rows(grad, value)
+        accum[rows] = accum[rows] * momentum + g
+        step = g + momentum * accum[rows] if use_nesterov else accum[rows]
+        value[rows] -= learning_rate * step
+        return
+    g = _dense(grad, value)
+    accum *= momentum
+    accum += g
+    value -= learning_rate * (g + momentum * accum if use_nesterov else accum)
+
+
+def momentum_slots(value, **hyper):
+    return {"momentum": np.zeros_like(value)}
+
+
+def adagrad(value, grad, slots, learning_rate, initial_accumulator_value=0.1):
+    """accum += grad ** 2; value -= learning_rate * grad / sqrt(accum)"""
+    accum = slots["accumulator"]
+    if isinstance(grad, IndexedSlices):
+        rows, g = _rows(grad, value)
+        accum[rows] += g * g
+        value[rows] -= learning_rate * g / np.sqrt(accum[rows])
+        return
+    g = _dense(grad, value)
+    accum += g * g
+    value -= learning_rate * g / np.sqrt(accum)
+
+
+def adagrad_slots(value, initial_accumulator_value=0.1, **hyper):
+    return {"accumulator": np.full_like(value, initial_accumulator_value)}
+
+
+def adam(value, grad, slots, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8):
+    """t += 1; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    value -= learning_rate * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + epsilon).
+    A sparse gradient is applied densely (all moments decay), as TensorFlow 1.x's Adam does."""
+    g = _dense(grad, value)
+    m, v, t = slots["m"], slots["v"], slots["t"]
+    t += 1
+    step = float(t)
+    lr_t = learning_rate * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+    m *= beta1
+    m += (1.0 - beta1) * g
+    v *= beta2
+    v += (1.0 - beta2) * (g * g)
+    value -= lr_t * m / (np.sqrt(v) + epsilon)
+
+
+def adam_slots(value, **hyper):
+    return {"m": np.zeros_like(value), "v": np.zeros_like(value),
+            "t": np.zeros((), dtype=np.int64)}
+
+
+RULES = {
+    "sgd": (sgd, sgd_slots),
+    "momentum": (momentum, momentum_slots),
+    "adagrad": (adagrad, adagrad_slots),
+    "adam": (adam, adam_slots),
+}
+
+
+class UpdateRule:
+    """A named rule with its hyperparameters bound; `spec()` is what travels to a parameter
+    server, which rebuilds the same rule with `UpdateRule(**spec)`."""
+
+    def __init__(self, name, **hyper):
+        if name not in RULES:
+            raise ValueError(f"unknown update rule {name!r}; known: {', '.join(sorted(RULES))}")
+        self.name = name
+        self.hyper = {k: (bool(v) if isinstance(v, bool) else float(v)) for k, v in hyper.items()}
+        self._apply, self._init_slots = RULES[name]
+
+    def init_slots(self, value):
+        """The rule's optimizer slots for `value` (e.g. Adam's moments), freshly made."""
+        return self._init_slots(value, **self.hyper)
+
+    def apply(self, value, grad, slots):
+        """Updates `value` and `slots` in place with `grad`."""
+        self._apply(value, grad, slots, **self.hyper)
+
+    def spec(self):
+        return {"name": self.name, **self.hyper}
+
+    def __repr__(self):
+        return f"UpdateRule({self.name!r}, {self.hyper})"

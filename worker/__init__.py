@@ -1,0 +1,1 @@
+"""psflow.worker: the worker runtime (PS client, variable placement, distributed session)."""
