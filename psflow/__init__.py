@@ -4,7 +4,17 @@
 `gradients`, `Session`, and the optimizers in `psflow.train`.
 """
 
-from . import errors, nn, train
+import os as _os
+
+# In a source checkout the subpackages psflow.ps, psflow.worker, psflow.proto and
+# psflow.launcher live in folders beside this one (pyproject.toml's package-dir); let them
+# resolve when psflow is imported from the checkout itself rather than from site-packages.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and \
+        _os.path.isfile(_os.path.join(_checkout, "ps", "__init__.py")):
+    __path__.append(_checkout)
+
+from . import errors, nn, train  # noqa: E402
 from .array_ops import concat, gather, one_hot, ones, reshape, transpose, zeros
 from .gradients import IndexedSlices, gradients
 from .graph import (Graph, Node, Tensor, Variable, as_dtype, bool_, constant, float16, float32,
