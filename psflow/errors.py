@@ -27,3 +27,15 @@ class GraphMismatchError(PsflowError, ValueError):
 
 class NoGradientError(PsflowError, LookupError):
     """A gradient was requested through an op that has none."""
+
+
+class UnavailableError(PsflowError, RuntimeError):
+    """A parameter server could not be reached."""
+
+
+class DeadlineExceededError(PsflowError, TimeoutError):
+    """A call or a wait did not complete within its time bound."""
+
+
+class UnauthenticatedError(PsflowError, PermissionError):
+    """A call was refused for lack of (or a wrong) job token."""

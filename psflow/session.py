@@ -42,9 +42,9 @@ class LocalVariableStore:
                 f"{var.name!r} of shape {format_shape(var.shape)}")
         self.values[var] = value
 
-    def apply_gradients(self, rule, grads_and_vars):
-        """Applies `rule` (an update rule of psflow.train.update_rules, with its
-        hyperparameters bound) to each variable, in place."""
+    def apply_gradients(self, rule, grads_and_vars, global_step=None):
+        """Applies `rule` (an UpdateRule of psflow.train.update_rules) to each variable in
+        place, then adds one to `global_step` if given."""
         with self._lock:
             for grad, var in grads_and_vars:
                 value = self.read(var)
@@ -52,6 +52,9 @@ class LocalVariableStore:
                 if slots is None:
                     slots = self.slots[var] = rule.init_slots(value)
                 rule.apply(value, grad, slots)
+            if global_step is not None:
+                step = self.read(global_step)
+                step += 1
 
 
 class _Plan:

@@ -1,12 +1,18 @@
-"""`psflow.train`: optimizers and the global step, with TensorFlow 1.x's names."""
+"""`psflow.train`: optimizers, the global step, the cluster description and
+MonitoredTrainingSession, with TensorFlow 1.x's names."""
 
+from .cluster import ClusterSpec, TaskConfig, task_config_from_env
+from .monitored_session import (MonitoredTrainingSession, SessionRunArgs, SessionRunContext,
+                                SessionRunHook, SessionRunValues, StopAtStepHook)
 from .optimizers import (AdagradOptimizer, AdamOptimizer, GradientDescentOptimizer,
                          MomentumOptimizer, Optimizer, create_global_step, get_global_step,
                          get_or_create_global_step, global_step)
 from .update_rules import UpdateRule
 
 __all__ = [
-    "AdagradOptimizer", "AdamOptimizer", "GradientDescentOptimizer", "MomentumOptimizer",
-    "Optimizer", "UpdateRule", "create_global_step", "get_global_step",
-    "get_or_create_global_step", "global_step",
+    "AdagradOptimizer", "AdamOptimizer", "ClusterSpec", "GradientDescentOptimizer",
+    "MomentumOptimizer", "MonitoredTrainingSession", "Optimizer", "SessionRunArgs",
+    "SessionRunContext", "SessionRunHook", "SessionRunValues", "StopAtStepHook", "TaskConfig",
+    "UpdateRule", "create_global_step", "get_global_step", "get_or_create_global_step",
+    "global_step", "task_config_from_env",
 ]

@@ -15,8 +15,9 @@ class ApplyGradients(Node):
     """Applies one update rule to a list of variables; has no value. Runs through the
     session's variable store, which also advances `global_step` when one is given."""
 
-    def __init__(self, rule, grads_and_vars, global_step=None, name=None):
+    def __init__(self, rule, grads_and_vars, global_step=None, name=None, loss=None):
         self.rule = rule
+        self.loss = loss  # the loss being minimized, when known: progress reports show it
         self.variables = [v for _, v in grads_and_vars]
         self.global_step = global_step
         super().__init__([g for g, _ in grads_and_vars], name=name or "Apply")
@@ -26,9 +27,7 @@ class ApplyGradients(Node):
                                                self.global_step)
 
         def run(*grads):
-            store.apply_gradients(rule, list(zip(grads, variables)))
-            if global_step is not None:
-                store.assign(global_step, store.read(global_step) + 1)
+            store.apply_gradients(rule, list(zip(grads, variables)), global_step)
         return run
 
 
@@ -60,7 +59,7 @@ class Optimizer:
         grads = gradients(loss, var_list)
         return list(zip(grads, var_list))
 
-    def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+    def apply_gradients(self, grads_and_vars, global_step=None, name=None, loss=None):
         """A train op applying the gradients; it increments `global_step` if given."""
         pairs = [(g, v) for g, v in grads_and_vars if g is not None]
         if not pairs:
@@ -70,12 +69,12 @@ class Optimizer:
         graph = pairs[0][1].graph
         with graph.as_default():
             return ApplyGradients(self.rule, pairs, global_step=global_step,
-                                  name=name or self.name)
+                                  name=name or self.name, loss=loss)
 
     def minimize(self, loss, global_step=None, var_list=None, name=None):
         """compute_gradients followed by apply_gradients."""
         return self.apply_gradients(self.compute_gradients(loss, var_list),
-                                    global_step=global_step, name=name)
+                                    global_step=global_step, name=name, loss=loss)
 
 
 class GradientDescentOptimizer(Optimizer):

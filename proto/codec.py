@@ -1,0 +1,71 @@
+"""numpy arrays to and from the wire's `Tensor` message: dtype + shape + raw little-endian bytes.
+
+Decoding wraps the received bytes with `np.frombuffer` (no copy), so a decoded array is
+read-only; nothing is ever pickled.
+"""
+
+import math
+
+import numpy as np
+
+from . import psflow_pb2 as pb
+
+# The dtypes the wire carries, by name; anything else is refused.
+DTYPES = {name: np.dtype(name).newbyteorder("<") for name in
+          ("float16", "float32", "float64", "int32", "int64", "uint8", "bool")}
+
+# gRPC message limit on both ends; payloads are kept well below it (see MAX_PAYLOAD_BYTES).
+MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+# The most tensor bytes the client puts into one request or asks for in one response.
+MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+class CodecError(ValueError):
+    """A Tensor message that does not describe a valid array."""
+
+
+def dtype_name(dtype):
+    dtype = np.dtype(dtype)
+    if dtype.name not in DTYPES:
+        raise CodecError(f"dtype {dtype.name} cannot travel on the wire; supported: "
+                         f"{', '.join(DTYPES)}")
+    return dtype.name
+
+
+def encode(array, out=None):
+    """Fills (or creates) a Tensor message with `array`."""
+    array = np.asarray(array)
+    name = dtype_name(array.dtype)
+    out = pb.Tensor() if out is None else out
+    out.dtype = name
+    out.shape[:] = array.shape
+    wire = DTYPES[name]
+    if array.dtype != wire or not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array, dtype=wire)
+    out.content = array.tobytes()
+    return out
+
+
+def decode(message, what="tensor"):
+    """The array a Tensor message holds (read-only, no copy); CodecError if it is malformed."""
+    dtype = DTYPES.get(message.dtype)
+    if dtype is None:
+        raise CodecError(f"{what}: unknown dtype {message.dtype!r}; supported: "
+                         f"{', '.join(DTYPES)}")
+    shape = tuple(message.shape)
+    if any(d < 0 for d in shape):
+        raise CodecError(f"{what}: negative dimension in shape {list(shape)}")
+    expected = math.prod(shape) * dtype.itemsize
+    content = message.content
+    if len(content) != expected:
+        raise CodecError(f"{what}: {len(content)} bytes do not hold a {message.dtype} array "
+                         f"of shape {list(shape)} ({expected} bytes)")
+    return np.frombuffer(content, dtype=dtype).reshape(shape)
+
+
+def shape_str(shape):
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"

@@ -1,0 +1,210 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tensor(_message.Message):
+    __slots__ = ("dtype", "shape", "content")
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    content: bytes
+    def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., content: _Optional[bytes] = ...) -> None: ...
+
+class VariableSpec(_message.Message):
+    __slots__ = ("name", "dtype", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DeclareVariablesRequest(_message.Message):
+    __slots__ = ("variables",)
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    variables: _containers.RepeatedCompositeFieldContainer[VariableSpec]
+    def __init__(self, variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ...) -> None: ...
+
+class DeclareVariablesResponse(_message.Message):
+    __slots__ = ("initialized",)
+    INITIALIZED_FIELD_NUMBER: _ClassVar[int]
+    initialized: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, initialized: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class NamedTensor(_message.Message):
+    __slots__ = ("name", "tensor", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tensor: Tensor
+    version: int
+    def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class InitializeVariablesRequest(_message.Message):
+    __slots__ = ("values", "overwrite")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    OVERWRITE_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    overwrite: bool
+    def __init__(self, values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., overwrite: _Optional[bool] = ...) -> None: ...
+
+class InitializeVariablesResponse(_message.Message):
+    __slots__ = ("assigned",)
+    ASSIGNED_FIELD_NUMBER: _ClassVar[int]
+    assigned: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, assigned: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class WaitInitializedRequest(_message.Message):
+    __slots__ = ("names", "timeout_ms")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    timeout_ms: int
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class WaitInitializedResponse(_message.Message):
+    __slots__ = ("ready", "missing")
+    READY_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    ready: bool
+    missing: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, ready: _Optional[bool] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PullRequest(_message.Message):
+    __slots__ = ("names",)
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PullResponse(_message.Message):
+    __slots__ = ("values", "global_step")
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    global_step: int
+    def __init__(self, values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., global_step: _Optional[int] = ...) -> None: ...
+
+class Gradient(_message.Message):
+    __slots__ = ("name", "values", "indices", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    INDICES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    values: Tensor
+    indices: Tensor
+    version: int
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., indices: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class UpdateRule(_message.Message):
+    __slots__ = ("name", "hyper")
+    class HyperEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HYPER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    hyper: _containers.ScalarMap[str, float]
+    def __init__(self, name: _Optional[str] = ..., hyper: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class PushRequest(_message.Message):
+    __slots__ = ("gradients", "rule", "worker", "increment_global_step", "global_step")
+    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    INCREMENT_GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    gradients: _containers.RepeatedCompositeFieldContainer[Gradient]
+    rule: UpdateRule
+    worker: int
+    increment_global_step: bool
+    global_step: int
+    def __init__(self, gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., rule: _Optional[_Union[UpdateRule, _Mapping]] = ..., worker: _Optional[int] = ..., increment_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ...) -> None: ...
+
+class PushResponse(_message.Message):
+    __slots__ = ("staleness", "global_step")
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    staleness: _containers.RepeatedScalarFieldContainer[int]
+    global_step: int
+    def __init__(self, staleness: _Optional[_Iterable[int]] = ..., global_step: _Optional[int] = ...) -> None: ...
+
+class WorkerRequest(_message.Message):
+    __slots__ = ("task_index",)
+    TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    task_index: int
+    def __init__(self, task_index: _Optional[int] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("task_index", "local_step", "loss")
+    TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    task_index: int
+    local_step: int
+    loss: float
+    def __init__(self, task_index: _Optional[int] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ...) -> None: ...
+
+class WorkerResponse(_message.Message):
+    __slots__ = ("num_workers", "done")
+    NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    num_workers: int
+    done: int
+    def __init__(self, num_workers: _Optional[int] = ..., done: _Optional[int] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerStats(_message.Message):
+    __slots__ = ("task_index", "registered", "done", "local_step", "loss", "last_seen_s", "pushes")
+    TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_S_FIELD_NUMBER: _ClassVar[int]
+    PUSHES_FIELD_NUMBER: _ClassVar[int]
+    task_index: int
+    registered: bool
+    done: bool
+    local_step: int
+    loss: float
+    last_seen_s: float
+    pushes: int
+    def __init__(self, task_index: _Optional[int] = ..., registered: _Optional[bool] = ..., done: _Optional[bool] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ..., last_seen_s: _Optional[float] = ..., pushes: _Optional[int] = ...) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("shard", "global_step", "pushes", "bytes_received", "bytes_sent", "staleness_histogram", "workers", "variables", "uptime_s")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    PUSHES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    global_step: int
+    pushes: int
+    bytes_received: int
+    bytes_sent: int
+    staleness_histogram: _containers.RepeatedScalarFieldContainer[int]
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerStats]
+    variables: int
+    uptime_s: float
+    def __init__(self, shard: _Optional[int] = ..., global_step: _Optional[int] = ..., pushes: _Optional[int] = ..., bytes_received: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., staleness_histogram: _Optional[_Iterable[int]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., variables: _Optional[int] = ..., uptime_s: _Optional[float] = ...) -> None: ...

@@ -1,0 +1,65 @@
+"""The worker's client of one parameter-server shard, and the mapping of gRPC failures to
+psflow's exceptions (each naming the shard and carrying the server's message)."""
+
+import grpc
+
+from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
+                           NotFoundError, PsflowError, UnauthenticatedError, UnavailableError)
+from psflow.proto import codec
+from psflow.proto import psflow_pb2 as pb
+from psflow.proto import psflow_pb2_grpc as pb_grpc
+
+_ERRORS = {
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+}
+
+# Bound on any single call, so that nothing waits forever on a server that is gone.
+CALL_TIMEOUT_S = 120.0
+
+
+class ShardClient:
+    """gRPC stub of one parameter server, with psflow errors in place of grpc.RpcError."""
+
+    def __init__(self, index, address, timeout=CALL_TIMEOUT_S):
+        self.index = index
+        self.address = address
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(address, options=codec.CHANNEL_OPTIONS)
+        self.stub = pb_grpc.ParameterServerStub(self.channel)
+
+    def call(self, method, request, timeout=None, wait_for_ready=False):
+        try:
+            return getattr(self.stub, method)(request, timeout=timeout or self.timeout,
+                                              wait_for_ready=wait_for_ready)
+        except grpc.RpcError as exc:
+            raise self.error(method, exc) from None
+
+    def start(self, method, request, timeout=None):
+        """Starts a call without waiting; `finish(future)` returns its answer."""
+        return method, getattr(self.stub, method).future(request, timeout=timeout or self.timeout)
+
+    def finish(self, pending):
+        method, future = pending
+        try:
+            return future.result()
+        except grpc.RpcError as exc:
+            raise self.error(method, exc) from None
+
+    def error(self, method, exc):
+        code = exc.code() if hasattr(exc, "code") else None
+        kind = _ERRORS.get(code, PsflowError)
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        name = code.name if code is not None else "error"
+        return kind(f"parameter server {self.index} ({self.address}) {method}: {name}: {details}")
+
+    def close(self):
+        self.channel.close()
+
+
+def worker_request(task_index):
+    return pb.WorkerRequest(task_index=task_index)

@@ -1,0 +1,374 @@
+"""The distributed session: the graph runs in this worker, its Variables live on the
+parameter servers.
+
+A step pulls the variables its fetches need from all owning shards at once, computes forward
+and backward locally, and pushes each gradient to the shard that owns it (all shards at once).
+The chief (worker 0) initializes the variables; the others wait for it by notification.
+"""
+
+import logging
+import math
+import os
+import threading
+import time
+
+import numpy as np
+
+from psflow.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError
+from psflow.gradients import IndexedSlices
+from psflow.graph import Variable
+from psflow.proto import codec
+from psflow.proto import psflow_pb2 as pb
+from psflow.session import LocalVariableStore, Session
+from psflow.state_ops import variables_initializer
+from psflow.train.optimizers import ApplyGradients, get_global_step
+
+from .client import ShardClient, worker_request
+from .placement import PARTITION_BYTES, Placement
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 1.0
+# How long a non-chief waits for the chief to initialize the variables before giving up.
+INIT_TIMEOUT_S = float(os.environ.get("PSFLOW_INIT_TIMEOUT", "600"))
+# How long to wait for the parameter servers to come up.
+CONNECT_TIMEOUT_S = float(os.environ.get("PSFLOW_CONNECT_TIMEOUT", "60"))
+
+
+def _batches(items, size_of, limit=codec.MAX_PAYLOAD_BYTES):
+    """Groups items so that each group's total size stays within `limit` (an item larger than
+    the limit travels alone)."""
+    batch, total = [], 0
+    for item in items:
+        size = size_of(item)
+        if batch and total + size > limit:
+            yield batch
+            batch, total = [], 0
+        batch.append(item)
+        total += size
+    if batch:
+        yield batch
+
+
+class _StepState(threading.local):
+    """What one thread's current run pulled: values, versions, the global step."""
+
+    def __init__(self):
+        self.values = {}
+        self.versions = {}
+        self.global_step = 0
+
+
+class DistributedStore:
+    """The variable store of a DistributedSession: the LocalVariableStore interface (read,
+    assign, apply_gradients) backed by parameter-server shards."""
+
+    def __init__(self, graph, task, partition_bytes=PARTITION_BYTES):
+        self.task = task
+        self.worker = task.worker_index
+        self.clients = [ShardClient(i, address) for i, address in enumerate(task.ps_addresses)]
+        self.global_step_var = get_global_step(graph)
+        self.variables = [v for v in graph.variables if v is not self.global_step_var]
+        self.placement = Placement(self.variables, len(self.clients), partition_bytes)
+        self.step = _StepState()
+        self.last_global_step = 0
+        self._rule_protos = {}
+
+    # -- set-up ------------------------------------------------------------------------------
+    def register(self, timeout=CONNECT_TIMEOUT_S):
+        """Registers with every shard, waiting (bounded) for each to come up."""
+        deadline = time.monotonic() + timeout
+        for client in self.clients:
+            remaining = max(deadline - time.monotonic(), 0.1)
+            try:
+                client.call("RegisterWorker", worker_request(self.worker), timeout=remaining,
+                            wait_for_ready=True)
+            except DeadlineExceededError:
+                raise DeadlineExceededError(
+                    f"parameter server {client.index} at {client.address} did not answer within "
+                    f"{timeout:.0f} s") from None
+
+    def declare(self):
+        """Declares every variable part on its shard; returns the set of parts that already
+        have values."""
+        initialized = set()
+        for client in self.clients:
+            specs = [pb.VariableSpec(name=p.name, dtype=p.dtype.name, shape=p.shape)
+                     for p in self.placement.shard_parts(client.index)]
+            if specs:
+                reply = client.call("DeclareVariables", pb.DeclareVariablesRequest(variables=specs))
+                initialized.update(reply.initialized)
+        return initialized
+
+    def initialize(self, values, overwrite=False):
+        """Sends initial values ({Variable: array}) to the shards that own them."""
+        by_shard = {}
+        for var, value in values.items():
+            value = np.asarray(value, dtype=var.dtype)
+            for part in self.placement.parts_of(var):
+                data = value[part.start:part.stop] if len(part.shape) else value
+                by_shard.setdefault(part.shard, []).append((part, data))
+        for shard, items in by_shard.items():
+            client = self.clients[shard]
+            for batch in _batches(items, lambda item: item[0].nbytes):
+                request = pb.InitializeVariablesRequest(overwrite=overwrite)
+                for part, data in batch:
+                    codec.encode(data, request.values.add(name=part.name).tensor)
+                client.call("InitializeVariables", request)
+
+    def wait_initialized(self, timeout=INIT_TIMEOUT_S):
+        """Blocks until the chief has initialized every variable (woken by the shards)."""
+        deadline = time.monotonic() + timeout
+        for client in self.clients:
+            names = [p.name for p in self.placement.shard_parts(client.index)]
+            while names:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceededError(
+                        f"waited {timeout:.0f} s for the chief to initialize the variables; still "
+                        f"missing on parameter server {client.index}: {', '.join(names[:5])}")
+                wait_ms = int(min(remaining, 10.0) * 1000)
+                reply = client.call("WaitInitialized", pb.WaitInitializedRequest(
+                    names=names, timeout_ms=wait_ms), timeout=wait_ms / 1000 + 30)
+                names = list(reply.missing)
+                if names:
+                    log.info("waiting for the chief to initialize %d variables", len(names))
+
+    # -- a step ------------------------------------------------------------------------------
+    def prefetch(self, variables, fresh=True):
+        """Pulls `variables` (and the global step) for this thread's run, all shards at once.
+        `fresh` starts a new run's state; otherwise the values join the current run's."""
+        step = self.step
+        if fresh:
+            step.values = {}
+            step.versions = {}
+        wanted = {}
+        needs_step = False
+        for var in variables:
+            if var is self.global_step_var:
+                needs_step = True
+                continue
+            for part in self.placement.parts_of(var):
+                wanted.setdefault(part.shard, []).append(part)
+        if needs_step:
+            wanted.setdefault(0, [])
+        pending = []
+        for shard, parts in wanted.items():
+            client = self.clients[shard]
+            for batch in _batches(parts, lambda p: p.nbytes) if parts else [[]]:
+                request = pb.PullRequest(names=[p.name for p in batch])
+                pending.append((client, client.start("Pull", request)))
+        pieces = {}
+        for client, call in pending:
+            reply = client.finish(call)
+            if client.index == 0:
+                step.global_step = self.last_global_step = reply.global_step
+            for item in reply.values:
+                pieces[item.name] = codec.decode(item.tensor, item.name)
+                step.versions[item.name] = item.version
+        for var in variables:
+            if var is self.global_step_var:
+                continue
+            parts = self.placement.parts_of(var)
+            if len(parts) == 1:
+                step.values[var] = pieces[parts[0].name]
+            else:
+                step.values[var] = np.concatenate([pieces[p.name] for p in parts])
+
+    def read(self, var):
+        if var is self.global_step_var:
+            return np.int64(self.step.global_step)
+        value = self.step.values.get(var)
+        if value is None:
+            self.prefetch([var], fresh=False)
+            value = self.step.values[var]
+        return value
+
+    def is_initialized(self, var):
+        return True
+
+    def assign(self, var, value):
+        if var is self.global_step_var:
+            raise InvalidArgumentError("the global step lives on parameter server 0 and "
+                                       "advances with each training step; it cannot be assigned")
+        value = np.asarray(value, dtype=var.dtype)
+        if value.shape != tuple(var.shape):
+            raise InvalidArgumentError(f"cannot assign a value of shape {value.shape} to "
+                                       f"variable {var.name!r} of shape {var.shape}")
+        self.initialize({var: value}, overwrite=True)
+        self.step.values.pop(var, None)
+
+    def apply_gradients(self, rule, grads_and_vars, global_step=None):
+        """Pushes each gradient to the shards owning its variable (all shards at once); the
+        push to shard 0 advances the global step when `global_step` is given."""
+        step = self.step
+        rule_proto = self._rule_proto(rule)
+        requests = {}
+
+        def request_for(shard):
+            request = requests.get(shard)
+            if request is None:
+                request = requests[shard] = pb.PushRequest(
+                    worker=self.worker, global_step=step.global_step)
+                request.rule.CopyFrom(rule_proto)
+            return request
+
+        for grad, var in grads_and_vars:
+            for part, values, indices in _split_gradient(grad, var, self.placement):
+                gradient = request_for(part.shard).gradients.add(
+                    name=part.name, version=step.versions.get(part.name, 0))
+                codec.encode(values, gradient.values)
+                if indices is not None:
+                    codec.encode(indices, gradient.indices)
+        if global_step is not None:
+            request_for(0).increment_global_step = True
+        pending = [(self.clients[s], self.clients[s].start("Push", r)) for s, r in
+                   requests.items()]
+        for client, call in pending:
+            reply = client.finish(call)
+            if client.index == 0 and global_step is not None:
+                step.global_step = self.last_global_step = reply.global_step
+
+    def _rule_proto(self, rule):
+        proto = self._rule_protos.get(id(rule))
+        if proto is None:
+            proto = pb.UpdateRule(name=rule.name, hyper={k: float(v) for k, v in
+                                                          rule.hyper.items()})
+            self._rule_protos[id(rule)] = proto
+        return proto
+
+    # -- membership ----------------------------------------------------------------------------
+    def heartbeat(self, local_step, loss):
+        request = pb.HeartbeatRequest(task_index=self.worker, local_step=local_step, loss=loss)
+        for client in self.clients:
+            client.call("Heartbeat", request, timeout=5.0)
+
+    def done(self):
+        for client in self.clients:
+            client.call("WorkerDone", worker_request(self.worker), timeout=10.0)
+
+    def close(self):
+        for client in self.clients:
+            client.close()
+
+
+def _split_gradient(grad, var, placement):
+    """Yields (part, values, indices or None) for each part of `var` the gradient touches."""
+    parts = placement.parts_of(var)
+    if isinstance(grad, IndexedSlices):
+        indices = np.asarray(grad.indices, dtype=np.int64).reshape(-1)
+        values = np.asarray(grad.values)
+        for part in parts:
+            if len(parts) == 1:
+                yield part, values, indices
+                continue
+            mask = (indices >= part.start) & (indices < part.stop)
+            if mask.any():
+                yield part, values[mask], indices[mask] - part.start
+        return
+    grad = np.asarray(grad)
+    if grad.shape != tuple(var.shape):
+        raise InvalidArgumentError(f"gradient of shape {grad.shape} does not match variable "
+                                   f"{var.name!r} of shape {tuple(var.shape)}")
+    if len(parts) == 1:
+        yield parts[0], grad, None
+        return
+    for part in parts:
+        yield part, grad[part.start:part.stop], None
+
+
+class DistributedSession(Session):
+    """A Session whose Variables live on the parameter servers named in the task config."""
+
+    def __init__(self, graph, task, partition_bytes=PARTITION_BYTES):
+        store = DistributedStore(graph, task, partition_bytes)
+        super().__init__(graph, store=store)
+        self.task = task
+        self.local_step = 0
+        self.last_loss = math.nan
+        self._losses = {}
+        self._stopping = threading.Event()
+        store.register()
+        initialized = store.declare()
+        if task.is_chief:
+            self._initialize(graph, initialized)
+        else:
+            store.wait_initialized()
+        self._heartbeat = threading.Thread(target=self._beat, name="psflow-heartbeat",
+                                           daemon=True)
+        self._heartbeat.start()
+        watch_parent()
+
+    def _initialize(self, graph, initialized):
+        """The chief computes the initial values locally and sends those the shards lack."""
+        store = self.store
+        missing = [v for v in store.variables
+                   if any(p.name not in initialized for p in store.placement.parts_of(v))]
+        if not missing:
+            log.info("variables already initialized on the parameter servers; keeping them")
+            return
+        local = Session(graph, store=LocalVariableStore())
+        with graph.as_default():
+            local.run(variables_initializer(missing))
+        store.initialize({v: local.store.read(v) for v in missing})
+        log.info("initialized %d variables on %d parameter servers", len(missing),
+                 len(store.clients))
+
+    def _execute(self, plan, feeds):
+        self.store.prefetch(plan.variables)
+        values = super()._execute(plan, feeds)
+        self.local_step += 1
+        for node, _, _ in plan.steps:
+            if isinstance(node, ApplyGradients) and node.loss is not None:
+                loss = values.get(node.loss)
+                if loss is not None and np.size(loss) == 1:
+                    self.last_loss = float(loss)
+        return values
+
+    def _beat(self):
+        while not self._stopping.wait(HEARTBEAT_S):
+            try:
+                self.store.heartbeat(self.local_step, self.last_loss)
+            except Exception as exc:  # a missed beat is not fatal; the next one may pass
+                log.debug("heartbeat failed: %s", exc)
+
+    def finish(self, done=True):
+        """Stops the heartbeat; reports this worker done to every shard if `done`."""
+        if self._closed:
+            return
+        self._stopping.set()
+        try:
+            if done:
+                self.store.done()
+        finally:
+            self.store.close()
+            super().close()
+
+    def close(self):
+        self.finish(done=True)
+
+
+_parent_watch_started = False
+
+
+def watch_parent():
+    """Exits this process when the launcher that started it is gone (PSFLOW_PARENT_PID), so a
+    job whose launcher was killed with SIGKILL leaves nothing behind."""
+    global _parent_watch_started
+    raw = os.environ.get("PSFLOW_PARENT_PID")
+    if not raw or _parent_watch_started:
+        return
+    try:
+        parent = int(raw)
+    except ValueError:
+        raise FailedPreconditionError(f"PSFLOW_PARENT_PID={raw!r} is not a process id") from None
+    _parent_watch_started = True
+
+    def watch():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                log.error("the launcher (pid %d) is gone; exiting", parent)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="psflow-parent-watch", daemon=True).start()
