@@ -17,7 +17,8 @@ if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and \
 from . import errors, nn, train  # noqa: E402
 from .array_ops import concat, gather, one_hot, ones, reshape, transpose, zeros
 from .gradients import IndexedSlices, gradients
-from .graph import (Graph, Node, Tensor, Variable, as_dtype, bool_, constant, float16, float32,
+from .graph import (Graph, Node, Tensor, Variable, as_dtype, bool_, constant, device, float16,
+                    float32,
                     float64, get_default_graph, global_variables, int32, int64, name_scope,
                     placeholder, reset_default_graph, set_random_seed, trainable_variables)
 from .initializers import (constant_initializer, get_variable, glorot_normal_initializer,

@@ -144,6 +144,13 @@ def name_scope(name):
     return get_default_graph().name_scope(name)
 
 
+@contextlib.contextmanager
+def device(device_name_or_function):
+    """Accepted for TF1 compatibility and ignored: psflow places Variables on parameter
+    servers itself (by size, see psflow.worker.placement) and runs ops on the worker."""
+    yield
+
+
 def set_random_seed(seed):
     """Sets the graph-level seed: random initializers become deterministic."""
     get_default_graph().seed = int(seed)

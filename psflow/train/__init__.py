@@ -1,7 +1,7 @@
 """`psflow.train`: optimizers, the global step, the cluster description and
 MonitoredTrainingSession, with TensorFlow 1.x's names."""
 
-from .cluster import ClusterSpec, TaskConfig, task_config_from_env
+from .cluster import ClusterSpec, TaskConfig, replica_device_setter, task_config_from_env
 from .monitored_session import (MonitoredTrainingSession, SessionRunArgs, SessionRunContext,
                                 SessionRunHook, SessionRunValues, StopAtStepHook)
 from .optimizers import (AdagradOptimizer, AdamOptimizer, GradientDescentOptimizer,
@@ -13,6 +13,6 @@ __all__ = [
     "AdagradOptimizer", "AdamOptimizer", "ClusterSpec", "GradientDescentOptimizer",
     "MomentumOptimizer", "MonitoredTrainingSession", "Optimizer", "SessionRunArgs",
     "SessionRunContext", "SessionRunHook", "SessionRunValues", "StopAtStepHook", "TaskConfig",
-    "UpdateRule", "create_global_step", "get_global_step", "get_or_create_global_step",
+    "UpdateRule", "create_global_step", "replica_device_setter", "get_global_step", "get_or_create_global_step",
     "global_step", "task_config_from_env",
 ]

@@ -112,3 +112,10 @@ def task_config_from_env(environ=None):
         raise ValueError(f"TF_CONFIG task index {task_index!r} is out of range for job "
                          f"{task_type!r} with {len(cluster[task_type])} tasks")
     return TaskConfig(ClusterSpec(cluster), task_type, task_index)
+
+
+def replica_device_setter(ps_tasks=0, ps_device="/job:ps", worker_device="/job:worker",
+                          cluster=None, **unused):
+    """Accepted for TF1 compatibility: returns None, which `psflow.device` ignores. Variables
+    are placed on the parameter servers automatically, balanced by size."""
+    return None
