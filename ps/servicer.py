@@ -1,0 +1,124 @@
+"""The gRPC servicer: each handler decodes its request, calls the shard store and encodes the
+answer. Errors become status codes; the server keeps serving whatever a request holds."""
+
+import functools
+import logging
+
+import grpc
+
+from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from psflow.proto import codec
+from psflow.proto import psflow_pb2 as pb
+from psflow.proto import psflow_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_STATUS = [
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (codec.CodecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def _handler(method):
+    """Turns exceptions from the store into gRPC status codes with their messages."""
+    @functools.wraps(method)
+    def handle(self, request, context):
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 -- every failure must become a status
+            for kind, code in _STATUS:
+                if isinstance(exc, kind):
+                    context.abort(code, str(exc))
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: "
+                          f"{type(exc).__name__}: {exc}")
+    return handle
+
+
+class ParameterServerServicer(pb_grpc.ParameterServerServicer):
+    def __init__(self, store):
+        self.store = store
+
+    @_handler
+    def DeclareVariables(self, request, context):
+        for v in request.variables:
+            if v.dtype not in codec.DTYPES:
+                raise InvalidArgumentError(f"variable {v.name!r}: dtype {v.dtype!r} is not one "
+                                           f"of {', '.join(codec.DTYPES)}")
+        initialized = self.store.declare(
+            [(v.name, v.dtype, tuple(v.shape)) for v in request.variables])
+        return pb.DeclareVariablesResponse(initialized=initialized)
+
+    @_handler
+    def InitializeVariables(self, request, context):
+        values = {item.name: codec.decode(item.tensor, item.name) for item in request.values}
+        assigned = self.store.initialize(values, overwrite=request.overwrite)
+        return pb.InitializeVariablesResponse(assigned=assigned)
+
+    @_handler
+    def WaitInitialized(self, request, context):
+        timeout = max(request.timeout_ms, 0) / 1000.0
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout = min(timeout, max(remaining - 0.5, 0.0))
+        missing = self.store.wait_initialized(list(request.names), timeout)
+        return pb.WaitInitializedResponse(ready=not missing, missing=missing)
+
+    @_handler
+    def Pull(self, request, context):
+        reply = pb.PullResponse(global_step=self.store.global_step if self.store.shard == 0
+                                else -1)
+        for name, data, dtype, shape, version in self.store.pull(request.names):
+            item = reply.values.add(name=name, version=version)
+            item.tensor.dtype = dtype.name
+            item.tensor.shape[:] = shape
+            item.tensor.content = data
+        return reply
+
+    @_handler
+    def Push(self, request, context):
+        rule = self.store.rule(request.rule.name, dict(request.rule.hyper))
+        gradients = []
+        for g in request.gradients:
+            values = codec.decode(g.values, f"gradient of {g.name!r}")
+            indices = codec.decode(g.indices, f"indices of {g.name!r}") \
+                if g.HasField("indices") else None
+            gradients.append((g.name, values, indices, g.version))
+        staleness, step = self.store.push(gradients, rule, worker=request.worker,
+                                          increment_global_step=request.increment_global_step)
+        return pb.PushResponse(staleness=staleness,
+                               global_step=step if self.store.shard == 0 else -1)
+
+    @_handler
+    def RegisterWorker(self, request, context):
+        return self._membership(self.store.register(request.task_index))
+
+    @_handler
+    def Heartbeat(self, request, context):
+        return self._membership(self.store.heartbeat(request.task_index, request.local_step,
+                                                     request.loss))
+
+    @_handler
+    def WorkerDone(self, request, context):
+        return self._membership(self.store.done(request.task_index))
+
+    @_handler
+    def GetStats(self, request, context):
+        stats = self.store.stats()
+        reply = pb.StatsResponse(
+            shard=stats["shard"], global_step=stats["global_step"], pushes=stats["pushes"],
+            bytes_received=stats["bytes_received"], bytes_sent=stats["bytes_sent"],
+            staleness_histogram=stats["staleness_histogram"], variables=stats["variables"],
+            uptime_s=stats["uptime_s"])
+        for index, registered, done, local_step, loss, last_seen, pushes in stats["workers"]:
+            reply.workers.add(task_index=index, registered=registered, done=done,
+                              local_step=local_step, loss=loss, last_seen_s=last_seen,
+                              pushes=pushes)
+        return reply
+
+    @staticmethod
+    def _membership(membership):
+        num_workers, done = membership
+        return pb.WorkerResponse(num_workers=num_workers, done=done)
