@@ -1,0 +1,5 @@
+"""`python -m psflow.launcher` is the `launch` command."""
+
+from .cli import main
+
+main()

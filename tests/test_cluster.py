@@ -1,0 +1,56 @@
+"""Whole jobs on localhost through `launch`: real PS and worker processes, final values."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent / "cluster_scripts"
+
+
+def launch(*args, timeout=180):
+    """Runs `python -m psflow.launcher --no-progress ARGS` and returns the finished process."""
+    result = subprocess.run([sys.executable, "-m", "psflow.launcher", "--no-progress", *args],
+                            capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return result
+
+
+def explain(result):
+    return f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n" \
+           f"{result.stderr[-3000:]}"
+
+
+def test_linear_regression_converges_with_two_ps_and_two_workers(tmp_path):
+    out = tmp_path / "result.json"
+    result = launch("--workers", "2", "--ps", "2", str(SCRIPTS / "linear_regression.py"),
+                    str(out))
+    assert result.returncode == 0, explain(result)
+    final = json.loads(out.read_text())
+    np.testing.assert_allclose(final["w"], [2.0, -3.0, 0.5], atol=1e-3)
+    np.testing.assert_allclose(final["b"], [4.0], atol=1e-3)
+    assert final["step"] >= 600
+
+
+def test_no_update_is_lost_with_eight_async_workers(tmp_path):
+    out = tmp_path / "result.json"
+    result = launch("--workers", "8", "--ps", "1", str(SCRIPTS / "constant_pushes.py"),
+                    str(out))
+    assert result.returncode == 0, explain(result)
+    final = json.loads(out.read_text())
+    assert final["step"] == 8 * 200
+    assert final["v"] == [-1600.0] * 4
+
+
+@pytest.mark.parametrize("num_ps", [1, 2])
+def test_digits_reaches_95_percent_with_two_workers(num_ps):
+    result = launch("--workers", "2", "--ps", str(num_ps), str(ROOT / "examples" / "digits.py"))
+    assert result.returncode == 0, explain(result)
+    lines = [line for line in result.stdout.splitlines()
+             if line.startswith("[worker:0]") and "test accuracy:" in line]
+    assert lines, explain(result)
+    accuracy = float(lines[-1].rsplit(":", 1)[1])
+    assert accuracy >= 0.95, explain(result)
