@@ -1,4 +1,11 @@
-"""`python -m psflow.ps`: serve one parameter-server shard until the job is over."""
+"""`python -m psflow.ps`: serve one parameter-server shard until the job is over.
+
+    python -m psflow.ps --task-index I --num-workers N [--host 127.0.0.1] [--port 0]
+        [--port-fallback] [--port-file PATH] [--parent-pid PID] [--log-level INFO]
+
+Exits 0 when the shard's lifecycle ends normally (every worker done, SIGTERM/SIGINT, the parent
+process gone), 1 if it cannot serve (port taken, port file not writable), 2 on bad arguments.
+"""
 
 import argparse
 import logging
@@ -11,80 +18,114 @@ from .server import ParameterServer
 
 log = logging.getLogger("psflow.ps")
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line a launcher can show as it is, rather than the whole usage block.
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _integer(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
 
 def _positive(text):
-    value = int(text)
+    value = _integer(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def _index(text):
-    value = int(text)
+    value = _integer(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
 
 def _port(text):
-    value = int(text)
+    value = _integer(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {value}")
     return value
 
 
+def _level(text):
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return text.upper()
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m psflow.ps",
-                                     description="Serve one parameter-server shard.")
-    parser.add_argument("--task-index", type=_index, required=True,
-                        help="this shard's index; shard 0 holds the global step")
-    parser.add_argument("--num-workers", type=_positive, required=True,
-                        help="workers in the job; the server exits when all have finished")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
-    parser.add_argument("--port", type=_port, default=0, help="port to bind; 0 picks a free one")
-    parser.add_argument("--port-fallback", action="store_true",
-                        help="bind any free port when --port is taken")
-    parser.add_argument("--port-file", help="write the bound port to this file")
-    parser.add_argument("--parent-pid", type=_positive,
-                        help="exit when this process is gone")
-    parser.add_argument("--log-level", default="INFO")
+    parser = _Parser(prog="python -m psflow.ps",
+                     description="Serve one parameter-server shard of a psflow job.")
+    shard = parser.add_argument_group("shard")
+    shard.add_argument("--task-index", type=_index, required=True,
+                       help="this shard's index; shard 0 holds the global step")
+    shard.add_argument("--num-workers", type=_positive, required=True,
+                       help="workers in the job; the server exits when all have finished")
+    network = parser.add_argument_group("network")
+    network.add_argument("--host", default="127.0.0.1",
+                         help="address to bind (default: loopback)")
+    network.add_argument("--port", type=_port, default=0,
+                         help="port to bind; 0 (the default) picks a free one")
+    network.add_argument("--port-fallback", action="store_true",
+                         help="bind any free port when --port is taken")
+    network.add_argument("--port-file",
+                         help="write the bound port to this file (atomically) once serving")
+    lifecycle = parser.add_argument_group("lifecycle")
+    lifecycle.add_argument("--parent-pid", type=_positive,
+                           help="exit when this process is gone")
+    lifecycle.add_argument("--log-level", type=_level, default="INFO",
+                           help=f"one of {', '.join(LOG_LEVELS)} (default INFO)")
     return parser.parse_args(argv)
 
 
-def _write_port(path, port):
+def write_port_file(path, port):
+    """Writes `port` to `path` so that a reader never sees a partial file."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".port-")
-    with os.fdopen(fd, "w") as out:
-        out.write(f"{port}\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(f"{port}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = ParameterServer(shard=args.task_index, num_workers=args.num_workers,
                              host=args.host, port=args.port, port_fallback=args.port_fallback,
                              parent_pid=args.parent_pid)
+    # The handlers only note the signal; the loop below stops the server outside the
+    # handler's frame (grpc's stop must not run inside a frame that may hold grpc's locks).
+    signalled = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda num, frame: signalled.append(signal.Signals(num).name))
     try:
         server.start()
     except OSError as exc:
         log.error("%s", exc)
         return 1
     if args.port_file:
-        _write_port(args.port_file, server.port)
-
-    def on_signal(signum, frame):
-        # Stop from another thread: grpc's stop() must not run inside a signal handler's frame
-        # that may hold its locks.
-        import threading
-        threading.Thread(target=server.stop, args=(signal.Signals(signum).name,),
-                         daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    while not server.wait(0.5):
-        pass
+        try:
+            write_port_file(args.port_file, server.port)
+        except OSError as exc:
+            log.error("cannot write the port file %s: %s", args.port_file, exc)
+            server.stop(grace=0, reason="no port file")
+            return 1
+    while not server.wait_for_termination(0.2):
+        if signalled:
+            server.stop(reason=f"got {signalled[0]}")
     log.info("shard %d exiting: %s", args.task_index, server.stop_reason)
     return 0
 

@@ -19,19 +19,37 @@ from .store import ShardStore
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "psflow.ParameterServer"
+# How often the lifecycle thread looks at the parent process.
+WATCH_INTERVAL_S = 0.5
+SERVER_OPTIONS = codec.CHANNEL_OPTIONS + [
+    # gRPC sets SO_REUSEPORT by default, so a second server could bind a port in use and
+    # silently share its traffic; a shard must own its port or fail to bind.
+    ("grpc.so_reuseport", 0),
+    # Beyond 1000 calls waiting for a thread, gRPC cancels new ones at random (3000: all).
+    # A cancelled push is a lost gradient; a shard queues its workers' calls instead.
+    ("grpc.server.max_pending_requests", 16384),
+    ("grpc.server.max_pending_requests_hard_limit", 32768),
+]
 
 
-def _host_port(host, port):
+def host_port(host, port):
+    """"host:port", with an IPv6 host in brackets."""
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"{host}:{port}"
 
 
 class ParameterServer:
-    """One shard: `start()`, then `wait()` until its lifecycle ends (or `stop()` it)."""
+    """One shard: `start()`, then `wait_for_termination()` until its lifecycle ends (every
+    worker done, the parent process gone) or someone calls `stop()`.
+
+    `threads` bounds the concurrent calls; it is large so that calls blocked in
+    WaitInitialized never starve pulls and pushes. After the last WorkerDone the server waits
+    `done_grace_s` so that the answer reaches its caller, then stops.
+    """
 
     def __init__(self, shard=0, num_workers=1, host="127.0.0.1", port=0, port_fallback=False,
-                 parent_pid=None, threads=64, done_grace_s=0.5):
+                 parent_pid=None, threads=64, done_grace_s=0.5, stop_grace_s=2.0):
         self.store = ShardStore(shard=shard, num_workers=num_workers)
         self.host = host
         self.requested_port = port
@@ -39,74 +57,113 @@ class ParameterServer:
         self.parent_pid = parent_pid
         self.threads = threads
         self.done_grace_s = done_grace_s
+        self.stop_grace_s = stop_grace_s
         self.port = None
         self.stop_reason = None
         self._server = None
+        self._executor = None
         self._health = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
+        # If the parent given is ours, being re-parented also means it is gone.
+        self._parent_is_ours = parent_pid is not None and parent_pid == os.getppid()
+
+    @property
+    def shard(self):
+        return self.store.shard
 
     @property
     def address(self):
-        return _host_port(self.host, self.port)
+        return host_port(self.host, self.port)
 
     def start(self):
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.threads,
-                                                        thread_name_prefix="ps"),
-                             options=codec.CHANNEL_OPTIONS)
+        """Binds, starts serving and starts the lifecycle thread; OSError if the port cannot
+        be bound. Returns self."""
+        self._executor = futures.ThreadPoolExecutor(max_workers=self.threads,
+                                                    thread_name_prefix=f"ps{self.shard}")
+        server = grpc.server(self._executor, options=SERVER_OPTIONS)
         pb_grpc.add_ParameterServerServicer_to_server(ParameterServerServicer(self.store), server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        self.port = self._bind(server)
+        try:
+            self.port = self._bind(server)
+        except OSError:
+            self._executor.shutdown(wait=False)
+            raise
         server.start()
         self._server = server
         for service in ("", SERVICE_NAME):
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        threading.Thread(target=self._watch, name="ps-lifecycle", daemon=True).start()
-        log.info("serving shard %d on %s for %d workers", self.store.shard, self.address,
+        threading.Thread(target=self._watch, name=f"ps{self.shard}-lifecycle",
+                         daemon=True).start()
+        log.info("serving shard %d on %s for %d workers", self.shard, self.address,
                  self.store.num_workers)
         return self
 
     def _bind(self, server):
         try:
-            port = server.add_insecure_port(_host_port(self.host, self.requested_port))
+            port = server.add_insecure_port(host_port(self.host, self.requested_port))
         except RuntimeError:
             port = 0
         if port == 0 and self.requested_port != 0 and self.port_fallback:
             log.warning("port %d is taken; binding another free port", self.requested_port)
             try:
-                port = server.add_insecure_port(_host_port(self.host, 0))
+                port = server.add_insecure_port(host_port(self.host, 0))
             except RuntimeError:
                 port = 0
         if port == 0:
-            raise OSError(f"cannot bind {_host_port(self.host, self.requested_port)}")
+            raise OSError(f"cannot bind {host_port(self.host, self.requested_port)}")
         return port
 
     def _watch(self):
         """Ends the server when all workers are done or the parent process is gone."""
         while not self._stopped.is_set():
-            if self.store.all_done.wait(0.5):
+            if self.store.all_done.wait(WATCH_INTERVAL_S):
                 time.sleep(self.done_grace_s)  # let the last WorkerDone answer reach its caller
-                self.stop("all workers are done")
+                self.stop(reason="all workers are done")
                 return
-            if self.parent_pid is not None and not _alive(self.parent_pid):
-                self.stop(f"parent process {self.parent_pid} is gone")
+            if self.parent_pid is not None and not self._parent_alive():
+                self.stop(reason=f"parent process {self.parent_pid} is gone")
                 return
 
-    def stop(self, reason="stopped", grace=2.0):
+    def _parent_alive(self):
+        if self._parent_is_ours and os.getppid() != self.parent_pid:
+            return False
+        return _alive(self.parent_pid)
+
+    def stop(self, grace=None, reason="stop requested"):
+        """Stops serving: health turns NOT_SERVING, waits in WaitInitialized end, calls in
+        flight get `grace` seconds to finish. Idempotent; returns once stopped."""
+        grace = self.stop_grace_s if grace is None else grace
         with self._stop_lock:
-            if self._stopped.is_set() or self._server is None:
+            if self._stopped.is_set():
+                return
+            if self._server is None:  # never started
                 self._stopped.set()
                 return
             self.stop_reason = reason
-            log.info("shard %d stopping: %s", self.store.shard, reason)
+            log.info("shard %d stopping: %s", self.shard, reason)
             self._health.enter_graceful_shutdown()
+            self.store.close()
             self._server.stop(grace).wait()
+            self._executor.shutdown(wait=False)
             self._stopped.set()
 
-    def wait(self, timeout=None):
-        """Blocks until the server has stopped; returns True if it has."""
+    def wait_for_termination(self, timeout=None):
+        """Blocks until the server has stopped (or `timeout` seconds); True if it has."""
         return self._stopped.wait(timeout)
+
+    wait = wait_for_termination
+
+    @property
+    def stopped(self):
+        return self._stopped.is_set()
+
+    def __enter__(self):
+        return self if self._server is not None else self.start()
+
+    def __exit__(self, *exc):
+        self.stop(grace=0)
 
 
 def _alive(pid):

@@ -21,23 +21,36 @@ _STATUS = [
 ]
 
 
+def _status_of(exc):
+    for kind, code in _STATUS:
+        if isinstance(exc, kind):
+            return code
+    return None
+
+
 def _handler(method):
-    """Turns exceptions from the store into gRPC status codes with their messages."""
+    """Turns exceptions from the store into gRPC status codes with their messages; anything
+    unexpected becomes INTERNAL (logged with its traceback) and the server carries on."""
     @functools.wraps(method)
     def handle(self, request, context):
         try:
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001 -- every failure must become a status
-            for kind, code in _STATUS:
-                if isinstance(exc, kind):
-                    context.abort(code, str(exc))
-            log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: "
-                          f"{type(exc).__name__}: {exc}")
+            code = _status_of(exc)
+            if code is None:
+                log.exception("%s failed", method.__name__)
+                code = grpc.StatusCode.INTERNAL
+                message = f"{method.__name__}: {type(exc).__name__}: {exc}"
+            else:
+                log.debug("%s refused: %s", method.__name__, exc)
+                message = str(exc)
+        context.abort(code, message)
     return handle
 
 
 class ParameterServerServicer(pb_grpc.ParameterServerServicer):
+    """The ParameterServer service over a ShardStore (see psflow.proto's psflow.proto)."""
+
     def __init__(self, store):
         self.store = store
 
@@ -53,7 +66,9 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_handler
     def InitializeVariables(self, request, context):
-        values = {item.name: codec.decode(item.tensor, item.name) for item in request.values}
+        values = {}
+        for item in request.values:
+            values[item.name] = codec.decode(item.tensor, f"initial value of {item.name!r}")
         assigned = self.store.initialize(values, overwrite=request.overwrite)
         return pb.InitializeVariablesResponse(assigned=assigned)
 
@@ -62,19 +77,24 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         timeout = max(request.timeout_ms, 0) / 1000.0
         remaining = context.time_remaining()
         if remaining is not None:
+            # Answer before the caller's deadline, so it learns what is still missing.
             timeout = min(timeout, max(remaining - 0.5, 0.0))
-        missing = self.store.wait_initialized(list(request.names), timeout)
+        # A caller that goes away wakes the wait, so it does not hold a server thread.
+        context.add_callback(self.store.wake_waiters)
+        missing = self.store.wait_initialized(list(request.names), timeout,
+                                              is_active=context.is_active)
         return pb.WaitInitializedResponse(ready=not missing, missing=missing)
 
     @_handler
     def Pull(self, request, context):
-        reply = pb.PullResponse(global_step=self.store.global_step if self.store.shard == 0
-                                else -1)
+        step = self.store.global_step if self.store.holds_global_step else -1
+        reply = pb.PullResponse(global_step=step)
         for name, data, dtype, shape, version in self.store.pull(request.names):
             item = reply.values.add(name=name, version=version)
-            item.tensor.dtype = dtype.name
-            item.tensor.shape[:] = shape
-            item.tensor.content = data
+            tensor = item.tensor
+            tensor.dtype = dtype.name
+            tensor.shape[:] = shape
+            tensor.content = data
         return reply
 
     @_handler
@@ -83,13 +103,14 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         gradients = []
         for g in request.gradients:
             values = codec.decode(g.values, f"gradient of {g.name!r}")
-            indices = codec.decode(g.indices, f"indices of {g.name!r}") \
-                if g.HasField("indices") else None
+            indices = (codec.decode(g.indices, f"indices of the gradient of {g.name!r}")
+                       if g.HasField("indices") else None)
             gradients.append((g.name, values, indices, g.version))
         staleness, step = self.store.push(gradients, rule, worker=request.worker,
-                                          increment_global_step=request.increment_global_step)
+                                          increment_global_step=request.increment_global_step,
+                                          global_step=request.global_step)
         return pb.PushResponse(staleness=staleness,
-                               global_step=step if self.store.shard == 0 else -1)
+                               global_step=step if self.store.holds_global_step else -1)
 
     @_handler
     def RegisterWorker(self, request, context):

@@ -4,8 +4,20 @@ Each variable has its own lock: pushes to different variables run in parallel, p
 same variable are applied one after the other and none is lost. Update rules are those of
 psflow.train.update_rules, applied in place, so the shard does exactly what local training
 does.
+
+Dtype rules for pushed gradients: a gradient must be floating point, like the variable it
+updates (integer variables take no gradients). A float gradient of another width (say float64
+for a float32 variable) is cast to the variable's dtype before the rule runs, so the slots and
+the arithmetic stay in the variable's dtype; an integer or bool gradient is refused.
+
+Staleness: each gradient's staleness is the variable's version when the gradient arrives minus
+the version it was computed from (PushResponse.staleness). The histogram counts gradients by
+staleness; for a push that advances the global step it records, per gradient, the global steps
+that passed since the worker's pull instead (the proto's PushRequest.global_step).
 """
 
+import collections
+import inspect
 import math
 import threading
 import time
@@ -14,9 +26,12 @@ import numpy as np
 
 from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from psflow.gradients import IndexedSlices
-from psflow.train.update_rules import UpdateRule
+from psflow.proto.codec import shape_str as _shape_text
+from psflow.train.update_rules import RULES, UpdateRule
 
 STALENESS_BUCKETS = 32
+# Distinct rule specs kept; a decaying learning rate makes a new spec every step.
+RULE_CACHE_SIZE = 64
 
 
 class _Variable:
@@ -27,7 +42,7 @@ class _Variable:
         self.dtype = dtype
         self.shape = shape
         self.value = None
-        self.slots = {}
+        self.slots = {}  # rule name -> that rule's slots, made at its first push
         self.version = 0
         self.lock = threading.Lock()
 
@@ -44,23 +59,23 @@ class _Worker:
         self.pushes = 0
 
 
-def _shape_text(shape):
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
 class ShardStore:
-    """Variables, optimizer slots, the global step (on shard 0) and worker membership."""
+    """Variables, optimizer slots, the global step (held by shard 0), counters and worker
+    membership of one shard. Every method is safe to call from many threads."""
 
     def __init__(self, shard=0, num_workers=1):
         if num_workers < 1:
-            raise ValueError("a parameter server needs at least one worker")
+            raise ValueError(f"a parameter server needs at least one worker, got {num_workers}")
         self.shard = shard
         self.num_workers = num_workers
         self.started = time.monotonic()
         self._variables = {}
         self._registry_lock = threading.Lock()
+        # Notified whenever variables get values (and on close): WaitInitialized sleeps on it.
         self._initialized = threading.Condition(self._registry_lock)
-        self._rules = {}
+        self._closed = False
+        self._rules = collections.OrderedDict()
+        self._rules_lock = threading.Lock()
         self._step_lock = threading.Lock()
         self.global_step = 0
         self._stats_lock = threading.Lock()
@@ -71,11 +86,16 @@ class ShardStore:
         self._workers = {}
         self.all_done = threading.Event()
 
+    @property
+    def holds_global_step(self):
+        return self.shard == 0
+
     # -- variables -------------------------------------------------------------------------
     def declare(self, specs):
         """Declares (name, dtype, shape) triples; returns the names that already have values.
-        Re-declaring alike is a no-op; declaring differently is an InvalidArgumentError."""
-        checked = []
+        Re-declaring alike is a no-op; declaring differently is an InvalidArgumentError (and
+        then nothing of the call is declared)."""
+        checked = {}
         for name, dtype, shape in specs:
             if not name:
                 raise InvalidArgumentError("a variable needs a name")
@@ -85,66 +105,82 @@ class ShardStore:
                 raise InvalidArgumentError(f"variable {name!r}: unknown dtype {dtype!r}") from None
             shape = tuple(int(d) for d in shape)
             if any(d < 0 for d in shape):
-                raise InvalidArgumentError(f"variable {name!r}: negative dimension in "
+                raise InvalidArgumentError(f"variable {name!r}: negative dimension in shape "
                                            f"{_shape_text(shape)}")
-            checked.append((name, dtype, shape))
+            if name in checked and checked[name] != (dtype, shape):
+                self._conflict(name, *checked[name], dtype, shape)
+            checked[name] = (dtype, shape)
         initialized = []
         with self._registry_lock:
-            for name, dtype, shape in checked:
+            for name, (dtype, shape) in checked.items():
+                var = self._variables.get(name)
+                if var is not None and (var.dtype != dtype or var.shape != shape):
+                    self._conflict(name, var.dtype, var.shape, dtype, shape)
+            for name, (dtype, shape) in checked.items():
                 var = self._variables.get(name)
                 if var is None:
                     self._variables[name] = _Variable(name, dtype, shape)
-                    continue
-                if var.dtype != dtype or var.shape != shape:
-                    raise InvalidArgumentError(
-                        f"variable {name!r} is already declared as {var.dtype.name} "
-                        f"{_shape_text(var.shape)}; cannot redeclare it as {dtype.name} "
-                        f"{_shape_text(shape)}")
-                if var.value is not None:
+                elif var.value is not None:
                     initialized.append(name)
         return initialized
+
+    @staticmethod
+    def _conflict(name, old_dtype, old_shape, dtype, shape):
+        raise InvalidArgumentError(
+            f"variable {name!r} is already declared as {old_dtype.name} {_shape_text(old_shape)}; "
+            f"cannot redeclare it as {dtype.name} {_shape_text(shape)}")
 
     def _get(self, name):
         var = self._variables.get(name)
         if var is None:
-            raise NotFoundError(f"no variable {name!r} on parameter server {self.shard}")
+            raise NotFoundError(f"no variable {name!r} on parameter server {self.shard}; "
+                                "declare it first")
         return var
 
-    def _check_value(self, var, array, what):
+    def _check_value(self, var, array):
+        """Initial values: same shape; same dtype, or another float width (cast)."""
         if array.shape != var.shape:
-            raise InvalidArgumentError(f"{what} for variable {var.name!r} has shape "
+            raise InvalidArgumentError(f"initial value for variable {var.name!r} has shape "
                                        f"{_shape_text(array.shape)}, but the variable has shape "
                                        f"{_shape_text(var.shape)}")
         if array.dtype != var.dtype and not (array.dtype.kind == var.dtype.kind == "f"):
-            raise InvalidArgumentError(f"{what} for variable {var.name!r} has dtype "
+            raise InvalidArgumentError(f"initial value for variable {var.name!r} has dtype "
                                        f"{array.dtype.name}, but the variable has dtype "
                                        f"{var.dtype.name}")
 
     def initialize(self, values, overwrite=False):
         """Sets values ({name: array}) of declared variables. A variable that has a value
-        keeps it unless `overwrite`. Returns the names whose value was set."""
+        keeps it unless `overwrite` (optimizer slots are kept either way, as a local assign
+        keeps them). Every value is checked before any is set. Returns the names set."""
         for name, array in values.items():
-            self._check_value(self._get(name), array, "initial value")
+            self._check_value(self._get(name), array)
         assigned = []
+        received = 0
         for name, array in values.items():
             var = self._variables[name]
+            received += array.nbytes
             with var.lock:
-                if var.value is not None and not overwrite:
+                if var.value is None:
+                    var.value = np.array(array, dtype=var.dtype)  # owned and writable
+                elif overwrite:
+                    np.copyto(var.value, array, casting="same_kind")  # no new memory
+                else:
                     continue
-                var.value = np.array(array, dtype=var.dtype)  # owned and writable
-                var.slots = {}
                 assigned.append(name)
         with self._initialized:
             self._initialized.notify_all()
-        self._count_received(sum(a.nbytes for a in values.values()))
+        with self._stats_lock:
+            self.bytes_received += received
         return assigned
 
     def missing(self, names):
+        """The names among `names` that have no value yet (NotFoundError if one is unknown)."""
         return [n for n in names if self._get(n).value is None]
 
-    def wait_initialized(self, names, timeout):
-        """Blocks until every named variable has a value or `timeout` seconds pass; returns
-        the names still missing."""
+    def wait_initialized(self, names, timeout, is_active=None):
+        """Blocks until every named variable has a value, `timeout` seconds pass, the store is
+        closed or `is_active()` turns false (see wake_waiters); returns the names still
+        missing."""
         for name in names:
             self._get(name)
         deadline = time.monotonic() + max(timeout, 0.0)
@@ -152,12 +188,25 @@ class ShardStore:
             while True:
                 missing = self.missing(names)
                 remaining = deadline - time.monotonic()
-                if not missing or remaining <= 0:
+                if (not missing or remaining <= 0 or self._closed
+                        or (is_active is not None and not is_active())):
                     return missing
                 self._initialized.wait(remaining)
 
+    def wake_waiters(self):
+        """Makes every wait_initialized re-check its condition (e.g. its caller went away)."""
+        with self._initialized:
+            self._initialized.notify_all()
+
+    def close(self):
+        """Ends every current and future wait_initialized at once (the server is stopping)."""
+        with self._initialized:
+            self._closed = True
+            self._initialized.notify_all()
+
     def pull(self, names):
-        """[(name, bytes of the value, dtype, shape, version)] — each a consistent snapshot."""
+        """[(name, bytes of the value, dtype, shape, version)]: each a consistent snapshot,
+        copied under the variable's lock."""
         out = []
         sent = 0
         for name in names:
@@ -173,78 +222,131 @@ class ShardStore:
             self.bytes_sent += sent
         return out
 
+    def read(self, name):
+        """(a copy of the value, its version); FailedPreconditionError before initialization."""
+        var = self._get(name)
+        with var.lock:
+            if var.value is None:
+                raise FailedPreconditionError(f"variable {name!r} is not initialized yet")
+            return var.value.copy(), var.version
+
     def rule(self, name, hyper):
-        """The UpdateRule for a spec, made once and then reused."""
+        """The UpdateRule for a spec (a name and its hyperparameters), made once and reused;
+        InvalidArgumentError for an unknown rule or hyperparameters it does not take."""
         key = (name, tuple(sorted(hyper.items())))
-        rule = self._rules.get(key)
-        if rule is None:
-            try:
-                rule = UpdateRule(name, **hyper)
-            except (ValueError, TypeError) as exc:
-                raise InvalidArgumentError(f"bad update rule {name!r}: {exc}") from None
+        with self._rules_lock:
+            rule = self._rules.get(key)
+            if rule is not None:
+                self._rules.move_to_end(key)
+                return rule
+        if name not in RULES:
+            raise InvalidArgumentError(f"unknown update rule {name!r}; known: "
+                                       f"{', '.join(sorted(RULES))}")
+        try:
+            inspect.signature(RULES[name][0]).bind(None, None, None, **hyper)
+        except TypeError as exc:
+            raise InvalidArgumentError(f"update rule {name!r} with hyperparameters "
+                                       f"{dict(hyper)}: {exc}") from None
+        rule = UpdateRule(name, **hyper)
+        with self._rules_lock:
             self._rules[key] = rule
+            while len(self._rules) > RULE_CACHE_SIZE:
+                self._rules.popitem(last=False)
         return rule
 
-    def push(self, gradients, rule, worker=-1, increment_global_step=False):
-        """Applies gradients: a list of (name, values, indices or None, version). Every
-        gradient is validated before any is applied. Returns (staleness list, global step)."""
+    def push(self, gradients, rule, worker=-1, increment_global_step=False, global_step=None):
+        """Applies gradients, a list of (name, values, indices or None, version), with `rule`
+        (an UpdateRule, see `rule()`). Every gradient is checked before any is applied. With
+        `increment_global_step` the global step then advances by one. `global_step` is the
+        step the worker pulled (for the staleness histogram). Returns (the staleness of each
+        gradient, the global step after the push)."""
         checked = []
         received = 0
         for name, values, indices, version in gradients:
             var = self._get(name)
+            if var.dtype.kind != "f":
+                raise InvalidArgumentError(f"variable {name!r} has dtype {var.dtype.name}; only "
+                                           "floating-point variables take gradients")
             if indices is None:
-                self._check_value(var, values, "gradient")
-                grad = values
+                grad = self._dense(var, values)
             else:
                 grad = self._sparse(var, values, indices)
+            if var.value is None:
+                raise FailedPreconditionError(
+                    f"variable {name!r} is not initialized yet; the chief initializes the "
+                    "variables before anyone pushes")
             received += values.nbytes + (0 if indices is None else indices.nbytes)
             checked.append((var, grad, version))
         staleness = []
         for var, grad, version in checked:
             with var.lock:
-                if var.value is None:
-                    raise FailedPreconditionError(
-                        f"variable {var.name!r} is not initialized yet; the chief initializes "
-                        "the variables before anyone pushes")
-                if not var.slots:
-                    var.slots = rule.init_slots(var.value)
-                rule.apply(var.value, grad, var.slots)
+                slots = var.slots.get(rule.name)
+                if slots is None:
+                    slots = var.slots[rule.name] = rule.init_slots(var.value)
+                rule.apply(var.value, grad, slots)
                 staleness.append(max(var.version - version, 0))
                 var.version += 1
-        step = self.global_step
         if increment_global_step:
             with self._step_lock:
+                before = self.global_step
                 self.global_step += 1
                 step = self.global_step
+            if global_step is not None:
+                recorded = [max(before - global_step, 0)] * len(staleness)
+            else:
+                recorded = staleness
+        else:
+            step = self.global_step
+            recorded = staleness
         with self._stats_lock:
             self.pushes += 1
             self.bytes_received += received
-            for s in staleness:
+            for s in recorded:
                 self.staleness[min(s, STALENESS_BUCKETS - 1)] += 1
-            if worker >= 0:
+            if 0 <= worker < self.num_workers:
                 self._worker(worker).pushes += 1
         return staleness, step
 
+    @staticmethod
+    def _gradient_dtype(var, values, what):
+        if values.dtype.kind != "f":
+            raise InvalidArgumentError(f"{what} for variable {var.name!r} has dtype "
+                                       f"{values.dtype.name}, but the variable has dtype "
+                                       f"{var.dtype.name}")
+        # Another float width is cast once here, so the rule's arithmetic is the variable's.
+        return values if values.dtype == var.dtype else values.astype(var.dtype)
+
+    def _dense(self, var, values):
+        if values.shape != var.shape:
+            raise InvalidArgumentError(f"gradient for variable {var.name!r} has shape "
+                                       f"{_shape_text(values.shape)}, but the variable has shape "
+                                       f"{_shape_text(var.shape)}")
+        return self._gradient_dtype(var, values, "gradient")
+
     def _sparse(self, var, values, indices):
         if not var.shape:
-            raise InvalidArgumentError(f"sparse gradient for scalar variable {var.name!r}")
-        indices = indices.reshape(-1)
+            raise InvalidArgumentError(f"sparse gradient for scalar variable {var.name!r}: a "
+                                       "scalar has no rows")
         if indices.dtype.kind not in "iu":
-            raise InvalidArgumentError(f"sparse gradient for {var.name!r}: indices must be "
-                                       f"integers, got {indices.dtype.name}")
+            raise InvalidArgumentError(f"sparse gradient for variable {var.name!r}: indices "
+                                       f"must be int64, got {indices.dtype.name}")
+        if indices.ndim != 1:
+            raise InvalidArgumentError(f"sparse gradient for variable {var.name!r}: indices "
+                                       f"must be 1-D, got shape {_shape_text(indices.shape)}")
         expected = (indices.size,) + var.shape[1:]
         if values.shape != expected:
-            raise InvalidArgumentError(f"sparse gradient for {var.name!r} has values of shape "
-                                       f"{_shape_text(values.shape)}, expected "
-                                       f"{_shape_text(expected)} for {indices.size} rows")
-        if indices.size and (indices.min() < 0 or indices.max() >= var.shape[0]):
-            raise InvalidArgumentError(f"sparse gradient for {var.name!r}: row index out of "
-                                       f"range [0, {var.shape[0]})")
+            raise InvalidArgumentError(
+                f"sparse gradient for variable {var.name!r} has values of shape "
+                f"{_shape_text(values.shape)}, but {indices.size} rows of the variable's shape "
+                f"{_shape_text(var.shape)} make {_shape_text(expected)}")
+        if indices.size:
+            low, high = int(indices.min()), int(indices.max())
+            if low < 0 or high >= var.shape[0]:
+                bad = low if low < 0 else high
+                raise InvalidArgumentError(f"sparse gradient for variable {var.name!r}: row "
+                                           f"index {bad} is out of range [0, {var.shape[0]})")
+        values = self._gradient_dtype(var, values, "sparse gradient")
         return IndexedSlices(values, indices, var.shape)
-
-    def _count_received(self, nbytes):
-        with self._stats_lock:
-            self.bytes_received += nbytes
 
     # -- membership ------------------------------------------------------------------------
     def _worker(self, index):
@@ -256,48 +358,57 @@ class ShardStore:
     def _check_task(self, index):
         if not 0 <= index < self.num_workers:
             raise InvalidArgumentError(f"worker {index} is out of range: this job has "
-                                       f"{self.num_workers} workers")
+                                       f"{self.num_workers} workers (0 to {self.num_workers - 1})")
+
+    def _done_count(self):
+        return sum(w.done for w in self._workers.values())
 
     def register(self, index):
+        """Worker `index` has started. Returns (number of workers, how many are done)."""
         self._check_task(index)
         with self._stats_lock:
             worker = self._worker(index)
             worker.registered = True
-            worker.done = False
             worker.last_seen = time.monotonic()
-        return self.membership()
+            return self.num_workers, self._done_count()
 
     def heartbeat(self, index, local_step, loss):
+        """Worker `index` is alive at its `local_step` with `loss`. Returns membership."""
         self._check_task(index)
         with self._stats_lock:
             worker = self._worker(index)
             worker.local_step = local_step
             worker.loss = loss
             worker.last_seen = time.monotonic()
-        return self.membership()
+            return self.num_workers, self._done_count()
 
     def done(self, index):
+        """Worker `index` has finished (idempotent). When all have, `all_done` is set."""
         self._check_task(index)
         with self._stats_lock:
             worker = self._worker(index)
             worker.done = True
             worker.last_seen = time.monotonic()
-            finished = sum(w.done for w in self._workers.values())
+            finished = self._done_count()
         if finished >= self.num_workers:
             self.all_done.set()
-        return self.membership()
+        return self.num_workers, finished
 
     def membership(self):
         """(number of workers, how many are done)."""
-        return self.num_workers, sum(w.done for w in self._workers.values())
+        with self._stats_lock:
+            return self.num_workers, self._done_count()
 
     def stats(self):
+        """Counters as a dict: the fields of the proto's StatsResponse; `workers` holds
+        (task_index, registered, done, local_step, loss, last_seen_s, pushes) tuples."""
         now = time.monotonic()
         with self._stats_lock:
             workers = [(index, w.registered, w.done, w.local_step, w.loss,
                         (now - w.last_seen) if w.last_seen is not None else -1.0, w.pushes)
                        for index, w in sorted(self._workers.items())]
-            return {"shard": self.shard, "global_step": self.global_step,
+            return {"shard": self.shard,
+                    "global_step": self.global_step if self.holds_global_step else -1,
                     "pushes": self.pushes, "bytes_received": self.bytes_received,
                     "bytes_sent": self.bytes_sent, "staleness_histogram": list(self.staleness),
                     "workers": workers, "variables": len(self._variables),

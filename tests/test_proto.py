@@ -1,0 +1,155 @@
+"""The wire contract: committed stubs match the .proto; the tensor codec round-trips every
+dtype without copying on decode and refuses malformed tensors."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+from psflow.proto import codec
+from psflow.proto import psflow_pb2 as pb
+
+PROTO_DIR = pathlib.Path(__file__).resolve().parent.parent / "proto"
+STUBS = ("psflow_pb2.py", "psflow_pb2.pyi", "psflow_pb2_grpc.py")
+
+
+def _load_generate():
+    spec = importlib.util.spec_from_file_location("psflow_proto_generate",
+                                                  PROTO_DIR / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_stubs_are_fresh(tmp_path):
+    written = _load_generate().generate(tmp_path)
+    assert sorted(p.name for p in written) == sorted(STUBS)
+    for name in STUBS:
+        fresh = (tmp_path / name).read_text()
+        committed = (PROTO_DIR / name).read_text()
+        assert fresh == committed, (f"proto/{name} is stale: run `python proto/generate.py` "
+                                    "and commit the result")
+
+
+def test_grpc_stub_imports_the_package_module():
+    text = (PROTO_DIR / "psflow_pb2_grpc.py").read_text()
+    assert "from . import psflow_pb2 as" in text
+    assert "\nimport psflow_pb2" not in text
+
+
+ALL_DTYPES = ["float16", "float32", "float64", "int32", "int64", "uint8", "bool"]
+
+
+def _sample(dtype, shape):
+    rng = np.random.default_rng(0)
+    if dtype == "bool":
+        return rng.random(shape) > 0.5
+    if dtype.startswith("float"):
+        return rng.standard_normal(shape).astype(dtype)
+    return rng.integers(0, 100, size=shape).astype(dtype)
+
+
+def _through_the_wire(array):
+    """Encode, serialize, parse and decode, as a real call does."""
+    wire = codec.encode(array).SerializeToString()
+    return codec.decode(pb.Tensor.FromString(wire))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0, 2), (5,), (4, 3)])
+def test_round_trip_every_dtype_and_shape(dtype, shape):
+    array = _sample(dtype, shape)
+    message = codec.encode(array)
+    assert message.dtype == dtype
+    assert list(message.shape) == list(shape)
+    assert len(message.content) == array.size * np.dtype(dtype).itemsize
+    back = _through_the_wire(array)
+    assert back.dtype == np.dtype(dtype)
+    assert back.shape == shape
+    np.testing.assert_array_equal(back, array)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_round_trip_non_contiguous(dtype):
+    base = _sample(dtype, (6, 8))
+    view = base[::2, 1::3].T  # strided and transposed
+    assert not view.flags.c_contiguous
+    back = _through_the_wire(view)
+    assert back.shape == view.shape
+    np.testing.assert_array_equal(back, view)
+
+
+def test_big_endian_input_travels_little_endian():
+    array = np.arange(6, dtype=">f4").reshape(2, 3)
+    message = codec.encode(array)
+    assert message.content == np.arange(6, dtype="<f4").tobytes()
+    np.testing.assert_array_equal(codec.decode(message), array)
+
+
+def test_decode_is_a_read_only_view_of_the_bytes():
+    array = np.arange(12, dtype=np.float32).reshape(3, 4)
+    message = codec.encode(array)
+    decoded = codec.decode(message)
+    assert not decoded.flags.owndata
+    assert not decoded.flags.writeable
+    # The array's memory is the message content's bytes object: no copy was made.
+    root = decoded
+    while isinstance(root, np.ndarray):
+        root = root.base
+    assert isinstance(root, bytes)
+    assert np.shares_memory(decoded, np.frombuffer(root, dtype=np.uint8))
+
+
+def test_scalar_round_trip_keeps_its_value():
+    back = _through_the_wire(np.float64(2.5))
+    assert back.shape == () and back.dtype == np.float64 and float(back) == 2.5
+
+
+@pytest.mark.parametrize("content_bytes", [0, 11, 13, 100])
+def test_wrong_content_length_names_both_sizes(content_bytes):
+    message = pb.Tensor(dtype="float32", shape=[3], content=b"\0" * content_bytes)
+    with pytest.raises(codec.CodecError) as info:
+        codec.decode(message, "gradient of 'w'")
+    text = str(info.value)
+    assert f"{content_bytes} bytes" in text
+    assert "12 bytes" in text
+    assert "gradient of 'w'" in text
+
+
+def test_negative_dimension_is_refused():
+    with pytest.raises(codec.CodecError, match="negative"):
+        codec.decode(pb.Tensor(dtype="float32", shape=[-1, 2], content=b""))
+
+
+@pytest.mark.parametrize("name", ["complex64", "float128", "object", "", "Float32", "int8"])
+def test_unknown_dtype_is_refused_on_decode(name):
+    with pytest.raises(codec.CodecError, match="dtype"):
+        codec.decode(pb.Tensor(dtype=name, shape=[1], content=b"\0" * 4))
+
+
+@pytest.mark.parametrize("array", [np.zeros(2, np.complex64), np.array(["a"]),
+                                   np.array([object()]), np.zeros(2, np.int8)])
+def test_unsupported_dtype_is_refused_on_encode(array):
+    with pytest.raises(codec.CodecError, match="cannot travel"):
+        codec.encode(array)
+
+
+def test_codec_error_is_a_value_error():
+    assert issubclass(codec.CodecError, ValueError)
+
+
+def test_encode_fills_a_given_message():
+    request = pb.PushRequest()
+    gradient = request.gradients.add(name="w", version=3)
+    codec.encode(np.ones((2, 2), np.float32), gradient.values)
+    parsed = pb.PushRequest.FromString(request.SerializeToString())
+    np.testing.assert_array_equal(codec.decode(parsed.gradients[0].values), np.ones((2, 2)))
+    assert not parsed.gradients[0].HasField("indices")
+
+
+def test_message_limits_leave_room_for_a_payload():
+    assert codec.MAX_PAYLOAD_BYTES * 4 <= codec.MAX_MESSAGE_BYTES < 2 ** 31
+    options = dict(codec.CHANNEL_OPTIONS)
+    assert options["grpc.max_send_message_length"] == codec.MAX_MESSAGE_BYTES
+    assert options["grpc.max_receive_message_length"] == codec.MAX_MESSAGE_BYTES
