@@ -63,6 +63,8 @@ class SumToShape(Node):
         if grad.shape == target:
             return grad
         lead = grad.ndim - len(target)
+        if lead > 0 and grad.shape[lead:] == target:  # only leading axes were broadcast
+            return grad.sum(axis=tuple(range(lead)))
         axes = tuple(range(lead)) + tuple(
             lead + i for i, dim in enumerate(target) if dim == 1 and grad.shape[lead + i] != 1)
         out = grad.sum(axis=axes, keepdims=True) if axes else grad
@@ -76,7 +78,31 @@ def sum_to_shape_of(grad, x, out):
         if x.shape == out.shape:
             return grad
         return SumToShape(grad, x.shape)
+    if _fixes_output_shape(x, out):
+        return grad
     return SumToShape(grad, x)
+
+
+def _fixes_output_shape(x, out):
+    """True if `x` surely has the run-time shape of `out`: the same rank, the same known
+    dimensions, and where x's dimension is unknown every other operand has a 1 or nothing."""
+    if x.shape is None or out.shape is None or len(x.shape) != len(out.shape):
+        return False
+    rank = len(out.shape)
+    for axis, (dim, out_dim) in enumerate(zip(x.shape, out.shape)):
+        if dim is not None:
+            if dim != out_dim:
+                return False
+            continue
+        for other in out.inputs:
+            if other is x:
+                continue
+            if other.shape is None:
+                return False
+            other_axis = axis - rank + len(other.shape)
+            if other_axis >= 0 and other.shape[other_axis] != 1:
+                return False
+    return True
 
 
 class Add(_Binary):
@@ -205,9 +231,9 @@ class MatMul(Node):
 
     def forward(self, a, b):
         if self.transpose_a:
-            a = np.swapaxes(a, -1, -2)
+            a = a.swapaxes(-1, -2)
         if self.transpose_b:
-            b = np.swapaxes(b, -1, -2)
+            b = b.swapaxes(-1, -2)
         return np.matmul(a, b)
 
 

@@ -66,14 +66,14 @@ def _relu_grad(op, grad):
 
 
 def _softmax(x, axis=-1):
-    shifted = x - np.max(x, axis=axis, keepdims=True)
-    e = np.exp(shifted)
-    return e / np.sum(e, axis=axis, keepdims=True)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
 
 
 def _log_softmax(x, axis=-1):
-    shifted = x - np.max(x, axis=axis, keepdims=True)
-    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
 class Softmax(_Unary):
@@ -147,6 +147,12 @@ def _check_labels(labels, classes):
             f"[0, {classes})")
 
 
+def _pick_classes(values, labels):
+    """`values[..., labels]` elementwise: the entry of each example's class."""
+    rows = values.reshape(-1, values.shape[-1])
+    return rows[np.arange(len(rows)), labels.reshape(-1)].reshape(labels.shape)
+
+
 class SparseSoftmaxCrossEntropyWithLogits(Node):
     """Per-example cross-entropy with integer class `labels` (shape logits.shape[:-1])."""
 
@@ -160,8 +166,9 @@ class SparseSoftmaxCrossEntropyWithLogits(Node):
 
     def forward(self, labels, logits):
         _check_labels(labels, logits.shape[-1])
-        log_probs = _log_softmax(logits)
-        return -np.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+        # -log_softmax at the label, without forming log_softmax for every class.
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        return np.log(np.exp(shifted).sum(axis=-1)) - _pick_classes(shifted, labels)
 
 
 class SparseSoftmaxCrossEntropyGrad(Node):
@@ -170,9 +177,9 @@ class SparseSoftmaxCrossEntropyGrad(Node):
 
     def forward(self, grad, labels, logits):
         local = _softmax(logits)
-        np.put_along_axis(local, labels[..., None],
-                          np.take_along_axis(local, labels[..., None], axis=-1) - 1, axis=-1)
-        return np.expand_dims(grad, -1) * local
+        rows = local.reshape(-1, local.shape[-1])  # a view: _softmax returns a new array
+        rows[np.arange(len(rows)), labels.reshape(-1)] -= 1
+        return grad[..., None] * local
 
 
 @register_gradient(SparseSoftmaxCrossEntropyWithLogits)

@@ -1,6 +1,7 @@
 """`Session`: runs parts of a graph. A run computes only what its fetches need, each node once,
 in one topological order; the order is planned once per (fetches, fed nodes) and reused."""
 
+import operator
 import threading
 
 import numpy as np
@@ -58,13 +59,19 @@ class LocalVariableStore:
 
 
 class _Plan:
-    """The steps of one kind of run: (node, function, input nodes) in topological order."""
+    """The steps of one kind of run: (node, function, input nodes) in topological order.
 
-    __slots__ = ("steps", "variables")
+    `calls` holds the same steps ready to run: (node, function, getter, arity), where
+    `getter(values)` picks the input values (the value itself when arity is 1).
+    """
+
+    __slots__ = ("steps", "variables", "calls")
 
     def __init__(self, steps, variables):
         self.steps = steps
         self.variables = variables
+        self.calls = [(node, fn, operator.itemgetter(*inputs) if inputs else None, len(inputs))
+                      for node, fn, inputs in steps]
 
 
 class Session:
@@ -101,8 +108,13 @@ class Session:
         values = dict(feeds)
         node = None
         try:
-            for node, fn, inputs in plan.steps:
-                values[node] = fn(*[values[i] for i in inputs])
+            for node, fn, getter, arity in plan.calls:
+                if arity == 1:
+                    values[node] = fn(getter(values))
+                elif arity:
+                    values[node] = fn(*getter(values))
+                else:
+                    values[node] = fn()
         except PsflowError:
             raise
         except Exception as exc:
