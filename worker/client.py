@@ -1,6 +1,8 @@
 """The worker's client of one parameter-server shard, and the mapping of gRPC failures to
 psflow's exceptions (each naming the shard and carrying the server's message)."""
 
+from concurrent import futures
+
 import grpc
 
 from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
@@ -39,17 +41,6 @@ class ShardClient:
         except grpc.RpcError as exc:
             raise self.error(method, exc) from None
 
-    def start(self, method, request, timeout=None):
-        """Starts a call without waiting; `finish(future)` returns its answer."""
-        return method, getattr(self.stub, method).future(request, timeout=timeout or self.timeout)
-
-    def finish(self, pending):
-        method, future = pending
-        try:
-            return future.result()
-        except grpc.RpcError as exc:
-            raise self.error(method, exc) from None
-
     def error(self, method, exc):
         code = exc.code() if hasattr(exc, "code") else None
         kind = _ERRORS.get(code, PsflowError)
@@ -59,6 +50,30 @@ class ShardClient:
 
     def close(self):
         self.channel.close()
+
+
+class Fanout:
+    """Runs one blocking call per shard at once: all but the last on a small, persistent
+    thread pool, the last on the calling thread. (gRPC's own `future()` starts a thread per
+    call, which costs more than a small call itself.)"""
+
+    def __init__(self, threads):
+        self._pool = futures.ThreadPoolExecutor(max_workers=max(threads, 1),
+                                                thread_name_prefix="psflow-fanout")
+
+    def call(self, calls):
+        """`calls` is a list of (client, method, request); returns the answers in order."""
+        if len(calls) == 1:
+            client, method, request = calls[0]
+            return [client.call(method, request)]
+        pending = [self._pool.submit(client.call, method, request)
+                   for client, method, request in calls[:-1]]
+        client, method, request = calls[-1]
+        last = client.call(method, request)
+        return [p.result() for p in pending] + [last]
+
+    def close(self):
+        self._pool.shutdown(wait=False)
 
 
 def worker_request(task_index):

@@ -23,7 +23,7 @@ from psflow.session import LocalVariableStore, Session
 from psflow.state_ops import variables_initializer
 from psflow.train.optimizers import ApplyGradients, get_global_step
 
-from .client import ShardClient, worker_request
+from .client import Fanout, ShardClient, worker_request
 from .placement import PARTITION_BYTES, Placement
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class DistributedStore:
         self.task = task
         self.worker = task.worker_index
         self.clients = [ShardClient(i, address) for i, address in enumerate(task.ps_addresses)]
+        self.fanout = Fanout(len(self.clients))
         self.global_step_var = get_global_step(graph)
         self.variables = [v for v in graph.variables if v is not self.global_step_var]
         self.placement = Placement(self.variables, len(self.clients), partition_bytes)
@@ -152,15 +153,13 @@ class DistributedStore:
                 wanted.setdefault(part.shard, []).append(part)
         if needs_step:
             wanted.setdefault(0, [])
-        pending = []
+        calls = []
         for shard, parts in wanted.items():
             client = self.clients[shard]
             for batch in _batches(parts, lambda p: p.nbytes) if parts else [[]]:
-                request = pb.PullRequest(names=[p.name for p in batch])
-                pending.append((client, client.start("Pull", request)))
+                calls.append((client, "Pull", pb.PullRequest(names=[p.name for p in batch])))
         pieces = {}
-        for client, call in pending:
-            reply = client.finish(call)
+        for (client, _, _), reply in zip(calls, self.fanout.call(calls)):
             if client.index == 0:
                 step.global_step = self.last_global_step = reply.global_step
             for item in reply.values:
@@ -222,10 +221,8 @@ class DistributedStore:
                     codec.encode(indices, gradient.indices)
         if global_step is not None:
             request_for(0).increment_global_step = True
-        pending = [(self.clients[s], self.clients[s].start("Push", r)) for s, r in
-                   requests.items()]
-        for client, call in pending:
-            reply = client.finish(call)
+        calls = [(self.clients[s], "Push", r) for s, r in requests.items()]
+        for (client, _, _), reply in zip(calls, self.fanout.call(calls)):
             if client.index == 0 and global_step is not None:
                 step.global_step = self.last_global_step = reply.global_step
 
@@ -248,6 +245,7 @@ class DistributedStore:
             client.call("WorkerDone", worker_request(self.worker), timeout=10.0)
 
     def close(self):
+        self.fanout.close()
         for client in self.clients:
             client.close()
 
