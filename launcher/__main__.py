@@ -1,5 +1,7 @@
 """`python -m psflow.launcher` is the `launch` command."""
 
+import sys
+
 from .cli import main
 
-main()
+sys.exit(main())

@@ -1,28 +1,35 @@
 """`launch`: run a psflow job as local processes.
 
-    launch --workers N --ps M [--mode async] script.py [script args...]
+    launch --workers N --ps M [--mode async] [--ps-port BASE] [--grace-period SECONDS]
+           [--no-progress] script.py [script args...]
 
-Everything after the script's path goes to the script.
+Everything after the script's path goes to the script, options that look like launch's
+included. `python -m psflow.launcher` is the same command. Exit codes: 0 when every worker
+succeeded, 1 when a process of the job failed, 2 on bad arguments, 128 + N after signal N
+(130 for Ctrl-C).
 """
 
 import argparse
-import os
 import sys
 
-from .supervisor import JobSpec, run_job
-
-MODES = ("async",)
+from .supervisor import MODES, JobSpec, run_job
 
 
-def _count(what):
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line that names the problem, instead of argparse's usage block.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _whole_number(what, minimum):
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") \
                 from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{what} must be at least 1, got {value}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, got {value}")
         return value
     return parse
 
@@ -31,9 +38,10 @@ def _port(text):
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--ps-port must be a port number, got {text!r}") \
+            from None
     if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is a number from 0 to 65535, got {value}")
+        raise argparse.ArgumentTypeError(f"--ps-port must be from 0 to 65535, got {value}")
     return value
 
 
@@ -41,60 +49,60 @@ def _seconds(text):
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {value}")
+        raise argparse.ArgumentTypeError(f"--grace-period must be a number of seconds, got "
+                                         f"{text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"--grace-period must be more than 0 seconds, got "
+                                         f"{text}")
     return value
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="launch", description="Run a psflow training job as local processes: parameter "
-        "servers on free loopback ports, then the workers running SCRIPT.")
+    parser = _Parser(
+        prog="launch",
+        description="Run a psflow training job on this machine: the parameter servers on "
+                    "free loopback ports, then the workers, each running SCRIPT with its "
+                    "TF_CONFIG. The job ends when every worker has finished (the parameter "
+                    "servers then exit by themselves) or at the first failure, which stops "
+                    "the rest.")
     job = parser.add_argument_group("job")
-    job.add_argument("--workers", type=_count("--workers"), required=True, metavar="N",
-                     help="worker processes, each running the script")
-    job.add_argument("--ps", type=_count("--ps"), required=True, metavar="M",
-                     help="parameter-server processes (shards)")
+    job.add_argument("--workers", type=_whole_number("--workers", 1), required=True,
+                     metavar="N", help="worker processes, each running the script")
+    job.add_argument("--ps", type=_whole_number("--ps", 1), required=True, metavar="M",
+                     help="parameter-server processes (shards of the variables)")
     job.add_argument("--mode", choices=MODES, default="async",
-                     help="how workers' gradients are applied (default: async)")
+                     help="how the workers' gradients are applied (default: async)")
     network = parser.add_argument_group("network")
-    network.add_argument("--ps-port", type=_port, default=0, metavar="PORT",
-                         help="first port for the parameter servers (PS i tries PORT+i and "
-                              "takes any free port if that is taken); 0 (default) picks free "
-                              "ports")
+    network.add_argument("--ps-port", type=_port, default=0, metavar="BASE",
+                         help="PS i asks for port BASE+i and takes any free port if that one "
+                              "is taken; 0 (the default) takes free ports")
     supervision = parser.add_argument_group("supervision")
     supervision.add_argument("--grace-period", type=_seconds, default=5.0, metavar="SECONDS",
-                             help="how long processes get to stop after SIGTERM before "
-                                  "SIGKILL (default 5)")
+                             help="how long a process gets to stop after SIGTERM before it "
+                                  "is killed (default: 5)")
     supervision.add_argument("--no-progress", action="store_true",
-                             help="do not show the job's progress line")
+                             help="do not show the job's progress (step, steps/s, loss)")
     parser.add_argument("script", help="the training script every worker runs")
-    parser.add_argument("script_args", nargs=argparse.REMAINDER,
-                        help="arguments passed to the script")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, metavar="...",
+                        help="arguments for the script")
     return parser
 
 
 def parse_args(argv):
+    """The JobSpec `argv` describes; exits 2 with a one-line error on bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.script):
-        parser.error(f"script not found: {args.script}")
-    if args.ps_port and args.ps_port + args.ps - 1 > 65535:
-        parser.error(f"--ps-port {args.ps_port} leaves no room for {args.ps} servers")
-    return args
+    spec = JobSpec(script=args.script, script_args=list(args.script_args),
+                   workers=args.workers, ps=args.ps, mode=args.mode, ps_port=args.ps_port,
+                   grace_period=args.grace_period, progress=not args.no_progress)
+    try:
+        spec.validate()  # what argparse cannot see: the script file, the port range's end
+    except ValueError as exc:
+        parser.error(str(exc))
+    return spec
 
 
 def main(argv=None):
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    spec = JobSpec(script=args.script, script_args=args.script_args, workers=args.workers,
-                   ps=args.ps, mode=args.mode, ps_port=args.ps_port,
-                   grace_period=args.grace_period, progress=not args.no_progress)
-    code = run_job(spec)
-    if argv is None:
-        sys.exit(code)
-    return code
-
-
-if __name__ == "__main__":
-    main()
+    """The `launch` command; returns its exit code."""
+    spec = parse_args(sys.argv[1:] if argv is None else argv)
+    return run_job(spec)

@@ -1,62 +1,114 @@
-"""The job's progress line: global step, steps/s and loss, read from parameter server 0."""
+"""The job's progress line: global step, steps/s and loss, read from parameter server 0.
 
+About once a second the poller asks shard 0 (which holds the global step) for its GetStats.
+A failed call is skipped: the line is a convenience and never affects the job.
+"""
+
+import collections
 import math
 import threading
 import time
 
 import grpc
 
+from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 
 POLL_S = 1.0
-PRINT_EVERY_S = 5.0  # when the output is not a terminal
+RPC_TIMEOUT_S = 0.5
+# steps/s is the global step's rate over this window, so one slow poll does not make it jump.
+RATE_WINDOW_S = 5.0
+# When stderr is not a terminal, a progress line is printed at most this often (and only
+# when the global step has moved).
+PRINT_EVERY_S = 5.0
 
 
-class ProgressPoller:
-    def __init__(self, address, output):
-        self.output = output
-        self._channel = grpc.insecure_channel(address)
-        self._stub = pb_grpc.ParameterServerStub(self._channel)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
-        self._last_printed = 0.0
-
-    def start(self):
-        self._thread.start()
-
-    def stop(self):
-        if not self._stop.is_set():
-            self._stop.set()
-            self._thread.join(timeout=3)
-            self._channel.close()
-            self.output.close()
-
-    def _run(self):
-        previous = None
-        while not self._stop.wait(POLL_S):
-            try:
-                stats = self._stub.GetStats(pb.StatsRequest(), timeout=POLL_S)
-            except grpc.RpcError:
-                continue
-            now = time.monotonic()
-            rate = None
-            if previous is not None and now > previous[0]:
-                rate = (stats.global_step - previous[1]) / (now - previous[0])
-            previous = (now, stats.global_step)
-            text = format_progress(stats, rate)
-            if self.output.tty or now - self._last_printed >= PRINT_EVERY_S:
-                self._last_printed = now
-                self.output.status(text)
-
-
-def format_progress(stats, rate):
+def format_progress(stats, rate=None):
+    """`step 120 | 35.2 steps/s | loss 0.4321 | 1/2 workers done` from a StatsResponse of
+    shard 0 and the global step's rate (None when not known yet). The loss is the mean of the
+    workers' last reported losses, NaN (none reported) left out."""
     parts = [f"step {stats.global_step}"]
     if rate is not None:
         parts.append(f"{rate:.1f} steps/s")
-    losses = [w.loss for w in stats.workers if not math.isnan(w.loss) and w.local_step > 0]
+    losses = [w.loss for w in stats.workers if not math.isnan(w.loss)]
     if losses:
-        parts.append(f"loss {sum(losses) / len(losses):.4f}")
-    done = sum(w.done for w in stats.workers)
-    parts.append(f"workers done {done}/{len(stats.workers) or '?'}")
+        parts.append(f"loss {sum(losses) / len(losses):.4g}")
+    if stats.workers:
+        done = sum(1 for w in stats.workers if w.done)
+        parts.append(f"{done}/{len(stats.workers)} workers done")
     return " | ".join(parts)
+
+
+class StepRate:
+    """The rate of a counter over the last `window` seconds."""
+
+    def __init__(self, window=RATE_WINDOW_S):
+        self.window = window
+        self._samples = collections.deque()
+
+    def add(self, when, value):
+        """Records `value` at time `when`; returns the rate per second, or None with a single
+        sample so far."""
+        self._samples.append((when, value))
+        while len(self._samples) > 2 and when - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+        first_when, first_value = self._samples[0]
+        if when <= first_when:
+            return None
+        return (value - first_value) / (when - first_when)
+
+
+class ProgressPoller:
+    """Polls shard 0 at `address` in a thread and shows the progress line on `output`."""
+
+    def __init__(self, address, output, interval=POLL_S, print_every=PRINT_EVERY_S):
+        self.output = output
+        self.interval = interval
+        self.print_every = print_every
+        self.last_stats = None  # the last StatsResponse received, for the job's summary
+        self._channel = grpc.insecure_channel(address, options=codec.CHANNEL_OPTIONS)
+        self._stub = pb_grpc.ParameterServerStub(self._channel)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        """Stops polling and removes the progress line. Idempotent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=RPC_TIMEOUT_S + 2.0)
+        self._channel.close()
+        self.output.clear_status()
+
+    def poll(self):
+        """Asks shard 0 for its stats once; the StatsResponse, or None if the call failed."""
+        try:
+            stats = self._stub.GetStats(pb.StatsRequest(), timeout=RPC_TIMEOUT_S)
+        except (grpc.RpcError, ValueError):  # ValueError: the channel is closed
+            return None
+        self.last_stats = stats
+        return stats
+
+    def _run(self):
+        rate = StepRate()
+        last_printed_at, last_printed_step = None, 0
+        while not self._stop.wait(self.interval):
+            stats = self.poll()
+            if stats is None:
+                continue
+            now = time.monotonic()
+            text = format_progress(stats, rate.add(now, stats.global_step))
+            if self._stop.is_set():
+                return
+            if self.output.tty:
+                self.output.status(text)
+            elif stats.global_step != last_printed_step and (
+                    last_printed_at is None or now - last_printed_at >= self.print_every):
+                last_printed_at, last_printed_step = now, stats.global_step
+                self.output.status(text)

@@ -1,10 +1,21 @@
-"""Runs a job's processes and ends it cleanly.
+"""Runs a job's processes on this machine and ends the job cleanly.
 
-Each child runs in its own process group, so a stop reaches whatever it started; its output
-lines are prefixed with its role (`[worker:1] ...`). SIGINT and SIGTERM become one stop event.
-The first failure stops the rest and is named. When every worker has finished, the parameter
-servers exit by themselves (the workers reported done); stragglers get SIGTERM, then SIGKILL
-after the grace period. Nothing the launcher started outlives it.
+The parameter servers start first, each on a free loopback port (or the one asked for, when it
+is free), and report the port they bound in a file; then the workers start with a `TF_CONFIG`
+built from those ports. Every child leads a process group of its own and its output lines are
+prefixed with its role (`[worker:1] ...`).
+
+How a job ends:
+- every worker exits 0: the parameter servers exit by themselves (every worker reported done);
+  one that does not within `ps_exit_timeout` is stopped and named. Exit code 0.
+- a worker fails (non-zero exit, or killed by a signal), or a parameter server dies while the
+  workers run: the job stops and the process is named. Exit code 1.
+- SIGINT, SIGTERM or SIGHUP to the launcher: one stop event; the job stops. Exit code 128 +
+  the signal's number (130 for SIGINT, 143 for SIGTERM). A second signal skips the grace period.
+Stopping sends SIGTERM to every child's group, then SIGKILL to whatever is left after the
+grace period, and reaps every child: nothing the launcher started outlives `run_job`.
+If the launcher itself is killed, the children notice (`--parent-pid`, `PSFLOW_PARENT_PID`)
+and exit by themselves.
 """
 
 import dataclasses
@@ -12,240 +23,320 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
 from .output import Output
+from .process import Child, describe_exit
 from .progress import ProgressPoller
 
-PS_START_TIMEOUT_S = 30.0
-PS_EXIT_TIMEOUT_S = 30.0
+MODES = ("async",)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How long the workers get to exit once a parameter server has ended normally (it does so when
+# every worker has reported done, so the workers should be on their way out).
+WORKERS_AFTER_PS_EXIT_S = 10.0
 POLL_S = 0.05
+
+
+def _default_ps_command():
+    return [sys.executable, "-m", "psflow.ps"]
 
 
 @dataclasses.dataclass
 class JobSpec:
+    """What `run_job` runs: `workers` processes of `script` and `ps` parameter servers.
+
+    `ps_port` 0 lets every parameter server take a free port; otherwise PS i asks for
+    `ps_port + i` and takes a free one if that is taken. `grace_period` is the time between
+    SIGTERM and SIGKILL. `ps_command` is how a parameter server is started (the PS flags are
+    appended to it).
+    """
+
     script: str
-    script_args: list
-    workers: int
-    ps: int
+    script_args: list = dataclasses.field(default_factory=list)
+    workers: int = 1
+    ps: int = 1
     mode: str = "async"
     ps_port: int = 0
     host: str = "127.0.0.1"
     grace_period: float = 5.0
     progress: bool = True
+    ps_start_timeout: float = 30.0
+    ps_exit_timeout: float = 30.0
+    ps_command: list = dataclasses.field(default_factory=_default_ps_command)
 
-
-class Child:
-    """One process of the job and the threads that copy its output."""
-
-    def __init__(self, role, index, command, env, output):
-        self.role, self.index = role, index
-        self.name = f"{role}:{index}"
-        self.process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        start_new_session=True)
-        self.pumps = [threading.Thread(target=output.pump, args=(self.name, stream, is_err),
-                                       daemon=True, name=f"pump-{self.name}")
-                      for stream, is_err in ((self.process.stdout, False),
-                                             (self.process.stderr, True))]
-        for pump in self.pumps:
-            pump.start()
-
-    @property
-    def pid(self):
-        return self.process.pid
-
-    def poll(self):
-        return self.process.poll()
-
-    def signal(self, signum):
-        try:
-            os.killpg(self.process.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def reap(self):
-        self.process.wait()
-        for pump in self.pumps:
-            pump.join(timeout=5)
-
-
-def describe_exit(code):
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"failed with exit code {code}"
+    def validate(self):
+        """Raises ValueError naming the first thing that is wrong."""
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"the job needs at least 1 worker, got {self.workers!r}")
+        if not isinstance(self.ps, int) or self.ps < 1:
+            raise ValueError(f"the job needs at least 1 parameter server, got {self.ps!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
+        if not isinstance(self.ps_port, int) or not 0 <= self.ps_port <= 65535:
+            raise ValueError(f"the PS port must be from 0 to 65535, got {self.ps_port!r}")
+        if self.ps_port and self.ps_port + self.ps - 1 > 65535:
+            raise ValueError(f"PS ports {self.ps_port}..{self.ps_port + self.ps - 1} go past "
+                             "65535")
+        for what in ("grace_period", "ps_start_timeout", "ps_exit_timeout"):
+            value = getattr(self, what)
+            if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
+        script = str(self.script)
+        if not (os.path.isfile(script) or os.path.isfile(os.path.join(script, "__main__.py"))):
+            raise ValueError(f"script not found: {script}" if not os.path.exists(script) else
+                             f"not a runnable script: {script}")
 
 
 class Job:
-    def __init__(self, spec):
+    """One run of a JobSpec. `run()` once; `stop()` from any thread ends it early."""
+
+    def __init__(self, spec, stdout=None, stderr=None):
+        spec.validate()
         self.spec = spec
-        self.output = Output()
+        self.output = Output(stdout, stderr)
         self.ps = []
         self.workers = []
-        self.stop_signal = None
-        self._stop = threading.Event()
-        self._tmp = tempfile.mkdtemp(prefix="psflow-launch-")
+        self.ps_addresses = []
         self.progress = None
+        self.stop_signal = None
+        self._stop = threading.Event()   # the one stop event
+        self._hurry = threading.Event()  # a second stop: no more grace
+        self._tmp = None
+        self._started_at = None
 
-    # -- signals -----------------------------------------------------------------------------
-    def _on_signal(self, signum, frame):
-        if self.stop_signal is None:
+    def stop(self, signum=None):
+        """Asks the job to stop (as a signal to the launcher does); a second call while it is
+        stopping skips the grace period."""
+        if self._stop.is_set():
+            self._hurry.set()
+            return
+        if signum is not None:
             self.stop_signal = signum
         self._stop.set()
 
     def run(self):
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        """Runs the job to its end; returns the launcher's exit code."""
+        self._started_at = time.monotonic()
+        handlers = self._catch_signals()
         try:
+            self._tmp = tempfile.mkdtemp(prefix="psflow-launch-")
             return self._run()
         finally:
-            self._teardown()
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            try:
+                self._teardown()
+            finally:
+                for signum, handler in handlers.items():
+                    signal.signal(signum, handler)
+                if self._tmp:
+                    shutil.rmtree(self._tmp, ignore_errors=True)
 
-    # -- phases ------------------------------------------------------------------------------
+    # -- phases -----------------------------------------------------------------------------------
     def _run(self):
-        addresses = self._start_ps()
-        if addresses is None:
-            return self._exit_code(1)
-        self._start_workers(addresses)
+        self.ps_addresses = self._start_ps()
+        if self.ps_addresses is None:
+            return self._stopped_by_signal() if self._stop.is_set() else 1
+        self._start_workers()
         if self.spec.progress:
-            self.progress = ProgressPoller(addresses[0], self.output)
-            self.progress.start()
+            self.progress = ProgressPoller(self.ps_addresses[0], self.output).start()
         return self._supervise()
 
     def _start_ps(self):
+        """Starts the parameter servers and waits for their ports; their addresses, or None
+        after saying why the job cannot start."""
         spec = self.spec
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         port_files = []
         for i in range(spec.ps):
-            port_file = os.path.join(self._tmp, f"ps-{i}.port")
-            port_files.append(port_file)
-            command = [sys.executable, "-m", "psflow.ps", "--task-index", str(i),
+            port_files.append(os.path.join(self._tmp, f"ps-{i}.port"))
+            wanted = spec.ps_port + i if spec.ps_port else 0
+            command = [*spec.ps_command, "--task-index", str(i),
                        "--num-workers", str(spec.workers), "--host", spec.host,
-                       "--port", str(spec.ps_port + i if spec.ps_port else 0),
-                       "--port-fallback", "--port-file", port_file,
+                       "--port", str(wanted), "--port-fallback", "--port-file", port_files[i],
                        "--parent-pid", str(os.getpid())]
             child = Child("ps", i, command, env, self.output)
             self.ps.append(child)
-            self.output.launcher(f"started ps:{i} (pid {child.pid})")
+            self.output.launcher(f"started {child.name} (pid {child.pid})")
         ports = [None] * spec.ps
-        deadline = time.monotonic() + PS_START_TIMEOUT_S
+        deadline = time.monotonic() + spec.ps_start_timeout
         while None in ports:
             if self._stop.is_set():
                 return None
             for i, child in enumerate(self.ps):
-                if ports[i] is None and os.path.exists(port_files[i]):
-                    with open(port_files[i]) as f:
-                        ports[i] = int(f.read().strip())
-                code = child.poll()
-                if ports[i] is None and code is not None:
-                    self.output.error(f"ps:{i} {describe_exit(code)} before it was serving; "
-                                      "stopping the job")
+                if ports[i] is not None:
+                    continue
+                try:
+                    exited = not child.running
+                    # Read after looking at the process: a PS may write the file and exit.
+                    ports[i] = self._read_port(port_files[i])
+                except ValueError as exc:
+                    self.output.error(f"{child.name}: {exc}; stopping the job")
                     return None
-            if time.monotonic() > deadline:
-                missing = ", ".join(f"ps:{i}" for i, p in enumerate(ports) if p is None)
-                self.output.error(f"{missing} did not start serving within "
-                                  f"{PS_START_TIMEOUT_S:.0f} s; stopping the job")
+                if ports[i] is None and exited:
+                    self.output.error(f"{child.name} {describe_exit(child.exit_code())} "
+                                      "before reporting its port; stopping the job")
+                    return None
+                if ports[i] is not None:
+                    wanted = spec.ps_port + i if spec.ps_port else 0
+                    note = f" (port {wanted} was taken)" if wanted and wanted != ports[i] else ""
+                    self.output.launcher(f"{child.name} serving on {spec.host}:{ports[i]}{note}")
+            if None in ports and time.monotonic() > deadline:
+                missing = ", ".join(self.ps[i].name for i, p in enumerate(ports) if p is None)
+                self.output.error(f"{missing} did not report a port within "
+                                  f"{spec.ps_start_timeout:g} s; stopping the job")
                 return None
-            time.sleep(POLL_S)
+            self._stop.wait(POLL_S)
         return [f"{spec.host}:{port}" for port in ports]
 
-    def _start_workers(self, ps_addresses):
+    @staticmethod
+    def _read_port(path):
+        """The port in a PS's port file; None while there is no file. The PS writes the file
+        atomically, so it is complete once it exists."""
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except FileNotFoundError:
+            return None
+        if not text.isdigit() or not 0 < int(text) <= 65535:
+            raise ValueError(f"its port file holds {text!r}, not a port number")
+        return int(text)
+
+    def _start_workers(self):
         spec = self.spec
-        cluster = {"ps": ps_addresses, "worker": [f"{spec.host}:0"] * spec.workers}
-        command = [sys.executable, "-u", spec.script, *spec.script_args]
+        cluster = {"ps": list(self.ps_addresses),
+                   "worker": [f"{spec.host}:0"] * spec.workers}
+        command = [sys.executable, "-u", str(spec.script), *spec.script_args]
         for i in range(spec.workers):
-            env = dict(os.environ, PYTHONUNBUFFERED="1", PSFLOW_MODE=spec.mode,
-                       PSFLOW_PARENT_PID=str(os.getpid()),
-                       TF_CONFIG=json.dumps({"cluster": cluster,
-                                             "task": {"type": "worker", "index": i}}))
+            tf_config = {"cluster": cluster, "task": {"type": "worker", "index": i}}
+            env = dict(os.environ, TF_CONFIG=json.dumps(tf_config),
+                       PSFLOW_PARENT_PID=str(os.getpid()), PSFLOW_MODE=spec.mode,
+                       PYTHONUNBUFFERED="1")
             child = Child("worker", i, command, env, self.output)
             self.workers.append(child)
-            self.output.launcher(f"started worker:{i} (pid {child.pid})")
+            self.output.launcher(f"started {child.name} (pid {child.pid})")
 
     def _supervise(self):
-        finished = set()
+        """Watches the workers until all have exited 0 or something ends the job early."""
+        ps_ended_at = None  # when a PS first ended normally while workers still ran
+        ps_ended = []
         while True:
             if self._stop.is_set():
-                name = signal.Signals(self.stop_signal).name if self.stop_signal else "stop"
-                self.output.error(f"received {name}; stopping the job")
-                return self._exit_code(1)
-            for child in self.workers:
-                if child.name in finished:
-                    continue
-                code = child.poll()
-                if code is None:
+                return self._stopped_by_signal()
+            # A parameter server that crashed is the likelier cause of a worker's failure
+            # seen in the same round, so it is named first.
+            for child in self.ps:
+                code = child.exit_code()
+                if code is None or child.name in ps_ended:
                     continue
                 if code != 0:
-                    self.output.error(f"{child.name} {describe_exit(code)}; stopping the job")
-                    return self._exit_code(1)
-                finished.add(child.name)
-            if len(finished) == len(self.workers):
-                return self._finish()
-            for child in self.ps:
-                code = child.poll()
-                if code is not None:
-                    how = describe_exit(code) if code else "exited"
-                    self.output.error(f"{child.name} {how} while workers were running; "
+                    self.output.error(f"{child.name} {describe_exit(code)} while the workers "
+                                      "were running; stopping the job")
+                    return 1
+                # A PS ends by itself once every worker has reported done: the workers
+                # should be exiting too. Give them a moment before calling it a failure.
+                ps_ended.append(child.name)
+                ps_ended_at = ps_ended_at or time.monotonic()
+            for child in self.workers:
+                code = child.exit_code()
+                if code:
+                    after = f" (after {', '.join(ps_ended)} exited)" if ps_ended else ""
+                    self.output.error(f"{child.name} {describe_exit(code)}{after}; "
                                       "stopping the job")
-                    return self._exit_code(1)
-            time.sleep(POLL_S)
+                    return 1
+            if all(child.exit_code() == 0 for child in self.workers):
+                return self._finish()
+            if ps_ended_at is not None and \
+                    time.monotonic() - ps_ended_at > WORKERS_AFTER_PS_EXIT_S:
+                running = ", ".join(c.name for c in self.workers if c.running)
+                self.output.error(f"{', '.join(ps_ended)} exited while {running} still ran; "
+                                  "stopping the job")
+                return 1
+            self._stop.wait(POLL_S)
 
     def _finish(self):
-        """All workers succeeded: the parameter servers should now be exiting by themselves."""
-        deadline = time.monotonic() + PS_EXIT_TIMEOUT_S
-        while any(c.poll() is None for c in self.ps) and time.monotonic() < deadline:
-            if self._stop.is_set():
-                break
-            time.sleep(POLL_S)
-        lingering = [c.name for c in self.ps if c.poll() is None]
+        """Every worker exited 0: the parameter servers should be exiting by themselves."""
+        # Shard 0 may still answer: its final global step makes the summary exact.
+        final = self.progress.poll() if self.progress else None
+        deadline = time.monotonic() + self.spec.ps_exit_timeout
+        while any(c.running for c in self.ps) and time.monotonic() < deadline:
+            if self._stop.wait(POLL_S):
+                return self._stopped_by_signal()
+        lingering = [c for c in self.ps if c.running]
         if lingering:
-            self.output.error(f"{', '.join(lingering)} still running after every worker "
-                              "finished; stopping it")
-        failed = [c for c in self.ps if c.poll() not in (None, 0)]
-        for child in failed:
-            self.output.error(f"{child.name} {describe_exit(child.poll())}")
+            self.output.error(f"warning: {', '.join(c.name for c in lingering)} still running "
+                              f"{self.spec.ps_exit_timeout:g} s after every worker finished; "
+                              "stopping it")
+            self._terminate(lingering)
+        for child in self.ps:
+            if child not in lingering and child.exit_code() != 0:
+                self.output.error(f"warning: {child.name} {describe_exit(child.exit_code())} "
+                                  "after the workers finished")
         if self.progress:
             self.progress.stop()
-        self.output.launcher(f"job finished: {len(self.workers)} workers succeeded")
+        self.output.launcher(self._summary(lingering, final))
         return 0
 
-    def _exit_code(self, code):
-        if self.stop_signal is not None:
-            return 128 + self.stop_signal
-        return code
+    def _summary(self, lingering, final_stats):
+        elapsed = time.monotonic() - self._started_at
+        parts = [f"{len(self.workers)} worker{'s' if len(self.workers) > 1 else ''} succeeded"]
+        on_their_own = len(self.ps) - len(lingering)
+        parts.append(f"{on_their_own} of {len(self.ps)} parameter servers exited by themselves")
+        if final_stats is not None:
+            parts.append(f"global step {final_stats.global_step}")
+        elif self.progress and self.progress.last_stats is not None:
+            parts.append(f"last seen at global step {self.progress.last_stats.global_step}")
+        return f"job finished in {elapsed:.1f} s: " + ", ".join(parts)
+
+    def _stopped_by_signal(self):
+        signum = self.stop_signal
+        name = signal.Signals(signum).name if signum else "a stop request"
+        self.output.error(f"received {name}; stopping the job")
+        return 128 + signum if signum else 1
+
+    # -- stopping ---------------------------------------------------------------------------------
+    def _terminate(self, children):
+        """SIGTERM to the children's groups, SIGKILL to those still running after the grace
+        period (or at once on a second stop)."""
+        for child in children:
+            child.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + self.spec.grace_period
+        while any(c.running for c in children) and time.monotonic() < deadline:
+            if self._hurry.wait(POLL_S):
+                break
+        for child in children:
+            if child.running:
+                self.output.error(f"{child.name} still running {self.spec.grace_period:g} s "
+                                  "after SIGTERM; killing it")
+                child.signal_group(signal.SIGKILL)
 
     def _teardown(self):
-        """SIGTERM to every live child's group, SIGKILL after the grace period, reap all."""
+        """Stops whatever still runs and reaps every child."""
         if self.progress:
             self.progress.stop()
         children = self.workers + self.ps
-        alive = [c for c in children if c.poll() is None]
-        for child in alive:
-            child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.spec.grace_period
-        while any(c.poll() is None for c in alive) and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-        for child in alive:
-            if child.poll() is None:
-                self.output.error(f"{child.name} did not stop within "
-                                  f"{self.spec.grace_period:g} s; killing it")
-                child.signal(signal.SIGKILL)
+        if any(c.running for c in children):
+            self._terminate(children)
         for child in children:
-            child.reap()
-            # The group may still hold processes the child started; none may outlive the job.
-            child.signal(signal.SIGKILL)
-        self.output.close()
+            child.reap()  # also SIGKILLs what is left of its group
+        self.output.clear_status()
+
+    def _catch_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # signals are the caller's business; Job.stop() still works
+
+        def on_signal(signum, frame):
+            self.stop(signum)
+        return {signum: signal.signal(signum, on_signal) for signum in STOP_SIGNALS}
 
 
-def run_job(spec):
-    """Runs the job; returns the launcher's exit code (0 when every worker succeeded)."""
-    return Job(spec).run()
+def run_job(spec, stdout=None, stderr=None):
+    """Runs the job `spec` (a JobSpec) on this machine and returns the launcher's exit code:
+    0 when every worker succeeded, 1 when a process failed, 128 + N after signal N.
+
+    Children's lines go to `stdout`/`stderr` (default: sys.stdout/sys.stderr) with their role
+    as prefix. ValueError if the spec is invalid. Called from the main thread, SIGINT, SIGTERM
+    and SIGHUP stop the job while it runs.
+    """
+    return Job(spec, stdout, stderr).run()
