@@ -44,6 +44,23 @@ def _default_ps_command():
     return [sys.executable, "-m", "psflow.ps"]
 
 
+MATH_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def math_thread_env(threads):
+    """Caps the BLAS/OpenMP threads of a child at `threads`, unless the user chose a number.
+    Every worker's numpy would otherwise start one spinning BLAS thread per core, and N
+    workers on C cores fight over them: on 2 cores, 2 workers run several times slower."""
+    return {name: str(threads) for name in MATH_THREAD_VARIABLES if name not in os.environ}
+
+
 @dataclasses.dataclass
 class JobSpec:
     """What `run_job` runs: `workers` processes of `script` and `ps` parameter servers.
@@ -147,7 +164,7 @@ class Job:
         """Starts the parameter servers and waits for their ports; their addresses, or None
         after saying why the job cannot start."""
         spec = self.spec
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **math_thread_env(1))
         port_files = []
         for i in range(spec.ps):
             port_files.append(os.path.join(self._tmp, f"ps-{i}.port"))
@@ -208,11 +225,12 @@ class Job:
         cluster = {"ps": list(self.ps_addresses),
                    "worker": [f"{spec.host}:0"] * spec.workers}
         command = [sys.executable, "-u", str(spec.script), *spec.script_args]
+        threads = max(1, available_cores() // spec.workers)
         for i in range(spec.workers):
             tf_config = {"cluster": cluster, "task": {"type": "worker", "index": i}}
             env = dict(os.environ, TF_CONFIG=json.dumps(tf_config),
                        PSFLOW_PARENT_PID=str(os.getpid()), PSFLOW_MODE=spec.mode,
-                       PYTHONUNBUFFERED="1")
+                       PYTHONUNBUFFERED="1", **math_thread_env(threads))
             child = Child("worker", i, command, env, self.output)
             self.workers.append(child)
             self.output.launcher(f"started {child.name} (pid {child.pid})")

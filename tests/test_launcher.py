@@ -20,7 +20,7 @@ from psflow.launcher import cli
 from psflow.launcher.output import CLEAR_LINE, Output
 from psflow.launcher.process import describe_exit
 from psflow.launcher.progress import StepRate, format_progress
-from psflow.launcher.supervisor import JobSpec, run_job
+from psflow.launcher.supervisor import JobSpec, available_cores, math_thread_env, run_job
 from psflow.proto import psflow_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,6 +296,14 @@ def test_step_rate_is_measured_over_a_window():
     assert rate.add(110.0, 200) == pytest.approx((200 - 50) / 5.0)
 
 
+def test_math_threads_are_capped_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    env = math_thread_env(1)
+    assert env["OPENBLAS_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in env  # the user's own choice stays
+
+
 def test_exits_are_described_in_words():
     assert describe_exit(3) == "failed with exit code 3"
     assert describe_exit(-signal.SIGKILL) == "was killed by SIGKILL"
@@ -340,8 +348,11 @@ def test_successful_job_ends_with_everything_gone(tmp_path, out_dir):
         config = json.loads(record["tf_config"])
         assert config == {"cluster": {"ps": addresses, "worker": ["127.0.0.1:0"] * 2},
                           "task": {"type": "worker", "index": i}}
+        # Two workers share the machine's cores: each gets its share of BLAS threads.
+        threads = os.environ.get("OPENBLAS_NUM_THREADS") or str(max(1, available_cores() // 2))
         assert record["env"] == {"PSFLOW_PARENT_PID": str(job.process.pid),
-                                 "PSFLOW_MODE": "async", "PYTHONUNBUFFERED": "1"}
+                                 "PSFLOW_MODE": "async", "PYTHONUNBUFFERED": "1",
+                                 "OPENBLAS_NUM_THREADS": threads}
         assert record["argv"] == [str(out_dir), "--steps", "40", "--workers", "9"]
 
     pids = all_pids(stderr, out_dir)

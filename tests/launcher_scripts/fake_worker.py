@@ -52,7 +52,8 @@ def main():
     index = json.loads(raw)["task"]["index"]
     record = {"pid": os.getpid(), "tf_config": raw, "argv": sys.argv[1:],
               "env": {k: os.environ.get(k) for k in
-                      ("PSFLOW_PARENT_PID", "PSFLOW_MODE", "PYTHONUNBUFFERED")}}
+                      ("PSFLOW_PARENT_PID", "PSFLOW_MODE", "PYTHONUNBUFFERED",
+                       "OPENBLAS_NUM_THREADS")}}
     if args.spawn:  # a process of its own, as a data loader would start
         record["grandchild_pid"] = subprocess.Popen(
             [sys.executable, "-c", "import time; time.sleep(300)"]).pid
