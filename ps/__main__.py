@@ -14,6 +14,8 @@ import signal
 import sys
 import tempfile
 
+from psflow.proto import codec
+
 from .server import ParameterServer
 
 log = logging.getLogger("psflow.ps")
@@ -103,6 +105,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    codec.tune_allocator()
     server = ParameterServer(shard=args.task_index, num_workers=args.num_workers,
                              host=args.host, port=args.port, port_fallback=args.port_fallback,
                              parent_pid=args.parent_pid)

@@ -153,3 +153,10 @@ def test_message_limits_leave_room_for_a_payload():
     options = dict(codec.CHANNEL_OPTIONS)
     assert options["grpc.max_send_message_length"] == codec.MAX_MESSAGE_BYTES
     assert options["grpc.max_receive_message_length"] == codec.MAX_MESSAGE_BYTES
+
+
+def test_allocator_tuning_is_taken_on_glibc():
+    import platform
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not a glibc system")
+    assert codec.tune_allocator() is True

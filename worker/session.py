@@ -64,6 +64,7 @@ class DistributedStore:
     assign, apply_gradients) backed by parameter-server shards."""
 
     def __init__(self, graph, task, partition_bytes=PARTITION_BYTES):
+        codec.tune_allocator()
         self.task = task
         self.worker = task.worker_index
         self.clients = [ShardClient(i, address) for i, address in enumerate(task.ps_addresses)]
