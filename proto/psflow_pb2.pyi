@@ -120,26 +120,30 @@ class UpdateRule(_message.Message):
     def __init__(self, name: _Optional[str] = ..., hyper: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("gradients", "rule", "worker", "increment_global_step", "global_step")
+    __slots__ = ("gradients", "rule", "worker", "increment_global_step", "global_step", "pull")
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     INCREMENT_GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    PULL_FIELD_NUMBER: _ClassVar[int]
     gradients: _containers.RepeatedCompositeFieldContainer[Gradient]
     rule: UpdateRule
     worker: int
     increment_global_step: bool
     global_step: int
-    def __init__(self, gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., rule: _Optional[_Union[UpdateRule, _Mapping]] = ..., worker: _Optional[int] = ..., increment_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ...) -> None: ...
+    pull: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., rule: _Optional[_Union[UpdateRule, _Mapping]] = ..., worker: _Optional[int] = ..., increment_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PushResponse(_message.Message):
-    __slots__ = ("staleness", "global_step")
+    __slots__ = ("staleness", "global_step", "values")
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
     staleness: _containers.RepeatedScalarFieldContainer[int]
     global_step: int
-    def __init__(self, staleness: _Optional[_Iterable[int]] = ..., global_step: _Optional[int] = ...) -> None: ...
+    values: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    def __init__(self, staleness: _Optional[_Iterable[int]] = ..., global_step: _Optional[int] = ..., values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
 
 class WorkerRequest(_message.Message):
     __slots__ = ("task_index",)

@@ -120,7 +120,8 @@ class ParameterServerServicer:
     def Push(self, request, context):
         """Gradients for a set of variables, each with the version it was computed on. The PS applies
         the update rule named in the request to each variable under that variable's lock, so
-        concurrent pushes never lose an update.
+        concurrent pushes never lose an update. The reply can carry the updated values of the
+        variables named in `pull`, so a worker's next step needs no Pull call of its own.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

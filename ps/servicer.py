@@ -89,13 +89,17 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     def Pull(self, request, context):
         step = self.store.global_step if self.store.holds_global_step else -1
         reply = pb.PullResponse(global_step=step)
-        for name, data, dtype, shape, version in self.store.pull(request.names):
-            item = reply.values.add(name=name, version=version)
+        self._add_values(reply.values, request.names)
+        return reply
+
+    def _add_values(self, values, names):
+        """Appends the current value of each named variable to a `NamedTensor` list."""
+        for name, data, dtype, shape, version in self.store.pull(names):
+            item = values.add(name=name, version=version)
             tensor = item.tensor
             tensor.dtype = dtype.name
             tensor.shape[:] = shape
             tensor.content = data
-        return reply
 
     @_handler
     def Push(self, request, context):
@@ -106,11 +110,18 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             indices = (codec.decode(g.indices, f"indices of the gradient of {g.name!r}")
                        if g.HasField("indices") else None)
             gradients.append((g.name, values, indices, g.version))
+        not_ready = self.store.missing(request.pull)  # checked before anything is applied
+        if not_ready:
+            raise FailedPreconditionError(f"cannot return {not_ready[0]!r} with the push: it "
+                                          "is not initialized yet")
         staleness, step = self.store.push(gradients, rule, worker=request.worker,
                                           increment_global_step=request.increment_global_step,
                                           global_step=request.global_step)
-        return pb.PushResponse(staleness=staleness,
-                               global_step=step if self.store.holds_global_step else -1)
+        reply = pb.PushResponse(staleness=staleness,
+                                global_step=step if self.store.holds_global_step else -1)
+        if request.pull:
+            self._add_values(reply.values, request.pull)
+        return reply
 
     @_handler
     def RegisterWorker(self, request, context):

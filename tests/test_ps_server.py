@@ -136,6 +136,10 @@ BAD_CALLS = {
     "push missing hyperparameter": (_push([("w", np.ones((2, 3), np.float32), None, 0)],
                                           rule=pb.UpdateRule(name="sgd")), INVALID,
                                     ["learning_rate"]),
+    "push pulling unknown": (_push([("w", np.ones((2, 3), np.float32), None, 0)], pull=["zz"]),
+                             NOT_FOUND, ["'zz'"]),
+    "push pulling uninitialized": (_push([("w", np.ones((2, 3), np.float32), None, 0)],
+                                         pull=["u"]), PRECONDITION, ["'u'"]),
     "sparse row out of range": (_push([("e", np.ones((1, 2), np.float32),
                                         np.array([5], np.int64), 0)]), INVALID,
                                 ["'e'", "row index 5"]),
@@ -225,6 +229,18 @@ def test_declare_initialize_pull_push_round_trip(stub):
     assert list(initialize(stub, overwrite=True, w=np.zeros((2, 2), np.float32)).assigned) \
         == ["w"]
     np.testing.assert_array_equal(pull(stub, "w")[0]["w"][0], np.zeros((2, 2)))
+
+
+def test_push_reply_carries_the_updated_values_asked_for(ready):
+    reply = ready.Push(push_request([("w", np.ones((2, 3), np.float32), None, 0)],
+                                    pull=["w", "e"]), timeout=TIMEOUT)
+    got = {item.name: (codec.decode(item.tensor), item.version) for item in reply.values}
+    np.testing.assert_array_equal(got["w"][0], np.zeros((2, 3), np.float32))  # SGD, rate 1
+    assert got["w"][1] == 1
+    np.testing.assert_array_equal(got["e"][0], np.zeros((5, 2)))
+    assert got["e"][1] == 0
+    assert list(ready.Push(push_request([("w", np.ones((2, 3), np.float32), None, 1)]),
+                           timeout=TIMEOUT).values) == []
 
 
 def test_sparse_push_over_the_wire(ready):

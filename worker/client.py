@@ -63,6 +63,8 @@ class Fanout:
 
     def call(self, calls):
         """`calls` is a list of (client, method, request); returns the answers in order."""
+        if not calls:
+            return []
         if len(calls) == 1:
             client, method, request = calls[0]
             return [client.call(method, request)]

@@ -51,12 +51,17 @@ def _batches(items, size_of, limit=codec.MAX_PAYLOAD_BYTES):
 
 
 class _StepState(threading.local):
-    """What one thread's current run pulled: values, versions, the global step."""
+    """What one thread's current run pulled: values, versions, the global step, and the part
+    names read from each shard. `returned` holds the values the last push's replies carried
+    back ({part name: (array, version)}) with `returned_step`, for the next training run."""
 
     def __init__(self):
         self.values = {}
         self.versions = {}
         self.global_step = 0
+        self.read = {}
+        self.returned = {}
+        self.returned_step = None
 
 
 class DistributedStore:
@@ -137,35 +142,49 @@ class DistributedStore:
                     log.info("waiting for the chief to initialize %d variables", len(names))
 
     # -- a step ------------------------------------------------------------------------------
-    def prefetch(self, variables, fresh=True):
+    def prefetch(self, variables, fresh=True, reuse=False):
         """Pulls `variables` (and the global step) for this thread's run, all shards at once.
-        `fresh` starts a new run's state; otherwise the values join the current run's."""
+        `fresh` starts a new run's state; otherwise the values join the current run's. With
+        `reuse`, values the previous push's replies carried back are taken instead of pulled
+        (a training run: they are as new as a pull would give)."""
         step = self.step
+        returned, returned_step = step.returned, step.returned_step
         if fresh:
             step.values = {}
             step.versions = {}
+            step.read = {}
+            step.returned = {}
+            step.returned_step = None
+        if not reuse:
+            returned, returned_step = {}, None
         wanted = {}
+        pieces = {}
         needs_step = False
         for var in variables:
             if var is self.global_step_var:
                 needs_step = True
                 continue
             for part in self.placement.parts_of(var):
-                wanted.setdefault(part.shard, []).append(part)
+                step.read.setdefault(part.shard, []).append(part.name)
+                kept = returned.get(part.name)
+                if kept is None:
+                    wanted.setdefault(part.shard, []).append(part)
+                else:
+                    pieces[part.name], step.versions[part.name] = kept
         if needs_step:
-            wanted.setdefault(0, [])
+            if returned_step is None or wanted:
+                wanted.setdefault(0, [])
+            else:
+                step.global_step = returned_step
         calls = []
         for shard, parts in wanted.items():
             client = self.clients[shard]
             for batch in _batches(parts, lambda p: p.nbytes) if parts else [[]]:
                 calls.append((client, "Pull", pb.PullRequest(names=[p.name for p in batch])))
-        pieces = {}
         for (client, _, _), reply in zip(calls, self.fanout.call(calls)):
             if client.index == 0:
                 step.global_step = self.last_global_step = reply.global_step
-            for item in reply.values:
-                pieces[item.name] = codec.decode(item.tensor, item.name)
-                step.versions[item.name] = item.version
+            self._take_values(reply.values, pieces, step.versions)
         for var in variables:
             if var is self.global_step_var:
                 continue
@@ -174,6 +193,12 @@ class DistributedStore:
                 step.values[var] = pieces[parts[0].name]
             else:
                 step.values[var] = np.concatenate([pieces[p.name] for p in parts])
+
+    @staticmethod
+    def _take_values(items, pieces, versions):
+        for item in items:
+            pieces[item.name] = codec.decode(item.tensor, item.name)
+            versions[item.name] = item.version
 
     def read(self, var):
         if var is self.global_step_var:
@@ -222,10 +247,17 @@ class DistributedStore:
                     codec.encode(indices, gradient.indices)
         if global_step is not None:
             request_for(0).increment_global_step = True
+        for shard, request in requests.items():  # the next step's values come back
+            request.pull.extend(dict.fromkeys(step.read.get(shard, ())))
         calls = [(self.clients[s], "Push", r) for s, r in requests.items()]
+        returned, versions = {}, {}
         for (client, _, _), reply in zip(calls, self.fanout.call(calls)):
-            if client.index == 0 and global_step is not None:
-                step.global_step = self.last_global_step = reply.global_step
+            if client.index == 0:
+                step.returned_step = reply.global_step
+                if global_step is not None:
+                    step.global_step = self.last_global_step = reply.global_step
+            self._take_values(reply.values, returned, versions)
+        step.returned = {name: (value, versions[name]) for name, value in returned.items()}
 
     def _rule_proto(self, rule):
         proto = self._rule_protos.get(id(rule))
@@ -286,6 +318,7 @@ class DistributedSession(Session):
         self.local_step = 0
         self.last_loss = math.nan
         self._losses = {}
+        self._trains = {}  # plan -> whether its runs apply gradients
         self._stopping = threading.Event()
         store.register()
         initialized = store.declare()
@@ -314,7 +347,11 @@ class DistributedSession(Session):
                  len(store.clients))
 
     def _execute(self, plan, feeds):
-        self.store.prefetch(plan.variables)
+        trains = self._trains.get(plan)
+        if trains is None:
+            trains = self._trains[plan] = any(isinstance(node, ApplyGradients)
+                                              for node, _, _ in plan.steps)
+        self.store.prefetch(plan.variables, reuse=trains)
         values = super()._execute(plan, feeds)
         self.local_step += 1
         for node, _, _ in plan.steps:

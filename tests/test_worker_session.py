@@ -1,0 +1,114 @@
+"""The distributed session against real parameter servers in this process (gRPC on loopback):
+what a step pulls and pushes, and that training through it equals training locally."""
+
+import numpy as np
+import pytest
+
+import psflow as tf
+from psflow.ps.server import ParameterServer
+from psflow.train.cluster import ClusterSpec, TaskConfig
+from psflow.worker.client import ShardClient
+from psflow.worker.session import DistributedSession
+
+
+@pytest.fixture(autouse=True)
+def fresh_graph():
+    with tf.Graph().as_default() as graph:
+        yield graph
+
+
+@pytest.fixture
+def servers():
+    started = [ParameterServer(shard=i, num_workers=1) for i in range(2)]
+    for server in started:
+        server.start()
+    yield started
+    for server in started:
+        server.stop(grace=0)
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Every RPC method the workers' clients call, in order."""
+    made = []
+    original = ShardClient.call
+
+    def counted(self, method, request, *args, **kwargs):
+        made.append(method)
+        return original(self, method, request, *args, **kwargs)
+
+    monkeypatch.setattr(ShardClient, "call", counted)
+    return made
+
+
+def task(servers):
+    cluster = ClusterSpec({"ps": [f"127.0.0.1:{s.port}" for s in servers],
+                           "worker": ["127.0.0.1:0"]})
+    return TaskConfig(cluster, "worker", 0)
+
+
+def linear_model(learning_rate=0.1):
+    x = tf.placeholder(tf.float32, shape=(None, 3), name="x")
+    y = tf.placeholder(tf.float32, shape=(None,), name="y")
+    w = tf.Variable(np.array([0.5, -1.0, 2.0], np.float32), name="w")
+    b = tf.Variable(np.float32(0.25), name="b")
+    loss = tf.reduce_mean(tf.square(tf.reduce_sum(x * w, axis=1) + b - y))
+    step = tf.train.get_or_create_global_step()
+    train = tf.train.GradientDescentOptimizer(learning_rate).minimize(loss, global_step=step)
+    return x, y, w, b, loss, step, train
+
+
+def batches(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.normal(size=(8, 3)).astype(np.float32), rng.normal(size=8).astype(np.float32))
+            for _ in range(count)]
+
+
+def test_training_through_the_servers_equals_training_locally(fresh_graph, servers, calls):
+    x, y, w, b, loss, step, train = linear_model()
+    data = batches(20)
+    with tf.Session() as local:
+        local.run(tf.global_variables_initializer())
+        expected = [local.run([train, loss], {x: bx, y: by})[1] for bx, by in data]
+        expected_w, expected_b = local.run([w, b])
+    session = DistributedSession(fresh_graph, task(servers))
+    try:
+        losses = [session.run([train, loss], {x: bx, y: by})[1] for bx, by in data]
+        np.testing.assert_allclose(losses, expected, rtol=1e-6)
+        got_w, got_b, got_step = session.run([w, b, step])
+    finally:
+        session.close()
+    np.testing.assert_allclose(got_w, expected_w, rtol=1e-6)
+    np.testing.assert_allclose(got_b, expected_b, rtol=1e-6)
+    assert got_step == 20
+
+
+def test_training_runs_take_their_values_from_the_last_push_reply(fresh_graph, servers, calls):
+    x, y, w, b, loss, step, train = linear_model()
+    session = DistributedSession(fresh_graph, task(servers))
+    try:
+        data = batches(5)
+        del calls[:]
+        for bx, by in data:
+            session.run(train, {x: bx, y: by})
+        # One pull per shard for the first step; after that each push brings the values back.
+        assert calls.count("Pull") == 2 and calls.count("Push") == 2 * 5
+        # A run that does not train pulls, so it sees every other worker's updates.
+        del calls[:]
+        session.run(w)
+        assert calls == ["Pull"]
+    finally:
+        session.close()
+
+
+def test_an_assigned_value_is_pulled_not_taken_from_the_last_push(fresh_graph, servers):
+    x, y, w, b, loss, step, train = linear_model(learning_rate=0.0)
+    session = DistributedSession(fresh_graph, task(servers))
+    try:
+        bx, by = batches(1)[0]
+        session.run(train, {x: bx, y: by})
+        session.run(w.assign(np.zeros(3, np.float32)))
+        _, got = session.run([train, w], {x: bx, y: by})
+    finally:
+        session.close()
+    np.testing.assert_array_equal(got, np.zeros(3))
