@@ -112,3 +112,24 @@ def test_an_assigned_value_is_pulled_not_taken_from_the_last_push(fresh_graph, s
     finally:
         session.close()
     np.testing.assert_array_equal(got, np.zeros(3))
+
+
+def test_a_600mb_variable_trains_through_two_shards(fresh_graph, servers, calls):
+    rows, cols = 150 * 1024, 1024  # 600 MiB of float32: split into parts of at most 64 MiB
+    w = tf.Variable(tf.zeros((rows, cols)), name="big")
+    step = tf.train.get_or_create_global_step()
+    loss = tf.reduce_sum(w)
+    train = tf.train.GradientDescentOptimizer(0.5).minimize(loss, global_step=step)
+    session = DistributedSession(fresh_graph, task(servers))
+    try:
+        parts = session.store.placement.parts_of(w)
+        assert len(parts) >= 10 and {p.shard for p in parts} == {0, 1}
+        assert max(p.nbytes for p in parts) <= 64 * 1024 * 1024
+        session.run(train)
+        value = session.run(w)
+    finally:
+        session.close()
+    assert value.shape == (rows, cols)
+    assert value[0, 0] == -0.5 and value[-1, -1] == -0.5 and (value == -0.5).all()
+    # The initial value and the gradient each travelled once, in requests within the limits.
+    assert sum(s.store.stats()["bytes_received"] for s in servers) == 2 * rows * cols * 4
