@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cpsflow.proto\x12\x06psflow\"7\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\":\n\x0cVariableSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"B\n\x17\x44\x65\x63lareVariablesRequest\x12\'\n\tvariables\x18\x01 \x03(\x0b\x32\x14.psflow.VariableSpec\"/\n\x18\x44\x65\x63lareVariablesResponse\x12\x13\n\x0binitialized\x18\x01 \x03(\t\"L\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x06tensor\x18\x02 \x01(\x0b\x32\x0e.psflow.Tensor\x12\x0f\n\x07version\x18\x03 \x01(\x03\"T\n\x1aInitializeVariablesRequest\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.psflow.NamedTensor\x12\x11\n\toverwrite\x18\x02 \x01(\x08\"/\n\x1bInitializeVariablesResponse\x12\x10\n\x08\x61ssigned\x18\x01 \x03(\t\";\n\x16WaitInitializedRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x03\"9\n\x17WaitInitializedResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07missing\x18\x02 \x03(\t\"\x1c\n\x0bPullRequest\x12\r\n\x05names\x18\x01 \x03(\t\"H\n\x0cPullResponse\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.psflow.NamedTensor\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\"j\n\x08Gradient\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x06values\x18\x02 \x01(\x0b\x32\x0e.psflow.Tensor\x12\x1f\n\x07indices\x18\x03 \x01(\x0b\x32\x0e.psflow.Tensor\x12\x0f\n\x07version\x18\x04 \x01(\x03\"v\n\nUpdateRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x05hyper\x18\x02 \x03(\x0b\x32\x1d.psflow.UpdateRule.HyperEntry\x1a,\n\nHyperEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa6\x01\n\x0bPushRequest\x12#\n\tgradients\x18\x01 \x03(\x0b\x32\x10.psflow.Gradient\x12 \n\x04rule\x18\x02 \x01(\x0b\x32\x12.psflow.UpdateRule\x12\x0e\n\x06worker\x18\x03 \x01(\x05\x12\x1d\n\x15increment_global_step\x18\x04 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x05 \x01(\x03\x12\x0c\n\x04pull\x18\x06 \x03(\t\"[\n\x0cPushResponse\x12\x11\n\tstaleness\x18\x01 \x03(\x03\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12#\n\x06values\x18\x03 \x03(\x0b\x32\x13.psflow.NamedTensor\"#\n\rWorkerRequest\x12\x12\n\ntask_index\x18\x01 \x01(\x05\"H\n\x10HeartbeatRequest\x12\x12\n\ntask_index\x18\x01 \x01(\x05\x12\x12\n\nlocal_step\x18\x02 \x01(\x03\x12\x0c\n\x04loss\x18\x03 \x01(\x01\"3\n\x0eWorkerResponse\x12\x13\n\x0bnum_workers\x18\x01 \x01(\x05\x12\x0c\n\x04\x64one\x18\x02 \x01(\x05\"\x0e\n\x0cStatsRequest\"\x8a\x01\n\x0bWorkerStats\x12\x12\n\ntask_index\x18\x01 \x01(\x05\x12\x12\n\nregistered\x18\x02 \x01(\x08\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x12\n\nlocal_step\x18\x04 \x01(\x03\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x13\n\x0blast_seen_s\x18\x06 \x01(\x01\x12\x0e\n\x06pushes\x18\x07 \x01(\x03\"\xd7\x01\n\rStatsResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12\x0e\n\x06pushes\x18\x03 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\x12\x12\n\nbytes_sent\x18\x05 \x01(\x03\x12\x1b\n\x13staleness_histogram\x18\x06 \x03(\x03\x12$\n\x07workers\x18\x07 \x03(\x0b\x32\x13.psflow.WorkerStats\x12\x11\n\tvariables\x18\x08 \x01(\x05\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x32\xf8\x04\n\x0fParameterServer\x12U\n\x10\x44\x65\x63lareVariables\x12\x1f.psflow.DeclareVariablesRequest\x1a .psflow.DeclareVariablesResponse\x12^\n\x13InitializeVariables\x12\".psflow.InitializeVariablesRequest\x1a#.psflow.InitializeVariablesResponse\x12R\n\x0fWaitInitialized\x12\x1e.psflow.WaitInitializedRequest\x1a\x1f.psflow.WaitInitializedResponse\x12\x31\n\x04Pull\x12\x13.psflow.PullRequest\x1a\x14.psflow.PullResponse\x12\x31\n\x04Push\x12\x13.psflow.PushRequest\x1a\x14.psflow.PushResponse\x12?\n\x0eRegisterWorker\x12\x15.psflow.WorkerRequest\x1a\x16.psflow.WorkerResponse\x12=\n\tHeartbeat\x12\x18.psflow.HeartbeatRequest\x1a\x16.psflow.WorkerResponse\x12;\n\nWorkerDone\x12\x15.psflow.WorkerRequest\x1a\x16.psflow.WorkerResponse\x12\x37\n\x08GetStats\x12\x14.psflow.StatsRequest\x1a\x15.psflow.StatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cpsflow.proto\x12\x06psflow\"7\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\":\n\x0cVariableSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"B\n\x17\x44\x65\x63lareVariablesRequest\x12\'\n\tvariables\x18\x01 \x03(\x0b\x32\x14.psflow.VariableSpec\"/\n\x18\x44\x65\x63lareVariablesResponse\x12\x13\n\x0binitialized\x18\x01 \x03(\t\"L\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x06tensor\x18\x02 \x01(\x0b\x32\x0e.psflow.Tensor\x12\x0f\n\x07version\x18\x03 \x01(\x03\"T\n\x1aInitializeVariablesRequest\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.psflow.NamedTensor\x12\x11\n\toverwrite\x18\x02 \x01(\x08\"/\n\x1bInitializeVariablesResponse\x12\x10\n\x08\x61ssigned\x18\x01 \x03(\t\";\n\x16WaitInitializedRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x03\"9\n\x17WaitInitializedResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07missing\x18\x02 \x03(\t\"B\n\x0bPullRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12$\n\x06\x63ommit\x18\x02 \x01(\x0b\x32\x14.psflow.StepDecision\"p\n\x0cPullResponse\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.psflow.NamedTensor\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12&\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x14.psflow.StepDecision\"-\n\x0cStepDecision\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0f\n\x07workers\x18\x02 \x03(\x05\"\x8d\x01\n\x0b\x43onsistency\x12&\n\x04mode\x18\x01 \x01(\x0e\x32\x18.psflow.Consistency.Mode\x12\x1d\n\x15replicas_to_aggregate\x18\x02 \x01(\x05\x12\x11\n\tstaleness\x18\x03 \x01(\x05\"$\n\x04Mode\x12\t\n\x05\x41SYNC\x10\x00\x12\x08\n\x04SYNC\x10\x01\x12\x07\n\x03SSP\x10\x02\"j\n\x08Gradient\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x06values\x18\x02 \x01(\x0b\x32\x0e.psflow.Tensor\x12\x1f\n\x07indices\x18\x03 \x01(\x0b\x32\x0e.psflow.Tensor\x12\x0f\n\x07version\x18\x04 \x01(\x03\"v\n\nUpdateRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x05hyper\x18\x02 \x03(\x0b\x32\x1d.psflow.UpdateRule.HyperEntry\x1a,\n\nHyperEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xd0\x01\n\x0bPushRequest\x12#\n\tgradients\x18\x01 \x03(\x0b\x32\x10.psflow.Gradient\x12 \n\x04rule\x18\x02 \x01(\x0b\x32\x12.psflow.UpdateRule\x12\x0e\n\x06worker\x18\x03 \x01(\x05\x12\x1d\n\x15increment_global_step\x18\x04 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x05 \x01(\x03\x12\x0c\n\x04pull\x18\x06 \x03(\t\x12(\n\x0b\x63onsistency\x18\x07 \x01(\x0b\x32\x13.psflow.Consistency\"\x94\x01\n\x0cPushResponse\x12\x11\n\tstaleness\x18\x01 \x03(\x03\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12#\n\x06values\x18\x03 \x03(\x0b\x32\x13.psflow.NamedTensor\x12\x0f\n\x07\x64ropped\x18\x04 \x01(\x08\x12&\n\x08\x64\x65\x63ision\x18\x05 \x01(\x0b\x32\x14.psflow.StepDecision\"#\n\rWorkerRequest\x12\x12\n\ntask_index\x18\x01 \x01(\x05\"H\n\x10HeartbeatRequest\x12\x12\n\ntask_index\x18\x01 \x01(\x05\x12\x12\n\nlocal_step\x18\x02 \x01(\x03\x12\x0c\n\x04loss\x18\x03 \x01(\x01\"3\n\x0eWorkerResponse\x12\x13\n\x0bnum_workers\x18\x01 \x01(\x05\x12\x0c\n\x04\x64one\x18\x02 \x01(\x05\"\x0e\n\x0cStatsRequest\"\x8a\x01\n\x0bWorkerStats\x12\x12\n\ntask_index\x18\x01 \x01(\x05\x12\x12\n\nregistered\x18\x02 \x01(\x08\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x12\n\nlocal_step\x18\x04 \x01(\x03\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x13\n\x0blast_seen_s\x18\x06 \x01(\x01\x12\x0e\n\x06pushes\x18\x07 \x01(\x03\"\xe8\x01\n\rStatsResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12\x0e\n\x06pushes\x18\x03 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\x12\x12\n\nbytes_sent\x18\x05 \x01(\x03\x12\x1b\n\x13staleness_histogram\x18\x06 \x03(\x03\x12$\n\x07workers\x18\x07 \x03(\x0b\x32\x13.psflow.WorkerStats\x12\x11\n\tvariables\x18\x08 \x01(\x05\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x0f\n\x07\x64ropped\x18\n \x01(\x03\x32\xf8\x04\n\x0fParameterServer\x12U\n\x10\x44\x65\x63lareVariables\x12\x1f.psflow.DeclareVariablesRequest\x1a .psflow.DeclareVariablesResponse\x12^\n\x13InitializeVariables\x12\".psflow.InitializeVariablesRequest\x1a#.psflow.InitializeVariablesResponse\x12R\n\x0fWaitInitialized\x12\x1e.psflow.WaitInitializedRequest\x1a\x1f.psflow.WaitInitializedResponse\x12\x31\n\x04Pull\x12\x13.psflow.PullRequest\x1a\x14.psflow.PullResponse\x12\x31\n\x04Push\x12\x13.psflow.PushRequest\x1a\x14.psflow.PushResponse\x12?\n\x0eRegisterWorker\x12\x15.psflow.WorkerRequest\x1a\x16.psflow.WorkerResponse\x12=\n\tHeartbeat\x12\x18.psflow.HeartbeatRequest\x1a\x16.psflow.WorkerResponse\x12;\n\nWorkerDone\x12\x15.psflow.WorkerRequest\x1a\x16.psflow.WorkerResponse\x12\x37\n\x08GetStats\x12\x14.psflow.StatsRequest\x1a\x15.psflow.StatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,31 +52,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WAITINITIALIZEDRESPONSE']._serialized_start=532
   _globals['_WAITINITIALIZEDRESPONSE']._serialized_end=589
   _globals['_PULLREQUEST']._serialized_start=591
-  _globals['_PULLREQUEST']._serialized_end=619
-  _globals['_PULLRESPONSE']._serialized_start=621
-  _globals['_PULLRESPONSE']._serialized_end=693
-  _globals['_GRADIENT']._serialized_start=695
-  _globals['_GRADIENT']._serialized_end=801
-  _globals['_UPDATERULE']._serialized_start=803
-  _globals['_UPDATERULE']._serialized_end=921
-  _globals['_UPDATERULE_HYPERENTRY']._serialized_start=877
-  _globals['_UPDATERULE_HYPERENTRY']._serialized_end=921
-  _globals['_PUSHREQUEST']._serialized_start=924
-  _globals['_PUSHREQUEST']._serialized_end=1090
-  _globals['_PUSHRESPONSE']._serialized_start=1092
-  _globals['_PUSHRESPONSE']._serialized_end=1183
-  _globals['_WORKERREQUEST']._serialized_start=1185
-  _globals['_WORKERREQUEST']._serialized_end=1220
-  _globals['_HEARTBEATREQUEST']._serialized_start=1222
-  _globals['_HEARTBEATREQUEST']._serialized_end=1294
-  _globals['_WORKERRESPONSE']._serialized_start=1296
-  _globals['_WORKERRESPONSE']._serialized_end=1347
-  _globals['_STATSREQUEST']._serialized_start=1349
-  _globals['_STATSREQUEST']._serialized_end=1363
-  _globals['_WORKERSTATS']._serialized_start=1366
-  _globals['_WORKERSTATS']._serialized_end=1504
-  _globals['_STATSRESPONSE']._serialized_start=1507
-  _globals['_STATSRESPONSE']._serialized_end=1722
-  _globals['_PARAMETERSERVER']._serialized_start=1725
-  _globals['_PARAMETERSERVER']._serialized_end=2357
+  _globals['_PULLREQUEST']._serialized_end=657
+  _globals['_PULLRESPONSE']._serialized_start=659
+  _globals['_PULLRESPONSE']._serialized_end=771
+  _globals['_STEPDECISION']._serialized_start=773
+  _globals['_STEPDECISION']._serialized_end=818
+  _globals['_CONSISTENCY']._serialized_start=821
+  _globals['_CONSISTENCY']._serialized_end=962
+  _globals['_CONSISTENCY_MODE']._serialized_start=926
+  _globals['_CONSISTENCY_MODE']._serialized_end=962
+  _globals['_GRADIENT']._serialized_start=964
+  _globals['_GRADIENT']._serialized_end=1070
+  _globals['_UPDATERULE']._serialized_start=1072
+  _globals['_UPDATERULE']._serialized_end=1190
+  _globals['_UPDATERULE_HYPERENTRY']._serialized_start=1146
+  _globals['_UPDATERULE_HYPERENTRY']._serialized_end=1190
+  _globals['_PUSHREQUEST']._serialized_start=1193
+  _globals['_PUSHREQUEST']._serialized_end=1401
+  _globals['_PUSHRESPONSE']._serialized_start=1404
+  _globals['_PUSHRESPONSE']._serialized_end=1552
+  _globals['_WORKERREQUEST']._serialized_start=1554
+  _globals['_WORKERREQUEST']._serialized_end=1589
+  _globals['_HEARTBEATREQUEST']._serialized_start=1591
+  _globals['_HEARTBEATREQUEST']._serialized_end=1663
+  _globals['_WORKERRESPONSE']._serialized_start=1665
+  _globals['_WORKERRESPONSE']._serialized_end=1716
+  _globals['_STATSREQUEST']._serialized_start=1718
+  _globals['_STATSREQUEST']._serialized_end=1732
+  _globals['_WORKERSTATS']._serialized_start=1735
+  _globals['_WORKERSTATS']._serialized_end=1873
+  _globals['_STATSRESPONSE']._serialized_start=1876
+  _globals['_STATSRESPONSE']._serialized_end=2108
+  _globals['_PARAMETERSERVER']._serialized_start=2111
+  _globals['_PARAMETERSERVER']._serialized_end=2743
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -79,18 +80,48 @@ class WaitInitializedResponse(_message.Message):
     def __init__(self, ready: _Optional[bool] = ..., missing: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PullRequest(_message.Message):
-    __slots__ = ("names",)
+    __slots__ = ("names", "commit")
     NAMES_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
     names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
+    commit: StepDecision
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., commit: _Optional[_Union[StepDecision, _Mapping]] = ...) -> None: ...
 
 class PullResponse(_message.Message):
-    __slots__ = ("values", "global_step")
+    __slots__ = ("values", "global_step", "decision")
     VALUES_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     global_step: int
-    def __init__(self, values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., global_step: _Optional[int] = ...) -> None: ...
+    decision: StepDecision
+    def __init__(self, values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., global_step: _Optional[int] = ..., decision: _Optional[_Union[StepDecision, _Mapping]] = ...) -> None: ...
+
+class StepDecision(_message.Message):
+    __slots__ = ("step", "workers")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    workers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, step: _Optional[int] = ..., workers: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class Consistency(_message.Message):
+    __slots__ = ("mode", "replicas_to_aggregate", "staleness")
+    class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ASYNC: _ClassVar[Consistency.Mode]
+        SYNC: _ClassVar[Consistency.Mode]
+        SSP: _ClassVar[Consistency.Mode]
+    ASYNC: Consistency.Mode
+    SYNC: Consistency.Mode
+    SSP: Consistency.Mode
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_TO_AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
+    mode: Consistency.Mode
+    replicas_to_aggregate: int
+    staleness: int
+    def __init__(self, mode: _Optional[_Union[Consistency.Mode, str]] = ..., replicas_to_aggregate: _Optional[int] = ..., staleness: _Optional[int] = ...) -> None: ...
 
 class Gradient(_message.Message):
     __slots__ = ("name", "values", "indices", "version")
@@ -120,30 +151,36 @@ class UpdateRule(_message.Message):
     def __init__(self, name: _Optional[str] = ..., hyper: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("gradients", "rule", "worker", "increment_global_step", "global_step", "pull")
+    __slots__ = ("gradients", "rule", "worker", "increment_global_step", "global_step", "pull", "consistency")
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
     INCREMENT_GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     PULL_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     gradients: _containers.RepeatedCompositeFieldContainer[Gradient]
     rule: UpdateRule
     worker: int
     increment_global_step: bool
     global_step: int
     pull: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., rule: _Optional[_Union[UpdateRule, _Mapping]] = ..., worker: _Optional[int] = ..., increment_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ...) -> None: ...
+    consistency: Consistency
+    def __init__(self, gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., rule: _Optional[_Union[UpdateRule, _Mapping]] = ..., worker: _Optional[int] = ..., increment_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ..., consistency: _Optional[_Union[Consistency, _Mapping]] = ...) -> None: ...
 
 class PushResponse(_message.Message):
-    __slots__ = ("staleness", "global_step", "values")
+    __slots__ = ("staleness", "global_step", "values", "dropped", "decision")
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
     staleness: _containers.RepeatedScalarFieldContainer[int]
     global_step: int
     values: _containers.RepeatedCompositeFieldContainer[NamedTensor]
-    def __init__(self, staleness: _Optional[_Iterable[int]] = ..., global_step: _Optional[int] = ..., values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
+    dropped: bool
+    decision: StepDecision
+    def __init__(self, staleness: _Optional[_Iterable[int]] = ..., global_step: _Optional[int] = ..., values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., dropped: _Optional[bool] = ..., decision: _Optional[_Union[StepDecision, _Mapping]] = ...) -> None: ...
 
 class WorkerRequest(_message.Message):
     __slots__ = ("task_index",)
@@ -192,7 +229,7 @@ class WorkerStats(_message.Message):
     def __init__(self, task_index: _Optional[int] = ..., registered: _Optional[bool] = ..., done: _Optional[bool] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ..., last_seen_s: _Optional[float] = ..., pushes: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("shard", "global_step", "pushes", "bytes_received", "bytes_sent", "staleness_histogram", "workers", "variables", "uptime_s")
+    __slots__ = ("shard", "global_step", "pushes", "bytes_received", "bytes_sent", "staleness_histogram", "workers", "variables", "uptime_s", "dropped")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     PUSHES_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +239,7 @@ class StatsResponse(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     shard: int
     global_step: int
     pushes: int
@@ -211,4 +249,5 @@ class StatsResponse(_message.Message):
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStats]
     variables: int
     uptime_s: float
-    def __init__(self, shard: _Optional[int] = ..., global_step: _Optional[int] = ..., pushes: _Optional[int] = ..., bytes_received: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., staleness_histogram: _Optional[_Iterable[int]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., variables: _Optional[int] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+    dropped: int
+    def __init__(self, shard: _Optional[int] = ..., global_step: _Optional[int] = ..., pushes: _Optional[int] = ..., bytes_received: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., staleness_histogram: _Optional[_Iterable[int]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., variables: _Optional[int] = ..., uptime_s: _Optional[float] = ..., dropped: _Optional[int] = ...) -> None: ...

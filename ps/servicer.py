@@ -48,6 +48,19 @@ def _handler(method):
     return handle
 
 
+def _consistency(request):
+    """(mode, replicas to aggregate, staleness) of a push; SSP with staleness 0 is SYNC."""
+    if not request.HasField("consistency"):
+        return pb.Consistency.ASYNC, 0, 0
+    c = request.consistency
+    if c.replicas_to_aggregate < 0 or c.staleness < 0:
+        raise InvalidArgumentError(f"replicas_to_aggregate ({c.replicas_to_aggregate}) and "
+                                   f"staleness ({c.staleness}) must not be negative")
+    if c.mode == pb.Consistency.SSP and c.staleness == 0:
+        return pb.Consistency.SYNC, 0, 0
+    return c.mode, c.replicas_to_aggregate, c.staleness
+
+
 class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     """The ParameterServer service over a ShardStore (see psflow.proto's psflow.proto)."""
 
@@ -87,9 +100,15 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_handler
     def Pull(self, request, context):
-        step = self.store.global_step if self.store.holds_global_step else -1
-        reply = pb.PullResponse(global_step=step)
+        store = self.store
+        if request.HasField("commit") and not store.holds_global_step:
+            store.sync.commit(request.commit.step, list(request.commit.workers))
+        reply = pb.PullResponse(global_step=store.global_step if store.holds_global_step else -1)
         self._add_values(reply.values, request.names)
+        if store.holds_global_step:
+            step, workers = store.sync.decision()
+            reply.decision.step = step
+            reply.decision.workers[:] = workers
         return reply
 
     def _add_values(self, values, names):
@@ -114,11 +133,26 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         if not_ready:
             raise FailedPreconditionError(f"cannot return {not_ready[0]!r} with the push: it "
                                           "is not initialized yet")
-        staleness, step = self.store.push(gradients, rule, worker=request.worker,
-                                          increment_global_step=request.increment_global_step,
-                                          global_step=request.global_step)
-        reply = pb.PushResponse(staleness=staleness,
-                                global_step=step if self.store.holds_global_step else -1)
+        store = self.store
+        mode, replicas, staleness_bound = _consistency(request)
+        if mode == pb.Consistency.SYNC:
+            checked, received = store.check_gradients(gradients)
+            dropped, decision = store.sync.push(request.worker, request.global_step, checked,
+                                                rule, received, replicas)
+            reply = pb.PushResponse(dropped=dropped, global_step=store.global_step
+                                    if store.holds_global_step else -1)
+            if decision is not None:
+                reply.decision.step = decision[0]
+                reply.decision.workers[:] = decision[1]
+        else:
+            staleness, step = store.push(gradients, rule, worker=request.worker,
+                                         increment_global_step=request.increment_global_step,
+                                         global_step=request.global_step)
+            if mode == pb.Consistency.SSP and store.holds_global_step:
+                store.sync.ssp_barrier(request.worker, staleness_bound)
+                step = store.global_step
+            reply = pb.PushResponse(staleness=staleness,
+                                    global_step=step if store.holds_global_step else -1)
         if request.pull:
             self._add_values(reply.values, request.pull)
         return reply
@@ -143,7 +177,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             shard=stats["shard"], global_step=stats["global_step"], pushes=stats["pushes"],
             bytes_received=stats["bytes_received"], bytes_sent=stats["bytes_sent"],
             staleness_histogram=stats["staleness_histogram"], variables=stats["variables"],
-            uptime_s=stats["uptime_s"])
+            uptime_s=stats["uptime_s"], dropped=stats["dropped"])
         for index, registered, done, local_step, loss, last_seen, pushes in stats["workers"]:
             reply.workers.add(task_index=index, registered=registered, done=done,
                               local_step=local_step, loss=loss, last_seen_s=last_seen,

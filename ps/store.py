@@ -29,6 +29,8 @@ from psflow.gradients import IndexedSlices
 from psflow.proto.codec import shape_str as _shape_text
 from psflow.train.update_rules import RULES, UpdateRule
 
+from .sync import SyncState
+
 STALENESS_BUCKETS = 32
 # Distinct rule specs kept; a decaying learning rate makes a new spec every step.
 RULE_CACHE_SIZE = 64
@@ -85,6 +87,7 @@ class ShardStore:
         self.staleness = [0] * STALENESS_BUCKETS
         self._workers = {}
         self.all_done = threading.Event()
+        self.sync = SyncState(self)
 
     @property
     def holds_global_step(self):
@@ -260,6 +263,27 @@ class ShardStore:
         `increment_global_step` the global step then advances by one. `global_step` is the
         step the worker pulled (for the staleness histogram). Returns (the staleness of each
         gradient, the global step after the push)."""
+        checked, received = self.check_gradients(gradients)
+        staleness = self.apply(checked, rule)
+        if increment_global_step:
+            with self._step_lock:
+                before = self.global_step
+                self.global_step += 1
+                step = self.global_step
+            if global_step is not None:
+                recorded = [max(before - global_step, 0)] * len(staleness)
+            else:
+                recorded = staleness
+        else:
+            step = self.global_step
+            recorded = staleness
+        self.count_push(worker, received, recorded)
+        return staleness, step
+
+    def check_gradients(self, gradients):
+        """Checks (name, values, indices or None, version) gradients against their variables;
+        returns ([(variable, gradient, version)], bytes received). Raises on the first bad one,
+        so nothing is applied from a push with a bad gradient."""
         checked = []
         received = 0
         for name, values, indices, version in gradients:
@@ -277,6 +301,11 @@ class ShardStore:
                     "variables before anyone pushes")
             received += values.nbytes + (0 if indices is None else indices.nbytes)
             checked.append((var, grad, version))
+        return checked, received
+
+    def apply(self, checked, rule):
+        """Applies [(variable, gradient, version)] with `rule`, each under its variable's lock;
+        returns each gradient's staleness."""
         staleness = []
         for var, grad, version in checked:
             with var.lock:
@@ -286,26 +315,16 @@ class ShardStore:
                 rule.apply(var.value, grad, slots)
                 staleness.append(max(var.version - version, 0))
                 var.version += 1
-        if increment_global_step:
-            with self._step_lock:
-                before = self.global_step
-                self.global_step += 1
-                step = self.global_step
-            if global_step is not None:
-                recorded = [max(before - global_step, 0)] * len(staleness)
-            else:
-                recorded = staleness
-        else:
-            step = self.global_step
-            recorded = staleness
+        return staleness
+
+    def count_push(self, worker, received, staleness):
         with self._stats_lock:
             self.pushes += 1
             self.bytes_received += received
-            for s in recorded:
+            for s in staleness:
                 self.staleness[min(s, STALENESS_BUCKETS - 1)] += 1
             if 0 <= worker < self.num_workers:
                 self._worker(worker).pushes += 1
-        return staleness, step
 
     @staticmethod
     def _gradient_dtype(var, values, what):
@@ -369,8 +388,17 @@ class ShardStore:
         with self._stats_lock:
             worker = self._worker(index)
             worker.registered = True
+            worker.done = False  # a restarted worker is back
             worker.last_seen = time.monotonic()
-            return self.num_workers, self._done_count()
+            membership = self.num_workers, self._done_count()
+        self.sync.on_register(index)
+        return membership
+
+    def touch(self, index):
+        """Worker `index` was just heard from (a push counts as a heartbeat)."""
+        if 0 <= index < self.num_workers:
+            with self._stats_lock:
+                self._worker(index).last_seen = time.monotonic()
 
     def heartbeat(self, index, local_step, loss):
         """Worker `index` is alive at its `local_step` with `loss`. Returns membership."""
@@ -390,6 +418,7 @@ class ShardStore:
             worker.done = True
             worker.last_seen = time.monotonic()
             finished = self._done_count()
+        self.sync.wake()  # steps waiting for this worker go on without it
         if finished >= self.num_workers:
             self.all_done.set()
         return self.num_workers, finished
@@ -412,4 +441,5 @@ class ShardStore:
                     "pushes": self.pushes, "bytes_received": self.bytes_received,
                     "bytes_sent": self.bytes_sent, "staleness_histogram": list(self.staleness),
                     "workers": workers, "variables": len(self._variables),
+                    "dropped": self.sync.dropped,
                     "uptime_s": now - self.started}

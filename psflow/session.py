@@ -43,9 +43,10 @@ class LocalVariableStore:
                 f"{var.name!r} of shape {format_shape(var.shape)}")
         self.values[var] = value
 
-    def apply_gradients(self, rule, grads_and_vars, global_step=None):
+    def apply_gradients(self, rule, grads_and_vars, global_step=None, consistency=None):
         """Applies `rule` (an UpdateRule of psflow.train.update_rules) to each variable in
-        place, then adds one to `global_step` if given."""
+        place, then adds one to `global_step` if given. In one process every consistency
+        mode is this: a step's gradients come from the one replica there is."""
         with self._lock:
             for grad, var in grads_and_vars:
                 value = self.read(var)

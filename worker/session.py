@@ -22,6 +22,7 @@ from psflow.proto import psflow_pb2 as pb
 from psflow.session import LocalVariableStore, Session
 from psflow.state_ops import variables_initializer
 from psflow.train.optimizers import ApplyGradients, get_global_step
+from psflow.train.sync_replicas import consistency_from_env
 
 from .client import Fanout, ShardClient, worker_request
 from .placement import PARTITION_BYTES, Placement
@@ -33,6 +34,11 @@ HEARTBEAT_S = 1.0
 INIT_TIMEOUT_S = float(os.environ.get("PSFLOW_INIT_TIMEOUT", "600"))
 # How long to wait for the parameter servers to come up.
 CONNECT_TIMEOUT_S = float(os.environ.get("PSFLOW_CONNECT_TIMEOUT", "60"))
+# Bound on a synchronous step's push to shard 0, which waits for the other workers (the
+# shard gives up after PSFLOW_STEP_TIMEOUT and says whom it waited for).
+SYNC_CALL_TIMEOUT_S = float(os.environ.get("PSFLOW_STEP_TIMEOUT", "300")) + 30
+_MODES = {"async": pb.Consistency.ASYNC, "sync": pb.Consistency.SYNC,
+          "ssp": pb.Consistency.SSP}
 
 
 def _batches(items, size_of, limit=codec.MAX_PAYLOAD_BYTES):
@@ -51,8 +57,8 @@ def _batches(items, size_of, limit=codec.MAX_PAYLOAD_BYTES):
 
 
 class _StepState(threading.local):
-    """What one thread's current run pulled: values, versions, the global step, and the part
-    names read from each shard. `returned` holds the values the last push's replies carried
+    """What one thread's current run pulled: values, versions, the global step, and the parts
+    read from each shard. `returned` holds the values the last push's replies carried
     back ({part name: (array, version)}) with `returned_step`, for the next training run."""
 
     def __init__(self):
@@ -80,6 +86,8 @@ class DistributedStore:
         self.step = _StepState()
         self.last_global_step = 0
         self._rule_protos = {}
+        self.consistency = consistency_from_env()  # until a train op names its own
+        self.dropped = 0  # steps whose gradients came too late (sync)
 
     # -- set-up ------------------------------------------------------------------------------
     def register(self, timeout=CONNECT_TIMEOUT_S):
@@ -165,7 +173,7 @@ class DistributedStore:
                 needs_step = True
                 continue
             for part in self.placement.parts_of(var):
-                step.read.setdefault(part.shard, []).append(part.name)
+                step.read.setdefault(part.shard, []).append(part)
                 kept = returned.get(part.name)
                 if kept is None:
                     wanted.setdefault(part.shard, []).append(part)
@@ -176,11 +184,18 @@ class DistributedStore:
                 wanted.setdefault(0, [])
             else:
                 step.global_step = returned_step
-        calls = []
-        for shard, parts in wanted.items():
-            client = self.clients[shard]
-            for batch in _batches(parts, lambda p: p.nbytes) if parts else [[]]:
-                calls.append((client, "Pull", pb.PullRequest(names=[p.name for p in batch])))
+        commit = None
+        if self._synchronous() and any(shard != 0 for shard in wanted):
+            # The other shards may not have applied the last step yet: learn it from shard 0
+            # and have them apply it first, so the values are never a mix of two steps.
+            first = self._pull_calls({0: wanted.pop(0, [])})
+            for (client, _, _), reply in zip(first, self.fanout.call(first)):
+                step.global_step = self.last_global_step = reply.global_step
+                self._take_values(reply.values, pieces, step.versions)
+                commit = reply.decision
+            if commit.step < 0:
+                commit = None
+        calls = self._pull_calls(wanted, commit)
         for (client, _, _), reply in zip(calls, self.fanout.call(calls)):
             if client.index == 0:
                 step.global_step = self.last_global_step = reply.global_step
@@ -193,6 +208,22 @@ class DistributedStore:
                 step.values[var] = pieces[parts[0].name]
             else:
                 step.values[var] = np.concatenate([pieces[p.name] for p in parts])
+
+    def _pull_calls(self, wanted, commit=None):
+        """Pull calls for {shard: [parts]} (an empty list pulls just the global step)."""
+        calls = []
+        for shard, parts in wanted.items():
+            client = self.clients[shard]
+            for batch in _batches(parts, lambda p: p.nbytes) if parts else [[]]:
+                request = pb.PullRequest(names=[p.name for p in batch])
+                if commit is not None and shard != 0:
+                    request.commit.CopyFrom(commit)
+                calls.append((client, "Pull", request))
+        return calls
+
+    def _synchronous(self):
+        c = self.consistency
+        return c.mode == "sync" or (c.mode == "ssp" and c.staleness == 0)
 
     @staticmethod
     def _take_values(items, pieces, versions):
@@ -223,9 +254,12 @@ class DistributedStore:
         self.initialize({var: value}, overwrite=True)
         self.step.values.pop(var, None)
 
-    def apply_gradients(self, rule, grads_and_vars, global_step=None):
+    def apply_gradients(self, rule, grads_and_vars, global_step=None, consistency=None):
         """Pushes each gradient to the shards owning its variable (all shards at once); the
-        push to shard 0 advances the global step when `global_step` is given."""
+        push to shard 0 advances the global step when `global_step` is given. In sync and
+        ssp modes the push to shard 0 goes last and waits for the step (see psflow.ps.sync)."""
+        if consistency is not None:
+            self.consistency = consistency
         step = self.step
         rule_proto = self._rule_proto(rule)
         requests = {}
@@ -247,8 +281,11 @@ class DistributedStore:
                     codec.encode(indices, gradient.indices)
         if global_step is not None:
             request_for(0).increment_global_step = True
+        if self.consistency.mode != "async":
+            self._push_in_step(requests, request_for(0))
+            return
         for shard, request in requests.items():  # the next step's values come back
-            request.pull.extend(dict.fromkeys(step.read.get(shard, ())))
+            request.pull.extend(dict.fromkeys(p.name for p in step.read.get(shard, ())))
         calls = [(self.clients[s], "Push", r) for s, r in requests.items()]
         returned, versions = {}, {}
         for (client, _, _), reply in zip(calls, self.fanout.call(calls)):
@@ -257,6 +294,35 @@ class DistributedStore:
                 if global_step is not None:
                     step.global_step = self.last_global_step = reply.global_step
             self._take_values(reply.values, returned, versions)
+        step.returned = {name: (value, versions[name]) for name, value in returned.items()}
+
+    def _push_in_step(self, requests, first):
+        """A sync or ssp push: the other shards first, then shard 0, whose reply waits for
+        the step's decision (sync) or the staleness bound (ssp); then the other shards'
+        values, after they applied the decided step."""
+        step = self.step
+        c = self.consistency
+        mode = pb.Consistency(mode=_MODES[c.mode], replicas_to_aggregate=c.replicas_to_aggregate,
+                              staleness=c.staleness)
+        for request in requests.values():
+            request.consistency.CopyFrom(mode)
+        others = [(self.clients[s], "Push", r) for s, r in requests.items() if s != 0]
+        self.fanout.call(others)
+        first.pull.extend(dict.fromkeys(p.name for p in step.read.get(0, ())))
+        reply = self.clients[0].call("Push", first, timeout=SYNC_CALL_TIMEOUT_S)
+        returned, versions = {}, {}
+        self._take_values(reply.values, returned, versions)
+        step.global_step = self.last_global_step = step.returned_step = reply.global_step
+        if reply.dropped:
+            self.dropped += 1
+            log.debug("the gradients of step %d came too late and were dropped",
+                      first.global_step)
+        commit = reply.decision if self._synchronous() and reply.HasField("decision") else None
+        wanted = {shard: list(dict.fromkeys(parts)) for shard, parts in step.read.items()
+                  if shard != 0}
+        calls = self._pull_calls(wanted, commit)
+        for _, pulled in zip(calls, self.fanout.call(calls)):
+            self._take_values(pulled.values, returned, versions)
         step.returned = {name: (value, versions[name]) for name, value in returned.items()}
 
     def _rule_proto(self, rule):

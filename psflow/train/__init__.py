@@ -7,10 +7,12 @@ from .monitored_session import (MonitoredTrainingSession, SessionRunArgs, Sessio
 from .optimizers import (AdagradOptimizer, AdamOptimizer, GradientDescentOptimizer,
                          MomentumOptimizer, Optimizer, create_global_step, get_global_step,
                          get_or_create_global_step, global_step)
+from .sync_replicas import BoundedStalenessOptimizer, Consistency, SyncReplicasOptimizer
 from .update_rules import UpdateRule
 
 __all__ = [
-    "AdagradOptimizer", "AdamOptimizer", "ClusterSpec", "GradientDescentOptimizer",
+    "AdagradOptimizer", "AdamOptimizer", "BoundedStalenessOptimizer", "ClusterSpec",
+    "Consistency", "SyncReplicasOptimizer", "GradientDescentOptimizer",
     "MomentumOptimizer", "MonitoredTrainingSession", "Optimizer", "SessionRunArgs",
     "SessionRunContext", "SessionRunHook", "SessionRunValues", "StopAtStepHook", "TaskConfig",
     "UpdateRule", "create_global_step", "replica_device_setter", "get_global_step", "get_or_create_global_step",

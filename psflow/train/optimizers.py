@@ -20,14 +20,19 @@ class ApplyGradients(Node):
         self.loss = loss  # the loss being minimized, when known: progress reports show it
         self.variables = [v for _, v in grads_and_vars]
         self.global_step = global_step
+        # A train.sync_replicas.Consistency set by SyncReplicasOptimizer and friends; None
+        # leaves the mode to the job (launch --mode).
+        self.consistency = None
         super().__init__([g for g, _ in grads_and_vars], name=name or "Apply")
 
     def executor(self, session):
         store, rule, variables, global_step = (session.store, self.rule, self.variables,
                                                self.global_step)
+        node = self
 
         def run(*grads):
-            store.apply_gradients(rule, list(zip(grads, variables)), global_step)
+            store.apply_gradients(rule, list(zip(grads, variables)), global_step,
+                                  consistency=node.consistency)
         return run
 
 

@@ -1,0 +1,225 @@
+"""Synchronous and bounded-staleness training on one shard.
+
+SYNC. A worker computes its gradients at global step t and pushes them to every shard; the
+shards other than 0 keep them aside, and shard 0, pushed to last, decides the step: once
+`replicas_to_aggregate` workers (at most the live ones) have pushed for step t, the first of
+them make up the step. Shard 0 applies the average of their gradients once, advances the
+global step, and answers every waiting push with the decision (step, workers). Each worker
+then pulls from the other shards with that decision as `commit`, and a shard applies the step
+(the average of the same workers' gradients) the first time it hears of it. So every shard
+applies step t from the same set of workers. A push for an older step is dropped and counted.
+
+SSP with staleness s > 0. Pushes are applied on arrival; shard 0 counts each worker's pushes
+(its clock) and answers a push only when the slowest live worker is at most s steps behind the
+pusher's next step. Staleness 0 is bulk-synchronous and runs as SYNC.
+
+Membership. A worker that reported done, or that has not been heard from (push or heartbeat)
+for DEAD_AFTER_S, has left: steps need only the live workers, so nobody waits for it. A
+worker that has never registered counts as live for JOIN_GRACE_S after the shard started.
+Every wait is bounded by STEP_TIMEOUT_S and then fails with a message naming whom it waited
+for.
+"""
+
+import logging
+import os
+import threading
+import time
+
+import numpy as np
+
+from psflow.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError
+from psflow.gradients import IndexedSlices
+
+log = logging.getLogger(__name__)
+
+DEAD_AFTER_S = float(os.environ.get("PSFLOW_DEAD_AFTER", "5"))
+JOIN_GRACE_S = float(os.environ.get("PSFLOW_JOIN_GRACE", "120"))
+STEP_TIMEOUT_S = float(os.environ.get("PSFLOW_STEP_TIMEOUT", "300"))
+WAKE_S = 0.2
+DECISIONS_KEPT = 64
+
+
+def average(grads):
+    """The mean of several workers' gradients of one variable (dense, sparse or mixed)."""
+    n = len(grads)
+    if n == 1:
+        return grads[0]
+    if all(isinstance(g, IndexedSlices) for g in grads):
+        values = np.concatenate([np.asarray(g.values) for g in grads]) / n
+        indices = np.concatenate([np.asarray(g.indices).reshape(-1) for g in grads])
+        return IndexedSlices(values.astype(grads[0].values.dtype, copy=False), indices,
+                             grads[0].dense_shape)
+    total = None
+    for g in grads:
+        g = g.to_dense() if isinstance(g, IndexedSlices) else g
+        total = np.array(g, copy=True) if total is None else total + g
+    total /= n
+    return total
+
+
+class SyncState:
+    """The sync/ssp bookkeeping of one shard (see the module docstring)."""
+
+    def __init__(self, store):
+        self.store = store
+        self.cond = threading.Condition()
+        self.applied = 0  # shards other than 0: sync steps applied here
+        self.pending = {}  # step -> {worker: (checked gradients, rule)}
+        self.arrivals = {}  # shard 0: step -> workers in the order they pushed
+        self.decisions = {}  # shard 0: step -> workers whose gradients made it
+        self.last_decision = (-1, ())
+        self.dropped = 0
+        self.clocks = {}  # ssp: worker -> pushes so far
+
+    # -- membership ------------------------------------------------------------------------
+    def live_workers(self):
+        """Indices of the workers that have not left."""
+        store = self.store
+        now = time.monotonic()
+        live = []
+        with store._stats_lock:
+            for index in range(store.num_workers):
+                worker = store._workers.get(index)
+                if worker is None or not worker.registered:
+                    if now - store.started <= JOIN_GRACE_S:
+                        live.append(index)
+                elif not worker.done and now - worker.last_seen <= DEAD_AFTER_S:
+                    live.append(index)
+        return live
+
+    def _needed(self, replicas):
+        live = len(self.live_workers())
+        wanted = replicas if replicas > 0 else self.store.num_workers
+        return max(1, min(wanted, live))
+
+    def wake(self):
+        with self.cond:
+            self.cond.notify_all()
+
+    # -- sync ------------------------------------------------------------------------------
+    def push(self, worker, step, checked, rule, received, replicas):
+        """A sync push of gradients computed at `step`. On shard 0 it waits for the step's
+        decision; returns (dropped, (step, workers) of the decision or None)."""
+        store = self.store
+        store.touch(worker)
+        with self.cond:
+            current = store.global_step if store.holds_global_step else self.applied
+            if step < current:
+                self.dropped += len(checked)
+                store.count_push(worker, received, [current - step] * len(checked))
+                return True, self.last_decision
+            if step > current and store.holds_global_step:
+                raise FailedPreconditionError(
+                    f"worker {worker} pushed gradients for step {step}, but the global step is "
+                    f"{current}; pull before pushing")
+            pending = self.pending.setdefault(step, {})
+            if worker in pending:
+                raise FailedPreconditionError(f"worker {worker} already pushed its gradients "
+                                              f"for step {step}")
+            pending[worker] = (checked, rule)
+            store.count_push(worker, received, [0] * len(checked))
+            if not store.holds_global_step:
+                return False, None
+            arrivals = self.arrivals.setdefault(step, [])
+            arrivals.append(worker)
+            deadline = time.monotonic() + STEP_TIMEOUT_S
+            while step not in self.decisions:
+                needed = self._needed(replicas)
+                if len(arrivals) >= needed:
+                    self._decide(step, arrivals[:needed])
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    waiting = sorted(set(self.live_workers()) - set(arrivals))
+                    raise DeadlineExceededError(
+                        f"step {step} waited {STEP_TIMEOUT_S:g} s for gradients from "
+                        f"{needed} workers; it has them from {sorted(arrivals)}, still "
+                        f"waiting for worker(s) {waiting}")
+                self.cond.wait(min(WAKE_S, remaining))
+            workers = self.decisions[step]
+            if worker not in workers:
+                self.dropped += len(checked)
+                return True, (step, workers)
+            return False, (step, workers)
+
+    def _decide(self, step, workers):
+        """Shard 0: applies the step and advances the global step (under self.cond)."""
+        self._apply(step, workers)
+        store = self.store
+        with store._step_lock:
+            store.global_step = step + 1
+        self.decisions[step] = tuple(workers)
+        self.last_decision = (step, tuple(workers))
+        self.arrivals.pop(step, None)
+        for old in [s for s in self.decisions if s < step - DECISIONS_KEPT]:
+            del self.decisions[old]
+        self.cond.notify_all()
+
+    def _apply(self, step, workers):
+        """Applies the average of `workers`' pending gradients for `step`; forgets the step
+        and any older one."""
+        pending = self.pending.get(step, {})
+        by_var = {}
+        rule = None
+        for worker in workers:
+            entry = pending.get(worker)
+            if entry is None:
+                continue
+            checked, rule = entry
+            for var, grad, version in checked:
+                by_var.setdefault(var.name, (var, []))[1].append(grad)
+        if rule is not None:
+            self.store.apply([(var, average(grads), var.version)
+                              for var, grads in by_var.values()], rule)
+        for old in [s for s in self.pending if s <= step]:
+            del self.pending[old]
+
+    def commit(self, step, workers):
+        """Shards other than 0: applies decided `step` unless done already. A step this shard
+        never heard decided (every worker that knew it died first) is applied with all the
+        gradients it holds for it."""
+        with self.cond:
+            if step < self.applied:
+                return
+            for missed in range(self.applied, step):
+                held = sorted(self.pending.get(missed, {}))
+                if held:
+                    log.warning("step %d was never committed here; applying the gradients of "
+                                "workers %s", missed, held)
+                self._apply(missed, held)
+            self._apply(step, workers)
+            self.applied = step + 1
+            self.cond.notify_all()
+
+    def decision(self):
+        with self.cond:
+            return self.last_decision
+
+    # -- ssp -------------------------------------------------------------------------------
+    def on_register(self, worker):
+        """A (re)starting worker joins at the slowest live worker's clock."""
+        with self.cond:
+            others = [self.clocks.get(w, 0) for w in self.live_workers() if w != worker]
+            self.clocks[worker] = min(others) if others else 0
+
+    def ssp_barrier(self, worker, staleness):
+        """Shard 0, after an ssp push from `worker`: counts the push, then waits until the
+        slowest live worker is at most `staleness` steps behind this worker's next step."""
+        if staleness < 0:
+            raise InvalidArgumentError(f"staleness must be >= 0, got {staleness}")
+        with self.cond:
+            clock = self.clocks.get(worker, 0) + 1
+            self.clocks[worker] = clock
+            self.cond.notify_all()
+            deadline = time.monotonic() + STEP_TIMEOUT_S
+            while True:
+                live = [w for w in self.live_workers() if w != worker]
+                behind = [w for w in live if self.clocks.get(w, 0) < clock - staleness]
+                if not behind:
+                    return clock
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceededError(
+                        f"worker {worker} at step {clock} waited {STEP_TIMEOUT_S:g} s for "
+                        f"worker(s) {behind} to come within {staleness} steps")
+                self.cond.wait(min(WAKE_S, remaining))

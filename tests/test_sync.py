@@ -1,0 +1,183 @@
+"""Synchronous and bounded-staleness training against real parameter servers (gRPC on
+loopback, in this process), with worker threads each running its own graph and session."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import psflow as tf
+from psflow.ps.server import ParameterServer
+from psflow.train.cluster import ClusterSpec, TaskConfig
+from psflow.worker.session import DistributedSession
+
+BATCH = 8
+FEATURES = 5
+
+
+@pytest.fixture
+def cluster(request):
+    """cluster(num_ps, num_workers) -> the started servers (stopped after the test)."""
+    started = []
+
+    def start(num_ps, num_workers):
+        for i in range(num_ps):
+            server = ParameterServer(shard=i, num_workers=num_workers)
+            server.start()
+            started.append(server)
+        return started
+
+    yield start
+    for server in started:
+        server.stop(grace=0)
+
+
+def task(servers, num_workers, index):
+    spec = ClusterSpec({"ps": [f"127.0.0.1:{s.port}" for s in servers],
+                        "worker": ["127.0.0.1:0"] * num_workers})
+    return TaskConfig(spec, "worker", index)
+
+
+def data(step, worker, seed=0):
+    """The deterministic batch worker `worker` trains on at `step`."""
+    rng = np.random.default_rng([seed, step, worker])
+    return rng.normal(size=(BATCH, FEATURES)), rng.normal(size=BATCH)
+
+
+def model(make_optimizer):
+    """A float64 two-layer regression model; returns (x, y, loss, train_op, step, variables)."""
+    x = tf.placeholder(tf.float64, shape=(None, FEATURES), name="x")
+    y = tf.placeholder(tf.float64, shape=(None,), name="y")
+    w1 = tf.Variable(np.linspace(-1, 1, FEATURES * 4).reshape(FEATURES, 4), name="w1")
+    b1 = tf.Variable(np.zeros(4), name="b1")
+    w2 = tf.Variable(np.linspace(1, -1, 4), name="w2")
+    hidden = tf.tanh(x @ w1 + b1)
+    loss = tf.reduce_mean(tf.square(tf.reduce_sum(hidden * w2, axis=1) - y))
+    step = tf.train.get_or_create_global_step()
+    train = make_optimizer().minimize(loss, global_step=step)
+    return x, y, loss, train, step, [w1, b1, w2]
+
+
+def train_locally(make_optimizer, num_workers, steps):
+    """Single-process training on the concatenated batch of all workers at each step."""
+    with tf.Graph().as_default():
+        x, y, loss, train, step, variables = model(make_optimizer)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            for t in range(steps):
+                batches = [data(t, i) for i in range(num_workers)]
+                sess.run(train, {x: np.concatenate([b[0] for b in batches]),
+                                 y: np.concatenate([b[1] for b in batches])})
+            return sess.run(variables)
+
+
+def run_workers(servers, num_workers, make_optimizer, budgets, on_step=None):
+    """Trains one thread per worker, worker i for budgets[i] of its own steps; returns
+    {worker: final values} and re-raises a worker's error."""
+    results, errors = {}, []
+
+    def work(index):
+        try:
+            with tf.Graph().as_default() as graph:
+                x, y, loss, train, step, variables = model(make_optimizer)
+                session = DistributedSession(graph, task(servers, num_workers, index))
+                try:
+                    for k in range(budgets[index]):
+                        if on_step:
+                            on_step(index, k)
+                        global_step = int(session.run(step))
+                        bx, by = data(global_step, index)
+                        session.run(train, {x: bx, y: by})
+                    results[index] = session.run(variables)
+                finally:
+                    session.close()
+        except BaseException as exc:  # reported by the test thread
+            errors.append((index, exc))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(num_workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a worker hung"
+    if errors:
+        raise errors[0][1]
+    return results
+
+
+OPTIMIZERS = {"sgd": lambda: tf.train.GradientDescentOptimizer(0.1),
+              "adam": lambda: tf.train.AdamOptimizer(0.05)}
+
+
+@pytest.mark.parametrize("num_ps", [1, 2])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_sync_equals_one_process_on_the_concatenated_batch(cluster, name, num_ps):
+    steps, workers = 8, 2
+    servers = cluster(num_ps, workers)
+    opt = OPTIMIZERS[name]
+    results = run_workers(servers, workers,
+                          lambda: tf.train.SyncReplicasOptimizer(opt(), workers, workers),
+                          [steps] * workers)
+    expected = train_locally(opt, workers, steps)
+    for values in results.values():
+        for got, want in zip(values, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+    assert servers[0].store.global_step == steps
+    assert servers[0].store.stats()["dropped"] == 0
+
+
+def test_ssp_with_staleness_zero_equals_sync(cluster):
+    steps, workers = 6, 2
+    servers = cluster(2, workers)
+    opt = OPTIMIZERS["adam"]
+    results = run_workers(servers, workers,
+                          lambda: tf.train.BoundedStalenessOptimizer(opt(), staleness=0),
+                          [steps] * workers)
+    expected = train_locally(opt, workers, steps)
+    for got, want in zip(results[0], expected):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+
+
+def test_backup_workers_steps_take_the_first_gradients_and_drop_the_rest(cluster):
+    servers = cluster(2, 3)
+    steps = 10
+    run_workers(servers, 3, lambda: tf.train.SyncReplicasOptimizer(
+        tf.train.GradientDescentOptimizer(0.05), replicas_to_aggregate=2,
+        total_num_replicas=3), [steps] * 3)
+    stats = servers[0].store.stats()
+    # Every push either made a step (two per step) or was dropped as too late.
+    assert 2 * stats["global_step"] + stats["dropped"] == 3 * steps
+    assert stats["global_step"] >= steps
+
+
+def test_workers_with_different_budgets_all_finish(cluster):
+    servers = cluster(2, 3)
+    budgets = [3, 7, 12]
+    run_workers(servers, 3, lambda: tf.train.SyncReplicasOptimizer(
+        tf.train.GradientDescentOptimizer(0.05)), budgets)
+    # Steps with all three, then two, then the last one alone: none waited for a finished one.
+    assert servers[0].store.global_step == max(budgets)
+    assert servers[0].store.stats()["dropped"] == 0
+
+
+def test_ssp_keeps_the_fast_worker_within_the_bound(cluster):
+    servers = cluster(1, 2)
+    staleness, steps = 2, 12
+    done = [0, 0]
+    gaps = []
+
+    def on_step(index, k):
+        if index == 1:
+            time.sleep(0.03)  # the slow worker
+        else:
+            gaps.append(k - done[1])
+        if k:
+            done[index] = k
+
+    run_workers(servers, 2, lambda: tf.train.BoundedStalenessOptimizer(
+        tf.train.GradientDescentOptimizer(0.05), staleness=staleness), [steps, steps],
+        on_step=on_step)
+    # Worker 0 starts its step k only when worker 1 has finished step k - staleness - 1.
+    assert max(gaps) <= staleness + 1, gaps
+    assert max(gaps) >= 1  # and it did run ahead
