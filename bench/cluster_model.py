@@ -1,10 +1,13 @@
 """The training job bench/cluster.py times: an MLP on 64 input features, batch 64, SGD.
 
-The chief measures the job's throughput from the global step, which every worker advances:
-examples/s = (steps between two readings) * batch / (seconds between them), after a warm-up.
+The chief measures the job's throughput from the global step after a warm-up:
+examples/s = (global steps between two readings) * batch * gradients per global step /
+(seconds between them). A global step takes one worker's gradients in async and ssp modes,
+and the gradients of `replicas_to_aggregate` workers (all, by default) in sync mode.
 """
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -30,6 +33,14 @@ def build(sizes, learning_rate):
     step = tf.train.get_or_create_global_step()
     train = tf.train.GradientDescentOptimizer(learning_rate).minimize(loss, global_step=step)
     return x, labels, loss, step, train
+
+
+def gradients_per_step(num_workers):
+    """How many workers' batches one global step stands for, in the mode launch chose."""
+    mode = os.environ.get("PSFLOW_MODE", "async")
+    if mode == "sync" or (mode == "ssp" and os.environ.get("PSFLOW_STALENESS", "0") == "0"):
+        return int(os.environ.get("PSFLOW_REPLICAS_TO_AGGREGATE", "0") or 0) or num_workers
+    return 1
 
 
 def main():
@@ -62,7 +73,8 @@ def main():
     if sess.is_chief and start is not None:
         steps = end[1] - start[1]
         seconds = end[0] - start[0]
-        print(f"throughput: {steps * batch / seconds:.1f} examples/s "
+        examples = steps * batch * gradients_per_step(tf.train.task_config_from_env().num_workers)
+        print(f"throughput: {examples / seconds:.1f} examples/s "
               f"({steps} steps in {seconds:.2f} s)", flush=True)
 
 

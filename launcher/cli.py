@@ -1,6 +1,7 @@
 """`launch`: run a psflow job as local processes.
 
-    launch --workers N --ps M [--mode async] [--ps-port BASE] [--grace-period SECONDS]
+    launch --workers N --ps M [--mode async|sync|ssp] [--staleness S]
+           [--replicas-to-aggregate K] [--ps-port BASE] [--grace-period SECONDS]
            [--no-progress] script.py [script args...]
 
 Everything after the script's path goes to the script, options that look like launch's
@@ -71,7 +72,17 @@ def build_parser():
     job.add_argument("--ps", type=_whole_number("--ps", 1), required=True, metavar="M",
                      help="parameter-server processes (shards of the variables)")
     job.add_argument("--mode", choices=MODES, default="async",
-                     help="how the workers' gradients are applied (default: async)")
+                     help="how the workers' gradients are applied: async (on arrival), sync "
+                          "(averaged per step) or ssp (bounded staleness); a mode the script "
+                          "sets with SyncReplicasOptimizer or BoundedStalenessOptimizer wins "
+                          "(default: async)")
+    job.add_argument("--staleness", type=_whole_number("--staleness", 0), default=None,
+                     metavar="S", help="ssp: steps a worker may run ahead of the slowest "
+                                       "(default: 0, which is synchronous)")
+    job.add_argument("--replicas-to-aggregate", type=_whole_number("--replicas-to-aggregate", 1),
+                     default=None, metavar="K",
+                     help="sync: gradients averaged per step; workers beyond K are backups "
+                          "(default: every worker)")
     network = parser.add_argument_group("network")
     network.add_argument("--ps-port", type=_port, default=0, metavar="BASE",
                          help="PS i asks for port BASE+i and takes any free port if that one "
@@ -92,8 +103,14 @@ def parse_args(argv):
     """The JobSpec `argv` describes; exits 2 with a one-line error on bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.staleness is not None and args.mode != "ssp":
+        parser.error("--staleness applies to --mode ssp")
+    if args.replicas_to_aggregate is not None and args.mode != "sync":
+        parser.error("--replicas-to-aggregate applies to --mode sync")
     spec = JobSpec(script=args.script, script_args=list(args.script_args),
-                   workers=args.workers, ps=args.ps, mode=args.mode, ps_port=args.ps_port,
+                   workers=args.workers, ps=args.ps, mode=args.mode,
+                   staleness=args.staleness or 0,
+                   replicas_to_aggregate=args.replicas_to_aggregate or 0, ps_port=args.ps_port,
                    grace_period=args.grace_period, progress=not args.no_progress)
     try:
         spec.validate()  # what argparse cannot see: the script file, the port range's end

@@ -112,3 +112,18 @@ class ProgressPoller:
                     last_printed_at is None or now - last_printed_at >= self.print_every):
                 last_printed_at, last_printed_step = now, stats.global_step
                 self.output.status(text)
+
+
+def report_worker_done(addresses, index, timeout=5.0):
+    """Tells every parameter server that worker `index` is gone for good (it died while the
+    job went on), so they stop counting on it and exit when the others are done. Best effort:
+    a server that does not answer learns it from the missing heartbeats."""
+    for address in addresses:
+        channel = grpc.insecure_channel(address, options=codec.CHANNEL_OPTIONS)
+        try:
+            pb_grpc.ParameterServerStub(channel).WorkerDone(pb.WorkerRequest(task_index=index),
+                                                            timeout=timeout)
+        except grpc.RpcError:
+            pass
+        finally:
+            channel.close()

@@ -30,9 +30,11 @@ import time
 
 from .output import Output
 from .process import Child, describe_exit
-from .progress import ProgressPoller
+from .progress import ProgressPoller, report_worker_done
 
-MODES = ("async",)
+MODES = ("async", "sync", "ssp")
+# Modes whose steps go on without a worker that died: the job then finishes with the others.
+MEMBERSHIP_MODES = ("sync", "ssp")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # How long the workers get to exit once a parameter server has ended normally (it does so when
 # every worker has reported done, so the workers should be on their way out).
@@ -76,6 +78,8 @@ class JobSpec:
     workers: int = 1
     ps: int = 1
     mode: str = "async"
+    staleness: int = 0
+    replicas_to_aggregate: int = 0
     ps_port: int = 0
     host: str = "127.0.0.1"
     grace_period: float = 5.0
@@ -92,6 +96,15 @@ class JobSpec:
             raise ValueError(f"the job needs at least 1 parameter server, got {self.ps!r}")
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
+        for what, mode in (("staleness", "ssp"), ("replicas_to_aggregate", "sync")):
+            value = getattr(self, what)
+            if not isinstance(value, int) or value < 0:
+                raise ValueError(f"{what} must be a whole number >= 0, got {value!r}")
+            if value and self.mode != mode:
+                raise ValueError(f"{what} applies to mode {mode}, not {self.mode}")
+        if self.replicas_to_aggregate > self.workers:
+            raise ValueError(f"replicas_to_aggregate ({self.replicas_to_aggregate}) is more "
+                             f"than the {self.workers} workers")
         if not isinstance(self.ps_port, int) or not 0 <= self.ps_port <= 65535:
             raise ValueError(f"the PS port must be from 0 to 65535, got {self.ps_port!r}")
         if self.ps_port and self.ps_port + self.ps - 1 > 65535:
@@ -116,6 +129,7 @@ class Job:
         self.output = Output(stdout, stderr)
         self.ps = []
         self.workers = []
+        self.lost = []  # workers that failed while the job went on (sync, ssp)
         self.ps_addresses = []
         self.progress = None
         self.stop_signal = None
@@ -230,10 +244,20 @@ class Job:
             tf_config = {"cluster": cluster, "task": {"type": "worker", "index": i}}
             env = dict(os.environ, TF_CONFIG=json.dumps(tf_config),
                        PSFLOW_PARENT_PID=str(os.getpid()), PSFLOW_MODE=spec.mode,
+                       **self._mode_env(),
                        PYTHONUNBUFFERED="1", **math_thread_env(threads))
             child = Child("worker", i, command, env, self.output)
             self.workers.append(child)
             self.output.launcher(f"started {child.name} (pid {child.pid})")
+
+    def _mode_env(self):
+        spec = self.spec
+        env = {}
+        if spec.mode == "ssp":
+            env["PSFLOW_STALENESS"] = str(spec.staleness)
+        if spec.mode == "sync":
+            env["PSFLOW_REPLICAS_TO_AGGREGATE"] = str(spec.replicas_to_aggregate)
+        return env
 
     def _supervise(self):
         """Watches the workers until all have exited 0 or something ends the job early."""
@@ -258,12 +282,21 @@ class Job:
                 ps_ended_at = ps_ended_at or time.monotonic()
             for child in self.workers:
                 code = child.exit_code()
-                if code:
+                if code and child not in self.lost:
                     after = f" (after {', '.join(ps_ended)} exited)" if ps_ended else ""
-                    self.output.error(f"{child.name} {describe_exit(code)}{after}; "
-                                      "stopping the job")
+                    if self.spec.mode not in MEMBERSHIP_MODES:
+                        self.output.error(f"{child.name} {describe_exit(code)}{after}; "
+                                          "stopping the job")
+                        return 1
+                    # Its steps go on with the others; the PS stop waiting for it.
+                    self.lost.append(child)
+                    self.output.error(f"{child.name} {describe_exit(code)}{after}; the job "
+                                      f"goes on with the other workers ({self.spec.mode} mode)")
+                    report_worker_done(self.ps_addresses, int(child.name.split()[-1]))
+            if all(child.exit_code() is not None for child in self.workers):
+                if len(self.lost) == len(self.workers):
+                    self.output.error("every worker failed; stopping the job")
                     return 1
-            if all(child.exit_code() == 0 for child in self.workers):
                 return self._finish()
             if ps_ended_at is not None and \
                     time.monotonic() - ps_ended_at > WORKERS_AFTER_PS_EXIT_S:
@@ -294,11 +327,16 @@ class Job:
         if self.progress:
             self.progress.stop()
         self.output.launcher(self._summary(lingering, final))
+        if self.lost:
+            self.output.error("job finished without " + ", ".join(
+                f"{c.name} (it {describe_exit(c.exit_code())})" for c in self.lost))
+            return 1
         return 0
 
     def _summary(self, lingering, final_stats):
         elapsed = time.monotonic() - self._started_at
-        parts = [f"{len(self.workers)} worker{'s' if len(self.workers) > 1 else ''} succeeded"]
+        succeeded = len(self.workers) - len(self.lost)
+        parts = [f"{succeeded} worker{'s' if succeeded != 1 else ''} succeeded"]
         on_their_own = len(self.ps) - len(lingering)
         parts.append(f"{on_their_own} of {len(self.ps)} parameter servers exited by themselves")
         if final_stats is not None:

@@ -1,6 +1,7 @@
 """Whole jobs on localhost through `launch`: real PS and worker processes, final values."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,28 @@ def test_digits_reaches_95_percent_with_two_workers(num_ps):
     assert lines, explain(result)
     accuracy = float(lines[-1].rsplit(":", 1)[1])
     assert accuracy >= 0.95, explain(result)
+
+
+def finished_workers(result):
+    """{worker: its own steps} from the workers' last lines."""
+    return {int(m.group(1)): int(m.group(2)) for m in
+            re.finditer(r"worker (\d+) finished (\d+) steps", result.stdout)}
+
+
+def test_a_sync_worker_killed_mid_training_does_not_stop_the_others():
+    result = launch("--workers", "3", "--ps", "2", "--mode", "sync",
+                    str(SCRIPTS / "sync_steps.py"), "--steps", "40", "--die-at", "1:10",
+                    timeout=120)
+    assert result.returncode == 1, explain(result)
+    assert "worker 1 was killed by SIGKILL; the job goes on with the other workers" \
+        in result.stderr, explain(result)
+    assert "job finished without worker 1" in result.stderr, explain(result)
+    assert finished_workers(result) == {0: 40, 2: 40}, explain(result)
+
+
+@pytest.mark.parametrize("mode", ["sync", "ssp"])
+def test_workers_with_different_budgets_all_exit(mode):
+    result = launch("--workers", "3", "--ps", "1", "--mode", mode,
+                    str(SCRIPTS / "sync_steps.py"), "--steps-by-worker", "5,20,12", timeout=120)
+    assert result.returncode == 0, explain(result)
+    assert finished_workers(result) == {0: 5, 1: 20, 2: 12}, explain(result)

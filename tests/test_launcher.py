@@ -188,7 +188,15 @@ def out_dir(tmp_path):
      "--grace-period must be more than 0 seconds, got -2"),
     (["--workers", "1", "--ps", "1", "--grace-period", "nan", "SCRIPT"],
      "--grace-period must be more than 0 seconds"),
-    (["--workers", "1", "--ps", "1", "--mode", "sync", "SCRIPT"], "invalid choice: 'sync'"),
+    (["--workers", "1", "--ps", "1", "--mode", "bsp", "SCRIPT"], "invalid choice: 'bsp'"),
+    (["--workers", "2", "--ps", "1", "--staleness", "2", "SCRIPT"],
+     "--staleness applies to --mode ssp"),
+    (["--workers", "2", "--ps", "1", "--mode", "ssp", "--staleness", "-1", "SCRIPT"],
+     "--staleness must be at least 0, got -1"),
+    (["--workers", "2", "--ps", "1", "--mode", "ssp", "--replicas-to-aggregate", "1", "SCRIPT"],
+     "--replicas-to-aggregate applies to --mode sync"),
+    (["--workers", "2", "--ps", "1", "--mode", "sync", "--replicas-to-aggregate", "3", "SCRIPT"],
+     "replicas_to_aggregate (3) is more than the 2 workers"),
 ])
 def test_bad_input_is_one_line_naming_the_problem_and_exit_2(args, problem, capsys,
                                                              monkeypatch, tmp_path):
@@ -231,8 +239,10 @@ def test_everything_after_the_script_goes_to_the_script():
 def test_run_job_rejects_an_invalid_spec():
     with pytest.raises(ValueError, match="at least 1 worker"):
         run_job(JobSpec(script=str(FAKE_WORKER), workers=0))
-    with pytest.raises(ValueError, match="unknown mode 'ssp'"):
-        run_job(JobSpec(script=str(FAKE_WORKER), mode="ssp"))
+    with pytest.raises(ValueError, match="unknown mode 'bsp'"):
+        run_job(JobSpec(script=str(FAKE_WORKER), mode="bsp"))
+    with pytest.raises(ValueError, match="staleness applies to mode ssp, not sync"):
+        run_job(JobSpec(script=str(FAKE_WORKER), mode="sync", staleness=1))
 
 
 # -- output and progress (no processes) ---------------------------------------------------------

@@ -181,3 +181,34 @@ def test_ssp_keeps_the_fast_worker_within_the_bound(cluster):
     # Worker 0 starts its step k only when worker 1 has finished step k - staleness - 1.
     assert max(gaps) <= staleness + 1, gaps
     assert max(gaps) >= 1  # and it did run ahead
+
+
+def test_a_worker_that_goes_silent_leaves_the_steps(cluster, monkeypatch):
+    """A worker that stops pushing and beating (as a killed one does, with nobody to report
+    it) is dropped from the membership after DEAD_AFTER_S; the others finish their steps."""
+    from psflow.ps import sync
+    monkeypatch.setattr(sync, "DEAD_AFTER_S", 1.0)
+    servers = cluster(2, 3)
+    silent = threading.Event()
+
+    def on_step(index, k):
+        if index == 2 and k == 3:
+            silent.set()
+            raise SystemExit  # leaves without reporting done; its heartbeat stops below
+
+    original_close = DistributedSession.close
+
+    def close(session):
+        if session.store.worker == 2 and silent.is_set():
+            session._stopping.set()  # no done, no more heartbeats: it is simply gone
+            return
+        original_close(session)
+
+    monkeypatch.setattr(DistributedSession, "close", close)
+    started = time.monotonic()
+    with pytest.raises(SystemExit):
+        run_workers(servers, 3, lambda: tf.train.SyncReplicasOptimizer(
+            tf.train.GradientDescentOptimizer(0.05)), [10, 10, 10], on_step=on_step)
+    assert time.monotonic() - started < 30
+    # Steps 0-2 with three workers, then the two live ones went on alone to their step 9.
+    assert servers[0].store.global_step == 10

@@ -1,0 +1,39 @@
+"""A small regression trained with the mode `launch --mode` chose. Each worker runs its own
+number of steps (--steps, or --steps-by-worker 5,10,15 by task index) and prints
+"worker I finished N steps at global step G"; --die-at WORKER:STEP makes that worker kill
+itself with SIGKILL when it reaches that step of its own."""
+
+import argparse
+import os
+import signal
+
+import numpy as np
+
+import psflow as tf
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--steps", type=int, default=30)
+parser.add_argument("--steps-by-worker", default="")
+parser.add_argument("--die-at", default="")
+args = parser.parse_args()
+
+index = tf.train.task_config_from_env().worker_index
+steps = int(args.steps_by_worker.split(",")[index]) if args.steps_by_worker else args.steps
+die_worker, die_step = map(int, args.die_at.split(":")) if args.die_at else (-1, -1)
+
+x = tf.placeholder(tf.float32, shape=(None, 4), name="x")
+y = tf.placeholder(tf.float32, shape=(None,), name="y")
+w = tf.Variable(np.zeros(4, np.float32), name="w")
+loss = tf.reduce_mean(tf.square(tf.reduce_sum(x * w, axis=1) - y))
+step = tf.train.get_or_create_global_step()
+train = tf.train.GradientDescentOptimizer(0.1).minimize(loss, global_step=step)
+
+rng = np.random.default_rng(index)
+with tf.train.MonitoredTrainingSession() as sess:
+    for k in range(steps):
+        if index == die_worker and k == die_step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        bx = rng.normal(size=(16, 4)).astype(np.float32)
+        sess.run(train, {x: bx, y: bx @ np.array([1, -2, 3, 0.5], np.float32)})
+    print(f"worker {index} finished {steps} steps at global step {int(sess.run(step))}",
+          flush=True)
