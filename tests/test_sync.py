@@ -146,9 +146,14 @@ def test_backup_workers_steps_take_the_first_gradients_and_drop_the_rest(cluster
         tf.train.GradientDescentOptimizer(0.05), replicas_to_aggregate=2,
         total_num_replicas=3), [steps] * 3)
     stats = servers[0].store.stats()
-    # Every push either made a step (two per step) or was dropped as too late.
-    assert 2 * stats["global_step"] + stats["dropped"] == 3 * steps
-    assert stats["global_step"] >= steps
+    decisions = servers[0].store.sync.decisions  # step -> the workers whose gradients it took
+    assert sorted(decisions) == list(range(stats["global_step"]))
+    # Two gradients per step (one at the end, once a single worker was left); every other
+    # push came too late for its step and was dropped.
+    sizes = [len(decisions[step]) for step in sorted(decisions)]
+    assert set(sizes) <= {1, 2} and sizes == sorted(sizes, reverse=True), sizes
+    assert sum(len(w) for w in decisions.values()) + stats["dropped"] == 3 * steps
+    assert stats["dropped"] > 0 and stats["global_step"] >= steps
 
 
 def test_workers_with_different_budgets_all_finish(cluster):
