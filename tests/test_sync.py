@@ -217,3 +217,38 @@ def test_a_worker_that_goes_silent_leaves_the_steps(cluster, monkeypatch):
     assert time.monotonic() - started < 30
     # Steps 0-2 with three workers, then the two live ones went on alone to their step 9.
     assert servers[0].store.global_step == 10
+
+
+def test_a_restarted_worker_rejoins_at_the_current_step(cluster, monkeypatch):
+    from psflow.ps import sync
+    monkeypatch.setattr(sync, "DEAD_AFTER_S", 1.0)
+    servers = cluster(1, 2)
+    make = lambda: tf.train.SyncReplicasOptimizer(tf.train.GradientDescentOptimizer(0.05))  # noqa: E731
+    errors = []
+
+    def worker(index, steps, leave_silently=False):
+        try:
+            with tf.Graph().as_default() as graph:
+                x, y, loss, train, step, variables = model(make)
+                session = DistributedSession(graph, task(servers, 2, index))
+                for _ in range(steps):
+                    bx, by = data(int(session.run(step)), index)
+                    session.run(train, {x: bx, y: by})
+                if leave_silently:
+                    session._stopping.set()  # killed: no done, no heartbeat
+                else:
+                    session.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    steady = threading.Thread(target=worker, args=(0, 30))
+    steady.start()
+    worker(1, 3, leave_silently=True)
+    time.sleep(1.5)  # worker 0 goes on alone once worker 1 counts as dead
+    at_rejoin = servers[0].store.global_step
+    worker(1, 5)  # the restarted worker 1
+    steady.join(60)
+    assert not steady.is_alive() and not errors, errors
+    assert at_rejoin > 3
+    # It joined at the step it found and none of its gradients came too late.
+    assert servers[0].store.stats()["dropped"] == 0
