@@ -50,12 +50,48 @@ class NamedTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class InitializeVariablesRequest(_message.Message):
-    __slots__ = ("values", "overwrite")
+    __slots__ = ("values", "overwrite", "slots", "set_global_step", "global_step")
     VALUES_FIELD_NUMBER: _ClassVar[int]
     OVERWRITE_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    SET_GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     overwrite: bool
-    def __init__(self, values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., overwrite: _Optional[bool] = ...) -> None: ...
+    slots: _containers.RepeatedCompositeFieldContainer[SlotValue]
+    set_global_step: bool
+    global_step: int
+    def __init__(self, values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., overwrite: _Optional[bool] = ..., slots: _Optional[_Iterable[_Union[SlotValue, _Mapping]]] = ..., set_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ...) -> None: ...
+
+class SlotValue(_message.Message):
+    __slots__ = ("variable", "rule", "slot", "tensor")
+    VARIABLE_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    variable: str
+    rule: str
+    slot: str
+    tensor: Tensor
+    def __init__(self, variable: _Optional[str] = ..., rule: _Optional[str] = ..., slot: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class SaveShardRequest(_message.Message):
+    __slots__ = ("path",)
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    def __init__(self, path: _Optional[str] = ...) -> None: ...
+
+class SaveShardResponse(_message.Message):
+    __slots__ = ("sha256", "global_step", "bytes", "variables")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    global_step: int
+    bytes: int
+    variables: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, sha256: _Optional[str] = ..., global_step: _Optional[int] = ..., bytes: _Optional[int] = ..., variables: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class InitializeVariablesResponse(_message.Message):
     __slots__ = ("assigned",)

@@ -79,6 +79,11 @@ class ParameterServerStub:
                 request_serializer=psflow__pb2.StatsRequest.SerializeToString,
                 response_deserializer=psflow__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.SaveShard = channel.unary_unary(
+                '/psflow.ParameterServer/SaveShard',
+                request_serializer=psflow__pb2.SaveShardRequest.SerializeToString,
+                response_deserializer=psflow__pb2.SaveShardResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -154,6 +159,14 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SaveShard(self, request, context):
+        """Writes this shard's variables, optimizer slots and (shard 0) global step to one
+        checkpoint file, under a temporary name renamed into place once complete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +214,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=psflow__pb2.StatsRequest.FromString,
                     response_serializer=psflow__pb2.StatsResponse.SerializeToString,
+            ),
+            'SaveShard': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveShard,
+                    request_deserializer=psflow__pb2.SaveShardRequest.FromString,
+                    response_serializer=psflow__pb2.SaveShardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +464,33 @@ class ParameterServer:
             '/psflow.ParameterServer/GetStats',
             psflow__pb2.StatsRequest.SerializeToString,
             psflow__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/psflow.ParameterServer/SaveShard',
+            psflow__pb2.SaveShardRequest.SerializeToString,
+            psflow__pb2.SaveShardResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -82,6 +82,13 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         values = {}
         for item in request.values:
             values[item.name] = codec.decode(item.tensor, f"initial value of {item.name!r}")
+        slots = {}
+        for item in request.slots:
+            slots[(item.variable, item.rule, item.slot)] = codec.decode(
+                item.tensor, f"slot {item.rule}/{item.slot} of {item.variable!r}")
+        if slots or request.set_global_step:
+            self.store.restore_slots(slots, request.global_step if request.set_global_step
+                                     else None)
         assigned = self.store.initialize(values, overwrite=request.overwrite)
         return pb.InitializeVariablesResponse(assigned=assigned)
 
@@ -156,6 +163,12 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         if request.pull:
             self._add_values(reply.values, request.pull)
         return reply
+
+    @_handler
+    def SaveShard(self, request, context):
+        digest, step, size, names = self.store.save(request.path)
+        return pb.SaveShardResponse(sha256=digest, global_step=-1 if step is None else step,
+                                    bytes=size, variables=names)
 
     @_handler
     def RegisterWorker(self, request, context):

@@ -19,6 +19,7 @@ that passed since the worker's pull instead (the proto's PushRequest.global_step
 import collections
 import inspect
 import math
+import os
 import threading
 import time
 
@@ -29,6 +30,7 @@ from psflow.gradients import IndexedSlices
 from psflow.proto.codec import shape_str as _shape_text
 from psflow.train.update_rules import RULES, UpdateRule
 
+from . import checkpoint
 from .sync import SyncState
 
 STALENESS_BUCKETS = 32
@@ -175,6 +177,53 @@ class ShardStore:
         with self._stats_lock:
             self.bytes_received += received
         return assigned
+
+    def restore_slots(self, slots, global_step=None):
+        """Sets optimizer slots {(variable, rule, slot): array} (replacing a variable's slots
+        for that rule) and, with `global_step`, the global step: a checkpoint's state, set
+        before its values so nobody trains on values without their slots."""
+        checked = {}
+        for (name, rule, slot), array in slots.items():
+            var = self._get(name)
+            if rule not in RULES:
+                raise InvalidArgumentError(f"slot {slot!r} of {name!r}: unknown update rule "
+                                           f"{rule!r}")
+            if array.shape not in (var.shape, ()):
+                raise InvalidArgumentError(f"slot {rule}/{slot} of {name!r} has shape "
+                                           f"{_shape_text(array.shape)}; the variable has "
+                                           f"shape {_shape_text(var.shape)}")
+            checked.setdefault((var, rule), {})[slot] = np.array(array)
+        for (var, rule), rule_slots in checked.items():
+            with var.lock:
+                var.slots[rule] = rule_slots
+        if global_step is not None:
+            with self._step_lock:
+                self.global_step = int(global_step)
+
+    def snapshot(self):
+        """(values, slots, global step or None) copied under each variable's lock:
+        {name: array}, {(name, rule, slot): array}; uninitialized variables are left out."""
+        values, slots = {}, {}
+        for name, var in list(self._variables.items()):
+            with var.lock:
+                if var.value is None:
+                    continue
+                values[name] = var.value.copy()
+                for rule, rule_slots in var.slots.items():
+                    for slot, array in rule_slots.items():
+                        slots[(name, rule, slot)] = np.array(array, copy=True)
+        return values, slots, (self.global_step if self.holds_global_step else None)
+
+    def save(self, path):
+        """Writes the snapshot to the shard file `path` (see psflow.ps.checkpoint); returns
+        (sha256, global step or None, bytes, variable names)."""
+        if not path.endswith(".npz"):
+            raise InvalidArgumentError(f"checkpoint file {path!r} must end in .npz")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise InvalidArgumentError(f"checkpoint file {path!r}: no such directory")
+        values, slots, step = self.snapshot()
+        digest = checkpoint.write_shard(path, values, slots, step)
+        return digest, step, os.path.getsize(path), sorted(values)
 
     def missing(self, names):
         """The names among `names` that have no value yet (NotFoundError if one is unknown)."""

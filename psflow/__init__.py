@@ -33,3 +33,11 @@ from .session import Session, get_default_session
 from .state_ops import global_variables_initializer, group, no_op, variables_initializer
 
 __version__ = "0.1.0"
+
+
+def load_model(path):
+    """{variable name: numpy array} from the model file a training job exported (its
+    checkpoint_dir's model.npz), or from a checkpoint directory's latest checkpoint. The
+    model file is a plain .npz: `numpy.load(path)` reads it too."""
+    from psflow.ps.checkpoint import load_model as _load
+    return _load(path)

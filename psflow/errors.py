@@ -39,3 +39,7 @@ class DeadlineExceededError(PsflowError, TimeoutError):
 
 class UnauthenticatedError(PsflowError, PermissionError):
     """A call was refused for lack of (or a wrong) job token."""
+
+
+class DataLossError(PsflowError, IOError):
+    """Stored data (a checkpoint or model file) is missing, truncated or altered."""

@@ -20,7 +20,7 @@ class LocalVariableStore:
 
     def __init__(self):
         self.values = {}
-        self.slots = {}
+        self.slots = {}  # variable -> {update rule name: {slot name: array}}
         self._lock = threading.Lock()
 
     def read(self, var):
@@ -50,9 +50,10 @@ class LocalVariableStore:
         with self._lock:
             for grad, var in grads_and_vars:
                 value = self.read(var)
-                slots = self.slots.get(var)
+                by_rule = self.slots.setdefault(var, {})
+                slots = by_rule.get(rule.name)
                 if slots is None:
-                    slots = self.slots[var] = rule.init_slots(value)
+                    slots = by_rule[rule.name] = rule.init_slots(value)
                 rule.apply(value, grad, slots)
             if global_step is not None:
                 step = self.read(global_step)

@@ -131,6 +131,32 @@ class DistributedStore:
                     codec.encode(data, request.values.add(name=part.name).tensor)
                 client.call("InitializeVariables", request)
 
+    def restore(self, state):
+        """Sets a checkpoint's state, split by this placement: the slots and the global step
+        first, then the values (which wake the workers waiting for them)."""
+        step, values, slots = state
+        by_shard = {}
+        for (var, rule, slot), value in slots.items():
+            value = np.asarray(value)
+            split = value.shape == tuple(var.shape) and value.ndim > 0
+            for part in self.placement.parts_of(var):
+                data = value[part.start:part.stop] if split and len(self.placement.parts_of(var)) > 1 \
+                    else value
+                by_shard.setdefault(part.shard, []).append((part, rule, slot, data))
+        by_shard.setdefault(0, [])
+        for shard, items in by_shard.items():
+            batches = list(_batches(items, lambda item: item[3].nbytes)) or [[]]
+            for k, batch in enumerate(batches):
+                request = pb.InitializeVariablesRequest()
+                if shard == 0 and k == 0:
+                    request.set_global_step = True
+                    request.global_step = int(step)
+                for part, rule, slot, data in batch:
+                    item = request.slots.add(variable=part.name, rule=rule, slot=slot)
+                    codec.encode(data, item.tensor)
+                self.clients[shard].call("InitializeVariables", request)
+        self.initialize(values, overwrite=True)
+
     def wait_initialized(self, timeout=INIT_TIMEOUT_S):
         """Blocks until the chief has initialized every variable (woken by the shards)."""
         deadline = time.monotonic() + timeout
@@ -377,7 +403,9 @@ def _split_gradient(grad, var, placement):
 class DistributedSession(Session):
     """A Session whose Variables live on the parameter servers named in the task config."""
 
-    def __init__(self, graph, task, partition_bytes=PARTITION_BYTES):
+    def __init__(self, graph, task, partition_bytes=PARTITION_BYTES, restore=None):
+        """`restore`: (global step, {Variable: value}, {(Variable, rule, slot): value}) from a
+        checkpoint, which the chief sets on the shards instead of the initial values."""
         store = DistributedStore(graph, task, partition_bytes)
         super().__init__(graph, store=store)
         self.task = task
@@ -389,7 +417,7 @@ class DistributedSession(Session):
         store.register()
         initialized = store.declare()
         if task.is_chief:
-            self._initialize(graph, initialized)
+            self._initialize(graph, initialized, restore)
         else:
             store.wait_initialized()
         self._heartbeat = threading.Thread(target=self._beat, name="psflow-heartbeat",
@@ -397,13 +425,19 @@ class DistributedSession(Session):
         self._heartbeat.start()
         watch_parent()
 
-    def _initialize(self, graph, initialized):
-        """The chief computes the initial values locally and sends those the shards lack."""
+    def _initialize(self, graph, initialized, restore=None):
+        """The chief computes the initial values locally and sends those the shards lack, or
+        sets every variable from `restore` (a checkpoint) when any is lacking."""
         store = self.store
         missing = [v for v in store.variables
                    if any(p.name not in initialized for p in store.placement.parts_of(v))]
         if not missing:
             log.info("variables already initialized on the parameter servers; keeping them")
+            return
+        if restore is not None:
+            store.restore(restore)
+            log.info("restored %d variables at global step %d on %d parameter servers",
+                     len(restore[1]), restore[0], len(store.clients))
             return
         local = Session(graph, store=LocalVariableStore())
         with graph.as_default():

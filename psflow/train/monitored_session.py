@@ -8,12 +8,15 @@ notification. Without one, the same script trains locally in one process.
 import collections
 import importlib
 import logging
+import os
 
 from ..graph import get_default_graph
 from ..session import Session
 from ..state_ops import global_variables_initializer
 from .cluster import task_config_from_env
+from . import saver
 from .optimizers import get_global_step, get_or_create_global_step
+from psflow.ps import checkpoint as files
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,50 @@ class StopAtStepHook(SessionRunHook):
         return self._last_step
 
 
+class CheckpointSaverHook(SessionRunHook):
+    """Saves checkpoints to `checkpoint_dir` every `save_secs` seconds or `save_steps`
+    global steps and at the end, keeping the last `max_to_keep`; at the end it also exports
+    the model file (`model.npz`, see psflow.load_model)."""
+
+    def __init__(self, checkpoint_dir, save_secs=None, save_steps=None, max_to_keep=5):
+        if save_secs is not None and save_steps is not None:
+            raise ValueError("give save_secs or save_steps, not both")
+        self.checkpoint_dir = checkpoint_dir
+        self.max_to_keep = max_to_keep
+        self._saver = None
+        self._save_secs, self._save_steps = save_secs, save_steps
+
+    def begin(self):
+        self._global_step = get_global_step()
+        self._graph = get_default_graph()
+
+    def after_create_session(self, session, coord):
+        graph, step_var = self._graph, self._global_step
+        variables = [v for v in graph.variables if v is not step_var]
+        store = session.store
+        if hasattr(store, "clients"):
+            save = lambda: saver.save_distributed(store, self.checkpoint_dir,  # noqa: E731
+                                                  self.max_to_keep)
+        else:
+            save = lambda: saver.save_local(store, variables, step_var,  # noqa: E731
+                                            self.checkpoint_dir, self.max_to_keep)
+        self._variables = variables
+        self._saver = saver.CheckpointSaver(save, self._save_secs, self._save_steps)
+
+    def before_run(self, run_context):
+        return SessionRunArgs(self._global_step)
+
+    def after_run(self, run_context, run_values):
+        self._saver.after_step(int(run_values.results))
+
+    def end(self, session):
+        path = self._saver.save()
+        values = session.run(self._variables)
+        files.export_model(os.path.join(self.checkpoint_dir, files.MODEL_FILE),
+                           {v.name: value for v, value in zip(self._variables, values)})
+        log.info("saved %s and the model file", path)
+
+
 class MonitoredTrainingSession:
     """A training session that initializes variables, runs hooks and knows when to stop.
 
@@ -98,30 +145,43 @@ class MonitoredTrainingSession:
     def __init__(self, master="", is_chief=True, checkpoint_dir=None, scaffold=None,
                  hooks=None, chief_only_hooks=None, save_checkpoint_secs=None,
                  save_checkpoint_steps=None, config=None, stop_grace_period_secs=None,
-                 log_step_count_steps=None, **unused):
+                 log_step_count_steps=None, max_to_keep=5, **unused):
         self.graph = get_default_graph()
         get_or_create_global_step(self.graph)
         self.task = task_config_from_env()
         distributed = self.task is not None and bool(self.task.ps_addresses)
         self.is_chief = self.task.is_chief if distributed else bool(is_chief)
-        if checkpoint_dir is not None:
-            log.warning("checkpoint_dir=%r: checkpoints are not written by this version",
-                        checkpoint_dir)
         self._hooks = list(hooks or [])
         if self.is_chief:
             self._hooks += list(chief_only_hooks or [])
+            if checkpoint_dir:
+                if save_checkpoint_secs is None and save_checkpoint_steps is None:
+                    save_checkpoint_secs = 600  # TensorFlow's default
+                self._hooks.append(CheckpointSaverHook(
+                    checkpoint_dir, save_secs=save_checkpoint_secs,
+                    save_steps=save_checkpoint_steps, max_to_keep=max_to_keep))
         for hook in self._hooks:
             hook.begin()
+        # The chief resumes from the latest checkpoint; the others wait for it as usual.
+        state = saver.latest_state(checkpoint_dir, self._saved_variables()) \
+            if self.is_chief and checkpoint_dir else None
         if distributed:
             worker_session = importlib.import_module("psflow.worker.session")
-            self._session = worker_session.DistributedSession(self.graph, self.task)
+            self._session = worker_session.DistributedSession(self.graph, self.task,
+                                                              restore=state)
         else:
             self._session = Session(self.graph)
             self._session.run(global_variables_initializer())
+            if state is not None:
+                saver.restore_local(self._session.store, state, get_global_step(self.graph))
         for hook in self._hooks:
             hook.after_create_session(self._session, None)
         self._stop = False
         self._closed = False
+
+    def _saved_variables(self):
+        step = get_global_step(self.graph)
+        return [v for v in self.graph.variables if v is not step]
 
     @property
     def session(self):

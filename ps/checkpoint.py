@@ -1,0 +1,302 @@
+"""Checkpoint files: one `.npz` per parameter-server shard and a small JSON index that ties a
+checkpoint's shard files together. Nothing is pickled: arrays are read with
+`allow_pickle=False`, and the index records each shard file's SHA-256, so a truncated or
+altered file is refused with an error that names it.
+
+Layout of `checkpoint_dir`:
+
+    checkpoint                      {"latest": "ckpt-000000001200"}  (the pointer)
+    ckpt-000000001200/index.json    global step, variables, shard files with their parts
+    ckpt-000000001200/shard-0.npz   values and optimizer slots of shard 0's parts
+    model.npz                       the final model: one array per variable (load_model)
+
+Every file is written under a temporary name and renamed into place, and the pointer moves
+only after the whole checkpoint is written, so a crash at any moment leaves the previous
+checkpoint as the latest one.
+
+A shard file holds arrays named `a0, a1, ...` and a `manifest` (JSON as uint8) that says what
+each one is: a part's value or one of its optimizer slots (rule, slot name).
+"""
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+
+import numpy as np
+
+from psflow.errors import DataLossError, NotFoundError
+
+FORMAT = "psflow-checkpoint-1"
+POINTER = "checkpoint"
+INDEX = "index.json"
+MODEL_FILE = "model.npz"
+_NAME = re.compile(r"^ckpt-(\d+)$")
+
+
+def checkpoint_name(global_step):
+    return f"ckpt-{int(global_step):012d}"
+
+
+def _atomic_write(path, write):
+    """Calls write(file) on a temporary file beside `path`, syncs it and renames it to
+    `path`; returns the SHA-256 of what was written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            hashing = _HashingWriter(raw)
+            write(hashing)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(directory)
+    return hashing.hexdigest()
+
+
+def _fsync_dir(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only stream that hashes what passes through to `raw`."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._hash = hashlib.sha256()
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        self._hash.update(data)
+        return self._raw.write(data)
+
+    def hexdigest(self):
+        return self._hash.hexdigest()
+
+
+def write_arrays(path, arrays, manifest=None):
+    """Writes {key: array} (and a JSON manifest) as an uncompressed .npz, atomically;
+    returns its SHA-256."""
+    payload = dict(arrays)
+    if manifest is not None:
+        payload["manifest"] = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
+
+    def write(out):
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key, array in payload.items():
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(array, order="C"),
+                                              allow_pickle=False)
+    return _atomic_write(path, write)
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_arrays(path, sha256=None):
+    """{key: array} of an .npz written by write_arrays; DataLossError if the file is missing,
+    truncated, altered (when `sha256` is given) or not such a file."""
+    if not os.path.isfile(path):
+        raise DataLossError(f"checkpoint file {path} is missing")
+    if sha256 is not None:
+        actual = sha256_of(path)
+        if actual != sha256:
+            raise DataLossError(f"checkpoint file {path} does not match its checksum (it was "
+                                f"truncated or changed after it was written): SHA-256 {actual}, "
+                                f"expected {sha256}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataLossError(f"checkpoint file {path} cannot be read: {exc}") from None
+
+
+def write_shard(path, values, slots, global_step):
+    """A shard file: `values` {part name: array}, `slots` {(part name, rule, slot): array},
+    `global_step` (None on shards that do not hold it). Returns its SHA-256."""
+    arrays, entries = {}, []
+    for name, array in values.items():
+        key = f"a{len(arrays)}"
+        arrays[key] = array
+        entries.append({"key": key, "name": name})
+    for (name, rule, slot), array in slots.items():
+        key = f"a{len(arrays)}"
+        arrays[key] = array
+        entries.append({"key": key, "name": name, "rule": rule, "slot": slot})
+    manifest = {"format": FORMAT, "global_step": global_step, "entries": entries}
+    return write_arrays(path, arrays, manifest)
+
+
+def read_shard(path, sha256=None):
+    """(values, slots, global_step) of a shard file (see write_shard)."""
+    arrays = read_arrays(path, sha256)
+    try:
+        manifest = json.loads(arrays.pop("manifest").tobytes().decode())
+        values, slots = {}, {}
+        for entry in manifest["entries"]:
+            array = arrays[entry["key"]]
+            if "rule" in entry:
+                slots[(entry["name"], entry["rule"], entry["slot"])] = array
+            else:
+                values[entry["name"]] = array
+        return values, slots, manifest.get("global_step")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataLossError(f"checkpoint file {path} has a malformed manifest: {exc!r}") from None
+
+
+# -- whole checkpoints ------------------------------------------------------------------------
+def write_index(directory, global_step, shards, variables):
+    """The index of a checkpoint in `directory`: `shards` [{"file", "sha256", "parts":
+    {part name: [variable, start row, stop row]}}], `variables` {name: {"shape", "dtype"}}."""
+    index = {"format": FORMAT, "global_step": int(global_step), "shards": shards,
+             "variables": variables}
+    return _atomic_write(os.path.join(directory, INDEX),
+                         lambda out: out.write(json.dumps(index, indent=1).encode()))
+
+
+def set_latest(checkpoint_dir, name):
+    _atomic_write(os.path.join(checkpoint_dir, POINTER),
+                  lambda out: out.write(json.dumps({"latest": name}).encode()))
+
+
+def latest(checkpoint_dir):
+    """The directory of the latest complete checkpoint, or None when there is none."""
+    try:
+        with open(os.path.join(checkpoint_dir, POINTER)) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        name = json.loads(text)["latest"]
+    except (ValueError, KeyError, TypeError):
+        raise DataLossError(f"{os.path.join(checkpoint_dir, POINTER)} is not a checkpoint "
+                            f"pointer: {text[:100]!r}") from None
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise DataLossError(f"checkpoint pointer names {name!r}, not a checkpoint")
+    return os.path.join(checkpoint_dir, name)
+
+
+def prune(checkpoint_dir, max_to_keep):
+    """Removes all but the newest `max_to_keep` checkpoints and whatever an interrupted save
+    left behind. The latest is always kept."""
+    current = latest(checkpoint_dir)
+    names = sorted(n for n in os.listdir(checkpoint_dir) if _NAME.match(n))
+    keep = set(names[-max_to_keep:]) if max_to_keep and max_to_keep > 0 else set(names)
+    if current:
+        keep.add(os.path.basename(current))
+    for name in names:
+        if name not in keep:
+            shutil.rmtree(os.path.join(checkpoint_dir, name), ignore_errors=True)
+    # What a crash left half-written (one chief writes, so nothing is being written now).
+    for name in os.listdir(checkpoint_dir):
+        if name.startswith(".tmp-"):
+            path = os.path.join(checkpoint_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+
+def read_index(checkpoint):
+    path = os.path.join(checkpoint, INDEX)
+    try:
+        with open(path) as f:
+            index = json.load(f)
+    except FileNotFoundError:
+        raise DataLossError(f"checkpoint {checkpoint} has no {INDEX}") from None
+    except ValueError as exc:
+        raise DataLossError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise DataLossError(f"{path} is not a {FORMAT} index")
+    return index
+
+
+def read_checkpoint(checkpoint):
+    """(global step, {variable: full value}, {(variable, rule, slot): full value}) of a
+    checkpoint directory, whatever the number of shards it was written with."""
+    index = read_index(checkpoint)
+    pieces, slot_pieces = {}, {}
+    try:
+        for shard in index["shards"]:
+            values, slots, _ = read_shard(os.path.join(checkpoint, shard["file"]),
+                                          shard["sha256"])
+            for part, (variable, start, stop) in shard["parts"].items():
+                if part not in values:
+                    raise DataLossError(f"{shard['file']} lacks part {part!r} of {variable!r}")
+                pieces.setdefault(variable, []).append((start, values[part]))
+                for (name, rule, slot), array in slots.items():
+                    if name == part:
+                        slot_pieces.setdefault((variable, rule, slot), []).append(
+                            (start, array))
+        variables = {}
+        for name, spec in index["variables"].items():
+            parts = sorted(pieces.get(name, []), key=lambda p: p[0])
+            if not parts:
+                raise DataLossError(f"checkpoint {checkpoint} has no value for {name!r}")
+            value = parts[0][1] if len(parts) == 1 else np.concatenate([p[1] for p in parts])
+            if list(value.shape) != list(spec["shape"]) or value.dtype.name != spec["dtype"]:
+                raise DataLossError(f"checkpoint {checkpoint}: {name!r} is {value.dtype.name} "
+                                    f"{list(value.shape)}, the index says {spec['dtype']} "
+                                    f"{spec['shape']}")
+            variables[name] = value
+        slots = {}
+        for key, parts in slot_pieces.items():
+            parts.sort(key=lambda p: p[0])
+            full = variables[key[0]]
+            arrays = [p[1] for p in parts]
+            # A slot shaped like its part is split like it; a per-part scalar (Adam's step
+            # count) is the same on every part.
+            if arrays[0].ndim and len(arrays) > 1 and arrays[0].shape[1:] == full.shape[1:]:
+                slots[key] = np.concatenate(arrays)
+            else:
+                slots[key] = arrays[0]
+        return int(index["global_step"]), variables, slots
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataLossError(f"checkpoint {checkpoint} has a malformed index: {exc!r}") from None
+
+
+def export_model(path, variables):
+    """The final model as one .npz (one array per variable, keyed by its name)."""
+    return write_arrays(path, variables)
+
+
+def load_model(path):
+    """{variable name: array} from a model file written at the end of training (or from a
+    checkpoint directory or checkpoint_dir, taking the latest checkpoint's values)."""
+    if os.path.isdir(path):
+        checkpoint = latest(path) if os.path.exists(os.path.join(path, POINTER)) else path
+        if checkpoint is None or not os.path.exists(os.path.join(checkpoint, INDEX)):
+            raise NotFoundError(f"no checkpoint in {path}")
+        return read_checkpoint(checkpoint)[1]
+    arrays = read_arrays(path)
+    arrays.pop("manifest", None)
+    return arrays
