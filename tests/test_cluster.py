@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import psflow
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,3 +81,26 @@ def test_workers_with_different_budgets_all_exit(mode):
                     str(SCRIPTS / "sync_steps.py"), "--steps-by-worker", "5,20,12", timeout=120)
     assert result.returncode == 0, explain(result)
     assert finished_workers(result) == {0: 5, 1: 20, 2: 12}, explain(result)
+
+
+def test_a_second_launch_resumes_from_the_checkpoint_with_another_ps_count(tmp_path):
+    script = str(SCRIPTS / "resumable.py")
+    first = launch("--workers", "2", "--ps", "2", script, "--checkpoint-dir", str(tmp_path),
+                   "--last-step", "40")
+    assert first.returncode == 0, explain(first)
+    assert "[worker:0] started at global step 0" in first.stdout, explain(first)
+    model = psflow.load_model(tmp_path / "model.npz")
+    saved_step = int(json.loads((tmp_path / "checkpoint").read_text())["latest"].split("-")[1])
+    assert saved_step >= 40
+    # Nothing left to train: the model comes back unchanged through one PS instead of two.
+    again = launch("--workers", "1", "--ps", "1", script, "--checkpoint-dir", str(tmp_path),
+                   "--last-step", "40")
+    assert again.returncode == 0, explain(again)
+    assert f"[worker:0] started at global step {saved_step}" in again.stdout, explain(again)
+    for name, value in psflow.load_model(tmp_path / "model.npz").items():
+        np.testing.assert_array_equal(value, model[name])
+    # And training goes on from there with three.
+    more = launch("--workers", "2", "--ps", "3", script, "--checkpoint-dir", str(tmp_path),
+                  "--last-step", "60")
+    assert more.returncode == 0, explain(more)
+    assert f"[worker:0] started at global step {saved_step}" in more.stdout, explain(more)

@@ -76,8 +76,11 @@ class StopAtStepHook(SessionRunHook):
                                "psflow.train.get_or_create_global_step()")
 
     def after_create_session(self, session, coord):
+        step = int(session.run(self._global_step))
         if self._last_step is None:
-            self._last_step = int(session.run(self._global_step)) + self._num_steps
+            self._last_step = step + self._num_steps
+        if step >= self._last_step and coord is not None:
+            coord.request_stop()  # a resumed job that is already done trains no more
 
     def before_run(self, run_context):
         return SessionRunArgs(self._global_step)
@@ -174,10 +177,10 @@ class MonitoredTrainingSession:
             self._session.run(global_variables_initializer())
             if state is not None:
                 saver.restore_local(self._session.store, state, get_global_step(self.graph))
-        for hook in self._hooks:
-            hook.after_create_session(self._session, None)
         self._stop = False
         self._closed = False
+        for hook in self._hooks:
+            hook.after_create_session(self._session, self)
 
     def _saved_variables(self):
         step = get_global_step(self.graph)
@@ -187,6 +190,10 @@ class MonitoredTrainingSession:
     def session(self):
         """The underlying session (local or distributed)."""
         return self._session
+
+    def request_stop(self):
+        """Ends the training loop: should_stop() is True from now on."""
+        self._stop = True
 
     def should_stop(self):
         return self._stop or self._closed
