@@ -1,8 +1,8 @@
 """`launch`: run a psflow job as local processes.
 
     launch --workers N --ps M [--mode async|sync|ssp] [--staleness S]
-           [--replicas-to-aggregate K] [--ps-port BASE] [--grace-period SECONDS]
-           [--no-progress] script.py [script args...]
+           [--replicas-to-aggregate K] [--ps-port BASE] [--max-restarts K]
+           [--grace-period SECONDS] [--no-progress] script.py [script args...]
 
 Everything after the script's path goes to the script, options that look like launch's
 included. `python -m psflow.launcher` is the same command. Exit codes: 0 when every worker
@@ -91,6 +91,10 @@ def build_parser():
     supervision.add_argument("--grace-period", type=_seconds, default=5.0, metavar="SECONDS",
                              help="how long a process gets to stop after SIGTERM before it "
                                   "is killed (default: 5)")
+    supervision.add_argument("--max-restarts", type=_whole_number("--max-restarts", 0),
+                             default=3, metavar="K",
+                             help="restart a failed worker up to K times before giving up on "
+                                  "it (default: 3)")
     supervision.add_argument("--no-progress", action="store_true",
                              help="do not show the job's progress (step, steps/s, loss)")
     parser.add_argument("script", help="the training script every worker runs")
@@ -111,6 +115,7 @@ def parse_args(argv):
                    workers=args.workers, ps=args.ps, mode=args.mode,
                    staleness=args.staleness or 0,
                    replicas_to_aggregate=args.replicas_to_aggregate or 0, ps_port=args.ps_port,
+                   max_restarts=args.max_restarts,
                    grace_period=args.grace_period, progress=not args.no_progress)
     try:
         spec.validate()  # what argparse cannot see: the script file, the port range's end

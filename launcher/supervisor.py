@@ -81,6 +81,7 @@ class JobSpec:
     staleness: int = 0
     replicas_to_aggregate: int = 0
     ps_port: int = 0
+    max_restarts: int = 3
     host: str = "127.0.0.1"
     grace_period: float = 5.0
     progress: bool = True
@@ -105,6 +106,9 @@ class JobSpec:
         if self.replicas_to_aggregate > self.workers:
             raise ValueError(f"replicas_to_aggregate ({self.replicas_to_aggregate}) is more "
                              f"than the {self.workers} workers")
+        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ValueError(f"max_restarts must be a whole number >= 0, got "
+                             f"{self.max_restarts!r}")
         if not isinstance(self.ps_port, int) or not 0 <= self.ps_port <= 65535:
             raise ValueError(f"the PS port must be from 0 to 65535, got {self.ps_port!r}")
         if self.ps_port and self.ps_port + self.ps - 1 > 65535:
@@ -130,6 +134,8 @@ class Job:
         self.ps = []
         self.workers = []
         self.lost = []  # workers that failed while the job went on (sync, ssp)
+        self.restarts = {}  # worker index -> times restarted
+        self._worker_start = {}  # worker index -> (command, env)
         self.ps_addresses = []
         self.progress = None
         self.stop_signal = None
@@ -246,9 +252,21 @@ class Job:
                        PSFLOW_PARENT_PID=str(os.getpid()), PSFLOW_MODE=spec.mode,
                        **self._mode_env(),
                        PYTHONUNBUFFERED="1", **math_thread_env(threads))
+            self._worker_start[i] = (command, env)
             child = Child("worker", i, command, env, self.output)
             self.workers.append(child)
             self.output.launcher(f"started {child.name} (pid {child.pid})")
+
+    def _restart_worker(self, child):
+        """Starts worker `child.index` again in place of the one that failed."""
+        index = child.index
+        self.restarts[index] = self.restarts.get(index, 0) + 1
+        child.reap()
+        command, env = self._worker_start[index]
+        fresh = Child("worker", index, command, env, self.output)
+        self.workers[index] = fresh
+        self.output.launcher(f"started {fresh.name} (pid {fresh.pid}), restart "
+                             f"{self.restarts[index]} of {self.spec.max_restarts}")
 
     def _mode_env(self):
         spec = self.spec
@@ -284,6 +302,12 @@ class Job:
                 code = child.exit_code()
                 if code and child not in self.lost:
                     after = f" (after {', '.join(ps_ended)} exited)" if ps_ended else ""
+                    if self.restarts.get(child.index, 0) < self.spec.max_restarts \
+                            and not ps_ended:
+                        self.output.error(f"{child.name} {describe_exit(code)}{after}; "
+                                          "restarting it")
+                        self._restart_worker(child)
+                        continue
                     if self.spec.mode not in MEMBERSHIP_MODES:
                         self.output.error(f"{child.name} {describe_exit(code)}{after}; "
                                           "stopping the job")
@@ -337,6 +361,9 @@ class Job:
         elapsed = time.monotonic() - self._started_at
         succeeded = len(self.workers) - len(self.lost)
         parts = [f"{succeeded} worker{'s' if succeeded != 1 else ''} succeeded"]
+        if self.restarts:
+            parts.append(f"{sum(self.restarts.values())} worker restart"
+                         f"{'s' if sum(self.restarts.values()) > 1 else ''}")
         on_their_own = len(self.ps) - len(lingering)
         parts.append(f"{on_their_own} of {len(self.ps)} parameter servers exited by themselves")
         if final_stats is not None:

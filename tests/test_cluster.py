@@ -65,7 +65,7 @@ def finished_workers(result):
 
 
 def test_a_sync_worker_killed_mid_training_does_not_stop_the_others():
-    result = launch("--workers", "3", "--ps", "2", "--mode", "sync",
+    result = launch("--workers", "3", "--ps", "2", "--mode", "sync", "--max-restarts", "0",
                     str(SCRIPTS / "sync_steps.py"), "--steps", "40", "--die-at", "1:10",
                     timeout=120)
     assert result.returncode == 1, explain(result)
@@ -104,3 +104,15 @@ def test_a_second_launch_resumes_from_the_checkpoint_with_another_ps_count(tmp_p
                   "--last-step", "60")
     assert more.returncode == 0, explain(more)
     assert f"[worker:0] started at global step {saved_step}" in more.stdout, explain(more)
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_a_killed_worker_is_restarted_and_the_job_finishes(tmp_path, mode):
+    result = launch("--workers", "2", "--ps", "2", "--mode", mode,
+                    str(SCRIPTS / "sync_steps.py"), "--steps", "30", "--die-at", "1:10",
+                    "--die-once", str(tmp_path / "died"), timeout=120)
+    assert result.returncode == 0, explain(result)
+    assert "worker 1 was killed by SIGKILL; restarting it" in result.stderr, explain(result)
+    assert "restart 1 of 3" in result.stderr and "1 worker restart" in result.stderr
+    # The restarted worker ran its whole budget again.
+    assert finished_workers(result) == {0: 30, 1: 30}, explain(result)

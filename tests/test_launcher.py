@@ -189,6 +189,8 @@ def out_dir(tmp_path):
     (["--workers", "1", "--ps", "1", "--grace-period", "nan", "SCRIPT"],
      "--grace-period must be more than 0 seconds"),
     (["--workers", "1", "--ps", "1", "--mode", "bsp", "SCRIPT"], "invalid choice: 'bsp'"),
+    (["--workers", "1", "--ps", "1", "--max-restarts", "-1", "SCRIPT"],
+     "--max-restarts must be at least 0, got -1"),
     (["--workers", "2", "--ps", "1", "--staleness", "2", "SCRIPT"],
      "--staleness applies to --mode ssp"),
     (["--workers", "2", "--ps", "1", "--mode", "ssp", "--staleness", "-1", "SCRIPT"],
@@ -412,10 +414,14 @@ def test_progress_on_a_terminal_is_one_line_redrawn_in_place(tmp_path, out_dir):
     ("kill", "launch: worker 1 was killed by SIGKILL; stopping the job"),
 ])
 def test_failing_worker_stops_the_job_and_is_named(fail_code, message, tmp_path, out_dir):
-    result = run_launch(tmp_path, "--workers", 2, "--ps", 2, "--no-progress", FAKE_WORKER,
-                        out_dir, "--fail-index", 1, "--fail-code", fail_code, "--hang",
-                        "--spawn")
+    result = run_launch(tmp_path, "--workers", 2, "--ps", 2, "--no-progress",
+                        "--max-restarts", 1, FAKE_WORKER, out_dir, "--fail-index", 1,
+                        "--fail-code", fail_code, "--hang", "--spawn")
     assert result.returncode == 1, explain(result)
+    # Restarted once, it fails again: then the job stops.
+    first = message.replace("stopping the job", "restarting it")
+    assert first in result.stderr.splitlines(), explain(result)
+    assert "restart 1 of 1" in result.stderr, explain(result)
     assert message in result.stderr.splitlines(), explain(result)
     assert "[worker:1] worker 1 fails now" in result.stderr.splitlines()
     assert (out_dir / "worker-0.sigterm").exists()  # stopped gracefully first

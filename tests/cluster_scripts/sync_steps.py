@@ -1,7 +1,8 @@
 """A small regression trained with the mode `launch --mode` chose. Each worker runs its own
 number of steps (--steps, or --steps-by-worker 5,10,15 by task index) and prints
 "worker I finished N steps at global step G"; --die-at WORKER:STEP makes that worker kill
-itself with SIGKILL when it reaches that step of its own."""
+itself with SIGKILL when it reaches that step of its own (with --die-once PATH, only the
+first time: PATH marks that it did)."""
 
 import argparse
 import os
@@ -15,6 +16,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--steps", type=int, default=30)
 parser.add_argument("--steps-by-worker", default="")
 parser.add_argument("--die-at", default="")
+parser.add_argument("--die-once", default="")
 args = parser.parse_args()
 
 index = tf.train.task_config_from_env().worker_index
@@ -32,7 +34,10 @@ rng = np.random.default_rng(index)
 with tf.train.MonitoredTrainingSession() as sess:
     for k in range(steps):
         if index == die_worker and k == die_step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            if not args.die_once or not os.path.exists(args.die_once):
+                if args.die_once:
+                    open(args.die_once, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
         bx = rng.normal(size=(16, 4)).astype(np.float32)
         sess.run(train, {x: bx, y: bx @ np.array([1, -2, 3, 0.5], np.float32)})
     print(f"worker {index} finished {steps} steps at global step {int(sess.run(step))}",
