@@ -59,6 +59,11 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-dir", default=None,
+                        help="save checkpoints and the final model (model.npz) here; a run "
+                             "that finds a checkpoint there resumes from it")
+    parser.add_argument("--save-steps", type=int, default=200,
+                        help="global steps between checkpoints (with --checkpoint-dir)")
     args = parser.parse_args(argv)
 
     tf.set_random_seed(args.seed)
@@ -76,13 +81,17 @@ def main(argv=None):
         loss, global_step=step)
 
     hooks = [tf.train.StopAtStepHook(last_step=args.steps)]
-    with tf.train.MonitoredTrainingSession(hooks=hooks) as sess:
+    saving = {"checkpoint_dir": args.checkpoint_dir, "save_checkpoint_steps": args.save_steps} \
+        if args.checkpoint_dir else {}
+    with tf.train.MonitoredTrainingSession(hooks=hooks, **saving) as sess:
         rng = np.random.default_rng(args.seed)
+        reported = 0
         while not sess.should_stop():
             batch = rng.integers(0, len(my_x), size=args.batch_size)
             _, loss_value, global_step = sess.run([train_op, loss, step],
                                                   {images: my_x[batch], labels: my_y[batch]})
-            if sess.is_chief and global_step % 250 == 0:
+            if sess.is_chief and global_step // 250 != reported // 250:  # every 250 steps
+                reported = global_step
                 print(f"step {global_step}: loss {loss_value:.4f}", flush=True)
         if sess.is_chief:
             test_accuracy = sess.run(accuracy, {images: test_x, labels: test_y})

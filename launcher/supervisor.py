@@ -135,6 +135,7 @@ class Job:
         self.workers = []
         self.lost = []  # workers that failed while the job went on (sync, ssp)
         self.restarts = {}  # worker index -> times restarted
+        self.ps_restarts = {}  # PS index -> times restarted
         self._worker_start = {}  # worker index -> (command, env)
         self.ps_addresses = []
         self.progress = None
@@ -185,14 +186,12 @@ class Job:
         after saying why the job cannot start."""
         spec = self.spec
         env = dict(os.environ, PYTHONUNBUFFERED="1", **math_thread_env(1))
+        self._ps_env = env
         port_files = []
         for i in range(spec.ps):
             port_files.append(os.path.join(self._tmp, f"ps-{i}.port"))
             wanted = spec.ps_port + i if spec.ps_port else 0
-            command = [*spec.ps_command, "--task-index", str(i),
-                       "--num-workers", str(spec.workers), "--host", spec.host,
-                       "--port", str(wanted), "--port-fallback", "--port-file", port_files[i],
-                       "--parent-pid", str(os.getpid())]
+            command = self._ps_command(i, wanted, port_files[i]) + ["--port-fallback"]
             child = Child("ps", i, command, env, self.output)
             self.ps.append(child)
             self.output.launcher(f"started {child.name} (pid {child.pid})")
@@ -226,6 +225,37 @@ class Job:
                 return None
             self._stop.wait(POLL_S)
         return [f"{spec.host}:{port}" for port in ports]
+
+    def _ps_command(self, index, port, port_file):
+        spec = self.spec
+        return [*spec.ps_command, "--task-index", str(index), "--num-workers", str(spec.workers),
+                "--host", spec.host, "--port", str(port), "--port-file", port_file,
+                "--parent-pid", str(os.getpid())]
+
+    def _restart_ps(self, child):
+        """Starts PS `child.index` again on the same address (the workers' TF_CONFIG names
+        it); True once it serves there. The chief restores its variables from the latest
+        checkpoint."""
+        index = child.index
+        self.ps_restarts[index] = self.ps_restarts.get(index, 0) + 1
+        child.reap()
+        port = int(self.ps_addresses[index].rsplit(":", 1)[1])
+        port_file = os.path.join(self._tmp, f"ps-{index}.restart-{self.ps_restarts[index]}.port")
+        fresh = Child("ps", index, self._ps_command(index, port, port_file), self._ps_env,
+                      self.output)
+        self.ps[index] = fresh
+        self.output.launcher(f"started {fresh.name} (pid {fresh.pid}) on "
+                             f"{self.ps_addresses[index]}, restart {self.ps_restarts[index]} of {self.spec.max_restarts}")
+        deadline = time.monotonic() + self.spec.ps_start_timeout
+        while time.monotonic() < deadline:
+            try:
+                if self._read_port(port_file) == port:
+                    return True
+            except ValueError:
+                return False
+            if not fresh.running or self._stop.wait(POLL_S):
+                return False
+        return False
 
     @staticmethod
     def _read_port(path):
@@ -286,11 +316,20 @@ class Job:
                 return self._stopped_by_signal()
             # A parameter server that crashed is the likelier cause of a worker's failure
             # seen in the same round, so it is named first.
-            for child in self.ps:
+            for child in list(self.ps):
                 code = child.exit_code()
                 if code is None or child.name in ps_ended:
                     continue
                 if code != 0:
+                    if self.ps_restarts.get(child.index, 0) < self.spec.max_restarts \
+                            and not ps_ended:
+                        self.output.error(f"{child.name} {describe_exit(code)} while the "
+                                          "workers were running; restarting it")
+                        if self._restart_ps(child):
+                            continue
+                        self.output.error(f"{child.name} could not be restarted on "
+                                          f"{self.ps_addresses[child.index]}; stopping the job")
+                        return 1
                     self.output.error(f"{child.name} {describe_exit(code)} while the workers "
                                       "were running; stopping the job")
                     return 1

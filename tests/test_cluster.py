@@ -1,6 +1,10 @@
 """Whole jobs on localhost through `launch`: real PS and worker processes, final values."""
 
 import json
+import os
+import signal
+import threading
+import time
 import re
 import subprocess
 import sys
@@ -116,3 +120,72 @@ def test_a_killed_worker_is_restarted_and_the_job_finishes(tmp_path, mode):
     assert "restart 1 of 3" in result.stderr and "1 worker restart" in result.stderr
     # The restarted worker ran its whole budget again.
     assert finished_workers(result) == {0: 30, 1: 30}, explain(result)
+
+
+class Job:
+    """A `launch` running in the background, its output collected as it comes."""
+
+    def __init__(self, *args):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "psflow.launcher", "--no-progress", *map(str, args)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        self.stdout, self.stderr = [], []
+        self._readers = [threading.Thread(target=self._read, args=(s, out), daemon=True)
+                         for s, out in ((self.process.stdout, self.stdout),
+                                        (self.process.stderr, self.stderr))]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, stream, lines):
+        for line in stream:
+            lines.append(line)
+
+    def wait_for(self, pattern, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.stdout) + list(self.stderr):
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.explain()}")
+
+    def finish(self, timeout=180):
+        self.process.wait(timeout)
+        for reader in self._readers:
+            reader.join(5)
+        return self.process.returncode
+
+    def explain(self):
+        return f"stdout:\n{''.join(self.stdout)[-3000:]}\nstderr:\n{''.join(self.stderr)[-3000:]}"
+
+
+def test_a_killed_ps_is_restarted_restored_and_the_job_finishes(tmp_path):
+    job = Job("--workers", "2", "--ps", "2", ROOT / "examples" / "digits.py",
+              "--checkpoint-dir", tmp_path, "--save-steps", "100")
+    pid = int(job.wait_for(r"started ps 1 \(pid (\d+)\)").group(1))
+    job.wait_for(r"\[worker:0\] step 5\d\d:")  # past a few checkpoints
+    os.kill(pid, signal.SIGKILL)
+    code = job.finish()
+    assert code == 0, job.explain()
+    stderr = "".join(job.stderr)
+    assert "ps 1 was killed by SIGKILL while the workers were running; restarting it" in stderr
+    restored = re.search(r"restored parameter server\(s\) 1 .* at global step (\d+)", stderr)
+    assert restored, job.explain()
+    steps = [int(s) for s in re.findall(r"\[worker:0\] step (\d+):", "".join(job.stdout))]
+    # The global step went back to the checkpoint, never further.
+    back = [(a, b) for a, b in zip(steps, steps[1:]) if b < a]
+    assert all(b >= int(restored.group(1)) for a, b in back), steps
+    accuracy = float(re.search(r"test accuracy: ([0-9.]+)", "".join(job.stdout)).group(1))
+    assert accuracy >= 0.95, job.explain()
+
+
+def test_a_killed_ps_without_a_checkpoint_ends_the_job_with_the_reason():
+    job = Job("--workers", "2", "--ps", "2", "--max-restarts", "1",
+              ROOT / "examples" / "digits.py", "--steps", "100000")
+    pid = int(job.wait_for(r"started ps 1 \(pid (\d+)\)").group(1))
+    job.wait_for(r"\[worker:0\] step 2\d\d:")
+    os.kill(pid, signal.SIGKILL)
+    code = job.finish()
+    assert code == 1, job.explain()
+    assert "no checkpoint to restore them from" in "".join(job.stderr), job.explain()

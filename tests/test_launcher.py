@@ -469,7 +469,7 @@ def test_killed_launcher_leaves_no_process_behind(tmp_path, out_dir):
 
 def test_ps_dying_mid_job_stops_the_job_and_is_named(tmp_path, out_dir):
     job = LaunchInBackground(tmp_path, "--workers", 2, "--ps", 2, "--no-progress",
-                             FAKE_WORKER, out_dir, "--hang")
+                             "--max-restarts", 0, FAKE_WORKER, out_dir, "--hang")
     job.wait_for_ready_workers(out_dir, 2)
     os.kill(started_pids(job.stderr)["ps 1"], signal.SIGKILL)
     assert job.wait() == 1, job.explain()

@@ -31,10 +31,17 @@ class ShardClient:
         self.index = index
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=codec.CHANNEL_OPTIONS)
+        self.channel = grpc.insecure_channel(address, options=codec.CHANNEL_OPTIONS + [
+            # A restarted server is found again within a second or two.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ])
         self.stub = pb_grpc.ParameterServerStub(self.channel)
 
-    def call(self, method, request, timeout=None, wait_for_ready=False):
+    def call(self, method, request, timeout=None, wait_for_ready=True):
+        """The call's answer. By default a call waits (within its timeout) for a server that
+        is not reachable yet, e.g. one that is restarting, rather than failing at once."""
         try:
             return getattr(self.stub, method)(request, timeout=timeout or self.timeout,
                                               wait_for_ready=wait_for_ready)

@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-from psflow.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError
+from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
+                           NotFoundError, UnavailableError)
 from psflow.gradients import IndexedSlices
 from psflow.graph import Variable
 from psflow.proto import codec
@@ -37,6 +38,8 @@ CONNECT_TIMEOUT_S = float(os.environ.get("PSFLOW_CONNECT_TIMEOUT", "60"))
 # Bound on a synchronous step's push to shard 0, which waits for the other workers (the
 # shard gives up after PSFLOW_STEP_TIMEOUT and says whom it waited for).
 SYNC_CALL_TIMEOUT_S = float(os.environ.get("PSFLOW_STEP_TIMEOUT", "300")) + 30
+# How long a worker waits for a parameter server that went away to come back.
+RECOVERY_TIMEOUT_S = float(os.environ.get("PSFLOW_RECOVERY_TIMEOUT", "60"))
 _MODES = {"async": pb.Consistency.ASYNC, "sync": pb.Consistency.SYNC,
           "ssp": pb.Consistency.SSP}
 
@@ -115,12 +118,15 @@ class DistributedStore:
                 initialized.update(reply.initialized)
         return initialized
 
-    def initialize(self, values, overwrite=False):
-        """Sends initial values ({Variable: array}) to the shards that own them."""
+    def initialize(self, values, overwrite=False, shards=None):
+        """Sends initial values ({Variable: array}) to the shards that own them (only to
+        `shards`, when given)."""
         by_shard = {}
         for var, value in values.items():
             value = np.asarray(value, dtype=var.dtype)
             for part in self.placement.parts_of(var):
+                if shards is not None and part.shard not in shards:
+                    continue
                 data = value[part.start:part.stop] if len(part.shape) else value
                 by_shard.setdefault(part.shard, []).append((part, data))
         for shard, items in by_shard.items():
@@ -131,19 +137,24 @@ class DistributedStore:
                     codec.encode(data, request.values.add(name=part.name).tensor)
                 client.call("InitializeVariables", request)
 
-    def restore(self, state):
-        """Sets a checkpoint's state, split by this placement: the slots and the global step
-        first, then the values (which wake the workers waiting for them)."""
+    def restore(self, state, shards=None):
+        """Sets a checkpoint's state, split by this placement (on `shards` only, when given):
+        the slots and the global step first, then the values (which wake the workers waiting
+        for them)."""
         step, values, slots = state
+        shards = set(range(len(self.clients))) if shards is None else set(shards)
         by_shard = {}
         for (var, rule, slot), value in slots.items():
             value = np.asarray(value)
             split = value.shape == tuple(var.shape) and value.ndim > 0
             for part in self.placement.parts_of(var):
+                if part.shard not in shards:
+                    continue
                 data = value[part.start:part.stop] if split and len(self.placement.parts_of(var)) > 1 \
                     else value
                 by_shard.setdefault(part.shard, []).append((part, rule, slot, data))
-        by_shard.setdefault(0, [])
+        if 0 in shards:
+            by_shard.setdefault(0, [])
         for shard, items in by_shard.items():
             batches = list(_batches(items, lambda item: item[3].nbytes)) or [[]]
             for k, batch in enumerate(batches):
@@ -155,12 +166,14 @@ class DistributedStore:
                     item = request.slots.add(variable=part.name, rule=rule, slot=slot)
                     codec.encode(data, item.tensor)
                 self.clients[shard].call("InitializeVariables", request)
-        self.initialize(values, overwrite=True)
+        self.initialize(values, overwrite=True, shards=shards)
 
-    def wait_initialized(self, timeout=INIT_TIMEOUT_S):
+    def wait_initialized(self, timeout=INIT_TIMEOUT_S, shards=None):
         """Blocks until the chief has initialized every variable (woken by the shards)."""
         deadline = time.monotonic() + timeout
         for client in self.clients:
+            if shards is not None and client.index not in shards:
+                continue
             names = [p.name for p in self.placement.shard_parts(client.index)]
             while names:
                 remaining = deadline - time.monotonic()
@@ -256,6 +269,25 @@ class DistributedStore:
         for item in items:
             pieces[item.name] = codec.decode(item.tensor, item.name)
             versions[item.name] = item.version
+
+    def lost_shards(self, timeout):
+        """Registers again with every shard, waiting up to `timeout` for those that are
+        restarting, and declares the variables again; returns the shards that came back
+        without their variables (a restarted parameter server)."""
+        lost = []
+        for client in self.clients:
+            client.call("RegisterWorker", worker_request(self.worker), timeout=timeout,
+                        wait_for_ready=True)
+            parts = self.placement.shard_parts(client.index)
+            if not parts:
+                continue
+            reply = client.call("DeclareVariables", pb.DeclareVariablesRequest(variables=[
+                pb.VariableSpec(name=p.name, dtype=p.dtype.name, shape=p.shape) for p in parts]))
+            if len(reply.initialized) < len(parts):
+                lost.append(client.index)
+        self.step.returned = {}
+        self.step.returned_step = None
+        return lost
 
     def read(self, var):
         if var is self.global_step_var:
@@ -403,10 +435,14 @@ def _split_gradient(grad, var, placement):
 class DistributedSession(Session):
     """A Session whose Variables live on the parameter servers named in the task config."""
 
-    def __init__(self, graph, task, partition_bytes=PARTITION_BYTES, restore=None):
+    def __init__(self, graph, task, partition_bytes=PARTITION_BYTES, restore=None,
+                 checkpoint_dir=None):
         """`restore`: (global step, {Variable: value}, {(Variable, rule, slot): value}) from a
-        checkpoint, which the chief sets on the shards instead of the initial values."""
+        checkpoint, which the chief sets on the shards instead of the initial values.
+        `checkpoint_dir`: where the chief finds the latest checkpoint when a parameter server
+        restarts without its variables."""
         store = DistributedStore(graph, task, partition_bytes)
+        self.checkpoint_dir = checkpoint_dir
         super().__init__(graph, store=store)
         self.task = task
         self.local_step = 0
@@ -439,6 +475,16 @@ class DistributedSession(Session):
             log.info("restored %d variables at global step %d on %d parameter servers",
                      len(restore[1]), restore[0], len(store.clients))
             return
+        if len(missing) < len(store.variables):
+            # Some shards have trained values and some have none: one restarted and lost
+            # them. Fresh initial values there would make a model of two different ones.
+            lost = sorted({p.shard for v in missing for p in store.placement.parts_of(v)
+                           if p.name not in initialized})
+            names = ", ".join(f"{i} ({store.clients[i].address})" for i in lost)
+            raise FailedPreconditionError(
+                f"parameter server(s) {names} restarted and lost their variables, and there "
+                "is no checkpoint to restore them from (give MonitoredTrainingSession a "
+                "checkpoint_dir to survive this)")
         local = Session(graph, store=LocalVariableStore())
         with graph.as_default():
             local.run(variables_initializer(missing))
@@ -447,6 +493,45 @@ class DistributedSession(Session):
                  len(store.clients))
 
     def _execute(self, plan, feeds):
+        return self.with_recovery(self._execute_once, plan, feeds)
+
+    def with_recovery(self, fn, *args):
+        """fn(*args); if a parameter server turns out to have restarted, once it is back with
+        its variables (restored or waited for), fn is called once more."""
+        try:
+            return fn(*args)
+        except (UnavailableError, NotFoundError, FailedPreconditionError) as exc:
+            if not self._recover(exc):
+                raise
+        return fn(*args)
+
+    def _recover(self, error):
+        """Brings restarted shards back; False if none had restarted (`error` stands)."""
+        store = self.store
+        log.warning("%s; checking the parameter servers", error)
+        lost = store.lost_shards(RECOVERY_TIMEOUT_S)
+        if not lost:
+            return isinstance(error, UnavailableError)
+        names = ", ".join(f"{i} ({store.clients[i].address})" for i in lost)
+        if not self.task.is_chief:
+            log.warning("parameter server(s) %s restarted; waiting for the chief to restore "
+                        "them", names)
+            store.wait_initialized(shards=lost)
+            return True
+        from psflow.train import saver
+        state = saver.latest_state(self.checkpoint_dir, store.variables) \
+            if self.checkpoint_dir else None
+        if state is None:
+            raise FailedPreconditionError(
+                f"parameter server(s) {names} restarted and lost their variables, and there is "
+                "no checkpoint to restore them from (give MonitoredTrainingSession a "
+                "checkpoint_dir to survive this)") from error
+        store.restore(state, shards=lost)
+        log.warning("restored parameter server(s) %s from the checkpoint at global step %d",
+                    names, state[0])
+        return True
+
+    def _execute_once(self, plan, feeds):
         trains = self._trains.get(plan)
         if trains is None:
             trains = self._trains[plan] = any(isinstance(node, ApplyGradients)

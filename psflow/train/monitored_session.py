@@ -116,8 +116,8 @@ class CheckpointSaverHook(SessionRunHook):
         variables = [v for v in graph.variables if v is not step_var]
         store = session.store
         if hasattr(store, "clients"):
-            save = lambda: saver.save_distributed(store, self.checkpoint_dir,  # noqa: E731
-                                                  self.max_to_keep)
+            save = lambda: session.with_recovery(  # noqa: E731
+                saver.save_distributed, store, self.checkpoint_dir, self.max_to_keep)
         else:
             save = lambda: saver.save_local(store, variables, step_var,  # noqa: E731
                                             self.checkpoint_dir, self.max_to_keep)
@@ -170,8 +170,8 @@ class MonitoredTrainingSession:
             if self.is_chief and checkpoint_dir else None
         if distributed:
             worker_session = importlib.import_module("psflow.worker.session")
-            self._session = worker_session.DistributedSession(self.graph, self.task,
-                                                              restore=state)
+            self._session = worker_session.DistributedSession(
+                self.graph, self.task, restore=state, checkpoint_dir=checkpoint_dir)
         else:
             self._session = Session(self.graph)
             self._session.run(global_variables_initializer())
