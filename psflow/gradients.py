@@ -7,7 +7,7 @@ one gradient node (or None) per input.
 
 import numpy as np
 
-from .errors import NoGradientError
+from .errors import GraphMismatchError, NoGradientError
 from .graph import Node, topological_order
 
 _GRADIENTS = {}
@@ -56,6 +56,9 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
     for node in ys + xs:
         if not isinstance(node, Node):
             raise TypeError(f"gradients() takes graph nodes, got {node!r}")
+        if node.graph is not ys[0].graph:
+            raise GraphMismatchError(
+                f"gradients(): {node.name!r} and {ys[0].name!r} belong to different graphs")
     if grad_ys is None:
         grad_ys = [None] * len(ys)
     elif not isinstance(grad_ys, (list, tuple)):

@@ -173,9 +173,12 @@ class Node:
             graph = inputs[0].graph if inputs else get_default_graph()
         for node in inputs:
             if node.graph is not graph:
+                same = [n for n in inputs if n.graph is graph]
+                other = repr(same[0].name) if same else "the nodes of the graph it is added to"
                 raise GraphMismatchError(
-                    f"cannot combine {node.name!r} and a node of another graph in "
-                    f"{type(self).__name__}: every input of an op must come from the same graph")
+                    f"cannot combine {node.name!r} with {other} in {type(self).__name__}: they "
+                    "belong to different graphs; every input of an op must come from the same "
+                    "graph")
         self.graph = graph
         self.inputs = inputs
         self.shape = shape
@@ -283,6 +286,12 @@ def convert_to_tensor(value, dtype=None, graph=None):
     if isinstance(value, Node):
         return value
     if dtype is not None and not isinstance(value, np.ndarray):
+        dtype = as_dtype(dtype)
+        if dtype.kind in "biu":
+            given = np.asarray(value)
+            if given.dtype.kind not in "biu" and not np.array_equal(given.astype(dtype), given):
+                raise TypeError(f"cannot convert {value!r} to {dtype.name} without changing "
+                                "its value; cast the tensor to a float dtype first")
         return Constant(value, dtype=dtype, graph=graph)
     return Constant(value, graph=graph)
 

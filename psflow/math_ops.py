@@ -226,7 +226,7 @@ class MatMul(Node):
             if ka is not None and kb is not None and ka != kb:
                 raise ValueError(f"matmul: inner dimensions differ: {format_shape(a.shape)} "
                                  f"@ {format_shape(b.shape)}")
-            shape = a.shape[:-2] + (m, n)
+            shape = broadcast_static(a.shape[:-2], b.shape[:-2]) + (m, n)
         super().__init__((a, b), name=name, shape=shape, dtype=_result_dtype(a, b))
 
     def forward(self, a, b):
@@ -242,13 +242,20 @@ def _matmul_grad(op, grad):
     a, b = op.inputs
     ta, tb = op.transpose_a, op.transpose_b
     if not ta and not tb:
-        return [matmul(grad, b, transpose_b=True), matmul(a, grad, transpose_a=True)]
-    if not ta and tb:
-        return [matmul(grad, b), matmul(grad, a, transpose_a=True)]
-    if ta and not tb:
-        return [matmul(b, grad, transpose_b=True), matmul(a, grad)]
-    return [matmul(b, grad, transpose_a=True, transpose_b=True),
-            matmul(grad, a, transpose_a=True, transpose_b=True)]
+        grads = [matmul(grad, b, transpose_b=True), matmul(a, grad, transpose_a=True)]
+    elif not ta and tb:
+        grads = [matmul(grad, b), matmul(grad, a, transpose_a=True)]
+    elif ta and not tb:
+        grads = [matmul(b, grad, transpose_b=True), matmul(a, grad)]
+    else:
+        grads = [matmul(b, grad, transpose_a=True, transpose_b=True),
+                 matmul(grad, a, transpose_a=True, transpose_b=True)]
+    if a.shape is not None and b.shape is not None and len(a.shape) == len(b.shape) == 2:
+        return grads
+    # Batch axes broadcast like an elementwise op's: sum each gradient over the batch axes
+    # its operand was broadcast along.
+    return [SumToShape(g, x.shape if x.shape is not None and None not in x.shape else x)
+            for g, x in zip(grads, (a, b))]
 
 
 def _normalize_axis(axis, ndim):
