@@ -11,7 +11,7 @@ import time
 
 import grpc
 
-from psflow.proto import codec
+from psflow.proto import auth, codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 
@@ -62,13 +62,15 @@ class StepRate:
 class ProgressPoller:
     """Polls shard 0 at `address` in a thread and shows the progress line on `output`."""
 
-    def __init__(self, address, output, interval=POLL_S, print_every=PRINT_EVERY_S):
+    def __init__(self, address, output, interval=POLL_S, print_every=PRINT_EVERY_S,
+                 token=None):
         self.output = output
         self.interval = interval
         self.print_every = print_every
         self.last_stats = None  # the last StatsResponse received, for the job's summary
-        self._channel = grpc.insecure_channel(address, options=codec.CHANNEL_OPTIONS)
+        self._channel = auth.open_channel(address, codec.CHANNEL_OPTIONS)
         self._stub = pb_grpc.ParameterServerStub(self._channel)
+        self._metadata = auth.call_metadata(token)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
 
@@ -89,7 +91,8 @@ class ProgressPoller:
     def poll(self):
         """Asks shard 0 for its stats once; the StatsResponse, or None if the call failed."""
         try:
-            stats = self._stub.GetStats(pb.StatsRequest(), timeout=RPC_TIMEOUT_S)
+            stats = self._stub.GetStats(pb.StatsRequest(), timeout=RPC_TIMEOUT_S,
+                                        metadata=self._metadata)
         except (grpc.RpcError, ValueError):  # ValueError: the channel is closed
             return None
         self.last_stats = stats
@@ -114,15 +117,16 @@ class ProgressPoller:
                 self.output.status(text)
 
 
-def report_worker_done(addresses, index, timeout=5.0):
+def report_worker_done(addresses, index, token=None, timeout=5.0):
     """Tells every parameter server that worker `index` is gone for good (it died while the
     job went on), so they stop counting on it and exit when the others are done. Best effort:
     a server that does not answer learns it from the missing heartbeats."""
     for address in addresses:
-        channel = grpc.insecure_channel(address, options=codec.CHANNEL_OPTIONS)
+        channel = auth.open_channel(address, codec.CHANNEL_OPTIONS)
         try:
             pb_grpc.ParameterServerStub(channel).WorkerDone(pb.WorkerRequest(task_index=index),
-                                                            timeout=timeout)
+                                                            timeout=timeout,
+                                                            metadata=auth.call_metadata(token))
         except grpc.RpcError:
             pass
         finally:

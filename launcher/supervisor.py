@@ -21,12 +21,15 @@ and exit by themselves.
 import dataclasses
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
 import tempfile
 import threading
 import time
+
+from psflow.proto import auth
 
 from .output import Output
 from .process import Child, describe_exit
@@ -134,6 +137,8 @@ class Job:
         self.ps = []
         self.workers = []
         self.lost = []  # workers that failed while the job went on (sync, ssp)
+        # Every call of the job carries this token; the servers refuse calls without it.
+        self.token = auth.token_from_env() or secrets.token_urlsafe(32)
         self.restarts = {}  # worker index -> times restarted
         self.ps_restarts = {}  # PS index -> times restarted
         self._worker_start = {}  # worker index -> (command, env)
@@ -178,7 +183,8 @@ class Job:
             return self._stopped_by_signal() if self._stop.is_set() else 1
         self._start_workers()
         if self.spec.progress:
-            self.progress = ProgressPoller(self.ps_addresses[0], self.output).start()
+            self.progress = ProgressPoller(self.ps_addresses[0], self.output,
+                                           token=self.token).start()
         return self._supervise()
 
     def _start_ps(self):
@@ -186,6 +192,7 @@ class Job:
         after saying why the job cannot start."""
         spec = self.spec
         env = dict(os.environ, PYTHONUNBUFFERED="1", **math_thread_env(1))
+        env[auth.TOKEN_ENV] = self.token
         self._ps_env = env
         port_files = []
         for i in range(spec.ps):
@@ -282,6 +289,7 @@ class Job:
                        PSFLOW_PARENT_PID=str(os.getpid()), PSFLOW_MODE=spec.mode,
                        **self._mode_env(),
                        PYTHONUNBUFFERED="1", **math_thread_env(threads))
+            env[auth.TOKEN_ENV] = self.token
             self._worker_start[i] = (command, env)
             child = Child("worker", i, command, env, self.output)
             self.workers.append(child)
@@ -355,7 +363,7 @@ class Job:
                     self.lost.append(child)
                     self.output.error(f"{child.name} {describe_exit(code)}{after}; the job "
                                       f"goes on with the other workers ({self.spec.mode} mode)")
-                    report_worker_done(self.ps_addresses, int(child.name.split()[-1]))
+                    report_worker_done(self.ps_addresses, child.index, token=self.token)
             if all(child.exit_code() is not None for child in self.workers):
                 if len(self.lost) == len(self.workers):
                     self.output.error("every worker failed; stopping the job")

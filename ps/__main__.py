@@ -15,6 +15,7 @@ import sys
 import tempfile
 
 from psflow.proto import codec
+from psflow.train.cluster import task_config_from_env
 
 from .server import ParameterServer
 
@@ -67,10 +68,12 @@ def parse_args(argv):
     parser = _Parser(prog="python -m psflow.ps",
                      description="Serve one parameter-server shard of a psflow job.")
     shard = parser.add_argument_group("shard")
-    shard.add_argument("--task-index", type=_index, required=True,
-                       help="this shard's index; shard 0 holds the global step")
-    shard.add_argument("--num-workers", type=_positive, required=True,
-                       help="workers in the job; the server exits when all have finished")
+    shard.add_argument("--task-index", type=_index,
+                       help="this shard's index; shard 0 holds the global step (default: "
+                            "from TF_CONFIG, as on Kubernetes)")
+    shard.add_argument("--num-workers", type=_positive,
+                       help="workers in the job; the server exits when all have finished "
+                            "(default: from TF_CONFIG)")
     network = parser.add_argument_group("network")
     network.add_argument("--host", default="127.0.0.1",
                          help="address to bind (default: loopback)")
@@ -85,7 +88,20 @@ def parse_args(argv):
                            help="exit when this process is gone")
     lifecycle.add_argument("--log-level", type=_level, default="INFO",
                            help=f"one of {', '.join(LOG_LEVELS)} (default INFO)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.task_index is None or args.num_workers is None:
+        try:
+            task = task_config_from_env()
+        except ValueError as exc:
+            parser.error(str(exc))
+        if task is None or task.task_type != "ps":
+            parser.error("--task-index and --num-workers are required without a TF_CONFIG "
+                         "whose task is a ps")
+        if args.task_index is None:
+            args.task_index = task.task_index
+        if args.num_workers is None:
+            args.num_workers = task.num_workers
+    return args
 
 
 def write_port_file(path, port):

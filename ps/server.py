@@ -10,7 +10,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from psflow.proto import codec
+from psflow.proto import auth, codec
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 
 from .servicer import ParameterServerServicer
@@ -49,8 +49,14 @@ class ParameterServer:
     """
 
     def __init__(self, shard=0, num_workers=1, host="127.0.0.1", port=0, port_fallback=False,
-                 parent_pid=None, threads=64, done_grace_s=0.5, stop_grace_s=2.0):
+                 parent_pid=None, threads=64, done_grace_s=0.5, stop_grace_s=2.0,
+                 token=None, credentials=None):
+        """`token`: refuse calls without it (default: PSFLOW_AUTH_TOKEN, if set).
+        `credentials`: gRPC server credentials to serve TLS (default: from PSFLOW_TLS_CERT
+        and PSFLOW_TLS_KEY, if set)."""
         self.store = ShardStore(shard=shard, num_workers=num_workers)
+        self.token = auth.token_from_env() if token is None else token
+        self.credentials = auth.server_credentials() if credentials is None else credentials
         self.host = host
         self.requested_port = port
         self.port_fallback = port_fallback
@@ -81,7 +87,8 @@ class ParameterServer:
         be bound. Returns self."""
         self._executor = futures.ThreadPoolExecutor(max_workers=self.threads,
                                                     thread_name_prefix=f"ps{self.shard}")
-        server = grpc.server(self._executor, options=SERVER_OPTIONS)
+        interceptors = [auth.TokenInterceptor(self.token)] if self.token else []
+        server = grpc.server(self._executor, options=SERVER_OPTIONS, interceptors=interceptors)
         pb_grpc.add_ParameterServerServicer_to_server(ParameterServerServicer(self.store), server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -100,15 +107,20 @@ class ParameterServer:
                  self.store.num_workers)
         return self
 
+    def _add_port(self, server, address):
+        if self.credentials is not None:
+            return server.add_secure_port(address, self.credentials)
+        return server.add_insecure_port(address)
+
     def _bind(self, server):
         try:
-            port = server.add_insecure_port(host_port(self.host, self.requested_port))
+            port = self._add_port(server, host_port(self.host, self.requested_port))
         except RuntimeError:
             port = 0
         if port == 0 and self.requested_port != 0 and self.port_fallback:
             log.warning("port %d is taken; binding another free port", self.requested_port)
             try:
-                port = server.add_insecure_port(host_port(self.host, 0))
+                port = self._add_port(server, host_port(self.host, 0))
             except RuntimeError:
                 port = 0
         if port == 0:

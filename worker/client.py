@@ -7,7 +7,7 @@ import grpc
 
 from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
                            NotFoundError, PsflowError, UnauthenticatedError, UnavailableError)
-from psflow.proto import codec
+from psflow.proto import auth, codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 
@@ -31,7 +31,8 @@ class ShardClient:
         self.index = index
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=codec.CHANNEL_OPTIONS + [
+        self.metadata = auth.call_metadata(auth.token_from_env())
+        self.channel = auth.open_channel(address, codec.CHANNEL_OPTIONS + [
             # A restarted server is found again within a second or two.
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
@@ -44,7 +45,8 @@ class ShardClient:
         is not reachable yet, e.g. one that is restarting, rather than failing at once."""
         try:
             return getattr(self.stub, method)(request, timeout=timeout or self.timeout,
-                                              wait_for_ready=wait_for_ready)
+                                              wait_for_ready=wait_for_ready,
+                                              metadata=self.metadata)
         except grpc.RpcError as exc:
             raise self.error(method, exc) from None
 

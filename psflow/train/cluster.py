@@ -104,7 +104,14 @@ def task_config_from_env(environ=None):
         return None
     task = config.get("task") or {}
     task_type = task.get("type")
-    task_index = task.get("index", 0)
+    task_index = task.get("index")
+    if task_index is None:
+        # A Kubernetes Indexed Job gives every pod the same TF_CONFIG and its own index.
+        raw_index = environ.get("JOB_COMPLETION_INDEX", "0")
+        try:
+            task_index = int(raw_index)
+        except ValueError:
+            raise ValueError(f"JOB_COMPLETION_INDEX={raw_index!r} is not an index") from None
     if task_type not in cluster:
         raise ValueError(f"TF_CONFIG task type {task_type!r} is not a job of the cluster "
                          f"({', '.join(cluster)})")

@@ -25,6 +25,7 @@ import time
 
 import grpc
 
+from psflow.proto import auth
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 
@@ -49,6 +50,7 @@ def main():
     args, _ = parser.parse_known_args()
 
     raw = os.environ["TF_CONFIG"]
+    token = auth.call_metadata(auth.token_from_env())  # the job's token, as workers send it
     index = json.loads(raw)["task"]["index"]
     record = {"pid": os.getpid(), "tf_config": raw, "argv": sys.argv[1:],
               "env": {k: os.environ.get(k) for k in
@@ -76,7 +78,7 @@ def main():
         channel = grpc.insecure_channel(address)
         grpc.channel_ready_future(channel).result(timeout=20)
         stub = pb_grpc.ParameterServerStub(channel)
-        stub.RegisterWorker(pb.WorkerRequest(task_index=index), timeout=10)
+        stub.RegisterWorker(pb.WorkerRequest(task_index=index), timeout=10, metadata=token)
         stubs.append(stub)
 
     if index == args.fail_index:
@@ -89,10 +91,10 @@ def main():
     rule = pb.UpdateRule(name="sgd", hyper={"learning_rate": 0.1})
     for step in range(args.steps):
         stubs[0].Push(pb.PushRequest(rule=rule, worker=index, increment_global_step=True),
-                      timeout=10)
+                      timeout=10, metadata=token)
         stubs[0].Heartbeat(pb.HeartbeatRequest(task_index=index, local_step=step + 1,
                                                loss=1.0 / (step + 1) if step else math.nan),
-                           timeout=10)
+                           timeout=10, metadata=token)
         time.sleep(0.05)
     if args.steps:
         print(f"worker {index} finished its steps", file=sys.stderr)
@@ -103,7 +105,7 @@ def main():
             time.sleep(1)
     if not args.skip_done:
         for stub in stubs:
-            stub.WorkerDone(pb.WorkerRequest(task_index=index), timeout=10)
+            stub.WorkerDone(pb.WorkerRequest(task_index=index), timeout=10, metadata=token)
     print(f"worker {index} done")
 
 

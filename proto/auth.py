@@ -1,0 +1,87 @@
+"""The job token and TLS, shared by the parameter servers and their clients.
+
+A job may have a shared token (`PSFLOW_AUTH_TOKEN`; `launch` makes one for each local job, the
+Kubernetes manifests take it from a Secret). Every call then carries it as
+`authorization: Bearer <token>` metadata, and a server refuses a call without it, or with
+another one, with UNAUTHENTICATED before any handler runs. The standard health service stays
+open, so that probes (which send no metadata) work.
+
+TLS is optional: with `PSFLOW_TLS_CERT` and `PSFLOW_TLS_KEY` a server serves TLS only; a
+client given `PSFLOW_TLS_CA` (the CA that signed the servers' certificates) connects with TLS.
+"""
+
+import hmac
+import os
+
+import grpc
+
+TOKEN_ENV = "PSFLOW_AUTH_TOKEN"
+TLS_CERT_ENV, TLS_KEY_ENV, TLS_CA_ENV = "PSFLOW_TLS_CERT", "PSFLOW_TLS_KEY", "PSFLOW_TLS_CA"
+OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def token_from_env(environ=None):
+    """The job's token, or None when the job has none."""
+    token = (os.environ if environ is None else environ).get(TOKEN_ENV, "")
+    return token or None
+
+
+def call_metadata(token):
+    """The metadata a call carries for `token` (empty without one)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Refuses every call (but health checks) that lacks the job's token."""
+
+    def __init__(self, token):
+        self._expected = f"Bearer {token}".encode()
+
+        def refuse(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "this parameter server needs the job's token (PSFLOW_AUTH_TOKEN); "
+                          "the call had none or another one")
+
+        self._refuse = grpc.unary_unary_rpc_method_handler(refuse)
+        self._refuse_stream = grpc.unary_stream_rpc_method_handler(refuse)
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method or ""
+        if method.startswith(OPEN_PREFIXES):
+            return continuation(handler_call_details)
+        given = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(given.encode(), self._expected):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is not None and handler.response_streaming:
+            return self._refuse_stream
+        return self._refuse
+
+
+def _read(path, what):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
+
+
+def server_credentials(environ=None):
+    """TLS credentials for a server from PSFLOW_TLS_CERT/KEY, or None to serve plain."""
+    environ = os.environ if environ is None else environ
+    cert, key = environ.get(TLS_CERT_ENV), environ.get(TLS_KEY_ENV)
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ValueError(f"TLS needs both {TLS_CERT_ENV} and {TLS_KEY_ENV}")
+    return grpc.ssl_server_credentials([(_read(key, "key"), _read(cert, "certificate"))])
+
+
+def open_channel(address, options, environ=None):
+    """A channel to `address`: TLS when PSFLOW_TLS_CA is set, plain otherwise."""
+    environ = os.environ if environ is None else environ
+    ca = environ.get(TLS_CA_ENV)
+    if ca:
+        credentials = grpc.ssl_channel_credentials(root_certificates=_read(ca, "CA"))
+        return grpc.secure_channel(address, credentials, options=options)
+    return grpc.insecure_channel(address, options=options)

@@ -1,0 +1,96 @@
+"""The job token: a parameter server given one refuses every call without it (or with another
+one) with UNAUTHENTICATED and changes nothing; health checks stay open for probes."""
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from psflow.proto import auth, codec
+from psflow.proto import psflow_pb2 as pb
+from psflow.proto import psflow_pb2_grpc as pb_grpc
+from psflow.ps.server import ParameterServer
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def server():
+    ps = ParameterServer(shard=0, num_workers=1, token=TOKEN).start()
+    yield ps
+    ps.stop(grace=0)
+
+
+@pytest.fixture
+def stub(server):
+    channel = grpc.insecure_channel(server.address, options=codec.CHANNEL_OPTIONS)
+    yield pb_grpc.ParameterServerStub(channel)
+    channel.close()
+
+
+def good():
+    return auth.call_metadata(TOKEN)
+
+
+def declare_and_initialize(stub):
+    stub.DeclareVariables(pb.DeclareVariablesRequest(variables=[
+        pb.VariableSpec(name="w", dtype="float32", shape=[3])]), metadata=good(), timeout=10)
+    init = pb.InitializeVariablesRequest()
+    codec.encode(np.ones(3, np.float32), init.values.add(name="w").tensor)
+    stub.InitializeVariables(init, metadata=good(), timeout=10)
+
+
+def push(values):
+    request = pb.PushRequest(rule=pb.UpdateRule(name="sgd", hyper={"learning_rate": 1.0}),
+                             increment_global_step=True)
+    codec.encode(values, request.gradients.add(name="w").values)
+    return request
+
+
+@pytest.mark.parametrize("metadata", [(), (("authorization", "Bearer wrong"),),
+                                      (("authorization", TOKEN),)],
+                         ids=["none", "wrong", "not bearer"])
+def test_calls_without_the_token_are_refused_and_change_nothing(stub, server, metadata):
+    declare_and_initialize(stub)
+    calls = [lambda: stub.Push(push(np.full(3, 5, np.float32)), metadata=metadata, timeout=10),
+             lambda: stub.Pull(pb.PullRequest(names=["w"]), metadata=metadata, timeout=10),
+             lambda: stub.WorkerDone(pb.WorkerRequest(task_index=0), metadata=metadata,
+                                     timeout=10),
+             lambda: stub.GetStats(pb.StatsRequest(), metadata=metadata, timeout=10)]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "token" in info.value.details()
+    reply = stub.Pull(pb.PullRequest(names=["w"]), metadata=good(), timeout=10)
+    np.testing.assert_array_equal(codec.decode(reply.values[0].tensor), np.ones(3))
+    assert reply.global_step == 0 and not server.store.all_done.is_set()
+
+
+def test_the_token_lets_calls_through(stub):
+    declare_and_initialize(stub)
+    reply = stub.Push(push(np.full(3, 0.5, np.float32)), metadata=good(), timeout=10)
+    assert reply.global_step == 1
+
+
+def test_health_checks_need_no_token(server):
+    channel = grpc.insecure_channel(server.address)
+    health = health_pb2_grpc.HealthStub(channel)
+    reply = health.Check(health_pb2.HealthCheckRequest(service="psflow.ParameterServer"),
+                         timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    channel.close()
+
+
+def test_workers_send_the_token_from_the_environment(server, monkeypatch):
+    from psflow.worker.client import ShardClient
+    monkeypatch.setenv(auth.TOKEN_ENV, TOKEN)
+    client = ShardClient(0, server.address)
+    assert client.call("GetStats", pb.StatsRequest()).shard == 0
+    client.close()
+    monkeypatch.setenv(auth.TOKEN_ENV, "another")
+    client = ShardClient(0, server.address)
+    from psflow.errors import UnauthenticatedError
+    with pytest.raises(UnauthenticatedError, match="UNAUTHENTICATED"):
+        client.call("GetStats", pb.StatsRequest(), timeout=5)
+    client.close()
