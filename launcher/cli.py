@@ -13,6 +13,7 @@ succeeded, 1 when a process of the job failed, 2 on bad arguments, 128 + N after
 import argparse
 import sys
 
+from . import k8s
 from .supervisor import MODES, JobSpec, run_job
 
 
@@ -97,6 +98,34 @@ def build_parser():
                                   "it (default: 3)")
     supervision.add_argument("--no-progress", action="store_true",
                              help="do not show the job's progress (step, steps/s, loss)")
+    kube = parser.add_argument_group(
+        "kubernetes", "with --k8s, print (or write) the manifests that run this job on a "
+                      "cluster instead of running it here")
+    kube.add_argument("--k8s", action="store_true", help="generate Kubernetes manifests")
+    kube.add_argument("--k8s-out", metavar="DIR", help="write one file per manifest to DIR")
+    kube.add_argument("--k8s-flavor", choices=k8s.FLAVORS, default="jobs",
+                      help="jobs: Indexed Jobs and a headless Service, no operator needed "
+                           "(default); tfjob: a Kubeflow TFJob")
+    kube.add_argument("--image", default="psflow:latest",
+                      help="the image built from this directory's Dockerfile")
+    kube.add_argument("--namespace", default="default")
+    kube.add_argument("--name", default="psflow", help="the job's name (a DNS label)")
+    kube.add_argument("--cpu", default="", help="CPU request of every pod, e.g. 1 or 500m")
+    kube.add_argument("--memory", default="", help="memory request of every pod, e.g. 2Gi")
+    kube.add_argument("--cpu-limit", default="", help="CPU limit of every pod")
+    kube.add_argument("--memory-limit", default="", help="memory limit of every pod")
+    kube.add_argument("--k8s-restart-policy", choices=("OnFailure", "Never"),
+                      default="OnFailure",
+                      help="OnFailure restarts a failed container in place (same address); "
+                           "Never makes a new pod, bounded per index (default: OnFailure)")
+    kube.add_argument("--checkpoint-pvc", default="", metavar="CLAIM",
+                      help="a ReadWriteMany PersistentVolumeClaim mounted at /checkpoints in "
+                           "every pod; checkpoint_dir defaults to it")
+    kube.add_argument("--tls-secret", default="", metavar="SECRET",
+                      help="a Secret with tls.crt, tls.key and ca.crt: the parameter servers "
+                           "then serve TLS and the workers check it")
+    kube.add_argument("--ttl", type=_whole_number("--ttl", 0), default=3600, metavar="SECONDS",
+                      help="remove the finished Jobs after this long (default: 3600)")
     parser.add_argument("script", help="the training script every worker runs")
     parser.add_argument("script_args", nargs=argparse.REMAINDER, metavar="...",
                         help="arguments for the script")
@@ -105,6 +134,10 @@ def build_parser():
 
 def parse_args(argv):
     """The JobSpec `argv` describes; exits 2 with a one-line error on bad input."""
+    return _parse(argv)[0]
+
+
+def _parse(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.staleness is not None and args.mode != "ssp":
@@ -121,10 +154,34 @@ def parse_args(argv):
         spec.validate()  # what argparse cannot see: the script file, the port range's end
     except ValueError as exc:
         parser.error(str(exc))
-    return spec
+    kube = None
+    if args.k8s:
+        kube = k8s.K8sSpec(image=args.image, namespace=args.namespace, name=args.name,
+                           flavor=args.k8s_flavor, cpu=args.cpu, memory=args.memory,
+                           cpu_limit=args.cpu_limit, memory_limit=args.memory_limit,
+                           restart_policy=args.k8s_restart_policy,
+                           checkpoint_pvc=args.checkpoint_pvc, tls_secret=args.tls_secret,
+                           ttl_seconds=args.ttl)
+        try:
+            kube.validate()
+            documents = k8s.manifests(spec, kube, max_restarts=spec.max_restarts)
+        except ValueError as exc:
+            parser.error(str(exc))
+        return spec, (documents, args.k8s_out)
+    if args.k8s_out:
+        parser.error("--k8s-out goes with --k8s")
+    return spec, kube
 
 
 def main(argv=None):
     """The `launch` command; returns its exit code."""
-    spec = parse_args(sys.argv[1:] if argv is None else argv)
+    spec, kube = _parse(sys.argv[1:] if argv is None else argv)
+    if kube is not None:
+        documents, out = kube
+        if out:
+            for path in k8s.write(documents, out):
+                print(path)
+        else:
+            sys.stdout.write(k8s.to_yaml(documents))
+        return 0
     return run_job(spec)

@@ -154,6 +154,8 @@ class MonitoredTrainingSession:
         self.task = task_config_from_env()
         distributed = self.task is not None and bool(self.task.ps_addresses)
         self.is_chief = self.task.is_chief if distributed else bool(is_chief)
+        # On a cluster the manifests can name a shared volume for checkpoints.
+        checkpoint_dir = checkpoint_dir or os.environ.get("PSFLOW_CHECKPOINT_DIR") or None
         self._hooks = list(hooks or [])
         if self.is_chief:
             self._hooks += list(chief_only_hooks or [])

@@ -1,0 +1,312 @@
+"""Kubernetes manifests for a psflow job: `launch --k8s ...` prints them (or writes them with
+--k8s-out) instead of running the job.
+
+Default flavour, plain Kubernetes with no operator:
+- a Secret with the job's token (PSFLOW_AUTH_TOKEN for every pod);
+- a headless Service; every pod sets `subdomain` to it, and an Indexed Job names its pods'
+  hosts `<job>-<index>`, so each task has a stable DNS name
+  `<name>-ps-0.<name>.<namespace>.svc.cluster.local`;
+- the parameter servers as an Indexed Job (completions = parallelism = M), with gRPC readiness
+  and liveness probes on the standard health service;
+- the workers as an Indexed Job (N);
+- `TF_CONFIG` lists those names; each pod reads its own index from JOB_COMPLETION_INDEX.
+The parameter servers exit 0 once every worker is done, so both Jobs complete, and
+`ttlSecondsAfterFinished` removes them and their pods.
+
+`tfjob` flavour: one Kubeflow TFJob (kubeflow.org/v1) with PS and Worker replicas and
+`cleanPodPolicy: All`; the operator injects TF_CONFIG.
+"""
+
+import dataclasses
+import json
+import os
+import re
+import secrets
+
+PORT = 2222
+APP_DIR = "/app"
+CHECKPOINT_MOUNT = "/checkpoints"
+TLS_MOUNT = "/etc/psflow/tls"
+FLAVORS = ("jobs", "tfjob")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclasses.dataclass
+class K8sSpec:
+    """What the manifests deploy, beside the job's JobSpec (workers, ps, mode, script)."""
+
+    image: str = "psflow:latest"
+    namespace: str = "default"
+    name: str = "psflow"
+    flavor: str = "jobs"
+    cpu: str = ""
+    memory: str = ""
+    cpu_limit: str = ""
+    memory_limit: str = ""
+    restart_policy: str = "OnFailure"
+    checkpoint_pvc: str = ""
+    tls_secret: str = ""
+    ttl_seconds: int = 3600
+    token: str = ""
+
+    def validate(self):
+        for what in ("namespace", "name"):
+            value = getattr(self, what)
+            if not _NAME.match(value) or len(value) > 40:
+                raise ValueError(f"--{what} must be a DNS label of at most 40 characters "
+                                 f"(lowercase letters, digits, '-'), got {value!r}")
+        if self.flavor not in FLAVORS:
+            raise ValueError(f"unknown --k8s-flavor {self.flavor!r}; one of {', '.join(FLAVORS)}")
+        if self.restart_policy not in ("OnFailure", "Never"):
+            raise ValueError(f"restart policy must be OnFailure or Never, got "
+                             f"{self.restart_policy!r}")
+        if not self.image or any(c.isspace() for c in self.image):
+            raise ValueError(f"--image must be an image reference, got {self.image!r}")
+        if not isinstance(self.ttl_seconds, int) or self.ttl_seconds < 0:
+            raise ValueError(f"ttl must be a whole number of seconds, got {self.ttl_seconds!r}")
+        for what in ("checkpoint_pvc", "tls_secret"):
+            value = getattr(self, what)
+            if value and not _NAME.match(value):
+                raise ValueError(f"--{what.replace('_', '-')} must be a Kubernetes name, got "
+                                 f"{value!r}")
+
+
+def _script_path(script):
+    """Where the script is in the image: the image holds the project's directory at /app."""
+    relative = os.path.relpath(os.path.abspath(script), os.getcwd())
+    if relative.startswith(".."):
+        raise ValueError(f"the script {script} must be inside the directory the image is "
+                         f"built from ({os.getcwd()})")
+    return f"{APP_DIR}/{relative.replace(os.sep, '/')}"
+
+
+def _resources(k8s):
+    requests = {k: v for k, v in (("cpu", k8s.cpu), ("memory", k8s.memory)) if v}
+    limits = {k: v for k, v in (("cpu", k8s.cpu_limit), ("memory", k8s.memory_limit)) if v}
+    out = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _address(k8s, role, index):
+    return f"{k8s.name}-{role}-{index}.{k8s.name}.{k8s.namespace}.svc.cluster.local:{PORT}"
+
+
+def tf_config(job, k8s, role):
+    """TF_CONFIG for every pod of `role` ("ps" or "worker"); the index comes from the pod."""
+    cluster = {"ps": [_address(k8s, "ps", i) for i in range(job.ps)],
+               "worker": [_address(k8s, "worker", i) for i in range(job.workers)]}
+    return json.dumps({"cluster": cluster, "task": {"type": role}}, separators=(",", ":"))
+
+
+def _env(job, k8s, role, with_tf_config=True):
+    env = []
+    if with_tf_config:
+        env.append({"name": "TF_CONFIG", "value": tf_config(job, k8s, role)})
+    env += [{"name": "PSFLOW_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {
+                "name": f"{k8s.name}-auth", "key": "token"}}},
+            {"name": "PYTHONUNBUFFERED", "value": "1"}]
+    if role == "worker":
+        env.append({"name": "PSFLOW_MODE", "value": job.mode})
+        if job.mode == "ssp":
+            env.append({"name": "PSFLOW_STALENESS", "value": str(job.staleness)})
+        if job.mode == "sync":
+            env.append({"name": "PSFLOW_REPLICAS_TO_AGGREGATE",
+                        "value": str(job.replicas_to_aggregate)})
+    if k8s.checkpoint_pvc:
+        env.append({"name": "PSFLOW_CHECKPOINT_DIR", "value": CHECKPOINT_MOUNT})
+    if k8s.tls_secret:
+        env += [{"name": "PSFLOW_TLS_CERT", "value": f"{TLS_MOUNT}/tls.crt"},
+                {"name": "PSFLOW_TLS_KEY", "value": f"{TLS_MOUNT}/tls.key"},
+                {"name": "PSFLOW_TLS_CA", "value": f"{TLS_MOUNT}/ca.crt"}]
+    return env
+
+
+def _container(job, k8s, role, name, with_tf_config=True):
+    if role == "ps":
+        command = ["python", "-m", "psflow.ps", "--host", "0.0.0.0", "--port", str(PORT)]
+    else:
+        command = ["python", _script_path(job.script), *job.script_args]
+    container = {
+        "name": name,
+        "image": k8s.image,
+        "command": command,
+        "env": _env(job, k8s, role, with_tf_config),
+        "ports": [{"name": "tfjob-port" if k8s.flavor == "tfjob" else "grpc",
+                   "containerPort": PORT}],
+        "securityContext": {"allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    resources = _resources(k8s)
+    if resources:
+        container["resources"] = resources
+    if role == "ps":
+        probe = {"grpc": {"port": PORT, "service": "psflow.ParameterServer"}}
+        container["readinessProbe"] = dict(probe, periodSeconds=5, failureThreshold=3)
+        container["livenessProbe"] = dict(probe, initialDelaySeconds=10, periodSeconds=10,
+                                          failureThreshold=6)
+    mounts = []
+    if k8s.checkpoint_pvc:
+        mounts.append({"name": "checkpoints", "mountPath": CHECKPOINT_MOUNT})
+    if k8s.tls_secret:
+        mounts.append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
+    if mounts:
+        container["volumeMounts"] = mounts
+    return container
+
+
+def _pod_spec(job, k8s, role, container_name="main", with_tf_config=True):
+    spec = {
+        "restartPolicy": k8s.restart_policy,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+        "containers": [_container(job, k8s, role, container_name, with_tf_config)],
+    }
+    if k8s.flavor == "jobs":
+        spec["subdomain"] = k8s.name
+    volumes = []
+    if k8s.checkpoint_pvc:
+        volumes.append({"name": "checkpoints",
+                        "persistentVolumeClaim": {"claimName": k8s.checkpoint_pvc}})
+    if k8s.tls_secret:
+        volumes.append({"name": "tls", "secret": {"secretName": k8s.tls_secret}})
+    if volumes:
+        spec["volumes"] = volumes
+    return spec
+
+
+def _labels(k8s, role=None):
+    labels = {"app.kubernetes.io/name": "psflow", "psflow.io/job": k8s.name}
+    if role:
+        labels["psflow.io/role"] = role
+    return labels
+
+
+def _secret(k8s):
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": f"{k8s.name}-auth", "namespace": k8s.namespace,
+                         "labels": _labels(k8s)},
+            "type": "Opaque", "stringData": {"token": k8s.token}}
+
+
+def _indexed_job(job, k8s, role, count, max_restarts):
+    spec = {
+        "completionMode": "Indexed",
+        "completions": count,
+        "parallelism": count,
+        "ttlSecondsAfterFinished": k8s.ttl_seconds,
+        "template": {"metadata": {"labels": _labels(k8s, role)},
+                     "spec": _pod_spec(job, k8s, role)},
+    }
+    if k8s.restart_policy == "Never":
+        spec["backoffLimitPerIndex"] = max_restarts  # a new pod per failure, bounded per index
+    else:
+        # The container restarts in place (same pod, same address); the Job-wide bound
+        # allows every index its restarts (per-index limits need restartPolicy Never).
+        spec["backoffLimit"] = max_restarts * count
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": f"{k8s.name}-{role}", "namespace": k8s.namespace,
+                         "labels": _labels(k8s, role)},
+            "spec": spec}
+
+
+def manifests(job, k8s, max_restarts=3):
+    """The list of manifests (dicts) for JobSpec `job` deployed as `k8s` describes."""
+    k8s.validate()
+    if not k8s.token:
+        k8s.token = secrets.token_urlsafe(32)
+    if k8s.flavor == "tfjob":
+        return [_secret(k8s), _tfjob(job, k8s, max_restarts)]
+    service = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": k8s.name, "namespace": k8s.namespace, "labels": _labels(k8s)},
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
+                 "selector": _labels(k8s),
+                 "ports": [{"name": "grpc", "port": PORT, "targetPort": PORT}]},
+    }
+    return [_secret(k8s), service, _indexed_job(job, k8s, "ps", job.ps, max_restarts),
+            _indexed_job(job, k8s, "worker", job.workers, max_restarts)]
+
+
+def _tfjob(job, k8s, max_restarts):
+    def replica(role, count):
+        return {"replicas": count, "restartPolicy": k8s.restart_policy,
+                "template": {"metadata": {"labels": _labels(k8s, role)},
+                             "spec": _pod_spec(job, k8s, role, container_name="tensorflow",
+                                               with_tf_config=False)}}
+    return {"apiVersion": "kubeflow.org/v1", "kind": "TFJob",
+            "metadata": {"name": k8s.name, "namespace": k8s.namespace, "labels": _labels(k8s)},
+            "spec": {"runPolicy": {"cleanPodPolicy": "All",
+                                   "ttlSecondsAfterFinished": k8s.ttl_seconds,
+                                   "backoffLimit": max_restarts * (job.ps + job.workers)},
+                     "tfReplicaSpecs": {"PS": replica("ps", job.ps),
+                                        "Worker": replica("worker", job.workers)}}}
+
+
+# -- YAML -------------------------------------------------------------------------------------
+_PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
+_RESERVED = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
+
+
+def _scalar(value):
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return json.dumps(value)
+    text = str(value)
+    if _PLAIN.match(text) and text.lower() not in _RESERVED:
+        return text
+    return json.dumps(text)  # a double-quoted YAML string
+
+
+def _emit(value, indent, lines):
+    pad = "  " * indent
+    if isinstance(value, dict):
+        if not value:
+            lines[-1] += " {}"
+        for key, item in value.items():
+            if isinstance(item, (dict, list)) and item:
+                lines.append(f"{pad}{_scalar(key)}:")
+                _emit(item, indent + 1, lines)
+            else:
+                lines.append(f"{pad}{_scalar(key)}: " + (_scalar(item) if not isinstance(
+                    item, (dict, list)) else ("{}" if isinstance(item, dict) else "[]")))
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict) and item:
+                sub = []
+                _emit(item, indent + 1, sub)
+                lines.append(f"{pad}- " + sub[0].lstrip())
+                lines.extend(sub[1:])
+            elif isinstance(item, list) and item:
+                lines.append(f"{pad}-")
+                _emit(item, indent + 1, lines)
+            else:
+                lines.append(f"{pad}- {_scalar(item)}")
+
+
+def to_yaml(documents):
+    """The manifests as one YAML stream (documents separated by ---)."""
+    out = []
+    for doc in documents:
+        lines = []
+        _emit(doc, 0, lines)
+        out.append("\n".join(lines))
+    return "---\n" + "\n---\n".join(out) + "\n"
+
+
+def write(documents, directory):
+    """One file per manifest in `directory`; returns their paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for k, doc in enumerate(documents):
+        path = os.path.join(directory, f"{k:02d}-{doc['kind'].lower()}-"
+                                       f"{doc['metadata']['name']}.yaml")
+        with open(path, "w") as f:
+            f.write(to_yaml([doc]))
+        paths.append(path)
+    return paths
