@@ -1,6 +1,9 @@
 """The job token: a parameter server given one refuses every call without it (or with another
 one) with UNAUTHENTICATED and changes nothing; health checks stay open for probes."""
 
+import shutil
+import subprocess
+
 import grpc
 import numpy as np
 import pytest
@@ -94,3 +97,50 @@ def test_workers_send_the_token_from_the_environment(server, monkeypatch):
     with pytest.raises(UnauthenticatedError, match="UNAUTHENTICATED"):
         client.call("GetStats", pb.StatsRequest(), timeout=5)
     client.close()
+
+
+def make_certificates(folder):
+    """A CA and a server certificate for localhost signed by it (openssl)."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=folder)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+        "-days", "2", "-subj", "/CN=psflow test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr",
+        "-subj", "/CN=localhost")
+    (folder / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "tls.crt", "-days", "2", "-extfile", "san.ext")
+    return {auth.TLS_CERT_ENV: str(folder / "tls.crt"), auth.TLS_KEY_ENV: str(folder / "tls.key"),
+            auth.TLS_CA_ENV: str(folder / "ca.crt")}
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
+def test_tls_from_certificate_files(tmp_path, monkeypatch):
+    from psflow.errors import UnavailableError
+    from psflow.worker.client import ShardClient
+    env = make_certificates(tmp_path)
+    server = ParameterServer(shard=0, num_workers=1, token=TOKEN,
+                             credentials=auth.server_credentials(env)).start()
+    try:
+        monkeypatch.setenv(auth.TOKEN_ENV, TOKEN)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        client = ShardClient(0, f"localhost:{server.port}")
+        assert client.call("GetStats", pb.StatsRequest(), timeout=10).shard == 0
+        client.close()
+        # A client that does not speak TLS gets nowhere.
+        monkeypatch.delenv(auth.TLS_CA_ENV)
+        plain = ShardClient(0, f"localhost:{server.port}")
+        with pytest.raises(UnavailableError):
+            plain.call("GetStats", pb.StatsRequest(), timeout=3, wait_for_ready=False)
+        plain.close()
+    finally:
+        server.stop(grace=0)
+
+
+def test_tls_needs_both_the_certificate_and_the_key(tmp_path):
+    with pytest.raises(ValueError, match="needs both"):
+        auth.server_credentials({auth.TLS_CERT_ENV: str(tmp_path / "tls.crt")})
+    with pytest.raises(ValueError, match="cannot read the TLS key .*none.key"):
+        auth.server_credentials({auth.TLS_CERT_ENV: str(tmp_path / "none.crt"),
+                                 auth.TLS_KEY_ENV: str(tmp_path / "none.key")})
