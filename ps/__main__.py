@@ -122,9 +122,13 @@ def main(argv=None):
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     codec.tune_allocator()
-    server = ParameterServer(shard=args.task_index, num_workers=args.num_workers,
-                             host=args.host, port=args.port, port_fallback=args.port_fallback,
-                             parent_pid=args.parent_pid)
+    try:
+        server = ParameterServer(shard=args.task_index, num_workers=args.num_workers,
+                                 host=args.host, port=args.port,
+                                 port_fallback=args.port_fallback, parent_pid=args.parent_pid)
+    except ValueError as exc:  # e.g. TLS files that cannot be read
+        log.error("%s", exc)
+        return 2
     # The handlers only note the signal; the loop below stops the server outside the
     # handler's frame (grpc's stop must not run inside a frame that may hold grpc's locks).
     signalled = []
