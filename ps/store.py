@@ -197,8 +197,10 @@ class ShardStore:
             with var.lock:
                 var.slots[rule] = rule_slots
         if global_step is not None:
-            with self._step_lock:
-                self.global_step = int(global_step)
+            if self.holds_global_step:
+                with self._step_lock:
+                    self.global_step = int(global_step)
+            self.sync.reset(global_step)
 
     def snapshot(self):
         """(values, slots, global step or None) copied under each variable's lock:

@@ -113,15 +113,14 @@ class SyncState:
                     f"worker {worker} pushed gradients for step {step}, but the global step is "
                     f"{current}; pull before pushing")
             pending = self.pending.setdefault(step, {})
-            if worker in pending:
-                raise FailedPreconditionError(f"worker {worker} already pushed its gradients "
-                                              f"for step {step}")
+            # A worker that sends its step again (retrying after a failure) replaces it.
             pending[worker] = (checked, rule)
             store.count_push(worker, received, [0] * len(checked))
             if not store.holds_global_step:
                 return False, None
             arrivals = self.arrivals.setdefault(step, [])
-            arrivals.append(worker)
+            if worker not in arrivals:
+                arrivals.append(worker)
             deadline = time.monotonic() + STEP_TIMEOUT_S
             while step not in self.decisions:
                 needed = self._needed(replicas)
@@ -189,6 +188,16 @@ class SyncState:
                 self._apply(missed, held)
             self._apply(step, workers)
             self.applied = step + 1
+            self.cond.notify_all()
+
+    def reset(self, step):
+        """Restored from a checkpoint at global step `step`: what was pending is void."""
+        with self.cond:
+            self.applied = int(step)
+            self.pending.clear()
+            self.arrivals.clear()
+            self.decisions.clear()
+            self.last_decision = (int(step) - 1, ())
             self.cond.notify_all()
 
     def decision(self):

@@ -160,17 +160,20 @@ class Job:
         return f"stdout:\n{''.join(self.stdout)[-3000:]}\nstderr:\n{''.join(self.stderr)[-3000:]}"
 
 
-def test_a_killed_ps_is_restarted_restored_and_the_job_finishes(tmp_path):
-    job = Job("--workers", "2", "--ps", "2", ROOT / "examples" / "digits.py",
+@pytest.mark.parametrize("mode,ps", [("async", 1), ("sync", 0)])
+def test_a_killed_ps_is_restarted_restored_and_the_job_finishes(tmp_path, mode, ps):
+    job = Job("--workers", "2", "--ps", "2", "--mode", mode, ROOT / "examples" / "digits.py",
               "--checkpoint-dir", tmp_path, "--save-steps", "100")
-    pid = int(job.wait_for(r"started ps 1 \(pid (\d+)\)").group(1))
+    pid = int(job.wait_for(rf"started ps {ps} \(pid (\d+)\)").group(1))
     job.wait_for(r"\[worker:0\] step 5\d\d:")  # past a few checkpoints
     os.kill(pid, signal.SIGKILL)
     code = job.finish()
     assert code == 0, job.explain()
     stderr = "".join(job.stderr)
-    assert "ps 1 was killed by SIGKILL while the workers were running; restarting it" in stderr
-    restored = re.search(r"restored parameter server\(s\) 1 .* at global step (\d+)", stderr)
+    assert f"ps {ps} was killed by SIGKILL while the workers were running; restarting it" \
+        in stderr
+    restored = re.search(rf"restored parameter server\(s\) {ps} .* at global step (\d+)",
+                         stderr)
     assert restored, job.explain()
     steps = [int(s) for s in re.findall(r"\[worker:0\] step (\d+):", "".join(job.stdout))]
     # The global step went back to the checkpoint, never further.

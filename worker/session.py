@@ -153,13 +153,13 @@ class DistributedStore:
                 data = value[part.start:part.stop] if split and len(self.placement.parts_of(var)) > 1 \
                     else value
                 by_shard.setdefault(part.shard, []).append((part, rule, slot, data))
-        if 0 in shards:
-            by_shard.setdefault(0, [])
+        for shard in shards:  # each restored shard learns the step it is back at
+            by_shard.setdefault(shard, [])
         for shard, items in by_shard.items():
             batches = list(_batches(items, lambda item: item[3].nbytes)) or [[]]
             for k, batch in enumerate(batches):
                 request = pb.InitializeVariablesRequest()
-                if shard == 0 and k == 0:
+                if k == 0:
                     request.set_global_step = True
                     request.global_step = int(step)
                 for part, rule, slot, data in batch:
@@ -275,9 +275,20 @@ class DistributedStore:
         restarting, and declares the variables again; returns the shards that came back
         without their variables (a restarted parameter server)."""
         lost = []
+        deadline = time.monotonic() + timeout
         for client in self.clients:
-            client.call("RegisterWorker", worker_request(self.worker), timeout=timeout,
-                        wait_for_ready=True)
+            while True:
+                # wait_for_ready covers a server that is down; a call that reached it just
+                # as it went down fails at once, and is tried again within the bound.
+                try:
+                    client.call("RegisterWorker", worker_request(self.worker),
+                                timeout=max(deadline - time.monotonic(), 0.1),
+                                wait_for_ready=True)
+                    break
+                except UnavailableError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.2)
             parts = self.placement.shard_parts(client.index)
             if not parts:
                 continue
@@ -526,6 +537,10 @@ class DistributedSession(Session):
                 f"parameter server(s) {names} restarted and lost their variables, and there is "
                 "no checkpoint to restore them from (give MonitoredTrainingSession a "
                 "checkpoint_dir to survive this)") from error
+        if store.consistency.mode != "async":
+            # Steps are in lockstep on every shard: all of them go back to the checkpoint,
+            # so the model is never a mix of two steps.
+            lost = list(range(len(store.clients)))
         store.restore(state, shards=lost)
         log.warning("restored parameter server(s) %s from the checkpoint at global step %d",
                     names, state[0])
