@@ -93,5 +93,50 @@ def decode(message, what="tensor"):
     return np.frombuffer(content, dtype=dtype).reshape(shape)
 
 
+# -- building messages around large tensors ------------------------------------------------------
+# Protobuf's wire format lets a message be written field by field, in any order. The helpers
+# below write a message's small fields with protobuf and its tensors' bytes straight from the
+# arrays, so a message of large tensors is assembled with one copy (b"".join) instead of
+# three (tobytes, the field assignment, SerializeToString). Any protobuf parser reads it.
+
+def varint(value):
+    out = bytearray()
+    while True:
+        low = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def field_header(number, length):
+    """The key and length of a length-delimited field."""
+    return varint(number << 3 | 2) + varint(length)
+
+
+def tensor_pieces(array):
+    """(length, pieces) of a Tensor message holding `array`; the last piece is the array's
+    memory itself (no copy yet)."""
+    array = np.asarray(array)
+    name = dtype_name(array.dtype)
+    wire = DTYPES[name]
+    if array.dtype != wire or not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array, dtype=wire)
+    head = pb.Tensor(dtype=name, shape=array.shape).SerializeToString()
+    content = memoryview(array.reshape(-1)).cast("B")
+    prefix = field_header(3, content.nbytes)
+    return len(head) + len(prefix) + content.nbytes, [head, prefix, content]
+
+
+def submessage_pieces(number, head, tensor_number, array):
+    """(pieces) of field `number` holding a message whose small fields are serialized in
+    `head` and whose field `tensor_number` is a Tensor of `array`."""
+    length, pieces = tensor_pieces(array)
+    inner = field_header(tensor_number, length)
+    return [field_header(number, len(head) + len(inner) + length), head, inner, *pieces]
+
+
 def shape_str(shape):
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"

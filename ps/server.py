@@ -11,9 +11,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from psflow.proto import auth, codec
-from psflow.proto import psflow_pb2_grpc as pb_grpc
 
-from .servicer import ParameterServerServicer
+from .servicer import ParameterServerServicer, add_to_server
 from .store import ShardStore
 
 log = logging.getLogger(__name__)
@@ -89,7 +88,7 @@ class ParameterServer:
                                                     thread_name_prefix=f"ps{self.shard}")
         interceptors = [auth.TokenInterceptor(self.token)] if self.token else []
         server = grpc.server(self._executor, options=SERVER_OPTIONS, interceptors=interceptors)
-        pb_grpc.add_ParameterServerServicer_to_server(ParameterServerServicer(self.store), server)
+        add_to_server(ParameterServerServicer(self.store), server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:

@@ -61,6 +61,26 @@ def _consistency(request):
     return c.mode, c.replicas_to_aggregate, c.staleness
 
 
+def _serialize(reply):
+    """A reply message's bytes; replies built as bytes already pass as they are."""
+    return reply if isinstance(reply, bytes) else reply.SerializeToString()
+
+
+def add_to_server(servicer, server):
+    """Registers `servicer` like the generated add_ParameterServerServicer_to_server, with
+    replies that may be ready-made bytes."""
+    service = pb.DESCRIPTOR.services_by_name["ParameterServer"]
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=getattr(pb, method.input_type.name).FromString,
+            response_serializer=_serialize)
+        for method in service.methods}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     """The ParameterServer service over a ShardStore (see psflow.proto's psflow.proto)."""
 
@@ -111,21 +131,12 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         if request.HasField("commit") and not store.holds_global_step:
             store.sync.commit(request.commit.step, list(request.commit.workers))
         reply = pb.PullResponse(global_step=store.global_step if store.holds_global_step else -1)
-        self._add_values(reply.values, request.names)
         if store.holds_global_step:
             step, workers = store.sync.decision()
             reply.decision.step = step
             reply.decision.workers[:] = workers
-        return reply
-
-    def _add_values(self, values, names):
-        """Appends the current value of each named variable to a `NamedTensor` list."""
-        for name, data, dtype, shape, version in self.store.pull(names):
-            item = values.add(name=name, version=version)
-            tensor = item.tensor
-            tensor.dtype = dtype.name
-            tensor.shape[:] = shape
-            tensor.content = data
+        # The reply's bytes, values included (see ShardStore.pull_message).
+        return store.pull_message(request.names, 1, reply.SerializeToString())
 
     @_handler
     def Push(self, request, context):
@@ -161,7 +172,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             reply = pb.PushResponse(staleness=staleness,
                                     global_step=step if store.holds_global_step else -1)
         if request.pull:
-            self._add_values(reply.values, request.pull)
+            return store.pull_message(request.pull, 3, reply.SerializeToString())
         return reply
 
     @_handler

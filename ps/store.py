@@ -27,6 +27,8 @@ import numpy as np
 
 from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from psflow.gradients import IndexedSlices
+from psflow.proto import codec
+from psflow.proto import psflow_pb2 as pb
 from psflow.proto.codec import shape_str as _shape_text
 from psflow.train.update_rules import RULES, UpdateRule
 
@@ -275,6 +277,32 @@ class ShardStore:
         with self._stats_lock:
             self.bytes_sent += sent
         return out
+
+    def pull_message(self, names, number, prefix=b""):
+        """`prefix` followed by the current value of each named variable as field `number`
+        (repeated NamedTensor) of a message, in protobuf's wire format: the bytes of a reply.
+        The values are copied once, straight into the reply, under their locks (taken
+        together, in name order; nothing else holds two at a time)."""
+        variables = [self._get(name) for name in names]
+        ordered = sorted(set(variables), key=lambda v: v.name)
+        for var in ordered:
+            var.lock.acquire()
+        try:
+            pieces = [prefix]
+            sent = 0
+            for var in variables:
+                if var.value is None:
+                    raise FailedPreconditionError(f"variable {var.name!r} is not initialized yet")
+                head = pb.NamedTensor(name=var.name, version=var.version).SerializeToString()
+                pieces += codec.submessage_pieces(number, head, 2, var.value)
+                sent += var.value.nbytes
+            data = b"".join(pieces)
+        finally:
+            for var in ordered:
+                var.lock.release()
+        with self._stats_lock:
+            self.bytes_sent += sent
+        return data
 
     def read(self, name):
         """(a copy of the value, its version); FailedPreconditionError before initialization."""

@@ -39,16 +39,31 @@ class ShardClient:
             ("grpc.max_reconnect_backoff_ms", 2000),
         ])
         self.stub = pb_grpc.ParameterServerStub(self.channel)
+        self._raw_calls = {}
 
     def call(self, method, request, timeout=None, wait_for_ready=True):
         """The call's answer. By default a call waits (within its timeout) for a server that
         is not reachable yet, e.g. one that is restarting, rather than failing at once."""
+        if isinstance(request, PushBuilder):
+            stub_method, request = self._raw(method), request.to_bytes()
+        else:
+            stub_method = getattr(self.stub, method)
         try:
-            return getattr(self.stub, method)(request, timeout=timeout or self.timeout,
-                                              wait_for_ready=wait_for_ready,
-                                              metadata=self.metadata)
+            return stub_method(request, timeout=timeout or self.timeout,
+                               wait_for_ready=wait_for_ready, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise self.error(method, exc) from None
+
+    def _raw(self, method):
+        """`method` taking a request already serialized (bytes)."""
+        call = self._raw_calls.get(method)
+        if call is None:
+            reply = getattr(pb, pb.DESCRIPTOR.services_by_name["ParameterServer"]
+                            .methods_by_name[method].output_type.name)
+            call = self._raw_calls[method] = self.channel.unary_unary(
+                f"/psflow.ParameterServer/{method}", request_serializer=None,
+                response_deserializer=reply.FromString)
+        return call
 
     def error(self, method, exc):
         code = exc.code() if hasattr(exc, "code") else None
@@ -59,6 +74,34 @@ class ShardClient:
 
     def close(self):
         self.channel.close()
+
+
+class PushBuilder:
+    """A PushRequest whose gradient values stay numpy arrays until it is sent: `to_bytes()`
+    writes them straight into the message's bytes (one copy; see codec.submessage_pieces).
+    Every other field is set on it as on a PushRequest."""
+
+    def __init__(self, **fields):
+        object.__setattr__(self, "header", pb.PushRequest(**fields))
+        object.__setattr__(self, "gradients", [])
+
+    def add_gradient(self, name, version, values, indices=None):
+        head = pb.Gradient(name=name, version=version)
+        if indices is not None:
+            codec.encode(indices, head.indices)
+        self.gradients.append((head.SerializeToString(), values))
+
+    def to_bytes(self):
+        pieces = [self.header.SerializeToString()]
+        for head, values in self.gradients:
+            pieces += codec.submessage_pieces(1, head, 2, values)
+        return b"".join(pieces)
+
+    def __getattr__(self, name):
+        return getattr(self.header, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.header, name, value)
 
 
 class Fanout:

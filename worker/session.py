@@ -25,7 +25,7 @@ from psflow.state_ops import variables_initializer
 from psflow.train.optimizers import ApplyGradients, get_global_step
 from psflow.train.sync_replicas import consistency_from_env
 
-from .client import Fanout, ShardClient, worker_request
+from .client import Fanout, PushBuilder, ShardClient, worker_request
 from .placement import PARTITION_BYTES, Placement
 
 log = logging.getLogger(__name__)
@@ -336,18 +336,15 @@ class DistributedStore:
         def request_for(shard):
             request = requests.get(shard)
             if request is None:
-                request = requests[shard] = pb.PushRequest(
+                request = requests[shard] = PushBuilder(
                     worker=self.worker, global_step=step.global_step)
                 request.rule.CopyFrom(rule_proto)
             return request
 
         for grad, var in grads_and_vars:
             for part, values, indices in _split_gradient(grad, var, self.placement):
-                gradient = request_for(part.shard).gradients.add(
-                    name=part.name, version=step.versions.get(part.name, 0))
-                codec.encode(values, gradient.values)
-                if indices is not None:
-                    codec.encode(indices, gradient.indices)
+                request_for(part.shard).add_gradient(
+                    part.name, step.versions.get(part.name, 0), values, indices)
         if global_step is not None:
             request_for(0).increment_global_step = True
         if self.consistency.mode != "async":
