@@ -7,7 +7,7 @@ import logging
 import grpc
 
 from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from psflow.proto import codec
+from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 
@@ -73,7 +73,9 @@ def add_to_server(servicer, server):
     handlers = {
         method.name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
-            request_deserializer=getattr(pb, method.input_type.name).FromString,
+            # A push is read by Push itself, without copying its gradients.
+            request_deserializer=None if method.name == "Push" else
+            getattr(pb, method.input_type.name).FromString,
             response_serializer=_serialize)
         for method in service.methods}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
@@ -140,13 +142,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_handler
     def Push(self, request, context):
+        # The request arrives as bytes; the gradients are read in place (see proto.wire).
+        request = wire.Push(request) if isinstance(request, bytes) else wire.Push(
+            request.SerializeToString())
         rule = self.store.rule(request.rule.name, dict(request.rule.hyper))
-        gradients = []
-        for g in request.gradients:
-            values = codec.decode(g.values, f"gradient of {g.name!r}")
-            indices = (codec.decode(g.indices, f"indices of the gradient of {g.name!r}")
-                       if g.HasField("indices") else None)
-            gradients.append((g.name, values, indices, g.version))
+        gradients = [(g.name, g.values, g.indices, g.version) for g in request.gradients]
         not_ready = self.store.missing(request.pull)  # checked before anything is applied
         if not_ready:
             raise FailedPreconditionError(f"cannot return {not_ready[0]!r} with the push: it "

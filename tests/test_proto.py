@@ -160,3 +160,78 @@ def test_allocator_tuning_is_taken_on_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not a glibc system")
     assert codec.tune_allocator() is True
+
+
+# -- reading large messages in place (proto.wire) ----------------------------------------------
+def _push_bytes():
+    from psflow.worker.client import PushBuilder
+    push = PushBuilder(worker=3, global_step=-5, increment_global_step=True, pull=["a", "b"])
+    push.rule.name = "adam"
+    push.rule.hyper["learning_rate"] = 0.01
+    push.consistency.mode = pb.Consistency.SYNC
+    push.add_gradient("dense/w", 7, np.arange(12, dtype=np.float32).reshape(3, 4))
+    push.add_gradient("emb", -2, np.ones((2, 5), np.float64), np.array([4, 0], np.int64))
+    push.add_gradient("s", 0, np.float32(2.5))
+    push.add_gradient("empty", 1, np.zeros((0, 3), np.float32))
+    return push.to_bytes()
+
+
+def test_a_push_built_from_arrays_is_a_valid_push_request():
+    parsed = pb.PushRequest.FromString(_push_bytes())
+    assert parsed.worker == 3 and parsed.global_step == -5 and list(parsed.pull) == ["a", "b"]
+    assert parsed.rule.name == "adam" and parsed.consistency.mode == pb.Consistency.SYNC
+    assert [g.name for g in parsed.gradients] == ["dense/w", "emb", "s", "empty"]
+    np.testing.assert_array_equal(codec.decode(parsed.gradients[0].values),
+                                  np.arange(12).reshape(3, 4))
+    assert parsed.gradients[1].version == -2
+    np.testing.assert_array_equal(codec.decode(parsed.gradients[1].indices), [4, 0])
+
+
+def test_wire_reads_a_push_like_protobuf_without_copying_the_gradients():
+    from psflow.proto import wire
+    data = _push_bytes()
+    push = wire.Push(data)
+    reference = pb.PushRequest.FromString(data)
+    assert push.worker == 3 and push.global_step == -5 and push.rule == reference.rule
+    assert push.HasField("consistency") and list(push.pull) == ["a", "b"]
+    for got, want in zip(push.gradients, reference.gradients):
+        assert got.name == want.name and got.version == want.version
+        np.testing.assert_array_equal(got.values, codec.decode(want.values))
+        assert got.values.dtype == codec.decode(want.values).dtype
+        assert (got.indices is None) == (not want.HasField("indices"))
+    for g in push.gradients:  # views of the received bytes, or aligned copies
+        assert g.values.flags.aligned
+    assert push.gradients[2].values.shape == () and float(push.gradients[2].values) == 2.5
+
+
+def test_wire_reads_replies_with_values():
+    from psflow.proto import wire
+    reply = pb.PullResponse(global_step=9)
+    reply.decision.step = 8
+    reply.decision.workers[:] = [0, 2]
+    codec.encode(np.arange(6, dtype=np.int32).reshape(2, 3),
+                 reply.values.add(name="v", version=4).tensor)
+    parsed = wire.pull_reply(reply.SerializeToString())
+    assert parsed.global_step == 9 and list(parsed.decision.workers) == [0, 2]
+    assert parsed.values[0].name == "v" and parsed.values[0].version == 4
+    np.testing.assert_array_equal(parsed.values[0].array, [[0, 1, 2], [3, 4, 5]])
+    push = pb.PushResponse(global_step=3, dropped=True)
+    codec.encode(np.ones(2, np.float32), push.values.add(name="x").tensor)
+    parsed = wire.push_reply(push.SerializeToString())
+    assert parsed.dropped and parsed.values[0].array.tolist() == [1.0, 1.0]
+
+
+def test_wire_refuses_malformed_tensors_and_messages():
+    from psflow.proto import wire
+    bad = pb.PushRequest()
+    g = bad.gradients.add(name="w")
+    g.values.dtype, g.values.content = "float32", b"\x00" * 20
+    g.values.shape[:] = [2, 3]
+    with pytest.raises(codec.CodecError, match="20 bytes do not hold a float32 array of "
+                                               r"shape \[2, 3\] \(24 bytes\)"):
+        wire.Push(bad.SerializeToString())
+    g.values.dtype = "complex64"
+    with pytest.raises(codec.CodecError, match="unknown dtype 'complex64'"):
+        wire.Push(bad.SerializeToString())
+    with pytest.raises(wire.WireError, match="truncated"):
+        wire.Push(_push_bytes()[:-7])

@@ -7,7 +7,7 @@ import grpc
 
 from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
                            NotFoundError, PsflowError, UnauthenticatedError, UnavailableError)
-from psflow.proto import auth, codec
+from psflow.proto import auth, codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 
@@ -40,12 +40,18 @@ class ShardClient:
         ])
         self.stub = pb_grpc.ParameterServerStub(self.channel)
         self._raw_calls = {}
+        # Replies with values are read without copying the values (see proto.wire).
+        self._pull = self.channel.unary_unary(
+            "/psflow.ParameterServer/Pull", request_serializer=pb.PullRequest.SerializeToString,
+            response_deserializer=wire.pull_reply)
 
     def call(self, method, request, timeout=None, wait_for_ready=True):
         """The call's answer. By default a call waits (within its timeout) for a server that
         is not reachable yet, e.g. one that is restarting, rather than failing at once."""
         if isinstance(request, PushBuilder):
             stub_method, request = self._raw(method), request.to_bytes()
+        elif method == "Pull":
+            stub_method = self._pull
         else:
             stub_method = getattr(self.stub, method)
         try:
@@ -58,11 +64,12 @@ class ShardClient:
         """`method` taking a request already serialized (bytes)."""
         call = self._raw_calls.get(method)
         if call is None:
-            reply = getattr(pb, pb.DESCRIPTOR.services_by_name["ParameterServer"]
-                            .methods_by_name[method].output_type.name)
+            reply = wire.push_reply if method == "Push" else getattr(
+                pb, pb.DESCRIPTOR.services_by_name["ParameterServer"]
+                .methods_by_name[method].output_type.name).FromString
             call = self._raw_calls[method] = self.channel.unary_unary(
                 f"/psflow.ParameterServer/{method}", request_serializer=None,
-                response_deserializer=reply.FromString)
+                response_deserializer=reply)
         return call
 
     def error(self, method, exc):

@@ -266,8 +266,8 @@ class DistributedStore:
 
     @staticmethod
     def _take_values(items, pieces, versions):
-        for item in items:
-            pieces[item.name] = codec.decode(item.tensor, item.name)
+        for item in items:  # proto.wire.NamedValue: the array is read already
+            pieces[item.name] = item.array
             versions[item.name] = item.version
 
     def lost_shards(self, timeout):
