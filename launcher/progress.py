@@ -9,11 +9,9 @@ import math
 import threading
 import time
 
-import grpc
-
-from psflow.proto import auth, codec
+from psflow.errors import PsflowError
 from psflow.proto import psflow_pb2 as pb
-from psflow.proto import psflow_pb2_grpc as pb_grpc
+from psflow.worker.client import ShardClient, worker_request
 
 POLL_S = 1.0
 RPC_TIMEOUT_S = 0.5
@@ -68,9 +66,7 @@ class ProgressPoller:
         self.interval = interval
         self.print_every = print_every
         self.last_stats = None  # the last StatsResponse received, for the job's summary
-        self._channel = auth.open_channel(address, codec.CHANNEL_OPTIONS)
-        self._stub = pb_grpc.ParameterServerStub(self._channel)
-        self._metadata = auth.call_metadata(token)
+        self._client = ShardClient(0, address, timeout=RPC_TIMEOUT_S, token=token or "")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
 
@@ -85,15 +81,14 @@ class ProgressPoller:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=RPC_TIMEOUT_S + 2.0)
-        self._channel.close()
+        self._client.close()
         self.output.clear_status()
 
     def poll(self):
         """Asks shard 0 for its stats once; the StatsResponse, or None if the call failed."""
         try:
-            stats = self._stub.GetStats(pb.StatsRequest(), timeout=RPC_TIMEOUT_S,
-                                        metadata=self._metadata)
-        except (grpc.RpcError, ValueError):  # ValueError: the channel is closed
+            stats = self._client.call("GetStats", pb.StatsRequest(), wait_for_ready=False)
+        except (PsflowError, ValueError):  # ValueError: the channel is closed
             return None
         self.last_stats = stats
         return stats
@@ -121,13 +116,11 @@ def report_worker_done(addresses, index, token=None, timeout=5.0):
     """Tells every parameter server that worker `index` is gone for good (it died while the
     job went on), so they stop counting on it and exit when the others are done. Best effort:
     a server that does not answer learns it from the missing heartbeats."""
-    for address in addresses:
-        channel = auth.open_channel(address, codec.CHANNEL_OPTIONS)
+    for shard, address in enumerate(addresses):
+        client = ShardClient(shard, address, timeout=timeout, token=token or "")
         try:
-            pb_grpc.ParameterServerStub(channel).WorkerDone(pb.WorkerRequest(task_index=index),
-                                                            timeout=timeout,
-                                                            metadata=auth.call_metadata(token))
-        except grpc.RpcError:
+            client.call("WorkerDone", worker_request(index), wait_for_ready=False)
+        except PsflowError:
             pass
         finally:
-            channel.close()
+            client.close()

@@ -187,7 +187,7 @@ class UpdateRule(_message.Message):
     def __init__(self, name: _Optional[str] = ..., hyper: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("gradients", "rule", "worker", "increment_global_step", "global_step", "pull", "consistency")
+    __slots__ = ("gradients", "rule", "worker", "increment_global_step", "global_step", "pull", "consistency", "id")
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +195,7 @@ class PushRequest(_message.Message):
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     PULL_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     gradients: _containers.RepeatedCompositeFieldContainer[Gradient]
     rule: UpdateRule
     worker: int
@@ -202,7 +203,18 @@ class PushRequest(_message.Message):
     global_step: int
     pull: _containers.RepeatedScalarFieldContainer[str]
     consistency: Consistency
-    def __init__(self, gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., rule: _Optional[_Union[UpdateRule, _Mapping]] = ..., worker: _Optional[int] = ..., increment_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ..., consistency: _Optional[_Union[Consistency, _Mapping]] = ...) -> None: ...
+    id: PushId
+    def __init__(self, gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., rule: _Optional[_Union[UpdateRule, _Mapping]] = ..., worker: _Optional[int] = ..., increment_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ..., consistency: _Optional[_Union[Consistency, _Mapping]] = ..., id: _Optional[_Union[PushId, _Mapping]] = ...) -> None: ...
+
+class PushId(_message.Message):
+    __slots__ = ("incarnation", "sequence", "index")
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    incarnation: int
+    sequence: int
+    index: int
+    def __init__(self, incarnation: _Optional[int] = ..., sequence: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class PushResponse(_message.Message):
     __slots__ = ("staleness", "global_step", "values", "dropped", "decision")

@@ -1,10 +1,14 @@
-"""Reading the messages that carry large tensors without copying the tensors.
+"""The messages that carry large tensors, written and read without copying the tensors.
 
 Protobuf's parser copies every bytes field it reads, and reading the field from Python copies
-it again. The few messages whose bulk is tensor bytes (a push's gradients, the values in a
-pull's or a push's reply) are walked here instead: the small fields are parsed by protobuf
-from their own bytes, and each tensor becomes `np.frombuffer` over the received message at
-its offset, checked exactly as codec.decode checks it.
+it again; building such a message from arrays copies them three times. The few messages whose
+bulk is tensor bytes (a push's gradients, the values in a pull's or a push's reply) are
+handled here instead. Writing: the small fields are serialized by protobuf and the tensors'
+bytes go straight from the arrays into the message (one copy, see codec.submessage_pieces).
+Reading: the small fields are parsed by protobuf from their own bytes, and each tensor becomes
+`np.frombuffer` over the received message at its offset, checked exactly as codec.decode
+checks it. Any protobuf parser reads what is written here; field numbers come from the
+generated module.
 """
 
 import math
@@ -13,6 +17,20 @@ import numpy as np
 
 from . import codec
 from . import psflow_pb2 as pb
+
+_TENSOR_DTYPE = pb.Tensor.DTYPE_FIELD_NUMBER
+_TENSOR_SHAPE = pb.Tensor.SHAPE_FIELD_NUMBER
+_TENSOR_CONTENT = pb.Tensor.CONTENT_FIELD_NUMBER
+_GRADIENT_NAME = pb.Gradient.NAME_FIELD_NUMBER
+_GRADIENT_VALUES = pb.Gradient.VALUES_FIELD_NUMBER
+_GRADIENT_INDICES = pb.Gradient.INDICES_FIELD_NUMBER
+_GRADIENT_VERSION = pb.Gradient.VERSION_FIELD_NUMBER
+_NAMED_NAME = pb.NamedTensor.NAME_FIELD_NUMBER
+_NAMED_TENSOR = pb.NamedTensor.TENSOR_FIELD_NUMBER
+_NAMED_VERSION = pb.NamedTensor.VERSION_FIELD_NUMBER
+_PUSH_GRADIENTS = pb.PushRequest.GRADIENTS_FIELD_NUMBER
+_PULL_VALUES = pb.PullResponse.VALUES_FIELD_NUMBER
+_PUSHED_VALUES = pb.PushResponse.VALUES_FIELD_NUMBER
 
 _INT64 = 1 << 64
 
@@ -71,16 +89,16 @@ def tensor(buf, start, end, what="tensor"):
     """The array of the Tensor message in buf[start:end], over `buf` (read-only, no copy)."""
     dtype_name, shape, content = "", [], (start, start)
     for number, kind, value, _, _ in fields(buf, start, end):
-        if number == 1 and kind == 2:
+        if number == _TENSOR_DTYPE and kind == 2:
             dtype_name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
-        elif number == 2 and kind == 2:  # packed
+        elif number == _TENSOR_SHAPE and kind == 2:  # packed
             pos, stop = value
             while pos < stop:
                 dim, pos = _varint(buf, pos, stop)
                 shape.append(_int64(dim))
-        elif number == 2 and kind == 0:
+        elif number == _TENSOR_SHAPE and kind == 0:
             shape.append(_int64(value))
-        elif number == 3 and kind == 2:
+        elif number == _TENSOR_CONTENT and kind == 2:
             content = value
     dtype = codec.DTYPES.get(dtype_name)
     if dtype is None:
@@ -114,7 +132,7 @@ class Push:
         buf = memoryview(data)
         rest, gradients = [], []
         for number, kind, value, start, end in fields(buf):
-            if number == 1 and kind == 2:
+            if number == _PUSH_GRADIENTS and kind == 2:
                 gradients.append(self._gradient(buf, *value))
             else:
                 rest.append(buf[start:end])
@@ -126,18 +144,17 @@ class Push:
         name, version, values, indices = "", 0, None, None
         spans = {}
         for number, kind, value, _, _ in fields(buf, start, end):
-            if number == 1 and kind == 2:
+            if number == _GRADIENT_NAME and kind == 2:
                 name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
-            elif number == 4 and kind == 0:
+            elif number == _GRADIENT_VERSION and kind == 0:
                 version = _int64(value)
-            elif number in (2, 3) and kind == 2:
+            elif number in (_GRADIENT_VALUES, _GRADIENT_INDICES) and kind == 2:
                 spans[number] = value
-        if 2 in spans:
-            values = tensor(buf, *spans[2], what=f"gradient of {name!r}")
-        else:
-            values = tensor(buf, start, start, what=f"gradient of {name!r}")
-        if 3 in spans:
-            indices = tensor(buf, *spans[3], what=f"indices of the gradient of {name!r}")
+        values = tensor(buf, *spans.get(_GRADIENT_VALUES, (start, start)),
+                        what=f"gradient of {name!r}")
+        if _GRADIENT_INDICES in spans:
+            indices = tensor(buf, *spans[_GRADIENT_INDICES],
+                             what=f"indices of the gradient of {name!r}")
         return Gradient(name, version, values, indices)
 
     def __getattr__(self, name):
@@ -170,11 +187,11 @@ class Reply:
     def _named(buf, start, end):
         name, version, span = "", 0, None
         for number, kind, value, _, _ in fields(buf, start, end):
-            if number == 1 and kind == 2:
+            if number == _NAMED_NAME and kind == 2:
                 name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
-            elif number == 3 and kind == 0:
+            elif number == _NAMED_VERSION and kind == 0:
                 version = _int64(value)
-            elif number == 2 and kind == 2:
+            elif number == _NAMED_TENSOR and kind == 2:
                 span = value
         array = tensor(buf, *(span or (start, start)), what=name)
         return NamedValue(name, version, array)
@@ -182,13 +199,70 @@ class Reply:
     def __getattr__(self, name):
         return getattr(self.header, name)
 
-    def HasField(self, name):  # noqa: N802 -- protobuf's name
-        return self.header.HasField(name)
-
 
 def pull_reply(data):
-    return Reply(data, pb.PullResponse, 1)
+    """A PullResponse read from bytes (the client's deserializer)."""
+    return Reply(data, pb.PullResponse, _PULL_VALUES)
 
 
 def push_reply(data):
-    return Reply(data, pb.PushResponse, 3)
+    """A PushResponse read from bytes (the client's deserializer)."""
+    return Reply(data, pb.PushResponse, _PUSHED_VALUES)
+
+
+# -- writing -------------------------------------------------------------------------------------
+def _with_values(header, number, values):
+    """The bytes of `header` (a message) followed by `values` [(name, version, array)] as its
+    repeated NamedTensor field `number`."""
+    pieces = [header.SerializeToString()]
+    for name, version, array in values:
+        head = pb.NamedTensor(name=name, version=version).SerializeToString()
+        pieces += codec.submessage_pieces(number, head, _NAMED_TENSOR, array)
+    return b"".join(pieces)
+
+
+def pull_response(header, values):
+    """A PullResponse's bytes: `header` (a PullResponse without values) and `values`
+    [(name, version, array)], each array copied once, straight into the message."""
+    return _with_values(header, _PULL_VALUES, values)
+
+
+def push_response(header, values):
+    """A PushResponse's bytes, as pull_response."""
+    return _with_values(header, _PUSHED_VALUES, values)
+
+
+class PushBuilder:
+    """A PushRequest whose gradient values stay numpy arrays until it is sent: `to_bytes()`
+    writes them straight into the message's bytes (one copy). Every other field is set on it
+    as on a PushRequest."""
+
+    def __init__(self, **fields):
+        object.__setattr__(self, "header", pb.PushRequest(**fields))
+        object.__setattr__(self, "gradients", [])
+
+    def add_gradient(self, name, version, values, indices=None):
+        head = pb.Gradient(name=name, version=version)
+        if indices is not None:
+            codec.encode(indices, head.indices)
+        self.gradients.append((head.SerializeToString(), values))
+
+    def to_bytes(self):
+        pieces = [self.header.SerializeToString()]
+        for head, values in self.gradients:
+            pieces += codec.submessage_pieces(_PUSH_GRADIENTS, head, _GRADIENT_VALUES, values)
+        return b"".join(pieces)
+
+    def __getattr__(self, name):
+        return getattr(self.header, name)
+
+    def __setattr__(self, name, value):
+        setattr(self.header, name, value)
+
+
+def push_id_of(request):
+    """The (incarnation, sequence, index) naming a PushRequest, or None when it has none."""
+    if not request.HasField("id") or request.id.sequence == 0:
+        return None
+    return request.id.incarnation, request.id.sequence, request.id.index
+

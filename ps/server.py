@@ -2,7 +2,6 @@
 when every worker has reported done, when told to, or when its parent process is gone."""
 
 import logging
-import os
 import threading
 import time
 from concurrent import futures
@@ -10,6 +9,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from psflow.parent import WATCH_INTERVAL_S, ParentWatch
 from psflow.proto import auth, codec
 
 from .servicer import ParameterServerServicer, add_to_server
@@ -18,8 +18,6 @@ from .store import ShardStore
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "psflow.ParameterServer"
-# How often the lifecycle thread looks at the parent process.
-WATCH_INTERVAL_S = 0.5
 SERVER_OPTIONS = codec.CHANNEL_OPTIONS + [
     # gRPC sets SO_REUSEPORT by default, so a second server could bind a port in use and
     # silently share its traffic; a shard must own its port or fail to bind.
@@ -70,8 +68,7 @@ class ParameterServer:
         self._health = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
-        # If the parent given is ours, being re-parented also means it is gone.
-        self._parent_is_ours = parent_pid is not None and parent_pid == os.getppid()
+        self._parent = ParentWatch(parent_pid) if parent_pid is not None else None
 
     @property
     def shard(self):
@@ -133,14 +130,9 @@ class ParameterServer:
                 time.sleep(self.done_grace_s)  # let the last WorkerDone answer reach its caller
                 self.stop(reason="all workers are done")
                 return
-            if self.parent_pid is not None and not self._parent_alive():
+            if self._parent is not None and not self._parent.alive():
                 self.stop(reason=f"parent process {self.parent_pid} is gone")
                 return
-
-    def _parent_alive(self):
-        if self._parent_is_ours and os.getppid() != self.parent_pid:
-            return False
-        return _alive(self.parent_pid)
 
     def stop(self, grace=None, reason="stop requested"):
         """Stops serving: health turns NOT_SERVING, waits in WaitInitialized end, calls in
@@ -176,21 +168,3 @@ class ParameterServer:
     def __exit__(self, *exc):
         self.stop(grace=0)
 
-
-def _alive(pid):
-    """True while process `pid` runs (an exited but unreaped process counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _is_zombie(pid)
-
-
-def _is_zombie(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False

@@ -1,5 +1,6 @@
-"""The gRPC servicer: each handler decodes its request, calls the shard store and encodes the
-answer. Errors become status codes; the server keeps serving whatever a request holds."""
+"""The gRPC servicer: each handler decodes its request, makes one call on the shard store and
+encodes the answer (the wire format is psflow.proto's business, the rules the store's).
+Errors become status codes; the server keeps serving whatever a request holds."""
 
 import functools
 import logging
@@ -10,6 +11,7 @@ from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoun
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
+from psflow.train.consistency import Consistency
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +51,20 @@ def _handler(method):
 
 
 def _consistency(request):
-    """(mode, replicas to aggregate, staleness) of a push; SSP with staleness 0 is SYNC."""
+    """The psflow.train.consistency.Consistency a PushRequest asks for (async when unset), as
+    it runs (ssp with staleness 0 is sync)."""
     if not request.HasField("consistency"):
-        return pb.Consistency.ASYNC, 0, 0
+        return Consistency()
     c = request.consistency
-    if c.replicas_to_aggregate < 0 or c.staleness < 0:
-        raise InvalidArgumentError(f"replicas_to_aggregate ({c.replicas_to_aggregate}) and "
-                                   f"staleness ({c.staleness}) must not be negative")
-    if c.mode == pb.Consistency.SSP and c.staleness == 0:
-        return pb.Consistency.SYNC, 0, 0
-    return c.mode, c.replicas_to_aggregate, c.staleness
+    if c.mode not in pb.Consistency.Mode.values():
+        raise InvalidArgumentError(f"unknown consistency mode {c.mode}")
+    mode = pb.Consistency.Mode.Name(c.mode).lower()
+    try:
+        # Each mode ignores the other's parameter.
+        return Consistency(mode, c.replicas_to_aggregate if mode == "sync" else 0,
+                           c.staleness if mode == "ssp" else 0).effective()
+    except ValueError as exc:
+        raise InvalidArgumentError(str(exc)) from None
 
 
 def _serialize(reply):
@@ -129,51 +135,34 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_handler
     def Pull(self, request, context):
-        store = self.store
-        if request.HasField("commit") and not store.holds_global_step:
-            store.sync.commit(request.commit.step, list(request.commit.workers))
-        reply = pb.PullResponse(global_step=store.global_step if store.holds_global_step else -1)
-        if store.holds_global_step:
-            step, workers = store.sync.decision()
-            reply.decision.step = step
-            reply.decision.workers[:] = workers
-        # The reply's bytes, values included (see ShardStore.pull_message).
-        return store.pull_message(request.names, 1, reply.SerializeToString())
+        commit = (request.commit.step, list(request.commit.workers)) \
+            if request.HasField("commit") else None
+        global_step, decision = self.store.pull_header(commit)
+        header = pb.PullResponse(global_step=global_step)
+        if decision is not None:
+            header.decision.step, header.decision.workers[:] = decision[0], decision[1]
+        return self.store.with_values(request.names,
+                                      lambda values: wire.pull_response(header, values))
 
     @_handler
     def Push(self, request, context):
         # The request arrives as bytes; the gradients are read in place (see proto.wire).
-        request = wire.Push(request) if isinstance(request, bytes) else wire.Push(
-            request.SerializeToString())
-        rule = self.store.rule(request.rule.name, dict(request.rule.hyper))
-        gradients = [(g.name, g.values, g.indices, g.version) for g in request.gradients]
-        not_ready = self.store.missing(request.pull)  # checked before anything is applied
-        if not_ready:
-            raise FailedPreconditionError(f"cannot return {not_ready[0]!r} with the push: it "
-                                          "is not initialized yet")
-        store = self.store
-        mode, replicas, staleness_bound = _consistency(request)
-        if mode == pb.Consistency.SYNC:
-            checked, received = store.check_gradients(gradients)
-            dropped, decision = store.sync.push(request.worker, request.global_step, checked,
-                                                rule, received, replicas)
-            reply = pb.PushResponse(dropped=dropped, global_step=store.global_step
-                                    if store.holds_global_step else -1)
-            if decision is not None:
-                reply.decision.step = decision[0]
-                reply.decision.workers[:] = decision[1]
-        else:
-            staleness, step = store.push(gradients, rule, worker=request.worker,
-                                         increment_global_step=request.increment_global_step,
-                                         global_step=request.global_step)
-            if mode == pb.Consistency.SSP and store.holds_global_step:
-                store.sync.ssp_barrier(request.worker, staleness_bound)
-                step = store.global_step
-            reply = pb.PushResponse(staleness=staleness,
-                                    global_step=step if store.holds_global_step else -1)
-        if request.pull:
-            return store.pull_message(request.pull, 3, reply.SerializeToString())
-        return reply
+        request = wire.Push(request)
+        result = self.store.push_step(
+            [(g.name, g.values, g.indices, g.version) for g in request.gradients],
+            self.store.rule(request.rule.name, dict(request.rule.hyper)),
+            _consistency(request.header), worker=request.worker,
+            global_step=request.global_step,
+            increment_global_step=request.increment_global_step,
+            push_id=wire.push_id_of(request.header), returns=request.pull)
+        header = pb.PushResponse(staleness=result.staleness, global_step=result.global_step,
+                                 dropped=result.dropped)
+        if result.decision is not None:
+            header.decision.step, header.decision.workers[:] = result.decision
+        if not request.pull:
+            return header
+        return self.store.with_values(request.pull,
+                                      lambda values: wire.push_response(header, values))
 
     @_handler
     def SaveShard(self, request, context):

@@ -1,4 +1,5 @@
-"""The variables of one parameter-server shard, as a plain object (no gRPC here).
+"""The variables of one parameter-server shard, as a plain object: arrays in, arrays out (no
+gRPC and no wire format here; the servicer translates).
 
 Each variable has its own lock: pushes to different variables run in parallel, pushes to the
 same variable are applied one after the other and none is lost. Update rules are those of
@@ -14,30 +15,41 @@ Staleness: each gradient's staleness is the variable's version when the gradient
 the version it was computed from (PushResponse.staleness). The histogram counts gradients by
 staleness; for a push that advances the global step it records, per gradient, the global steps
 that passed since the worker's pull instead (the proto's PushRequest.global_step).
+
+A push may carry an id (worker, incarnation, sequence, index). A push whose id the shard has
+seen recently is not applied again: it gets the first one's answer, so a retry after a lost
+reply, or a step run again after another shard restarted, never applies a gradient twice.
+Restoring a checkpoint forgets the ids, since the state they changed is gone.
 """
 
 import collections
 import inspect
-import math
 import os
 import threading
 import time
 
 import numpy as np
 
+from psflow import checkpoint
 from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from psflow.gradients import IndexedSlices
-from psflow.proto import codec
-from psflow.proto import psflow_pb2 as pb
 from psflow.proto.codec import shape_str as _shape_text
 from psflow.train.update_rules import RULES, UpdateRule
 
-from . import checkpoint
-from .sync import SyncState
+from .membership import Membership
+from .sync import STEP_TIMEOUT_S, SyncState
 
 STALENESS_BUCKETS = 32
 # Distinct rule specs kept; a decaying learning rate makes a new spec every step.
 RULE_CACHE_SIZE = 64
+# Push ids remembered for retries: a retry comes within seconds, long before this many more
+# pushes arrive.
+PUSH_IDS_KEPT = 4096
+
+# The answer to a push: each gradient's staleness, the global step after it (-1 on shards
+# that do not hold it), whether it was dropped (sync: too late), and the step decision it took
+# part in (sync, shard 0: (step, workers)) or None.
+PushResult = collections.namedtuple("PushResult", "staleness global_step dropped decision")
 
 
 class _Variable:
@@ -53,25 +65,12 @@ class _Variable:
         self.lock = threading.Lock()
 
 
-class _Worker:
-    __slots__ = ("registered", "done", "local_step", "loss", "last_seen", "pushes")
-
-    def __init__(self):
-        self.registered = False
-        self.done = False
-        self.local_step = 0
-        self.loss = math.nan
-        self.last_seen = None
-        self.pushes = 0
-
-
 class ShardStore:
     """Variables, optimizer slots, the global step (held by shard 0), counters and worker
     membership of one shard. Every method is safe to call from many threads."""
 
     def __init__(self, shard=0, num_workers=1):
-        if num_workers < 1:
-            raise ValueError(f"a parameter server needs at least one worker, got {num_workers}")
+        self.members = Membership(num_workers)
         self.shard = shard
         self.num_workers = num_workers
         self.started = time.monotonic()
@@ -89,13 +88,26 @@ class ShardStore:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.staleness = [0] * STALENESS_BUCKETS
-        self._workers = {}
-        self.all_done = threading.Event()
+        self._push_ids = collections.OrderedDict()  # push id -> _Answer
+        self._push_ids_lock = threading.Lock()
         self.sync = SyncState(self)
 
     @property
     def holds_global_step(self):
         return self.shard == 0
+
+    @property
+    def all_done(self):
+        """An Event set once every worker has reported done."""
+        return self.members.all_done
+
+    def reported_global_step(self):
+        """The global step as replies carry it: -1 on shards that do not hold it."""
+        return self.global_step if self.holds_global_step else -1
+
+    def set_global_step(self, step):
+        with self._step_lock:
+            self.global_step = int(step)
 
     # -- variables -------------------------------------------------------------------------
     def declare(self, specs):
@@ -200,9 +212,10 @@ class ShardStore:
                 var.slots[rule] = rule_slots
         if global_step is not None:
             if self.holds_global_step:
-                with self._step_lock:
-                    self.global_step = int(global_step)
+                self.set_global_step(global_step)
             self.sync.reset(global_step)
+            with self._push_ids_lock:  # the pushes they name changed a state that is gone
+                self._push_ids.clear()
 
     def snapshot(self):
         """(values, slots, global step or None) copied under each variable's lock:
@@ -219,7 +232,7 @@ class ShardStore:
         return values, slots, (self.global_step if self.holds_global_step else None)
 
     def save(self, path):
-        """Writes the snapshot to the shard file `path` (see psflow.ps.checkpoint); returns
+        """Writes the snapshot to the shard file `path` (see psflow.checkpoint); returns
         (sha256, global step or None, bytes, variable names)."""
         if not path.endswith(".npz"):
             raise InvalidArgumentError(f"checkpoint file {path!r} must end in .npz")
@@ -260,57 +273,35 @@ class ShardStore:
             self._closed = True
             self._initialized.notify_all()
 
-    def pull(self, names):
-        """[(name, bytes of the value, dtype, shape, version)]: each a consistent snapshot,
-        copied under the variable's lock."""
-        out = []
-        sent = 0
-        for name in names:
-            var = self._get(name)
-            with var.lock:
-                if var.value is None:
-                    raise FailedPreconditionError(f"variable {name!r} is not initialized yet")
-                data = var.value.tobytes()
-                version = var.version
-            sent += len(data)
-            out.append((name, data, var.dtype, var.shape, version))
-        with self._stats_lock:
-            self.bytes_sent += sent
-        return out
-
-    def pull_message(self, names, number, prefix=b""):
-        """`prefix` followed by the current value of each named variable as field `number`
-        (repeated NamedTensor) of a message, in protobuf's wire format: the bytes of a reply.
-        The values are copied once, straight into the reply, under their locks (taken
-        together, in name order; nothing else holds two at a time)."""
+    def with_values(self, names, use):
+        """use([(name, version, array)]) for the named variables, called while their locks are
+        held (taken together, in name order; nothing else holds two at a time), so the arrays
+        are one consistent snapshot that `use` may read but must not keep: it copies what it
+        needs (say, into a reply's bytes) and its result is returned."""
         variables = [self._get(name) for name in names]
         ordered = sorted(set(variables), key=lambda v: v.name)
         for var in ordered:
             var.lock.acquire()
         try:
-            pieces = [prefix]
-            sent = 0
             for var in variables:
                 if var.value is None:
                     raise FailedPreconditionError(f"variable {var.name!r} is not initialized yet")
-                head = pb.NamedTensor(name=var.name, version=var.version).SerializeToString()
-                pieces += codec.submessage_pieces(number, head, 2, var.value)
-                sent += var.value.nbytes
-            data = b"".join(pieces)
+            result = use([(var.name, var.version, var.value) for var in variables])
         finally:
             for var in ordered:
                 var.lock.release()
         with self._stats_lock:
-            self.bytes_sent += sent
-        return data
+            self.bytes_sent += sum(var.value.nbytes for var in variables)
+        return result
 
-    def read(self, name):
-        """(a copy of the value, its version); FailedPreconditionError before initialization."""
-        var = self._get(name)
-        with var.lock:
-            if var.value is None:
-                raise FailedPreconditionError(f"variable {name!r} is not initialized yet")
-            return var.value.copy(), var.version
+    def pull_header(self, commit=None):
+        """What a pull answers besides the values: (global step or -1, the last step decision
+        (step, workers) on shard 0, else None). A `commit` (step, workers) decided by shard 0
+        is applied first on the other shards (see psflow.ps.sync)."""
+        if commit is not None and not self.holds_global_step:
+            self.sync.commit(*commit)
+        decision = self.sync.decision() if self.holds_global_step else None
+        return self.reported_global_step(), decision
 
     def rule(self, name, hyper):
         """The UpdateRule for a spec (a name and its hyperparameters), made once and reused;
@@ -336,12 +327,68 @@ class ShardStore:
                 self._rules.popitem(last=False)
         return rule
 
+    def push_step(self, gradients, rule, consistency, worker=-1, global_step=0,
+                  increment_global_step=False, push_id=None, returns=()):
+        """A worker's push in any mode (a psflow.train.consistency.Consistency as it runs):
+        async applies it now; sync holds it for the step's decision (shard 0 waits for the
+        decision); ssp applies it and, on shard 0, waits at the staleness bound. `returns`
+        names variables whose values the caller will read afterwards: they are checked to be
+        initialized before anything is applied. `push_id`, a hashable, makes a repeated push
+        get the first one's answer instead of being applied again. Returns a PushResult."""
+        not_ready = self.missing(returns)
+        if not_ready:
+            raise FailedPreconditionError(f"cannot return {not_ready[0]!r} with the push: it "
+                                          "is not initialized yet")
+        if push_id is None:
+            return self._push_step(gradients, rule, consistency, worker, global_step,
+                                   increment_global_step)
+        while True:
+            with self._push_ids_lock:
+                answer = self._push_ids.get((worker, push_id))
+                if answer is None:
+                    answer = self._push_ids[(worker, push_id)] = _Answer()
+                    while len(self._push_ids) > PUSH_IDS_KEPT:
+                        self._push_ids.popitem(last=False)
+                    break
+            if not answer.ready.wait(STEP_TIMEOUT_S):
+                raise FailedPreconditionError(f"push {push_id} of worker {worker} is still "
+                                              f"being applied after {STEP_TIMEOUT_S:g} s")
+            if answer.result is not None:
+                return answer.result
+            # The first one failed, so nothing of it was applied: this one goes ahead.
+        try:
+            answer.result = self._push_step(gradients, rule, consistency, worker, global_step,
+                                            increment_global_step)
+            return answer.result
+        except BaseException:
+            with self._push_ids_lock:
+                if self._push_ids.get((worker, push_id)) is answer:
+                    del self._push_ids[(worker, push_id)]
+            raise
+        finally:
+            answer.ready.set()
+
+    def _push_step(self, gradients, rule, consistency, worker, global_step,
+                   increment_global_step):
+        if consistency.mode == "sync":
+            checked, received = self.check_gradients(gradients)
+            dropped, decision = self.sync.push(worker, global_step, checked, rule, received,
+                                               consistency.replicas_to_aggregate)
+            return PushResult([], self.reported_global_step(), dropped, decision)
+        staleness, step = self.push(gradients, rule, worker=worker,
+                                    increment_global_step=increment_global_step,
+                                    global_step=global_step)
+        if consistency.mode == "ssp" and self.holds_global_step:
+            self.sync.ssp_barrier(worker, consistency.staleness)
+            step = self.global_step
+        return PushResult(staleness, step if self.holds_global_step else -1, False, None)
+
     def push(self, gradients, rule, worker=-1, increment_global_step=False, global_step=None):
         """Applies gradients, a list of (name, values, indices or None, version), with `rule`
-        (an UpdateRule, see `rule()`). Every gradient is checked before any is applied. With
-        `increment_global_step` the global step then advances by one. `global_step` is the
-        step the worker pulled (for the staleness histogram). Returns (the staleness of each
-        gradient, the global step after the push)."""
+        (an UpdateRule, see `rule()`) now, whatever the mode. Every gradient is checked
+        before any is applied. With `increment_global_step` the global step then advances
+        by one. `global_step` is the step the worker pulled (for the staleness histogram).
+        Returns (the staleness of each gradient, the global step after the push)."""
         checked, received = self.check_gradients(gradients)
         staleness = self.apply(checked, rule)
         if increment_global_step:
@@ -402,8 +449,7 @@ class ShardStore:
             self.bytes_received += received
             for s in staleness:
                 self.staleness[min(s, STALENESS_BUCKETS - 1)] += 1
-            if 0 <= worker < self.num_workers:
-                self._worker(worker).pushes += 1
+        self.members.touch(worker, pushed=True)
 
     @staticmethod
     def _gradient_dtype(var, values, what):
@@ -447,74 +493,28 @@ class ShardStore:
         return IndexedSlices(values, indices, var.shape)
 
     # -- membership ------------------------------------------------------------------------
-    def _worker(self, index):
-        worker = self._workers.get(index)
-        if worker is None:
-            worker = self._workers[index] = _Worker()
-        return worker
-
-    def _check_task(self, index):
-        if not 0 <= index < self.num_workers:
-            raise InvalidArgumentError(f"worker {index} is out of range: this job has "
-                                       f"{self.num_workers} workers (0 to {self.num_workers - 1})")
-
-    def _done_count(self):
-        return sum(w.done for w in self._workers.values())
-
     def register(self, index):
         """Worker `index` has started. Returns (number of workers, how many are done)."""
-        self._check_task(index)
-        with self._stats_lock:
-            worker = self._worker(index)
-            worker.registered = True
-            worker.done = False  # a restarted worker is back
-            worker.last_seen = time.monotonic()
-            membership = self.num_workers, self._done_count()
+        membership = self.members.register(index)
         self.sync.on_register(index)
         return membership
 
-    def touch(self, index):
-        """Worker `index` was just heard from (a push counts as a heartbeat)."""
-        if 0 <= index < self.num_workers:
-            with self._stats_lock:
-                self._worker(index).last_seen = time.monotonic()
-
     def heartbeat(self, index, local_step, loss):
         """Worker `index` is alive at its `local_step` with `loss`. Returns membership."""
-        self._check_task(index)
-        with self._stats_lock:
-            worker = self._worker(index)
-            worker.local_step = local_step
-            worker.loss = loss
-            worker.last_seen = time.monotonic()
-            return self.num_workers, self._done_count()
+        return self.members.heartbeat(index, local_step, loss)
 
     def done(self, index):
-        """Worker `index` has finished (idempotent). When all have, `all_done` is set."""
-        self._check_task(index)
-        with self._stats_lock:
-            worker = self._worker(index)
-            worker.done = True
-            worker.last_seen = time.monotonic()
-            finished = self._done_count()
+        """Worker `index` has finished (idempotent). Returns membership."""
+        membership = self.members.done(index)
         self.sync.wake()  # steps waiting for this worker go on without it
-        if finished >= self.num_workers:
-            self.all_done.set()
-        return self.num_workers, finished
-
-    def membership(self):
-        """(number of workers, how many are done)."""
-        with self._stats_lock:
-            return self.num_workers, self._done_count()
+        return membership
 
     def stats(self):
         """Counters as a dict: the fields of the proto's StatsResponse; `workers` holds
         (task_index, registered, done, local_step, loss, last_seen_s, pushes) tuples."""
         now = time.monotonic()
+        workers = self.members.rows()
         with self._stats_lock:
-            workers = [(index, w.registered, w.done, w.local_step, w.loss,
-                        (now - w.last_seen) if w.last_seen is not None else -1.0, w.pushes)
-                       for index, w in sorted(self._workers.items())]
             return {"shard": self.shard,
                     "global_step": self.global_step if self.holds_global_step else -1,
                     "pushes": self.pushes, "bytes_received": self.bytes_received,
@@ -522,3 +522,13 @@ class ShardStore:
                     "workers": workers, "variables": len(self._variables),
                     "dropped": self.sync.dropped,
                     "uptime_s": now - self.started}
+
+
+class _Answer:
+    """The answer to a push with an id, once it is known (`ready`); None if it failed."""
+
+    __slots__ = ("result", "ready")
+
+    def __init__(self):
+        self.result = None
+        self.ready = threading.Event()

@@ -13,11 +13,9 @@ SSP with staleness s > 0. Pushes are applied on arrival; shard 0 counts each wor
 (its clock) and answers a push only when the slowest live worker is at most s steps behind the
 pusher's next step. Staleness 0 is bulk-synchronous and runs as SYNC.
 
-Membership. A worker that reported done, or that has not been heard from (push or heartbeat)
-for DEAD_AFTER_S, has left: steps need only the live workers, so nobody waits for it. A
-worker that has never registered counts as live for JOIN_GRACE_S after the shard started.
-Every wait is bounded by STEP_TIMEOUT_S and then fails with a message naming whom it waited
-for.
+Steps need only the live workers (see psflow.ps.membership), so nobody waits for one that
+has left. Every wait is bounded by STEP_TIMEOUT_S and then fails with a message naming whom it
+waited for.
 """
 
 import logging
@@ -32,8 +30,6 @@ from psflow.gradients import IndexedSlices
 
 log = logging.getLogger(__name__)
 
-DEAD_AFTER_S = float(os.environ.get("PSFLOW_DEAD_AFTER", "5"))
-JOIN_GRACE_S = float(os.environ.get("PSFLOW_JOIN_GRACE", "120"))
 STEP_TIMEOUT_S = float(os.environ.get("PSFLOW_STEP_TIMEOUT", "300"))
 WAKE_S = 0.2
 DECISIONS_KEPT = 64
@@ -74,18 +70,7 @@ class SyncState:
     # -- membership ------------------------------------------------------------------------
     def live_workers(self):
         """Indices of the workers that have not left."""
-        store = self.store
-        now = time.monotonic()
-        live = []
-        with store._stats_lock:
-            for index in range(store.num_workers):
-                worker = store._workers.get(index)
-                if worker is None or not worker.registered:
-                    if now - store.started <= JOIN_GRACE_S:
-                        live.append(index)
-                elif not worker.done and now - worker.last_seen <= DEAD_AFTER_S:
-                    live.append(index)
-        return live
+        return self.store.members.live()
 
     def _needed(self, replicas):
         live = len(self.live_workers())
@@ -101,7 +86,7 @@ class SyncState:
         """A sync push of gradients computed at `step`. On shard 0 it waits for the step's
         decision; returns (dropped, (step, workers) of the decision or None)."""
         store = self.store
-        store.touch(worker)
+        store.members.touch(worker)
         with self.cond:
             current = store.global_step if store.holds_global_step else self.applied
             if step < current:
@@ -144,9 +129,7 @@ class SyncState:
     def _decide(self, step, workers):
         """Shard 0: applies the step and advances the global step (under self.cond)."""
         self._apply(step, workers)
-        store = self.store
-        with store._step_lock:
-            store.global_step = step + 1
+        self.store.set_global_step(step + 1)
         self.decisions[step] = tuple(workers)
         self.last_decision = (step, tuple(workers))
         self.arrivals.pop(step, None)

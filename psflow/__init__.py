@@ -4,18 +4,9 @@
 `gradients`, `Session`, and the optimizers in `psflow.train`.
 """
 
-import os as _os
-
-# In a source checkout the subpackages psflow.ps, psflow.worker, psflow.proto and
-# psflow.launcher live in folders beside this one (pyproject.toml's package-dir); let them
-# resolve when psflow is imported from the checkout itself rather than from site-packages.
-_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and \
-        _os.path.isfile(_os.path.join(_checkout, "ps", "__init__.py")):
-    __path__.append(_checkout)
-
-from . import errors, nn, train  # noqa: E402
+from . import errors, nn, train
 from .array_ops import concat, gather, one_hot, ones, reshape, transpose, zeros
+from .checkpoint import load_model
 from .gradients import IndexedSlices, gradients
 from .graph import (Graph, Node, Tensor, Variable, as_dtype, bool_, constant, device, float16,
                     float32,
@@ -34,10 +25,3 @@ from .state_ops import global_variables_initializer, group, no_op, variables_ini
 
 __version__ = "0.1.0"
 
-
-def load_model(path):
-    """{variable name: numpy array} from the model file a training job exported (its
-    checkpoint_dir's model.npz), or from a checkpoint directory's latest checkpoint. The
-    model file is a plain .npz: `numpy.load(path)` reads it too."""
-    from psflow.ps.checkpoint import load_model as _load
-    return _load(path)

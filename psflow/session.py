@@ -2,10 +2,12 @@
 in one topological order; the order is planned once per (fetches, fed nodes) and reused."""
 
 import operator
+import os
 import threading
 
 import numpy as np
 
+from . import checkpoint
 from .errors import FailedPreconditionError, InvalidArgumentError, PsflowError
 from .graph import (Node, Placeholder, Variable, format_shape, get_default_graph,
                     shape_compatible, topological_order)
@@ -58,6 +60,41 @@ class LocalVariableStore:
             if global_step is not None:
                 step = self.read(global_step)
                 step += 1
+
+    # -- checkpoints: the same interface as the distributed store's ------------------------
+    def save(self, checkpoint_dir, variables, global_step, max_to_keep):
+        """Writes a checkpoint of `variables` (their values and slots) and the value of the
+        `global_step` Variable as one shard file; returns its directory."""
+
+        def write(directory):
+            values, slots, parts = {}, {}, {}
+            for var in variables:
+                if var not in self.values:
+                    continue
+                values[var.name] = self.values[var]
+                parts[var.name] = [var.name, 0, int(var.shape[0]) if var.shape else 0]
+                for rule, rule_slots in self.slots.get(var, {}).items():
+                    for slot, array in rule_slots.items():
+                        slots[(var.name, rule, slot)] = array
+            step = int(self.values[global_step]) if global_step in self.values else 0
+            digest = checkpoint.write_shard(os.path.join(directory, "shard-0.npz"), values,
+                                            slots, step)
+            shards = [{"file": "shard-0.npz", "sha256": digest, "parts": parts}]
+            return step, shards, checkpoint.variable_specs(
+                [v for v in variables if v.name in values])
+
+        return checkpoint.write_checkpoint(checkpoint_dir, write, max_to_keep)
+
+    def restore(self, state, global_step):
+        """Sets a checkpoint's state: (global step, {Variable: value},
+        {(Variable, rule, slot): value}) (see psflow.train.saver.latest_state)."""
+        step, values, slots = state
+        for var, value in values.items():
+            self.assign(var, value)
+        for (var, rule, slot), value in slots.items():
+            self.slots.setdefault(var, {}).setdefault(rule, {})[slot] = np.array(value)
+        if global_step is not None:
+            self.assign(global_step, np.int64(step))
 
 
 class _Plan:
@@ -170,10 +207,21 @@ class Session:
             feeds[node] = _check_feed(node, value)
         return feeds
 
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self, checkpoint_dir, variables, global_step, max_to_keep=5):
+        """Writes a checkpoint of `variables` and the `global_step` Variable through the
+        session's store; returns its directory (see psflow.checkpoint)."""
+        return self.store.save(checkpoint_dir, variables, global_step, max_to_keep)
+
     # -- lifetime ----------------------------------------------------------------------------
     def close(self):
         self._closed = True
         self._plans.clear()
+
+    def finish(self, done=True):
+        """Ends the session; `done` says whether its work finished normally (a distributed
+        session then tells the parameter servers that this worker is done)."""
+        self.close()
 
     def as_default(self):
         return _DefaultSession(self)

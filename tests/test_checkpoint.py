@@ -16,7 +16,7 @@ import pytest
 
 import psflow as tf
 from psflow.errors import DataLossError
-from psflow.ps import checkpoint as files
+from psflow import checkpoint as files
 from psflow.ps.server import ParameterServer
 from psflow.train import saver
 from psflow.train.cluster import ClusterSpec, TaskConfig
@@ -181,7 +181,7 @@ def test_resuming_with_another_number_of_servers_gives_the_same_model(tmp_path, 
             assert len(session.store.placement.parts_of(variables[0])) > 1
             for k in range(6):
                 session.run(train, {x: batch(k)[0], y: batch(k)[1]})
-            saver.save_distributed(session.store, str(tmp_path), 3)
+            session.save_checkpoint(str(tmp_path), variables, step, 3)
             saved_values = session.run(variables)
             session.close()
     finally:

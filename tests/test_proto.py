@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from psflow.proto import codec
+from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 
 PROTO_DIR = pathlib.Path(__file__).resolve().parent.parent / "proto"
@@ -164,8 +164,7 @@ def test_allocator_tuning_is_taken_on_glibc():
 
 # -- reading large messages in place (proto.wire) ----------------------------------------------
 def _push_bytes():
-    from psflow.worker.client import PushBuilder
-    push = PushBuilder(worker=3, global_step=-5, increment_global_step=True, pull=["a", "b"])
+    push = wire.PushBuilder(worker=3, global_step=-5, increment_global_step=True, pull=["a", "b"])
     push.rule.name = "adam"
     push.rule.hyper["learning_rate"] = 0.01
     push.consistency.mode = pb.Consistency.SYNC
@@ -235,3 +234,48 @@ def test_wire_refuses_malformed_tensors_and_messages():
         wire.Push(bad.SerializeToString())
     with pytest.raises(wire.WireError, match="truncated"):
         wire.Push(_push_bytes()[:-7])
+
+
+def _arrays():
+    return [("dense/w", 7, np.arange(12, dtype=np.float32).reshape(3, 4)),
+            ("emb", -2, np.ones((2, 5), np.float64)), ("s", 0, np.float32(2.5)),
+            ("empty", 1, np.zeros((0, 3), np.float32))]
+
+
+def test_hand_assembled_messages_equal_what_protobuf_serializes():
+    """The messages written straight from arrays (proto.wire) are the messages protobuf
+    would write: parsed, they equal protobuf's own, and they serialize to the same bytes."""
+    built = wire.PushBuilder(worker=1, global_step=4, pull=["w"])
+    built.rule.name = "sgd"
+    built.id.incarnation, built.id.sequence, built.id.index = 2**63 + 5, 9, 1
+    reference = pb.PushRequest(worker=1, global_step=4, pull=["w"])
+    reference.rule.name = "sgd"
+    reference.id.CopyFrom(built.id)
+    for k, (name, version, array) in enumerate(_arrays()):
+        indices = np.array([k, 0], np.int64) if name == "emb" else None
+        built.add_gradient(name, version, array, indices)
+        g = reference.gradients.add(name=name, version=version)
+        codec.encode(array, g.values)
+        if indices is not None:
+            codec.encode(indices, g.indices)
+    parsed = pb.PushRequest.FromString(built.to_bytes())
+    assert parsed == reference
+    assert parsed.SerializeToString(deterministic=True) == \
+        reference.SerializeToString(deterministic=True)
+
+    header = pb.PullResponse(global_step=3)
+    header.decision.step, header.decision.workers[:] = 2, [1, 0]
+    pulled = pb.PullResponse.FromString(wire.pull_response(header, _arrays()))
+    expected = pb.PullResponse()
+    expected.CopyFrom(header)
+    for name, version, array in _arrays():
+        codec.encode(array, expected.values.add(name=name, version=version).tensor)
+    assert pulled == expected
+
+    header = pb.PushResponse(staleness=[0, 2], global_step=-1, dropped=True)
+    pushed = pb.PushResponse.FromString(wire.push_response(header, _arrays()[:2]))
+    expected = pb.PushResponse()
+    expected.CopyFrom(header)
+    for name, version, array in _arrays()[:2]:
+        codec.encode(array, expected.values.add(name=name, version=version).tensor)
+    assert pushed == expected

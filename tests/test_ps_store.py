@@ -10,6 +10,8 @@ import pytest
 
 from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from psflow.gradients import IndexedSlices
+from psflow.proto import psflow_pb2 as pb
+from psflow.proto import wire
 from psflow.ps.store import STALENESS_BUCKETS, ShardStore
 from psflow.train.update_rules import UpdateRule
 
@@ -21,8 +23,13 @@ def _store(**variables):
     return store
 
 
+def _read(store, name):
+    """(a copy of the value, its version)."""
+    return store.with_values([name], lambda values: (values[0][2].copy(), values[0][1]))
+
+
 def _value(store, name):
-    return store.read(name)[0]
+    return _read(store, name)[0]
 
 
 def _sgd(store, lr=0.1):
@@ -88,7 +95,7 @@ def test_initialize_copies_a_read_only_value_and_casts_float_width():
     source = np.frombuffer(np.array([1, 2, 3], np.float64).tobytes(), np.float64)
     assert not source.flags.writeable
     store.initialize({"w": source})
-    value, version = store.read("w")
+    value, version = _read(store, "w")
     assert value.dtype == np.float32 and version == 0
     np.testing.assert_array_equal(value, [1, 2, 3])
     store.push([("w", np.ones(3, np.float32), None, 0)], _sgd(store))  # writable in place
@@ -178,11 +185,19 @@ def test_wait_ends_when_its_caller_is_gone():
 
 
 # -- pull ------------------------------------------------------------------------------------
+def pull(store, names):
+    """[(name, bytes, dtype, shape, version)] from the reply bytes the shard builds."""
+    reply = wire.pull_reply(store.with_values(
+        names, lambda values: wire.pull_response(pb.PullResponse(), values)))
+    return [(v.name, v.array.tobytes(), v.array.dtype, v.array.shape, v.version)
+            for v in reply.values]
+
+
 def test_pull_returns_bytes_dtype_shape_version():
     store = _store(w=(2, 2))
     value = np.arange(4, dtype=np.float32).reshape(2, 2)
     store.initialize({"w": value})
-    [(name, data, dtype, shape, version)] = store.pull(["w"])
+    [(name, data, dtype, shape, version)] = pull(store, ["w"])
     assert (name, dtype, shape, version) == ("w", np.float32, (2, 2), 0)
     np.testing.assert_array_equal(np.frombuffer(data, dtype).reshape(shape), value)
     assert store.stats()["bytes_sent"] == 16
@@ -191,9 +206,9 @@ def test_pull_returns_bytes_dtype_shape_version():
 def test_pull_before_initialize_and_unknown():
     store = _store(w=(2,))
     with pytest.raises(FailedPreconditionError, match="'w'"):
-        store.pull(["w"])
+        pull(store, ["w"])
     with pytest.raises(NotFoundError, match="'x'"):
-        store.pull(["x"])
+        pull(store, ["x"])
 
 
 def test_pull_is_a_consistent_snapshot_during_pushes():
@@ -212,7 +227,7 @@ def test_pull_is_a_consistent_snapshot_during_pushes():
     pusher.start()
     try:
         for _ in range(50):
-            [(_, data, _, _, version)] = store.pull(["w"])
+            [(_, data, _, _, version)] = pull(store, ["w"])
             pulled = np.frombuffer(data, np.float32)
             assert pulled[0] == pulled[-1] == pulled.min() == pulled.max()
     finally:
@@ -236,7 +251,7 @@ def test_push_unknown_is_not_found():
                     ("v", np.ones(2, np.float32), None, 0)], _sgd(store))
     # Nothing of the failed push was applied.
     np.testing.assert_array_equal(_value(store, "w"), [0, 0])
-    assert store.read("w")[1] == 0
+    assert _read(store, "w")[1] == 0
 
 
 def test_push_wrong_shape_names_both_shapes():
@@ -316,7 +331,7 @@ def test_push_equals_the_rule_applied_locally(name, hyper):
         staleness, _ = store.push([("w", grad, None, k)], store.rule(name, hyper))
         assert staleness == [0]
         local_rule.apply(local, grad, slots)
-    value, version = store.read("w")
+    value, version = _read(store, "w")
     assert version == len(grads)
     np.testing.assert_array_equal(value, local)  # the same arithmetic, bit for bit
 
@@ -365,7 +380,7 @@ def test_sparse_push_bad_shapes_and_indices(values_shape, indices, text):
         store.push([("emb", np.ones(values_shape, np.float32),
                      np.array(indices, np.int64), 0)], _sgd(store))
     assert "'emb'" in str(info.value) and text in str(info.value)
-    assert store.read("emb")[1] == 0
+    assert _read(store, "emb")[1] == 0
 
 
 def test_sparse_push_bad_index_dtype_and_scalar_variable():
@@ -403,10 +418,10 @@ def test_no_lost_updates_with_8_threads():
         t.join()
     assert not errors
     total = threads * pushes
-    value, version = store.read("w")
+    value, version = _read(store, "w")
     np.testing.assert_array_equal(value, np.full(100_000, total, np.float32))
     assert float(_value(store, "b")) == total * 0.5
-    assert version == total and store.read("b")[1] == total
+    assert version == total and _read(store, "b")[1] == total
     stats = store.stats()
     assert stats["global_step"] == total
     assert stats["pushes"] == total
@@ -425,7 +440,7 @@ def test_versions_and_staleness_histogram():
     assert store.push([("w", grad, None, 7)], rule) == ([0], 0)       # from the future: 0
     for _ in range(40):
         store.push([("w", grad, None, 0)], rule)                       # 4 .. 43 late
-    assert store.read("w")[1] == 44
+    assert _read(store, "w")[1] == 44
     histogram = store.stats()["staleness_histogram"]
     assert len(histogram) == STALENESS_BUCKETS
     assert histogram[0] == 3 and histogram[1] == 1
@@ -464,7 +479,7 @@ def test_counters_count_bytes():
     store.push([("w", np.ones(4, np.float32), None, 0)], _sgd(store))
     sparse = (np.ones((1, 4), np.float32), np.array([0], np.int64))  # 16 + 8 bytes
     store.push([("e", *sparse, 0)], _sgd(store))
-    store.pull(["w", "w"])
+    pull(store, ["w", "w"])
     stats = store.stats()
     assert stats["bytes_received"] == 16 + 48 + 16 + 24
     assert stats["bytes_sent"] == 32
@@ -482,7 +497,6 @@ def test_membership_and_done_counting():
     assert store.done(0) == (3, 1)  # idempotent
     assert not store.all_done.is_set()
     assert store.done(2) == (3, 2)
-    assert store.membership() == (3, 2)
     workers = {w[0]: w for w in store.stats()["workers"]}
     assert workers[0][1:4] == (True, True, 17) and workers[0][4] == 0.25
     assert 0 <= workers[0][5] < 5

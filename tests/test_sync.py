@@ -191,8 +191,8 @@ def test_ssp_keeps_the_fast_worker_within_the_bound(cluster):
 def test_a_worker_that_goes_silent_leaves_the_steps(cluster, monkeypatch):
     """A worker that stops pushing and beating (as a killed one does, with nobody to report
     it) is dropped from the membership after DEAD_AFTER_S; the others finish their steps."""
-    from psflow.ps import sync
-    monkeypatch.setattr(sync, "DEAD_AFTER_S", 1.0)
+    from psflow.ps import membership
+    monkeypatch.setattr(membership, "DEAD_AFTER_S", 1.0)
     servers = cluster(2, 3)
     silent = threading.Event()
 
@@ -220,8 +220,8 @@ def test_a_worker_that_goes_silent_leaves_the_steps(cluster, monkeypatch):
 
 
 def test_a_restarted_worker_rejoins_at_the_current_step(cluster, monkeypatch):
-    from psflow.ps import sync
-    monkeypatch.setattr(sync, "DEAD_AFTER_S", 1.0)
+    from psflow.ps import membership
+    monkeypatch.setattr(membership, "DEAD_AFTER_S", 1.0)
     servers = cluster(1, 2)
     make = lambda: tf.train.SyncReplicasOptimizer(tf.train.GradientDescentOptimizer(0.05))  # noqa: E731
     errors = []

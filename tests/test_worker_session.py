@@ -1,6 +1,7 @@
 """The distributed session against real parameter servers in this process (gRPC on loopback):
 what a step pulls and pushes, and that training through it equals training locally."""
 
+import grpc
 import numpy as np
 import pytest
 
@@ -133,3 +134,63 @@ def test_a_600mb_variable_trains_through_two_shards(fresh_graph, servers, calls)
     assert value[0, 0] == -0.5 and value[-1, -1] == -0.5 and (value == -0.5).all()
     # The initial value and the gradient each travelled once, in requests within the limits.
     assert sum(s.store.stats()["bytes_received"] for s in servers) == 2 * rows * cols * 4
+
+
+@pytest.mark.parametrize("mode,shard", [("async", 1), ("async", 0), ("sync", 0), ("sync", 1)])
+def test_a_push_whose_reply_is_cut_is_applied_once(fresh_graph, monkeypatch, mode, shard):
+    """A shard applies a push and its reply never arrives: the worker's step runs again with
+    the same push id, and no shard applies that step's gradients twice, so training still
+    equals training locally."""
+    from psflow.ps.servicer import ParameterServerServicer
+    original = ParameterServerServicer.Push
+    cut = {"left": 1, "pushes": 0}
+
+    def push_then_cut(self, request, context):
+        reply = original(self, request, context)
+        if self.store.shard == shard:
+            cut["pushes"] += 1
+            if cut["pushes"] == 4 and cut["left"]:
+                cut["left"] -= 1
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the reply was lost")
+        return reply
+
+    monkeypatch.setattr(ParameterServerServicer, "Push", push_then_cut)
+    monkeypatch.setenv("PSFLOW_MODE", mode)
+    started = [ParameterServer(shard=i, num_workers=1).start() for i in range(2)]
+    try:
+        x, y, w, b, loss, step, train = linear_model()
+        data = batches(8)
+        with tf.Session() as local:
+            local.run(tf.global_variables_initializer())
+            for bx, by in data:
+                local.run(train, {x: bx, y: by})
+            expected_w, expected_b = local.run([w, b])
+        session = DistributedSession(fresh_graph, task(started))
+        assert {p.shard for v in (w, b) for p in session.store.placement.parts_of(v)} == {0, 1}
+        try:
+            for bx, by in data:
+                session.run(train, {x: bx, y: by})
+            got_w, got_b, got_step = session.run([w, b, step])
+        finally:
+            session.close()
+    finally:
+        for server in started:
+            server.stop(grace=0)
+    assert cut["left"] == 0, "no reply was cut"
+    np.testing.assert_allclose(got_w, expected_w, rtol=1e-6)
+    np.testing.assert_allclose(got_b, expected_b, rtol=1e-6)
+    assert got_step == len(data)
+
+
+def test_the_chief_initializes_with_a_scaffold_init_op(fresh_graph, servers):
+    x, y, w, b, loss, step, train = linear_model()
+    start = tf.placeholder(tf.float32, (3,), name="start")
+    init = w.assign(start)
+    session = DistributedSession(fresh_graph, task(servers),
+                                 initializer=(init, {start: [3.0, 2.0, 1.0]}))
+    try:
+        assert session.initialized_here
+        np.testing.assert_array_equal(session.run(w), [3.0, 2.0, 1.0])
+        assert float(session.run(b)) == 0.25
+    finally:
+        session.close()

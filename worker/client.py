@@ -25,13 +25,15 @@ CALL_TIMEOUT_S = 120.0
 
 
 class ShardClient:
-    """gRPC stub of one parameter server, with psflow errors in place of grpc.RpcError."""
+    """gRPC stub of one parameter server, with psflow errors in place of grpc.RpcError. Its
+    calls carry the job's token (`token`, default PSFLOW_AUTH_TOKEN) and use TLS when
+    PSFLOW_TLS_CA is set."""
 
-    def __init__(self, index, address, timeout=CALL_TIMEOUT_S):
+    def __init__(self, index, address, timeout=CALL_TIMEOUT_S, token=None):
         self.index = index
         self.address = address
         self.timeout = timeout
-        self.metadata = auth.call_metadata(auth.token_from_env())
+        self.metadata = auth.call_metadata(auth.token_from_env() if token is None else token)
         self.channel = auth.open_channel(address, codec.CHANNEL_OPTIONS + [
             # A restarted server is found again within a second or two.
             ("grpc.initial_reconnect_backoff_ms", 200),
@@ -48,7 +50,7 @@ class ShardClient:
     def call(self, method, request, timeout=None, wait_for_ready=True):
         """The call's answer. By default a call waits (within its timeout) for a server that
         is not reachable yet, e.g. one that is restarting, rather than failing at once."""
-        if isinstance(request, PushBuilder):
+        if isinstance(request, wire.PushBuilder):
             stub_method, request = self._raw(method), request.to_bytes()
         elif method == "Pull":
             stub_method = self._pull
@@ -81,34 +83,6 @@ class ShardClient:
 
     def close(self):
         self.channel.close()
-
-
-class PushBuilder:
-    """A PushRequest whose gradient values stay numpy arrays until it is sent: `to_bytes()`
-    writes them straight into the message's bytes (one copy; see codec.submessage_pieces).
-    Every other field is set on it as on a PushRequest."""
-
-    def __init__(self, **fields):
-        object.__setattr__(self, "header", pb.PushRequest(**fields))
-        object.__setattr__(self, "gradients", [])
-
-    def add_gradient(self, name, version, values, indices=None):
-        head = pb.Gradient(name=name, version=version)
-        if indices is not None:
-            codec.encode(indices, head.indices)
-        self.gradients.append((head.SerializeToString(), values))
-
-    def to_bytes(self):
-        pieces = [self.header.SerializeToString()]
-        for head, values in self.gradients:
-            pieces += codec.submessage_pieces(1, head, 2, values)
-        return b"".join(pieces)
-
-    def __getattr__(self, name):
-        return getattr(self.header, name)
-
-    def __setattr__(self, name, value):
-        setattr(self.header, name, value)
 
 
 class Fanout:

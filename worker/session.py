@@ -1,475 +1,80 @@
 """The distributed session: the graph runs in this worker, its Variables live on the
-parameter servers.
+parameter servers (see psflow.worker.store).
 
-A step pulls the variables its fetches need from all owning shards at once, computes forward
-and backward locally, and pushes each gradient to the shard that owns it (all shards at once).
-The chief (worker 0) initializes the variables; the others wait for it by notification.
+The chief (worker 0) initializes the variables, or restores them from a checkpoint; the
+others wait for it by notification. A parameter server that restarts without its variables
+is restored from the latest checkpoint and the step runs again.
 """
 
 import logging
 import math
 import os
 import threading
-import time
 
 import numpy as np
 
-from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
-                           NotFoundError, UnavailableError)
-from psflow.gradients import IndexedSlices
-from psflow.graph import Variable
-from psflow.proto import codec
-from psflow.proto import psflow_pb2 as pb
+from psflow.errors import FailedPreconditionError, NotFoundError, UnavailableError
+from psflow.parent import exit_with_parent
 from psflow.session import LocalVariableStore, Session
 from psflow.state_ops import variables_initializer
-from psflow.train.optimizers import ApplyGradients, get_global_step
-from psflow.train.sync_replicas import consistency_from_env
+from psflow.train import saver
+from psflow.train import consistency as modes
+from psflow.train.optimizers import ApplyGradients
 
-from .client import Fanout, PushBuilder, ShardClient, worker_request
-from .placement import PARTITION_BYTES, Placement
+from .placement import PARTITION_BYTES
+from .store import DistributedStore
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
-# How long a non-chief waits for the chief to initialize the variables before giving up.
-INIT_TIMEOUT_S = float(os.environ.get("PSFLOW_INIT_TIMEOUT", "600"))
-# How long to wait for the parameter servers to come up.
-CONNECT_TIMEOUT_S = float(os.environ.get("PSFLOW_CONNECT_TIMEOUT", "60"))
-# Bound on a synchronous step's push to shard 0, which waits for the other workers (the
-# shard gives up after PSFLOW_STEP_TIMEOUT and says whom it waited for).
-SYNC_CALL_TIMEOUT_S = float(os.environ.get("PSFLOW_STEP_TIMEOUT", "300")) + 30
 # How long a worker waits for a parameter server that went away to come back.
 RECOVERY_TIMEOUT_S = float(os.environ.get("PSFLOW_RECOVERY_TIMEOUT", "60"))
-_MODES = {"async": pb.Consistency.ASYNC, "sync": pb.Consistency.SYNC,
-          "ssp": pb.Consistency.SSP}
 
 
-def _batches(items, size_of, limit=codec.MAX_PAYLOAD_BYTES):
-    """Groups items so that each group's total size stays within `limit` (an item larger than
-    the limit travels alone)."""
-    batch, total = [], 0
-    for item in items:
-        size = size_of(item)
-        if batch and total + size > limit:
-            yield batch
-            batch, total = [], 0
-        batch.append(item)
-        total += size
-    if batch:
-        yield batch
-
-
-class _StepState(threading.local):
-    """What one thread's current run pulled: values, versions, the global step, and the parts
-    read from each shard. `returned` holds the values the last push's replies carried
-    back ({part name: (array, version)}) with `returned_step`, for the next training run."""
-
-    def __init__(self):
-        self.values = {}
-        self.versions = {}
-        self.global_step = 0
-        self.read = {}
-        self.returned = {}
-        self.returned_step = None
-
-
-class DistributedStore:
-    """The variable store of a DistributedSession: the LocalVariableStore interface (read,
-    assign, apply_gradients) backed by parameter-server shards."""
-
-    def __init__(self, graph, task, partition_bytes=PARTITION_BYTES):
-        codec.tune_allocator()
-        self.task = task
-        self.worker = task.worker_index
-        self.clients = [ShardClient(i, address) for i, address in enumerate(task.ps_addresses)]
-        self.fanout = Fanout(len(self.clients))
-        self.global_step_var = get_global_step(graph)
-        self.variables = [v for v in graph.variables if v is not self.global_step_var]
-        self.placement = Placement(self.variables, len(self.clients), partition_bytes)
-        self.step = _StepState()
-        self.last_global_step = 0
-        self._rule_protos = {}
-        self.consistency = consistency_from_env()  # until a train op names its own
-        self.dropped = 0  # steps whose gradients came too late (sync)
-
-    # -- set-up ------------------------------------------------------------------------------
-    def register(self, timeout=CONNECT_TIMEOUT_S):
-        """Registers with every shard, waiting (bounded) for each to come up."""
-        deadline = time.monotonic() + timeout
-        for client in self.clients:
-            remaining = max(deadline - time.monotonic(), 0.1)
-            try:
-                client.call("RegisterWorker", worker_request(self.worker), timeout=remaining,
-                            wait_for_ready=True)
-            except DeadlineExceededError:
-                raise DeadlineExceededError(
-                    f"parameter server {client.index} at {client.address} did not answer within "
-                    f"{timeout:.0f} s") from None
-
-    def declare(self):
-        """Declares every variable part on its shard; returns the set of parts that already
-        have values."""
-        initialized = set()
-        for client in self.clients:
-            specs = [pb.VariableSpec(name=p.name, dtype=p.dtype.name, shape=p.shape)
-                     for p in self.placement.shard_parts(client.index)]
-            if specs:
-                reply = client.call("DeclareVariables", pb.DeclareVariablesRequest(variables=specs))
-                initialized.update(reply.initialized)
-        return initialized
-
-    def initialize(self, values, overwrite=False, shards=None):
-        """Sends initial values ({Variable: array}) to the shards that own them (only to
-        `shards`, when given)."""
-        by_shard = {}
-        for var, value in values.items():
-            value = np.asarray(value, dtype=var.dtype)
-            for part in self.placement.parts_of(var):
-                if shards is not None and part.shard not in shards:
-                    continue
-                data = value[part.start:part.stop] if len(part.shape) else value
-                by_shard.setdefault(part.shard, []).append((part, data))
-        for shard, items in by_shard.items():
-            client = self.clients[shard]
-            for batch in _batches(items, lambda item: item[0].nbytes):
-                request = pb.InitializeVariablesRequest(overwrite=overwrite)
-                for part, data in batch:
-                    codec.encode(data, request.values.add(name=part.name).tensor)
-                client.call("InitializeVariables", request)
-
-    def restore(self, state, shards=None):
-        """Sets a checkpoint's state, split by this placement (on `shards` only, when given):
-        the slots and the global step first, then the values (which wake the workers waiting
-        for them)."""
-        step, values, slots = state
-        shards = set(range(len(self.clients))) if shards is None else set(shards)
-        by_shard = {}
-        for (var, rule, slot), value in slots.items():
-            value = np.asarray(value)
-            split = value.shape == tuple(var.shape) and value.ndim > 0
-            for part in self.placement.parts_of(var):
-                if part.shard not in shards:
-                    continue
-                data = value[part.start:part.stop] if split and len(self.placement.parts_of(var)) > 1 \
-                    else value
-                by_shard.setdefault(part.shard, []).append((part, rule, slot, data))
-        for shard in shards:  # each restored shard learns the step it is back at
-            by_shard.setdefault(shard, [])
-        for shard, items in by_shard.items():
-            batches = list(_batches(items, lambda item: item[3].nbytes)) or [[]]
-            for k, batch in enumerate(batches):
-                request = pb.InitializeVariablesRequest()
-                if k == 0:
-                    request.set_global_step = True
-                    request.global_step = int(step)
-                for part, rule, slot, data in batch:
-                    item = request.slots.add(variable=part.name, rule=rule, slot=slot)
-                    codec.encode(data, item.tensor)
-                self.clients[shard].call("InitializeVariables", request)
-        self.initialize(values, overwrite=True, shards=shards)
-
-    def wait_initialized(self, timeout=INIT_TIMEOUT_S, shards=None):
-        """Blocks until the chief has initialized every variable (woken by the shards)."""
-        deadline = time.monotonic() + timeout
-        for client in self.clients:
-            if shards is not None and client.index not in shards:
-                continue
-            names = [p.name for p in self.placement.shard_parts(client.index)]
-            while names:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise DeadlineExceededError(
-                        f"waited {timeout:.0f} s for the chief to initialize the variables; still "
-                        f"missing on parameter server {client.index}: {', '.join(names[:5])}")
-                wait_ms = int(min(remaining, 10.0) * 1000)
-                reply = client.call("WaitInitialized", pb.WaitInitializedRequest(
-                    names=names, timeout_ms=wait_ms), timeout=wait_ms / 1000 + 30)
-                names = list(reply.missing)
-                if names:
-                    log.info("waiting for the chief to initialize %d variables", len(names))
-
-    # -- a step ------------------------------------------------------------------------------
-    def prefetch(self, variables, fresh=True, reuse=False):
-        """Pulls `variables` (and the global step) for this thread's run, all shards at once.
-        `fresh` starts a new run's state; otherwise the values join the current run's. With
-        `reuse`, values the previous push's replies carried back are taken instead of pulled
-        (a training run: they are as new as a pull would give)."""
-        step = self.step
-        returned, returned_step = step.returned, step.returned_step
-        if fresh:
-            step.values = {}
-            step.versions = {}
-            step.read = {}
-            step.returned = {}
-            step.returned_step = None
-        if not reuse:
-            returned, returned_step = {}, None
-        wanted = {}
-        pieces = {}
-        needs_step = False
-        for var in variables:
-            if var is self.global_step_var:
-                needs_step = True
-                continue
-            for part in self.placement.parts_of(var):
-                step.read.setdefault(part.shard, []).append(part)
-                kept = returned.get(part.name)
-                if kept is None:
-                    wanted.setdefault(part.shard, []).append(part)
-                else:
-                    pieces[part.name], step.versions[part.name] = kept
-        if needs_step:
-            if returned_step is None or wanted:
-                wanted.setdefault(0, [])
-            else:
-                step.global_step = returned_step
-        commit = None
-        if self._synchronous() and any(shard != 0 for shard in wanted):
-            # The other shards may not have applied the last step yet: learn it from shard 0
-            # and have them apply it first, so the values are never a mix of two steps.
-            first = self._pull_calls({0: wanted.pop(0, [])})
-            for (client, _, _), reply in zip(first, self.fanout.call(first)):
-                step.global_step = self.last_global_step = reply.global_step
-                self._take_values(reply.values, pieces, step.versions)
-                commit = reply.decision
-            if commit.step < 0:
-                commit = None
-        calls = self._pull_calls(wanted, commit)
-        for (client, _, _), reply in zip(calls, self.fanout.call(calls)):
-            if client.index == 0:
-                step.global_step = self.last_global_step = reply.global_step
-            self._take_values(reply.values, pieces, step.versions)
-        for var in variables:
-            if var is self.global_step_var:
-                continue
-            parts = self.placement.parts_of(var)
-            if len(parts) == 1:
-                step.values[var] = pieces[parts[0].name]
-            else:
-                step.values[var] = np.concatenate([pieces[p.name] for p in parts])
-
-    def _pull_calls(self, wanted, commit=None):
-        """Pull calls for {shard: [parts]} (an empty list pulls just the global step)."""
-        calls = []
-        for shard, parts in wanted.items():
-            client = self.clients[shard]
-            for batch in _batches(parts, lambda p: p.nbytes) if parts else [[]]:
-                request = pb.PullRequest(names=[p.name for p in batch])
-                if commit is not None and shard != 0:
-                    request.commit.CopyFrom(commit)
-                calls.append((client, "Pull", request))
-        return calls
-
-    def _synchronous(self):
-        c = self.consistency
-        return c.mode == "sync" or (c.mode == "ssp" and c.staleness == 0)
-
-    @staticmethod
-    def _take_values(items, pieces, versions):
-        for item in items:  # proto.wire.NamedValue: the array is read already
-            pieces[item.name] = item.array
-            versions[item.name] = item.version
-
-    def lost_shards(self, timeout):
-        """Registers again with every shard, waiting up to `timeout` for those that are
-        restarting, and declares the variables again; returns the shards that came back
-        without their variables (a restarted parameter server)."""
-        lost = []
-        deadline = time.monotonic() + timeout
-        for client in self.clients:
-            while True:
-                # wait_for_ready covers a server that is down; a call that reached it just
-                # as it went down fails at once, and is tried again within the bound.
-                try:
-                    client.call("RegisterWorker", worker_request(self.worker),
-                                timeout=max(deadline - time.monotonic(), 0.1),
-                                wait_for_ready=True)
-                    break
-                except UnavailableError:
-                    if time.monotonic() >= deadline:
-                        raise
-                    time.sleep(0.2)
-            parts = self.placement.shard_parts(client.index)
-            if not parts:
-                continue
-            reply = client.call("DeclareVariables", pb.DeclareVariablesRequest(variables=[
-                pb.VariableSpec(name=p.name, dtype=p.dtype.name, shape=p.shape) for p in parts]))
-            if len(reply.initialized) < len(parts):
-                lost.append(client.index)
-        self.step.returned = {}
-        self.step.returned_step = None
-        return lost
-
-    def read(self, var):
-        if var is self.global_step_var:
-            return np.int64(self.step.global_step)
-        value = self.step.values.get(var)
-        if value is None:
-            self.prefetch([var], fresh=False)
-            value = self.step.values[var]
-        return value
-
-    def is_initialized(self, var):
-        return True
-
-    def assign(self, var, value):
-        if var is self.global_step_var:
-            raise InvalidArgumentError("the global step lives on parameter server 0 and "
-                                       "advances with each training step; it cannot be assigned")
-        value = np.asarray(value, dtype=var.dtype)
-        if value.shape != tuple(var.shape):
-            raise InvalidArgumentError(f"cannot assign a value of shape {value.shape} to "
-                                       f"variable {var.name!r} of shape {var.shape}")
-        self.initialize({var: value}, overwrite=True)
-        self.step.values.pop(var, None)
-
-    def apply_gradients(self, rule, grads_and_vars, global_step=None, consistency=None):
-        """Pushes each gradient to the shards owning its variable (all shards at once); the
-        push to shard 0 advances the global step when `global_step` is given. In sync and
-        ssp modes the push to shard 0 goes last and waits for the step (see psflow.ps.sync)."""
-        if consistency is not None:
-            self.consistency = consistency
-        step = self.step
-        rule_proto = self._rule_proto(rule)
-        requests = {}
-
-        def request_for(shard):
-            request = requests.get(shard)
-            if request is None:
-                request = requests[shard] = PushBuilder(
-                    worker=self.worker, global_step=step.global_step)
-                request.rule.CopyFrom(rule_proto)
-            return request
-
-        for grad, var in grads_and_vars:
-            for part, values, indices in _split_gradient(grad, var, self.placement):
-                request_for(part.shard).add_gradient(
-                    part.name, step.versions.get(part.name, 0), values, indices)
-        if global_step is not None:
-            request_for(0).increment_global_step = True
-        if self.consistency.mode != "async":
-            self._push_in_step(requests, request_for(0))
-            return
-        for shard, request in requests.items():  # the next step's values come back
-            request.pull.extend(dict.fromkeys(p.name for p in step.read.get(shard, ())))
-        calls = [(self.clients[s], "Push", r) for s, r in requests.items()]
-        returned, versions = {}, {}
-        for (client, _, _), reply in zip(calls, self.fanout.call(calls)):
-            if client.index == 0:
-                step.returned_step = reply.global_step
-                if global_step is not None:
-                    step.global_step = self.last_global_step = reply.global_step
-            self._take_values(reply.values, returned, versions)
-        step.returned = {name: (value, versions[name]) for name, value in returned.items()}
-
-    def _push_in_step(self, requests, first):
-        """A sync or ssp push: the other shards first, then shard 0, whose reply waits for
-        the step's decision (sync) or the staleness bound (ssp); then the other shards'
-        values, after they applied the decided step."""
-        step = self.step
-        c = self.consistency
-        mode = pb.Consistency(mode=_MODES[c.mode], replicas_to_aggregate=c.replicas_to_aggregate,
-                              staleness=c.staleness)
-        for request in requests.values():
-            request.consistency.CopyFrom(mode)
-        others = [(self.clients[s], "Push", r) for s, r in requests.items() if s != 0]
-        self.fanout.call(others)
-        first.pull.extend(dict.fromkeys(p.name for p in step.read.get(0, ())))
-        reply = self.clients[0].call("Push", first, timeout=SYNC_CALL_TIMEOUT_S)
-        returned, versions = {}, {}
-        self._take_values(reply.values, returned, versions)
-        step.global_step = self.last_global_step = step.returned_step = reply.global_step
-        if reply.dropped:
-            self.dropped += 1
-            log.debug("the gradients of step %d came too late and were dropped",
-                      first.global_step)
-        commit = reply.decision if self._synchronous() and reply.HasField("decision") else None
-        wanted = {shard: list(dict.fromkeys(parts)) for shard, parts in step.read.items()
-                  if shard != 0}
-        calls = self._pull_calls(wanted, commit)
-        for _, pulled in zip(calls, self.fanout.call(calls)):
-            self._take_values(pulled.values, returned, versions)
-        step.returned = {name: (value, versions[name]) for name, value in returned.items()}
-
-    def _rule_proto(self, rule):
-        proto = self._rule_protos.get(id(rule))
-        if proto is None:
-            proto = pb.UpdateRule(name=rule.name, hyper={k: float(v) for k, v in
-                                                          rule.hyper.items()})
-            self._rule_protos[id(rule)] = proto
-        return proto
-
-    # -- membership ----------------------------------------------------------------------------
-    def heartbeat(self, local_step, loss):
-        request = pb.HeartbeatRequest(task_index=self.worker, local_step=local_step, loss=loss)
-        for client in self.clients:
-            client.call("Heartbeat", request, timeout=5.0)
-
-    def done(self):
-        for client in self.clients:
-            client.call("WorkerDone", worker_request(self.worker), timeout=10.0)
-
-    def close(self):
-        self.fanout.close()
-        for client in self.clients:
-            client.close()
-
-
-def _split_gradient(grad, var, placement):
-    """Yields (part, values, indices or None) for each part of `var` the gradient touches."""
-    parts = placement.parts_of(var)
-    if isinstance(grad, IndexedSlices):
-        indices = np.asarray(grad.indices, dtype=np.int64).reshape(-1)
-        values = np.asarray(grad.values)
-        for part in parts:
-            if len(parts) == 1:
-                yield part, values, indices
-                continue
-            mask = (indices >= part.start) & (indices < part.stop)
-            if mask.any():
-                yield part, values[mask], indices[mask] - part.start
-        return
-    grad = np.asarray(grad)
-    if grad.shape != tuple(var.shape):
-        raise InvalidArgumentError(f"gradient of shape {grad.shape} does not match variable "
-                                   f"{var.name!r} of shape {tuple(var.shape)}")
-    if len(parts) == 1:
-        yield parts[0], grad, None
-        return
-    for part in parts:
-        yield part, grad[part.start:part.stop], None
+def job_consistency(graph):
+    """The mode of the job's training: the one its train ops name (SyncReplicasOptimizer and
+    friends), else the one `launch --mode` chose, else async."""
+    named = {node.consistency for node in graph.nodes
+             if isinstance(node, ApplyGradients) and node.consistency is not None}
+    if len(named) > 1:
+        raise ValueError("the graph's train ops ask for different training modes: " +
+                         ", ".join(sorted(str(tuple(c)) for c in named)))
+    return named.pop() if named else modes.from_env()
 
 
 class DistributedSession(Session):
     """A Session whose Variables live on the parameter servers named in the task config."""
 
     def __init__(self, graph, task, partition_bytes=PARTITION_BYTES, restore=None,
-                 checkpoint_dir=None):
+                 checkpoint_dir=None, initializer=None):
         """`restore`: (global step, {Variable: value}, {(Variable, rule, slot): value}) from a
         checkpoint, which the chief sets on the shards instead of the initial values.
         `checkpoint_dir`: where the chief finds the latest checkpoint when a parameter server
-        restarts without its variables."""
-        store = DistributedStore(graph, task, partition_bytes)
+        restarts without its variables. `initializer`: (an op, its feed dict) that sets the
+        initial values in place of the variables' own initializers (Scaffold.init_op).
+        `initialized_here` tells whether this session gave the variables fresh values."""
+        self.consistency = job_consistency(graph)
+        store = DistributedStore(graph, task, partition_bytes, self.consistency)
         self.checkpoint_dir = checkpoint_dir
         super().__init__(graph, store=store)
         self.task = task
         self.local_step = 0
         self.last_loss = math.nan
-        self._losses = {}
-        self._trains = {}  # plan -> whether its runs apply gradients
+        self._modes = {}  # plan -> (whether its runs apply gradients, their mode)
         self._stopping = threading.Event()
         store.register()
         initialized = store.declare()
+        self.initialized_here = False
         if task.is_chief:
-            self._initialize(graph, initialized, restore)
+            self._initialize(graph, initialized, restore, initializer)
         else:
             store.wait_initialized()
         self._heartbeat = threading.Thread(target=self._beat, name="psflow-heartbeat",
                                            daemon=True)
         self._heartbeat.start()
-        watch_parent()
+        exit_with_parent()
 
-    def _initialize(self, graph, initialized, restore=None):
+    def _initialize(self, graph, initialized, restore=None, initializer=None):
         """The chief computes the initial values locally and sends those the shards lack, or
         sets every variable from `restore` (a checkpoint) when any is lacking."""
         store = self.store
@@ -479,7 +84,7 @@ class DistributedSession(Session):
             log.info("variables already initialized on the parameter servers; keeping them")
             return
         if restore is not None:
-            store.restore(restore)
+            store.restore(restore, shards=None)
             log.info("restored %d variables at global step %d on %d parameter servers",
                      len(restore[1]), restore[0], len(store.clients))
             return
@@ -496,11 +101,16 @@ class DistributedSession(Session):
         local = Session(graph, store=LocalVariableStore())
         with graph.as_default():
             local.run(variables_initializer(missing))
+        op, feeds = initializer or (None, None)
+        if op is not None:
+            local.run(op, feeds)
         store.initialize({v: local.store.read(v) for v in missing})
+        self.initialized_here = True
         log.info("initialized %d variables on %d parameter servers", len(missing),
                  len(store.clients))
 
     def _execute(self, plan, feeds):
+        self.store.begin_run()
         return self.with_recovery(self._execute_once, plan, feeds)
 
     def with_recovery(self, fn, *args):
@@ -526,7 +136,6 @@ class DistributedSession(Session):
                         "them", names)
             store.wait_initialized(shards=lost)
             return True
-        from psflow.train import saver
         state = saver.latest_state(self.checkpoint_dir, store.variables) \
             if self.checkpoint_dir else None
         if state is None:
@@ -534,7 +143,7 @@ class DistributedSession(Session):
                 f"parameter server(s) {names} restarted and lost their variables, and there is "
                 "no checkpoint to restore them from (give MonitoredTrainingSession a "
                 "checkpoint_dir to survive this)") from error
-        if store.consistency.mode != "async":
+        if self.consistency.mode != "async":
             # Steps are in lockstep on every shard: all of them go back to the checkpoint,
             # so the model is never a mix of two steps.
             lost = list(range(len(store.clients)))
@@ -544,11 +153,13 @@ class DistributedSession(Session):
         return True
 
     def _execute_once(self, plan, feeds):
-        trains = self._trains.get(plan)
-        if trains is None:
-            trains = self._trains[plan] = any(isinstance(node, ApplyGradients)
-                                              for node, _, _ in plan.steps)
-        self.store.prefetch(plan.variables, reuse=trains)
+        mode = self._modes.get(plan)
+        if mode is None:
+            applies = [node for node, _, _ in plan.steps if isinstance(node, ApplyGradients)]
+            named = [n.consistency for n in applies if n.consistency is not None]
+            mode = self._modes[plan] = (bool(applies), named[0] if named else self.consistency)
+        trains, consistency = mode
+        self.store.prefetch(plan.variables, reuse=trains, consistency=consistency)
         values = super()._execute(plan, feeds)
         self.local_step += 1
         for node, _, _ in plan.steps:
@@ -565,6 +176,12 @@ class DistributedSession(Session):
             except Exception as exc:  # a missed beat is not fatal; the next one may pass
                 log.debug("heartbeat failed: %s", exc)
 
+    def save_checkpoint(self, checkpoint_dir, variables, global_step, max_to_keep=5):
+        """As Session.save_checkpoint; a parameter server that restarted meanwhile is
+        restored first and the save is tried once more."""
+        return self.with_recovery(super().save_checkpoint, checkpoint_dir, variables,
+                                  global_step, max_to_keep)
+
     def finish(self, done=True):
         """Stops the heartbeat; reports this worker done to every shard if `done`."""
         if self._closed:
@@ -579,29 +196,3 @@ class DistributedSession(Session):
 
     def close(self):
         self.finish(done=True)
-
-
-_parent_watch_started = False
-
-
-def watch_parent():
-    """Exits this process when the launcher that started it is gone (PSFLOW_PARENT_PID), so a
-    job whose launcher was killed with SIGKILL leaves nothing behind."""
-    global _parent_watch_started
-    raw = os.environ.get("PSFLOW_PARENT_PID")
-    if not raw or _parent_watch_started:
-        return
-    try:
-        parent = int(raw)
-    except ValueError:
-        raise FailedPreconditionError(f"PSFLOW_PARENT_PID={raw!r} is not a process id") from None
-    _parent_watch_started = True
-
-    def watch():
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                log.error("the launcher (pid %d) is gone; exiting", parent)
-                os._exit(1)
-
-    threading.Thread(target=watch, name="psflow-parent-watch", daemon=True).start()

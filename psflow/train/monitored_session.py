@@ -6,17 +6,16 @@ notification. Without one, the same script trains locally in one process.
 """
 
 import collections
-import importlib
 import logging
 import os
 
+from .. import checkpoint as files
 from ..graph import get_default_graph
 from ..session import Session
 from ..state_ops import global_variables_initializer
-from .cluster import task_config_from_env
 from . import saver
+from .cluster import task_config_from_env
 from .optimizers import get_global_step, get_or_create_global_step
-from psflow.ps import checkpoint as files
 
 log = logging.getLogger(__name__)
 
@@ -112,17 +111,12 @@ class CheckpointSaverHook(SessionRunHook):
         self._graph = get_default_graph()
 
     def after_create_session(self, session, coord):
-        graph, step_var = self._graph, self._global_step
-        variables = [v for v in graph.variables if v is not step_var]
-        store = session.store
-        if hasattr(store, "clients"):
-            save = lambda: session.with_recovery(  # noqa: E731
-                saver.save_distributed, store, self.checkpoint_dir, self.max_to_keep)
-        else:
-            save = lambda: saver.save_local(store, variables, step_var,  # noqa: E731
-                                            self.checkpoint_dir, self.max_to_keep)
-        self._variables = variables
-        self._saver = saver.CheckpointSaver(save, self._save_secs, self._save_steps)
+        step_var = self._global_step
+        self._variables = [v for v in self._graph.variables if v is not step_var]
+        self._saver = saver.CheckpointSaver(
+            lambda: session.save_checkpoint(self.checkpoint_dir, self._variables, step_var,
+                                            self.max_to_keep),
+            self._save_secs, self._save_steps)
 
     def before_run(self, run_context):
         return SessionRunArgs(self._global_step)
@@ -138,17 +132,70 @@ class CheckpointSaverHook(SessionRunHook):
         log.info("saved %s and the model file", path)
 
 
+class Scaffold:
+    """What a MonitoredTrainingSession needs to initialize a model, as in TensorFlow 1.x:
+    `init_op` (with `init_feed_dict`) sets the variables' initial values instead of
+    global_variables_initializer(); `init_fn(scaffold, session)` runs after it, on the chief,
+    when the model starts fresh (not when it resumes from a checkpoint); `local_init_op`
+    (with `local_init_feed_dict`) runs on every worker once its session is ready.
+
+    psflow's sessions are ready once the chief has initialized or restored the variables, and
+    the chief saves checkpoints itself, so `ready_op`, `ready_for_local_init_op`, `saver`,
+    `summary_op` and `copy_from_scaffold` are refused by name."""
+
+    def __init__(self, init_op=None, init_feed_dict=None, init_fn=None, ready_op=None,
+                 ready_for_local_init_op=None, local_init_op=None, summary_op=None,
+                 saver=None, copy_from_scaffold=None, local_init_feed_dict=None):
+        unsupported = [name for name, value in (
+            ("ready_op", ready_op), ("ready_for_local_init_op", ready_for_local_init_op),
+            ("summary_op", summary_op), ("saver", saver),
+            ("copy_from_scaffold", copy_from_scaffold)) if value is not None]
+        if unsupported:
+            raise NotImplementedError(
+                f"Scaffold({', '.join(unsupported)}=...) is not supported: psflow's session is "
+                "ready once the chief has initialized or restored the variables, and the chief "
+                "writes checkpoints itself (MonitoredTrainingSession(checkpoint_dir=...))")
+        if init_fn is not None and not callable(init_fn):
+            raise TypeError(f"Scaffold: init_fn must be callable, got {init_fn!r}")
+        self.init_op = init_op
+        self.init_feed_dict = init_feed_dict
+        self.init_fn = init_fn
+        self.local_init_op = local_init_op
+        self.local_init_feed_dict = local_init_feed_dict
+
+    def finalize(self):
+        """TF1 freezes the graph here; psflow keeps it open. Returns self."""
+        return self
+
+
 class MonitoredTrainingSession:
     """A training session that initializes variables, runs hooks and knows when to stop.
 
     `is_chief` is taken from `TF_CONFIG` when a cluster is configured (worker 0 is the chief),
     so every worker can run the same script unchanged.
+
+    TensorFlow's `config`, `stop_grace_period_secs`, `log_step_count_steps`, `max_wait_secs`
+    and `save_graph_def` are accepted and have no effect here (they tune TF's own runtime).
+    psflow writes no summaries yet: `save_summaries_steps`, `save_summaries_secs` and
+    `summary_dir` are accepted with a warning. Any other argument is a TypeError.
     """
 
     def __init__(self, master="", is_chief=True, checkpoint_dir=None, scaffold=None,
                  hooks=None, chief_only_hooks=None, save_checkpoint_secs=None,
-                 save_checkpoint_steps=None, config=None, stop_grace_period_secs=None,
-                 log_step_count_steps=None, max_to_keep=5, **unused):
+                 save_summaries_steps=None, save_summaries_secs=None, config=None,
+                 stop_grace_period_secs=120, log_step_count_steps=100, max_wait_secs=7200,
+                 save_checkpoint_steps=None, summary_dir=None, save_graph_def=True,
+                 max_to_keep=5):
+        summaries = [name for name, value in (("save_summaries_steps", save_summaries_steps),
+                                              ("save_summaries_secs", save_summaries_secs),
+                                              ("summary_dir", summary_dir)) if value]
+        if summaries:
+            log.warning("MonitoredTrainingSession: %s given, but psflow writes no summaries",
+                        ", ".join(summaries))
+        scaffold = scaffold if scaffold is not None else Scaffold()
+        if not isinstance(scaffold, Scaffold):
+            raise TypeError(f"scaffold must be a psflow.train.Scaffold, got {scaffold!r}")
+        self.scaffold = scaffold
         self.graph = get_default_graph()
         get_or_create_global_step(self.graph)
         self.task = task_config_from_env()
@@ -170,15 +217,23 @@ class MonitoredTrainingSession:
         # The chief resumes from the latest checkpoint; the others wait for it as usual.
         state = saver.latest_state(checkpoint_dir, self._saved_variables()) \
             if self.is_chief and checkpoint_dir else None
+        initializer = (scaffold.init_op, scaffold.init_feed_dict)
         if distributed:
-            worker_session = importlib.import_module("psflow.worker.session")
-            self._session = worker_session.DistributedSession(
-                self.graph, self.task, restore=state, checkpoint_dir=checkpoint_dir)
+            self._session = _distributed_session(self.graph, self.task, state, checkpoint_dir,
+                                                 initializer)
+            fresh = self._session.initialized_here
         else:
             self._session = Session(self.graph)
             self._session.run(global_variables_initializer())
+            fresh = state is None
+            if fresh and scaffold.init_op is not None:
+                self._session.run(scaffold.init_op, scaffold.init_feed_dict)
             if state is not None:
-                saver.restore_local(self._session.store, state, get_global_step(self.graph))
+                self._session.store.restore(state, get_global_step(self.graph))
+        if fresh and self.is_chief and scaffold.init_fn is not None:
+            scaffold.init_fn(scaffold, self._session)
+        if scaffold.local_init_op is not None:
+            self._session.run(scaffold.local_init_op, scaffold.local_init_feed_dict)
         self._stop = False
         self._closed = False
         for hook in self._hooks:
@@ -233,10 +288,7 @@ class MonitoredTrainingSession:
                 for hook in self._hooks:
                     hook.end(self._session)
         finally:
-            if hasattr(self._session, "finish"):
-                self._session.finish(done=not failed)
-            else:
-                self._session.close()
+            self._session.finish(done=not failed)
 
     def __enter__(self):
         return self
@@ -244,3 +296,12 @@ class MonitoredTrainingSession:
     def __exit__(self, exc_type, exc, tb):
         self.close(failed=exc_type is not None and not issubclass(exc_type, StopIteration))
         return False
+
+
+def _distributed_session(graph, task, restore, checkpoint_dir, initializer):
+    """The session of a worker whose TF_CONFIG names a cluster."""
+    # The one place the engine reaches the worker runtime, and only when a cluster is named:
+    # the runtime brings gRPC and protobuf, which local training never loads.
+    from psflow.worker.session import DistributedSession
+    return DistributedSession(graph, task, restore=restore, checkpoint_dir=checkpoint_dir,
+                              initializer=initializer)

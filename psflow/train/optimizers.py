@@ -15,24 +15,24 @@ class ApplyGradients(Node):
     """Applies one update rule to a list of variables; has no value. Runs through the
     session's variable store, which also advances `global_step` when one is given."""
 
-    def __init__(self, rule, grads_and_vars, global_step=None, name=None, loss=None):
+    def __init__(self, rule, grads_and_vars, global_step=None, name=None, loss=None,
+                 consistency=None):
         self.rule = rule
         self.loss = loss  # the loss being minimized, when known: progress reports show it
         self.variables = [v for _, v in grads_and_vars]
         self.global_step = global_step
-        # A train.sync_replicas.Consistency set by SyncReplicasOptimizer and friends; None
-        # leaves the mode to the job (launch --mode).
-        self.consistency = None
+        # A train.consistency.Consistency from SyncReplicasOptimizer and friends; None leaves
+        # the mode to the job (launch --mode).
+        self.consistency = consistency
         super().__init__([g for g, _ in grads_and_vars], name=name or "Apply")
 
     def executor(self, session):
-        store, rule, variables, global_step = (session.store, self.rule, self.variables,
-                                               self.global_step)
-        node = self
+        store, rule, variables, global_step, consistency = (
+            session.store, self.rule, self.variables, self.global_step, self.consistency)
 
         def run(*grads):
             store.apply_gradients(rule, list(zip(grads, variables)), global_step,
-                                  consistency=node.consistency)
+                                  consistency=consistency)
         return run
 
 
@@ -66,6 +66,9 @@ class Optimizer:
 
     def apply_gradients(self, grads_and_vars, global_step=None, name=None, loss=None):
         """A train op applying the gradients; it increments `global_step` if given."""
+        return self._train_op(grads_and_vars, global_step, name, loss)
+
+    def _train_op(self, grads_and_vars, global_step, name, loss, consistency=None):
         pairs = [(g, v) for g, v in grads_and_vars if g is not None]
         if not pairs:
             names = ", ".join(v.name for _, v in grads_and_vars)
@@ -74,7 +77,7 @@ class Optimizer:
         graph = pairs[0][1].graph
         with graph.as_default():
             return ApplyGradients(self.rule, pairs, global_step=global_step,
-                                  name=name or self.name, loss=loss)
+                                  name=name or self.name, loss=loss, consistency=consistency)
 
     def minimize(self, loss, global_step=None, var_list=None, name=None):
         """compute_gradients followed by apply_gradients."""

@@ -8,55 +8,17 @@ or without editing the script with `launch --mode sync|ssp|async`. In one proces
 is plain training (a step aggregates the gradients of the one replica there is).
 """
 
-import collections
-import numbers
-import os
-
+from .consistency import Consistency
 from .monitored_session import SessionRunHook
-
-MODES = ("async", "sync", "ssp")
-
-
-class Consistency(collections.namedtuple("Consistency",
-                                         "mode replicas_to_aggregate staleness")):
-    """How pushes are applied: "async"; "sync" averaging `replicas_to_aggregate` workers'
-    gradients per step (0: every live worker); "ssp" with at most `staleness` steps between
-    the fastest and the slowest live worker."""
-
-    __slots__ = ()
-
-    def __new__(cls, mode="async", replicas_to_aggregate=0, staleness=0):
-        if mode not in MODES:
-            raise ValueError(f"unknown training mode {mode!r}; one of {', '.join(MODES)}")
-        for name, value in (("replicas_to_aggregate", replicas_to_aggregate),
-                            ("staleness", staleness)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        return super().__new__(cls, mode, int(replicas_to_aggregate), int(staleness))
-
-
-def consistency_from_env(environ=None):
-    """The mode `launch --mode` chose (PSFLOW_MODE, PSFLOW_REPLICAS_TO_AGGREGATE,
-    PSFLOW_STALENESS); async when unset."""
-    environ = os.environ if environ is None else environ
-
-    def integer(name):
-        raw = environ.get(name, "0") or "0"
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"{name}={raw!r} is not an integer") from None
-
-    return Consistency(environ.get("PSFLOW_MODE", "async") or "async",
-                       integer("PSFLOW_REPLICAS_TO_AGGREGATE"), integer("PSFLOW_STALENESS"))
+from .optimizers import Optimizer
 
 
 class _ModeOptimizer:
     """Wraps an optimizer; its train ops carry a consistency mode."""
 
     def __init__(self, opt, consistency):
-        if not hasattr(opt, "apply_gradients") or not hasattr(opt, "compute_gradients"):
-            raise TypeError(f"{type(self).__name__} wraps an optimizer, got {opt!r}")
+        if not isinstance(opt, Optimizer):
+            raise TypeError(f"{type(self).__name__} wraps a psflow.train optimizer, got {opt!r}")
         self._opt = opt
         self.consistency = consistency
 
@@ -64,10 +26,8 @@ class _ModeOptimizer:
         return self._opt.compute_gradients(loss, var_list)
 
     def apply_gradients(self, grads_and_vars, global_step=None, name=None, loss=None):
-        op = self._opt.apply_gradients(grads_and_vars, global_step=global_step, name=name,
-                                       loss=loss)
-        op.consistency = self.consistency
-        return op
+        return self._opt._train_op(grads_and_vars, global_step, name, loss,
+                                   consistency=self.consistency)
 
     def minimize(self, loss, global_step=None, var_list=None, name=None):
         return self.apply_gradients(self.compute_gradients(loss, var_list),

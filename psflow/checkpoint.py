@@ -1,4 +1,4 @@
-"""Checkpoint files: one `.npz` per parameter-server shard and a small JSON index that ties a
+"""Checkpoint files (numpy and JSON only): one `.npz` per parameter-server shard and a small JSON index that ties a
 checkpoint's shard files together. Nothing is pickled: arrays are read with
 `allow_pickle=False`, and the index records each shard file's SHA-256, so a truncated or
 altered file is refused with an error that names it.
@@ -19,17 +19,17 @@ each one is: a part's value or one of its optimizer slots (rule, slot name).
 """
 
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
-import tempfile
+import uuid
 import zipfile
 
 import numpy as np
 
-from psflow.errors import DataLossError, NotFoundError
+from .errors import DataLossError, NotFoundError
+from .fileio import atomic_write, fsync_dir
 
 FORMAT = "psflow-checkpoint-1"
 POINTER = "checkpoint"
@@ -40,59 +40,6 @@ _NAME = re.compile(r"^ckpt-(\d+)$")
 
 def checkpoint_name(global_step):
     return f"ckpt-{int(global_step):012d}"
-
-
-def _atomic_write(path, write):
-    """Calls write(file) on a temporary file beside `path`, syncs it and renames it to
-    `path`; returns the SHA-256 of what was written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            hashing = _HashingWriter(raw)
-            write(hashing)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-    return hashing.hexdigest()
-
-
-def _fsync_dir(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-class _HashingWriter(io.RawIOBase):
-    """A write-only stream that hashes what passes through to `raw`."""
-
-    def __init__(self, raw):
-        self._raw = raw
-        self._hash = hashlib.sha256()
-
-    def writable(self):
-        return True
-
-    def write(self, data):
-        self._hash.update(data)
-        return self._raw.write(data)
-
-    def hexdigest(self):
-        return self._hash.hexdigest()
 
 
 def write_arrays(path, arrays, manifest=None):
@@ -108,7 +55,7 @@ def write_arrays(path, arrays, manifest=None):
                 with zf.open(f"{key}.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, np.asarray(array, order="C"),
                                               allow_pickle=False)
-    return _atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def sha256_of(path):
@@ -171,17 +118,49 @@ def read_shard(path, sha256=None):
 
 
 # -- whole checkpoints ------------------------------------------------------------------------
+def variable_specs(variables):
+    """{name: {"shape", "dtype"}} of graph Variables, as an index records them."""
+    return {v.name: {"shape": [int(d) for d in v.shape], "dtype": np.dtype(v.dtype).name}
+            for v in variables}
+
+
+def write_checkpoint(checkpoint_dir, write, max_to_keep):
+    """Writes one checkpoint: `write(directory)` fills a fresh temporary directory with the
+    shard files and returns (global step, shards, variable specs) for its index (see
+    write_index); the directory is then renamed into place, the pointer moved to it, and old
+    checkpoints pruned. Returns the checkpoint's directory."""
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    tmp = os.path.join(checkpoint_dir, f".tmp-ckpt-{uuid.uuid4().hex}")
+    os.mkdir(tmp)
+    try:
+        step, shards, variables = write(tmp)
+        write_index(tmp, step, shards, variables)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    name = checkpoint_name(step)
+    final = os.path.join(checkpoint_dir, name)
+    if os.path.exists(final):  # this step was saved already (say, periodically, then at the end)
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+        fsync_dir(checkpoint_dir)
+    set_latest(checkpoint_dir, name)
+    prune(checkpoint_dir, max_to_keep)
+    return final
+
+
 def write_index(directory, global_step, shards, variables):
     """The index of a checkpoint in `directory`: `shards` [{"file", "sha256", "parts":
     {part name: [variable, start row, stop row]}}], `variables` {name: {"shape", "dtype"}}."""
     index = {"format": FORMAT, "global_step": int(global_step), "shards": shards,
              "variables": variables}
-    return _atomic_write(os.path.join(directory, INDEX),
+    return atomic_write(os.path.join(directory, INDEX),
                          lambda out: out.write(json.dumps(index, indent=1).encode()))
 
 
 def set_latest(checkpoint_dir, name):
-    _atomic_write(os.path.join(checkpoint_dir, POINTER),
+    atomic_write(os.path.join(checkpoint_dir, POINTER),
                   lambda out: out.write(json.dumps({"latest": name}).encode()))
 
 
@@ -249,14 +228,15 @@ def read_checkpoint(checkpoint):
         for shard in index["shards"]:
             values, slots, _ = read_shard(os.path.join(checkpoint, shard["file"]),
                                           shard["sha256"])
-            for part, (variable, start, stop) in shard["parts"].items():
+            parts = shard["parts"]
+            for part, (variable, start, stop) in parts.items():
                 if part not in values:
                     raise DataLossError(f"{shard['file']} lacks part {part!r} of {variable!r}")
                 pieces.setdefault(variable, []).append((start, values[part]))
-                for (name, rule, slot), array in slots.items():
-                    if name == part:
-                        slot_pieces.setdefault((variable, rule, slot), []).append(
-                            (start, array))
+            for (part, rule, slot), array in slots.items():
+                if part in parts:
+                    variable, start, _ = parts[part]
+                    slot_pieces.setdefault((variable, rule, slot), []).append((start, array))
         variables = {}
         for name, spec in index["variables"].items():
             parts = sorted(pieces.get(name, []), key=lambda p: p[0])
@@ -290,8 +270,10 @@ def export_model(path, variables):
 
 
 def load_model(path):
-    """{variable name: array} from a model file written at the end of training (or from a
-    checkpoint directory or checkpoint_dir, taking the latest checkpoint's values)."""
+    """{variable name: numpy array} from the model file a training job exported (its
+    checkpoint_dir's model.npz), or from a checkpoint directory or a checkpoint_dir, taking
+    the latest checkpoint's values. The model file is a plain .npz: `numpy.load(path)` reads
+    it too."""
     if os.path.isdir(path):
         checkpoint = latest(path) if os.path.exists(os.path.join(path, POINTER)) else path
         if checkpoint is None or not os.path.exists(os.path.join(checkpoint, INDEX)):
