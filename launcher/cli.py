@@ -13,54 +13,15 @@ succeeded, 1 when a process of the job failed, 2 on bad arguments, 128 + N after
 import argparse
 import sys
 
+from psflow.argparsing import OneLineParser, port, seconds, whole_number
+from psflow.train.consistency import MODES
+
 from . import k8s
-from .supervisor import MODES, JobSpec, run_job
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        # One line that names the problem, instead of argparse's usage block.
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _whole_number(what, minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}") \
-                from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{what} must be at least {minimum}, got {value}")
-        return value
-    return parse
-
-
-def _port(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--ps-port must be a port number, got {text!r}") \
-            from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"--ps-port must be from 0 to 65535, got {value}")
-    return value
-
-
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--grace-period must be a number of seconds, got "
-                                         f"{text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"--grace-period must be more than 0 seconds, got "
-                                         f"{text}")
-    return value
+from .supervisor import JobSpec, run_job
 
 
 def build_parser():
-    parser = _Parser(
+    parser = OneLineParser(
         prog="launch",
         description="Run a psflow training job on this machine: the parameter servers on "
                     "free loopback ports, then the workers, each running SCRIPT with its "
@@ -68,31 +29,31 @@ def build_parser():
                     "servers then exit by themselves) or at the first failure, which stops "
                     "the rest.")
     job = parser.add_argument_group("job")
-    job.add_argument("--workers", type=_whole_number("--workers", 1), required=True,
+    job.add_argument("--workers", type=whole_number(1), required=True,
                      metavar="N", help="worker processes, each running the script")
-    job.add_argument("--ps", type=_whole_number("--ps", 1), required=True, metavar="M",
+    job.add_argument("--ps", type=whole_number(1), required=True, metavar="M",
                      help="parameter-server processes (shards of the variables)")
     job.add_argument("--mode", choices=MODES, default="async",
                      help="how the workers' gradients are applied: async (on arrival), sync "
                           "(averaged per step) or ssp (bounded staleness); a mode the script "
                           "sets with SyncReplicasOptimizer or BoundedStalenessOptimizer wins "
                           "(default: async)")
-    job.add_argument("--staleness", type=_whole_number("--staleness", 0), default=None,
+    job.add_argument("--staleness", type=whole_number(0), default=None,
                      metavar="S", help="ssp: steps a worker may run ahead of the slowest "
                                        "(default: 0, which is synchronous)")
-    job.add_argument("--replicas-to-aggregate", type=_whole_number("--replicas-to-aggregate", 1),
+    job.add_argument("--replicas-to-aggregate", type=whole_number(1),
                      default=None, metavar="K",
                      help="sync: gradients averaged per step; workers beyond K are backups "
                           "(default: every worker)")
     network = parser.add_argument_group("network")
-    network.add_argument("--ps-port", type=_port, default=0, metavar="BASE",
+    network.add_argument("--ps-port", type=port, default=0, metavar="BASE",
                          help="PS i asks for port BASE+i and takes any free port if that one "
                               "is taken; 0 (the default) takes free ports")
     supervision = parser.add_argument_group("supervision")
-    supervision.add_argument("--grace-period", type=_seconds, default=5.0, metavar="SECONDS",
+    supervision.add_argument("--grace-period", type=seconds, default=5.0, metavar="SECONDS",
                              help="how long a process gets to stop after SIGTERM before it "
                                   "is killed (default: 5)")
-    supervision.add_argument("--max-restarts", type=_whole_number("--max-restarts", 0),
+    supervision.add_argument("--max-restarts", type=whole_number(0),
                              default=3, metavar="K",
                              help="restart a failed worker up to K times before giving up on "
                                   "it (default: 3)")
@@ -124,7 +85,7 @@ def build_parser():
     kube.add_argument("--tls-secret", default="", metavar="SECRET",
                       help="a Secret with tls.crt, tls.key and ca.crt: the parameter servers "
                            "then serve TLS and the workers check it")
-    kube.add_argument("--ttl", type=_whole_number("--ttl", 0), default=3600, metavar="SECONDS",
+    kube.add_argument("--ttl", type=whole_number(0), default=3600, metavar="SECONDS",
                       help="remove the finished Jobs after this long (default: 3600)")
     parser.add_argument("script", help="the training script every worker runs")
     parser.add_argument("script_args", nargs=argparse.REMAINDER, metavar="...",

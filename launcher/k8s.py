@@ -23,6 +23,8 @@ import os
 import re
 import secrets
 
+import yaml
+
 PORT = 2222
 APP_DIR = "/app"
 CHECKPOINT_MOUNT = "/checkpoints"
@@ -110,12 +112,8 @@ def _env(job, k8s, role, with_tf_config=True):
                 "name": f"{k8s.name}-auth", "key": "token"}}},
             {"name": "PYTHONUNBUFFERED", "value": "1"}]
     if role == "worker":
-        env.append({"name": "PSFLOW_MODE", "value": job.mode})
-        if job.mode == "ssp":
-            env.append({"name": "PSFLOW_STALENESS", "value": str(job.staleness)})
-        if job.mode == "sync":
-            env.append({"name": "PSFLOW_REPLICAS_TO_AGGREGATE",
-                        "value": str(job.replicas_to_aggregate)})
+        env += [{"name": name, "value": value}
+                for name, value in job.consistency.to_env().items()]
     if k8s.checkpoint_pvc:
         env.append({"name": "PSFLOW_CHECKPOINT_DIR", "value": CHECKPOINT_MOUNT})
     if k8s.tls_secret:
@@ -246,57 +244,10 @@ def _tfjob(job, k8s, max_restarts):
 
 
 # -- YAML -------------------------------------------------------------------------------------
-_PLAIN = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./-]*$")
-_RESERVED = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
-
-
-def _scalar(value):
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return json.dumps(value)
-    text = str(value)
-    if _PLAIN.match(text) and text.lower() not in _RESERVED:
-        return text
-    return json.dumps(text)  # a double-quoted YAML string
-
-
-def _emit(value, indent, lines):
-    pad = "  " * indent
-    if isinstance(value, dict):
-        if not value:
-            lines[-1] += " {}"
-        for key, item in value.items():
-            if isinstance(item, (dict, list)) and item:
-                lines.append(f"{pad}{_scalar(key)}:")
-                _emit(item, indent + 1, lines)
-            else:
-                lines.append(f"{pad}{_scalar(key)}: " + (_scalar(item) if not isinstance(
-                    item, (dict, list)) else ("{}" if isinstance(item, dict) else "[]")))
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, dict) and item:
-                sub = []
-                _emit(item, indent + 1, sub)
-                lines.append(f"{pad}- " + sub[0].lstrip())
-                lines.extend(sub[1:])
-            elif isinstance(item, list) and item:
-                lines.append(f"{pad}-")
-                _emit(item, indent + 1, lines)
-            else:
-                lines.append(f"{pad}- {_scalar(item)}")
-
-
 def to_yaml(documents):
-    """The manifests as one YAML stream (documents separated by ---)."""
-    out = []
-    for doc in documents:
-        lines = []
-        _emit(doc, 0, lines)
-        out.append("\n".join(lines))
-    return "---\n" + "\n---\n".join(out) + "\n"
+    """The manifests as one YAML stream (documents separated by ---), in their keys' order."""
+    return "---\n" + yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False,
+                                         explicit_start=False, width=100)
 
 
 def write(documents, directory):

@@ -29,15 +29,14 @@ import tempfile
 import threading
 import time
 
+from psflow.parent import PARENT_ENV
 from psflow.proto import auth
+from psflow.train.consistency import Consistency
 
 from .output import Output
 from .process import Child, describe_exit
 from .progress import ProgressPoller, report_worker_done
 
-MODES = ("async", "sync", "ssp")
-# Modes whose steps go on without a worker that died: the job then finishes with the others.
-MEMBERSHIP_MODES = ("sync", "ssp")
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # How long the workers get to exit once a parameter server has ended normally (it does so when
 # every worker has reported done, so the workers should be on their way out).
@@ -92,20 +91,18 @@ class JobSpec:
     ps_exit_timeout: float = 30.0
     ps_command: list = dataclasses.field(default_factory=_default_ps_command)
 
+    @property
+    def consistency(self):
+        """The job's training mode (psflow.train.consistency.Consistency)."""
+        return Consistency(self.mode, self.replicas_to_aggregate, self.staleness)
+
     def validate(self):
         """Raises ValueError naming the first thing that is wrong."""
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ValueError(f"the job needs at least 1 worker, got {self.workers!r}")
         if not isinstance(self.ps, int) or self.ps < 1:
             raise ValueError(f"the job needs at least 1 parameter server, got {self.ps!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; known: {', '.join(MODES)}")
-        for what, mode in (("staleness", "ssp"), ("replicas_to_aggregate", "sync")):
-            value = getattr(self, what)
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{what} must be a whole number >= 0, got {value!r}")
-            if value and self.mode != mode:
-                raise ValueError(f"{what} applies to mode {mode}, not {self.mode}")
+        self.consistency  # raises ValueError naming what is wrong with the mode
         if self.replicas_to_aggregate > self.workers:
             raise ValueError(f"replicas_to_aggregate ({self.replicas_to_aggregate}) is more "
                              f"than the {self.workers} workers")
@@ -286,8 +283,7 @@ class Job:
         for i in range(spec.workers):
             tf_config = {"cluster": cluster, "task": {"type": "worker", "index": i}}
             env = dict(os.environ, TF_CONFIG=json.dumps(tf_config),
-                       PSFLOW_PARENT_PID=str(os.getpid()), PSFLOW_MODE=spec.mode,
-                       **self._mode_env(),
+                       **{PARENT_ENV: str(os.getpid())}, **spec.consistency.to_env(),
                        PYTHONUNBUFFERED="1", **math_thread_env(threads))
             env[auth.TOKEN_ENV] = self.token
             self._worker_start[i] = (command, env)
@@ -305,15 +301,6 @@ class Job:
         self.workers[index] = fresh
         self.output.launcher(f"started {fresh.name} (pid {fresh.pid}), restart "
                              f"{self.restarts[index]} of {self.spec.max_restarts}")
-
-    def _mode_env(self):
-        spec = self.spec
-        env = {}
-        if spec.mode == "ssp":
-            env["PSFLOW_STALENESS"] = str(spec.staleness)
-        if spec.mode == "sync":
-            env["PSFLOW_REPLICAS_TO_AGGREGATE"] = str(spec.replicas_to_aggregate)
-        return env
 
     def _supervise(self):
         """Watches the workers until all have exited 0 or something ends the job early."""
@@ -355,7 +342,7 @@ class Job:
                                           "restarting it")
                         self._restart_worker(child)
                         continue
-                    if self.spec.mode not in MEMBERSHIP_MODES:
+                    if not self.spec.consistency.needs_membership:
                         self.output.error(f"{child.name} {describe_exit(code)}{after}; "
                                           "stopping the job")
                         return 1

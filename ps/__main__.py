@@ -7,13 +7,12 @@ Exits 0 when the shard's lifecycle ends normally (every worker done, SIGTERM/SIG
 process gone), 1 if it cannot serve (port taken, port file not writable), 2 on bad arguments.
 """
 
-import argparse
 import logging
-import os
 import signal
 import sys
-import tempfile
 
+from psflow.argparsing import OneLineParser, one_of, port, whole_number
+from psflow.fileio import atomic_write
 from psflow.proto import codec
 from psflow.train.cluster import task_config_from_env
 
@@ -24,69 +23,29 @@ log = logging.getLogger("psflow.ps")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        # One line a launcher can show as it is, rather than the whole usage block.
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _integer(text):
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def _positive(text):
-    value = _integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _index(text):
-    value = _integer(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def _port(text):
-    value = _integer(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {value}")
-    return value
-
-
-def _level(text):
-    if text.upper() not in LOG_LEVELS:
-        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LOG_LEVELS)}, got {text!r}")
-    return text.upper()
-
-
 def parse_args(argv):
-    parser = _Parser(prog="python -m psflow.ps",
+    parser = OneLineParser(prog="python -m psflow.ps",
                      description="Serve one parameter-server shard of a psflow job.")
     shard = parser.add_argument_group("shard")
-    shard.add_argument("--task-index", type=_index,
+    shard.add_argument("--task-index", type=whole_number(0),
                        help="this shard's index; shard 0 holds the global step (default: "
                             "from TF_CONFIG, as on Kubernetes)")
-    shard.add_argument("--num-workers", type=_positive,
+    shard.add_argument("--num-workers", type=whole_number(1),
                        help="workers in the job; the server exits when all have finished "
                             "(default: from TF_CONFIG)")
     network = parser.add_argument_group("network")
     network.add_argument("--host", default="127.0.0.1",
                          help="address to bind (default: loopback)")
-    network.add_argument("--port", type=_port, default=0,
+    network.add_argument("--port", type=port, default=0,
                          help="port to bind; 0 (the default) picks a free one")
     network.add_argument("--port-fallback", action="store_true",
                          help="bind any free port when --port is taken")
     network.add_argument("--port-file",
                          help="write the bound port to this file (atomically) once serving")
     lifecycle = parser.add_argument_group("lifecycle")
-    lifecycle.add_argument("--parent-pid", type=_positive,
+    lifecycle.add_argument("--parent-pid", type=whole_number(1),
                            help="exit when this process is gone")
-    lifecycle.add_argument("--log-level", type=_level, default="INFO",
+    lifecycle.add_argument("--log-level", type=one_of(LOG_LEVELS), default="INFO",
                            help=f"one of {', '.join(LOG_LEVELS)} (default INFO)")
     args = parser.parse_args(argv)
     if args.task_index is None or args.num_workers is None:
@@ -104,17 +63,9 @@ def parse_args(argv):
     return args
 
 
-def write_port_file(path, port):
-    """Writes `port` to `path` so that a reader never sees a partial file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".port-")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(f"{port}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+def write_port_file(path, number):
+    """Writes the port `number` to `path` so that a reader never sees a partial file."""
+    atomic_write(path, f"{number}\n".encode())
 
 
 def main(argv=None):

@@ -140,5 +140,19 @@ def test_bad_k8s_options_are_one_line_errors(args, problem, capsys):
 
 def test_yaml_round_trips_awkward_values():
     doc = {"a": "yes", "b": "0.0.0.0", "c": "-m", "d": "", "e": [], "f": {}, "g": "x: y",
-           "h": [{"i": 1, "j": [True, None, "#"]}], "k": "multi\nline", "l": 2.5}
+           "h": [{"i": 1, "j": [True, None, "#"]}], "k": "multi\nline", "l": 2.5,
+           "m": [{}, [], {"n": []}, [[], {}]], "o": "007", "p": "null", "q": "1e3"}
     assert yaml.safe_load(k8s.to_yaml([doc])) == doc
+
+
+@pytest.mark.parametrize("flavor", ["jobs", "tfjob"])
+@pytest.mark.parametrize("extras", [{}, {"checkpoint_pvc": "ckpt", "tls_secret": "tls",
+                                         "cpu": "1", "memory": "2Gi"}])
+def test_every_manifest_round_trips_through_yaml(flavor, extras):
+    from psflow.launcher.supervisor import JobSpec
+    job = JobSpec(script="examples/digits.py", script_args=["--steps", "10"], workers=3, ps=2,
+                  mode="ssp", staleness=2)
+    documents = k8s.manifests(job, k8s.K8sSpec(name="rt", flavor=flavor, **extras))
+    assert list(yaml.safe_load_all(k8s.to_yaml(documents))) == documents
+    for k, document in enumerate(documents):
+        assert yaml.safe_load(k8s.to_yaml([document])) == document, k

@@ -170,31 +170,31 @@ def out_dir(tmp_path):
 
 # -- the command line ---------------------------------------------------------------------------
 @pytest.mark.parametrize("args, problem", [
-    (["--workers", "0", "--ps", "1", "SCRIPT"], "--workers must be at least 1, got 0"),
-    (["--workers", "two", "--ps", "1", "SCRIPT"], "--workers must be a whole number"),
-    (["--workers", "1", "--ps", "0", "SCRIPT"], "--ps must be at least 1, got 0"),
+    (["--workers", "0", "--ps", "1", "SCRIPT"], "argument --workers: must be at least 1, got 0"),
+    (["--workers", "two", "--ps", "1", "SCRIPT"], "argument --workers: must be a whole number"),
+    (["--workers", "1", "--ps", "0", "SCRIPT"], "argument --ps: must be at least 1, got 0"),
     (["--workers", "1", "SCRIPT"], "required: --ps"),
     (["--workers", "1", "--ps", "1"], "required: script"),
     (["--workers", "1", "--ps", "1", "no/such/script.py"], "script not found: no/such/script.py"),
     (["--workers", "1", "--ps", "1", "DIRECTORY"], "not a runnable script"),
     (["--workers", "1", "--ps", "1", "--ps-port", "-1", "SCRIPT"],
-     "--ps-port must be from 0 to 65535, got -1"),
+     "argument --ps-port: must be a port number from 0 to 65535, got -1"),
     (["--workers", "1", "--ps", "1", "--ps-port", "70000", "SCRIPT"],
-     "--ps-port must be from 0 to 65535, got 70000"),
+     "argument --ps-port: must be a port number from 0 to 65535, got 70000"),
     (["--workers", "1", "--ps", "3", "--ps-port", "65534", "SCRIPT"], "go past 65535"),
     (["--workers", "1", "--ps", "1", "--grace-period", "0", "SCRIPT"],
-     "--grace-period must be more than 0 seconds, got 0"),
+     "argument --grace-period: must be more than 0 seconds, got 0"),
     (["--workers", "1", "--ps", "1", "--grace-period", "-2", "SCRIPT"],
-     "--grace-period must be more than 0 seconds, got -2"),
+     "argument --grace-period: must be more than 0 seconds, got -2"),
     (["--workers", "1", "--ps", "1", "--grace-period", "nan", "SCRIPT"],
-     "--grace-period must be more than 0 seconds"),
+     "argument --grace-period: must be more than 0 seconds"),
     (["--workers", "1", "--ps", "1", "--mode", "bsp", "SCRIPT"], "invalid choice: 'bsp'"),
     (["--workers", "1", "--ps", "1", "--max-restarts", "-1", "SCRIPT"],
-     "--max-restarts must be at least 0, got -1"),
+     "argument --max-restarts: must be at least 0, got -1"),
     (["--workers", "2", "--ps", "1", "--staleness", "2", "SCRIPT"],
      "--staleness applies to --mode ssp"),
     (["--workers", "2", "--ps", "1", "--mode", "ssp", "--staleness", "-1", "SCRIPT"],
-     "--staleness must be at least 0, got -1"),
+     "argument --staleness: must be at least 0, got -1"),
     (["--workers", "2", "--ps", "1", "--mode", "ssp", "--replicas-to-aggregate", "1", "SCRIPT"],
      "--replicas-to-aggregate applies to --mode sync"),
     (["--workers", "2", "--ps", "1", "--mode", "sync", "--replicas-to-aggregate", "3", "SCRIPT"],
@@ -241,7 +241,7 @@ def test_everything_after_the_script_goes_to_the_script():
 def test_run_job_rejects_an_invalid_spec():
     with pytest.raises(ValueError, match="at least 1 worker"):
         run_job(JobSpec(script=str(FAKE_WORKER), workers=0))
-    with pytest.raises(ValueError, match="unknown mode 'bsp'"):
+    with pytest.raises(ValueError, match="unknown training mode 'bsp'"):
         run_job(JobSpec(script=str(FAKE_WORKER), mode="bsp"))
     with pytest.raises(ValueError, match="staleness applies to mode ssp, not sync"):
         run_job(JobSpec(script=str(FAKE_WORKER), mode="sync", staleness=1))

@@ -82,5 +82,7 @@ def from_env(environ=None):
         except ValueError:
             raise ValueError(f"{name}={raw!r} is not an integer") from None
 
-    return Consistency(environ.get(ENV_MODE, "async") or "async",
-                       integer(ENV_REPLICAS), integer(ENV_STALENESS))
+    mode = environ.get(ENV_MODE, "async") or "async"
+    # Each mode reads its own parameter only; the other's may be left over in the environment.
+    return Consistency(mode, integer(ENV_REPLICAS) if mode == "sync" else 0,
+                       integer(ENV_STALENESS) if mode == "ssp" else 0)
