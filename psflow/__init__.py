@@ -8,10 +8,9 @@ from . import errors, nn, train
 from .array_ops import concat, gather, one_hot, ones, reshape, transpose, zeros
 from .checkpoint import load_model
 from .gradients import IndexedSlices, gradients
-from .graph import (Graph, Node, Tensor, Variable, as_dtype, bool_, constant, device, float16,
-                    float32,
-                    float64, get_default_graph, global_variables, int32, int64, name_scope,
-                    placeholder, reset_default_graph, set_random_seed, trainable_variables)
+from .graph import (Graph, Node, Tensor, as_dtype, bool_, constant, device, float16, float32,
+                    float64, get_default_graph, int32, int64, name_scope, placeholder,
+                    reset_default_graph, set_random_seed)
 from .initializers import (constant_initializer, get_variable, glorot_normal_initializer,
                            glorot_uniform_initializer, ones_initializer, random_normal,
                            random_normal_initializer, random_uniform, random_uniform_initializer,
@@ -22,6 +21,7 @@ from .math_ops import (add, add_n, argmax, cast, divide, equal, exp, identity, l
 from .nn_ops import sigmoid, tanh
 from .session import Session, get_default_session
 from .state_ops import global_variables_initializer, group, no_op, variables_initializer
+from .variables import Variable, global_variables, trainable_variables
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,8 @@ Randomness is seeded as in TensorFlow: an op-level `seed`, a graph-level seed
 
 import numpy as np
 
-from .graph import Node, Variable, as_dtype, as_shape, float32, get_default_graph
+from .graph import Node, as_dtype, as_shape, float32, get_default_graph
+from .variables import Variable
 
 
 def _generator(seed, graph=None):

@@ -9,8 +9,9 @@ import numpy as np
 
 from . import checkpoint
 from .errors import FailedPreconditionError, InvalidArgumentError, PsflowError
-from .graph import (Node, Placeholder, Variable, format_shape, get_default_graph,
-                    shape_compatible, topological_order)
+from .graph import (Node, Placeholder, format_shape, get_default_graph, shape_compatible,
+                    topological_order)
+from .variables import Variable
 
 
 class LocalVariableStore:

@@ -6,7 +6,8 @@ import numbers
 
 import numpy as np
 
-from ..graph import Node, Variable, get_default_graph, trainable_variables
+from ..graph import Node, get_default_graph
+from ..variables import Variable, trainable_variables
 from ..gradients import gradients
 from .update_rules import UpdateRule
 
