@@ -126,7 +126,7 @@ def tensor_pieces(array):
         array = np.ascontiguousarray(array, dtype=wire)
     head = pb.Tensor(dtype=name, shape=array.shape).SerializeToString()
     content = memoryview(array.reshape(-1)).cast("B")
-    prefix = field_header(3, content.nbytes)
+    prefix = field_header(pb.Tensor.CONTENT_FIELD_NUMBER, content.nbytes)
     return len(head) + len(prefix) + content.nbytes, [head, prefix, content]
 
 
@@ -137,6 +137,3 @@ def submessage_pieces(number, head, tensor_number, array):
     inner = field_header(tensor_number, length)
     return [field_header(number, len(head) + len(inner) + length), head, inner, *pieces]
 
-
-def shape_str(shape):
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"

@@ -33,7 +33,7 @@ import numpy as np
 from psflow import checkpoint
 from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from psflow.gradients import IndexedSlices
-from psflow.proto.codec import shape_str as _shape_text
+from psflow.graph import format_shape as _shape_text
 from psflow.train.update_rules import RULES, UpdateRule
 
 from .membership import Membership
