@@ -50,11 +50,24 @@ def _handler(method):
     return handle
 
 
+_MODES = {}  # (mode, replicas, staleness) of a message -> Consistency, made once
+
+
 def _consistency(request):
     """The psflow.train.consistency.Consistency a PushRequest asks for (async when unset), as
     it runs (ssp with staleness 0 is sync)."""
-    if not request.HasField("consistency"):
-        return Consistency()
+    c = request.consistency
+    key = (c.mode, c.replicas_to_aggregate, c.staleness) if request.HasField("consistency") \
+        else None
+    consistency = _MODES.get(key)
+    if consistency is None:
+        consistency = _parse_consistency(request) if key else Consistency()
+        if len(_MODES) < 64:  # a job uses one or two; a stream of odd ones is not kept
+            _MODES[key] = consistency
+    return consistency
+
+
+def _parse_consistency(request):
     c = request.consistency
     if c.mode not in pb.Consistency.Mode.values():
         raise InvalidArgumentError(f"unknown consistency mode {c.mode}")
