@@ -2,8 +2,6 @@
 of parameter servers), never pickled, refused when damaged, and safe against a crash at any
 moment of writing."""
 
-import json
-import os
 import random
 import signal
 import subprocess

@@ -439,7 +439,7 @@ def _start(tmp_path, *args):
         time.sleep(0.05)
     port = int(port_file.read_text())
     assert 0 < port < 65536
-    assert not list(tmp_path.glob(".port-*"))  # the temporary file was renamed into place
+    assert not list(tmp_path.glob(".tmp-*"))  # the temporary file was renamed into place
     return process, port
 
 
@@ -501,13 +501,13 @@ def test_process_exits_0_on_signal(tmp_path, signum):
 
 
 def test_process_exits_when_its_parent_is_gone(tmp_path):
-    parent = subprocess.Popen(["sleep", "1"])
+    parent = subprocess.Popen(["sleep", "60"])
     try:
         process, _ = _start(tmp_path, "--task-index", "0", "--num-workers", "1",
                             "--parent-pid", str(parent.pid))
-        time.sleep(0.3)
         assert process.poll() is None
         # The parent ends (and stays unreaped for a while: a zombie counts as gone).
+        parent.kill()
         code, err = _finish(process, within=8)
         assert code == 0, err
         assert f"parent process {parent.pid} is gone" in err

@@ -11,6 +11,7 @@ import psflow as tf
 from psflow.ps.server import ParameterServer
 from psflow.train.cluster import ClusterSpec, TaskConfig
 from psflow.worker.session import DistributedSession
+from waiting import wait_for
 
 BATCH = 8
 FEATURES = 5
@@ -244,7 +245,9 @@ def test_a_restarted_worker_rejoins_at_the_current_step(cluster, monkeypatch):
     steady = threading.Thread(target=worker, args=(0, 30))
     steady.start()
     worker(1, 3, leave_silently=True)
-    time.sleep(1.5)  # worker 0 goes on alone once worker 1 counts as dead
+    # Worker 0 goes on alone once worker 1 counts as dead.
+    wait_for(lambda: 1 not in servers[0].store.members.live() and
+             servers[0].store.global_step > 3, 20, "worker 1 to count as dead")
     at_rejoin = servers[0].store.global_step
     worker(1, 5)  # the restarted worker 1
     steady.join(60)

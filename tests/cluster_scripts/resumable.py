@@ -1,5 +1,6 @@
 """Trains digits-like random data with Adam until global step --last-step, checkpointing to
---checkpoint-dir every 5 steps; the chief prints the global step it started from."""
+--checkpoint-dir every 5 steps. Each worker prints the global step it saw before its first
+push: the smallest of those is the step the job started from, whichever worker pushed first."""
 
 import argparse
 
@@ -29,8 +30,7 @@ train = tf.train.AdamOptimizer(0.01).minimize(loss, global_step=step)
 hooks = [tf.train.StopAtStepHook(last_step=args.last_step)]
 with tf.train.MonitoredTrainingSession(checkpoint_dir=args.checkpoint_dir, hooks=hooks,
                                        save_checkpoint_steps=5) as sess:
-    if sess.is_chief:
-        print(f"started at global step {int(sess.session.run(step))}", flush=True)
+    print(f"started at global step {int(sess.session.run(step))}", flush=True)
     i = 0
     while not sess.should_stop():
         lo = (i * 16) % (len(features) - 16)
