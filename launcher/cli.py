@@ -11,9 +11,10 @@ succeeded, 1 when a process of the job failed, 2 on bad arguments, 128 + N after
 """
 
 import argparse
+import os
 import sys
 
-from psflow.argparsing import OneLineParser, port, seconds, whole_number
+from psflow.argparsing import OneLineParser, non_negative_seconds, port, seconds, whole_number
 from psflow.train.consistency import MODES
 
 from . import k8s
@@ -57,8 +58,22 @@ def build_parser():
                              default=3, metavar="K",
                              help="restart a failed worker up to K times before giving up on "
                                   "it (default: 3)")
+    supervision.add_argument("--timeout", type=non_negative_seconds, default=0,
+                             metavar="SECONDS",
+                             help="stop the job if it runs longer than this (default: 0, no "
+                                  "bound)")
+    supervision.add_argument("--idle-timeout", type=non_negative_seconds, default=600,
+                             metavar="SECONDS",
+                             help="stop the job when a running worker has made no step for "
+                                  "this long, naming it and what it was doing (default: 600; "
+                                  "0: no bound)")
     supervision.add_argument("--no-progress", action="store_true",
                              help="do not show the job's progress (step, steps/s, loss)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--checkpoint-root", default=None, metavar="DIR",
+                      help="the folder the parameter servers may write checkpoints in "
+                           "(the script's checkpoint_dir must be inside it; default: the "
+                           "current directory)")
     kube = parser.add_argument_group(
         "kubernetes", "with --k8s, print (or write) the manifests that run this job on a "
                       "cluster instead of running it here")
@@ -109,7 +124,9 @@ def _parse(argv):
                    workers=args.workers, ps=args.ps, mode=args.mode,
                    staleness=args.staleness or 0,
                    replicas_to_aggregate=args.replicas_to_aggregate or 0, ps_port=args.ps_port,
-                   max_restarts=args.max_restarts,
+                   max_restarts=args.max_restarts, timeout=args.timeout,
+                   idle_timeout=args.idle_timeout,
+                   checkpoint_root=os.path.abspath(args.checkpoint_root or os.getcwd()),
                    grace_period=args.grace_period, progress=not args.no_progress)
     try:
         spec.validate()  # what argparse cannot see: the script file, the port range's end

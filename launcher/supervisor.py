@@ -89,6 +89,9 @@ class JobSpec:
     progress: bool = True
     ps_start_timeout: float = 30.0
     ps_exit_timeout: float = 30.0
+    timeout: float = 0.0
+    idle_timeout: float = 600.0
+    checkpoint_root: str = dataclasses.field(default_factory=os.getcwd)
     ps_command: list = dataclasses.field(default_factory=_default_ps_command)
 
     @property
@@ -118,6 +121,10 @@ class JobSpec:
             value = getattr(self, what)
             if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
                 raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
+        for what in ("timeout", "idle_timeout"):  # 0: no bound
+            value = getattr(self, what)
+            if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+                raise ValueError(f"{what} must be 0 or more seconds, got {value!r}")
         script = str(self.script)
         if not (os.path.isfile(script) or os.path.isfile(os.path.join(script, "__main__.py"))):
             raise ValueError(f"script not found: {script}" if not os.path.exists(script) else
@@ -234,7 +241,7 @@ class Job:
         spec = self.spec
         return [*spec.ps_command, "--task-index", str(index), "--num-workers", str(spec.workers),
                 "--host", spec.host, "--port", str(port), "--port-file", port_file,
-                "--parent-pid", str(os.getpid())]
+                "--checkpoint-root", spec.checkpoint_root, "--parent-pid", str(os.getpid())]
 
     def _restart_ps(self, child):
         """Starts PS `child.index` again on the same address (the workers' TF_CONFIG names

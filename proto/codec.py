@@ -16,6 +16,8 @@ from . import psflow_pb2 as pb
 DTYPES = {name: np.dtype(name).newbyteorder("<") for name in
           ("float16", "float32", "float64", "int32", "int64", "uint8", "bool")}
 
+# The most dimensions a tensor may have (numpy 1 allows 32, numpy 2 64).
+MAX_DIMS = 32
 # gRPC message limit on both ends; payloads are kept well below it (see MAX_PAYLOAD_BYTES).
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 # The most tensor bytes the client puts into one request or asks for in one response.
@@ -54,6 +56,15 @@ class CodecError(ValueError):
     """A Tensor message that does not describe a valid array."""
 
 
+def check_shape(shape, what):
+    """CodecError unless `shape` is one numpy can make: at most MAX_DIMS dimensions, none
+    negative."""
+    if len(shape) > MAX_DIMS:
+        raise CodecError(f"{what}: {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    if any(d < 0 for d in shape):
+        raise CodecError(f"{what}: negative dimension in shape {list(shape)}")
+
+
 def dtype_name(dtype):
     dtype = np.dtype(dtype)
     if dtype.name not in DTYPES:
@@ -83,8 +94,7 @@ def decode(message, what="tensor"):
         raise CodecError(f"{what}: unknown dtype {message.dtype!r}; supported: "
                          f"{', '.join(DTYPES)}")
     shape = tuple(message.shape)
-    if any(d < 0 for d in shape):
-        raise CodecError(f"{what}: negative dimension in shape {list(shape)}")
+    check_shape(shape, what)
     expected = math.prod(shape) * dtype.itemsize
     content = message.content
     if len(content) != expected:

@@ -247,12 +247,14 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, task_index: _Optional[int] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ...) -> None: ...
 
 class WorkerResponse(_message.Message):
-    __slots__ = ("num_workers", "done")
+    __slots__ = ("checkpoint_root", "num_workers", "done")
+    CHECKPOINT_ROOT_FIELD_NUMBER: _ClassVar[int]
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_root: str
     num_workers: int
     done: int
-    def __init__(self, num_workers: _Optional[int] = ..., done: _Optional[int] = ...) -> None: ...
+    def __init__(self, checkpoint_root: _Optional[str] = ..., num_workers: _Optional[int] = ..., done: _Optional[int] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()
@@ -277,7 +279,7 @@ class WorkerStats(_message.Message):
     def __init__(self, task_index: _Optional[int] = ..., registered: _Optional[bool] = ..., done: _Optional[bool] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ..., last_seen_s: _Optional[float] = ..., pushes: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("shard", "global_step", "pushes", "bytes_received", "bytes_sent", "staleness_histogram", "workers", "variables", "uptime_s", "dropped")
+    __slots__ = ("shard", "global_step", "pushes", "bytes_received", "bytes_sent", "staleness_histogram", "workers", "variables", "uptime_s", "dropped", "nonfinite")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     PUSHES_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +290,7 @@ class StatsResponse(_message.Message):
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    NONFINITE_FIELD_NUMBER: _ClassVar[int]
     shard: int
     global_step: int
     pushes: int
@@ -298,4 +301,5 @@ class StatsResponse(_message.Message):
     variables: int
     uptime_s: float
     dropped: int
-    def __init__(self, shard: _Optional[int] = ..., global_step: _Optional[int] = ..., pushes: _Optional[int] = ..., bytes_received: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., staleness_histogram: _Optional[_Iterable[int]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., variables: _Optional[int] = ..., uptime_s: _Optional[float] = ..., dropped: _Optional[int] = ...) -> None: ...
+    nonfinite: int
+    def __init__(self, shard: _Optional[int] = ..., global_step: _Optional[int] = ..., pushes: _Optional[int] = ..., bytes_received: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., staleness_histogram: _Optional[_Iterable[int]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., variables: _Optional[int] = ..., uptime_s: _Optional[float] = ..., dropped: _Optional[int] = ..., nonfinite: _Optional[int] = ...) -> None: ...

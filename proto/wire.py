@@ -104,8 +104,7 @@ def tensor(buf, start, end, what="tensor"):
     if dtype is None:
         raise codec.CodecError(f"{what}: unknown dtype {dtype_name!r}; supported: "
                                f"{', '.join(codec.DTYPES)}")
-    if any(d < 0 for d in shape):
-        raise codec.CodecError(f"{what}: negative dimension in shape {shape}")
+    codec.check_shape(shape, what)
     expected = math.prod(shape) * dtype.itemsize
     size = content[1] - content[0]
     if size != expected:

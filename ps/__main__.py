@@ -1,13 +1,16 @@
 """`python -m psflow.ps`: serve one parameter-server shard until the job is over.
 
     python -m psflow.ps --task-index I --num-workers N [--host 127.0.0.1] [--port 0]
-        [--port-fallback] [--port-file PATH] [--parent-pid PID] [--log-level INFO]
+        [--port-fallback] [--port-file PATH] [--insecure] [--checkpoint-root DIR]
+        [--allow-nonfinite] [--parent-pid PID] [--log-level INFO]
 
 Exits 0 when the shard's lifecycle ends normally (every worker done, SIGTERM/SIGINT, the parent
-process gone), 1 if it cannot serve (port taken, port file not writable), 2 on bad arguments.
+process gone), 1 if it cannot serve (port taken, port file not writable), 2 on bad arguments
+(including a non-loopback address without a job token and without --insecure).
 """
 
 import logging
+import os
 import signal
 import sys
 
@@ -42,6 +45,18 @@ def parse_args(argv):
                          help="bind any free port when --port is taken")
     network.add_argument("--port-file",
                          help="write the bound port to this file (atomically) once serving")
+    network.add_argument("--insecure", action="store_true",
+                         help="serve a non-loopback address without a job token "
+                              "(PSFLOW_AUTH_TOKEN); refused otherwise")
+    data = parser.add_argument_group("data")
+    data.add_argument("--checkpoint-root", default=os.environ.get("PSFLOW_CHECKPOINT_ROOT") or
+                      os.environ.get("PSFLOW_CHECKPOINT_DIR") or None, metavar="DIR",
+                      help="the folder SaveShard may write checkpoints in (default: "
+                           "PSFLOW_CHECKPOINT_ROOT or PSFLOW_CHECKPOINT_DIR; without one the "
+                           "server writes no checkpoint)")
+    data.add_argument("--allow-nonfinite", action="store_true",
+                      default=os.environ.get("PSFLOW_ALLOW_NONFINITE", "") not in ("", "0"),
+                      help="apply gradients that hold NaN or Inf (refused by default)")
     lifecycle = parser.add_argument_group("lifecycle")
     lifecycle.add_argument("--parent-pid", type=whole_number(1),
                            help="exit when this process is gone")
@@ -76,7 +91,9 @@ def main(argv=None):
     try:
         server = ParameterServer(shard=args.task_index, num_workers=args.num_workers,
                                  host=args.host, port=args.port,
-                                 port_fallback=args.port_fallback, parent_pid=args.parent_pid)
+                                 port_fallback=args.port_fallback, parent_pid=args.parent_pid,
+                                 checkpoint_root=args.checkpoint_root,
+                                 allow_nonfinite=args.allow_nonfinite, insecure=args.insecure)
     except ValueError as exc:  # e.g. TLS files that cannot be read
         log.error("%s", exc)
         return 2

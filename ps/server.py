@@ -1,6 +1,7 @@
 """A parameter-server shard as a running gRPC server, with its lifecycle: it stops by itself
 when every worker has reported done, when told to, or when its parent process is gone."""
 
+import ipaddress
 import logging
 import threading
 import time
@@ -47,12 +48,21 @@ class ParameterServer:
 
     def __init__(self, shard=0, num_workers=1, host="127.0.0.1", port=0, port_fallback=False,
                  parent_pid=None, threads=64, done_grace_s=0.5, stop_grace_s=2.0,
-                 token=None, credentials=None):
+                 token=None, credentials=None, checkpoint_root=None, allow_nonfinite=False,
+                 insecure=False):
         """`token`: refuse calls without it (default: PSFLOW_AUTH_TOKEN, if set).
         `credentials`: gRPC server credentials to serve TLS (default: from PSFLOW_TLS_CERT
-        and PSFLOW_TLS_KEY, if set)."""
-        self.store = ShardStore(shard=shard, num_workers=num_workers)
+        and PSFLOW_TLS_KEY, if set). `checkpoint_root`: the folder SaveShard may write in
+        (none: no SaveShard). `allow_nonfinite`: apply NaN/Inf gradients instead of refusing
+        them. Without a token the server binds only a loopback address, unless `insecure`
+        (ValueError otherwise)."""
         self.token = auth.token_from_env() if token is None else token
+        if not self.token and not insecure and not _is_loopback(host):
+            raise ValueError(f"refusing to serve on {host} without a job token: anyone who "
+                             "reaches it could read, change or stop the job's variables; set "
+                             "PSFLOW_AUTH_TOKEN, or pass --insecure to serve anyway")
+        self.store = ShardStore(shard=shard, num_workers=num_workers,
+                                allow_nonfinite=allow_nonfinite, checkpoint_root=checkpoint_root)
         self.credentials = auth.server_credentials() if credentials is None else credentials
         self.host = host
         self.requested_port = port
@@ -99,6 +109,9 @@ class ParameterServer:
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         threading.Thread(target=self._watch, name=f"ps{self.shard}-lifecycle",
                          daemon=True).start()
+        if not self.token:
+            log.warning("shard %d serves without a job token (PSFLOW_AUTH_TOKEN): anyone who "
+                        "reaches %s may call it", self.shard, self.address)
         log.info("serving shard %d on %s for %d workers", self.shard, self.address,
                  self.store.num_workers)
         return self
@@ -168,3 +181,11 @@ class ParameterServer:
     def __exit__(self, *exc):
         self.stop(grace=0)
 
+
+def _is_loopback(host):
+    if host.strip("[]") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -6,8 +6,10 @@ import functools
 import logging
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from psflow.errors import (FailedPreconditionError, InvalidArgumentError, NotFoundError,
+                           PermissionDeniedError, ResourceExhaustedError)
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
@@ -20,6 +22,8 @@ _STATUS = [
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (codec.CodecError, grpc.StatusCode.INVALID_ARGUMENT),
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 
@@ -30,12 +34,26 @@ def _status_of(exc):
     return None
 
 
+_REQUEST_TYPES = {m.name: getattr(pb, m.input_type.name)
+                  for m in pb.DESCRIPTOR.services_by_name["ParameterServer"].methods}
+
+
 def _handler(method):
-    """Turns exceptions from the store into gRPC status codes with their messages; anything
-    unexpected becomes INTERNAL (logged with its traceback) and the server carries on."""
+    """Parses the request (it arrives as bytes: a malformed one is INVALID_ARGUMENT, not
+    gRPC's INTERNAL "Exception deserializing request!") and turns exceptions from the store
+    into gRPC status codes with their messages; anything unexpected becomes INTERNAL (logged
+    with its traceback) and the server carries on. Push parses its own bytes (proto.wire)."""
+    request_type = None if method.__name__ == "Push" else _REQUEST_TYPES[method.__name__]
+
     @functools.wraps(method)
     def handle(self, request, context):
         try:
+            if request_type is not None and isinstance(request, bytes):
+                try:
+                    request = request_type.FromString(request)
+                except DecodeError as exc:
+                    raise codec.CodecError(f"{method.__name__}: the request is not a "
+                                           f"{request_type.__name__}: {exc}") from None
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001 -- every failure must become a status
             code = _status_of(exc)
@@ -92,9 +110,8 @@ def add_to_server(servicer, server):
     handlers = {
         method.name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
-            # A push is read by Push itself, without copying its gradients.
-            request_deserializer=None if method.name == "Push" else
-            getattr(pb, method.input_type.name).FromString,
+            # Each handler parses its own request (see _handler).
+            request_deserializer=None,
             response_serializer=_serialize)
         for method in service.methods}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
@@ -203,14 +220,14 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             shard=stats["shard"], global_step=stats["global_step"], pushes=stats["pushes"],
             bytes_received=stats["bytes_received"], bytes_sent=stats["bytes_sent"],
             staleness_histogram=stats["staleness_histogram"], variables=stats["variables"],
-            uptime_s=stats["uptime_s"], dropped=stats["dropped"])
+            uptime_s=stats["uptime_s"], dropped=stats["dropped"], nonfinite=stats["nonfinite"])
         for index, registered, done, local_step, loss, last_seen, pushes in stats["workers"]:
             reply.workers.add(task_index=index, registered=registered, done=done,
                               local_step=local_step, loss=loss, last_seen_s=last_seen,
                               pushes=pushes)
         return reply
 
-    @staticmethod
-    def _membership(membership):
+    def _membership(self, membership):
         num_workers, done = membership
-        return pb.WorkerResponse(num_workers=num_workers, done=done)
+        return pb.WorkerResponse(num_workers=num_workers, done=done,
+                                 checkpoint_root=self.store.checkpoint_root or "")

@@ -23,6 +23,7 @@ Restoring a checkpoint forgets the ids, since the state they changed is gone.
 """
 
 import collections
+import errno
 import inspect
 import os
 import threading
@@ -31,10 +32,12 @@ import time
 import numpy as np
 
 from psflow import checkpoint
-from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from psflow.errors import (FailedPreconditionError, InvalidArgumentError, NotFoundError,
+                           PermissionDeniedError, ResourceExhaustedError)
 from psflow.gradients import IndexedSlices
 from psflow.graph import format_shape as _shape_text
-from psflow.train.update_rules import RULES, UpdateRule
+from psflow.proto.codec import MAX_DIMS
+from psflow.train.update_rules import RULES, UpdateRule, checked_slots
 
 from .membership import Membership
 from .sync import STEP_TIMEOUT_S, SyncState
@@ -69,8 +72,15 @@ class ShardStore:
     """Variables, optimizer slots, the global step (held by shard 0), counters and worker
     membership of one shard. Every method is safe to call from many threads."""
 
-    def __init__(self, shard=0, num_workers=1):
+    def __init__(self, shard=0, num_workers=1, allow_nonfinite=False, checkpoint_root=None):
+        """`allow_nonfinite`: apply gradients holding NaN or Inf instead of refusing them.
+        `checkpoint_root`: the folder that `save` may write in (below it, anywhere); without
+        one the shard writes no checkpoint."""
         self.members = Membership(num_workers)
+        self.checkpoint_root = (os.path.realpath(checkpoint_root) if checkpoint_root
+                                else None)
+        self.allow_nonfinite = allow_nonfinite
+        self.nonfinite = 0  # gradients refused for holding NaN or Inf
         self.shard = shard
         self.num_workers = num_workers
         self.started = time.monotonic()
@@ -123,6 +133,9 @@ class ShardStore:
             except TypeError:
                 raise InvalidArgumentError(f"variable {name!r}: unknown dtype {dtype!r}") from None
             shape = tuple(int(d) for d in shape)
+            if len(shape) > MAX_DIMS:
+                raise InvalidArgumentError(f"variable {name!r}: {len(shape)} dimensions; at most "
+                                           f"{MAX_DIMS} are supported")
             if any(d < 0 for d in shape):
                 raise InvalidArgumentError(f"variable {name!r}: negative dimension in shape "
                                            f"{_shape_text(shape)}")
@@ -196,17 +209,11 @@ class ShardStore:
         """Sets optimizer slots {(variable, rule, slot): array} (replacing a variable's slots
         for that rule) and, with `global_step`, the global step: a checkpoint's state, set
         before its values so nobody trains on values without their slots."""
-        checked = {}
+        grouped = {}
         for (name, rule, slot), array in slots.items():
-            var = self._get(name)
-            if rule not in RULES:
-                raise InvalidArgumentError(f"slot {slot!r} of {name!r}: unknown update rule "
-                                           f"{rule!r}")
-            if array.shape not in (var.shape, ()):
-                raise InvalidArgumentError(f"slot {rule}/{slot} of {name!r} has shape "
-                                           f"{_shape_text(array.shape)}; the variable has "
-                                           f"shape {_shape_text(var.shape)}")
-            checked.setdefault((var, rule), {})[slot] = np.array(array)
+            grouped.setdefault((self._get(name), rule), {})[slot] = array
+        checked = {(var, rule): checked_slots(rule, given, var.shape, var.dtype, repr(var.name))
+                   for (var, rule), given in grouped.items()}
         for (var, rule), rule_slots in checked.items():
             with var.lock:
                 var.slots[rule] = rule_slots
@@ -232,15 +239,27 @@ class ShardStore:
         return values, slots, (self.global_step if self.holds_global_step else None)
 
     def save(self, path):
-        """Writes the snapshot to the shard file `path` (see psflow.checkpoint); returns
-        (sha256, global step or None, bytes, variable names)."""
+        """Writes the snapshot to the shard file `path` (see psflow.checkpoint), which must
+        lie below the checkpoint root; returns (sha256, global step or None, bytes, variable
+        names)."""
+        if self.checkpoint_root is None:
+            raise PermissionDeniedError(
+                f"parameter server {self.shard} has no checkpoint root, so it writes no "
+                "checkpoint (start it with --checkpoint-root DIR, or PSFLOW_CHECKPOINT_DIR)")
         if not path.endswith(".npz"):
             raise InvalidArgumentError(f"checkpoint file {path!r} must end in .npz")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self.checkpoint_root]) != self.checkpoint_root:
+            raise PermissionDeniedError(f"checkpoint file {path!r} is outside this parameter "
+                                        f"server's checkpoint root {self.checkpoint_root}")
+        if not os.path.isdir(os.path.dirname(real)):
             raise InvalidArgumentError(f"checkpoint file {path!r}: no such directory")
         values, slots, step = self.snapshot()
-        digest = checkpoint.write_shard(path, values, slots, step)
-        return digest, step, os.path.getsize(path), sorted(values)
+        try:
+            digest = checkpoint.write_shard(real, values, slots, step)
+        except OSError as exc:
+            raise _file_error(exc, real) from exc
+        return digest, step, os.path.getsize(real), sorted(values)
 
     def missing(self, names):
         """The names among `names` that have no value yet (NotFoundError if one is unknown)."""
@@ -425,6 +444,13 @@ class ShardStore:
                 raise FailedPreconditionError(
                     f"variable {name!r} is not initialized yet; the chief initializes the "
                     "variables before anyone pushes")
+            if not self.allow_nonfinite and not _finite(values):
+                with self._stats_lock:
+                    self.nonfinite += 1
+                raise InvalidArgumentError(
+                    f"gradient for variable {name!r} holds NaN or Inf; nothing of the push was "
+                    "applied (a parameter server started with --allow-nonfinite applies such "
+                    "gradients)")
             received += values.nbytes + (0 if indices is None else indices.nbytes)
             checked.append((var, grad, version))
         return checked, received
@@ -520,7 +546,7 @@ class ShardStore:
                     "pushes": self.pushes, "bytes_received": self.bytes_received,
                     "bytes_sent": self.bytes_sent, "staleness_histogram": list(self.staleness),
                     "workers": workers, "variables": len(self._variables),
-                    "dropped": self.sync.dropped,
+                    "dropped": self.sync.dropped, "nonfinite": self.nonfinite,
                     "uptime_s": now - self.started}
 
 
@@ -532,3 +558,26 @@ class _Answer:
     def __init__(self):
         self.result = None
         self.ready = threading.Event()
+
+
+def _finite(values):
+    """True when no element of `values` is NaN or Inf. A dot product of the array with itself
+    is NaN or Inf when any element is, and BLAS runs it at memory speed; only an overflow of
+    huge but finite values needs the exact look."""
+    if values.dtype in (np.float32, np.float64) and values.flags.c_contiguous:
+        flat = values.reshape(-1)
+        if np.isfinite(np.dot(flat, flat)):
+            return True
+    return bool(np.isfinite(values).all())
+
+
+def _file_error(exc, path):
+    """The psflow error for an OSError writing `path`: out of space is RESOURCE_EXHAUSTED,
+    not allowed is PERMISSION_DENIED, the rest FAILED_PRECONDITION; each names the path and
+    the system's reason."""
+    text = f"cannot write checkpoint file {path}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return ResourceExhaustedError(text)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDeniedError(text)
+    return FailedPreconditionError(text)

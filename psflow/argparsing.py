@@ -48,6 +48,17 @@ def seconds(text):
     return value
 
 
+def non_negative_seconds(text):
+    """An argument type: a finite number of seconds, 0 or more (0 usually means no bound)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
 def one_of(choices):
     """An argument type: one of `choices`, in any case (given back as written there)."""
     by_upper = {choice.upper(): choice for choice in choices}

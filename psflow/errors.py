@@ -43,3 +43,11 @@ class UnauthenticatedError(PsflowError, PermissionError):
 
 class DataLossError(PsflowError, IOError):
     """Stored data (a checkpoint or model file) is missing, truncated or altered."""
+
+
+class ResourceExhaustedError(PsflowError, RuntimeError):
+    """Something ran out: disk space for a checkpoint, or room in a message for a reply."""
+
+
+class PermissionDeniedError(PsflowError, PermissionError):
+    """The caller may not do this (say, write a checkpoint outside the server's root)."""

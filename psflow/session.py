@@ -11,6 +11,7 @@ from . import checkpoint
 from .errors import FailedPreconditionError, InvalidArgumentError, PsflowError
 from .graph import (Node, Placeholder, format_shape, get_default_graph, shape_compatible,
                     topological_order)
+from .train.update_rules import checked_slots
 from .variables import Variable
 
 
@@ -90,10 +91,15 @@ class LocalVariableStore:
         """Sets a checkpoint's state: (global step, {Variable: value},
         {(Variable, rule, slot): value}) (see psflow.train.saver.latest_state)."""
         step, values, slots = state
+        grouped = {}
+        for (var, rule, slot), value in slots.items():
+            grouped.setdefault((var, rule), {})[slot] = value
+        checked = {(var, rule): checked_slots(rule, given, var.shape, var.dtype, repr(var.name))
+                   for (var, rule), given in grouped.items()}
         for var, value in values.items():
             self.assign(var, value)
-        for (var, rule, slot), value in slots.items():
-            self.slots.setdefault(var, {}).setdefault(rule, {})[slot] = np.array(value)
+        for (var, rule), rule_slots in checked.items():
+            self.slots.setdefault(var, {})[rule] = rule_slots
         if global_step is not None:
             self.assign(global_step, np.int64(step))
 

@@ -153,8 +153,9 @@ def test_killed_while_writing_checkpoints_the_latest_always_loads(tmp_path):
 
 
 # -- distributed -----------------------------------------------------------------------------
-def start_servers(count):
-    servers = [ParameterServer(shard=i, num_workers=1) for i in range(count)]
+def start_servers(count, checkpoint_root):
+    servers = [ParameterServer(shard=i, num_workers=1, checkpoint_root=checkpoint_root)
+               for i in range(count)]
     for server in servers:
         server.start()
     return servers
@@ -171,7 +172,7 @@ def distributed_session(graph, servers, restore=None):
 @pytest.mark.parametrize("before,after", [(2, 3), (3, 1)])
 def test_resuming_with_another_number_of_servers_gives_the_same_model(tmp_path, before, after):
     _, straight = train_local(10)
-    servers = start_servers(before)
+    servers = start_servers(before, tmp_path)
     try:
         with tf.Graph().as_default() as graph:
             (x, y), train, step, variables = build()
@@ -185,7 +186,7 @@ def test_resuming_with_another_number_of_servers_gives_the_same_model(tmp_path, 
     finally:
         for server in servers:
             server.stop(grace=0)
-    servers = start_servers(after)
+    servers = start_servers(after, tmp_path)
     try:
         with tf.Graph().as_default() as graph:
             (x, y), train, step, variables = build()

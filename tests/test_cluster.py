@@ -20,7 +20,8 @@ SCRIPTS = Path(__file__).resolve().parent / "cluster_scripts"
 
 def launch(*args, timeout=180):
     """Runs `python -m psflow.launcher --no-progress ARGS` and returns the finished process."""
-    result = subprocess.run([sys.executable, "-m", "psflow.launcher", "--no-progress", *args],
+    result = subprocess.run([sys.executable, "-m", "psflow.launcher", "--no-progress",
+                             *map(str, args)],
                             capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     return result
 
@@ -99,7 +100,8 @@ def start_step(result):
 
 def test_a_second_launch_resumes_from_the_checkpoint_with_another_ps_count(tmp_path):
     script = str(SCRIPTS / "resumable.py")
-    first = launch("--workers", "2", "--ps", "2", script, "--checkpoint-dir", str(tmp_path),
+    first = launch("--workers", "2", "--ps", "2", "--checkpoint-root", tmp_path, script,
+                   "--checkpoint-dir", str(tmp_path),
                    "--last-step", "40")
     assert first.returncode == 0, explain(first)
     assert start_step(first) == 0, explain(first)
@@ -107,14 +109,16 @@ def test_a_second_launch_resumes_from_the_checkpoint_with_another_ps_count(tmp_p
     saved_step = int(json.loads((tmp_path / "checkpoint").read_text())["latest"].split("-")[1])
     assert saved_step >= 40
     # Nothing left to train: the model comes back unchanged through one PS instead of two.
-    again = launch("--workers", "1", "--ps", "1", script, "--checkpoint-dir", str(tmp_path),
+    again = launch("--workers", "1", "--ps", "1", "--checkpoint-root", tmp_path, script,
+                   "--checkpoint-dir", str(tmp_path),
                    "--last-step", "40")
     assert again.returncode == 0, explain(again)
     assert start_step(again) == saved_step, explain(again)
     for name, value in psflow.load_model(tmp_path / "model.npz").items():
         np.testing.assert_array_equal(value, model[name])
     # And training goes on from there with three.
-    more = launch("--workers", "2", "--ps", "3", script, "--checkpoint-dir", str(tmp_path),
+    more = launch("--workers", "2", "--ps", "3", "--checkpoint-root", tmp_path, script,
+                  "--checkpoint-dir", str(tmp_path),
                   "--last-step", "60")
     assert more.returncode == 0, explain(more)
     assert start_step(more) == saved_step, explain(more)
@@ -172,8 +176,8 @@ class Job:
 
 @pytest.mark.parametrize("mode,ps", [("async", 1), ("sync", 0)])
 def test_a_killed_ps_is_restarted_restored_and_the_job_finishes(tmp_path, mode, ps):
-    job = Job("--workers", "2", "--ps", "2", "--mode", mode, ROOT / "examples" / "digits.py",
-              "--checkpoint-dir", tmp_path, "--save-steps", "100")
+    job = Job("--workers", "2", "--ps", "2", "--mode", mode, "--checkpoint-root", tmp_path,
+              ROOT / "examples" / "digits.py", "--checkpoint-dir", tmp_path, "--save-steps", "100")
     pid = int(job.wait_for(rf"started ps {ps} \(pid (\d+)\)").group(1))
     job.wait_for(r"\[worker:0\] step 5\d\d:")  # past a few checkpoints
     os.kill(pid, signal.SIGKILL)

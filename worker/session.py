@@ -63,6 +63,8 @@ class DistributedSession(Session):
         self._modes = {}  # plan -> (whether its runs apply gradients, their mode)
         self._stopping = threading.Event()
         store.register()
+        if task.is_chief and checkpoint_dir:
+            store.check_checkpoint_dir(checkpoint_dir)  # now, not at the first save
         initialized = store.declare()
         self.initialized_here = False
         if task.is_chief:

@@ -17,7 +17,8 @@ import time
 import numpy as np
 
 from psflow import checkpoint
-from psflow.errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
+from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
+                           UnavailableError)
 from psflow.gradients import IndexedSlices
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
@@ -92,6 +93,7 @@ class DistributedStore:
         self.incarnation = secrets.randbits(64) or 1
         self._runs = itertools.count(1)
         self.dropped = 0  # steps whose gradients came too late (sync)
+        self.checkpoint_roots = {}  # shard -> the folder it writes checkpoints in ("": none)
 
     # -- set-up ------------------------------------------------------------------------------
     def register(self, timeout=CONNECT_TIMEOUT_S):
@@ -100,8 +102,9 @@ class DistributedStore:
         for client in self.clients:
             remaining = max(deadline - time.monotonic(), 0.1)
             try:
-                client.call("RegisterWorker", worker_request(self.worker), timeout=remaining,
-                            wait_for_ready=True)
+                reply = client.call("RegisterWorker", worker_request(self.worker),
+                                    timeout=remaining, wait_for_ready=True)
+                self.checkpoint_roots[client.index] = reply.checkpoint_root
             except DeadlineExceededError:
                 raise DeadlineExceededError(
                     f"parameter server {client.index} at {client.address} did not answer within "
@@ -188,6 +191,18 @@ class DistributedStore:
                 names = list(reply.missing)
                 if names:
                     log.info("waiting for the chief to initialize %d variables", len(names))
+
+    def check_checkpoint_dir(self, checkpoint_dir):
+        """FailedPreconditionError unless every shard may write its files in
+        `checkpoint_dir` (each writes its own, below the root it was started with)."""
+        wanted = os.path.realpath(checkpoint_dir)
+        for shard, root in sorted(self.checkpoint_roots.items()):
+            if not root or os.path.commonpath([wanted, root]) != root:
+                where = f"its checkpoint root is {root}" if root else "it has no checkpoint root"
+                raise FailedPreconditionError(
+                    f"checkpoint_dir {checkpoint_dir} cannot be written by parameter server "
+                    f"{shard} ({self.clients[shard].address}): {where} (launch "
+                    "--checkpoint-root DIR, python -m psflow.ps --checkpoint-root DIR)")
 
     def save(self, checkpoint_dir, variables, global_step, max_to_keep):
         """A checkpoint in which every shard writes its own file (SaveShard); returns its

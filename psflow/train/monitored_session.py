@@ -126,9 +126,10 @@ class CheckpointSaverHook(SessionRunHook):
 
     def end(self, session):
         path = self._saver.save()
-        values = session.run(self._variables)
-        files.export_model(os.path.join(self.checkpoint_dir, files.MODEL_FILE),
-                           {v.name: value for v, value in zip(self._variables, values)})
+        # The model file is the final checkpoint's values: other workers may still push
+        # after it was taken, and the two must agree.
+        _, values, _ = files.read_checkpoint(path)
+        files.export_model(os.path.join(self.checkpoint_dir, files.MODEL_FILE), values)
         log.info("saved %s and the model file", path)
 
 

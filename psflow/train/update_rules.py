@@ -117,6 +117,41 @@ RULES = {
 }
 
 
+def checked_slots(rule, slots, shape, dtype, what):
+    """`slots` ({slot name: array}, a checkpoint's slots of one variable for `rule`) as the
+    rule needs them for a variable of `shape` and `dtype`: every slot the rule keeps, none
+    else, each shaped like the variable (or a scalar, as Adam's step count), each of the
+    dtype the rule makes it (another width of the same kind is cast). InvalidArgumentError
+    naming `what` (the variable) and the slot otherwise."""
+    if rule not in RULES:
+        raise InvalidArgumentError(f"slots of {what}: unknown update rule {rule!r}; known: "
+                                   f"{', '.join(sorted(RULES))}")
+    # The rule's slots for an empty value tell their names, dtypes and which are per-row.
+    layout = RULES[rule][1](np.empty((0,), dtype))
+    missing = sorted(set(layout) - set(slots))
+    extra = sorted(set(slots) - set(layout))
+    if missing or extra:
+        raise InvalidArgumentError(
+            f"slots of {what} for {rule}: " + "; ".join(
+                part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                  f"unknown {', '.join(extra)}" if extra else "") if part) +
+            f" (the rule keeps {', '.join(sorted(layout)) or 'none'})")
+    out = {}
+    for name, probe in layout.items():
+        array = np.asarray(slots[name])
+        expected = tuple(shape) if probe.shape == (0,) else ()
+        if array.shape != expected:
+            raise InvalidArgumentError(f"slot {rule}/{name} of {what} has shape "
+                                       f"{array.shape}, expected {expected}")
+        if array.dtype != probe.dtype:
+            if array.dtype.kind != probe.dtype.kind:
+                raise InvalidArgumentError(f"slot {rule}/{name} of {what} has dtype "
+                                           f"{array.dtype.name}, expected {probe.dtype.name}")
+            array = array.astype(probe.dtype)
+        out[name] = np.array(array)  # owned and writable: the rule updates it in place
+    return out
+
+
 class UpdateRule:
     """A named rule with its hyperparameters bound; `spec()` is what travels to a parameter
     server, which rebuilds the same rule with `UpdateRule(**spec)`."""
