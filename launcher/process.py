@@ -1,13 +1,72 @@
 """One child process of a job: started in a session (and process group) of its own, its output
-copied line by line with its role as prefix, signalled as a group, reaped exactly once."""
+copied line by line with its role as prefix, signalled as a group, reaped exactly once; and
+the watchdog that takes every child's group down if the launcher dies without doing so."""
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import subprocess
+import sys
 import threading
 
 # How long reaping waits for a child's output to drain once the child is gone.
 PUMP_JOIN_S = 2.0
+WATCHDOG_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watchdog.py")
+_PR_SET_PDEATHSIG = 1
+
+
+def _prctl():
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+    except (OSError, AttributeError, TypeError):
+        return None  # not Linux: the watchdog alone takes the children down
+    prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                      ctypes.c_ulong)
+    return prctl
+
+
+_PRCTL = _prctl()  # looked up before any fork: the child only calls it
+
+
+def _die_with_parent():
+    """Runs in the child between fork and exec: the kernel sends it SIGKILL the instant the
+    launcher dies, whatever the script then does."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Watchdog:
+    """A process of its own (launcher/watchdog.py) told about every child's process group and
+    the job's folders; if the launcher dies without tearing the job down, it kills those
+    groups and removes the folders. `close()` after the teardown dismisses it."""
+
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, "-I", WATCHDOG_SCRIPT],
+                                        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        self._lock = threading.Lock()
+
+    def say(self, line):
+        with self._lock:
+            try:
+                self.process.stdin.write(f"{line}\n".encode())
+                self.process.stdin.flush()
+            except (BrokenPipeError, ValueError):  # gone or dismissed: nothing to guard
+                pass
+
+    def close(self):
+        self.say("exit")
+        with self._lock:
+            try:
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 def describe_exit(code):
@@ -35,14 +94,17 @@ class Child:
     group's id, cannot be reused, so signalling the group can never hit an unrelated process.
     """
 
-    def __init__(self, role, index, command, env, output):
+    def __init__(self, role, index, command, env, output, watchdog=None):
         self.role, self.index = role, index
         self.name = f"{role} {index}"
         self.tag = f"{role}:{index}"
         self.command = list(command)
+        self.watchdog = watchdog
         self.process = subprocess.Popen(self.command, env=env, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with_parent)
+        if watchdog is not None:
+            watchdog.say(f"group {self.pid}")
         self._code = None
         self._reaped = False
         self._pumps = [threading.Thread(target=output.pump, args=(self.tag, stream, is_err),
@@ -95,5 +157,7 @@ class Child:
         self.signal_group(signal.SIGKILL)
         self._code = self.process.wait()
         self._reaped = True
+        if self.watchdog is not None:  # its group id may be reused from now on
+            self.watchdog.say(f"forget {self.pid}")
         for pump in self._pumps:
             pump.join(timeout=PUMP_JOIN_S)

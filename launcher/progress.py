@@ -58,11 +58,13 @@ class StepRate:
 
 
 class ProgressPoller:
-    """Polls shard 0 at `address` in a thread and shows the progress line on `output`."""
+    """Polls shard 0 at `address` in a thread and, with `show`, shows the progress line on
+    `output`. `last_stats` is what the launcher's supervision reads (who joined, who moves)."""
 
     def __init__(self, address, output, interval=POLL_S, print_every=PRINT_EVERY_S,
-                 token=None):
+                 token=None, show=True):
         self.output = output
+        self.show = show
         self.interval = interval
         self.print_every = print_every
         self.last_stats = None  # the last StatsResponse received, for the job's summary
@@ -104,6 +106,8 @@ class ProgressPoller:
             text = format_progress(stats, rate.add(now, stats.global_step))
             if self._stop.is_set():
                 return
+            if not self.show:
+                continue
             if self.output.tty:
                 self.output.status(text)
             elif stats.global_step != last_printed_step and (

@@ -14,8 +14,11 @@ How a job ends:
   the signal's number (130 for SIGINT, 143 for SIGTERM). A second signal skips the grace period.
 Stopping sends SIGTERM to every child's group, then SIGKILL to whatever is left after the
 grace period, and reaps every child: nothing the launcher started outlives `run_job`.
-If the launcher itself is killed, the children notice (`--parent-pid`, `PSFLOW_PARENT_PID`)
-and exit by themselves.
+If the launcher itself is killed (even with SIGKILL), nothing of the job stays: the kernel
+kills each child the instant its parent dies (a parent-death signal set before the child's
+program starts), and the job's watchdog process kills every child's whole process group (what
+a worker script started itself included) and removes the job's folder. A later launch also
+removes folders whose launcher is gone.
 """
 
 import dataclasses
@@ -29,12 +32,12 @@ import tempfile
 import threading
 import time
 
-from psflow.parent import PARENT_ENV
+from psflow.parent import PARENT_ENV, alive
 from psflow.proto import auth
 from psflow.train.consistency import Consistency
 
 from .output import Output
-from .process import Child, describe_exit
+from .process import Child, Watchdog, describe_exit
 from .progress import ProgressPoller, report_worker_done
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -42,6 +45,27 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # every worker has reported done, so the workers should be on their way out).
 WORKERS_AFTER_PS_EXIT_S = 10.0
 POLL_S = 0.05
+# The job's folder for the PS port files: TMP_PREFIX<launcher pid>-<random>.
+TMP_PREFIX = "psflow-launch-"
+
+
+def remove_leftovers(folder=None):
+    """Removes the job folders of launchers that are gone (killed before they could clean up);
+    returns their paths."""
+    folder = folder or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        owner = name[len(TMP_PREFIX):].split("-", 1)[0]
+        if not name.startswith(TMP_PREFIX) or not owner.isdigit() or alive(int(owner)):
+            continue
+        path = os.path.join(folder, name)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def _default_ps_command():
@@ -141,6 +165,8 @@ class Job:
         self.ps = []
         self.workers = []
         self.lost = []  # workers that failed while the job went on (sync, ssp)
+        self.never_joined = []  # workers that exited 0 without registering with the PS
+        self._moved = {}  # worker index -> (its last local step seen or None, when it changed)
         # Every call of the job carries this token; the servers refuse calls without it.
         self.token = auth.token_from_env() or secrets.token_urlsafe(32)
         self.restarts = {}  # worker index -> times restarted
@@ -153,6 +179,7 @@ class Job:
         self._hurry = threading.Event()  # a second stop: no more grace
         self._tmp = None
         self._started_at = None
+        self.watchdog = None
 
     def stop(self, signum=None):
         """Asks the job to stop (as a signal to the launcher does); a second call while it is
@@ -169,7 +196,10 @@ class Job:
         self._started_at = time.monotonic()
         handlers = self._catch_signals()
         try:
-            self._tmp = tempfile.mkdtemp(prefix="psflow-launch-")
+            remove_leftovers()
+            self.watchdog = Watchdog()
+            self._tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-")
+            self.watchdog.say(f"dir {self._tmp}")
             return self._run()
         finally:
             try:
@@ -179,6 +209,8 @@ class Job:
                     signal.signal(signum, handler)
                 if self._tmp:
                     shutil.rmtree(self._tmp, ignore_errors=True)
+                if self.watchdog is not None:
+                    self.watchdog.close()
 
     # -- phases -----------------------------------------------------------------------------------
     def _run(self):
@@ -186,9 +218,8 @@ class Job:
         if self.ps_addresses is None:
             return self._stopped_by_signal() if self._stop.is_set() else 1
         self._start_workers()
-        if self.spec.progress:
-            self.progress = ProgressPoller(self.ps_addresses[0], self.output,
-                                           token=self.token).start()
+        self.progress = ProgressPoller(self.ps_addresses[0], self.output, token=self.token,
+                                       show=self.spec.progress).start()
         return self._supervise()
 
     def _start_ps(self):
@@ -203,7 +234,7 @@ class Job:
             port_files.append(os.path.join(self._tmp, f"ps-{i}.port"))
             wanted = spec.ps_port + i if spec.ps_port else 0
             command = self._ps_command(i, wanted, port_files[i]) + ["--port-fallback"]
-            child = Child("ps", i, command, env, self.output)
+            child = Child("ps", i, command, env, self.output, self.watchdog)
             self.ps.append(child)
             self.output.launcher(f"started {child.name} (pid {child.pid})")
         ports = [None] * spec.ps
@@ -253,7 +284,7 @@ class Job:
         port = int(self.ps_addresses[index].rsplit(":", 1)[1])
         port_file = os.path.join(self._tmp, f"ps-{index}.restart-{self.ps_restarts[index]}.port")
         fresh = Child("ps", index, self._ps_command(index, port, port_file), self._ps_env,
-                      self.output)
+                      self.output, self.watchdog)
         self.ps[index] = fresh
         self.output.launcher(f"started {fresh.name} (pid {fresh.pid}) on "
                              f"{self.ps_addresses[index]}, restart {self.ps_restarts[index]} of {self.spec.max_restarts}")
@@ -294,7 +325,8 @@ class Job:
                        PYTHONUNBUFFERED="1", **math_thread_env(threads))
             env[auth.TOKEN_ENV] = self.token
             self._worker_start[i] = (command, env)
-            child = Child("worker", i, command, env, self.output)
+            child = Child("worker", i, command, env, self.output, self.watchdog)
+            self._moved[i] = (None, time.monotonic())
             self.workers.append(child)
             self.output.launcher(f"started {child.name} (pid {child.pid})")
 
@@ -304,7 +336,8 @@ class Job:
         self.restarts[index] = self.restarts.get(index, 0) + 1
         child.reap()
         command, env = self._worker_start[index]
-        fresh = Child("worker", index, command, env, self.output)
+        fresh = Child("worker", index, command, env, self.output, self.watchdog)
+        self._moved[index] = (None, time.monotonic())
         self.workers[index] = fresh
         self.output.launcher(f"started {fresh.name} (pid {fresh.pid}), restart "
                              f"{self.restarts[index]} of {self.spec.max_restarts}")
@@ -341,6 +374,12 @@ class Job:
                 ps_ended_at = ps_ended_at or time.monotonic()
             for child in self.workers:
                 code = child.exit_code()
+                if code == 0 and child not in self.never_joined and not self._joined(child):
+                    self.never_joined.append(child)
+                    self.output.error(f"{child.name} exited with code 0 without ever joining the "
+                                      "job (it never registered with the parameter servers); "
+                                      "the job goes on without it")
+                    report_worker_done(self.ps_addresses, child.index, token=self.token)
                 if code and child not in self.lost:
                     after = f" (after {', '.join(ps_ended)} exited)" if ps_ended else ""
                     if self.restarts.get(child.index, 0) < self.spec.max_restarts \
@@ -359,10 +398,14 @@ class Job:
                                       f"goes on with the other workers ({self.spec.mode} mode)")
                     report_worker_done(self.ps_addresses, child.index, token=self.token)
             if all(child.exit_code() is not None for child in self.workers):
-                if len(self.lost) == len(self.workers):
-                    self.output.error("every worker failed; stopping the job")
+                if len(self.lost) + len(self.never_joined) == len(self.workers):
+                    self.output.error("no worker finished its work; stopping the job")
                     return 1
                 return self._finish()
+            stuck = self._past_a_bound()
+            if stuck:
+                self.output.error(stuck)
+                return 1
             if ps_ended_at is not None and \
                     time.monotonic() - ps_ended_at > WORKERS_AFTER_PS_EXIT_S:
                 running = ", ".join(c.name for c in self.workers if c.running)
@@ -392,11 +435,57 @@ class Job:
         if self.progress:
             self.progress.stop()
         self.output.launcher(self._summary(lingering, final))
-        if self.lost:
-            self.output.error("job finished without " + ", ".join(
-                f"{c.name} (it {describe_exit(c.exit_code())})" for c in self.lost))
+        missing = [f"{c.name} (it {describe_exit(c.exit_code())})" for c in self.lost] + \
+            [f"{c.name} (it never joined)" for c in self.never_joined]
+        if missing:
+            self.output.error("job finished without " + ", ".join(missing))
             return 1
         return 0
+
+    # -- bounds -----------------------------------------------------------------------------------
+    def _rows(self):
+        """{worker index: WorkerStats} from shard 0's last stats the poller got."""
+        stats = self.progress.last_stats
+        return {w.task_index: w for w in stats.workers} if stats is not None else {}
+
+    def _joined(self, child):
+        """Whether worker `child` ever registered with the parameter servers, asked of shard 0
+        now. A shard 0 that does not answer has usually exited because every worker reported
+        done, so then it counts as joined."""
+        stats = self.progress.poll()
+        if stats is None:
+            return True
+        return any(w.task_index == child.index and w.registered for w in stats.workers)
+
+    def _describe(self, child, row, now):
+        if row is None or not row.registered:
+            started = self._moved[child.index][1]
+            return (f"{child.name} (never connected to the parameter servers; started "
+                    f"{now - started:.0f} s ago)")
+        return (f"{child.name} (local step {row.local_step}: "
+                f"{row.activity or 'no activity reported'})")
+
+    def _past_a_bound(self):
+        """A message naming the stuck workers when the job has run past --timeout, or a running
+        worker has made no step for --idle-timeout seconds; else None."""
+        spec, now = self.spec, time.monotonic()
+        rows = self._rows()
+        running = [c for c in self.workers if c.running]
+        for child in running:
+            row = rows.get(child.index)
+            step = row.local_step if row is not None and row.registered else None
+            if step != self._moved[child.index][0]:
+                self._moved[child.index] = (step, now)
+        if spec.timeout and now - self._started_at > spec.timeout:
+            return (f"the job ran past its --timeout of {spec.timeout:g} s; still running: " +
+                    ", ".join(self._describe(c, rows.get(c.index), now) for c in running) +
+                    "; stopping the job")
+        idle = [c for c in running if now - self._moved[c.index][1] > spec.idle_timeout]
+        if spec.idle_timeout and idle:
+            return (f"no step for {spec.idle_timeout:g} s from " +
+                    ", ".join(self._describe(c, rows.get(c.index), now) for c in idle) +
+                    " (--idle-timeout); stopping the job")
+        return None
 
     def _summary(self, lingering, final_stats):
         elapsed = time.monotonic() - self._started_at

@@ -237,14 +237,16 @@ class WorkerRequest(_message.Message):
     def __init__(self, task_index: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("task_index", "local_step", "loss")
+    __slots__ = ("task_index", "local_step", "loss", "activity")
     TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
     LOCAL_STEP_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_FIELD_NUMBER: _ClassVar[int]
     task_index: int
     local_step: int
     loss: float
-    def __init__(self, task_index: _Optional[int] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ...) -> None: ...
+    activity: str
+    def __init__(self, task_index: _Optional[int] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ..., activity: _Optional[str] = ...) -> None: ...
 
 class WorkerResponse(_message.Message):
     __slots__ = ("checkpoint_root", "num_workers", "done")
@@ -261,7 +263,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("task_index", "registered", "done", "local_step", "loss", "last_seen_s", "pushes")
+    __slots__ = ("task_index", "registered", "done", "local_step", "loss", "last_seen_s", "pushes", "activity")
     TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
@@ -269,6 +271,7 @@ class WorkerStats(_message.Message):
     LOSS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_S_FIELD_NUMBER: _ClassVar[int]
     PUSHES_FIELD_NUMBER: _ClassVar[int]
+    ACTIVITY_FIELD_NUMBER: _ClassVar[int]
     task_index: int
     registered: bool
     done: bool
@@ -276,7 +279,8 @@ class WorkerStats(_message.Message):
     loss: float
     last_seen_s: float
     pushes: int
-    def __init__(self, task_index: _Optional[int] = ..., registered: _Optional[bool] = ..., done: _Optional[bool] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ..., last_seen_s: _Optional[float] = ..., pushes: _Optional[int] = ...) -> None: ...
+    activity: str
+    def __init__(self, task_index: _Optional[int] = ..., registered: _Optional[bool] = ..., done: _Optional[bool] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ..., last_seen_s: _Optional[float] = ..., pushes: _Optional[int] = ..., activity: _Optional[str] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
     __slots__ = ("shard", "global_step", "pushes", "bytes_received", "bytes_sent", "staleness_histogram", "workers", "variables", "uptime_s", "dropped", "nonfinite")

@@ -19,7 +19,7 @@ JOIN_GRACE_S = float(os.environ.get("PSFLOW_JOIN_GRACE", "120"))
 
 
 class _Worker:
-    __slots__ = ("registered", "done", "local_step", "loss", "last_seen", "pushes")
+    __slots__ = ("registered", "done", "local_step", "loss", "last_seen", "pushes", "activity")
 
     def __init__(self):
         self.registered = False
@@ -28,6 +28,7 @@ class _Worker:
         self.loss = math.nan
         self.last_seen = None
         self.pushes = 0
+        self.activity = ""
 
 
 class Membership:
@@ -66,6 +67,7 @@ class Membership:
             worker.registered = True
             worker.done = False  # a restarted worker is back
             worker.last_seen = time.monotonic()
+            self.all_done.clear()  # and the job is not over after all
             return self.num_workers, self._done_count()
 
     def touch(self, index, pushed=False):
@@ -76,13 +78,15 @@ class Membership:
                 worker.last_seen = time.monotonic()
                 worker.pushes += pushed
 
-    def heartbeat(self, index, local_step, loss):
-        """Worker `index` is alive at its `local_step` with `loss`. Returns membership."""
+    def heartbeat(self, index, local_step, loss, activity=""):
+        """Worker `index` is alive at its `local_step` with `loss`, doing `activity`. Returns
+        membership."""
         self.check(index)
         with self._lock:
             worker = self._worker(index)
             worker.local_step = local_step
             worker.loss = loss
+            worker.activity = activity
             worker.last_seen = time.monotonic()
             return self.num_workers, self._done_count()
 
@@ -105,18 +109,21 @@ class Membership:
         with self._lock:
             for index in range(self.num_workers):
                 worker = self._workers.get(index)
+                if worker is not None and worker.done:  # done, even without ever joining
+                    continue
                 if worker is None or not worker.registered:
                     if now - self.started <= JOIN_GRACE_S:
                         live.append(index)
-                elif not worker.done and now - worker.last_seen <= DEAD_AFTER_S:
+                elif now - worker.last_seen <= DEAD_AFTER_S:
                     live.append(index)
         return live
 
     def rows(self):
-        """(task_index, registered, done, local_step, loss, last_seen_s, pushes) of every
-        worker heard of, by index."""
+        """(task_index, registered, done, local_step, loss, last_seen_s, pushes, activity) of
+        every worker heard of, by index."""
         now = time.monotonic()
         with self._lock:
             return [(index, w.registered, w.done, w.local_step, w.loss,
-                     (now - w.last_seen) if w.last_seen is not None else -1.0, w.pushes)
+                     (now - w.last_seen) if w.last_seen is not None else -1.0, w.pushes,
+                     w.activity)
                     for index, w in sorted(self._workers.items())]

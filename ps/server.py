@@ -141,8 +141,9 @@ class ParameterServer:
         while not self._stopped.is_set():
             if self.store.all_done.wait(WATCH_INTERVAL_S):
                 time.sleep(self.done_grace_s)  # let the last WorkerDone answer reach its caller
-                self.stop(reason="all workers are done")
-                return
+                if self.store.all_done.is_set():  # unless a restarted worker came back
+                    self.stop(reason="all workers are done")
+                    return
             if self._parent is not None and not self._parent.alive():
                 self.stop(reason=f"parent process {self.parent_pid} is gone")
                 return

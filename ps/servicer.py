@@ -21,6 +21,7 @@ _STATUS = [
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (codec.CodecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (DecodeError, grpc.StatusCode.INVALID_ARGUMENT),  # the small fields of a push
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
@@ -207,7 +208,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     @_handler
     def Heartbeat(self, request, context):
         return self._membership(self.store.heartbeat(request.task_index, request.local_step,
-                                                     request.loss))
+                                                     request.loss, request.activity))
 
     @_handler
     def WorkerDone(self, request, context):
@@ -221,10 +222,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             bytes_received=stats["bytes_received"], bytes_sent=stats["bytes_sent"],
             staleness_histogram=stats["staleness_histogram"], variables=stats["variables"],
             uptime_s=stats["uptime_s"], dropped=stats["dropped"], nonfinite=stats["nonfinite"])
-        for index, registered, done, local_step, loss, last_seen, pushes in stats["workers"]:
+        for index, registered, done, local_step, loss, last_seen, pushes, activity \
+                in stats["workers"]:
             reply.workers.add(task_index=index, registered=registered, done=done,
                               local_step=local_step, loss=loss, last_seen_s=last_seen,
-                              pushes=pushes)
+                              pushes=pushes, activity=activity)
         return reply
 
     def _membership(self, membership):

@@ -25,6 +25,7 @@ Restoring a checkpoint forgets the ids, since the state they changed is gone.
 import collections
 import errno
 import inspect
+import math
 import os
 import threading
 import time
@@ -36,7 +37,7 @@ from psflow.errors import (FailedPreconditionError, InvalidArgumentError, NotFou
                            PermissionDeniedError, ResourceExhaustedError)
 from psflow.gradients import IndexedSlices
 from psflow.graph import format_shape as _shape_text
-from psflow.proto.codec import MAX_DIMS
+from psflow.proto.codec import MAX_DIMS, MAX_MESSAGE_BYTES
 from psflow.train.update_rules import RULES, UpdateRule, checked_slots
 
 from .membership import Membership
@@ -45,6 +46,8 @@ from .sync import STEP_TIMEOUT_S, SyncState
 STALENESS_BUCKETS = 32
 # Distinct rule specs kept; a decaying learning rate makes a new spec every step.
 RULE_CACHE_SIZE = 64
+# Room for the tensors of one reply, below gRPC's message limit.
+MAX_REPLY_BYTES = MAX_MESSAGE_BYTES - 16 * 1024 * 1024
 # Push ids remembered for retries: a retry comes within seconds, long before this many more
 # pushes arrive.
 PUSH_IDS_KEPT = 4096
@@ -296,8 +299,15 @@ class ShardStore:
         """use([(name, version, array)]) for the named variables, called while their locks are
         held (taken together, in name order; nothing else holds two at a time), so the arrays
         are one consistent snapshot that `use` may read but must not keep: it copies what it
-        needs (say, into a reply's bytes) and its result is returned."""
-        variables = [self._get(name) for name in names]
+        needs (say, into a reply's bytes) and its result is returned. A name given twice is
+        answered once; a set of values too large for one reply is refused before anything is
+        copied (RESOURCE_EXHAUSTED)."""
+        variables = [self._get(name) for name in dict.fromkeys(names)]
+        size = sum(var.dtype.itemsize * math.prod(var.shape) for var in variables)
+        if size > MAX_REPLY_BYTES:
+            raise ResourceExhaustedError(
+                f"the {len(variables)} variables asked for hold {size} bytes; one reply carries "
+                f"at most {MAX_REPLY_BYTES} (ask for them in several calls)")
         ordered = sorted(set(variables), key=lambda v: v.name)
         for var in ordered:
             var.lock.acquire()
@@ -525,9 +535,9 @@ class ShardStore:
         self.sync.on_register(index)
         return membership
 
-    def heartbeat(self, index, local_step, loss):
+    def heartbeat(self, index, local_step, loss, activity=""):
         """Worker `index` is alive at its `local_step` with `loss`. Returns membership."""
-        return self.members.heartbeat(index, local_step, loss)
+        return self.members.heartbeat(index, local_step, loss, activity)
 
     def done(self, index):
         """Worker `index` has finished (idempotent). Returns membership."""
@@ -537,7 +547,8 @@ class ShardStore:
 
     def stats(self):
         """Counters as a dict: the fields of the proto's StatsResponse; `workers` holds
-        (task_index, registered, done, local_step, loss, last_seen_s, pushes) tuples."""
+        (task_index, registered, done, local_step, loss, last_seen_s, pushes, activity)
+        tuples."""
         now = time.monotonic()
         workers = self.members.rows()
         with self._stats_lock:
@@ -566,8 +577,9 @@ def _finite(values):
     huge but finite values needs the exact look."""
     if values.dtype in (np.float32, np.float64) and values.flags.c_contiguous:
         flat = values.reshape(-1)
-        if np.isfinite(np.dot(flat, flat)):
-            return True
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(np.dot(flat, flat)):
+                return True
     return bool(np.isfinite(values).all())
 
 

@@ -36,6 +36,8 @@ POINTER = "checkpoint"
 INDEX = "index.json"
 MODEL_FILE = "model.npz"
 _NAME = re.compile(r"^ckpt-(\d+)$")
+# What an index may name: a file inside its checkpoint's folder, never a path elsewhere.
+_SHARD_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.npz$")
 
 
 def checkpoint_name(global_step):
@@ -226,6 +228,9 @@ def read_checkpoint(checkpoint):
     pieces, slot_pieces = {}, {}
     try:
         for shard in index["shards"]:
+            if not isinstance(shard["file"], str) or not _SHARD_FILE.match(shard["file"]):
+                raise DataLossError(f"checkpoint {checkpoint}: shard file {shard['file']!r} is "
+                                    "not a file name inside the checkpoint")
             values, slots, _ = read_shard(os.path.join(checkpoint, shard["file"]),
                                           shard["sha256"])
             parts = shard["parts"]

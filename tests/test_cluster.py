@@ -206,3 +206,39 @@ def test_a_killed_ps_without_a_checkpoint_ends_the_job_with_the_reason():
     code = job.finish()
     assert code == 1, job.explain()
     assert "no checkpoint to restore them from" in "".join(job.stderr), job.explain()
+
+
+def test_a_worker_that_leaves_without_joining_is_named_and_does_not_stall_a_sync_job():
+    started = time.monotonic()
+    result = launch("--workers", "2", "--ps", "1", "--mode", "sync",
+                    str(SCRIPTS / "sync_steps.py"), "--steps", "20", "--leave", "1", timeout=120)
+    assert result.returncode == 1, explain(result)
+    assert "worker 1 exited with code 0 without ever joining the job" in result.stderr, \
+        explain(result)
+    assert "job finished without worker 1 (it never joined)" in result.stderr
+    assert finished_workers(result) == {0: 20}, explain(result)
+    assert time.monotonic() - started < 60  # not the 120 s join grace
+
+
+@pytest.mark.parametrize("hang_at, words", [
+    ("1:5", "worker 1 (local step 5: in the script's own code after run"),
+    ("1:-1", "worker 1 (never connected to the parameter servers"),
+])
+def test_a_hung_worker_ends_the_job_within_the_idle_bound_and_is_named(hang_at, words):
+    started = time.monotonic()
+    result = launch("--workers", "2", "--ps", "1", "--idle-timeout", "4",
+                    str(SCRIPTS / "sync_steps.py"), "--steps", "10", "--hang-at", hang_at,
+                    timeout=120)
+    assert result.returncode == 1, explain(result)
+    assert "no step for 4 s from" in result.stderr and words in result.stderr, explain(result)
+    assert "worker 0" not in result.stderr.split("no step for")[1], explain(result)
+    assert time.monotonic() - started < 40
+
+
+def test_a_job_past_its_timeout_is_stopped_naming_what_runs():
+    result = launch("--workers", "2", "--ps", "1", "--timeout", "5",
+                    str(SCRIPTS / "sync_steps.py"), "--steps", "10", "--hang-at", "0:3",
+                    timeout=120)
+    assert result.returncode == 1, explain(result)
+    assert "the job ran past its --timeout of 5 s; still running: worker 0 (local step 3" \
+        in result.stderr, explain(result)

@@ -467,6 +467,42 @@ def test_killed_launcher_leaves_no_process_behind(tmp_path, out_dir):
         wait_until(lambda: can_listen(port_of(address)), 5, f"{address} to be free")
 
 
+def test_sigkilled_launcher_leaves_no_grandchild_nor_a_worker_without_a_session(tmp_path,
+                                                                               out_dir):
+    """Workers that never create a psflow session, ignore SIGTERM and start processes of
+    their own: a SIGKILL of the launcher still takes every one of them down, and its job
+    folder."""
+    job = LaunchInBackground(tmp_path, "--workers", 2, "--ps", 1, "--no-progress",
+                             SCRIPTS / "sleeper.py", out_dir)
+    wait_until(lambda: len(list(out_dir.glob("sleeper-*.json"))) == 2, 30, "the workers")
+    pids = started_pids(job.stderr)
+    for path in out_dir.glob("sleeper-*.json"):
+        record = json.loads(path.read_text())
+        pids[f"worker pid {record['pid']}"] = record["pid"]
+        pids[f"process started by {record['pid']}"] = record["grandchild_pid"]
+    assert len(pids) == 7 and all(alive(pid) for pid in pids.values()), pids
+    job.process.kill()
+    job.wait()
+    wait_until(lambda: not any(alive(pid) for pid in pids.values()), 5,
+               f"the processes of a killed launcher to end: "
+               f"{ {n: p for n, p in pids.items() if alive(p)} }")
+    wait_until(lambda: os.listdir(tmp_path / "tmpdir") == [], 5, "the job folder to go")
+
+
+def test_a_launch_removes_job_folders_whose_launcher_is_gone(tmp_path):
+    from psflow.launcher.supervisor import remove_leftovers
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f"psflow-launch-{gone.pid}-abc"
+    live = tmp_path / f"psflow-launch-{os.getpid()}-def"
+    other = tmp_path / "psflow-launch-xyz"
+    for folder in (stale, live, other):
+        folder.mkdir()
+        (folder / "ps-0.port").write_text("1234\n")
+    assert remove_leftovers(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and live.exists() and other.exists()
+
+
 def test_ps_dying_mid_job_stops_the_job_and_is_named(tmp_path, out_dir):
     job = LaunchInBackground(tmp_path, "--workers", 2, "--ps", 2, "--no-progress",
                              "--max-restarts", 0, FAKE_WORKER, out_dir, "--hang")

@@ -194,3 +194,83 @@ def test_the_chief_initializes_with_a_scaffold_init_op(fresh_graph, servers):
         assert float(session.run(b)) == 0.25
     finally:
         session.close()
+
+
+def test_a_farewell_to_a_frozen_parameter_server_does_not_fail_the_worker(fresh_graph, tmp_path,
+                                                                         monkeypatch, caplog):
+    """A shard that does not answer WorkerDone (here: stopped with SIGSTOP) is named in a
+    warning; the worker finished its work, so it finishes."""
+    import logging
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from psflow.worker import store as worker_store
+    monkeypatch.setattr(worker_store, "FAREWELL_TIMEOUT_S", 1.0)
+    port_file = tmp_path / "port"
+    frozen = subprocess.Popen([sys.executable, "-m", "psflow.ps", "--task-index", "1",
+                               "--num-workers", "1", "--port-file", str(port_file)],
+                              stderr=subprocess.DEVNULL)
+    live = ParameterServer(shard=0, num_workers=1).start()
+    try:
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert frozen.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        cluster = ClusterSpec({"ps": [f"127.0.0.1:{live.port}",
+                                      f"127.0.0.1:{int(port_file.read_text())}"],
+                               "worker": ["127.0.0.1:0"]})
+        x, y, w, b, loss, step, train = linear_model()
+        session = DistributedSession(fresh_graph, TaskConfig(cluster, "worker", 0))
+        for bx, by in batches(3):
+            session.run(train, {x: bx, y: by})
+        frozen.send_signal(signal.SIGSTOP)
+        with caplog.at_level(logging.WARNING):
+            session.close()  # no exception
+        assert "parameter server 1 did not take this worker's farewell" in caplog.text
+        assert live.store.all_done.is_set()
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+        frozen.kill()
+        frozen.wait()
+        live.stop(grace=0)
+
+
+def test_a_chief_whose_final_save_fails_does_not_report_done(fresh_graph, tmp_path,
+                                                              monkeypatch):
+    import errno
+
+    from psflow import checkpoint
+    from psflow.errors import ResourceExhaustedError
+    from psflow.train import monitored_session
+
+    server = ParameterServer(shard=0, num_workers=1, checkpoint_root=tmp_path).start()
+    try:
+        x, y, w, b, loss, step, train = linear_model()
+        monkeypatch.setattr(monitored_session, "task_config_from_env",
+                            lambda: task([server]))
+        session = tf.train.MonitoredTrainingSession(checkpoint_dir=str(tmp_path),
+                                                    save_checkpoint_steps=1000)
+        for bx, by in batches(2):
+            session.run(train, {x: bx, y: by})
+
+        def full(path, *args):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(checkpoint, "write_shard", full)
+        with pytest.raises(ResourceExhaustedError, match="No space left on device"):
+            session.close()
+        assert not server.store.all_done.is_set()
+        rows = {row[0]: row for row in server.store.stats()["workers"]}
+        assert rows[0][2] is False  # not done
+    finally:
+        server.stop(grace=0)
+
+
+def test_a_checkpoint_dir_outside_the_servers_root_is_refused_at_the_start(fresh_graph,
+                                                                           tmp_path, servers):
+    from psflow.errors import FailedPreconditionError
+    linear_model()
+    with pytest.raises(FailedPreconditionError, match="has no checkpoint root"):
+        DistributedSession(fresh_graph, task(servers), checkpoint_dir=str(tmp_path))

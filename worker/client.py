@@ -6,7 +6,8 @@ from concurrent import futures
 import grpc
 
 from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
-                           NotFoundError, PsflowError, UnauthenticatedError, UnavailableError)
+                           NotFoundError, PermissionDeniedError, PsflowError,
+                           ResourceExhaustedError, UnauthenticatedError, UnavailableError)
 from psflow.proto import auth, codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
@@ -18,6 +19,8 @@ _ERRORS = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
 }
 
 # Bound on any single call, so that nothing waits forever on a server that is gone.

@@ -71,6 +71,7 @@ class DistributedSession(Session):
             self._initialize(graph, initialized, restore, initializer)
         else:
             store.wait_initialized()
+        store.activity = "in the script's own code before its first run"
         self._heartbeat = threading.Thread(target=self._beat, name="psflow-heartbeat",
                                            daemon=True)
         self._heartbeat.start()
@@ -161,9 +162,12 @@ class DistributedSession(Session):
             named = [n.consistency for n in applies if n.consistency is not None]
             mode = self._modes[plan] = (bool(applies), named[0] if named else self.consistency)
         trains, consistency = mode
-        self.store.prefetch(plan.variables, reuse=trains, consistency=consistency)
+        store = self.store
+        store.prefetch(plan.variables, reuse=trains, consistency=consistency)
+        store.activity = f"run {store.step.run}: computing"
         values = super()._execute(plan, feeds)
         self.local_step += 1
+        store.activity = f"in the script's own code after run {store.step.run}"
         for node, _, _ in plan.steps:
             if isinstance(node, ApplyGradients) and node.loss is not None:
                 loss = values.get(node.loss)

@@ -18,7 +18,7 @@ import numpy as np
 
 from psflow import checkpoint
 from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
-                           UnavailableError)
+                           PsflowError, UnavailableError)
 from psflow.gradients import IndexedSlices
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 INIT_TIMEOUT_S = float(os.environ.get("PSFLOW_INIT_TIMEOUT", "600"))
 # How long to wait for the parameter servers to come up.
 CONNECT_TIMEOUT_S = float(os.environ.get("PSFLOW_CONNECT_TIMEOUT", "60"))
+# How long a worker's farewell (WorkerDone) waits for each shard.
+FAREWELL_TIMEOUT_S = float(os.environ.get("PSFLOW_FAREWELL_TIMEOUT", "10"))
 # Bound on a synchronous step's push to shard 0, which waits for the other workers (the
 # shard gives up after PSFLOW_STEP_TIMEOUT and says whom it waited for).
 SYNC_CALL_TIMEOUT_S = float(os.environ.get("PSFLOW_STEP_TIMEOUT", "300")) + 30
@@ -94,6 +96,8 @@ class DistributedStore:
         self._runs = itertools.count(1)
         self.dropped = 0  # steps whose gradients came too late (sync)
         self.checkpoint_roots = {}  # shard -> the folder it writes checkpoints in ("": none)
+        # What this worker is doing, in words, for the heartbeats (a stuck job names it).
+        self.activity = "starting its session"
 
     # -- set-up ------------------------------------------------------------------------------
     def register(self, timeout=CONNECT_TIMEOUT_S):
@@ -238,6 +242,7 @@ class DistributedStore:
         `reuse`, values the previous push's replies carried back are taken instead of pulled
         (a training run: they are as new as a pull would give). `consistency`: the run's
         mode (default: the job's)."""
+        self.activity = f"run {self.step.run}: pulling variables"
         step = self.step
         returned, returned_step = step.returned, step.returned_step
         if fresh:
@@ -393,8 +398,11 @@ class DistributedStore:
         if global_step is not None:
             request_for(0).increment_global_step = True
         if consistency.mode != "async":
+            self.activity = (f"run {step.run}: in Push, waiting for the other workers' "
+                             f"gradients of global step {step.global_step}")
             self._push_in_step(requests, request_for(0), consistency)
             return
+        self.activity = f"run {step.run}: pushing gradients"
         for shard, request in requests.items():  # the next step's values come back
             request.pull.extend(dict.fromkeys(p.name for p in step.read.get(shard, ())))
         calls = [(self.clients[s], "Push", r) for s, r in requests.items()]
@@ -442,13 +450,24 @@ class DistributedStore:
 
     # -- membership ----------------------------------------------------------------------------
     def heartbeat(self, local_step, loss):
-        request = pb.HeartbeatRequest(task_index=self.worker, local_step=local_step, loss=loss)
+        request = pb.HeartbeatRequest(task_index=self.worker, local_step=local_step, loss=loss,
+                                      activity=self.activity)
         for client in self.clients:
             client.call("Heartbeat", request, timeout=5.0)
 
     def done(self):
+        """Tells every shard this worker is done. A shard that does not answer (frozen, or
+        gone already) is named in a warning and skipped: finishing is not failing, and the
+        launcher ends what is left. Returns the shards that did not answer."""
+        silent = []
         for client in self.clients:
-            client.call("WorkerDone", worker_request(self.worker), timeout=10.0)
+            try:
+                client.call("WorkerDone", worker_request(self.worker), timeout=FAREWELL_TIMEOUT_S)
+            except PsflowError as exc:
+                log.warning("parameter server %d did not take this worker's farewell (%s); "
+                            "finishing anyway", client.index, exc)
+                silent.append(client.index)
+        return silent
 
     def close(self):
         self.fanout.close()

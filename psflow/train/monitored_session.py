@@ -284,12 +284,14 @@ class MonitoredTrainingSession:
         if self._closed:
             return
         self._closed = True
+        done = False
         try:
             if not failed:
                 for hook in self._hooks:
                     hook.end(self._session)
+                done = True  # a chief whose final save failed has not finished its work
         finally:
-            self._session.finish(done=not failed)
+            self._session.finish(done=done)
 
     def __enter__(self):
         return self
