@@ -18,6 +18,8 @@ DTYPES = {name: np.dtype(name).newbyteorder("<") for name in
 
 # The most dimensions a tensor may have (numpy 1 allows 32, numpy 2 64).
 MAX_DIMS = 32
+# The most elements a shape may describe (numpy's bound on an array's bytes, for 8-byte items).
+MAX_ELEMENTS = 2 ** 60
 # gRPC message limit on both ends; payloads are kept well below it (see MAX_PAYLOAD_BYTES).
 MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 # The most tensor bytes the client puts into one request or asks for in one response.
@@ -63,6 +65,10 @@ def check_shape(shape, what):
         raise CodecError(f"{what}: {len(shape)} dimensions; at most {MAX_DIMS} are supported")
     if any(d < 0 for d in shape):
         raise CodecError(f"{what}: negative dimension in shape {list(shape)}")
+    # A dimension of 0 makes an empty array of any other size; numpy still refuses shapes
+    # whose other dimensions could not be allocated.
+    if math.prod(max(d, 1) for d in shape) >= MAX_ELEMENTS:
+        raise CodecError(f"{what}: shape {list(shape)} is too large for an array")
 
 
 def dtype_name(dtype):

@@ -249,8 +249,8 @@ class ShardStore:
             raise PermissionDeniedError(
                 f"parameter server {self.shard} has no checkpoint root, so it writes no "
                 "checkpoint (start it with --checkpoint-root DIR, or PSFLOW_CHECKPOINT_DIR)")
-        if not path.endswith(".npz"):
-            raise InvalidArgumentError(f"checkpoint file {path!r} must end in .npz")
+        if not path.endswith(".npz") or "\0" in path:
+            raise InvalidArgumentError(f"checkpoint file {path!r} must be a path ending in .npz")
         real = os.path.realpath(path)
         if os.path.commonpath([real, self.checkpoint_root]) != self.checkpoint_root:
             raise PermissionDeniedError(f"checkpoint file {path!r} is outside this parameter "
@@ -454,13 +454,14 @@ class ShardStore:
                 raise FailedPreconditionError(
                     f"variable {name!r} is not initialized yet; the chief initializes the "
                     "variables before anyone pushes")
-            if not self.allow_nonfinite and not _finite(values):
+            data = grad.values if isinstance(grad, IndexedSlices) else grad  # after any cast
+            if not self.allow_nonfinite and not _finite(data):
                 with self._stats_lock:
                     self.nonfinite += 1
                 raise InvalidArgumentError(
-                    f"gradient for variable {name!r} holds NaN or Inf; nothing of the push was "
-                    "applied (a parameter server started with --allow-nonfinite applies such "
-                    "gradients)")
+                    f"gradient for variable {name!r} holds NaN or Inf (or values beyond "
+                    f"{var.dtype.name}); nothing of the push was applied (a parameter server "
+                    "started with --allow-nonfinite applies such gradients)")
             received += values.nbytes + (0 if indices is None else indices.nbytes)
             checked.append((var, grad, version))
         return checked, received

@@ -270,3 +270,56 @@ def test_fuzzed_requests_never_get_internal_and_the_server_keeps_its_variables(c
     # Fuzzed pushes may have applied well-formed gradients; the variable is still whole.
     after = value_of(stub)
     assert after.shape == before.shape and after.dtype == before.dtype
+
+
+# -- lifecycle and exposure ----------------------------------------------------------------------
+def test_a_worker_registering_again_cancels_all_done():
+    server = ParameterServer(num_workers=1, done_grace_s=0.3).start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ParameterServerStub(channel)
+            stub.RegisterWorker(pb.WorkerRequest(task_index=0), timeout=TIMEOUT)
+            stub.WorkerDone(pb.WorkerRequest(task_index=0), timeout=TIMEOUT)
+            stub.RegisterWorker(pb.WorkerRequest(task_index=0), timeout=TIMEOUT)  # restarted
+            assert not server.wait_for_termination(2.0), "the server exited under a worker"
+            stub.WorkerDone(pb.WorkerRequest(task_index=0), timeout=TIMEOUT)
+        assert server.wait_for_termination(10.0)
+        assert server.stop_reason == "all workers are done"
+    finally:
+        server.stop(grace=0)
+
+
+def test_without_a_token_only_loopback_unless_insecure(caplog):
+    with pytest.raises(ValueError, match="refusing to serve on 0.0.0.0 without a job token"):
+        ParameterServer(host="0.0.0.0", token="")
+    ParameterServer(host="0.0.0.0", token="", insecure=True)  # told so: allowed
+    ParameterServer(host="0.0.0.0", token="secret")
+    import logging
+    with caplog.at_level(logging.WARNING), ParameterServer(token="") as ps:
+        assert f"anyone who reaches {ps.address} may call it" in caplog.text
+
+
+def test_the_ps_command_refuses_a_public_address_without_a_token():
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "PSFLOW_AUTH_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "psflow.ps", "--task-index", "0",
+                             "--num-workers", "1", "--host", "0.0.0.0"],
+                            capture_output=True, text=True, timeout=30, env=env)
+    assert result.returncode == 2
+    assert "without a job token" in result.stderr and "--insecure" in result.stderr
+
+
+def test_what_the_fuzzer_found_is_invalid_argument(stub):
+    request = pb.PushRequest(rule=SGD)
+    request.gradients.add(name="w", values=pb.Tensor(dtype="float32", shape=[0, 2**62, 8]))
+    code, details = code_of(lambda: stub.Push(request, timeout=TIMEOUT))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "too large" in details
+    code, _ = code_of(lambda: stub.SaveShard(pb.SaveShardRequest(path="/tmp/a\0b.npz"),
+                                             timeout=TIMEOUT))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    # A float64 gradient beyond float32 would turn the variable to Inf once cast.
+    code, details = code_of(lambda: push(stub, np.full((2, 3), 1e300)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "beyond float32" in details
+    np.testing.assert_array_equal(value_of(stub), np.ones((2, 3)))
