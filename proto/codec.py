@@ -63,20 +63,29 @@ def check_shape(shape, what):
     negative."""
     if len(shape) > MAX_DIMS:
         raise CodecError(f"{what}: {len(shape)} dimensions; at most {MAX_DIMS} are supported")
-    if any(d < 0 for d in shape):
+    if not shape:
+        return
+    if min(shape) < 0:
         raise CodecError(f"{what}: negative dimension in shape {list(shape)}")
     # A dimension of 0 makes an empty array of any other size; numpy still refuses shapes
     # whose other dimensions could not be allocated.
-    if math.prod(max(d, 1) for d in shape) >= MAX_ELEMENTS:
+    if 0 in shape and math.prod(max(d, 1) for d in shape) >= MAX_ELEMENTS:
         raise CodecError(f"{what}: shape {list(shape)} is too large for an array")
 
 
+_NAMES = {}  # dtype -> its wire name; numpy's dtype.name is slow enough to show per tensor
+
+
 def dtype_name(dtype):
-    dtype = np.dtype(dtype)
-    if dtype.name not in DTYPES:
-        raise CodecError(f"dtype {dtype.name} cannot travel on the wire; supported: "
-                         f"{', '.join(DTYPES)}")
-    return dtype.name
+    name = _NAMES.get(dtype)
+    if name is None:
+        name = np.dtype(dtype).name
+        if name not in DTYPES:
+            raise CodecError(f"dtype {name} cannot travel on the wire; supported: "
+                             f"{', '.join(DTYPES)}")
+        if isinstance(dtype, np.dtype):
+            _NAMES[dtype] = name
+    return name
 
 
 def encode(array, out=None):

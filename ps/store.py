@@ -495,7 +495,10 @@ class ShardStore:
                                        f"{values.dtype.name}, but the variable has dtype "
                                        f"{var.dtype.name}")
         # Another float width is cast once here, so the rule's arithmetic is the variable's.
-        return values if values.dtype == var.dtype else values.astype(var.dtype)
+        if values.dtype == var.dtype:
+            return values
+        with np.errstate(over="ignore"):  # what overflows is refused as non-finite next
+            return values.astype(var.dtype)
 
     def _dense(self, var, values):
         if values.shape != var.shape:
