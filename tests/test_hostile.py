@@ -34,14 +34,6 @@ def server(tmp_path):
 
 
 @pytest.fixture
-def channel(server):
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}",
-                               options=codec.CHANNEL_OPTIONS) as ch:
-        grpc.channel_ready_future(ch).result(timeout=10)
-        yield ch
-
-
-@pytest.fixture
 def stub(channel):
     stub = pb_grpc.ParameterServerStub(channel)
     stub.DeclareVariables(pb.DeclareVariablesRequest(variables=[

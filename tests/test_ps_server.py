@@ -31,14 +31,6 @@ def server():
 
 
 @pytest.fixture
-def channel(server):
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}",
-                               options=codec.CHANNEL_OPTIONS) as ch:
-        grpc.channel_ready_future(ch).result(timeout=10)
-        yield ch
-
-
-@pytest.fixture
 def stub(channel):
     return pb_grpc.ParameterServerStub(channel)
 
