@@ -12,4 +12,4 @@ RUN pip install --no-cache-dir ".[examples]" \
     && chown -R psflow /app
 USER 10001
 EXPOSE 2222
-CMD ["python", "-m", "psflow.ps", "--help"]
+CMD ["python", "-P", "-m", "psflow.ps", "--help"]

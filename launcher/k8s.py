@@ -125,7 +125,9 @@ def _env(job, k8s, role, with_tf_config=True):
 
 def _container(job, k8s, role, name, with_tf_config=True):
     if role == "ps":
-        command = ["python", "-m", "psflow.ps", "--host", "0.0.0.0", "--port", str(PORT)]
+        # -P: the image's working directory holds psflow's source tree, which must not shadow
+        # the installed package.
+        command = ["python", "-P", "-m", "psflow.ps", "--host", "0.0.0.0", "--port", str(PORT)]
     else:
         command = ["python", _script_path(job.script), *job.script_args]
     container = {

@@ -69,7 +69,10 @@ def remove_leftovers(folder=None):
 
 
 def _default_ps_command():
-    return [sys.executable, "-m", "psflow.ps"]
+    # -P keeps the current directory off sys.path: run from a source checkout, its psflow/
+    # folder would otherwise shadow the installed package and hide psflow.ps.
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *safe_path, "-m", "psflow.ps"]
 
 
 MATH_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")

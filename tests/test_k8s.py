@@ -64,7 +64,7 @@ def test_the_default_manifests_validate_and_describe_the_job():
         assert env["PSFLOW_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
             "name": "digits-auth", "key": "token"}
     ps = kinds[("Job", "digits-ps")]["spec"]["template"]["spec"]["containers"][0]
-    assert ps["command"][:3] == ["python", "-m", "psflow.ps"]
+    assert ps["command"][:4] == ["python", "-P", "-m", "psflow.ps"]
     assert ps["readinessProbe"]["grpc"] == {"port": 2222, "service": "psflow.ParameterServer"}
     assert ps["livenessProbe"]["grpc"]["port"] == 2222
     worker = kinds[("Job", "digits-worker")]["spec"]["template"]["spec"]["containers"][0]
