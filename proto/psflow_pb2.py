@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cpsflow.proto\x12\x06psflow\"7\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\":\n\x0cVariableSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"B\n\x17\x44\x65\x63lareVariablesRequest\x12\'\n\tvariables\x18\x01 \x03(\x0b\x32\x14.psflow.VariableSpec\"/\n\x18\x44\x65\x63lareVariablesResponse\x12\x13\n\x0binitialized\x18\x01 \x03(\t\"L\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x06tensor\x18\x02 \x01(\x0b\x32\x0e.psflow.Tensor\x12\x0f\n\x07version\x18\x03 \x01(\x03\"\xa4\x01\n\x1aInitializeVariablesRequest\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.psflow.NamedTensor\x12\x11\n\toverwrite\x18\x02 \x01(\x08\x12 \n\x05slots\x18\x03 \x03(\x0b\x32\x11.psflow.SlotValue\x12\x17\n\x0fset_global_step\x18\x04 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x05 \x01(\x03\"Y\n\tSlotValue\x12\x10\n\x08variable\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0c\n\x04slot\x18\x03 \x01(\t\x12\x1e\n\x06tensor\x18\x04 \x01(\x0b\x32\x0e.psflow.Tensor\" \n\x10SaveShardRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"Z\n\x11SaveShardResponse\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x11\n\tvariables\x18\x04 \x03(\t\"/\n\x1bInitializeVariablesResponse\x12\x10\n\x08\x61ssigned\x18\x01 \x03(\t\";\n\x16WaitInitializedRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x03\"9\n\x17WaitInitializedResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07missing\x18\x02 \x03(\t\"B\n\x0bPullRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12$\n\x06\x63ommit\x18\x02 \x01(\x0b\x32\x14.psflow.StepDecision\"p\n\x0cPullResponse\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.psflow.NamedTensor\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12&\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x14.psflow.StepDecision\"-\n\x0cStepDecision\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0f\n\x07workers\x18\x02 \x03(\x05\"\x8d\x01\n\x0b\x43onsistency\x12&\n\x04mode\x18\x01 \x01(\x0e\x32\x18.psflow.Consistency.Mode\x12\x1d\n\x15replicas_to_aggregate\x18\x02 \x01(\x05\x12\x11\n\tstaleness\x18\x03 \x01(\x05\"$\n\x04Mode\x12\t\n\x05\x41SYNC\x10\x00\x12\x08\n\x04SYNC\x10\x01\x12\x07\n\x03SSP\x10\x02\"j\n\x08Gradient\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x06values\x18\x02 \x01(\x0b\x32\x0e.psflow.Tensor\x12\x1f\n\x07indices\x18\x03 \x01(\x0b\x32\x0e.psflow.Tensor\x12\x0f\n\x07version\x18\x04 \x01(\x03\"v\n\nUpdateRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x05hyper\x18\x02 \x03(\x0b\x32\x1d.psflow.UpdateRule.HyperEntry\x1a,\n\nHyperEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xec\x01\n\x0bPushRequest\x12#\n\tgradients\x18\x01 \x03(\x0b\x32\x10.psflow.Gradient\x12 \n\x04rule\x18\x02 \x01(\x0b\x32\x12.psflow.UpdateRule\x12\x0e\n\x06worker\x18\x03 \x01(\x05\x12\x1d\n\x15increment_global_step\x18\x04 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x05 \x01(\x03\x12\x0c\n\x04pull\x18\x06 \x03(\t\x12(\n\x0b\x63onsistency\x18\x07 \x01(\x0b\x32\x13.psflow.Consistency\x12\x1a\n\x02id\x18\x08 \x01(\x0b\x32\x0e.psflow.PushId\">\n\x06PushId\x12\x13\n\x0bincarnation\x18\x01 \x01(\x06\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\r\n\x05index\x18\x03 \x01(\x05\"\x94\x01\n\x0cPushResponse\x12\x11\n\tstaleness\x18\x01 \x03(\x03\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12#\n\x06values\x18\x03 \x03(\x0b\x32\x13.psflow.NamedTensor\x12\x0f\n\x07\x64ropped\x18\x04 \x01(\x08\x12&\n\x08\x64\x65\x63ision\x18\x05 \x01(\x0b\x32\x14.psflow.StepDecision\"#\n\rWorkerRequest\x12\x12\n\ntask_index\x18\x01 \x01(\x05\"Z\n\x10HeartbeatRequest\x12\x12\n\ntask_index\x18\x01 \x01(\x05\x12\x12\n\nlocal_step\x18\x02 \x01(\x03\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x10\n\x08\x61\x63tivity\x18\x04 \x01(\t\"L\n\x0eWorkerResponse\x12\x17\n\x0f\x63heckpoint_root\x18\x03 \x01(\t\x12\x13\n\x0bnum_workers\x18\x01 \x01(\x05\x12\x0c\n\x04\x64one\x18\x02 \x01(\x05\"\x0e\n\x0cStatsRequest\"\x9c\x01\n\x0bWorkerStats\x12\x12\n\ntask_index\x18\x01 \x01(\x05\x12\x12\n\nregistered\x18\x02 \x01(\x08\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x12\n\nlocal_step\x18\x04 \x01(\x03\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x13\n\x0blast_seen_s\x18\x06 \x01(\x01\x12\x0e\n\x06pushes\x18\x07 \x01(\x03\x12\x10\n\x08\x61\x63tivity\x18\x08 \x01(\t\"\xfb\x01\n\rStatsResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12\x0e\n\x06pushes\x18\x03 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\x12\x12\n\nbytes_sent\x18\x05 \x01(\x03\x12\x1b\n\x13staleness_histogram\x18\x06 \x03(\x03\x12$\n\x07workers\x18\x07 \x03(\x0b\x32\x13.psflow.WorkerStats\x12\x11\n\tvariables\x18\x08 \x01(\x05\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x0f\n\x07\x64ropped\x18\n \x01(\x03\x12\x11\n\tnonfinite\x18\x0b \x01(\x03\x32\xba\x05\n\x0fParameterServer\x12U\n\x10\x44\x65\x63lareVariables\x12\x1f.psflow.DeclareVariablesRequest\x1a .psflow.DeclareVariablesResponse\x12^\n\x13InitializeVariables\x12\".psflow.InitializeVariablesRequest\x1a#.psflow.InitializeVariablesResponse\x12R\n\x0fWaitInitialized\x12\x1e.psflow.WaitInitializedRequest\x1a\x1f.psflow.WaitInitializedResponse\x12\x31\n\x04Pull\x12\x13.psflow.PullRequest\x1a\x14.psflow.PullResponse\x12\x31\n\x04Push\x12\x13.psflow.PushRequest\x1a\x14.psflow.PushResponse\x12?\n\x0eRegisterWorker\x12\x15.psflow.WorkerRequest\x1a\x16.psflow.WorkerResponse\x12=\n\tHeartbeat\x12\x18.psflow.HeartbeatRequest\x1a\x16.psflow.WorkerResponse\x12;\n\nWorkerDone\x12\x15.psflow.WorkerRequest\x1a\x16.psflow.WorkerResponse\x12\x37\n\x08GetStats\x12\x14.psflow.StatsRequest\x1a\x15.psflow.StatsResponse\x12@\n\tSaveShard\x12\x18.psflow.SaveShardRequest\x1a\x19.psflow.SaveShardResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0cpsflow.proto\x12\x06psflow\"7\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\":\n\x0cVariableSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"B\n\x17\x44\x65\x63lareVariablesRequest\x12\'\n\tvariables\x18\x01 \x03(\x0b\x32\x14.psflow.VariableSpec\"/\n\x18\x44\x65\x63lareVariablesResponse\x12\x13\n\x0binitialized\x18\x01 \x03(\t\"L\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x06tensor\x18\x02 \x01(\x0b\x32\x0e.psflow.Tensor\x12\x0f\n\x07version\x18\x03 \x01(\x03\"\xa4\x01\n\x1aInitializeVariablesRequest\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.psflow.NamedTensor\x12\x11\n\toverwrite\x18\x02 \x01(\x08\x12 \n\x05slots\x18\x03 \x03(\x0b\x32\x11.psflow.SlotValue\x12\x17\n\x0fset_global_step\x18\x04 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x05 \x01(\x03\"Y\n\tSlotValue\x12\x10\n\x08variable\x18\x01 \x01(\t\x12\x0c\n\x04rule\x18\x02 \x01(\t\x12\x0c\n\x04slot\x18\x03 \x01(\t\x12\x1e\n\x06tensor\x18\x04 \x01(\x0b\x32\x0e.psflow.Tensor\" \n\x10SaveShardRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"Z\n\x11SaveShardResponse\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12\r\n\x05\x62ytes\x18\x03 \x01(\x03\x12\x11\n\tvariables\x18\x04 \x03(\t\"/\n\x1bInitializeVariablesResponse\x12\x10\n\x08\x61ssigned\x18\x01 \x03(\t\";\n\x16WaitInitializedRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x12\n\ntimeout_ms\x18\x02 \x01(\x03\"9\n\x17WaitInitializedResponse\x12\r\n\x05ready\x18\x01 \x01(\x08\x12\x0f\n\x07missing\x18\x02 \x03(\t\"B\n\x0bPullRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12$\n\x06\x63ommit\x18\x02 \x01(\x0b\x32\x14.psflow.StepDecision\"p\n\x0cPullResponse\x12#\n\x06values\x18\x01 \x03(\x0b\x32\x13.psflow.NamedTensor\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12&\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x14.psflow.StepDecision\"a\n\x0fPullRowsRequest\x12(\n\nselections\x18\x01 \x03(\x0b\x32\x14.psflow.RowSelection\x12$\n\x06\x63ommit\x18\x02 \x01(\x0b\x32\x14.psflow.StepDecision\":\n\x0cRowSelection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1c\n\x04rows\x18\x02 \x01(\x0b\x32\x0e.psflow.Tensor\"-\n\x0cStepDecision\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0f\n\x07workers\x18\x02 \x03(\x05\"\x8d\x01\n\x0b\x43onsistency\x12&\n\x04mode\x18\x01 \x01(\x0e\x32\x18.psflow.Consistency.Mode\x12\x1d\n\x15replicas_to_aggregate\x18\x02 \x01(\x05\x12\x11\n\tstaleness\x18\x03 \x01(\x05\"$\n\x04Mode\x12\t\n\x05\x41SYNC\x10\x00\x12\x08\n\x04SYNC\x10\x01\x12\x07\n\x03SSP\x10\x02\"j\n\x08Gradient\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x06values\x18\x02 \x01(\x0b\x32\x0e.psflow.Tensor\x12\x1f\n\x07indices\x18\x03 \x01(\x0b\x32\x0e.psflow.Tensor\x12\x0f\n\x07version\x18\x04 \x01(\x03\"v\n\nUpdateRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12,\n\x05hyper\x18\x02 \x03(\x0b\x32\x1d.psflow.UpdateRule.HyperEntry\x1a,\n\nHyperEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xec\x01\n\x0bPushRequest\x12#\n\tgradients\x18\x01 \x03(\x0b\x32\x10.psflow.Gradient\x12 \n\x04rule\x18\x02 \x01(\x0b\x32\x12.psflow.UpdateRule\x12\x0e\n\x06worker\x18\x03 \x01(\x05\x12\x1d\n\x15increment_global_step\x18\x04 \x01(\x08\x12\x13\n\x0bglobal_step\x18\x05 \x01(\x03\x12\x0c\n\x04pull\x18\x06 \x03(\t\x12(\n\x0b\x63onsistency\x18\x07 \x01(\x0b\x32\x13.psflow.Consistency\x12\x1a\n\x02id\x18\x08 \x01(\x0b\x32\x0e.psflow.PushId\">\n\x06PushId\x12\x13\n\x0bincarnation\x18\x01 \x01(\x06\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\r\n\x05index\x18\x03 \x01(\x05\"\x94\x01\n\x0cPushResponse\x12\x11\n\tstaleness\x18\x01 \x03(\x03\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12#\n\x06values\x18\x03 \x03(\x0b\x32\x13.psflow.NamedTensor\x12\x0f\n\x07\x64ropped\x18\x04 \x01(\x08\x12&\n\x08\x64\x65\x63ision\x18\x05 \x01(\x0b\x32\x14.psflow.StepDecision\"#\n\rWorkerRequest\x12\x12\n\ntask_index\x18\x01 \x01(\x05\"Z\n\x10HeartbeatRequest\x12\x12\n\ntask_index\x18\x01 \x01(\x05\x12\x12\n\nlocal_step\x18\x02 \x01(\x03\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\x10\n\x08\x61\x63tivity\x18\x04 \x01(\t\"L\n\x0eWorkerResponse\x12\x17\n\x0f\x63heckpoint_root\x18\x03 \x01(\t\x12\x13\n\x0bnum_workers\x18\x01 \x01(\x05\x12\x0c\n\x04\x64one\x18\x02 \x01(\x05\"\x0e\n\x0cStatsRequest\"\x9c\x01\n\x0bWorkerStats\x12\x12\n\ntask_index\x18\x01 \x01(\x05\x12\x12\n\nregistered\x18\x02 \x01(\x08\x12\x0c\n\x04\x64one\x18\x03 \x01(\x08\x12\x12\n\nlocal_step\x18\x04 \x01(\x03\x12\x0c\n\x04loss\x18\x05 \x01(\x01\x12\x13\n\x0blast_seen_s\x18\x06 \x01(\x01\x12\x0e\n\x06pushes\x18\x07 \x01(\x03\x12\x10\n\x08\x61\x63tivity\x18\x08 \x01(\t\"\xfb\x01\n\rStatsResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x13\n\x0bglobal_step\x18\x02 \x01(\x03\x12\x0e\n\x06pushes\x18\x03 \x01(\x03\x12\x16\n\x0e\x62ytes_received\x18\x04 \x01(\x03\x12\x12\n\nbytes_sent\x18\x05 \x01(\x03\x12\x1b\n\x13staleness_histogram\x18\x06 \x03(\x03\x12$\n\x07workers\x18\x07 \x03(\x0b\x32\x13.psflow.WorkerStats\x12\x11\n\tvariables\x18\x08 \x01(\x05\x12\x10\n\x08uptime_s\x18\t \x01(\x01\x12\x0f\n\x07\x64ropped\x18\n \x01(\x03\x12\x11\n\tnonfinite\x18\x0b \x01(\x03\x32\xf5\x05\n\x0fParameterServer\x12U\n\x10\x44\x65\x63lareVariables\x12\x1f.psflow.DeclareVariablesRequest\x1a .psflow.DeclareVariablesResponse\x12^\n\x13InitializeVariables\x12\".psflow.InitializeVariablesRequest\x1a#.psflow.InitializeVariablesResponse\x12R\n\x0fWaitInitialized\x12\x1e.psflow.WaitInitializedRequest\x1a\x1f.psflow.WaitInitializedResponse\x12\x31\n\x04Pull\x12\x13.psflow.PullRequest\x1a\x14.psflow.PullResponse\x12\x39\n\x08PullRows\x12\x17.psflow.PullRowsRequest\x1a\x14.psflow.PullResponse\x12\x31\n\x04Push\x12\x13.psflow.PushRequest\x1a\x14.psflow.PushResponse\x12?\n\x0eRegisterWorker\x12\x15.psflow.WorkerRequest\x1a\x16.psflow.WorkerResponse\x12=\n\tHeartbeat\x12\x18.psflow.HeartbeatRequest\x1a\x16.psflow.WorkerResponse\x12;\n\nWorkerDone\x12\x15.psflow.WorkerRequest\x1a\x16.psflow.WorkerResponse\x12\x37\n\x08GetStats\x12\x14.psflow.StatsRequest\x1a\x15.psflow.StatsResponse\x12@\n\tSaveShard\x12\x18.psflow.SaveShardRequest\x1a\x19.psflow.SaveShardResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -61,36 +61,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PULLREQUEST']._serialized_end=955
   _globals['_PULLRESPONSE']._serialized_start=957
   _globals['_PULLRESPONSE']._serialized_end=1069
-  _globals['_STEPDECISION']._serialized_start=1071
-  _globals['_STEPDECISION']._serialized_end=1116
-  _globals['_CONSISTENCY']._serialized_start=1119
-  _globals['_CONSISTENCY']._serialized_end=1260
-  _globals['_CONSISTENCY_MODE']._serialized_start=1224
-  _globals['_CONSISTENCY_MODE']._serialized_end=1260
-  _globals['_GRADIENT']._serialized_start=1262
-  _globals['_GRADIENT']._serialized_end=1368
-  _globals['_UPDATERULE']._serialized_start=1370
-  _globals['_UPDATERULE']._serialized_end=1488
-  _globals['_UPDATERULE_HYPERENTRY']._serialized_start=1444
-  _globals['_UPDATERULE_HYPERENTRY']._serialized_end=1488
-  _globals['_PUSHREQUEST']._serialized_start=1491
-  _globals['_PUSHREQUEST']._serialized_end=1727
-  _globals['_PUSHID']._serialized_start=1729
-  _globals['_PUSHID']._serialized_end=1791
-  _globals['_PUSHRESPONSE']._serialized_start=1794
-  _globals['_PUSHRESPONSE']._serialized_end=1942
-  _globals['_WORKERREQUEST']._serialized_start=1944
-  _globals['_WORKERREQUEST']._serialized_end=1979
-  _globals['_HEARTBEATREQUEST']._serialized_start=1981
-  _globals['_HEARTBEATREQUEST']._serialized_end=2071
-  _globals['_WORKERRESPONSE']._serialized_start=2073
-  _globals['_WORKERRESPONSE']._serialized_end=2149
-  _globals['_STATSREQUEST']._serialized_start=2151
-  _globals['_STATSREQUEST']._serialized_end=2165
-  _globals['_WORKERSTATS']._serialized_start=2168
-  _globals['_WORKERSTATS']._serialized_end=2324
-  _globals['_STATSRESPONSE']._serialized_start=2327
-  _globals['_STATSRESPONSE']._serialized_end=2578
-  _globals['_PARAMETERSERVER']._serialized_start=2581
-  _globals['_PARAMETERSERVER']._serialized_end=3279
+  _globals['_PULLROWSREQUEST']._serialized_start=1071
+  _globals['_PULLROWSREQUEST']._serialized_end=1168
+  _globals['_ROWSELECTION']._serialized_start=1170
+  _globals['_ROWSELECTION']._serialized_end=1228
+  _globals['_STEPDECISION']._serialized_start=1230
+  _globals['_STEPDECISION']._serialized_end=1275
+  _globals['_CONSISTENCY']._serialized_start=1278
+  _globals['_CONSISTENCY']._serialized_end=1419
+  _globals['_CONSISTENCY_MODE']._serialized_start=1383
+  _globals['_CONSISTENCY_MODE']._serialized_end=1419
+  _globals['_GRADIENT']._serialized_start=1421
+  _globals['_GRADIENT']._serialized_end=1527
+  _globals['_UPDATERULE']._serialized_start=1529
+  _globals['_UPDATERULE']._serialized_end=1647
+  _globals['_UPDATERULE_HYPERENTRY']._serialized_start=1603
+  _globals['_UPDATERULE_HYPERENTRY']._serialized_end=1647
+  _globals['_PUSHREQUEST']._serialized_start=1650
+  _globals['_PUSHREQUEST']._serialized_end=1886
+  _globals['_PUSHID']._serialized_start=1888
+  _globals['_PUSHID']._serialized_end=1950
+  _globals['_PUSHRESPONSE']._serialized_start=1953
+  _globals['_PUSHRESPONSE']._serialized_end=2101
+  _globals['_WORKERREQUEST']._serialized_start=2103
+  _globals['_WORKERREQUEST']._serialized_end=2138
+  _globals['_HEARTBEATREQUEST']._serialized_start=2140
+  _globals['_HEARTBEATREQUEST']._serialized_end=2230
+  _globals['_WORKERRESPONSE']._serialized_start=2232
+  _globals['_WORKERRESPONSE']._serialized_end=2308
+  _globals['_STATSREQUEST']._serialized_start=2310
+  _globals['_STATSREQUEST']._serialized_end=2324
+  _globals['_WORKERSTATS']._serialized_start=2327
+  _globals['_WORKERSTATS']._serialized_end=2483
+  _globals['_STATSRESPONSE']._serialized_start=2486
+  _globals['_STATSRESPONSE']._serialized_end=2737
+  _globals['_PARAMETERSERVER']._serialized_start=2740
+  _globals['_PARAMETERSERVER']._serialized_end=3497
 # @@protoc_insertion_point(module_scope)

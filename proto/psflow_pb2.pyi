@@ -133,6 +133,22 @@ class PullResponse(_message.Message):
     decision: StepDecision
     def __init__(self, values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., global_step: _Optional[int] = ..., decision: _Optional[_Union[StepDecision, _Mapping]] = ...) -> None: ...
 
+class PullRowsRequest(_message.Message):
+    __slots__ = ("selections", "commit")
+    SELECTIONS_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    selections: _containers.RepeatedCompositeFieldContainer[RowSelection]
+    commit: StepDecision
+    def __init__(self, selections: _Optional[_Iterable[_Union[RowSelection, _Mapping]]] = ..., commit: _Optional[_Union[StepDecision, _Mapping]] = ...) -> None: ...
+
+class RowSelection(_message.Message):
+    __slots__ = ("name", "rows")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rows: Tensor
+    def __init__(self, name: _Optional[str] = ..., rows: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
 class StepDecision(_message.Message):
     __slots__ = ("step", "workers")
     STEP_FIELD_NUMBER: _ClassVar[int]

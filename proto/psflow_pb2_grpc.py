@@ -54,6 +54,11 @@ class ParameterServerStub:
                 request_serializer=psflow__pb2.PullRequest.SerializeToString,
                 response_deserializer=psflow__pb2.PullResponse.FromString,
                 _registered_method=True)
+        self.PullRows = channel.unary_unary(
+                '/psflow.ParameterServer/PullRows',
+                request_serializer=psflow__pb2.PullRowsRequest.SerializeToString,
+                response_deserializer=psflow__pb2.PullResponse.FromString,
+                _registered_method=True)
         self.Push = channel.unary_unary(
                 '/psflow.ParameterServer/Push',
                 request_serializer=psflow__pb2.PushRequest.SerializeToString,
@@ -117,6 +122,16 @@ class ParameterServerServicer:
 
     def Pull(self, request, context):
         """Current values of a set of variables, each with its version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullRows(self, request, context):
+        """Some rows of some variables (an embedding lookup's): the reply's values hold, for each
+        selection in order, the selected rows (shape (k,) + the variable's row shape) with the
+        variable's version. A step that reads a table only through lookups pulls just the
+        distinct rows its batch needs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,6 +203,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
             'Pull': grpc.unary_unary_rpc_method_handler(
                     servicer.Pull,
                     request_deserializer=psflow__pb2.PullRequest.FromString,
+                    response_serializer=psflow__pb2.PullResponse.SerializeToString,
+            ),
+            'PullRows': grpc.unary_unary_rpc_method_handler(
+                    servicer.PullRows,
+                    request_deserializer=psflow__pb2.PullRowsRequest.FromString,
                     response_serializer=psflow__pb2.PullResponse.SerializeToString,
             ),
             'Push': grpc.unary_unary_rpc_method_handler(
@@ -328,6 +348,33 @@ class ParameterServer:
             target,
             '/psflow.ParameterServer/Pull',
             psflow__pb2.PullRequest.SerializeToString,
+            psflow__pb2.PullResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullRows(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/psflow.ParameterServer/PullRows',
+            psflow__pb2.PullRowsRequest.SerializeToString,
             psflow__pb2.PullResponse.FromString,
             options,
             channel_credentials,

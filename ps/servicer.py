@@ -176,6 +176,19 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
                                       lambda values: wire.pull_response(header, values))
 
     @_handler
+    def PullRows(self, request, context):
+        commit = (request.commit.step, list(request.commit.workers)) \
+            if request.HasField("commit") else None
+        global_step, decision = self.store.pull_header(commit)
+        header = pb.PullResponse(global_step=global_step)
+        if decision is not None:
+            header.decision.step, header.decision.workers[:] = decision[0], decision[1]
+        selections = [(s.name, codec.decode(s.rows, f"rows of {s.name!r}"))
+                      for s in request.selections]
+        return self.store.with_rows(selections,
+                                    lambda values: wire.pull_response(header, values))
+
+    @_handler
     def Push(self, request, context):
         # The request arrives as bytes; the gradients are read in place (see proto.wire).
         request = wire.Push(request)

@@ -323,6 +323,40 @@ class ShardStore:
             self.bytes_sent += sum(var.value.nbytes for var in variables)
         return result
 
+    def with_rows(self, selections, use):
+        """use([(name, version, rows)]) for selections [(name, row indices)], as with_values:
+        each selection's rows are copied under the variable's lock. Row indices must be
+        integers within the variable's rows (INVALID_ARGUMENT naming the variable, the index
+        and the row count otherwise)."""
+        checked, size = [], 0
+        for name, rows in selections:
+            var = self._get(name)
+            if not var.shape:
+                raise InvalidArgumentError(f"rows of scalar variable {name!r}: a scalar has no "
+                                           "rows")
+            if rows.dtype.kind not in "iu" or rows.ndim != 1:
+                raise InvalidArgumentError(f"rows of {name!r} must be a 1-D integer tensor, got "
+                                           f"{rows.dtype.name} {_shape_text(rows.shape)}")
+            if rows.size and (rows.min() < 0 or rows.max() >= var.shape[0]):
+                bad = int(rows.min()) if rows.min() < 0 else int(rows.max())
+                raise InvalidArgumentError(f"row {bad} of variable {name!r} is out of range: it "
+                                           f"has {var.shape[0]} rows")
+            size += rows.size * var.dtype.itemsize * math.prod(var.shape[1:])
+            checked.append((var, rows))
+        if size > MAX_REPLY_BYTES:
+            raise ResourceExhaustedError(f"the rows asked for hold {size} bytes; one reply "
+                                         f"carries at most {MAX_REPLY_BYTES}")
+        values = []
+        for var, rows in checked:
+            with var.lock:
+                if var.value is None:
+                    raise FailedPreconditionError(f"variable {var.name!r} is not initialized yet")
+                values.append((var.name, var.version, var.value[rows]))  # a copy of the rows
+        result = use(values)
+        with self._stats_lock:
+            self.bytes_sent += size
+        return result
+
     def pull_header(self, commit=None):
         """What a pull answers besides the values: (global step or -1, the last step decision
         (step, workers) on shard 0, else None). A `commit` (step, workers) decided by shard 0

@@ -133,21 +133,42 @@ class Gather(Node):
         super().__init__((params, indices), name=name, shape=shape, dtype=params.dtype)
 
     def forward(self, params, indices):
+        if isinstance(params, RowSource):  # a variable read only through lookups
+            return params.rows(indices)
         return np.take(params, indices, axis=0)
 
 
+class RowSource:
+    """Stands for a Variable that a run reads only through `gather`: the lookup asks the
+    session's store for the rows it needs (`store.read_rows`), so a distributed session
+    pulls those rows, never the whole table."""
+
+    __slots__ = ("var", "store")
+
+    def __init__(self, var, store):
+        self.var, self.store = var, store
+
+    def rows(self, indices):
+        return self.store.read_rows(self.var, np.asarray(indices))
+
+
 class GatherGrad(Node):
-    """The gradient of `gather` for `params`: only the looked-up rows, as IndexedSlices."""
+    """The gradient of `gather` for `params`: only the looked-up rows, as IndexedSlices.
+    It needs the value of `params` only when its shape is not known statically."""
 
     is_sparse = True
 
     def __init__(self, grad, params, indices):
-        super().__init__((grad, params, indices), shape=params.shape, dtype=grad.dtype)
+        self.dense_shape = params.shape if params.shape is not None and \
+            None not in params.shape else None
+        inputs = (grad, indices) if self.dense_shape is not None else (grad, indices, params)
+        super().__init__(inputs, shape=params.shape, dtype=grad.dtype)
 
-    def forward(self, grad, params, indices):
+    def forward(self, grad, indices, params=None):
+        shape = self.dense_shape if params is None else np.shape(params)
         indices = np.asarray(indices).reshape(-1)
-        values = np.reshape(grad, (indices.size,) + params.shape[1:])
-        return IndexedSlices(values, indices, params.shape)
+        values = np.reshape(grad, (indices.size,) + tuple(shape[1:]))
+        return IndexedSlices(values, indices, tuple(shape))
 
 
 @register_gradient(Gather)

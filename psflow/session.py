@@ -8,6 +8,7 @@ import threading
 import numpy as np
 
 from . import checkpoint
+from .array_ops import Gather, RowSource
 from .errors import FailedPreconditionError, InvalidArgumentError, PsflowError
 from .graph import (Node, Placeholder, format_shape, get_default_graph, shape_compatible,
                     topological_order)
@@ -38,6 +39,12 @@ class LocalVariableStore:
 
     def is_initialized(self, var):
         return var in self.values
+
+    def read_rows(self, var, indices):
+        """Rows `indices` (any integer shape) of `var`: what a lookup reads."""
+        value = self.read(var)
+        check_rows(var, indices, value.shape[0])
+        return np.take(value, indices, axis=0)
 
     def assign(self, var, value):
         value = np.array(value, dtype=var.dtype)  # an owned copy: later updates are in place
@@ -111,11 +118,12 @@ class _Plan:
     `getter(values)` picks the input values (the value itself when arity is 1).
     """
 
-    __slots__ = ("steps", "variables", "calls")
+    __slots__ = ("steps", "variables", "lookups", "calls")
 
-    def __init__(self, steps, variables):
+    def __init__(self, steps, variables, lookups=()):
         self.steps = steps
-        self.variables = variables
+        self.variables = variables  # read whole
+        self.lookups = list(lookups)  # read only through gather, row by row
         self.calls = [(node, fn, operator.itemgetter(*inputs) if inputs else None, len(inputs))
                       for node, fn, inputs in steps]
 
@@ -180,7 +188,15 @@ class Session:
                     f"{node.dtype.name} and shape {format_shape(node.shape)}")
             steps.append((node, node.executor(self), node.inputs))
         variables = [n for n in order if isinstance(n, Variable) and n not in feeds]
-        return _Plan(steps, variables)
+        # A variable that the run reads only as the table of lookups is read row by row.
+        lookups = [v for v in variables if not any(v is f for f in fetches)
+                   and _only_looked_up(v, order)]
+        if lookups:
+            store = self.store
+            steps = [(node, (lambda v=node: RowSource(v, store)) if node in lookups else fn,
+                      inputs) for node, fn, inputs in steps]
+            variables = [v for v in variables if v not in lookups]
+        return _Plan(steps, variables, lookups)
 
     # -- fetches and feeds -----------------------------------------------------------------
     def _resolve(self, fetch):
@@ -242,6 +258,23 @@ class Session:
         self._default_context.__exit__(*exc_info)
         self.close()
         return False
+
+
+def check_rows(var, indices, rows):
+    """InvalidArgumentError naming `var`, the first id out of [0, rows) and the row count."""
+    if indices.size and (indices.dtype.kind not in "iu" or indices.min() < 0
+                         or indices.max() >= rows):
+        bad = indices[(indices < 0) | (indices >= rows)].reshape(-1)
+        raise InvalidArgumentError(
+            f"lookup in {var.name!r}: id {bad[0] if bad.size else indices.reshape(-1)[0]} is "
+            f"out of range; the table has {rows} rows")
+
+
+def _only_looked_up(var, order):
+    """Whether every node of `order` that uses `var` is a gather whose table it is."""
+    users = [n for n in order if any(i is var for i in n.inputs)]
+    return bool(users) and all(isinstance(n, Gather) and n.inputs[0] is var and
+                               n.inputs[1] is not var for n in users)
 
 
 def _check_feed(node, value):

@@ -14,6 +14,7 @@ from psflow.proto import psflow_pb2 as pb
 from psflow.proto import wire
 from psflow.ps.store import STALENESS_BUCKETS, ShardStore
 from psflow.train.update_rules import UpdateRule
+from waiting import wait_for
 
 
 def _store(**variables):
@@ -226,6 +227,7 @@ def test_pull_is_a_consistent_snapshot_during_pushes():
     pusher = threading.Thread(target=push)
     pusher.start()
     try:
+        wait_for(lambda: _read(store, "w")[1] > 0, 10, "the first push")
         for _ in range(50):
             [(_, data, _, _, version)] = pull(store, ["w"])
             pulled = np.frombuffer(data, np.float32)

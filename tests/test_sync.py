@@ -255,3 +255,69 @@ def test_a_restarted_worker_rejoins_at_the_current_step(cluster, monkeypatch):
     assert at_rejoin > 3
     # It joined at the step it found and none of its gradients came too late.
     assert servers[0].store.stats()["dropped"] == 0
+
+
+def sparse_model(make_optimizer):
+    """A float64 model whose table is read only through lookups (rows pulled and pushed one
+    by one); returns (ids, y, train_op, step, variables)."""
+    ids = tf.placeholder(tf.int64, shape=(None, 2), name="ids")
+    y = tf.placeholder(tf.float64, shape=(None,), name="y")
+    table = tf.Variable(np.linspace(-1, 1, 40 * 3).reshape(40, 3), name="table")
+    w = tf.Variable(np.linspace(1, -1, 3), name="w")
+    hidden = tf.tanh(tf.reduce_sum(tf.gather(table, ids), axis=1))
+    loss = tf.reduce_mean(tf.square(tf.reduce_sum(hidden * w, axis=1) - y))
+    step = tf.train.get_or_create_global_step()
+    return ids, y, make_optimizer().minimize(loss, global_step=step), step, [table, w]
+
+
+def sparse_data(step, worker):
+    rng = np.random.default_rng([7, step, worker])
+    return rng.integers(0, 12, size=(BATCH, 2)), rng.normal(size=BATCH)  # ids repeat
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad"])
+def test_sync_with_lookups_equals_one_process_on_the_concatenated_batch(cluster, name):
+    steps, workers = 6, 2
+    servers = cluster(2, workers)
+    opt = {"sgd": lambda: tf.train.GradientDescentOptimizer(0.3),
+           "adagrad": lambda: tf.train.AdagradOptimizer(0.3)}[name]
+    with tf.Graph().as_default():
+        ids, y, train, step, variables = sparse_model(opt)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            for t in range(steps):
+                batches = [sparse_data(t, i) for i in range(workers)]
+                sess.run(train, {ids: np.concatenate([b[0] for b in batches]),
+                                 y: np.concatenate([b[1] for b in batches])})
+            expected = sess.run(variables)
+    results, errors = {}, []
+
+    def work(index):
+        try:
+            with tf.Graph().as_default() as graph:
+                ids, y, train, step, variables = sparse_model(
+                    lambda: tf.train.SyncReplicasOptimizer(opt(), workers, workers))
+                session = DistributedSession(graph, task(servers, workers, index),
+                                             partition_bytes=400)
+                assert len(session.store.placement.parts_of(variables[0])) > 1
+                try:
+                    for _ in range(steps):
+                        bi, by = sparse_data(int(session.run(step)), index)
+                        session.run(train, {ids: bi, y: by})
+                    results[index] = session.run(variables)
+                finally:
+                    session.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert sorted(results) == [0, 1]
+    for values in results.values():
+        for got, want in zip(values, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+    assert servers[0].store.global_step == steps

@@ -274,3 +274,97 @@ def test_a_checkpoint_dir_outside_the_servers_root_is_refused_at_the_start(fresh
     linear_model()
     with pytest.raises(FailedPreconditionError, match="has no checkpoint root"):
         DistributedSession(fresh_graph, task(servers), checkpoint_dir=str(tmp_path))
+
+
+def embedding_model(rows=4000, dim=8, learning_rate=0.5, optimizer=None):
+    ids = tf.placeholder(tf.int64, shape=(None, 3), name="ids")
+    y = tf.placeholder(tf.float32, shape=(None,), name="y")
+    rng = np.random.default_rng(1)
+    table = tf.Variable(rng.normal(size=(rows, dim)).astype(np.float32) * 0.1, name="table")
+    w = tf.Variable(np.ones(dim, np.float32), name="w")
+    looked_up = tf.reduce_sum(tf.gather(table, ids), axis=1)  # (batch, dim)
+    loss = tf.reduce_mean(tf.square(tf.reduce_sum(looked_up * w, axis=1) - y))
+    step = tf.train.get_or_create_global_step()
+    opt = optimizer or tf.train.GradientDescentOptimizer(learning_rate)
+    return ids, y, table, w, loss, step, opt.minimize(loss, global_step=step)
+
+
+def id_batches(count, rows=4000, seed=0):
+    rng = np.random.default_rng(seed)
+    # Repeated ids within a batch, as real click logs have.
+    return [(rng.integers(0, rows, size=(16, 3)) % rng.integers(50, rows),
+             rng.normal(size=16).astype(np.float32)) for _ in range(count)]
+
+
+@pytest.mark.parametrize("name", ["sgd", "adagrad"])
+def test_a_table_read_only_by_lookups_is_pulled_row_by_row_and_trains_as_locally(
+        fresh_graph, name, calls):
+    make = {"sgd": lambda: tf.train.GradientDescentOptimizer(0.5),
+            "adagrad": lambda: tf.train.AdagradOptimizer(0.5)}[name]
+    ids, y, table, w, loss, step, train = embedding_model(optimizer=make())
+    data = id_batches(12)
+    with tf.Session() as local:
+        local.run(tf.global_variables_initializer())
+        expected = [local.run([train, loss], {ids: i, y: t})[1] for i, t in data]
+        expected_table, expected_w = local.run([table, w])
+    started = [ParameterServer(shard=i, num_workers=1).start() for i in range(2)]
+    try:
+        cluster = ClusterSpec({"ps": [f"127.0.0.1:{s.port}" for s in started],
+                               "worker": ["127.0.0.1:0"]})
+        # Parts of 40 KB: the 128 KB table spreads over both shards.
+        session = DistributedSession(fresh_graph, TaskConfig(cluster, "worker", 0),
+                                     partition_bytes=40_000)
+        assert {p.shard for p in session.store.placement.parts_of(table)} == {0, 1}
+        sent_before = sum(s.store.stats()["bytes_sent"] for s in started)
+        losses = [session.run([train, loss], {ids: i, y: t})[1] for i, t in data]
+        sent = sum(s.store.stats()["bytes_sent"] for s in started) - sent_before
+        got_table, got_w = session.run([table, w])
+        session.close()
+    finally:
+        for server in started:
+            server.stop(grace=0)
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+    np.testing.assert_allclose(got_table, expected_table, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got_w, expected_w, rtol=1e-5)
+    # 12 steps of at most 48 distinct rows of 32 bytes (and w), never the 128 KB table.
+    assert sent < 12 * (48 * 32 + 64) + 1024, sent
+    assert "PullRows" in calls
+
+
+def test_an_id_out_of_range_names_the_table_the_id_and_its_rows(fresh_graph, servers):
+    from psflow.errors import InvalidArgumentError
+    ids, y, table, w, loss, step, train = embedding_model(rows=100)
+    session = DistributedSession(fresh_graph, task(servers))
+    try:
+        with pytest.raises(InvalidArgumentError, match="'table'.*id 100 is out of range; the "
+                                                       "table has 100 rows"):
+            session.run(train, {ids: [[1, 2, 100]], y: [0.0]})
+        session.run(train, {ids: [[1, 2, 99]], y: [0.0]})  # and the job goes on
+    finally:
+        session.close()
+    with tf.Session() as local:
+        local.run(tf.global_variables_initializer())
+        with pytest.raises(InvalidArgumentError, match="id -1 is out of range"):
+            local.run(loss, {ids: [[-1, 0, 0]], y: [0.0]})
+
+
+def test_the_servers_refuse_rows_out_of_range(servers):
+    from psflow.errors import InvalidArgumentError
+    from psflow.proto import codec
+    from psflow.proto import psflow_pb2 as pb
+    client = ShardClient(0, f"127.0.0.1:{servers[0].port}")
+    client.call("DeclareVariables", pb.DeclareVariablesRequest(variables=[
+        pb.VariableSpec(name="t", dtype="float32", shape=[10, 2])]))
+    request = pb.InitializeVariablesRequest()
+    codec.encode(np.arange(20, dtype=np.float32).reshape(10, 2), request.values.add(name="t").tensor)
+    client.call("InitializeVariables", request)
+    rows = pb.PullRowsRequest()
+    codec.encode(np.array([3, 10], np.int64), rows.selections.add(name="t").rows)
+    with pytest.raises(InvalidArgumentError, match="row 10 of variable 't' is out of range: it "
+                                                   "has 10 rows"):
+        client.call("PullRows", rows)
+    rows = pb.PullRowsRequest()
+    codec.encode(np.array([3, 7], np.int64), rows.selections.add(name="t").rows)
+    reply = client.call("PullRows", rows)
+    np.testing.assert_array_equal(reply.values[0].array, [[6, 7], [14, 15]])
+    client.close()

@@ -49,6 +49,10 @@ class ShardClient:
         self._pull = self.channel.unary_unary(
             "/psflow.ParameterServer/Pull", request_serializer=pb.PullRequest.SerializeToString,
             response_deserializer=wire.pull_reply)
+        self._pull_rows = self.channel.unary_unary(
+            "/psflow.ParameterServer/PullRows",
+            request_serializer=pb.PullRowsRequest.SerializeToString,
+            response_deserializer=wire.pull_reply)
 
     def call(self, method, request, timeout=None, wait_for_ready=True):
         """The call's answer. By default a call waits (within its timeout) for a server that
@@ -57,6 +61,8 @@ class ShardClient:
             stub_method, request = self._raw(method), request.to_bytes()
         elif method == "Pull":
             stub_method = self._pull
+        elif method == "PullRows":
+            stub_method = self._pull_rows
         else:
             stub_method = getattr(self.stub, method)
         try:

@@ -163,7 +163,8 @@ class DistributedSession(Session):
             mode = self._modes[plan] = (bool(applies), named[0] if named else self.consistency)
         trains, consistency = mode
         store = self.store
-        store.prefetch(plan.variables, reuse=trains, consistency=consistency)
+        store.prefetch(plan.variables, reuse=trains, consistency=consistency,
+                       lookups=plan.lookups)
         store.activity = f"run {store.step.run}: computing"
         values = super()._execute(plan, feeds)
         self.local_step += 1

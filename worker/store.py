@@ -20,6 +20,7 @@ from psflow import checkpoint
 from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
                            PsflowError, UnavailableError)
 from psflow.gradients import IndexedSlices
+from psflow.session import check_rows
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.train.consistency import Consistency
@@ -71,6 +72,7 @@ class _StepState(threading.local):
         self.returned_step = None
         self.run = 0  # this run's number (0: unnumbered), and its pushes so far
         self.pushes = 0
+        self.commit = None  # sync: the last step decided, for the other shards
 
 
 class DistributedStore:
@@ -236,12 +238,13 @@ class DistributedStore:
         does not apply it twice."""
         self.step.run = next(self._runs)
 
-    def prefetch(self, variables, fresh=True, reuse=False, consistency=None):
+    def prefetch(self, variables, fresh=True, reuse=False, consistency=None, lookups=()):
         """Pulls `variables` (and the global step) for this thread's run, all shards at once.
         `fresh` starts a new run's state; otherwise the values join the current run's. With
         `reuse`, values the previous push's replies carried back are taken instead of pulled
         (a training run: they are as new as a pull would give). `consistency`: the run's
-        mode (default: the job's)."""
+        mode (default: the job's). `lookups`: variables the run reads only through lookups
+        (read_rows pulls their rows during the run)."""
         self.activity = f"run {self.step.run}: pulling variables"
         step = self.step
         returned, returned_step = step.returned, step.returned_step
@@ -274,7 +277,9 @@ class DistributedStore:
             else:
                 step.global_step = returned_step
         commit = None
-        if (consistency or self.consistency).synchronous and any(s != 0 for s in wanted):
+        looked_up = {p.shard for var in lookups for p in self.placement.parts_of(var)}
+        if (consistency or self.consistency).synchronous and \
+                any(s != 0 for s in set(wanted) | looked_up):
             # The other shards may not have applied the last step yet: learn it from shard 0
             # and have them apply it first, so the values are never a mix of two steps.
             first = self._pull_calls({0: wanted.pop(0, [])})
@@ -284,6 +289,7 @@ class DistributedStore:
                 commit = reply.decision
             if commit.step < 0:
                 commit = None
+        step.commit = commit  # for the rows that lookups pull during the run
         calls = self._pull_calls(wanted, commit)
         for (client, _, _), reply in zip(calls, self.fanout.call(calls)):
             if client.index == 0:
@@ -345,6 +351,34 @@ class DistributedStore:
         self.step.returned = {}
         self.step.returned_step = None
         return lost
+
+    def read_rows(self, var, indices):
+        """Rows `indices` (any integer shape) of `var`, pulled from the shards that own them:
+        each distinct row once, all shards at once."""
+        flat = indices.reshape(-1)
+        check_rows(var, flat, var.shape[0])
+        unique, inverse = np.unique(flat.astype(np.int64, copy=False), return_inverse=True)
+        step = self.step
+        by_shard = {}
+        for part in self.placement.parts_of(var):
+            lo, hi = np.searchsorted(unique, (part.start, part.stop))
+            if hi > lo:
+                by_shard.setdefault(part.shard, []).append((part, lo, hi))
+        calls = []
+        for shard, selected in by_shard.items():
+            request = pb.PullRowsRequest()
+            for part, lo, hi in selected:
+                codec.encode(unique[lo:hi] - part.start,
+                             request.selections.add(name=part.name).rows)
+            if step.commit is not None and shard != 0:
+                request.commit.CopyFrom(step.commit)
+            calls.append((self.clients[shard], "PullRows", request))
+        rows = np.empty((unique.size,) + tuple(var.shape[1:]), dtype=var.dtype)
+        for (shard, selected), reply in zip(by_shard.items(), self.fanout.call(calls)):
+            for (part, lo, hi), item in zip(selected, reply.values):
+                rows[lo:hi] = item.array
+                step.versions[part.name] = item.version
+        return rows[inverse].reshape(indices.shape + tuple(var.shape[1:]))
 
     def read(self, var):
         if var is self.global_step_var:
@@ -437,6 +471,9 @@ class DistributedStore:
             else None
         wanted = {shard: list(dict.fromkeys(parts)) for shard, parts in step.read.items()
                   if shard != 0}
+        for shard in requests:  # every shard pushed to applies the step now, read or not
+            if shard != 0:
+                wanted.setdefault(shard, [])
         calls = self._pull_calls(wanted, commit)
         step.returned = _values_of([reply] + self.fanout.call(calls))
 
@@ -480,12 +517,24 @@ def _values_of(replies):
     return {item.name: (item.array, item.version) for reply in replies for item in reply.values}
 
 
+def _summed_rows(grad):
+    """(distinct row indices, their summed gradient rows) of a sparse gradient: each row
+    travels once, however often the batch looked it up."""
+    indices = np.asarray(grad.indices, dtype=np.int64).reshape(-1)
+    values = np.asarray(grad.values)
+    unique, inverse = np.unique(indices, return_inverse=True)
+    if unique.size == indices.size:
+        return indices, values
+    summed = np.zeros((unique.size,) + values.shape[1:], dtype=values.dtype)
+    np.add.at(summed, inverse, values)
+    return unique, summed
+
+
 def _split_gradient(grad, var, placement):
     """Yields (part, values, indices or None) for each part of `var` the gradient touches."""
     parts = placement.parts_of(var)
     if isinstance(grad, IndexedSlices):
-        indices = np.asarray(grad.indices, dtype=np.int64).reshape(-1)
-        values = np.asarray(grad.values)
+        indices, values = _summed_rows(grad)
         for part in parts:
             if len(parts) == 1:
                 yield part, values, indices
