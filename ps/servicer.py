@@ -166,27 +166,27 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_handler
     def Pull(self, request, context):
-        commit = (request.commit.step, list(request.commit.workers)) \
-            if request.HasField("commit") else None
-        global_step, decision = self.store.pull_header(commit)
-        header = pb.PullResponse(global_step=global_step)
-        if decision is not None:
-            header.decision.step, header.decision.workers[:] = decision[0], decision[1]
+        header = self._pull_header(request)
         return self.store.with_values(request.names,
                                       lambda values: wire.pull_response(header, values))
 
     @_handler
     def PullRows(self, request, context):
+        header = self._pull_header(request)
+        selections = [(s.name, codec.decode(s.rows, f"rows of {s.name!r}"))
+                      for s in request.selections]
+        return self.store.with_rows(selections,
+                                    lambda values: wire.pull_response(header, values))
+
+    def _pull_header(self, request):
+        """A PullResponse without values, after applying the request's sync commit."""
         commit = (request.commit.step, list(request.commit.workers)) \
             if request.HasField("commit") else None
         global_step, decision = self.store.pull_header(commit)
         header = pb.PullResponse(global_step=global_step)
         if decision is not None:
             header.decision.step, header.decision.workers[:] = decision[0], decision[1]
-        selections = [(s.name, codec.decode(s.rows, f"rows of {s.name!r}"))
-                      for s in request.selections]
-        return self.store.with_rows(selections,
-                                    lambda values: wire.pull_response(header, values))
+        return header
 
     @_handler
     def Push(self, request, context):
