@@ -187,6 +187,60 @@ def _sparse_softmax_xent_grad(op, grad):
     return [None, SparseSoftmaxCrossEntropyGrad(grad, labels, logits)]
 
 
+class SigmoidCrossEntropyWithLogits(Node):
+    """Elementwise `-z log(sigmoid(x)) - (1 - z) log(1 - sigmoid(x))` for labels z and logits
+    x, with the positive class weighted by `pos_weight` (1: plain sigmoid cross-entropy):
+    `(1 - z) x + (1 + (q - 1) z) softplus(-x)`, computed without overflow for any x."""
+
+    def __init__(self, labels, logits, pos_weight=1.0, name=None):
+        logits = convert_to_tensor(logits)
+        labels = convert_to_tensor(labels, dtype=logits.dtype)
+        if labels.shape is not None and logits.shape is not None and \
+                len(labels.shape) == len(logits.shape) and any(
+                    a is not None and b is not None and a != b
+                    for a, b in zip(labels.shape, logits.shape)):
+            raise ValueError(f"sigmoid cross-entropy: labels of shape "
+                             f"{format_shape(labels.shape)} do not match logits of shape "
+                             f"{format_shape(logits.shape)}")
+        self.pos_weight = float(pos_weight)
+        super().__init__((labels, logits), name=name, shape=logits.shape, dtype=logits.dtype)
+
+    def forward(self, labels, logits):
+        weight = 1.0 + (self.pos_weight - 1.0) * labels
+        return (1.0 - labels) * logits + weight * _softplus(-logits)
+
+
+def _softplus(x):
+    """log(1 + exp(x)) without overflow."""
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+class SigmoidCrossEntropyGrad(Node):
+    """Gradient for logits (`(1 - z) - (1 + (q - 1) z) sigmoid(-x)`) or labels
+    (`-x + (q - 1) softplus(-x)`), scaled by the incoming gradient."""
+
+    def __init__(self, grad, labels, logits, pos_weight, wrt):
+        self.pos_weight, self.wrt = pos_weight, wrt
+        like = logits if wrt == "logits" else labels
+        super().__init__((grad, labels, logits), shape=like.shape, dtype=like.dtype)
+
+    def forward(self, grad, labels, logits):
+        q = self.pos_weight
+        if self.wrt == "logits":
+            sigmoid_neg = 0.5 * (1.0 - np.tanh(0.5 * logits))
+            local = (1.0 - labels) - (1.0 + (q - 1.0) * labels) * sigmoid_neg
+        else:
+            local = -logits + (q - 1.0) * _softplus(-logits)
+        return grad * local
+
+
+@register_gradient(SigmoidCrossEntropyWithLogits)
+def _sigmoid_xent_grad(op, grad):
+    labels, logits = op.inputs
+    return [SigmoidCrossEntropyGrad(grad, labels, logits, op.pos_weight, "labels"),
+            SigmoidCrossEntropyGrad(grad, labels, logits, op.pos_weight, "logits")]
+
+
 # Public functions, TF1 names (psflow.nn.*).
 
 def sigmoid(x, name=None):
@@ -227,3 +281,22 @@ def sparse_softmax_cross_entropy_with_logits(labels=None, logits=None, name=None
     if labels is None or logits is None:
         raise ValueError("sparse_softmax_cross_entropy_with_logits needs labels= and logits=")
     return SparseSoftmaxCrossEntropyWithLogits(labels, logits, name=name)
+
+
+def sigmoid_cross_entropy_with_logits(labels=None, logits=None, name=None):
+    """Elementwise cross-entropy of independent binary labels (0..1) and `logits`, stable for
+    any logit (keyword arguments, as in TensorFlow)."""
+    if labels is None or logits is None:
+        raise ValueError("sigmoid_cross_entropy_with_logits needs labels= and logits=")
+    return SigmoidCrossEntropyWithLogits(labels, logits, name=name)
+
+
+def weighted_cross_entropy_with_logits(labels=None, logits=None, pos_weight=None, name=None,
+                                       targets=None):
+    """sigmoid_cross_entropy_with_logits with the positive class's term weighted by
+    `pos_weight` (TF1 also calls the labels `targets`)."""
+    labels = targets if labels is None else labels
+    if labels is None or logits is None or pos_weight is None:
+        raise ValueError("weighted_cross_entropy_with_logits needs labels=, logits= and "
+                         "pos_weight=")
+    return SigmoidCrossEntropyWithLogits(labels, logits, pos_weight, name=name)

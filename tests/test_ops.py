@@ -667,3 +667,35 @@ def test_python_numbers_take_the_dtype_of_the_tensor():
     halved = 1.0 - f / 2
     assert halved.dtype == tf.float32
     np.testing.assert_allclose(run(halved, {f: [3.0, 4.0]}), [-0.5, -1.0])
+
+
+@pytest.mark.parametrize("pos_weight", [None, 3.0])
+def test_sigmoid_and_weighted_cross_entropy_forward_and_gradients(pos_weight, rng):
+    logits_value = np.concatenate([rng.standard_normal(6), [80.0, -80.0]]).reshape(2, 4)
+    labels_value = rng.random((2, 4))
+    labels = tf.placeholder(tf.float64, shape=(2, 4))
+    logits = tf.placeholder(tf.float64, shape=(2, 4))
+
+    def loss_of(labels, logits):
+        if pos_weight is None:
+            return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+        return tf.nn.weighted_cross_entropy_with_logits(labels=labels, logits=logits,
+                                                        pos_weight=pos_weight)
+
+    q = 1.0 if pos_weight is None else pos_weight
+    p = 1.0 / (1.0 + np.exp(-logits_value))
+    with np.errstate(divide="ignore"):
+        expected = -(q * labels_value * np.log(p) + (1 - labels_value) * np.log1p(-p))
+    # The reference overflows where the logits are ±80; the op does not.
+    stable = (1 - labels_value) * logits_value + (1 + (q - 1) * labels_value) * (
+        np.maximum(-logits_value, 0) + np.log1p(np.exp(-np.abs(logits_value))))
+    got = run(loss_of(labels, logits), {labels: labels_value, logits: logits_value})
+    assert np.isfinite(got).all()
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-10)
+    np.testing.assert_allclose(got, stable, rtol=1e-12)
+    small = logits_value.copy()
+    small[small > 10] = 2.0
+    small[small < -10] = -2.0
+    check_gradients(lambda labels, logits: weighted_sum(loss_of(labels, logits)),
+                    labels_value, small)
