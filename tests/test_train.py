@@ -22,6 +22,7 @@ def _reference_steps(name, w, grads, **hyper):
     m = np.zeros_like(w)
     v = np.zeros_like(w)
     acc = np.full_like(w, hyper.get("initial_accumulator_value", 0.1))
+    z = np.zeros_like(w)
     for t, g in enumerate(grads, start=1):
         if name == "sgd":
             w = w - lr * g
@@ -31,6 +32,14 @@ def _reference_steps(name, w, grads, **hyper):
         elif name == "adagrad":
             acc = acc + g * g
             w = w - lr * g / np.sqrt(acc)
+        elif name == "ftrl":  # TensorFlow's ApplyFtrl
+            power = -hyper.get("learning_rate_power", -0.5)
+            l1, l2 = hyper.get("l1", 0.0), hyper.get("l2", 0.0)
+            new_acc = acc + g * g
+            z = z + g - (new_acc ** power - acc ** power) / lr * w
+            w = np.where(np.abs(z) > l1,
+                         (np.sign(z) * l1 - z) / (new_acc ** power / lr + 2 * l2), 0.0)
+            acc = new_acc
         elif name == "adam":
             b1, b2, eps = 0.9, 0.999, 1e-8
             m = b1 * m + (1 - b1) * g
@@ -45,6 +54,9 @@ def _reference_steps(name, w, grads, **hyper):
     ("momentum", {"learning_rate": 0.1, "momentum": 0.9, "use_nesterov": True}),
     ("adagrad", {"learning_rate": 0.1, "initial_accumulator_value": 0.1}),
     ("adam", {"learning_rate": 0.01}),
+    ("ftrl", {"learning_rate": 0.1}),
+    ("ftrl", {"learning_rate": 0.3, "learning_rate_power": -0.7, "l1": 0.05, "l2": 0.1,
+              "initial_accumulator_value": 0.2}),
 ])
 def test_update_rules_follow_their_formulas(name, hyper):
     rng = np.random.default_rng(0)
@@ -63,6 +75,7 @@ def test_update_rules_follow_their_formulas(name, hyper):
     lambda: tf.train.MomentumOptimizer(0.1, momentum=0.9),
     lambda: tf.train.AdagradOptimizer(0.1),
     lambda: tf.train.AdamOptimizer(0.01),
+    lambda: tf.train.FtrlOptimizer(0.1, l1_regularization_strength=0.01),
 ])
 def test_minimize_matches_the_update_rule_on_the_graph_gradient(optimizer):
     opt = optimizer()
@@ -160,6 +173,21 @@ def test_sparse_updates_equal_dense_updates_on_the_touched_rows(name, hyper):
     rule.apply(w_dense, sparse.to_dense(), s_dense)
     np.testing.assert_allclose(w_sparse[[0, 2]], w_dense[[0, 2]], rtol=1e-12)
     np.testing.assert_allclose(w_sparse, w_dense, rtol=1e-12)
+
+
+def test_ftrl_updates_only_the_touched_rows_and_l1_makes_exact_zeros():
+    rule = UpdateRule("ftrl", learning_rate=0.5, l1=0.3)
+    w = np.ones((5, 2))
+    slots = rule.init_slots(w)
+    dense = np.ones((5, 2))
+    dense_slots = rule.init_slots(dense)
+    grad = IndexedSlices(np.array([[0.1, 2.0], [0.1, 2.0]]), np.array([1, 3]), (5, 2))
+    rule.apply(w, grad, slots)
+    rule.apply(dense, grad.to_dense(), dense_slots)
+    np.testing.assert_allclose(w[[1, 3]], dense[[1, 3]], rtol=1e-12)
+    np.testing.assert_array_equal(w[[0, 2, 4]], 1.0)  # lazy: untouched rows keep their value
+    np.testing.assert_array_equal(slots["accum"][[0, 2, 4]], 0.1)
+    assert (w[[1, 3], 0] == 0.0).all() and (w[[1, 3], 1] != 0.0).all()  # |z| <= l1: zero
 
 
 def test_update_rules_refuse_a_gradient_of_the_wrong_shape():

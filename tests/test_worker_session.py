@@ -296,11 +296,13 @@ def id_batches(count, rows=4000, seed=0):
              rng.normal(size=16).astype(np.float32)) for _ in range(count)]
 
 
-@pytest.mark.parametrize("name", ["sgd", "adagrad"])
+@pytest.mark.parametrize("name", ["sgd", "adagrad", "ftrl"])
 def test_a_table_read_only_by_lookups_is_pulled_row_by_row_and_trains_as_locally(
         fresh_graph, name, calls):
     make = {"sgd": lambda: tf.train.GradientDescentOptimizer(0.5),
-            "adagrad": lambda: tf.train.AdagradOptimizer(0.5)}[name]
+            "adagrad": lambda: tf.train.AdagradOptimizer(0.5),
+            "ftrl": lambda: tf.train.FtrlOptimizer(0.5, l1_regularization_strength=0.001,
+                                                   l2_regularization_strength=0.01)}[name]
     ids, y, table, w, loss, step, train = embedding_model(optimizer=make())
     data = id_batches(12)
     with tf.Session() as local:

@@ -2,19 +2,20 @@
 MonitoredTrainingSession, with TensorFlow 1.x's names."""
 
 from .cluster import ClusterSpec, TaskConfig, replica_device_setter, task_config_from_env
+from .consistency import Consistency
 from .monitored_session import (MonitoredTrainingSession, Scaffold, SessionRunArgs,
                                 SessionRunContext, SessionRunHook, SessionRunValues,
                                 StopAtStepHook)
-from .optimizers import (AdagradOptimizer, AdamOptimizer, GradientDescentOptimizer,
-                         MomentumOptimizer, Optimizer, create_global_step, get_global_step,
-                         get_or_create_global_step, global_step)
-from .consistency import Consistency
+from .optimizers import (AdagradOptimizer, AdamOptimizer, FtrlOptimizer,
+                         GradientDescentOptimizer, MomentumOptimizer, Optimizer,
+                         create_global_step, get_global_step, get_or_create_global_step,
+                         global_step)
 from .sync_replicas import BoundedStalenessOptimizer, SyncReplicasOptimizer
 from .update_rules import UpdateRule
 
 __all__ = [
     "AdagradOptimizer", "AdamOptimizer", "BoundedStalenessOptimizer", "ClusterSpec",
-    "Consistency", "SyncReplicasOptimizer", "GradientDescentOptimizer",
+    "Consistency", "FtrlOptimizer", "SyncReplicasOptimizer", "GradientDescentOptimizer",
     "MomentumOptimizer", "MonitoredTrainingSession", "Optimizer", "Scaffold", "SessionRunArgs",
     "SessionRunContext", "SessionRunHook", "SessionRunValues", "StopAtStepHook", "TaskConfig",
     "UpdateRule", "create_global_step", "replica_device_setter", "get_global_step", "get_or_create_global_step",

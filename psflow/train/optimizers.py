@@ -113,6 +113,32 @@ class AdagradOptimizer(Optimizer):
                          initial_accumulator_value=initial_accumulator_value)
 
 
+class FtrlOptimizer(Optimizer):
+    """FTRL-Proximal, the classic optimizer of click-through-rate models: per-coordinate
+    learning rates, with L1 driving unused weights to exactly 0 (see update_rules.ftrl)."""
+
+    rule_name = "ftrl"
+
+    def __init__(self, learning_rate, learning_rate_power=-0.5, initial_accumulator_value=0.1,
+                 l1_regularization_strength=0.0, l2_regularization_strength=0.0,
+                 use_locking=False, name="Ftrl", accum_name=None, linear_name=None,
+                 l2_shrinkage_regularization_strength=0.0):
+        if learning_rate_power > 0:
+            raise ValueError(f"{name}: learning_rate_power must be <= 0, got "
+                             f"{learning_rate_power}")
+        if initial_accumulator_value <= 0:
+            raise ValueError(f"{name}: initial_accumulator_value must be positive, got "
+                             f"{initial_accumulator_value}")
+        if l1_regularization_strength < 0 or l2_regularization_strength < 0:
+            raise ValueError(f"{name}: regularization strengths must not be negative")
+        if l2_shrinkage_regularization_strength:
+            raise NotImplementedError(f"{name}: l2_shrinkage_regularization_strength is not "
+                                      "supported")
+        super().__init__(learning_rate, name, learning_rate_power=learning_rate_power,
+                         l1=l1_regularization_strength, l2=l2_regularization_strength,
+                         initial_accumulator_value=initial_accumulator_value)
+
+
 class AdamOptimizer(Optimizer):
     rule_name = "adam"
 

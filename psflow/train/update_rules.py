@@ -109,8 +109,41 @@ def adam_slots(value, **hyper):
             "t": np.zeros((), dtype=np.int64)}
 
 
+def ftrl(value, grad, slots, learning_rate, learning_rate_power=-0.5, l1=0.0, l2=0.0,
+         initial_accumulator_value=0.1):
+    """FTRL-Proximal (McMahan et al.), as TensorFlow 1.x's ApplyFtrl:
+    n' = n + g^2; sigma = (n'^-p - n^-p) / lr; z += g - sigma * w;
+    w = (sign(z) l1 - z) / (n'^-p / lr + 2 l2) where |z| > l1, else 0 (p = learning_rate_power).
+    A sparse gradient updates only its rows and their slots."""
+    accum, linear = slots["accum"], slots["linear"]
+    if isinstance(grad, IndexedSlices):
+        rows, g = _rows(grad, value)
+        w, n, z = value[rows], accum[rows], linear[rows]
+    else:
+        g = _dense(grad, value)
+        rows, w, n, z = None, value, accum, linear
+    n_new = n + g * g
+    power = -learning_rate_power
+    sigma = (n_new ** power - n ** power) / learning_rate
+    z = z + g - sigma * w
+    quadratic = n_new ** power / learning_rate + 2.0 * l2
+    w_new = np.where(np.abs(z) > l1, (np.sign(z) * l1 - z) / quadratic, 0.0).astype(value.dtype)
+    if rows is None:
+        value[...] = w_new
+        accum[...] = n_new
+        linear[...] = z
+    else:
+        value[rows], accum[rows], linear[rows] = w_new, n_new, z
+
+
+def ftrl_slots(value, initial_accumulator_value=0.1, **hyper):
+    return {"accum": np.full_like(value, initial_accumulator_value),
+            "linear": np.zeros_like(value)}
+
+
 RULES = {
     "sgd": (sgd, sgd_slots),
+    "ftrl": (ftrl, ftrl_slots),
     "momentum": (momentum, momentum_slots),
     "adagrad": (adagrad, adagrad_slots),
     "adam": (adam, adam_slots),
