@@ -11,8 +11,9 @@ from .gradients import IndexedSlices, gradients
 from .graph import (Graph, Node, Tensor, as_dtype, bool_, constant, device, float16, float32,
                     float64, get_default_graph, int32, int64, name_scope, placeholder,
                     reset_default_graph, set_random_seed)
-from .initializers import (constant_initializer, get_variable, glorot_normal_initializer,
-                           glorot_uniform_initializer, ones_initializer, random_normal,
+from .initializers import (constant_initializer, fixed_size_partitioner, get_variable,
+                           glorot_normal_initializer, glorot_uniform_initializer,
+                           min_max_variable_partitioner, ones_initializer, random_normal,
                            random_normal_initializer, random_uniform, random_uniform_initializer,
                            truncated_normal, truncated_normal_initializer, zeros_initializer)
 from .math_ops import (add, add_n, argmax, cast, divide, equal, exp, identity, log, matmul,

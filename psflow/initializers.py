@@ -157,9 +157,44 @@ def random_uniform(shape, minval=0.0, maxval=1.0, dtype=float32, seed=None, name
                     name or "random_uniform")
 
 
-def get_variable(name, shape=None, dtype=float32, initializer=None, trainable=True):
+def fixed_size_partitioner(num_shards, axis=0):
+    """TF1's partitioner: `num_shards` row parts (see get_variable)."""
+    if axis != 0:
+        raise NotImplementedError("partitioners split variables by rows (axis 0) only")
+    if not isinstance(num_shards, int) or num_shards < 1:
+        raise ValueError(f"fixed_size_partitioner: num_shards must be at least 1, got "
+                         f"{num_shards!r}")
+
+    def partitions(shape, dtype):
+        return [num_shards] + [1] * (len(shape) - 1)
+    return partitions
+
+
+def min_max_variable_partitioner(max_partitions=1, axis=0, min_slice_size=256 << 10,
+                                 bytes_per_string_element=16):
+    """TF1's partitioner: as many row parts as keep each at least `min_slice_size` bytes, at
+    most `max_partitions`."""
+    if axis != 0:
+        raise NotImplementedError("partitioners split variables by rows (axis 0) only")
+
+    def partitions(shape, dtype):
+        total = int(np.prod(shape)) * as_dtype(dtype).itemsize
+        count = max(1, min(max_partitions, shape[0] if shape else 1, total // min_slice_size))
+        return [count] + [1] * (len(shape) - 1)
+    return partitions
+
+
+def get_variable(name, shape=None, dtype=float32, initializer=None, trainable=True,
+                 partitioner=None, **unsupported):
     """A new Variable named `name`: `initializer` (default glorot_uniform) gives its value,
-    or is itself the value (an array or a number) when it is not an Initializer."""
+    or is itself the value (an array or a number) when it is not an Initializer.
+
+    `partitioner` (fixed_size_partitioner, min_max_variable_partitioner or any function of
+    (shape, dtype) giving the parts per axis) still makes one Variable: the script sees it
+    whole, and the parameter servers hold it in at least that many row parts."""
+    if unsupported:
+        raise TypeError(f"get_variable({name!r}): {', '.join(sorted(unsupported))} not "
+                        "supported")
     graph = get_default_graph()
     full = "/".join(graph._name_stack + [name])
     if any(v.name == full for v in graph.variables):
@@ -175,4 +210,12 @@ def get_variable(name, shape=None, dtype=float32, initializer=None, trainable=Tr
         if shape is not None and value.shape != as_shape(shape):
             raise ValueError(f"get_variable({name!r}): initial value of shape {value.shape} "
                              f"does not match shape {as_shape(shape)}")
-    return Variable(value, trainable=trainable, name=name)
+    var = Variable(value, trainable=trainable, name=name)
+    if partitioner is not None:
+        counts = list(partitioner(tuple(var.shape), var.dtype))
+        if any(int(c) != 1 for c in counts[1:]):
+            raise NotImplementedError(f"get_variable({name!r}): parts along axes other than 0 "
+                                      f"({counts})")
+        if counts and int(counts[0]) > 1:
+            var.partitions = int(counts[0])
+    return var

@@ -27,6 +27,7 @@ class Variable(Node):
         super().__init__(shape=init.shape, dtype=init.dtype, graph=graph, unique_name=name)
         graph.variables.append(self)
         self._initializer_op = None
+        self.partitions = None  # the row parts a partitioner asked for (get_variable)
 
     def executor(self, session):
         read = session.store.read

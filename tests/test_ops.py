@@ -699,3 +699,44 @@ def test_sigmoid_and_weighted_cross_entropy_forward_and_gradients(pos_weight, rn
     small[small < -10] = -2.0
     check_gradients(lambda labels, logits: weighted_sum(loss_of(labels, logits)),
                     labels_value, small)
+
+
+# -- embedding_lookup --------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", ["mod", "div"])
+def test_embedding_lookup_over_a_list_of_tables_matches_the_whole_table(strategy, rng):
+    sizes = [5, 4, 4]  # 13 rows: "div" gives the first table the extra row
+    whole = rng.standard_normal((13, 3))
+    if strategy == "mod":
+        tables = [whole[k::3] for k in range(3)]
+    else:
+        tables = [whole[:5], whole[5:9], whole[9:]]
+    assert [len(t) for t in tables] == sizes
+    ids_value = np.array([[0, 12, 5], [7, 7, 1]])
+    ids = tf.constant(ids_value)
+    looked_up = tf.nn.embedding_lookup([tf.constant(t) for t in tables], ids,
+                                       partition_strategy=strategy)
+    np.testing.assert_array_equal(run(looked_up), whole[ids_value])
+    assert looked_up.shape == (2, 3, 3)
+    check_gradients(lambda *ts: weighted_sum(tf.nn.embedding_lookup(
+        list(ts), ids, partition_strategy=strategy)), *tables)
+
+
+def test_embedding_lookup_max_norm_clips_the_rows_it_returns(rng):
+    table = rng.standard_normal((6, 4)) * 3
+    ids = tf.constant(np.array([0, 3, 3, 5]))
+    rows = run(tf.nn.embedding_lookup(tf.constant(table), ids, max_norm=1.5))
+    norms = np.linalg.norm(table[[0, 3, 3, 5]], axis=1)
+    np.testing.assert_allclose(rows, table[[0, 3, 3, 5]] * np.minimum(1, 1.5 / norms)[:, None])
+    check_gradients(lambda t: weighted_sum(tf.nn.embedding_lookup(t, ids, max_norm=1.5)),
+                    table)
+    small = table * 0.01  # rows under the bound pass through unchanged
+    check_gradients(lambda t: weighted_sum(tf.nn.embedding_lookup(t, ids, max_norm=1.5)),
+                    small)
+
+
+def test_embedding_lookup_errors_name_the_problem():
+    tables = [tf.constant(np.zeros((2, 2))), tf.constant(np.zeros((2, 2)))]
+    with pytest.raises(ValueError, match="unknown partition_strategy 'hash'"):
+        tf.nn.embedding_lookup(tables, tf.constant([0]), partition_strategy="hash")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="id 4 is out of range"):
+        run(tf.nn.embedding_lookup(tables, tf.constant(np.array([1, 4]))))

@@ -370,3 +370,37 @@ def test_the_servers_refuse_rows_out_of_range(servers):
     reply = client.call("PullRows", rows)
     np.testing.assert_array_equal(reply.values[0].array, [[6, 7], [14, 15]])
     client.close()
+
+
+def test_hand_sharded_and_partitioned_tables_train_as_locally(fresh_graph, servers, calls):
+    ids = tf.placeholder(tf.int64, shape=(None, 2), name="ids")
+    y = tf.placeholder(tf.float32, shape=(None,), name="y")
+    rng = np.random.default_rng(3)
+    shards = [tf.Variable(rng.normal(size=(20, 4)).astype(np.float32), name=f"emb/part{k}")
+              for k in range(3)]
+    wide = tf.get_variable("wide", shape=(60, 1), initializer=tf.zeros_initializer(),
+                           partitioner=tf.fixed_size_partitioner(4))
+    deep = tf.reduce_sum(tf.nn.embedding_lookup(shards, ids, partition_strategy="div"), axis=1)
+    logit = tf.reduce_sum(deep, axis=1) + tf.reduce_sum(tf.nn.embedding_lookup(wide, ids),
+                                                        axis=[1, 2])
+    loss = tf.reduce_mean(tf.square(logit - y))
+    step = tf.train.get_or_create_global_step()
+    train = tf.train.AdagradOptimizer(0.3).minimize(loss, global_step=step)
+    data = [(rng.integers(0, 60, size=(8, 2)), rng.normal(size=8).astype(np.float32))
+            for _ in range(6)]
+    with tf.Session() as local:
+        local.run(tf.global_variables_initializer())
+        for i, t in data:
+            local.run(train, {ids: i, y: t})
+        expected = local.run(shards + [wide])
+    session = DistributedSession(fresh_graph, task(servers))
+    try:
+        assert len(session.store.placement.parts_of(wide)) == 4  # the partitioner's count
+        for i, t in data:
+            session.run(train, {ids: i, y: t})
+        got = session.run(shards + [wide])
+    finally:
+        session.close()
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
+    assert "PullRows" in calls

@@ -66,7 +66,8 @@ def _split(var, num_shards, partition_bytes):
         raise ValueError(f"variable {var.name!r} has a shape that is not fully known "
                          f"({shape}); parameter servers need fixed shapes")
     nbytes = math.prod(shape) * np.dtype(var.dtype).itemsize
-    if nbytes <= partition_bytes or len(shape) == 0 or shape[0] < 2:
+    wanted = min(getattr(var, "partitions", None) or 1, shape[0] if shape else 1)
+    if (nbytes <= partition_bytes and wanted < 2) or len(shape) == 0 or shape[0] < 2:
         if nbytes > partition_bytes:
             raise ValueError(f"variable {var.name!r} ({nbytes} bytes, shape {shape}) is larger "
                              f"than {partition_bytes} bytes and has no rows to split it by")
@@ -77,8 +78,9 @@ def _split(var, num_shards, partition_bytes):
         raise ValueError(f"variable {var.name!r}: one row is {row_bytes} bytes, more than the "
                          f"{partition_bytes}-byte part limit")
     rows_per_part = partition_bytes // row_bytes
-    # Enough parts that none exceeds the limit, and at least one per shard to spread the load.
-    count = max(math.ceil(rows / rows_per_part), min(num_shards, rows))
+    # Enough parts that none exceeds the limit, at least one per shard to spread the load, and
+    # at least as many as a partitioner asked for.
+    count = max(math.ceil(rows / rows_per_part), min(num_shards, rows), wanted)
     bounds = np.linspace(0, rows, count + 1).round().astype(int)
     return [Part(var, f"{var.name}/part_{k}", int(a), int(b), (int(b - a),) + tuple(shape[1:]))
             for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
