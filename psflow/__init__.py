@@ -21,6 +21,7 @@ from .math_ops import (add, add_n, argmax, cast, divide, equal, exp, identity, l
                        subtract, zeros_like)
 from .nn_ops import sigmoid, tanh
 from .session import Session, get_default_session
+from .sparse_ops import SparseTensor, SparseTensorValue, sparse_placeholder
 from .state_ops import global_variables_initializer, group, no_op, variables_initializer
 from .variables import Variable, global_variables, trainable_variables
 

@@ -2,13 +2,15 @@
 
 from .conv_ops import conv2d, max_pool
 from .embedding_ops import embedding_lookup
+from .sparse_ops import embedding_lookup_sparse
 from .nn_ops import (bias_add, l2_loss, relu, sigmoid, sigmoid_cross_entropy_with_logits,
                      softmax, softmax_cross_entropy_with_logits,
                      sparse_softmax_cross_entropy_with_logits, tanh,
                      weighted_cross_entropy_with_logits)
 
 __all__ = [
-    "bias_add", "conv2d", "embedding_lookup", "l2_loss", "max_pool", "relu", "sigmoid",
+    "bias_add", "conv2d", "embedding_lookup", "embedding_lookup_sparse", "l2_loss", "max_pool",
+    "relu", "sigmoid",
     "sigmoid_cross_entropy_with_logits", "softmax", "softmax_cross_entropy_with_logits",
     "sparse_softmax_cross_entropy_with_logits", "tanh", "weighted_cross_entropy_with_logits",
 ]

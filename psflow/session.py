@@ -12,6 +12,7 @@ from .array_ops import Gather, RowSource
 from .errors import FailedPreconditionError, InvalidArgumentError, PsflowError
 from .graph import (Node, Placeholder, format_shape, get_default_graph, shape_compatible,
                     topological_order)
+from .sparse_ops import SparseTensor
 from .train.update_rules import checked_slots
 from .variables import Variable
 
@@ -226,6 +227,10 @@ class Session:
     def _convert_feeds(self, feed_dict):
         feeds = {}
         for key, value in feed_dict.items():
+            if isinstance(key, SparseTensor):  # one feed for its three placeholders
+                for node, part in key.feeds(value).items():
+                    feeds[self._resolve(node)] = _check_feed(node, part)
+                continue
             node = self._resolve(key)
             feeds[node] = _check_feed(node, value)
         return feeds

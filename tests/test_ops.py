@@ -740,3 +740,59 @@ def test_embedding_lookup_errors_name_the_problem():
         tf.nn.embedding_lookup(tables, tf.constant([0]), partition_strategy="hash")
     with pytest.raises(tf.errors.InvalidArgumentError, match="id 4 is out of range"):
         run(tf.nn.embedding_lookup(tables, tf.constant(np.array([1, 4]))))
+
+
+# -- sparse tensors ----------------------------------------------------------------------------
+SPARSE_INDICES = np.array([[0, 0], [0, 1], [0, 2], [2, 0], [3, 0], [3, 1]])
+SPARSE_IDS = np.array([1, 3, 1, 4, 0, 2])
+SPARSE_WEIGHTS = np.array([0.5, 2.0, 1.0, 3.0, -1.0, 0.25])
+
+
+def _combined(table, combiner, weights):
+    out = np.zeros((5, table.shape[1]))
+    w = np.ones(len(SPARSE_IDS)) if weights is None else weights
+    for row in range(5):
+        mine = SPARSE_INDICES[:, 0] == row
+        if not mine.any():
+            continue
+        total = (table[SPARSE_IDS[mine]] * w[mine, None]).sum(axis=0)
+        denom = {"sum": 1.0, "mean": w[mine].sum(), "sqrtn": np.sqrt((w[mine] ** 2).sum())}
+        out[row] = total / denom[combiner]
+    return out
+
+
+@pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_embedding_lookup_sparse_combines_each_rows_ids(combiner, weighted, rng):
+    table_value = rng.standard_normal((6, 3))
+    sp_ids = tf.sparse_placeholder(tf.int64, shape=(5, 3), name="ids")
+    sp_weights = tf.sparse_placeholder(tf.float64, shape=(5, 3), name="weights")
+    feeds = {sp_ids: tf.SparseTensorValue(SPARSE_INDICES, SPARSE_IDS, [5, 3])}
+    if weighted:
+        feeds[sp_weights] = (SPARSE_INDICES, SPARSE_WEIGHTS, [5, 3])
+    table = tf.placeholder(tf.float64, shape=(6, 3))
+    out = tf.nn.embedding_lookup_sparse(table, sp_ids, sp_weights if weighted else None,
+                                        combiner=combiner)
+    feeds[table] = table_value
+    expected = _combined(table_value, combiner, SPARSE_WEIGHTS if weighted else None)
+    np.testing.assert_allclose(run(out, feeds), expected, rtol=1e-12)
+    # The gradient for the table, against finite differences.
+    loss = weighted_sum(out, shape=(5, 3))
+    analytic = run(tf.gradients(loss, [table])[0], feeds)
+    analytic = analytic.to_dense() if hasattr(analytic, "to_dense") else analytic
+    numeric = np.zeros_like(table_value)
+    for index in np.ndindex(table_value.shape):
+        for sign in (1, -1):
+            shifted = table_value.copy()
+            shifted[index] += sign * 1e-6
+            numeric[index] += sign * run(loss, {**feeds, table: shifted}) / 2e-6
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_embedding_lookup_sparse_errors_name_the_problem():
+    sp = tf.sparse_placeholder(tf.int64)
+    table = tf.constant(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="unknown combiner 'max'"):
+        tf.nn.embedding_lookup_sparse(table, sp, None, combiner="max")
+    with pytest.raises(TypeError, match="must be SparseTensors"):
+        tf.nn.embedding_lookup_sparse(table, tf.constant([0]), None)

@@ -404,3 +404,35 @@ def test_hand_sharded_and_partitioned_tables_train_as_locally(fresh_graph, serve
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
     assert "PullRows" in calls
+
+
+def test_multi_hot_features_train_as_locally_row_by_row(fresh_graph, servers, calls):
+    sp_ids = tf.sparse_placeholder(tf.int64, name="ids")
+    y = tf.placeholder(tf.float32, shape=(None,), name="y")
+    table = tf.Variable(np.random.default_rng(4).normal(size=(50, 4)).astype(np.float32),
+                        name="table")
+    pooled = tf.nn.embedding_lookup_sparse(table, sp_ids, None, combiner="sqrtn")
+    loss = tf.reduce_mean(tf.square(tf.reduce_sum(pooled, axis=1) - y))
+    step = tf.train.get_or_create_global_step()
+    train = tf.train.AdagradOptimizer(0.2).minimize(loss, global_step=step)
+    rng = np.random.default_rng(5)
+    data = []
+    for _ in range(5):
+        counts = rng.integers(1, 4, size=6)
+        indices = np.array([[r, k] for r, c in enumerate(counts) for k in range(c)])
+        data.append((tf.SparseTensorValue(indices, rng.integers(0, 50, size=len(indices)),
+                                          [6, 3]), rng.normal(size=6).astype(np.float32)))
+    with tf.Session() as local:
+        local.run(tf.global_variables_initializer())
+        for ids, t in data:
+            local.run(train, {sp_ids: ids, y: t})
+        expected = local.run(table)
+    session = DistributedSession(fresh_graph, task(servers))
+    try:
+        for ids, t in data:
+            session.run(train, {sp_ids: ids, y: t})
+        got = session.run(table)
+    finally:
+        session.close()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    assert "PullRows" in calls
