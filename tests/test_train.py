@@ -190,6 +190,32 @@ def test_ftrl_updates_only_the_touched_rows_and_l1_makes_exact_zeros():
     assert (w[[1, 3], 0] == 0.0).all() and (w[[1, 3], 1] != 0.0).all()  # |z| <= l1: zero
 
 
+def test_adam_is_lazy_on_sparse_gradients_unless_asked_to_be_dense():
+    rng = np.random.default_rng(3)
+    grads = [IndexedSlices(rng.normal(size=(2, 3)), np.array(rows), (4, 3))
+             for rows in ([0, 2], [2, 2], [0, 1])]
+    lazy, dense = UpdateRule("adam", learning_rate=0.1), UpdateRule("adam", learning_rate=0.1,
+                                                                    lazy_sparse=False)
+    w_lazy, w_dense, w_ref = np.ones((4, 3)), np.ones((4, 3)), np.ones((4, 3))
+    s_lazy, s_dense, s_ref = lazy.init_slots(w_lazy), dense.init_slots(w_dense), \
+        dense.init_slots(w_ref)
+    for grad in grads:
+        lazy.apply(w_lazy, grad, s_lazy)
+        dense.apply(w_dense, grad, s_dense)
+        dense.apply(w_ref, grad.to_dense(), s_ref)
+    np.testing.assert_allclose(w_dense, w_ref, rtol=1e-12)  # TF1's dense Adam
+    np.testing.assert_array_equal(w_lazy[3], 1.0)  # never touched: value and moments kept
+    np.testing.assert_array_equal(s_lazy["m"][3], 0.0)
+    # row 1 is touched only at step 3: its one lazy update uses step 3's bias correction
+    g = grads[2].values[1]
+    m, v = 0.1 * g, 0.001 * g * g
+    lr_t = 0.1 * np.sqrt(1 - 0.999 ** 3) / (1 - 0.9 ** 3)
+    np.testing.assert_allclose(w_lazy[1], 1.0 - lr_t * m / (np.sqrt(v) + 1e-8), rtol=1e-12)
+    # row 2, touched at steps 1 and 2 (twice in step 2, summed), then left as it was
+    assert not np.allclose(w_lazy[2], w_dense[2])  # dense decayed its moments at step 3
+    assert int(s_lazy["t"]) == 3
+
+
 def test_update_rules_refuse_a_gradient_of_the_wrong_shape():
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"\(2, 3\).*\(3, 2\)"):
         update_rules.sgd(np.zeros((3, 2)), np.zeros((2, 3)), {}, learning_rate=0.1)

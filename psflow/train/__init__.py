@@ -7,7 +7,7 @@ from .monitored_session import (MonitoredTrainingSession, Scaffold, SessionRunAr
                                 SessionRunContext, SessionRunHook, SessionRunValues,
                                 StopAtStepHook)
 from .optimizers import (AdagradOptimizer, AdamOptimizer, FtrlOptimizer,
-                         GradientDescentOptimizer, MomentumOptimizer, Optimizer,
+                         GradientDescentOptimizer, LazyAdamOptimizer, MomentumOptimizer, Optimizer,
                          create_global_step, get_global_step, get_or_create_global_step,
                          global_step)
 from .sync_replicas import BoundedStalenessOptimizer, SyncReplicasOptimizer
@@ -16,6 +16,7 @@ from .update_rules import UpdateRule
 __all__ = [
     "AdagradOptimizer", "AdamOptimizer", "BoundedStalenessOptimizer", "ClusterSpec",
     "Consistency", "FtrlOptimizer", "SyncReplicasOptimizer", "GradientDescentOptimizer",
+    "LazyAdamOptimizer",
     "MomentumOptimizer", "MonitoredTrainingSession", "Optimizer", "Scaffold", "SessionRunArgs",
     "SessionRunContext", "SessionRunHook", "SessionRunValues", "StopAtStepHook", "TaskConfig",
     "UpdateRule", "create_global_step", "replica_device_setter", "get_global_step", "get_or_create_global_step",

@@ -142,9 +142,24 @@ class FtrlOptimizer(Optimizer):
 class AdamOptimizer(Optimizer):
     rule_name = "adam"
 
+    """Adam. Sparse gradients (from gather / embedding lookups) update only their rows and
+    those rows' moments (lazy_sparse=True, the default, as TF's LazyAdamOptimizer); pass
+    lazy_sparse=False for TF1 AdamOptimizer's dense application, whose cost grows with the
+    table."""
+
     def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
-                 use_locking=False, name="Adam"):
-        super().__init__(learning_rate, name, beta1=beta1, beta2=beta2, epsilon=epsilon)
+                 use_locking=False, name="Adam", lazy_sparse=True):
+        super().__init__(learning_rate, name, beta1=beta1, beta2=beta2, epsilon=epsilon,
+                         lazy_sparse=bool(lazy_sparse))
+
+
+class LazyAdamOptimizer(AdamOptimizer):
+    """TF's LazyAdamOptimizer: AdamOptimizer with lazy sparse updates (psflow's default)."""
+
+    def __init__(self, learning_rate=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8,
+                 use_locking=False, name="LazyAdam"):
+        super().__init__(learning_rate, beta1, beta2, epsilon, use_locking, name,
+                         lazy_sparse=True)
 
 
 def get_global_step(graph=None):

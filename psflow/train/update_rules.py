@@ -88,15 +88,25 @@ def adagrad_slots(value, initial_accumulator_value=0.1, **hyper):
     return {"accumulator": np.full_like(value, initial_accumulator_value)}
 
 
-def adam(value, grad, slots, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8):
+def adam(value, grad, slots, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8,
+         lazy_sparse=True):
     """t += 1; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
     value -= learning_rate * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + epsilon).
-    A sparse gradient is applied densely (all moments decay), as TensorFlow 1.x's Adam does."""
-    g = _dense(grad, value)
+    A sparse gradient updates only its rows and their moments (lazy Adam, so a step costs
+    the rows it touches, not the table); with lazy_sparse=False it is applied densely (all
+    moments decay), as TensorFlow 1.x's Adam does."""
     m, v, t = slots["m"], slots["v"], slots["t"]
     t += 1
     step = float(t)
     lr_t = learning_rate * np.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
+    if isinstance(grad, IndexedSlices) and lazy_sparse:
+        rows, g = _rows(grad, value)
+        m_rows = m[rows] * beta1 + (1.0 - beta1) * g
+        v_rows = v[rows] * beta2 + (1.0 - beta2) * (g * g)
+        m[rows], v[rows] = m_rows, v_rows
+        value[rows] -= (lr_t * m_rows / (np.sqrt(v_rows) + epsilon)).astype(value.dtype)
+        return
+    g = _dense(grad, value)
     m *= beta1
     m += (1.0 - beta1) * g
     v *= beta2
