@@ -4,7 +4,7 @@
 `gradients`, `Session`, and the optimizers in `psflow.train`.
 """
 
-from . import errors, nn, train
+from . import errors, metrics, nn, train
 from .array_ops import concat, gather, one_hot, ones, reshape, transpose, zeros
 from .checkpoint import load_model
 from .gradients import IndexedSlices, gradients
@@ -23,7 +23,8 @@ from .nn_ops import sigmoid, tanh
 from .session import Session, get_default_session
 from .sparse_ops import SparseTensor, SparseTensorValue, sparse_placeholder
 from .state_ops import global_variables_initializer, group, no_op, variables_initializer
-from .variables import Variable, global_variables, trainable_variables
+from .variables import (GraphKeys, Variable, global_variables, local_variables,
+                        local_variables_initializer, trainable_variables)
 
 __version__ = "0.1.0"
 

@@ -72,7 +72,8 @@ class Graph:
 
     def __init__(self):
         self.nodes = []
-        self.variables = []
+        self.variables = []  # global: on the parameter servers in a distributed session
+        self.local_variables = []  # each process's own (metrics' counts, ...)
         self.seed = None
         self._names = {}
         self._name_stack = []

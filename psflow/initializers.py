@@ -185,7 +185,7 @@ def min_max_variable_partitioner(max_partitions=1, axis=0, min_slice_size=256 <<
 
 
 def get_variable(name, shape=None, dtype=float32, initializer=None, trainable=True,
-                 partitioner=None, **unsupported):
+                 partitioner=None, collections=None, **unsupported):
     """A new Variable named `name`: `initializer` (default glorot_uniform) gives its value,
     or is itself the value (an array or a number) when it is not an Initializer.
 
@@ -197,7 +197,7 @@ def get_variable(name, shape=None, dtype=float32, initializer=None, trainable=Tr
                         "supported")
     graph = get_default_graph()
     full = "/".join(graph._name_stack + [name])
-    if any(v.name == full for v in graph.variables):
+    if any(v.name == full for v in graph.variables + graph.local_variables):
         raise ValueError(f"variable {full!r} already exists in this graph")
     if initializer is None:
         initializer = glorot_uniform_initializer()
@@ -210,7 +210,7 @@ def get_variable(name, shape=None, dtype=float32, initializer=None, trainable=Tr
         if shape is not None and value.shape != as_shape(shape):
             raise ValueError(f"get_variable({name!r}): initial value of shape {value.shape} "
                              f"does not match shape {as_shape(shape)}")
-    var = Variable(value, trainable=trainable, name=name)
+    var = Variable(value, trainable=trainable, name=name, collections=collections)
     if partitioner is not None:
         counts = list(partitioner(tuple(var.shape), var.dtype))
         if any(int(c) != 1 for c in counts[1:]):

@@ -140,9 +140,15 @@ class Session:
     def __init__(self, graph=None, store=None):
         self.graph = graph or get_default_graph()
         self.store = store or LocalVariableStore()
+        # Local variables stay in this process whatever holds the others.
+        self.local_store = self.store if store is None else LocalVariableStore()
         self._plans = {}
         self._closed = False
         self._default_context = None
+
+    def store_for(self, var):
+        """The store that holds `var`: this process's for a local variable."""
+        return self.local_store if var.local else self.store
 
     # -- running ---------------------------------------------------------------------------
     def run(self, fetches, feed_dict=None):
@@ -188,7 +194,8 @@ class Session:
                     f"you must feed a value for placeholder {node.name!r} with dtype "
                     f"{node.dtype.name} and shape {format_shape(node.shape)}")
             steps.append((node, node.executor(self), node.inputs))
-        variables = [n for n in order if isinstance(n, Variable) and n not in feeds]
+        variables = [n for n in order if isinstance(n, Variable) and n not in feeds
+                     and not n.local]
         # A variable that the run reads only as the table of lookups is read row by row.
         lookups = [v for v in variables if not any(v is f for f in fetches)
                    and _only_looked_up(v, order)]

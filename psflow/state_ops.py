@@ -17,7 +17,7 @@ class Assign(Node):
                          dtype=var.dtype)
 
     def executor(self, session):
-        store, var, mode = session.store, self.var, self.mode
+        store, var, mode = session.store_for(self.var), self.var, self.mode
 
         def run(value):
             if mode == "add":
@@ -39,10 +39,10 @@ class InitializeVariables(Node):
                          else self.variables[0].graph)
 
     def executor(self, session):
-        store, variables = session.store, self.variables
+        stores, variables = [session.store_for(v) for v in self.variables], self.variables
 
         def run(*values):
-            for var, value in zip(variables, values):
+            for store, var, value in zip(stores, variables, values):
                 store.assign(var, np.array(value, dtype=var.dtype))
         return run
 

@@ -1,5 +1,6 @@
 """`Variable`: a value that persists across `Session.run` calls, held by the session's variable
-store (in this process, or on the parameter servers)."""
+store (in this process, or on the parameter servers). A local variable (collections=
+[GraphKeys.LOCAL_VARIABLES]) is always held by the process that runs it."""
 
 from .graph import Node, as_dtype, convert_to_tensor, get_default_graph
 from .math_ops import cast, identity
@@ -10,10 +11,18 @@ class Variable(Node):
     """A trainable or stateful value that persists across `Session.run` calls.
 
     `initial_value` may be an array, a Python number, a node (evaluated when the initializer
-    runs) or a callable returning either.
+    runs) or a callable returning either. With `collections` holding
+    GraphKeys.LOCAL_VARIABLES the variable is local: never trained, saved or sent to a
+    parameter server, and initialized by local_variables_initializer().
     """
 
-    def __init__(self, initial_value, trainable=True, name=None, dtype=None):
+    def __init__(self, initial_value, trainable=True, name=None, dtype=None, collections=None):
+        collections = list(collections or [GraphKeys.GLOBAL_VARIABLES])
+        unknown = [c for c in collections if c not in GraphKeys.VARIABLE_COLLECTIONS]
+        if unknown:
+            raise ValueError(f"Variable collections {unknown!r} are not supported; psflow "
+                             f"knows {', '.join(GraphKeys.VARIABLE_COLLECTIONS)}")
+        self.local = GraphKeys.LOCAL_VARIABLES in collections
         if callable(initial_value) and not isinstance(initial_value, Node):
             initial_value = initial_value()
         graph = get_default_graph()
@@ -23,14 +32,14 @@ class Variable(Node):
             if dtype is not None and init.dtype != as_dtype(dtype):
                 init = cast(init, dtype)
         self.initial_value = init
-        self.trainable = bool(trainable)
+        self.trainable = bool(trainable) and not self.local
         super().__init__(shape=init.shape, dtype=init.dtype, graph=graph, unique_name=name)
-        graph.variables.append(self)
+        (graph.local_variables if self.local else graph.variables).append(self)
         self._initializer_op = None
         self.partitions = None  # the row parts a partitioner asked for (get_variable)
 
     def executor(self, session):
-        read = session.store.read
+        read = session.store_for(self).read
         return lambda: read(self)
 
     @property
@@ -53,9 +62,29 @@ class Variable(Node):
         return identity(self)
 
 
+class GraphKeys:
+    """The variable collections of TF1's GraphKeys that psflow keeps."""
+    GLOBAL_VARIABLES = "variables"
+    LOCAL_VARIABLES = "local_variables"
+    TRAINABLE_VARIABLES = "trainable_variables"
+    METRIC_VARIABLES = "metric_variables"
+    VARIABLE_COLLECTIONS = (GLOBAL_VARIABLES, LOCAL_VARIABLES, TRAINABLE_VARIABLES,
+                            METRIC_VARIABLES)
+
+
 def global_variables(graph=None):
-    """Every Variable of the (default) graph."""
+    """Every global (not local) Variable of the (default) graph."""
     return list((graph or get_default_graph()).variables)
+
+
+def local_variables(graph=None):
+    """The local Variables of the (default) graph (metrics' counts and the like)."""
+    return list((graph or get_default_graph()).local_variables)
+
+
+def local_variables_initializer():
+    """An op that initializes every local variable of the default graph."""
+    return variables_initializer(get_default_graph().local_variables, name="init_local")
 
 
 def trainable_variables(graph=None):

@@ -436,3 +436,20 @@ def test_multi_hot_features_train_as_locally_row_by_row(fresh_graph, servers, ca
         session.close()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     assert "PullRows" in calls
+
+
+def test_metric_counts_stay_in_the_worker(fresh_graph, servers):
+    x, y, w, b, loss, step, train = linear_model()
+    labels = tf.placeholder(tf.int64, shape=(None,), name="labels")
+    value, update = tf.metrics.auc(labels, tf.sigmoid(tf.reduce_sum(x * w, axis=1) + b))
+    session = DistributedSession(fresh_graph, task(servers))
+    try:
+        session.run(tf.local_variables_initializer())
+        features = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32)
+        # scores: w . x + b = 0.75, -0.75, 2.25, -0.25 -> ranking 2, 0, 3, 1
+        got = session.run(update, {x: features, labels: [1, 0, 1, 0]})
+        declared = {name for server in servers for name in server.store._variables}
+    finally:
+        session.close()
+    assert got == pytest.approx(1.0, abs=1e-3)
+    assert declared and not any("confusion" in name for name in declared)

@@ -13,6 +13,7 @@ from .. import checkpoint as files
 from ..graph import get_default_graph
 from ..session import Session
 from ..state_ops import global_variables_initializer
+from ..variables import local_variables_initializer
 from . import saver
 from .cluster import task_config_from_env
 from .optimizers import get_global_step, get_or_create_global_step
@@ -138,7 +139,8 @@ class Scaffold:
     `init_op` (with `init_feed_dict`) sets the variables' initial values instead of
     global_variables_initializer(); `init_fn(scaffold, session)` runs after it, on the chief,
     when the model starts fresh (not when it resumes from a checkpoint); `local_init_op`
-    (with `local_init_feed_dict`) runs on every worker once its session is ready.
+    (with `local_init_feed_dict`) runs on every worker once its session is ready; without
+    one, the local variables (metrics' counts) are initialized.
 
     psflow's sessions are ready once the chief has initialized or restored the variables, and
     the chief saves checkpoints itself, so `ready_op`, `ready_for_local_init_op`, `saver`,
@@ -235,6 +237,9 @@ class MonitoredTrainingSession:
             scaffold.init_fn(scaffold, self._session)
         if scaffold.local_init_op is not None:
             self._session.run(scaffold.local_init_op, scaffold.local_init_feed_dict)
+        elif self.graph.local_variables:  # TF1's default local_init_op
+            with self.graph.as_default():
+                self._session.run(local_variables_initializer())
         self._stop = False
         self._closed = False
         for hook in self._hooks:
