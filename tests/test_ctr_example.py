@@ -1,0 +1,107 @@
+"""examples/make_ctr_data.py and examples/ctr.py as users run them: the Criteo format, the
+planted truth, training in one process and on two workers and two parameter servers."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SMALL = ("--steps", 200, "--batch-size", 256, "--buckets", 65536, "--hidden", "64,32")
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def clicks(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ctr") / "clicks.tsv"
+    result = run(EXAMPLES / "make_ctr_data.py", path, "--rows", 20000, "--seed", 3)
+    assert result.returncode == 0, result.stderr
+    truth = float(re.search(r"truth auc: ([0-9.]+)", result.stdout).group(1))
+    return path, truth
+
+
+def test_generated_logs_are_in_the_criteo_format(clicks):
+    path, truth = clicks
+    lines = path.read_text().splitlines()
+    assert len(lines) == 20000
+    rows = [line.split("\t") for line in lines]
+    assert {len(row) for row in rows} == {40}
+    assert {row[0] for row in rows} == {"0", "1"}
+    ints = [x for row in rows for x in row[1:14]]
+    cats = [x for row in rows for x in row[14:]]
+    assert all(x == "" or (x.isdigit()) for x in ints) and "" in ints
+    assert all(x == "" or re.fullmatch(r"[0-9a-f]{8}", x) for x in cats) and "" in cats
+    assert 0.15 < np.mean([row[0] == "1" for row in rows]) < 0.4
+    assert 0.75 < truth < 0.95
+
+
+def test_the_printed_truth_auc_is_the_exact_area():
+    make = load("make_ctr_data")
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 500)
+    scores = np.round(rng.random(500) + labels * 0.3, 1)  # many ties
+    assert make.exact_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores))
+
+
+def test_workers_share_the_training_lines_exactly_once(tmp_path):
+    ctr = load("ctr")
+    path = tmp_path / "lines.tsv"
+    lines = [f"{i}\t" + "x" * (i % 7) + "\n" for i in range(1000)]
+    path.write_text("".join(lines))
+    spans, test = ctr.byte_ranges(str(path), None, 3)
+    seen = [line.decode() for span in spans + [test] for _, line in ctr.read_lines(*span)]
+    assert seen == lines  # every line once, in order, the test rows last
+    held_out = list(ctr.read_lines(*test))
+    assert 80 <= len(held_out) <= 120
+
+
+def test_one_process_and_two_workers_reach_the_same_auc(clicks):
+    path, truth = clicks
+    alone = run(EXAMPLES / "ctr.py", "--data", path, *SMALL)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    cluster = run("-m", "psflow.launcher", "--no-progress", "--workers", 2, "--ps", 2,
+                  EXAMPLES / "ctr.py", "--data", path, *SMALL)
+    assert cluster.returncode == 0, cluster.stdout[-3000:] + cluster.stderr[-3000:]
+    for out in (alone.stdout, cluster.stdout):
+        assert float(re.search(r"throughput: ([0-9.]+) examples/s", out).group(1)) > 0
+    auc_alone = float(re.search(r"test auc: ([0-9.]+)  logloss: ([0-9.]+)",
+                                alone.stdout).group(1))
+    match = re.search(r"\[worker:0\] test auc: ([0-9.]+)  logloss: ([0-9.]+)", cluster.stdout)
+    assert match, cluster.stdout[-3000:]
+    assert "[worker:1] test auc" not in cluster.stdout  # the chief reports
+    auc_cluster, logloss = float(match.group(1)), float(match.group(2))
+    assert auc_alone > 0.65 and auc_cluster > 0.65
+    assert abs(auc_cluster - auc_alone) < 0.02
+    assert auc_cluster < truth + 0.01 and logloss < 0.6
+
+
+@pytest.mark.parametrize("line,words", [
+    ("1\t2\t3\n", "has 3 tab-separated fields, expected 40"),
+    ("2" + "\t" * 39 + "\n", "label 2, expected 0 or 1"),
+    ("1\tfive" + "\t" * 38 + "\n", "not an integer"),
+])
+def test_a_malformed_line_is_named(tmp_path, line, words):
+    path = tmp_path / "bad.tsv"
+    good = "0" + "\t1" * 13 + "\tab" * 26 + "\n"
+    path.write_text(good * 20 + line + good * 5)
+    result = run(EXAMPLES / "ctr.py", "--data", path, "--steps", 5, "--batch-size", 8,
+                 "--buckets", 100, "--hidden", "4")
+    assert result.returncode != 0
+    assert words in result.stderr and "Traceback" not in result.stderr
+    assert f"at byte {len(good) * 20}" in result.stderr or "from byte" in result.stderr
