@@ -119,12 +119,14 @@ class _Plan:
     `getter(values)` picks the input values (the value itself when arity is 1).
     """
 
-    __slots__ = ("steps", "variables", "lookups", "calls")
+    __slots__ = ("steps", "variables", "lookups", "fed_lookups", "calls")
 
-    def __init__(self, steps, variables, lookups=()):
+    def __init__(self, steps, variables, lookups=(), fed_lookups=()):
         self.steps = steps
         self.variables = variables  # read whole
         self.lookups = list(lookups)  # read only through gather, row by row
+        # (variable, fed node) of the lookups whose ids are fed: known before the run starts
+        self.fed_lookups = list(fed_lookups)
         self.calls = [(node, fn, operator.itemgetter(*inputs) if inputs else None, len(inputs))
                       for node, fn, inputs in steps]
 
@@ -204,7 +206,10 @@ class Session:
             steps = [(node, (lambda v=node: RowSource(v, store)) if node in lookups else fn,
                       inputs) for node, fn, inputs in steps]
             variables = [v for v in variables if v not in lookups]
-        return _Plan(steps, variables, lookups)
+        fed_lookups = [(node.inputs[0], node.inputs[1]) for node in order
+                       if isinstance(node, Gather) and node.inputs[0] in lookups
+                       and node.inputs[1] in feeds]
+        return _Plan(steps, variables, lookups, fed_lookups)
 
     # -- fetches and feeds -----------------------------------------------------------------
     def _resolve(self, fetch):

@@ -164,7 +164,8 @@ class DistributedSession(Session):
         trains, consistency = mode
         store = self.store
         store.prefetch(plan.variables, reuse=trains, consistency=consistency,
-                       lookups=plan.lookups)
+                       lookups=plan.lookups,
+                       rows=[(var, feeds[ids]) for var, ids in plan.fed_lookups])
         store.activity = f"run {store.step.run}: computing"
         values = super()._execute(plan, feeds)
         self.local_step += 1

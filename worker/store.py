@@ -73,6 +73,45 @@ class _StepState(threading.local):
         self.run = 0  # this run's number (0: unnumbered), and its pushes so far
         self.pushes = 0
         self.commit = None  # sync: the last step decided, for the other shards
+        self.dedups = {}  # this run's lookups' ids: array key -> (array, _Dedup)
+        self.rows = {}  # (variable, ids key) -> distinct rows pulled ahead of the run
+
+
+def _array_key(array):
+    """What tells one array's contents from another's within a run (the arrays are kept
+    alive meanwhile, so no other array can take their memory). A contiguous array and its
+    reshapes (a lookup's ids and its gradient's flat ids) share a key."""
+    address = array.__array_interface__["data"][0]
+    if array.flags.c_contiguous:
+        return (address, array.size, array.dtype.str)
+    return (address, array.shape, array.strides, array.dtype.str)
+
+
+class _Dedup:
+    """The distinct ids of a lookup: `unique` (sorted), `inverse` (the position in `unique`
+    of each id) and, to sum a gradient's rows by id, the ids' sort order and where each
+    distinct id's run starts in it."""
+
+    __slots__ = ("unique", "inverse", "order", "starts")
+
+    def __init__(self, ids):
+        flat = ids.reshape(-1).astype(np.int64, copy=False)
+        order = np.argsort(flat, kind="stable")
+        ordered = flat[order]
+        first = np.empty(flat.size, dtype=bool)
+        first[:1] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+        self.unique = ordered[first]
+        self.starts = np.flatnonzero(first)
+        self.inverse = np.empty(flat.size, dtype=np.intp)
+        self.inverse[order] = np.cumsum(first) - 1
+        self.order = order
+
+    def sum_rows(self, values):
+        """The rows of `values` (one per id) summed per distinct id, in `unique`'s order."""
+        if self.unique.size == self.order.size:
+            return values[self.order]
+        return np.add.reduceat(values[self.order], self.starts, axis=0)
 
 
 class DistributedStore:
@@ -238,13 +277,16 @@ class DistributedStore:
         does not apply it twice."""
         self.step.run = next(self._runs)
 
-    def prefetch(self, variables, fresh=True, reuse=False, consistency=None, lookups=()):
+    def prefetch(self, variables, fresh=True, reuse=False, consistency=None, lookups=(),
+                 rows=()):
         """Pulls `variables` (and the global step) for this thread's run, all shards at once.
         `fresh` starts a new run's state; otherwise the values join the current run's. With
         `reuse`, values the previous push's replies carried back are taken instead of pulled
         (a training run: they are as new as a pull would give). `consistency`: the run's
         mode (default: the job's). `lookups`: variables the run reads only through lookups
-        (read_rows pulls their rows during the run)."""
+        (read_rows pulls their rows during the run). `rows`: (variable, ids) of lookups
+        whose ids are known already (fed): their rows come in the same calls, one per
+        shard for all tables, before the run."""
         self.activity = f"run {self.step.run}: pulling variables"
         step = self.step
         returned, returned_step = step.returned, step.returned_step
@@ -255,6 +297,8 @@ class DistributedStore:
             step.read = {}
             step.returned = {}
             step.returned_step = None
+            step.dedups = {}
+            step.rows = {}
         if not reuse:
             returned, returned_step = {}, None
         wanted = {}
@@ -291,10 +335,16 @@ class DistributedStore:
                 commit = None
         step.commit = commit  # for the rows that lookups pull during the run
         calls = self._pull_calls(wanted, commit)
-        for (client, _, _), reply in zip(calls, self.fanout.call(calls)):
+        row_calls, landing = self._row_calls(rows, commit)
+        replies = self.fanout.call(calls + row_calls)
+        for (client, _, _), reply in zip(calls, replies):
             if client.index == 0:
                 step.global_step = self.last_global_step = reply.global_step
             self._take_values(reply.values, pieces, step.versions)
+        for places, reply in zip(landing, replies[len(calls):]):
+            for (out, lo, hi, part), item in zip(places, reply.values):
+                out[lo:hi] = item.array
+                step.versions[part.name] = item.version
         for var in variables:
             if var is self.global_step_var:
                 continue
@@ -352,33 +402,61 @@ class DistributedStore:
         self.step.returned_step = None
         return lost
 
-    def read_rows(self, var, indices):
-        """Rows `indices` (any integer shape) of `var`, pulled from the shards that own them:
-        each distinct row once, all shards at once."""
-        flat = indices.reshape(-1)
-        check_rows(var, flat, var.shape[0])
-        unique, inverse = np.unique(flat.astype(np.int64, copy=False), return_inverse=True)
+    def dedup(self, ids):
+        """The _Dedup of `ids`, computed once per run whoever asks (lookups and gradients)."""
+        key = _array_key(ids)
+        known = self.step.dedups.get(key)
+        if known is None:
+            known = self.step.dedups[key] = (ids, _Dedup(ids))
+        return known[1]
+
+    def _row_calls(self, lookups, commit):
+        """PullRows calls, one per shard, for the distinct rows of every (variable, ids) of
+        `lookups`, and where each reply's rows land: [(array, lo, hi, part)] per call. The
+        arrays are kept as this run's rows (see read_rows)."""
         step = self.step
         by_shard = {}
-        for part in self.placement.parts_of(var):
-            lo, hi = np.searchsorted(unique, (part.start, part.stop))
-            if hi > lo:
-                by_shard.setdefault(part.shard, []).append((part, lo, hi))
-        calls = []
+        for var, ids in lookups:
+            ids = np.asarray(ids)
+            check_rows(var, ids, var.shape[0])
+            key = (var, _array_key(ids))
+            if key in step.rows:
+                continue
+            dedup = self.dedup(ids)
+            unique = dedup.unique
+            out = np.empty((unique.size,) + tuple(var.shape[1:]), dtype=var.dtype)
+            step.rows[key] = (ids, out)
+            for part in self.placement.parts_of(var):
+                lo, hi = np.searchsorted(unique, (part.start, part.stop))
+                if hi > lo:
+                    by_shard.setdefault(part.shard, []).append((out, lo, hi, part, unique))
+        calls, landing = [], []
         for shard, selected in by_shard.items():
             request = pb.PullRowsRequest()
-            for part, lo, hi in selected:
+            for out, lo, hi, part, unique in selected:
                 codec.encode(unique[lo:hi] - part.start,
                              request.selections.add(name=part.name).rows)
-            if step.commit is not None and shard != 0:
-                request.commit.CopyFrom(step.commit)
+            if commit is not None and shard != 0:
+                request.commit.CopyFrom(commit)
             calls.append((self.clients[shard], "PullRows", request))
-        rows = np.empty((unique.size,) + tuple(var.shape[1:]), dtype=var.dtype)
-        for (shard, selected), reply in zip(by_shard.items(), self.fanout.call(calls)):
-            for (part, lo, hi), item in zip(selected, reply.values):
-                rows[lo:hi] = item.array
-                step.versions[part.name] = item.version
-        return rows[inverse].reshape(indices.shape + tuple(var.shape[1:]))
+            landing.append([(out, lo, hi, part) for out, lo, hi, part, _ in selected])
+        return calls, landing
+
+    def read_rows(self, var, indices):
+        """Rows `indices` (any integer shape) of `var`: those pulled ahead of the run when
+        its ids were fed, else pulled now from the shards that own them, each distinct row
+        once, all shards at once."""
+        step = self.step
+        pulled = step.rows.get((var, _array_key(indices)))
+        if pulled is None:
+            calls, landing = self._row_calls([(var, indices)], step.commit)
+            for places, reply in zip(landing, self.fanout.call(calls)):
+                for (out, lo, hi, part), item in zip(places, reply.values):
+                    out[lo:hi] = item.array
+                    step.versions[part.name] = item.version
+            pulled = step.rows[(var, _array_key(indices))]
+        rows = pulled[1]
+        return rows[self.dedup(indices).inverse].reshape(indices.shape + tuple(var.shape[1:]))
 
     def read(self, var):
         if var is self.global_step_var:
@@ -426,7 +504,8 @@ class DistributedStore:
             return request
 
         for grad, var in grads_and_vars:
-            for part, values, indices in _split_gradient(grad, var, self.placement):
+            for part, values, indices in _split_gradient(grad, var, self.placement,
+                                                         self.dedup):
                 request_for(part.shard).add_gradient(
                     part.name, step.versions.get(part.name, 0), values, indices)
         if global_step is not None:
@@ -517,24 +596,16 @@ def _values_of(replies):
     return {item.name: (item.array, item.version) for reply in replies for item in reply.values}
 
 
-def _summed_rows(grad):
-    """(distinct row indices, their summed gradient rows) of a sparse gradient: each row
-    travels once, however often the batch looked it up."""
-    indices = np.asarray(grad.indices, dtype=np.int64).reshape(-1)
-    values = np.asarray(grad.values)
-    unique, inverse = np.unique(indices, return_inverse=True)
-    if unique.size == indices.size:
-        return indices, values
-    summed = np.zeros((unique.size,) + values.shape[1:], dtype=values.dtype)
-    np.add.at(summed, inverse, values)
-    return unique, summed
-
-
-def _split_gradient(grad, var, placement):
-    """Yields (part, values, indices or None) for each part of `var` the gradient touches."""
+def _split_gradient(grad, var, placement, dedup):
+    """Yields (part, values, indices or None) for each part of `var` the gradient touches.
+    A sparse gradient travels as one row per distinct id, its rows summed (`dedup(ids)`
+    gives the ids' _Dedup)."""
     parts = placement.parts_of(var)
     if isinstance(grad, IndexedSlices):
-        indices, values = _summed_rows(grad)
+        ids = np.asarray(grad.indices)
+        found = dedup(ids)
+        values = np.asarray(grad.values).reshape((ids.size,) + tuple(var.shape[1:]))
+        indices, values = found.unique, found.sum_rows(values)
         for part in parts:
             if len(parts) == 1:
                 yield part, values, indices

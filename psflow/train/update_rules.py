@@ -31,9 +31,12 @@ def _rows(grad, value):
     if indices.size and (indices.min() < 0 or indices.max() >= value.shape[0]):
         raise InvalidArgumentError(f"sparse gradient row index out of range [0, "
                                    f"{value.shape[0]})")
+    values = np.asarray(grad.values, dtype=value.dtype)
+    if indices.size < 2 or (indices[1:] > indices[:-1]).all():  # each row once already
+        return indices, values.reshape((indices.size,) + value.shape[1:])
     rows, inverse = np.unique(indices, return_inverse=True)
     summed = np.zeros((rows.size,) + value.shape[1:], dtype=value.dtype)
-    np.add.at(summed, inverse, grad.values)
+    np.add.at(summed, inverse, values)
     return rows, summed
 
 
