@@ -69,19 +69,27 @@ def main():
     distinct = np.mean([np.unique(b[0]).size for b in data])
     hooks = [tf.train.StopAtStepHook(last_step=args.steps)]
     start = None
+    store = None
     with tf.train.MonitoredTrainingSession(hooks=hooks) as sess:
+        if task is not None:
+            store = sess.session.store  # the distributed store, to count its traffic
         i = 0
         while not sess.should_stop():
             b = data[i % len(data)]
             global_step = sess.run(fetches, {ids: b[0], dense: b[1], labels: b[2]})[1]
             i += 1
             if start is None and global_step >= args.warmup:
-                start = (time.perf_counter(), global_step)
-        end = (time.perf_counter(), int(sess.run(step)))
+                start = (time.perf_counter(), global_step, i,
+                         store.traffic() if store else (0, 0))
+        end = (time.perf_counter(), int(sess.run(step)), i, store.traffic() if store else (0, 0))
     if sess.is_chief and start is not None:
         steps, seconds = end[1] - start[1], end[0] - start[0]
+        own_steps = max(end[2] - start[2], 1)
+        sent, received = ((e - s) / own_steps / 1024 for s, e in zip(start[3], end[3]))
         print(f"throughput: {steps * args.batch_size / seconds:.1f} examples/s ({steps} steps "
-              f"in {seconds:.2f} s; {distinct:.0f} distinct ids per batch)", flush=True)
+              f"in {seconds:.2f} s; {distinct:.0f} distinct ids per batch; wire per step "
+              f"{sent + received:.0f} KiB: {sent:.0f} sent, {received:.0f} received)",
+              flush=True)
 
 
 if __name__ == "__main__":

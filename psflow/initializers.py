@@ -10,15 +10,21 @@ from .graph import Node, as_dtype, as_shape, float32, get_default_graph
 from .variables import Variable
 
 
-def _generator(seed, graph=None):
+def _seed_material(seed, graph=None):
+    """What seeds a random op's generator: None (fresh randomness) when neither the op nor
+    the graph has a seed, else [graph seed, op seed]."""
     graph = graph or get_default_graph()
     if seed is None and graph.seed is None:
-        return np.random.default_rng()
+        return None
     if seed is None:
         # Derive a distinct, repeatable seed for each random op of a seeded graph.
         graph.random_ops = getattr(graph, "random_ops", 0) + 1
         seed = graph.random_ops
-    return np.random.default_rng([graph.seed or 0, int(seed)])
+    return [graph.seed or 0, int(seed)]
+
+
+def _generator(seed, graph=None):
+    return np.random.default_rng(_seed_material(seed, graph))
 
 
 def _fans(shape):
@@ -31,23 +37,36 @@ def _fans(shape):
 
 
 class Initializer:
+    """`init(shape, dtype)` gives an array; `init.bind(shape, dtype)` a function giving the
+    same array each time it is called (seeded) without drawing it now."""
+
+    seed = None
+
     def __call__(self, shape, dtype=float32):
+        return self.bind(shape, dtype)()
+
+    def bind(self, shape, dtype=float32):
         shape = as_shape(shape)
         if shape is None or None in shape:
             raise ValueError(f"{type(self).__name__} needs a fully known shape, got {shape}")
-        return np.asarray(self.sample(shape), dtype=as_dtype(dtype))
+        dtype = as_dtype(dtype)
+        material = _seed_material(self.seed) if self.random else None
+        return lambda: np.asarray(self.sample(shape, np.random.default_rng(material)),
+                                  dtype=dtype)
 
-    def sample(self, shape):
+    random = False
+
+    def sample(self, shape, rng):
         raise NotImplementedError
 
 
 class zeros_initializer(Initializer):
-    def sample(self, shape):
+    def sample(self, shape, rng):
         return np.zeros(shape)
 
 
 class ones_initializer(Initializer):
-    def sample(self, shape):
+    def sample(self, shape, rng):
         return np.ones(shape)
 
 
@@ -55,15 +74,17 @@ class constant_initializer(Initializer):
     def __init__(self, value=0.0):
         self.value = value
 
-    def sample(self, shape):
+    def sample(self, shape, rng):
         return np.broadcast_to(np.asarray(self.value), shape)
 
 
 class _RandomInitializer(Initializer):
     """An initializer that draws from a distribution; `draw` is shared with the random ops."""
 
-    def sample(self, shape):
-        return self.draw(_generator(self.seed), shape)
+    random = True
+
+    def sample(self, shape, rng):
+        return self.draw(rng, shape)
 
     def draw(self, rng, shape):
         raise NotImplementedError
@@ -98,23 +119,27 @@ class random_uniform_initializer(_RandomInitializer):
 class glorot_uniform_initializer(Initializer):
     """Uniform in +-sqrt(6 / (fan_in + fan_out)); TensorFlow's default for get_variable."""
 
+    random = True
+
     def __init__(self, seed=None):
         self.seed = seed
 
-    def sample(self, shape):
+    def sample(self, shape, rng):
         fan_in, fan_out = _fans(shape)
         limit = np.sqrt(6.0 / max(fan_in + fan_out, 1))
-        return _generator(self.seed).uniform(-limit, limit, shape)
+        return rng.uniform(-limit, limit, shape)
 
 
 class glorot_normal_initializer(Initializer):
+    random = True
+
     def __init__(self, seed=None):
         self.seed = seed
 
-    def sample(self, shape):
+    def sample(self, shape, rng):
         fan_in, fan_out = _fans(shape)
         stddev = np.sqrt(2.0 / max(fan_in + fan_out, 1))
-        return _truncated_normal(_generator(self.seed), 0.0, stddev, shape)
+        return _truncated_normal(rng, 0.0, stddev, shape)
 
 
 def _truncated_normal(rng, mean, stddev, shape):
@@ -124,6 +149,20 @@ def _truncated_normal(rng, mean, stddev, shape):
         out[bad] = rng.normal(0.0, 1.0, int(bad.sum()))
         bad = np.abs(out) > 2.0
     return mean + stddev * out
+
+
+class InitialValue(Node):
+    """A variable's initial value from an Initializer, drawn when the variable's initializer
+    runs (not when the graph is built), the same each time: a process that never
+    initializes the variable never holds it."""
+
+    def __init__(self, initializer, shape, dtype, name=None):
+        self.draw = initializer.bind(shape, dtype)
+        super().__init__(name=name or "initial_value", shape=as_shape(shape),
+                         dtype=as_dtype(dtype))
+
+    def forward(self):
+        return self.draw()
 
 
 class RandomOp(Node):
@@ -204,7 +243,8 @@ def get_variable(name, shape=None, dtype=float32, initializer=None, trainable=Tr
     if isinstance(initializer, Initializer):
         if shape is None:
             raise ValueError(f"get_variable({name!r}): a shape is needed with an initializer")
-        value = initializer(shape, dtype)
+        with graph.name_scope(name):
+            value = InitialValue(initializer, shape, dtype)
     else:
         value = np.asarray(initializer, dtype=as_dtype(dtype))
         if shape is not None and value.shape != as_shape(shape):

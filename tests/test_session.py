@@ -215,6 +215,25 @@ def test_random_ops_draw_anew_at_each_run():
     assert 0.0 <= first.min() and first.max() < 1.0
 
 
+def test_get_variable_draws_its_initial_value_only_when_initialized():
+    drawn = []
+
+    class Counting(tf.random_normal_initializer):
+        def sample(self, shape, rng):
+            drawn.append(shape)
+            return super().sample(shape, rng)
+
+    table = tf.get_variable("table", shape=(1000, 8), initializer=Counting(seed=5))
+    assert drawn == []  # building the graph holds no table
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        first = sess.run(table)
+        sess.run(table.initializer)
+        np.testing.assert_array_equal(sess.run(table), first)  # seeded: the same values
+    assert drawn == [(1000, 8), (1000, 8)]
+    assert abs(first.std() - 1.0) < 0.05
+
+
 def test_get_variable_refuses_a_duplicate_name():
     tf.get_variable("w", shape=(2,))
     with pytest.raises(ValueError, match="already exists"):

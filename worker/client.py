@@ -45,20 +45,33 @@ class ShardClient:
         ])
         self.stub = pb_grpc.ParameterServerStub(self.channel)
         self._raw_calls = {}
+        # Bytes of the Pull, PullRows and Push messages sent and received (the step's traffic).
+        self.sent = self.received = 0
         # Replies with values are read without copying the values (see proto.wire).
         self._pull = self.channel.unary_unary(
-            "/psflow.ParameterServer/Pull", request_serializer=pb.PullRequest.SerializeToString,
-            response_deserializer=wire.pull_reply)
+            "/psflow.ParameterServer/Pull", request_serializer=self._counted_request,
+            response_deserializer=self._counted(wire.pull_reply))
         self._pull_rows = self.channel.unary_unary(
-            "/psflow.ParameterServer/PullRows",
-            request_serializer=pb.PullRowsRequest.SerializeToString,
-            response_deserializer=wire.pull_reply)
+            "/psflow.ParameterServer/PullRows", request_serializer=self._counted_request,
+            response_deserializer=self._counted(wire.pull_reply))
+
+    def _counted_request(self, request):
+        data = request.SerializeToString()
+        self.sent += len(data)
+        return data
+
+    def _counted(self, read):
+        def counted(data):
+            self.received += len(data)
+            return read(data)
+        return counted
 
     def call(self, method, request, timeout=None, wait_for_ready=True):
         """The call's answer. By default a call waits (within its timeout) for a server that
         is not reachable yet, e.g. one that is restarting, rather than failing at once."""
         if isinstance(request, wire.PushBuilder):
             stub_method, request = self._raw(method), request.to_bytes()
+            self.sent += len(request)
         elif method == "Pull":
             stub_method = self._pull
         elif method == "PullRows":
@@ -75,7 +88,7 @@ class ShardClient:
         """`method` taking a request already serialized (bytes)."""
         call = self._raw_calls.get(method)
         if call is None:
-            reply = wire.push_reply if method == "Push" else getattr(
+            reply = self._counted(wire.push_reply) if method == "Push" else getattr(
                 pb, pb.DESCRIPTOR.services_by_name["ParameterServer"]
                 .methods_by_name[method].output_type.name).FromString
             call = self._raw_calls[method] = self.channel.unary_unary(

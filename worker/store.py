@@ -564,6 +564,10 @@ class DistributedStore:
             self._rule_protos[id(rule)] = proto
         return proto
 
+    def traffic(self):
+        """(bytes sent, bytes received) in the Pull, PullRows and Push messages so far."""
+        return (sum(c.sent for c in self.clients), sum(c.received for c in self.clients))
+
     # -- membership ----------------------------------------------------------------------------
     def heartbeat(self, local_step, loss):
         request = pb.HeartbeatRequest(task_index=self.worker, local_step=local_step, loss=loss,
