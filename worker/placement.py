@@ -11,8 +11,10 @@ import math
 import numpy as np
 
 # Variables above this many bytes are split row-wise; it also bounds the size of one part,
-# and so of any message carrying it.
-PARTITION_BYTES = 64 * 1024 * 1024
+# and so of any message carrying it (within gRPC's 512 MB). Each part costs a little in every
+# step that touches it (a selection, a gradient, an apply), so parts are large: a 40M-row
+# embedding table is 11 parts, not 40.
+PARTITION_BYTES = 256 * 1024 * 1024
 
 
 class Part:

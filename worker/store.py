@@ -426,8 +426,9 @@ class DistributedStore:
             unique = dedup.unique
             out = np.empty((unique.size,) + tuple(var.shape[1:]), dtype=var.dtype)
             step.rows[key] = (ids, out)
-            for part in self.placement.parts_of(var):
-                lo, hi = np.searchsorted(unique, (part.start, part.stop))
+            parts = self.placement.parts_of(var)
+            bounds = np.searchsorted(unique, [p.start for p in parts] + [parts[-1].stop])
+            for part, lo, hi in zip(parts, bounds[:-1].tolist(), bounds[1:].tolist()):
                 if hi > lo:
                     by_shard.setdefault(part.shard, []).append((out, lo, hi, part, unique))
         calls, landing = [], []
@@ -610,13 +611,14 @@ def _split_gradient(grad, var, placement, dedup):
         found = dedup(ids)
         values = np.asarray(grad.values).reshape((ids.size,) + tuple(var.shape[1:]))
         indices, values = found.unique, found.sum_rows(values)
-        for part in parts:
-            if len(parts) == 1:
-                yield part, values, indices
-                continue
-            mask = (indices >= part.start) & (indices < part.stop)
-            if mask.any():
-                yield part, values[mask], indices[mask] - part.start
+        if len(parts) == 1:
+            yield parts[0], values, indices
+            return
+        # the distinct ids are sorted: each part's are one slice
+        bounds = np.searchsorted(indices, [p.start for p in parts] + [parts[-1].stop])
+        for part, lo, hi in zip(parts, bounds[:-1], bounds[1:]):
+            if hi > lo:
+                yield part, values[lo:hi], indices[lo:hi] - part.start
         return
     grad = np.asarray(grad)
     if grad.shape != tuple(var.shape):
