@@ -105,3 +105,15 @@ def test_a_malformed_line_is_named(tmp_path, line, words):
     assert result.returncode != 0
     assert words in result.stderr and "Traceback" not in result.stderr
     assert f"at byte {len(good) * 20}" in result.stderr or "from byte" in result.stderr
+
+
+def test_a_test_file_replaces_the_held_out_tail(clicks, tmp_path):
+    path, _ = clicks
+    test = tmp_path / "test.tsv"
+    made = run(EXAMPLES / "make_ctr_data.py", test, "--rows", 700, "--seed", 4)
+    assert made.returncode == 0, made.stderr
+    result = run(EXAMPLES / "ctr.py", "--data", path, "--test", test, "--steps", 20,
+                 "--batch-size", 128, "--buckets", 4096, "--hidden", "8",
+                 "--optimizer", "ftrl")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(700 held-out rows)" in result.stdout
