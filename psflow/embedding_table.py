@@ -1,0 +1,502 @@
+"""Hash-keyed embedding tables: one row per int64 key, created on first use, admitted after a
+number of sightings, evicted when stale. The store behind `get_embedding_variable`, on the
+parameter servers and in a local session alike.
+
+`KeyIndex` maps int64 keys (any value, negative included) to entry numbers with open
+addressing and linear probing over numpy arrays: a batch of keys is found or inserted with
+array operations, a few passes over the keys still probing, never a Python loop per key, and
+an entry costs about 30 bytes (a dict costs over 100). `EmbeddingTable` keeps, per entry, the
+key, how often it was seen, the global step it was last updated at and its row of values (once
+admitted); values and optimizer slots live in contiguous growable arrays. Arrays grow by
+doubling with np.empty, so memory not yet used is never touched and costs no resident memory.
+"""
+
+import zlib
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MAX_LOAD = 0.7
+
+
+def mix64(x):
+    """splitmix64's finalizer over uint64 arrays: a bijection that scatters nearby keys."""
+    with np.errstate(over="ignore"):
+        x = np.asarray(x, dtype=np.uint64)
+        x = (x ^ (x >> np.uint64(30))) * _M1
+        x = (x ^ (x >> np.uint64(27))) * _M2
+        return x ^ (x >> np.uint64(31))
+
+
+def shard_of_keys(keys, num_shards):
+    """The parameter-server shard of each key: a hash of the key over all shards (the same
+    for every worker and every shard count's restore)."""
+    if num_shards == 1:
+        return np.zeros(np.shape(keys), dtype=np.intp)
+    hashed = mix64(np.asarray(keys, dtype=np.int64).view(np.uint64) ^ _GOLDEN)
+    return (hashed % np.uint64(num_shards)).astype(np.intp)
+
+
+class KeyIndex:
+    """int64 key -> entry number (0, 1, 2, ... in insertion order)."""
+
+    def __init__(self, capacity=1024):
+        capacity = 1 << max(int(np.ceil(np.log2(max(capacity, 16)))), 4)
+        self._slot_keys = np.zeros(capacity, dtype=np.int64)
+        self._slot_entries = np.zeros(capacity, dtype=np.int32)  # entry + 1; 0 is empty
+        self.size = 0
+
+    @property
+    def capacity(self):
+        return self._slot_keys.size
+
+    @property
+    def nbytes(self):
+        return self._slot_keys.nbytes + self._slot_entries.nbytes
+
+    def _start(self, keys):
+        mask = np.uint64(self.capacity - 1)
+        return (mix64(keys.view(np.uint64)) & mask).astype(np.intp)
+
+    def find(self, keys):
+        """Entry numbers of `keys` (int64 array), -1 where a key is absent."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64).reshape(-1)
+        found = np.full(keys.size, -1, dtype=np.int64)
+        pending = np.arange(keys.size)
+        position = self._start(keys)
+        mask = self.capacity - 1
+        slot_keys, slot_entries = self._slot_keys, self._slot_entries
+        while pending.size:
+            entries = slot_entries[position]
+            occupied = entries != 0
+            match = occupied & (slot_keys[position] == keys[pending])
+            found[pending[match]] = entries[match].astype(np.int64) - 1
+            going_on = occupied & ~match
+            pending = pending[going_on]
+            position = (position[going_on] + 1) & mask
+        return found
+
+    def insert(self, keys):
+        """Entry numbers of `keys`, adding the keys not present yet (in order of first
+        appearance); returns (entries, the new keys' positions in `keys`... as a bool mask of
+        the positions whose key was new)."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64).reshape(-1)
+        entries = self.find(keys)
+        missing = entries < 0
+        new = np.zeros(keys.size, dtype=bool)
+        if missing.any():
+            absent = keys[missing]
+            distinct, first, inverse = np.unique(absent, return_index=True,
+                                                 return_inverse=True)
+            order = np.argsort(first, kind="stable")  # number them as they first appear
+            rank = np.empty(order.size, dtype=np.int64)
+            rank[order] = np.arange(order.size)
+            numbers = self.size + rank
+            self._reserve(self.size + distinct.size)
+            self._place(distinct, numbers)
+            self.size += distinct.size
+            entries[missing] = numbers[inverse.reshape(-1)]
+            new_positions = np.flatnonzero(missing)[first]
+            new[new_positions] = True
+        return entries, new
+
+    def _reserve(self, size):
+        if size <= self.capacity * MAX_LOAD:
+            return
+        capacity = self.capacity
+        while size > capacity * MAX_LOAD:
+            capacity *= 2
+        occupied = self._slot_entries != 0
+        keys, numbers = self._slot_keys[occupied], self._slot_entries[occupied] - 1
+        self._slot_keys = np.zeros(capacity, dtype=np.int64)
+        self._slot_entries = np.zeros(capacity, dtype=np.int32)
+        self._place(keys, numbers.astype(np.int64))
+
+    def _place(self, keys, numbers):
+        """Puts distinct keys, none present, into free slots."""
+        mask = self.capacity - 1
+        position = self._start(keys)
+        pending = np.arange(keys.size)
+        slot_keys, slot_entries = self._slot_keys, self._slot_entries
+        while pending.size:
+            free = slot_entries[position] == 0
+            candidates, spots = pending[free], position[free]
+            spots, first = np.unique(spots, return_index=True)  # one key per free slot
+            winners = candidates[first]
+            slot_keys[spots] = keys[winners]
+            slot_entries[spots] = (numbers[winners] + 1).astype(np.int32)
+            placed = np.zeros(keys.size, dtype=bool)
+            placed[winners] = True
+            going_on = ~placed[pending]
+            pending = pending[going_on]
+            position = (position[going_on] + 1) & mask
+
+    def rebuild(self, keys):
+        """Drops every key and inserts `keys` (distinct) as entries 0, 1, ..."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        self._slot_keys = np.zeros(16, dtype=np.int64)
+        self._slot_entries = np.zeros(16, dtype=np.int32)
+        self.size = 0
+        self._reserve(keys.size)
+        self._place(keys, np.arange(keys.size, dtype=np.int64))
+        self.size = keys.size
+
+
+class Growable:
+    """A numpy array whose first axis grows by doubling; `view()` is the rows in use."""
+
+    def __init__(self, row_shape, dtype, capacity=1024):
+        self.row_shape, self.dtype = tuple(row_shape), np.dtype(dtype)
+        self.array = np.empty((capacity,) + self.row_shape, dtype=self.dtype)
+        self.size = 0
+
+    def reserve(self, size):
+        if size <= self.array.shape[0]:
+            return
+        capacity = self.array.shape[0]
+        while capacity < size:
+            capacity *= 2
+        grown = np.empty((capacity,) + self.row_shape, dtype=self.dtype)
+        grown[:self.size] = self.array[:self.size]
+        self.array = grown
+
+    def append(self, rows):
+        rows = np.asarray(rows, dtype=self.dtype)
+        self.reserve(self.size + len(rows))
+        self.array[self.size:self.size + len(rows)] = rows
+        self.size += len(rows)
+
+    def view(self):
+        return self.array[:self.size]
+
+    def keep(self, positions):
+        """Keeps only the rows at `positions` (in that order)."""
+        kept = self.array[positions]
+        self.array = np.empty((max(kept.shape[0], 1024),) + self.row_shape, dtype=self.dtype)
+        self.array[:kept.shape[0]] = kept
+        self.size = kept.shape[0]
+
+    @property
+    def nbytes(self):
+        return self.size * int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+# -- deterministic initial rows ---------------------------------------------------------------
+INITIALIZERS = ("zeros", "ones", "constant", "random_normal", "truncated_normal",
+                "random_uniform")
+
+
+def _uniforms(seed, keys, dim, counter):
+    """Uniforms in (0, 1), shape (len(keys), dim), a function of (seed, key, column, counter)."""
+    with np.errstate(over="ignore"):
+        base = mix64(keys.view(np.uint64) ^ np.uint64(seed)) + np.uint64(counter) * _GOLDEN
+        columns = np.arange(dim, dtype=np.uint64) * _M1
+        bits = mix64(base[:, None] ^ columns[None, :])
+    return ((bits >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
+
+
+def initial_rows(spec, keys, dim, dtype):
+    """The initial rows of `keys` under `spec` ({"kind": one of INITIALIZERS, its parameters,
+    "seed": int}): a function of (spec, key) only, so any shard, any replay and any restore
+    gives a key the same first row."""
+    keys = np.ascontiguousarray(keys, dtype=np.int64)
+    kind, seed = spec["kind"], int(spec.get("seed", 0)) & 0xFFFFFFFFFFFFFFFF
+    shape = (keys.size, dim)
+    if kind == "zeros":
+        return np.zeros(shape, dtype=dtype)
+    if kind == "ones":
+        return np.ones(shape, dtype=dtype)
+    if kind == "constant":
+        return np.full(shape, spec.get("value", 0.0), dtype=dtype)
+    if kind == "random_uniform":
+        low, high = spec.get("minval", 0.0), spec.get("maxval", 1.0)
+        return (low + (high - low) * _uniforms(seed, keys, dim, 0)).astype(dtype)
+    if kind in ("random_normal", "truncated_normal"):
+        mean, stddev = spec.get("mean", 0.0), spec.get("stddev", 1.0)
+        z = _normals(seed, keys, dim, 0)
+        if kind == "truncated_normal":
+            bad = np.abs(z) > 2.0
+            counter = 1
+            while bad.any():
+                rows = np.flatnonzero(bad.any(axis=1))
+                redraw = _normals(seed, keys[rows], dim, counter)
+                z[rows] = np.where(bad[rows], redraw, z[rows])
+                bad = np.abs(z) > 2.0
+                counter += 1
+        return (mean + stddev * z).astype(dtype)
+    raise InvalidArgumentError(f"unknown embedding initializer {kind!r}; known: "
+                               f"{', '.join(INITIALIZERS)}")
+
+
+def _normals(seed, keys, dim, counter):
+    u1 = _uniforms(seed, keys, dim, 2 * counter)
+    u2 = _uniforms(seed, keys, dim, 2 * counter + 1)
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+
+
+def name_seed(name, seed=0):
+    """A table's initializer seed from its name and a user seed."""
+    return (zlib.crc32(name.encode()) << 32) ^ (int(seed) & 0xFFFFFFFF)
+
+
+# -- the table --------------------------------------------------------------------------------
+class EmbeddingTable:
+    """One table (or one shard's share of it): entries for every key seen, rows for the
+    admitted ones.
+
+    `filter_freq`: a key gets a row once it has been seen that many times (0 or 1: at once);
+    until then it reads as zeros and its gradients are dropped. `steps_to_live`: rows not
+    updated within that many global steps are removed by `evict` (None: never)."""
+
+    def __init__(self, name, dim, dtype=np.float32, initializer=None, filter_freq=0,
+                 steps_to_live=None):
+        self.name, self.dim, self.dtype = name, int(dim), np.dtype(dtype)
+        self.initializer = dict(initializer or {"kind": "zeros"})
+        if self.initializer["kind"] not in INITIALIZERS:
+            raise InvalidArgumentError(f"table {name!r}: unknown initializer "
+                                       f"{self.initializer['kind']!r}")
+        self.filter_freq = int(filter_freq or 0)
+        self.steps_to_live = int(steps_to_live) if steps_to_live else None
+        self.index = KeyIndex()
+        self.keys = Growable((), np.int64)
+        self.freq = Growable((), np.int64)
+        self.row_of = Growable((), np.int64)  # entry -> row, -1 before admission
+        self.values = Growable((self.dim,), self.dtype)
+        self.row_keys = Growable((), np.int64)  # row -> key
+        self.last_step = Growable((), np.int64)  # row -> global step of its last update
+        self.slots = {}  # rule name -> {slot name: Growable of rows, or a scalar array}
+        self._slot_rows = {}  # (rule name, slot name) -> a new row's slot value
+        self.stats = {"created": 0, "filtered": 0, "evicted": 0, "dropped_gradients": 0}
+
+    def __len__(self):
+        return self.values.size
+
+    @property
+    def shape(self):
+        return (self.values.size, self.dim)
+
+    def check_keys(self, keys, what):
+        keys = np.asarray(keys)
+        if keys.dtype.kind not in "iu":
+            raise InvalidArgumentError(f"{what} table {self.name!r}: keys must be integers "
+                                       f"(int64), got {keys.dtype.name}")
+        if keys.dtype == np.uint64 and keys.size and keys.max() > np.iinfo(np.int64).max:
+            raise InvalidArgumentError(f"{what} table {self.name!r}: key {keys.max()} does "
+                                       "not fit int64")
+        return np.ascontiguousarray(keys, dtype=np.int64).reshape(-1)
+
+    # -- reads --------------------------------------------------------------------------------
+    def lookup(self, keys, counts=None, train=True, global_step=0):
+        """Rows for `keys`, shape (len(keys), dim). Training lookups create the
+        entries of new keys, count each key `counts` times (default once) and give a key its
+        row (with the initializer) once it has been seen `filter_freq` times; others only
+        read. Keys without a row read as zeros."""
+        keys = self.check_keys(keys, "lookup in")
+        inverse = None
+        if keys.size > 1 and not (keys[1:] > keys[:-1]).all():  # not sorted and distinct
+            keys, inverse, repeats = np.unique(keys, return_inverse=True, return_counts=True)
+            counts = repeats if counts is None else np.bincount(
+                inverse.reshape(-1), weights=np.asarray(counts).reshape(-1)).astype(np.int64)
+        rows = self._lookup(keys, counts, train, global_step)
+        return rows if inverse is None else rows[inverse.reshape(-1)]
+
+    def _lookup(self, keys, counts, train, global_step):
+        if not train:
+            entries = self.index.find(keys)
+            return self._rows_of_entries(entries)
+        entries, new = self.index.insert(keys)
+        fresh = int(new.sum())
+        if fresh:
+            self.keys.append(keys[new])
+            self.freq.append(np.zeros(fresh, dtype=np.int64))
+            self.row_of.append(np.full(fresh, -1, dtype=np.int64))
+        freq = self.freq.view()
+        freq[entries] += 1 if counts is None else np.asarray(counts, dtype=np.int64)
+        row_of = self.row_of.view()
+        waiting = row_of[entries] < 0
+        if waiting.any():
+            admit = waiting & (freq[entries] >= max(self.filter_freq, 1))
+            if admit.any():
+                self._admit(entries[admit], keys[admit], global_step)
+            self.stats["filtered"] += int((waiting & ~admit).sum())
+        return self._rows_of_entries(entries)
+
+    def _rows_of_entries(self, entries):
+        rows = np.full(entries.size, -1, dtype=np.int64)
+        known = entries >= 0
+        rows[known] = self.row_of.view()[entries[known]]
+        out = np.zeros((entries.size, self.dim), dtype=self.dtype)
+        has = rows >= 0
+        out[has] = self.values.array[rows[has]]
+        return out
+
+    def _admit(self, entries, keys, global_step):
+        start = self.values.size
+        self.values.append(initial_rows(self.initializer, keys, self.dim, self.dtype))
+        self.row_keys.append(keys)
+        self.last_step.append(np.full(keys.size, global_step, dtype=np.int64))
+        self.row_of.view()[entries] = np.arange(start, start + keys.size)
+        for rule_name, rule_slots in self.slots.items():
+            for name, slot in rule_slots.items():
+                if isinstance(slot, Growable):
+                    slot.append(np.broadcast_to(self._slot_rows[(rule_name, name)],
+                                                (keys.size, self.dim)))
+        self.stats["created"] += int(keys.size)
+
+    # -- updates ------------------------------------------------------------------------------
+    def apply(self, rule, keys, grads, global_step=0):
+        """Applies `rule` to the rows of distinct `keys` with gradient rows `grads`; keys
+        without a row (unseen, or not admitted yet) drop their gradients (counted)."""
+        from .gradients import IndexedSlices  # the engine's sparse gradient
+        keys = self.check_keys(keys, "gradient for")
+        grads = np.asarray(grads)
+        if grads.shape != (keys.size, self.dim):
+            raise InvalidArgumentError(f"gradient for table {self.name!r} has shape "
+                                       f"{grads.shape}, expected ({keys.size}, {self.dim})")
+        entries = self.index.find(keys)
+        rows = np.full(keys.size, -1, dtype=np.int64)
+        known = entries >= 0
+        rows[known] = self.row_of.view()[entries[known]]
+        has = rows >= 0
+        self.stats["dropped_gradients"] += int((~has).sum())
+        if not has.any():
+            return
+        rows, grads = rows[has], grads[has]
+        slots = self._slots_for(rule)
+        value = self.values.array[:self.values.size]
+        views = {name: (s.array[:s.size] if isinstance(s, Growable) else s)
+                 for name, s in slots.items()}
+        rule.apply(value, IndexedSlices(grads.astype(self.dtype, copy=False), rows,
+                                        value.shape), views)
+        self.last_step.view()[rows] = global_step
+
+    def _slots_for(self, rule):
+        slots = self.slots.get(rule.name)
+        if slots is None:
+            probe = rule.init_slots(np.zeros((1, self.dim), dtype=self.dtype))
+            slots = {}
+            for name, array in probe.items():
+                if array.shape == (1, self.dim):  # one row per row of the table
+                    row = array[0].copy()
+                    self._slot_rows[(rule.name, name)] = row
+                    grown = Growable((self.dim,), array.dtype, self.values.array.shape[0])
+                    grown.append(np.broadcast_to(row, (self.values.size, self.dim)))
+                    slots[name] = grown
+                else:  # a per-table scalar (Adam's step count)
+                    slots[name] = array.copy()
+            self.slots[rule.name] = slots
+        return slots
+
+    # -- eviction -----------------------------------------------------------------------------
+    def evict(self, global_step):
+        """Removes the rows not updated within `steps_to_live` global steps (and their
+        entries); returns how many. Without steps_to_live, nothing."""
+        if self.steps_to_live is None or not self.values.size:
+            return 0
+        stale = self.last_step.view() < global_step - self.steps_to_live
+        count = int(stale.sum())
+        if count:
+            self.remove_rows(np.flatnonzero(stale))
+            self.stats["evicted"] += count
+        return count
+
+    def remove_rows(self, rows):
+        """Removes rows (and their keys' entries); the others keep their values and slots."""
+        keep_rows = np.ones(self.values.size, dtype=bool)
+        keep_rows[rows] = False
+        gone_keys = self.row_keys.view()[~keep_rows]
+        positions = np.flatnonzero(keep_rows)
+        for grown in (self.values, self.row_keys, self.last_step):
+            grown.keep(positions)
+        for rule_slots in self.slots.values():
+            for slot in rule_slots.values():
+                if isinstance(slot, Growable):
+                    slot.keep(positions)
+        # entries: drop the evicted keys', renumber rows
+        entries_kept = ~np.isin(self.keys.view(), gone_keys)
+        new_row = np.full(keep_rows.size, -1, dtype=np.int64)
+        new_row[positions] = np.arange(positions.size)
+        row_of = self.row_of.view()[entries_kept]
+        row_of = np.where(row_of >= 0, new_row[np.maximum(row_of, 0)], -1)
+        entry_positions = np.flatnonzero(entries_kept)
+        self.keys.keep(entry_positions)
+        self.freq.keep(entry_positions)
+        self.row_of = Growable((), np.int64)
+        self.row_of.append(row_of)
+        self.index.rebuild(self.keys.view())
+
+    # -- state ----------------------------------------------------------------------------------
+    def export(self):
+        """(keys, values) of the rows, as arrays."""
+        return self.row_keys.view().copy(), self.values.view().copy()
+
+    def state(self):
+        """Everything a checkpoint keeps: {name: array}."""
+        out = {"keys": self.row_keys.view(), "values": self.values.view(),
+               "last_step": self.last_step.view(),
+               "entry_keys": self.keys.view(), "entry_freq": self.freq.view()}
+        for rule, rule_slots in self.slots.items():
+            for name, slot in rule_slots.items():
+                out[f"slot/{rule}/{name}"] = slot.view() if isinstance(slot, Growable) \
+                    else slot
+        return out
+
+    def load(self, state, rules=None):
+        """Adds the rows of a checkpoint's `state` (as from state(), possibly a selection of
+        another shard's rows); `rules` {name: UpdateRule} to rebuild slots."""
+        keys = np.asarray(state["keys"], dtype=np.int64)
+        values = np.asarray(state["values"])
+        if values.ndim != 2 or values.shape[1] != self.dim:
+            raise InvalidArgumentError(f"table {self.name!r} has dimension {self.dim}, but "
+                                       f"the checkpoint's rows have shape {values.shape}")
+        if keys.shape != (values.shape[0],):
+            raise InvalidArgumentError(f"table {self.name!r}: the checkpoint has "
+                                       f"{keys.size} keys for {values.shape[0]} rows")
+        entry_keys = np.asarray(state.get("entry_keys", keys), dtype=np.int64)
+        entry_freq = np.asarray(state.get("entry_freq", np.zeros(entry_keys.size)),
+                                dtype=np.int64)
+        entries, new = self.index.insert(entry_keys)
+        if new.any():
+            self.keys.append(entry_keys[new])
+            self.freq.append(np.zeros(int(new.sum()), dtype=np.int64))
+            self.row_of.append(np.full(int(new.sum()), -1, dtype=np.int64))
+        self.freq.view()[entries] = entry_freq
+        row_entries, new = self.index.insert(keys)
+        if new.any():
+            self.keys.append(keys[new])
+            self.freq.append(np.zeros(int(new.sum()), dtype=np.int64))
+            self.row_of.append(np.full(int(new.sum()), -1, dtype=np.int64))
+        has_row = self.row_of.view()[row_entries] >= 0
+        if has_row.any():
+            raise InvalidArgumentError(f"table {self.name!r}: the checkpoint gives key "
+                                       f"{keys[has_row][0]} a row twice")
+        start = self.values.size
+        self.values.append(values)
+        self.row_keys.append(keys)
+        self.last_step.append(np.asarray(state.get("last_step", np.zeros(keys.size)),
+                                         dtype=np.int64))
+        self.row_of.view()[row_entries] = np.arange(start, start + keys.size)
+        for key, array in state.items():
+            if not key.startswith("slot/"):
+                continue
+            _, rule_name, slot_name = key.split("/", 2)
+            if rules is None or rule_name not in rules:
+                continue
+            slots = self._slots_for(rules[rule_name])
+            slot = slots.get(slot_name)
+            if isinstance(slot, Growable):
+                slot.array[start:start + keys.size] = array
+            elif slot is not None:
+                slots[slot_name] = np.array(array, dtype=slot.dtype)
+
+    def nbytes(self):
+        """Bytes held: the index, the entries, the rows and their slots."""
+        total = self.index.nbytes + sum(g.nbytes for g in (
+            self.keys, self.freq, self.row_of, self.values, self.row_keys, self.last_step))
+        for rule_slots in self.slots.values():
+            total += sum(s.nbytes for s in rule_slots.values())
+        return total
