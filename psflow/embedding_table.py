@@ -135,6 +135,13 @@ class KeyIndex:
             pending = pending[going_on]
             position = (position[going_on] + 1) & mask
 
+    def keys_by_entry(self):
+        """The keys, at their entry numbers."""
+        occupied = self._slot_entries != 0
+        keys = np.empty(self.size, dtype=np.int64)
+        keys[self._slot_entries[occupied] - 1] = self._slot_keys[occupied]
+        return keys
+
     def rebuild(self, keys):
         """Drops every key and inserts `keys` (distinct) as entries 0, 1, ..."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
@@ -262,12 +269,12 @@ class EmbeddingTable:
         self.filter_freq = int(filter_freq or 0)
         self.steps_to_live = int(steps_to_live) if steps_to_live else None
         self.index = KeyIndex()
-        self.keys = Growable((), np.int64)
-        self.freq = Growable((), np.int64)
-        self.row_of = Growable((), np.int64)  # entry -> row, -1 before admission
+        # per entry (a key seen): its sightings and its row (-1 before admission)
+        self.freq = Growable((), np.int32)
+        self.row_of = Growable((), np.int32)
         self.values = Growable((self.dim,), self.dtype)
         self.row_keys = Growable((), np.int64)  # row -> key
-        self.last_step = Growable((), np.int64)  # row -> global step of its last update
+        self.last_step = Growable((), np.int32)  # row -> global step of its last update
         self.slots = {}  # rule name -> {slot name: Growable of rows, or a scalar array}
         self._slot_rows = {}  # (rule name, slot name) -> a new row's slot value
         self.stats = {"created": 0, "filtered": 0, "evicted": 0, "dropped_gradients": 0}
@@ -311,15 +318,17 @@ class EmbeddingTable:
         entries, new = self.index.insert(keys)
         fresh = int(new.sum())
         if fresh:
-            self.keys.append(keys[new])
-            self.freq.append(np.zeros(fresh, dtype=np.int64))
-            self.row_of.append(np.full(fresh, -1, dtype=np.int64))
+            self.freq.append(np.zeros(fresh, dtype=np.int32))
+            self.row_of.append(np.full(fresh, -1, dtype=np.int32))
         freq = self.freq.view()
-        freq[entries] += 1 if counts is None else np.asarray(counts, dtype=np.int64)
+        if self.filter_freq > 1:  # counts matter only until admission; they saturate
+            seen = freq[entries].astype(np.int64) + (1 if counts is None else
+                                                     np.asarray(counts, dtype=np.int64))
+            freq[entries] = np.minimum(seen, np.iinfo(np.int32).max)
         row_of = self.row_of.view()
         waiting = row_of[entries] < 0
         if waiting.any():
-            admit = waiting & (freq[entries] >= max(self.filter_freq, 1))
+            admit = waiting & (freq[entries] >= self.filter_freq)
             if admit.any():
                 self._admit(entries[admit], keys[admit], global_step)
             self.stats["filtered"] += int((waiting & ~admit).sum())
@@ -417,17 +426,17 @@ class EmbeddingTable:
                 if isinstance(slot, Growable):
                     slot.keep(positions)
         # entries: drop the evicted keys', renumber rows
-        entries_kept = ~np.isin(self.keys.view(), gone_keys)
+        entry_keys = self.index.keys_by_entry()
+        entries_kept = ~np.isin(entry_keys, gone_keys)
         new_row = np.full(keep_rows.size, -1, dtype=np.int64)
         new_row[positions] = np.arange(positions.size)
         row_of = self.row_of.view()[entries_kept]
         row_of = np.where(row_of >= 0, new_row[np.maximum(row_of, 0)], -1)
         entry_positions = np.flatnonzero(entries_kept)
-        self.keys.keep(entry_positions)
         self.freq.keep(entry_positions)
-        self.row_of = Growable((), np.int64)
+        self.row_of = Growable((), np.int32)
         self.row_of.append(row_of)
-        self.index.rebuild(self.keys.view())
+        self.index.rebuild(entry_keys[entry_positions])
 
     # -- state ----------------------------------------------------------------------------------
     def export(self):
@@ -438,7 +447,7 @@ class EmbeddingTable:
         """Everything a checkpoint keeps: {name: array}."""
         out = {"keys": self.row_keys.view(), "values": self.values.view(),
                "last_step": self.last_step.view(),
-               "entry_keys": self.keys.view(), "entry_freq": self.freq.view()}
+               "entry_keys": self.index.keys_by_entry(), "entry_freq": self.freq.view()}
         for rule, rule_slots in self.slots.items():
             for name, slot in rule_slots.items():
                 out[f"slot/{rule}/{name}"] = slot.view() if isinstance(slot, Growable) \
@@ -461,15 +470,13 @@ class EmbeddingTable:
                                 dtype=np.int64)
         entries, new = self.index.insert(entry_keys)
         if new.any():
-            self.keys.append(entry_keys[new])
-            self.freq.append(np.zeros(int(new.sum()), dtype=np.int64))
-            self.row_of.append(np.full(int(new.sum()), -1, dtype=np.int64))
-        self.freq.view()[entries] = entry_freq
+            self.freq.append(np.zeros(int(new.sum()), dtype=np.int32))
+            self.row_of.append(np.full(int(new.sum()), -1, dtype=np.int32))
+        self.freq.view()[entries] = np.minimum(entry_freq, np.iinfo(np.int32).max)
         row_entries, new = self.index.insert(keys)
         if new.any():
-            self.keys.append(keys[new])
-            self.freq.append(np.zeros(int(new.sum()), dtype=np.int64))
-            self.row_of.append(np.full(int(new.sum()), -1, dtype=np.int64))
+            self.freq.append(np.zeros(int(new.sum()), dtype=np.int32))
+            self.row_of.append(np.full(int(new.sum()), -1, dtype=np.int32))
         has_row = self.row_of.view()[row_entries] >= 0
         if has_row.any():
             raise InvalidArgumentError(f"table {self.name!r}: the checkpoint gives key "
@@ -496,7 +503,7 @@ class EmbeddingTable:
     def nbytes(self):
         """Bytes held: the index, the entries, the rows and their slots."""
         total = self.index.nbytes + sum(g.nbytes for g in (
-            self.keys, self.freq, self.row_of, self.values, self.row_keys, self.last_step))
+            self.freq, self.row_of, self.values, self.row_keys, self.last_step))
         for rule_slots in self.slots.values():
             total += sum(s.nbytes for s in rule_slots.values())
         return total
