@@ -7,6 +7,8 @@
 from . import errors, metrics, nn, train
 from .array_ops import concat, gather, one_hot, ones, reshape, transpose, zeros
 from .checkpoint import load_model
+from .embedding_variable import (CounterFilter, EmbeddingVariableOption, GlobalStepEvict,
+                                 InitializerOption, get_embedding_variable)
 from .gradients import IndexedSlices, gradients
 from .graph import (Graph, Node, Tensor, as_dtype, bool_, constant, device, float16, float32,
                     float64, get_default_graph, int32, int64, name_scope, placeholder,

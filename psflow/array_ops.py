@@ -143,12 +143,14 @@ class RowSource:
     session's store for the rows it needs (`store.read_rows`), so a distributed session
     pulls those rows, never the whole table."""
 
-    __slots__ = ("var", "store")
+    __slots__ = ("var", "store", "train")
 
-    def __init__(self, var, store):
-        self.var, self.store = var, store
+    def __init__(self, var, store, train=False):
+        self.var, self.store, self.train = var, store, train
 
     def rows(self, indices):
+        if getattr(self.var, "is_table", False):  # keys: a training run creates their rows
+            return self.store.read_rows(self.var, np.asarray(indices), train=self.train)
         return self.store.read_rows(self.var, np.asarray(indices))
 
 
@@ -161,6 +163,8 @@ class GatherGrad(Node):
     def __init__(self, grad, params, indices):
         self.dense_shape = params.shape if params.shape is not None and \
             None not in params.shape else None
+        if getattr(params, "is_table", False):  # rows by key: no row count
+            self.dense_shape = (-1,) + tuple(params.shape[1:])
         inputs = (grad, indices) if self.dense_shape is not None else (grad, indices, params)
         super().__init__(inputs, shape=params.shape, dtype=grad.dtype)
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import checkpoint
 from .array_ops import Gather, RowSource
+from .embedding_table import EmbeddingTable
 from .errors import FailedPreconditionError, InvalidArgumentError, PsflowError
 from .graph import (Node, Placeholder, format_shape, get_default_graph, shape_compatible,
                     topological_order)
@@ -27,6 +28,8 @@ class LocalVariableStore:
     def __init__(self):
         self.values = {}
         self.slots = {}  # variable -> {update rule name: {slot name: array}}
+        self.tables = {}  # embedding variable -> EmbeddingTable
+        self.step = 0  # the global step of the last update (for the tables' eviction)
         self._lock = threading.Lock()
 
     def read(self, var):
@@ -39,10 +42,30 @@ class LocalVariableStore:
                 "first") from None
 
     def is_initialized(self, var):
-        return var in self.values
+        return var in self.tables if getattr(var, "is_table", False) else var in self.values
 
-    def read_rows(self, var, indices):
-        """Rows `indices` (any integer shape) of `var`: what a lookup reads."""
+    def init_table(self, var):
+        """An empty table for embedding variable `var` (rows come with lookups)."""
+        spec = var.spec()
+        self.tables[var] = EmbeddingTable(spec["name"], spec["dim"], spec["dtype"],
+                                          spec["initializer"], spec["filter_freq"],
+                                          spec["steps_to_live"])
+
+    def _table(self, var):
+        table = self.tables.get(var)
+        if table is None:
+            raise FailedPreconditionError(
+                f"attempting to use uninitialized embedding table {var.name!r}: run "
+                "psflow.global_variables_initializer() first")
+        return table
+
+    def read_rows(self, var, indices, train=False):
+        """Rows `indices` (any integer shape) of `var`: what a lookup reads. For an
+        embedding table, `indices` are keys, and a training run creates their rows."""
+        if getattr(var, "is_table", False):
+            with self._lock:
+                rows = self._table(var).lookup(indices, train=train, global_step=self.step)
+            return rows.reshape(np.shape(indices) + (var.embedding_dim,))
         value = self.read(var)
         check_rows(var, indices, value.shape[0])
         return np.take(value, indices, axis=0)
@@ -60,7 +83,12 @@ class LocalVariableStore:
         place, then adds one to `global_step` if given. In one process every consistency
         mode is this: a step's gradients come from the one replica there is."""
         with self._lock:
+            if global_step is not None:
+                self.step = int(self.read(global_step))
             for grad, var in grads_and_vars:
+                if getattr(var, "is_table", False):
+                    self._apply_to_table(rule, grad, var)
+                    continue
                 value = self.read(var)
                 by_rule = self.slots.setdefault(var, {})
                 slots = by_rule.get(rule.name)
@@ -70,6 +98,14 @@ class LocalVariableStore:
             if global_step is not None:
                 step = self.read(global_step)
                 step += 1
+
+    def _apply_to_table(self, rule, grad, var):
+        keys = np.asarray(grad.indices, dtype=np.int64).reshape(-1)
+        values = np.asarray(grad.values).reshape(keys.size, var.embedding_dim)
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        summed = np.zeros((distinct.size, var.embedding_dim), dtype=values.dtype)
+        np.add.at(summed, inverse.reshape(-1), values)
+        self._table(var).apply(rule, distinct, summed, global_step=self.step)
 
     # -- checkpoints: the same interface as the distributed store's ------------------------
     def save(self, checkpoint_dir, variables, global_step, max_to_keep):
@@ -201,10 +237,17 @@ class Session:
         # A variable that the run reads only as the table of lookups is read row by row.
         lookups = [v for v in variables if not any(v is f for f in fetches)
                    and _only_looked_up(v, order)]
+        tables = [v for v in variables if getattr(v, "is_table", False) and v not in lookups]
+        if tables:
+            raise InvalidArgumentError(
+                f"embedding table {tables[0].name!r} is read other than by lookups; a table "
+                "has no fixed rows to read whole: use nn.embedding_lookup or "
+                "nn.embedding_lookup_sparse (and psflow.load_model for its exported rows)")
         if lookups:
             store = self.store
-            steps = [(node, (lambda v=node: RowSource(v, store)) if node in lookups else fn,
-                      inputs) for node, fn, inputs in steps]
+            trains = any(getattr(node, "is_train_op", False) for node in order)
+            steps = [(node, (lambda v=node: RowSource(v, store, trains)) if node in lookups
+                      else fn, inputs) for node, fn, inputs in steps]
             variables = [v for v in variables if v not in lookups]
         fed_lookups = [(node.inputs[0], node.inputs[1]) for node in order
                        if isinstance(node, Gather) and node.inputs[0] in lookups

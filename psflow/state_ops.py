@@ -33,17 +33,23 @@ class InitializeVariables(Node):
     """Runs the initial values of a set of variables and stores them."""
 
     def __init__(self, variables, name=None):
-        self.variables = list(variables)
+        variables = list(variables)
+        # embedding tables start empty: their initializer makes each row when first looked up
+        self.tables = [v for v in variables if getattr(v, "is_table", False)]
+        self.variables = [v for v in variables if not getattr(v, "is_table", False)]
         super().__init__([v.initial_value for v in self.variables],
                          name=name or "init", graph=get_default_graph() if not variables
-                         else self.variables[0].graph)
+                         else variables[0].graph)
 
     def executor(self, session):
         stores, variables = [session.store_for(v) for v in self.variables], self.variables
+        store, tables = session.store, self.tables
 
         def run(*values):
-            for store, var, value in zip(stores, variables, values):
-                store.assign(var, np.array(value, dtype=var.dtype))
+            for table in tables:
+                store.init_table(table)
+            for var_store, var, value in zip(stores, variables, values):
+                var_store.assign(var, np.array(value, dtype=var.dtype))
         return run
 
 

@@ -16,6 +16,8 @@ class ApplyGradients(Node):
     """Applies one update rule to a list of variables; has no value. Runs through the
     session's variable store, which also advances `global_step` when one is given."""
 
+    is_train_op = True  # a run with one trains: its table lookups create rows
+
     def __init__(self, rule, grads_and_vars, global_step=None, name=None, loss=None,
                  consistency=None):
         self.rule = rule
