@@ -28,10 +28,37 @@ class VariableSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class DeclareVariablesRequest(_message.Message):
-    __slots__ = ("variables",)
+    __slots__ = ("variables", "tables")
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
     variables: _containers.RepeatedCompositeFieldContainer[VariableSpec]
-    def __init__(self, variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ...) -> None: ...
+    tables: _containers.RepeatedCompositeFieldContainer[TableSpec]
+    def __init__(self, variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ...) -> None: ...
+
+class TableSpec(_message.Message):
+    __slots__ = ("name", "dim", "dtype", "initializer", "initializer_params", "filter_freq", "steps_to_live")
+    class InitializerParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    INITIALIZER_FIELD_NUMBER: _ClassVar[int]
+    INITIALIZER_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FREQ_FIELD_NUMBER: _ClassVar[int]
+    STEPS_TO_LIVE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dim: int
+    dtype: str
+    initializer: str
+    initializer_params: _containers.ScalarMap[str, float]
+    filter_freq: int
+    steps_to_live: int
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., initializer: _Optional[str] = ..., initializer_params: _Optional[_Mapping[str, float]] = ..., filter_freq: _Optional[int] = ..., steps_to_live: _Optional[int] = ...) -> None: ...
 
 class DeclareVariablesResponse(_message.Message):
     __slots__ = ("initialized",)
@@ -134,12 +161,28 @@ class PullResponse(_message.Message):
     def __init__(self, values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., global_step: _Optional[int] = ..., decision: _Optional[_Union[StepDecision, _Mapping]] = ...) -> None: ...
 
 class PullRowsRequest(_message.Message):
-    __slots__ = ("selections", "commit")
+    __slots__ = ("selections", "commit", "keys", "global_step")
     SELECTIONS_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     selections: _containers.RepeatedCompositeFieldContainer[RowSelection]
     commit: StepDecision
-    def __init__(self, selections: _Optional[_Iterable[_Union[RowSelection, _Mapping]]] = ..., commit: _Optional[_Union[StepDecision, _Mapping]] = ...) -> None: ...
+    keys: _containers.RepeatedCompositeFieldContainer[KeySelection]
+    global_step: int
+    def __init__(self, selections: _Optional[_Iterable[_Union[RowSelection, _Mapping]]] = ..., commit: _Optional[_Union[StepDecision, _Mapping]] = ..., keys: _Optional[_Iterable[_Union[KeySelection, _Mapping]]] = ..., global_step: _Optional[int] = ...) -> None: ...
+
+class KeySelection(_message.Message):
+    __slots__ = ("name", "keys", "counts", "train")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    keys: Tensor
+    counts: Tensor
+    train: bool
+    def __init__(self, name: _Optional[str] = ..., keys: _Optional[_Union[Tensor, _Mapping]] = ..., counts: _Optional[_Union[Tensor, _Mapping]] = ..., train: _Optional[bool] = ...) -> None: ...
 
 class RowSelection(_message.Message):
     __slots__ = ("name", "rows")
@@ -176,16 +219,18 @@ class Consistency(_message.Message):
     def __init__(self, mode: _Optional[_Union[Consistency.Mode, str]] = ..., replicas_to_aggregate: _Optional[int] = ..., staleness: _Optional[int] = ...) -> None: ...
 
 class Gradient(_message.Message):
-    __slots__ = ("name", "values", "indices", "version")
+    __slots__ = ("name", "values", "indices", "version", "keyed")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     INDICES_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    KEYED_FIELD_NUMBER: _ClassVar[int]
     name: str
     values: Tensor
     indices: Tensor
     version: int
-    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., indices: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
+    keyed: bool
+    def __init__(self, name: _Optional[str] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., indices: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ..., keyed: _Optional[bool] = ...) -> None: ...
 
 class UpdateRule(_message.Message):
     __slots__ = ("name", "hyper")

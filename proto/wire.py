@@ -25,6 +25,7 @@ _GRADIENT_NAME = pb.Gradient.NAME_FIELD_NUMBER
 _GRADIENT_VALUES = pb.Gradient.VALUES_FIELD_NUMBER
 _GRADIENT_INDICES = pb.Gradient.INDICES_FIELD_NUMBER
 _GRADIENT_VERSION = pb.Gradient.VERSION_FIELD_NUMBER
+_GRADIENT_KEYED = pb.Gradient.KEYED_FIELD_NUMBER
 _NAMED_NAME = pb.NamedTensor.NAME_FIELD_NUMBER
 _NAMED_TENSOR = pb.NamedTensor.TENSOR_FIELD_NUMBER
 _NAMED_VERSION = pb.NamedTensor.VERSION_FIELD_NUMBER
@@ -117,10 +118,11 @@ def tensor(buf, start, end, what="tensor"):
 
 
 class Gradient:
-    __slots__ = ("name", "version", "values", "indices")
+    __slots__ = ("name", "version", "values", "indices", "keyed")
 
-    def __init__(self, name, version, values, indices):
+    def __init__(self, name, version, values, indices, keyed=False):
         self.name, self.version, self.values, self.indices = name, version, values, indices
+        self.keyed = keyed  # `name` is an embedding table and `indices` its keys
 
 
 class Push:
@@ -140,13 +142,15 @@ class Push:
 
     @staticmethod
     def _gradient(buf, start, end):
-        name, version, values, indices = "", 0, None, None
+        name, version, values, indices, keyed = "", 0, None, None, False
         spans = {}
         for number, kind, value, _, _ in fields(buf, start, end):
             if number == _GRADIENT_NAME and kind == 2:
                 name = bytes(buf[value[0]:value[1]]).decode("utf-8", "replace")
             elif number == _GRADIENT_VERSION and kind == 0:
                 version = _int64(value)
+            elif number == _GRADIENT_KEYED and kind == 0:
+                keyed = bool(value)
             elif number in (_GRADIENT_VALUES, _GRADIENT_INDICES) and kind == 2:
                 spans[number] = value
         values = tensor(buf, *spans.get(_GRADIENT_VALUES, (start, start)),
@@ -154,7 +158,7 @@ class Push:
         if _GRADIENT_INDICES in spans:
             indices = tensor(buf, *spans[_GRADIENT_INDICES],
                              what=f"indices of the gradient of {name!r}")
-        return Gradient(name, version, values, indices)
+        return Gradient(name, version, values, indices, keyed)
 
     def __getattr__(self, name):
         return getattr(self.header, name)
@@ -240,8 +244,8 @@ class PushBuilder:
         object.__setattr__(self, "header", pb.PushRequest(**fields))
         object.__setattr__(self, "gradients", [])
 
-    def add_gradient(self, name, version, values, indices=None):
-        head = pb.Gradient(name=name, version=version)
+    def add_gradient(self, name, version, values, indices=None, keyed=False):
+        head = pb.Gradient(name=name, version=version, keyed=keyed)
         if indices is not None:
             codec.encode(indices, head.indices)
         self.gradients.append((head.SerializeToString(), values))

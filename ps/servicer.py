@@ -134,6 +134,12 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
                                            f"of {', '.join(codec.DTYPES)}")
         initialized = self.store.declare(
             [(v.name, v.dtype, tuple(v.shape)) for v in request.variables])
+        if request.tables:
+            self.store.declare_tables([{
+                "name": t.name, "dim": t.dim, "dtype": t.dtype,
+                "initializer": {"kind": t.initializer, **dict(t.initializer_params)},
+                "filter_freq": t.filter_freq, "steps_to_live": t.steps_to_live}
+                for t in request.tables])
         return pb.DeclareVariablesResponse(initialized=initialized)
 
     @_handler
@@ -175,8 +181,17 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         header = self._pull_header(request)
         selections = [(s.name, codec.decode(s.rows, f"rows of {s.name!r}"))
                       for s in request.selections]
-        return self.store.with_rows(selections,
-                                    lambda values: wire.pull_response(header, values))
+        keyed = []
+        if request.keys:
+            keyed = self.store.lookup_keys(
+                [(k.name, codec.decode(k.keys, f"keys of table {k.name!r}"),
+                  codec.decode(k.counts, f"counts of table {k.name!r}")
+                  if k.HasField("counts") else None, k.train) for k in request.keys],
+                request.global_step)
+        if not selections:
+            return wire.pull_response(header, keyed)
+        return self.store.with_rows(
+            selections, lambda values: wire.pull_response(header, list(values) + keyed))
 
     def _pull_header(self, request):
         """A PullResponse without values, after applying the request's sync commit."""
@@ -193,7 +208,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         # The request arrives as bytes; the gradients are read in place (see proto.wire).
         request = wire.Push(request)
         result = self.store.push_step(
-            [(g.name, g.values, g.indices, g.version) for g in request.gradients],
+            [(g.name, g.values, g.indices, g.version, g.keyed) for g in request.gradients],
             self.store.rule(request.rule.name, dict(request.rule.hyper)),
             _consistency(request.header), worker=request.worker,
             global_step=request.global_step,

@@ -35,6 +35,7 @@ import numpy as np
 from psflow import checkpoint
 from psflow.errors import (FailedPreconditionError, InvalidArgumentError, NotFoundError,
                            PermissionDeniedError, ResourceExhaustedError)
+from psflow.embedding_table import INITIALIZERS, EmbeddingTable
 from psflow.gradients import IndexedSlices
 from psflow.graph import format_shape as _shape_text
 from psflow.proto.codec import MAX_DIMS, MAX_MESSAGE_BYTES
@@ -71,6 +72,24 @@ class _Variable:
         self.lock = threading.Lock()
 
 
+class _Table:
+    """An embedding table as this shard holds it: the rows of the keys that hash here, under
+    `lock`. `spec` is what it was declared with (name, dim, dtype, initializer, filter_freq,
+    steps_to_live)."""
+
+    def __init__(self, spec):
+        name, dim, dtype, initializer, filter_freq, steps_to_live = spec
+        self.spec = spec
+        self.name = name
+        self.dim = dim
+        self.dtype = np.dtype(dtype)
+        self.table = EmbeddingTable(name, dim, dtype, dict(initializer), filter_freq,
+                                    steps_to_live or None)
+        self.lock = threading.Lock()
+        self.version = 0
+        self.evicted_at = 0  # the global step of the last eviction pass
+
+
 class ShardStore:
     """Variables, optimizer slots, the global step (held by shard 0), counters and worker
     membership of one shard. Every method is safe to call from many threads."""
@@ -88,6 +107,8 @@ class ShardStore:
         self.num_workers = num_workers
         self.started = time.monotonic()
         self._variables = {}
+        self._tables = {}
+        self.table_step = 0  # the newest global step a worker told this shard (for tables)
         self._registry_lock = threading.Lock()
         # Notified whenever variables get values (and on close): WaitInitialized sleeps on it.
         self._initialized = threading.Condition(self._registry_lock)
@@ -158,6 +179,114 @@ class ShardStore:
                 elif var.value is not None:
                     initialized.append(name)
         return initialized
+
+    def declare_tables(self, specs):
+        """Declares embedding tables, dicts with name, dim, dtype, initializer ({"kind": ...,
+        parameters}), filter_freq, steps_to_live. Re-declaring alike is a no-op; differently,
+        an InvalidArgumentError naming the table (and nothing of the call is declared)."""
+        checked = {}
+        for spec in specs:
+            name = spec["name"]
+            if not name:
+                raise InvalidArgumentError("an embedding table needs a name")
+            dim = int(spec["dim"])
+            if dim < 1:
+                raise InvalidArgumentError(f"embedding table {name!r}: dimension {dim}; it "
+                                           "must be positive")
+            try:
+                dtype = np.dtype(spec["dtype"])
+            except TypeError:
+                raise InvalidArgumentError(f"embedding table {name!r}: unknown dtype "
+                                           f"{spec['dtype']!r}") from None
+            if dtype.kind != "f":
+                raise InvalidArgumentError(f"embedding table {name!r}: dtype {dtype.name}; "
+                                           "tables hold floats")
+            initializer = dict(spec["initializer"])
+            if initializer.get("kind") not in INITIALIZERS:
+                raise InvalidArgumentError(f"embedding table {name!r}: unknown initializer "
+                                           f"{initializer.get('kind')!r}; known: "
+                                           f"{', '.join(INITIALIZERS)}")
+            key = (name, dim, dtype.name, tuple(sorted(initializer.items())),
+                   int(spec.get("filter_freq") or 0), int(spec.get("steps_to_live") or 0))
+            if name in checked and checked[name] != key:
+                raise InvalidArgumentError(f"embedding table {name!r} declared twice, "
+                                           "differently, in one call")
+            checked[name] = key
+        with self._registry_lock:
+            for name, key in checked.items():
+                if name in self._variables:
+                    raise InvalidArgumentError(f"{name!r} is a variable on parameter server "
+                                               f"{self.shard}; it cannot also be a table")
+                held = self._tables.get(name)
+                if held is not None and held.spec != key:
+                    raise InvalidArgumentError(
+                        f"embedding table {name!r} is already declared as dim {held.dim} "
+                        f"{held.dtype.name} with {dict(held.spec[3])}, filter_freq "
+                        f"{held.spec[4]}, steps_to_live {held.spec[5]}; it cannot be "
+                        f"redeclared as dim {key[1]} {key[2]} with {dict(key[3])}, filter_freq "
+                        f"{key[4]}, steps_to_live {key[5]}")
+            for name, key in checked.items():
+                if name not in self._tables:
+                    self._tables[name] = _Table(key)
+
+    def _get_table(self, name):
+        table = self._tables.get(name)
+        if table is None:
+            raise NotFoundError(f"no embedding table {name!r} on parameter server "
+                                f"{self.shard}; declare it first")
+        return table
+
+    def _note_step(self, global_step):
+        if global_step and global_step > self.table_step:
+            self.table_step = int(global_step)
+
+    def lookup_keys(self, selections, global_step=0):
+        """[(name, version, rows)] for selections [(table name, int64 keys, counts or None,
+        train)] (see EmbeddingTable.lookup)."""
+        self._note_step(global_step)
+        out = []
+        size = 0
+        for name, keys, counts, train in selections:
+            held = self._get_table(name)
+            if keys.dtype.kind not in "iu" or keys.ndim != 1:
+                raise InvalidArgumentError(f"keys of table {name!r} must be a 1-D integer "
+                                           f"tensor, got {keys.dtype.name} "
+                                           f"{_shape_text(keys.shape)}")
+            if counts is not None and (counts.shape != keys.shape or counts.dtype.kind != "i"
+                                       or (counts.size and counts.min() < 0)):
+                raise InvalidArgumentError(f"counts of the keys of table {name!r} must be "
+                                           "non-negative integers, one per key")
+            size += keys.size * held.dim * held.dtype.itemsize
+            if size > MAX_REPLY_BYTES:
+                raise ResourceExhaustedError(f"the rows asked for hold {size} bytes; one "
+                                             f"reply carries at most {MAX_REPLY_BYTES}")
+            with held.lock:
+                rows = held.table.lookup(keys, counts, train=train,
+                                         global_step=self.table_step)
+                out.append((name, held.version, rows))
+        with self._stats_lock:
+            self.bytes_sent += size
+        return out
+
+    def table_stats(self):
+        """{table name: {"rows", "bytes", "created", "filtered", "evicted",
+        "dropped_gradients"}}."""
+        out = {}
+        for name, held in list(self._tables.items()):
+            with held.lock:
+                out[name] = {"rows": len(held.table), "bytes": held.table.nbytes(),
+                             **held.table.stats}
+        return out
+
+    def evict_tables(self, global_step=None):
+        """Evicts the stale rows of every table with steps_to_live; returns how many."""
+        step = self.table_step if global_step is None else global_step
+        evicted = 0
+        for held in list(self._tables.values()):
+            with held.lock:
+                evicted += held.table.evict(step)
+                held.evicted_at = step
+        return evicted
 
     @staticmethod
     def _conflict(name, old_dtype, old_shape, dtype, shape):
@@ -434,6 +563,7 @@ class ShardStore:
     def _push_step(self, gradients, rule, consistency, worker, global_step,
                    increment_global_step):
         if consistency.mode == "sync":
+            self._note_step(global_step)
             checked, received = self.check_gradients(gradients)
             dropped, decision = self.sync.push(worker, global_step, checked, rule, received,
                                                consistency.replicas_to_aggregate)
@@ -452,6 +582,7 @@ class ShardStore:
         before any is applied. With `increment_global_step` the global step then advances
         by one. `global_step` is the step the worker pulled (for the staleness histogram).
         Returns (the staleness of each gradient, the global step after the push)."""
+        self._note_step(global_step)
         checked, received = self.check_gradients(gradients)
         staleness = self.apply(checked, rule)
         if increment_global_step:
@@ -475,7 +606,13 @@ class ShardStore:
         so nothing is applied from a push with a bad gradient."""
         checked = []
         received = 0
-        for name, values, indices, version in gradients:
+        for gradient in gradients:
+            name, values, indices, version = gradient[:4]
+            if len(gradient) > 4 and gradient[4]:  # keyed: a table's rows by key
+                held = self._get_table(name)
+                checked.append((held, self._keyed(held, values, indices), version))
+                received += values.nbytes + indices.nbytes
+                continue
             var = self._get(name)
             if var.dtype.kind != "f":
                 raise InvalidArgumentError(f"variable {name!r} has dtype {var.dtype.name}; only "
@@ -500,11 +637,45 @@ class ShardStore:
             checked.append((var, grad, version))
         return checked, received
 
+    def _keyed(self, held, values, keys):
+        name = held.name
+        if keys is None or keys.dtype.kind not in "iu" or keys.ndim != 1:
+            raise InvalidArgumentError(f"gradient for table {name!r}: keys must be a 1-D "
+                                       "int64 tensor")
+        if values.shape != (keys.size, held.dim):
+            raise InvalidArgumentError(
+                f"gradient for table {name!r} has values of shape {_shape_text(values.shape)}, "
+                f"but {keys.size} keys of dimension {held.dim} make "
+                f"{_shape_text((keys.size, held.dim))}")
+        values = self._gradient_dtype(held, values, "gradient")
+        if not self.allow_nonfinite and not _finite(values):
+            with self._stats_lock:
+                self.nonfinite += 1
+            raise InvalidArgumentError(
+                f"gradient for table {name!r} holds NaN or Inf; nothing of the push was "
+                "applied (a parameter server started with --allow-nonfinite applies such "
+                "gradients)")
+        return IndexedSlices(values, keys.astype(np.int64, copy=False), (-1, held.dim))
+
+    def _apply_to_table(self, held, grad, rule):
+        steps_to_live = held.table.steps_to_live
+        step = self.table_step
+        held.table.apply(rule, grad.indices, grad.values, global_step=step)
+        held.version += 1
+        if steps_to_live and step - held.evicted_at >= steps_to_live:
+            held.table.evict(step)
+            held.evicted_at = step
+
     def apply(self, checked, rule):
         """Applies [(variable, gradient, version)] with `rule`, each under its variable's lock;
         returns each gradient's staleness."""
         staleness = []
         for var, grad, version in checked:
+            if isinstance(var, _Table):
+                with var.lock:
+                    self._apply_to_table(var, grad, rule)
+                staleness.append(0)
+                continue
             with var.lock:
                 slots = var.slots.get(rule.name)
                 if slots is None:

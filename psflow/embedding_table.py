@@ -246,8 +246,9 @@ def _normals(seed, keys, dim, counter):
 
 
 def name_seed(name, seed=0):
-    """A table's initializer seed from its name and a user seed."""
-    return (zlib.crc32(name.encode()) << 32) ^ (int(seed) & 0xFFFFFFFF)
+    """A table's initializer seed from its name and a user seed: below 2**53, so it travels
+    exactly as a double."""
+    return (zlib.crc32(name.encode()) * 1_000_003 + int(seed)) % (1 << 53)
 
 
 # -- the table --------------------------------------------------------------------------------

@@ -321,3 +321,66 @@ def test_sync_with_lookups_equals_one_process_on_the_concatenated_batch(cluster,
         for got, want in zip(values, expected):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
     assert servers[0].store.global_step == steps
+
+
+def keyed_model(make_optimizer):
+    keys = tf.placeholder(tf.int64, shape=(None, 2), name="keys")
+    y = tf.placeholder(tf.float64, shape=(None,), name="y")
+    table = tf.get_embedding_variable("emb", 3, value_dtype=tf.float64,
+                                      initializer=tf.random_normal_initializer(seed=3))
+    w = tf.Variable(np.linspace(1, -1, 3), name="w")
+    rows = tf.nn.embedding_lookup(table, keys)
+    hidden = tf.tanh(tf.reduce_sum(rows, axis=1))
+    loss = tf.reduce_mean(tf.square(tf.reduce_sum(hidden * w, axis=1) - y))
+    step = tf.train.get_or_create_global_step()
+    return keys, y, rows, make_optimizer().minimize(loss, global_step=step), step, w
+
+
+def keyed_data(step, worker):
+    ids, targets = sparse_data(step, worker)
+    return ids * 1_000_000_007 - 5_000_000_000, targets  # keys far apart, some negative
+
+
+def test_sync_with_a_table_equals_one_process_on_the_concatenated_batch(cluster):
+    steps, workers = 5, 2
+    servers = cluster(2, workers)
+    probe = np.unique(np.concatenate([keyed_data(t, i)[0].reshape(-1) for t in range(steps)
+                                      for i in range(workers)]))
+    probe = np.stack([probe, probe], axis=1)
+    opt = lambda: tf.train.AdagradOptimizer(0.3)  # noqa: E731
+    with tf.Graph().as_default():
+        keys, y, rows, train, step, w = keyed_model(opt)
+        with tf.Session() as sess:
+            sess.run(tf.global_variables_initializer())
+            for t in range(steps):
+                batches = [keyed_data(t, i) for i in range(workers)]
+                sess.run(train, {keys: np.concatenate([b[0] for b in batches]),
+                                 y: np.concatenate([b[1] for b in batches])})
+            expected = sess.run([rows, w], {keys: probe})
+    results, errors = {}, []
+
+    def work(index):
+        try:
+            with tf.Graph().as_default() as graph:
+                keys, y, rows, train, step, w = keyed_model(
+                    lambda: tf.train.SyncReplicasOptimizer(opt(), workers, workers))
+                session = DistributedSession(graph, task(servers, workers, index))
+                try:
+                    for _ in range(steps):
+                        bk, by = keyed_data(int(session.run(step)), index)
+                        session.run(train, {keys: bk, y: by})
+                    results[index] = session.run([rows, w], {keys: probe})
+                finally:
+                    session.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for values in results.values():
+        for got, want in zip(values, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)

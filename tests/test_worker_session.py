@@ -453,3 +453,39 @@ def test_metric_counts_stay_in_the_worker(fresh_graph, servers):
         session.close()
     assert got == pytest.approx(1.0, abs=1e-3)
     assert declared and not any("confusion" in name for name in declared)
+
+
+def test_an_embedding_table_trains_through_the_servers_as_locally(fresh_graph, servers, calls):
+    keys = tf.placeholder(tf.int64, shape=(None, 2), name="keys")
+    y = tf.placeholder(tf.float32, shape=(None,), name="y")
+    table = tf.get_embedding_variable("emb", embedding_dim=4)
+    w = tf.Variable(np.ones(4, np.float32), name="w")
+    rows = tf.nn.embedding_lookup(table, keys)
+    loss = tf.reduce_mean(tf.square(tf.reduce_sum(rows * w, axis=[1, 2]) - y))
+    step = tf.train.get_or_create_global_step()
+    train = tf.train.AdagradOptimizer(0.3).minimize(loss, global_step=step)
+    rng = np.random.default_rng(7)
+    data = [(rng.integers(-2**62, 2**62, size=(5, 2)) // rng.integers(1, 10**15, size=(5, 2)),
+             rng.normal(size=5).astype(np.float32)) for _ in range(6)]
+    probe = np.unique(np.concatenate([k.reshape(-1) for k, _ in data]))
+    probe_feed = np.stack([probe, probe], axis=1)
+    with tf.Session() as local:
+        local.run(tf.global_variables_initializer())
+        for k, t in data:
+            local.run(train, {keys: k, y: t})
+        expected = local.run(rows, {keys: probe_feed})
+        expected_w = local.run(w)
+    session = DistributedSession(fresh_graph, task(servers))
+    try:
+        for k, t in data:
+            session.run(train, {keys: k, y: t})
+        got = session.run(rows, {keys: probe_feed})
+        got_w = session.run(w)
+        unknown = session.run(rows, {keys: [[123456789, 987654321]]})
+    finally:
+        session.close()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got_w, expected_w, rtol=1e-5)
+    assert not unknown.any()  # an unseen key reads zeros, and reading created no row
+    held = [len(s.store._tables["emb"].table) for s in servers]
+    assert sum(held) == probe.size and min(held) > 0  # spread over both shards by hash

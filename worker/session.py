@@ -165,7 +165,8 @@ class DistributedSession(Session):
         store = self.store
         store.prefetch(plan.variables, reuse=trains, consistency=consistency,
                        lookups=plan.lookups,
-                       rows=[(var, feeds[ids]) for var, ids in plan.fed_lookups])
+                       rows=[(var, feeds[ids]) for var, ids in plan.fed_lookups],
+                       train=trains)
         store.activity = f"run {store.step.run}: computing"
         values = super()._execute(plan, feeds)
         self.local_step += 1

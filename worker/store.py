@@ -19,6 +19,7 @@ import numpy as np
 from psflow import checkpoint
 from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
                            PsflowError, UnavailableError)
+from psflow.embedding_table import shard_of_keys
 from psflow.gradients import IndexedSlices
 from psflow.session import check_rows
 from psflow.proto import codec, wire
@@ -126,7 +127,9 @@ class DistributedStore:
         self.clients = [ShardClient(i, address) for i, address in enumerate(task.ps_addresses)]
         self.fanout = Fanout(len(self.clients))
         self.global_step_var = get_global_step(graph)
-        self.variables = [v for v in graph.variables if v is not self.global_step_var]
+        self.tables = [v for v in graph.variables if getattr(v, "is_table", False)]
+        self.variables = [v for v in graph.variables if v is not self.global_step_var
+                          and not getattr(v, "is_table", False)]
         self.placement = Placement(self.variables, len(self.clients), partition_bytes)
         self.step = _StepState()
         self.last_global_step = 0
@@ -159,13 +162,18 @@ class DistributedStore:
         """Declares every variable part on its shard; returns the set of parts that already
         have values."""
         initialized = set()
+        tables = [_table_spec(t) for t in self.tables]
         for client in self.clients:
             specs = [pb.VariableSpec(name=p.name, dtype=p.dtype.name, shape=p.shape)
                      for p in self.placement.shard_parts(client.index)]
-            if specs:
-                reply = client.call("DeclareVariables", pb.DeclareVariablesRequest(variables=specs))
+            if specs or tables:
+                reply = client.call("DeclareVariables", pb.DeclareVariablesRequest(
+                    variables=specs, tables=tables))
                 initialized.update(reply.initialized)
         return initialized
+
+    def init_table(self, var):
+        """Tables are declared on every shard with the session and start empty."""
 
     def initialize(self, values, overwrite=False, shards=None):
         """Sends initial values ({Variable: array}) to the shards that own them (only to
@@ -278,7 +286,7 @@ class DistributedStore:
         self.step.run = next(self._runs)
 
     def prefetch(self, variables, fresh=True, reuse=False, consistency=None, lookups=(),
-                 rows=()):
+                 rows=(), train=False):
         """Pulls `variables` (and the global step) for this thread's run, all shards at once.
         `fresh` starts a new run's state; otherwise the values join the current run's. With
         `reuse`, values the previous push's replies carried back are taken instead of pulled
@@ -321,7 +329,10 @@ class DistributedStore:
             else:
                 step.global_step = returned_step
         commit = None
-        looked_up = {p.shard for var in lookups for p in self.placement.parts_of(var)}
+        looked_up = {p.shard for var in lookups if not getattr(var, "is_table", False)
+                     for p in self.placement.parts_of(var)}
+        if any(getattr(var, "is_table", False) for var in lookups):
+            looked_up.update(range(len(self.clients)))  # keys may hash to any shard
         if (consistency or self.consistency).synchronous and \
                 any(s != 0 for s in set(wanted) | looked_up):
             # The other shards may not have applied the last step yet: learn it from shard 0
@@ -335,16 +346,14 @@ class DistributedStore:
                 commit = None
         step.commit = commit  # for the rows that lookups pull during the run
         calls = self._pull_calls(wanted, commit)
-        row_calls, landing = self._row_calls(rows, commit)
+        row_calls, landing = self._row_calls(rows, commit, train)
         replies = self.fanout.call(calls + row_calls)
         for (client, _, _), reply in zip(calls, replies):
             if client.index == 0:
                 step.global_step = self.last_global_step = reply.global_step
             self._take_values(reply.values, pieces, step.versions)
         for places, reply in zip(landing, replies[len(calls):]):
-            for (out, lo, hi, part), item in zip(places, reply.values):
-                out[lo:hi] = item.array
-                step.versions[part.name] = item.version
+            _land(places, reply, step.versions)
         for var in variables:
             if var is self.global_step_var:
                 continue
@@ -410,18 +419,23 @@ class DistributedStore:
             known = self.step.dedups[key] = (ids, _Dedup(ids))
         return known[1]
 
-    def _row_calls(self, lookups, commit):
+    def _row_calls(self, lookups, commit, train=False):
         """PullRows calls, one per shard, for the distinct rows of every (variable, ids) of
-        `lookups`, and where each reply's rows land: [(array, lo, hi, part)] per call. The
-        arrays are kept as this run's rows (see read_rows)."""
+        `lookups` (for a table, its keys: a training run creates their rows), and where each
+        reply's rows land: [(array, lo, hi, part)] per call. The arrays are kept as this
+        run's rows (see read_rows)."""
         step = self.step
         by_shard = {}
+        keyed = {}  # shard -> [(out, positions, table, keys, counts)]
         for var, ids in lookups:
             ids = np.asarray(ids)
-            check_rows(var, ids, var.shape[0])
             key = (var, _array_key(ids))
             if key in step.rows:
                 continue
+            if getattr(var, "is_table", False):
+                self._key_selections(var, ids, keyed)
+                continue
+            check_rows(var, ids, var.shape[0])
             dedup = self.dedup(ids)
             unique = dedup.unique
             out = np.empty((unique.size,) + tuple(var.shape[1:]), dtype=var.dtype)
@@ -432,29 +446,50 @@ class DistributedStore:
                 if hi > lo:
                     by_shard.setdefault(part.shard, []).append((out, lo, hi, part, unique))
         calls, landing = [], []
-        for shard, selected in by_shard.items():
-            request = pb.PullRowsRequest()
+        for shard in sorted(set(by_shard) | set(keyed)):
+            selected = by_shard.get(shard, [])
+            request = pb.PullRowsRequest(global_step=step.global_step)
             for out, lo, hi, part, unique in selected:
                 codec.encode(unique[lo:hi] - part.start,
                              request.selections.add(name=part.name).rows)
+            places = [(out, lo, hi, part) for out, lo, hi, part, _ in selected]
+            for out, positions, table, keys, counts in keyed.get(shard, ()):
+                selection = request.keys.add(name=table.name, train=train)
+                codec.encode(keys, selection.keys)
+                if train:
+                    codec.encode(counts, selection.counts)
+                places.append((out, positions, None, table))
             if commit is not None and shard != 0:
                 request.commit.CopyFrom(commit)
             calls.append((self.clients[shard], "PullRows", request))
-            landing.append([(out, lo, hi, part) for out, lo, hi, part, _ in selected])
+            landing.append(places)
         return calls, landing
 
-    def read_rows(self, var, indices):
-        """Rows `indices` (any integer shape) of `var`: those pulled ahead of the run when
+    def _key_selections(self, table, ids, keyed):
+        """Adds the distinct keys of `ids` to `keyed` by the shard their hash picks; their rows
+        will land in a new array kept as this run's rows of (table, ids)."""
+        dedup = self.dedup(ids)
+        keys = dedup.unique
+        counts = np.diff(np.append(dedup.starts, dedup.order.size)).astype(np.int64)
+        out = np.empty((keys.size, table.embedding_dim), dtype=table.dtype)
+        self.step.rows[(table, _array_key(ids))] = (ids, out)
+        shards = shard_of_keys(keys, len(self.clients))
+        for shard in np.unique(shards).tolist():
+            positions = np.flatnonzero(shards == shard)
+            keyed.setdefault(shard, []).append((out, positions, table, keys[positions],
+                                                counts[positions]))
+
+    def read_rows(self, var, indices, train=False):
+        """Rows `indices` (any integer shape) of `var` (for a table, keys; a training run
+        creates their rows): those pulled ahead of the run when
         its ids were fed, else pulled now from the shards that own them, each distinct row
         once, all shards at once."""
         step = self.step
         pulled = step.rows.get((var, _array_key(indices)))
         if pulled is None:
-            calls, landing = self._row_calls([(var, indices)], step.commit)
+            calls, landing = self._row_calls([(var, indices)], step.commit, train)
             for places, reply in zip(landing, self.fanout.call(calls)):
-                for (out, lo, hi, part), item in zip(places, reply.values):
-                    out[lo:hi] = item.array
-                    step.versions[part.name] = item.version
+                _land(places, reply, step.versions)
             pulled = step.rows[(var, _array_key(indices))]
         rows = pulled[1]
         return rows[self.dedup(indices).inverse].reshape(indices.shape + tuple(var.shape[1:]))
@@ -505,6 +540,17 @@ class DistributedStore:
             return request
 
         for grad, var in grads_and_vars:
+            if getattr(var, "is_table", False):
+                ids = np.asarray(grad.indices)
+                found = self.dedup(ids)
+                values = found.sum_rows(np.asarray(grad.values).reshape(
+                    ids.size, var.embedding_dim))
+                shards = shard_of_keys(found.unique, len(self.clients))
+                for shard in np.unique(shards).tolist():
+                    mine = shards == shard
+                    request_for(shard).add_gradient(var.name, 0, values[mine],
+                                                    found.unique[mine], keyed=True)
+                continue
             for part, values, indices in _split_gradient(grad, var, self.placement,
                                                          self.dedup):
                 request_for(part.shard).add_gradient(
@@ -594,6 +640,28 @@ class DistributedStore:
         self.fanout.close()
         for client in self.clients:
             client.close()
+
+
+def _land(places, reply, versions):
+    """Copies a PullRows reply's rows where `places` says: (array, lo, hi, part) for a part's
+    rows, (array, positions, None, table) for a table's keys."""
+    for (out, lo, hi, part), item in zip(places, reply.values):
+        if hi is None:
+            out[lo] = item.array
+        else:
+            out[lo:hi] = item.array
+            versions[part.name] = item.version
+
+
+def _table_spec(table):
+    spec = table.spec()
+    initializer = dict(spec["initializer"])
+    kind = initializer.pop("kind")
+    return pb.TableSpec(name=spec["name"], dim=spec["dim"], dtype=spec["dtype"],
+                        initializer=kind,
+                        initializer_params={k: float(v) for k, v in initializer.items()},
+                        filter_freq=spec["filter_freq"],
+                        steps_to_live=spec["steps_to_live"] or 0)
 
 
 def _values_of(replies):
