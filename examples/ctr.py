@@ -3,8 +3,11 @@ display-advertising TSV format.
 
 Each line is `label <TAB> I1..I13 <TAB> C1..C26`: a 0/1 click, 13 integer counts and 26
 categorical values (hex strings in the public Criteo logs; any string works); any feature
-may be empty. Categorical values are hashed per field into int64 keys, and a key's row in
-the embedding and wide tables is the key modulo --buckets. The deep part concatenates the 26
+may be empty. Categorical values are hashed per field into int64 keys. With --table dynamic
+(the default) each key has its own row in hash-keyed embedding and wide tables
+(get_embedding_variable), created when the key first shows up; with --table buckets a key's
+row in fixed tables of --buckets rows is the key modulo --buckets, as TF1 forces (unrelated
+values then share rows). The deep part concatenates the 26
 embeddings with log1p of the counts and runs a DNN (--hidden); the wide part adds one learned
 weight per key. Each step reads only the table rows its batch touches.
 
@@ -90,7 +93,7 @@ class Parser:
     """Lines of the click log into (labels, log1p counts, bucket ids)."""
 
     def __init__(self, path, buckets):
-        self.path, self.buckets = path, buckets
+        self.path, self.buckets = path, buckets  # buckets None: the keys themselves
         self._keys = {"": -1}  # value string -> integer key (empty: missing)
 
     def _key(self, text):
@@ -131,7 +134,9 @@ class Parser:
                             for x in row[1 + INTEGERS:]] for row in rows], dtype=np.int64)
         ids = np.empty_like(values)
         for field in range(CATEGORICALS):
-            ids[:, field] = key_hash(values[:, field], field) % self.buckets
+            ids[:, field] = key_hash(values[:, field], field)
+        if self.buckets is not None:
+            ids %= self.buckets
         dense = np.log1p(np.maximum(counts, 0)).astype(np.float32)
         return labels.astype(np.float32), dense, ids
 
@@ -184,12 +189,18 @@ class Prefetcher:
 
 # -- the model --------------------------------------------------------------------------------
 def build(buckets, dim, hidden, optimizer, learning_rate):
+    """The model; `buckets` None makes hash-keyed tables (one row per key)."""
     labels = tf.placeholder(tf.float32, shape=(None,), name="labels")
     dense = tf.placeholder(tf.float32, shape=(None, INTEGERS), name="dense")
     ids = tf.placeholder(tf.int64, shape=(None, CATEGORICALS), name="ids")
-    table = tf.get_variable("embedding", shape=(buckets, dim),
-                            initializer=tf.random_normal_initializer(stddev=0.01, seed=1))
-    wide = tf.get_variable("wide", shape=(buckets, 1), initializer=tf.zeros_initializer())
+    if buckets is None:
+        table = tf.get_embedding_variable(
+            "embedding", dim, initializer=tf.random_normal_initializer(stddev=0.01, seed=1))
+        wide = tf.get_embedding_variable("wide", 1, initializer=tf.zeros_initializer())
+    else:
+        table = tf.get_variable("embedding", shape=(buckets, dim),
+                                initializer=tf.random_normal_initializer(stddev=0.01, seed=1))
+        wide = tf.get_variable("wide", shape=(buckets, 1), initializer=tf.zeros_initializer())
     h = tf.concat([tf.reshape(tf.nn.embedding_lookup(table, ids), (-1, CATEGORICALS * dim)),
                    dense], axis=1)
     width_in = CATEGORICALS * dim + INTEGERS
@@ -232,8 +243,11 @@ def parse_args(argv=None):
     parser.add_argument("--test", help="held-out click log (default: the last tenth of --data)")
     parser.add_argument("--steps", type=int, default=1000, help="global training steps")
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--table", choices=("dynamic", "buckets"), default="dynamic",
+                        help="hash-keyed tables with a row per key (default), or fixed tables "
+                        "of --buckets rows")
     parser.add_argument("--buckets", type=int, default=1 << 20,
-                        help="rows of the embedding and wide tables")
+                        help="rows of the embedding and wide tables with --table buckets")
     parser.add_argument("--dim", type=int, default=16, help="embedding width")
     parser.add_argument("--hidden", default="256,128", help="DNN layer widths")
     parser.add_argument("--optimizer", choices=sorted(LEARNING_RATES), default="adagrad")
@@ -268,8 +282,9 @@ def main(argv=None):
     task = tf.train.task_config_from_env()
     workers, index = (task.num_workers, task.worker_index) if task else (1, 0)
     spans, test_span = byte_ranges(args.data, args.test, workers)
-    model = build(args.buckets, args.dim, args.hidden, args.optimizer, args.learning_rate)
-    training = Prefetcher(batches(spans[index], Parser(args.data, args.buckets),
+    buckets = args.buckets if args.table == "buckets" else None
+    model = build(buckets, args.dim, args.hidden, args.optimizer, args.learning_rate)
+    training = Prefetcher(batches(spans[index], Parser(args.data, buckets),
                                   args.batch_size, repeat=True))
     hooks = [tf.train.StopAtStepHook(last_step=args.steps)]
     start = end = None
@@ -288,7 +303,7 @@ def main(argv=None):
                 print(f"throughput: {steps * args.batch_size / seconds:.1f} examples/s "
                       f"({steps} global steps in {seconds:.2f} s)", flush=True)
             rows = 0
-            test_parser = Parser(test_span[0], args.buckets)
+            test_parser = Parser(test_span[0], buckets)
             for batch in batches(test_span, test_parser, args.eval_batch_size, repeat=False):
                 sess.run(model["evaluate"], feed(model, batch))
                 rows += len(batch[0])

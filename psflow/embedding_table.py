@@ -11,6 +11,7 @@ admitted); values and optimizer slots live in contiguous growable arrays. Arrays
 doubling with np.empty, so memory not yet used is never touched and costs no resident memory.
 """
 
+import collections
 import zlib
 
 import numpy as np
@@ -39,6 +40,46 @@ def shard_of_keys(keys, num_shards):
         return np.zeros(np.shape(keys), dtype=np.intp)
     hashed = mix64(np.asarray(keys, dtype=np.int64).view(np.uint64) ^ _GOLDEN)
     return (hashed % np.uint64(num_shards)).astype(np.intp)
+
+
+def array_key(array):
+    """What tells one array's contents from another's while both are alive: a contiguous
+    array and its reshapes share a key."""
+    address = array.__array_interface__["data"][0]
+    if array.flags.c_contiguous:
+        return (address, array.size, array.dtype.str)
+    return (address, array.shape, array.strides, array.dtype.str)
+
+
+class Dedup:
+    """The distinct ids of a lookup: `unique` (sorted), `inverse` (the position in `unique`
+    of each id) and, to sum a gradient's rows by id, the ids' sort order and where each
+    distinct id's run starts in it."""
+
+    __slots__ = ("unique", "inverse", "order", "starts")
+
+    def __init__(self, ids):
+        flat = ids.reshape(-1).astype(np.int64, copy=False)
+        order = np.argsort(flat)
+        ordered = flat[order]
+        first = np.empty(flat.size, dtype=bool)
+        first[:1] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+        self.unique = ordered[first]
+        self.starts = np.flatnonzero(first)
+        self.inverse = np.empty(flat.size, dtype=np.intp)
+        self.inverse[order] = np.cumsum(first) - 1
+        self.order = order
+
+    def counts(self):
+        """How often each distinct id occurs."""
+        return np.diff(np.append(self.starts, self.order.size)).astype(np.int64)
+
+    def sum_rows(self, values):
+        """The rows of `values` (one per id) summed per distinct id, in `unique`'s order."""
+        if self.unique.size == self.order.size:
+            return values[self.order]
+        return np.add.reduceat(values[self.order], self.starts, axis=0)
 
 
 class KeyIndex:
@@ -278,6 +319,9 @@ class EmbeddingTable:
         self.last_step = Growable((), np.int32)  # row -> global step of its last update
         self.slots = {}  # rule name -> {slot name: Growable of rows, or a scalar array}
         self._slot_rows = {}  # (rule name, slot name) -> a new row's slot value
+        # The entries of the last few lookups' keys: a step's gradient for the same keys
+        # (the usual case) finds them without probing the index again.
+        self._recent = collections.OrderedDict()
         self.stats = {"created": 0, "filtered": 0, "evicted": 0, "dropped_gradients": 0}
 
     def __len__(self):
@@ -306,17 +350,35 @@ class EmbeddingTable:
         keys = self.check_keys(keys, "lookup in")
         inverse = None
         if keys.size > 1 and not (keys[1:] > keys[:-1]).all():  # not sorted and distinct
-            keys, inverse, repeats = np.unique(keys, return_inverse=True, return_counts=True)
-            counts = repeats if counts is None else np.bincount(
-                inverse.reshape(-1), weights=np.asarray(counts).reshape(-1)).astype(np.int64)
+            found = Dedup(keys)
+            keys, inverse = found.unique, found.inverse
+            counts = found.counts() if counts is None else found.sum_rows(
+                np.asarray(counts, dtype=np.int64).reshape(-1))
         rows = self._lookup(keys, counts, train, global_step)
-        return rows if inverse is None else rows[inverse.reshape(-1)]
+        return rows if inverse is None else rows[inverse]
+
+    RECENT = 8
+
+    def _remember(self, keys, entries):
+        recent = self._recent
+        recent[hash(keys.tobytes())] = (keys, entries)
+        while len(recent) > self.RECENT:
+            recent.popitem(last=False)
+
+    def _entries(self, keys):
+        """The entries of keys present (-1 for the others), from a recent lookup of the same
+        keys when there is one."""
+        known = self._recent.get(hash(keys.tobytes()))
+        if known is not None and np.array_equal(known[0], keys):
+            return known[1]
+        return self.index.find(keys)
 
     def _lookup(self, keys, counts, train, global_step):
         if not train:
             entries = self.index.find(keys)
             return self._rows_of_entries(entries)
         entries, new = self.index.insert(keys)
+        self._remember(keys, entries)
         fresh = int(new.sum())
         if fresh:
             self.freq.append(np.zeros(fresh, dtype=np.int32))
@@ -367,7 +429,7 @@ class EmbeddingTable:
         if grads.shape != (keys.size, self.dim):
             raise InvalidArgumentError(f"gradient for table {self.name!r} has shape "
                                        f"{grads.shape}, expected ({keys.size}, {self.dim})")
-        entries = self.index.find(keys)
+        entries = self._entries(keys)
         rows = np.full(keys.size, -1, dtype=np.int64)
         known = entries >= 0
         rows[known] = self.row_of.view()[entries[known]]
@@ -376,6 +438,8 @@ class EmbeddingTable:
         if not has.any():
             return
         rows, grads = rows[has], grads[has]
+        order = np.argsort(rows, kind="stable")  # sorted, distinct rows: no dedup in the rule
+        rows, grads = rows[order], grads[order]
         slots = self._slots_for(rule)
         value = self.values.array[:self.values.size]
         views = {name: (s.array[:s.size] if isinstance(s, Growable) else s)
@@ -416,6 +480,7 @@ class EmbeddingTable:
 
     def remove_rows(self, rows):
         """Removes rows (and their keys' entries); the others keep their values and slots."""
+        self._recent.clear()  # entries are renumbered
         keep_rows = np.ones(self.values.size, dtype=bool)
         keep_rows[rows] = False
         gone_keys = self.row_keys.view()[~keep_rows]

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import checkpoint
 from .array_ops import Gather, RowSource
-from .embedding_table import EmbeddingTable
+from .embedding_table import Dedup, EmbeddingTable, array_key
 from .errors import FailedPreconditionError, InvalidArgumentError, PsflowError
 from .graph import (Node, Placeholder, format_shape, get_default_graph, shape_compatible,
                     topological_order)
@@ -31,6 +31,22 @@ class LocalVariableStore:
         self.tables = {}  # embedding variable -> EmbeddingTable
         self.step = 0  # the global step of the last update (for the tables' eviction)
         self._lock = threading.Lock()
+        self._dedups = threading.local()  # this thread's run: ids array key -> (ids, Dedup)
+
+    def start_run(self):
+        """A run begins: forget the last run's deduplicated ids."""
+        self._dedups.known = {}
+
+    def dedup(self, ids):
+        """The Dedup of a lookup's ids, computed once per run for its lookups and gradients."""
+        known = getattr(self._dedups, "known", None)
+        if known is None:
+            known = self._dedups.known = {}
+        key = array_key(ids)
+        found = known.get(key)
+        if found is None:
+            found = known[key] = (ids, Dedup(ids))
+        return found[1]
 
     def read(self, var):
         try:
@@ -63,9 +79,11 @@ class LocalVariableStore:
         """Rows `indices` (any integer shape) of `var`: what a lookup reads. For an
         embedding table, `indices` are keys, and a training run creates their rows."""
         if getattr(var, "is_table", False):
+            found = self.dedup(np.asarray(indices))
             with self._lock:
-                rows = self._table(var).lookup(indices, train=train, global_step=self.step)
-            return rows.reshape(np.shape(indices) + (var.embedding_dim,))
+                rows = self._table(var).lookup(found.unique, found.counts(), train=train,
+                                               global_step=self.step)
+            return rows[found.inverse].reshape(np.shape(indices) + (var.embedding_dim,))
         value = self.read(var)
         check_rows(var, indices, value.shape[0])
         return np.take(value, indices, axis=0)
@@ -102,10 +120,9 @@ class LocalVariableStore:
     def _apply_to_table(self, rule, grad, var):
         keys = np.asarray(grad.indices, dtype=np.int64).reshape(-1)
         values = np.asarray(grad.values).reshape(keys.size, var.embedding_dim)
-        distinct, inverse = np.unique(keys, return_inverse=True)
-        summed = np.zeros((distinct.size, var.embedding_dim), dtype=values.dtype)
-        np.add.at(summed, inverse.reshape(-1), values)
-        self._table(var).apply(rule, distinct, summed, global_step=self.step)
+        found = self.dedup(np.asarray(grad.indices))
+        self._table(var).apply(rule, found.unique, found.sum_rows(values),
+                               global_step=self.step)
 
     # -- checkpoints: the same interface as the distributed store's ------------------------
     def save(self, checkpoint_dir, variables, global_step, max_to_keep):
@@ -199,6 +216,9 @@ class Session:
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._make_plan(flat, feeds)
+        start_run = getattr(self.store, "start_run", None)
+        if start_run is not None:
+            start_run()
         values = self._execute(plan, feeds)
         results = [_fetched(node, values[node]) for node in flat]
         return _rebuild(structure, iter(results))

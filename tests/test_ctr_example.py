@@ -114,6 +114,6 @@ def test_a_test_file_replaces_the_held_out_tail(clicks, tmp_path):
     assert made.returncode == 0, made.stderr
     result = run(EXAMPLES / "ctr.py", "--data", path, "--test", test, "--steps", 20,
                  "--batch-size", 128, "--buckets", 4096, "--hidden", "8",
-                 "--optimizer", "ftrl")
+                 "--optimizer", "ftrl", "--table", "buckets")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "(700 held-out rows)" in result.stdout

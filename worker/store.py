@@ -19,7 +19,7 @@ import numpy as np
 from psflow import checkpoint
 from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
                            PsflowError, UnavailableError)
-from psflow.embedding_table import shard_of_keys
+from psflow.embedding_table import Dedup, array_key, shard_of_keys
 from psflow.gradients import IndexedSlices
 from psflow.session import check_rows
 from psflow.proto import codec, wire
@@ -74,45 +74,8 @@ class _StepState(threading.local):
         self.run = 0  # this run's number (0: unnumbered), and its pushes so far
         self.pushes = 0
         self.commit = None  # sync: the last step decided, for the other shards
-        self.dedups = {}  # this run's lookups' ids: array key -> (array, _Dedup)
+        self.dedups = {}  # this run's lookups' ids: array key -> (array, Dedup)
         self.rows = {}  # (variable, ids key) -> distinct rows pulled ahead of the run
-
-
-def _array_key(array):
-    """What tells one array's contents from another's within a run (the arrays are kept
-    alive meanwhile, so no other array can take their memory). A contiguous array and its
-    reshapes (a lookup's ids and its gradient's flat ids) share a key."""
-    address = array.__array_interface__["data"][0]
-    if array.flags.c_contiguous:
-        return (address, array.size, array.dtype.str)
-    return (address, array.shape, array.strides, array.dtype.str)
-
-
-class _Dedup:
-    """The distinct ids of a lookup: `unique` (sorted), `inverse` (the position in `unique`
-    of each id) and, to sum a gradient's rows by id, the ids' sort order and where each
-    distinct id's run starts in it."""
-
-    __slots__ = ("unique", "inverse", "order", "starts")
-
-    def __init__(self, ids):
-        flat = ids.reshape(-1).astype(np.int64, copy=False)
-        order = np.argsort(flat, kind="stable")
-        ordered = flat[order]
-        first = np.empty(flat.size, dtype=bool)
-        first[:1] = True
-        np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
-        self.unique = ordered[first]
-        self.starts = np.flatnonzero(first)
-        self.inverse = np.empty(flat.size, dtype=np.intp)
-        self.inverse[order] = np.cumsum(first) - 1
-        self.order = order
-
-    def sum_rows(self, values):
-        """The rows of `values` (one per id) summed per distinct id, in `unique`'s order."""
-        if self.unique.size == self.order.size:
-            return values[self.order]
-        return np.add.reduceat(values[self.order], self.starts, axis=0)
 
 
 class DistributedStore:
@@ -412,11 +375,11 @@ class DistributedStore:
         return lost
 
     def dedup(self, ids):
-        """The _Dedup of `ids`, computed once per run whoever asks (lookups and gradients)."""
-        key = _array_key(ids)
+        """The Dedup of `ids`, computed once per run whoever asks (lookups and gradients)."""
+        key = array_key(ids)
         known = self.step.dedups.get(key)
         if known is None:
-            known = self.step.dedups[key] = (ids, _Dedup(ids))
+            known = self.step.dedups[key] = (ids, Dedup(ids))
         return known[1]
 
     def _row_calls(self, lookups, commit, train=False):
@@ -429,7 +392,7 @@ class DistributedStore:
         keyed = {}  # shard -> [(out, positions, table, keys, counts)]
         for var, ids in lookups:
             ids = np.asarray(ids)
-            key = (var, _array_key(ids))
+            key = (var, array_key(ids))
             if key in step.rows:
                 continue
             if getattr(var, "is_table", False):
@@ -470,9 +433,9 @@ class DistributedStore:
         will land in a new array kept as this run's rows of (table, ids)."""
         dedup = self.dedup(ids)
         keys = dedup.unique
-        counts = np.diff(np.append(dedup.starts, dedup.order.size)).astype(np.int64)
+        counts = dedup.counts()
         out = np.empty((keys.size, table.embedding_dim), dtype=table.dtype)
-        self.step.rows[(table, _array_key(ids))] = (ids, out)
+        self.step.rows[(table, array_key(ids))] = (ids, out)
         shards = shard_of_keys(keys, len(self.clients))
         for shard in np.unique(shards).tolist():
             positions = np.flatnonzero(shards == shard)
@@ -485,12 +448,12 @@ class DistributedStore:
         its ids were fed, else pulled now from the shards that own them, each distinct row
         once, all shards at once."""
         step = self.step
-        pulled = step.rows.get((var, _array_key(indices)))
+        pulled = step.rows.get((var, array_key(indices)))
         if pulled is None:
             calls, landing = self._row_calls([(var, indices)], step.commit, train)
             for places, reply in zip(landing, self.fanout.call(calls)):
                 _land(places, reply, step.versions)
-            pulled = step.rows[(var, _array_key(indices))]
+            pulled = step.rows[(var, array_key(indices))]
         rows = pulled[1]
         return rows[self.dedup(indices).inverse].reshape(indices.shape + tuple(var.shape[1:]))
 
@@ -672,7 +635,7 @@ def _values_of(replies):
 def _split_gradient(grad, var, placement, dedup):
     """Yields (part, values, indices or None) for each part of `var` the gradient touches.
     A sparse gradient travels as one row per distinct id, its rows summed (`dedup(ids)`
-    gives the ids' _Dedup)."""
+    gives the ids' Dedup)."""
     parts = placement.parts_of(var)
     if isinstance(grad, IndexedSlices):
         ids = np.asarray(grad.indices)
