@@ -77,18 +77,28 @@ class NamedTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class InitializeVariablesRequest(_message.Message):
-    __slots__ = ("values", "overwrite", "slots", "set_global_step", "global_step")
+    __slots__ = ("values", "overwrite", "slots", "set_global_step", "global_step", "table_rows")
     VALUES_FIELD_NUMBER: _ClassVar[int]
     OVERWRITE_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     SET_GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    TABLE_ROWS_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     overwrite: bool
     slots: _containers.RepeatedCompositeFieldContainer[SlotValue]
     set_global_step: bool
     global_step: int
-    def __init__(self, values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., overwrite: _Optional[bool] = ..., slots: _Optional[_Iterable[_Union[SlotValue, _Mapping]]] = ..., set_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ...) -> None: ...
+    table_rows: _containers.RepeatedCompositeFieldContainer[TableRows]
+    def __init__(self, values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., overwrite: _Optional[bool] = ..., slots: _Optional[_Iterable[_Union[SlotValue, _Mapping]]] = ..., set_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., table_rows: _Optional[_Iterable[_Union[TableRows, _Mapping]]] = ...) -> None: ...
+
+class TableRows(_message.Message):
+    __slots__ = ("name", "fields")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    fields: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    def __init__(self, name: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...
 
 class SlotValue(_message.Message):
     __slots__ = ("variable", "rule", "slot", "tensor")

@@ -154,6 +154,10 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         if slots or request.set_global_step:
             self.store.restore_slots(slots, request.global_step if request.set_global_step
                                      else None)
+        for rows in request.table_rows:
+            self.store.load_table(rows.name, {
+                f.name: codec.decode(f.tensor, f"{f.name} of table {rows.name!r}")
+                for f in rows.fields})
         assigned = self.store.initialize(values, overwrite=request.overwrite)
         return pb.InitializeVariablesResponse(assigned=assigned)
 

@@ -25,6 +25,7 @@ Restoring a checkpoint forgets the ids, since the state they changed is gone.
 import collections
 import errno
 import inspect
+import logging
 import math
 import os
 import threading
@@ -43,6 +44,8 @@ from psflow.train.update_rules import RULES, UpdateRule, checked_slots
 
 from .membership import Membership
 from .sync import STEP_TIMEOUT_S, SyncState
+
+log = logging.getLogger(__name__)
 
 STALENESS_BUCKETS = 32
 # Distinct rule specs kept; a decaying learning rate makes a new spec every step.
@@ -370,6 +373,26 @@ class ShardStore:
                         slots[(name, rule, slot)] = np.array(array, copy=True)
         return values, slots, (self.global_step if self.holds_global_step else None)
 
+    def load_table(self, name, fields):
+        """Adds a checkpoint's rows (fields as EmbeddingTable.state gives them) to a table."""
+        held = self._get_table(name)
+        with held.lock:
+            held.table.load(fields)
+            held.version += 1
+
+    def table_snapshot(self):
+        """{table name: state} copied under each table's lock, after evicting its stale rows
+        (stale rows go at checkpoint time); also returns the longest a table was held."""
+        tables, pause = {}, 0.0
+        for name, held in list(self._tables.items()):
+            with held.lock:
+                started = time.monotonic()
+                held.table.evict(self.table_step)
+                tables[name] = {field: np.array(array, copy=True)
+                                for field, array in held.table.state().items()}
+                pause = max(pause, time.monotonic() - started)
+        return tables, pause
+
     def save(self, path):
         """Writes the snapshot to the shard file `path` (see psflow.checkpoint), which must
         lie below the checkpoint root; returns (sha256, global step or None, bytes, variable
@@ -387,8 +410,12 @@ class ShardStore:
         if not os.path.isdir(os.path.dirname(real)):
             raise InvalidArgumentError(f"checkpoint file {path!r}: no such directory")
         values, slots, step = self.snapshot()
+        tables, pause = self.table_snapshot()
+        if tables:
+            log.info("shard %d: tables %s copied for the checkpoint; each held for at most "
+                     "%.3f s", self.shard, ", ".join(sorted(tables)), pause)
         try:
-            digest = checkpoint.write_shard(real, values, slots, step)
+            digest = checkpoint.write_shard(real, values, slots, step, tables)
         except OSError as exc:
             raise _file_error(exc, real) from exc
         return digest, step, os.path.getsize(real), sorted(values)

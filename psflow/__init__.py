@@ -6,7 +6,7 @@
 
 from . import errors, metrics, nn, train
 from .array_ops import concat, gather, one_hot, ones, reshape, transpose, zeros
-from .checkpoint import load_model
+from .checkpoint import load_model, lookup
 from .embedding_variable import (CounterFilter, EmbeddingVariableOption, GlobalStepEvict,
                                  InitializerOption, get_embedding_variable)
 from .gradients import IndexedSlices, gradients

@@ -28,7 +28,7 @@ import zipfile
 
 import numpy as np
 
-from .errors import DataLossError, NotFoundError
+from .errors import DataLossError, InvalidArgumentError, NotFoundError
 from .fileio import atomic_write, fsync_dir
 
 FORMAT = "psflow-checkpoint-1"
@@ -86,10 +86,17 @@ def read_arrays(path, sha256=None):
         raise DataLossError(f"checkpoint file {path} cannot be read: {exc}") from None
 
 
-def write_shard(path, values, slots, global_step):
+def write_shard(path, values, slots, global_step, tables=None):
     """A shard file: `values` {part name: array}, `slots` {(part name, rule, slot): array},
-    `global_step` (None on shards that do not hold it). Returns its SHA-256."""
+    `global_step` (None on shards that do not hold it), `tables` {table name: {field:
+    array}} (the shard's rows of each embedding table, see EmbeddingTable.state). Returns
+    its SHA-256."""
     arrays, entries = {}, []
+    for name, fields in (tables or {}).items():
+        for field, array in fields.items():
+            key = f"a{len(arrays)}"
+            arrays[key] = array
+            entries.append({"key": key, "table": name, "field": field})
     for name, array in values.items():
         key = f"a{len(arrays)}"
         arrays[key] = array
@@ -110,6 +117,8 @@ def read_shard(path, sha256=None):
         values, slots = {}, {}
         for entry in manifest["entries"]:
             array = arrays[entry["key"]]
+            if "table" in entry:
+                continue  # see read_shard_tables
             if "rule" in entry:
                 slots[(entry["name"], entry["rule"], entry["slot"])] = array
             else:
@@ -119,11 +128,75 @@ def read_shard(path, sha256=None):
         raise DataLossError(f"checkpoint file {path} has a malformed manifest: {exc!r}") from None
 
 
+def read_shard_tables(path, sha256=None):
+    """{table name: {field: array}} of a shard file (see write_shard)."""
+    arrays = read_arrays(path, sha256)
+    try:
+        manifest = json.loads(arrays.pop("manifest").tobytes().decode())
+        tables = {}
+        for entry in manifest["entries"]:
+            if "table" in entry:
+                tables.setdefault(entry["table"], {})[entry["field"]] = arrays[entry["key"]]
+        return tables
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataLossError(f"checkpoint file {path} has a malformed manifest: {exc!r}") from None
+
+
 # -- whole checkpoints ------------------------------------------------------------------------
 def variable_specs(variables):
-    """{name: {"shape", "dtype"}} of graph Variables, as an index records them."""
-    return {v.name: {"shape": [int(d) for d in v.shape], "dtype": np.dtype(v.dtype).name}
-            for v in variables}
+    """{name: {"shape", "dtype"}} of graph Variables, as an index records them; an
+    embedding table is {"table": {"dim"}, "dtype"} (its rows are in the shard files)."""
+    specs = {}
+    for v in variables:
+        if getattr(v, "is_table", False):
+            specs[v.name] = {"table": {"dim": int(v.embedding_dim)},
+                             "dtype": np.dtype(v.dtype).name}
+        else:
+            specs[v.name] = {"shape": [int(d) for d in v.shape],
+                             "dtype": np.dtype(v.dtype).name}
+    return specs
+
+
+def read_tables(checkpoint):
+    """{table name: {field: array}} of a checkpoint: every shard's rows of each table the
+    index names, concatenated (a per-table scalar slot, as Adam's step count, is the
+    largest of the shards')."""
+    index = read_index(checkpoint)
+    try:
+        names = {name: spec for name, spec in index["variables"].items() if "table" in spec}
+        if not names:
+            return {}
+        gathered = {name: {} for name in names}
+        for shard in index["shards"]:
+            if not isinstance(shard["file"], str) or not _SHARD_FILE.match(shard["file"]):
+                raise DataLossError(f"checkpoint {checkpoint}: shard file {shard['file']!r} is "
+                                    "not a file name inside the checkpoint")
+            tables = read_shard_tables(os.path.join(checkpoint, shard["file"]),
+                                       shard["sha256"])
+            for name, fields in tables.items():
+                if name in gathered:
+                    for field, array in fields.items():
+                        gathered[name].setdefault(field, []).append(array)
+        out = {}
+        for name, fields in gathered.items():
+            merged = {}
+            for field, arrays in fields.items():
+                if arrays[0].ndim == 0:
+                    merged[field] = max(arrays, key=lambda a: a.item())
+                else:
+                    merged[field] = np.concatenate(arrays)
+            values = merged.get("values")
+            dim = names[name]["table"]["dim"]
+            if values is None:
+                merged = {"keys": np.zeros(0, np.int64),
+                          "values": np.zeros((0, dim), names[name]["dtype"])}
+            elif values.ndim != 2 or values.shape[1] != dim:
+                raise DataLossError(f"checkpoint {checkpoint}: table {name!r} has rows of "
+                                    f"shape {values.shape[1:]}, the index says dim {dim}")
+            out[name] = merged
+        return out
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataLossError(f"checkpoint {checkpoint} has a malformed index: {exc!r}") from None
 
 
 def write_checkpoint(checkpoint_dir, write, max_to_keep):
@@ -244,6 +317,8 @@ def read_checkpoint(checkpoint):
                     slot_pieces.setdefault((variable, rule, slot), []).append((start, array))
         variables = {}
         for name, spec in index["variables"].items():
+            if "table" in spec:
+                continue  # see read_tables
             parts = sorted(pieces.get(name, []), key=lambda p: p[0])
             if not parts:
                 raise DataLossError(f"checkpoint {checkpoint} has no value for {name!r}")
@@ -269,9 +344,47 @@ def read_checkpoint(checkpoint):
         raise DataLossError(f"checkpoint {checkpoint} has a malformed index: {exc!r}") from None
 
 
+def model_arrays(checkpoint):
+    """{name: array} of a checkpoint as a model file holds it: each variable's value, and each
+    embedding table as NAME/keys and NAME/values."""
+    arrays = dict(read_checkpoint(checkpoint)[1])
+    for name, fields in read_tables(checkpoint).items():
+        order = np.argsort(fields["keys"], kind="stable")  # the same for any shard count
+        arrays[f"{name}/keys"] = fields["keys"][order]
+        arrays[f"{name}/values"] = fields["values"][order]
+    return arrays
+
+
 def export_model(path, variables):
-    """The final model as one .npz (one array per variable, keyed by its name)."""
+    """The final model as one .npz (one array per variable, keyed by its name; a table as
+    NAME/keys and NAME/values)."""
     return write_arrays(path, variables)
+
+
+def lookup(model, name, keys):
+    """Rows of embedding table `name` for `keys` (any int shape) from a model (load_model's
+    dict, or a path load_model reads), for serving: zeros for keys the table has no row for.
+    Result shape: keys.shape + (dim,)."""
+    if not isinstance(model, dict):
+        model = load_model(model)
+    table_keys, values = model.get(f"{name}/keys"), model.get(f"{name}/values")
+    if table_keys is None or values is None:
+        tables = sorted(k[:-len("/keys")] for k in model if k.endswith("/keys"))
+        raise NotFoundError(f"the model has no embedding table {name!r}; its tables: "
+                            f"{', '.join(tables) or 'none'}")
+    keys = np.asarray(keys)
+    if keys.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"lookup in table {name!r}: keys must be integers, got "
+                                   f"{keys.dtype.name}")
+    flat = keys.astype(np.int64).reshape(-1)
+    order = np.argsort(table_keys, kind="stable")
+    ordered = table_keys[order]
+    at = np.minimum(np.searchsorted(ordered, flat), max(ordered.size - 1, 0))
+    found = (ordered.size > 0) & (ordered[at] == flat) if ordered.size else \
+        np.zeros(flat.size, dtype=bool)
+    out = np.zeros((flat.size, values.shape[1]), dtype=values.dtype)
+    out[found] = values[order[at[found]]]
+    return out.reshape(keys.shape + (values.shape[1],))
 
 
 def load_model(path):
@@ -283,7 +396,7 @@ def load_model(path):
         checkpoint = latest(path) if os.path.exists(os.path.join(path, POINTER)) else path
         if checkpoint is None or not os.path.exists(os.path.join(checkpoint, INDEX)):
             raise NotFoundError(f"no checkpoint in {path}")
-        return read_checkpoint(checkpoint)[1]
+        return model_arrays(checkpoint)
     arrays = read_arrays(path)
     arrays.pop("manifest", None)
     return arrays

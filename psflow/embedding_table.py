@@ -322,6 +322,7 @@ class EmbeddingTable:
         # The entries of the last few lookups' keys: a step's gradient for the same keys
         # (the usual case) finds them without probing the index again.
         self._recent = collections.OrderedDict()
+        self._pending = {}  # rule name -> [(slot name, rows, array)] loaded before use
         self.stats = {"created": 0, "filtered": 0, "evicted": 0, "dropped_gradients": 0}
 
     def __len__(self):
@@ -463,6 +464,8 @@ class EmbeddingTable:
                 else:  # a per-table scalar (Adam's step count)
                     slots[name] = array.copy()
             self.slots[rule.name] = slots
+            for slot_name, rows, array in self._pending.pop(rule.name, []):
+                self._set_slot(slots, slot_name, rows, array)
         return slots
 
     # -- eviction -----------------------------------------------------------------------------
@@ -485,6 +488,12 @@ class EmbeddingTable:
         keep_rows[rows] = False
         gone_keys = self.row_keys.view()[~keep_rows]
         positions = np.flatnonzero(keep_rows)
+        renumbered = np.cumsum(keep_rows) - 1
+        for rule_name, pending in self._pending.items():
+            self._pending[rule_name] = [
+                (slot_name, renumbered[rows[keep_rows[rows]]],
+                 array[keep_rows[rows]] if array.ndim else array)
+                for slot_name, rows, array in pending]
         for grown in (self.values, self.row_keys, self.last_step):
             grown.keep(positions)
         for rule_slots in self.slots.values():
@@ -521,50 +530,81 @@ class EmbeddingTable:
         return out
 
     def load(self, state, rules=None):
-        """Adds the rows of a checkpoint's `state` (as from state(), possibly a selection of
-        another shard's rows); `rules` {name: UpdateRule} to rebuild slots."""
-        keys = np.asarray(state["keys"], dtype=np.int64)
+        """Sets the rows of a checkpoint's `state` (as from state(), possibly a selection of
+        another shard's rows): a key that has a row already takes the checkpoint's (so loading
+        again is harmless). `rules` {name: UpdateRule} makes the slots now; otherwise they
+        are set when their rule first applies. Everything is checked before anything
+        changes."""
+        keys = np.asarray(state["keys"], dtype=np.int64).reshape(-1)
         values = np.asarray(state["values"])
         if values.ndim != 2 or values.shape[1] != self.dim:
             raise InvalidArgumentError(f"table {self.name!r} has dimension {self.dim}, but "
                                        f"the checkpoint's rows have shape {values.shape}")
-        if keys.shape != (values.shape[0],):
+        if values.shape[0] != keys.size or np.unique(keys).size != keys.size:
             raise InvalidArgumentError(f"table {self.name!r}: the checkpoint has "
-                                       f"{keys.size} keys for {values.shape[0]} rows")
-        entry_keys = np.asarray(state.get("entry_keys", keys), dtype=np.int64)
-        entry_freq = np.asarray(state.get("entry_freq", np.zeros(entry_keys.size)),
-                                dtype=np.int64)
-        entries, new = self.index.insert(entry_keys)
-        if new.any():
-            self.freq.append(np.zeros(int(new.sum()), dtype=np.int32))
-            self.row_of.append(np.full(int(new.sum()), -1, dtype=np.int32))
-        self.freq.view()[entries] = np.minimum(entry_freq, np.iinfo(np.int32).max)
-        row_entries, new = self.index.insert(keys)
-        if new.any():
-            self.freq.append(np.zeros(int(new.sum()), dtype=np.int32))
-            self.row_of.append(np.full(int(new.sum()), -1, dtype=np.int32))
-        has_row = self.row_of.view()[row_entries] >= 0
-        if has_row.any():
-            raise InvalidArgumentError(f"table {self.name!r}: the checkpoint gives key "
-                                       f"{keys[has_row][0]} a row twice")
-        start = self.values.size
-        self.values.append(values)
-        self.row_keys.append(keys)
-        self.last_step.append(np.asarray(state.get("last_step", np.zeros(keys.size)),
-                                         dtype=np.int64))
-        self.row_of.view()[row_entries] = np.arange(start, start + keys.size)
+                                       f"{keys.size} keys (each once) for {values.shape[0]} "
+                                       "rows")
+        last_step = np.asarray(state.get("last_step", np.zeros(keys.size)), dtype=np.int64)
+        entry_keys = np.asarray(state.get("entry_keys", keys), dtype=np.int64).reshape(-1)
+        entry_freq = state.get("entry_freq")
+        if last_step.shape != keys.shape or (entry_freq is not None and
+                                             np.shape(entry_freq) != entry_keys.shape):
+            raise InvalidArgumentError(f"table {self.name!r}: the checkpoint's steps or "
+                                       "counts do not match its keys")
+        slot_arrays = []
         for key, array in state.items():
             if not key.startswith("slot/"):
                 continue
-            _, rule_name, slot_name = key.split("/", 2)
-            if rules is None or rule_name not in rules:
+            parts = key.split("/")
+            if len(parts) != 3:
+                raise InvalidArgumentError(f"table {self.name!r}: unknown field {key!r}")
+            array = np.asarray(array)
+            if array.ndim and array.shape != (keys.size, self.dim):
+                raise InvalidArgumentError(f"table {self.name!r}: slot {parts[1]}/{parts[2]} "
+                                           f"has shape {array.shape}, expected "
+                                           f"({keys.size}, {self.dim})")
+            slot_arrays.append((parts[1], parts[2], array))
+        # entries: every key seen, with its count when the checkpoint has them
+        entries, new = self.index.insert(np.concatenate([entry_keys, keys]))
+        if new.any():
+            self.freq.append(np.zeros(int(new.sum()), dtype=np.int32))
+            self.row_of.append(np.full(int(new.sum()), -1, dtype=np.int32))
+        if entry_freq is not None:
+            self.freq.view()[entries[:entry_keys.size]] = np.minimum(
+                np.asarray(entry_freq, dtype=np.int64), np.iinfo(np.int32).max)
+        row_entries = entries[entry_keys.size:]
+        rows = self.row_of.view()[row_entries].astype(np.int64)
+        fresh = rows < 0
+        start = self.values.size
+        rows[fresh] = np.arange(start, start + int(fresh.sum()))
+        self.values.append(values[fresh])
+        self.row_keys.append(keys[fresh])
+        self.last_step.append(last_step[fresh])
+        self.values.array[rows[~fresh]] = values[~fresh]
+        self.last_step.array[rows[~fresh]] = last_step[~fresh]
+        self.row_of.view()[row_entries] = rows
+        for rule_slots in self.slots.values():  # slots of rules the checkpoint lacks
+            for name, slot in rule_slots.items():
+                if isinstance(slot, Growable) and slot.size < self.values.size:
+                    rule = next(r for r, s in self.slots.items() if s is rule_slots)
+                    slot.append(np.broadcast_to(self._slot_rows[(rule, name)],
+                                                (self.values.size - slot.size, self.dim)))
+        for rule_name, slot_name, array in slot_arrays:
+            if rules is not None and rule_name in rules:
+                self._slots_for(rules[rule_name])
+            slots = self.slots.get(rule_name)
+            if slots is None:  # the rule is not known yet: set when it first applies
+                self._pending.setdefault(rule_name, []).append((slot_name, rows, array))
                 continue
-            slots = self._slots_for(rules[rule_name])
-            slot = slots.get(slot_name)
-            if isinstance(slot, Growable):
-                slot.array[start:start + keys.size] = array
-            elif slot is not None:
-                slots[slot_name] = np.array(array, dtype=slot.dtype)
+            self._set_slot(slots, slot_name, rows, array)
+
+    @staticmethod
+    def _set_slot(slots, slot_name, rows, array):
+        slot = slots.get(slot_name)
+        if isinstance(slot, Growable):
+            slot.array[rows] = array
+        elif slot is not None:
+            slots[slot_name] = np.array(array, dtype=slot.dtype)
 
     def nbytes(self):
         """Bytes held: the index, the entries, the rows and their slots."""

@@ -140,18 +140,27 @@ class LocalVariableStore:
                     for slot, array in rule_slots.items():
                         slots[(var.name, rule, slot)] = array
             step = int(self.values[global_step]) if global_step in self.values else 0
+            tables = {}
+            for var in variables:
+                if var in self.tables:
+                    table = self.tables[var]
+                    table.evict(step)  # stale rows go at checkpoint time
+                    tables[var.name] = table.state()
             digest = checkpoint.write_shard(os.path.join(directory, "shard-0.npz"), values,
-                                            slots, step)
+                                            slots, step, tables)
             shards = [{"file": "shard-0.npz", "sha256": digest, "parts": parts}]
             return step, shards, checkpoint.variable_specs(
-                [v for v in variables if v.name in values])
+                [v for v in variables if v.name in values or v.name in tables])
 
         return checkpoint.write_checkpoint(checkpoint_dir, write, max_to_keep)
 
     def restore(self, state, global_step):
         """Sets a checkpoint's state: (global step, {Variable: value},
         {(Variable, rule, slot): value}) (see psflow.train.saver.latest_state)."""
-        step, values, slots = state
+        step, values, slots = state[:3]
+        for var, fields in (state[3] if len(state) > 3 else {}).items():
+            self.init_table(var)
+            self.tables[var].load(fields)
         grouped = {}
         for (var, rule, slot), value in slots.items():
             grouped.setdefault((var, rule), {})[slot] = value

@@ -114,7 +114,10 @@ def test_a_second_launch_resumes_from_the_checkpoint_with_another_ps_count(tmp_p
                    "--last-step", "40")
     assert again.returncode == 0, explain(again)
     assert start_step(again) == saved_step, explain(again)
-    for name, value in psflow.load_model(tmp_path / "model.npz").items():
+    assert model["ids/emb/keys"].size > 0 and model["ids/emb/values"].shape[1] == 4
+    again_model = psflow.load_model(tmp_path / "model.npz")
+    assert sorted(again_model) == sorted(model)
+    for name, value in again_model.items():
         np.testing.assert_array_equal(value, model[name])
     # And training goes on from there with three.
     more = launch("--workers", "2", "--ps", "3", "--checkpoint-root", tmp_path, script,

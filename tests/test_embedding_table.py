@@ -180,3 +180,23 @@ def test_bad_keys_and_gradients_are_named():
         table.apply(UpdateRule("sgd", learning_rate=1.0), [1, 2], np.ones((2, 3)))
     with pytest.raises(InvalidArgumentError, match="dimension 4.*"):
         table.load({"keys": np.array([1]), "values": np.ones((1, 5))})
+
+
+def test_loading_the_same_rows_again_is_harmless():
+    adagrad = UpdateRule("adagrad", learning_rate=0.5)
+    table = EmbeddingTable("t", 2, initializer=NORMAL)
+    table.lookup([3, 4, 5])
+    table.apply(adagrad, [3, 4], np.ones((2, 2)))
+    state = {k: np.array(v, copy=True) for k, v in table.state().items()}
+    other = EmbeddingTable("t", 2, initializer=NORMAL)
+    other.load(state)
+    other.load(state)  # a restore sent twice (a chief restarted mid-restore)
+    assert len(other) == 3
+    keys = np.array([3, 4, 5])
+    other.apply(adagrad, [3], np.ones((1, 2)))  # the pending slots come with the rule
+    table.apply(adagrad, [3], np.ones((1, 2)))
+    np.testing.assert_array_equal(other.lookup(keys, train=False),
+                                  table.lookup(keys, train=False))
+    with pytest.raises(InvalidArgumentError, match="keys \\(each once\\)"):
+        other.load({"keys": np.array([7, 7]), "values": np.ones((2, 2))})
+    assert len(other) == 3  # nothing of a refused load was kept

@@ -132,3 +132,43 @@ def test_multi_hot_lookups_of_a_table():
         got = sess.run(pooled, {sp: value})
     # row 0 = mean(key 10**12, key -3); row 1 = key -3. dloss/d(key -3) = 0.5 + 1
     np.testing.assert_allclose(got, [[(0.5 + -0.5) / 2] * 2, [-0.5] * 2])
+
+
+def _steps(checkpoint_dir, steps, probe):
+    with tf.Graph().as_default():
+        keys, y, table, rows, train = train_table(tf.train.AdamOptimizer(0.1))
+        hooks = [tf.train.StopAtStepHook(last_step=steps)]
+        with tf.train.MonitoredTrainingSession(checkpoint_dir=checkpoint_dir,
+                                               hooks=hooks) as sess:
+            while not sess.should_stop():
+                sess.run(train, {keys: KEYS, y: TARGETS})
+            return sess.run(rows, {keys: probe})
+
+
+def test_a_table_checkpoints_restores_exports_and_serves(tmp_path):
+    probe = np.stack([np.unique(KEYS), np.unique(KEYS)], axis=1)
+    straight = _steps(str(tmp_path / "straight"), 6, probe)
+    first = _steps(str(tmp_path / "resumed"), 4, probe)
+    model = tf.load_model(str(tmp_path / "resumed" / "model.npz"))
+    assert sorted(model["emb/keys"].tolist()) == sorted(np.unique(KEYS).tolist())
+    np.testing.assert_array_equal(tf.lookup(model, "emb", probe), first)
+    np.testing.assert_array_equal(tf.lookup(str(tmp_path / "resumed"), "emb", [[1, 2]]),
+                                  np.zeros((1, 2, 3)))  # unknown keys: zeros
+    with pytest.raises(tf.errors.NotFoundError, match="'user'.*emb"):
+        tf.lookup(model, "user", [1])
+    # resuming brings back the rows and Adam's moments: two more steps as if never stopped
+    resumed = _steps(str(tmp_path / "resumed"), 6, probe)
+    np.testing.assert_allclose(resumed, straight, rtol=1e-6)
+    assert not np.allclose(resumed, first)
+
+
+def test_a_checkpoint_with_another_table_dimension_is_refused(tmp_path):
+    probe = np.stack([np.unique(KEYS), np.unique(KEYS)], axis=1)
+    _steps(str(tmp_path), 2, probe)
+    with tf.Graph().as_default():
+        table = tf.get_embedding_variable("emb", embedding_dim=5)
+        loss = tf.reduce_sum(tf.nn.embedding_lookup(table, tf.constant([1])))
+        tf.train.GradientDescentOptimizer(0.1).minimize(
+            loss, global_step=tf.train.get_or_create_global_step())
+        with pytest.raises(tf.errors.DataLossError, match="'emb'.*dimension 3.*5"):
+            tf.train.MonitoredTrainingSession(checkpoint_dir=str(tmp_path))

@@ -161,8 +161,10 @@ class DistributedStore:
         """Sets a checkpoint's state, split by this placement (on `shards` only, when given):
         the slots and the global step first, then the values (which wake the workers waiting
         for them). The global step lives on shard 0 whatever `global_step` names."""
-        step, values, slots = state
+        step, values, slots = state[:3]
         shards = set(range(len(self.clients))) if shards is None else set(shards)
+        for table, fields in (state[3] if len(state) > 3 else {}).items():
+            self._restore_table(table, fields, shards)
         by_shard = {}
         for (var, rule, slot), value in slots.items():
             value = np.asarray(value)
@@ -237,9 +239,41 @@ class DistributedStore:
                                "parts": parts})
                 if client.index == 0:
                     step = reply.global_step
-            return step, shards, checkpoint.variable_specs(self.variables)
+            return step, shards, checkpoint.variable_specs(self.variables + self.tables)
 
         return checkpoint.write_checkpoint(checkpoint_dir, write, max_to_keep)
+
+    def _restore_table(self, table, fields, shards):
+        """Sends a checkpoint's rows of `table` to the shards (of `shards`) their keys hash to
+        now, in messages within the payload limit."""
+        keys = np.asarray(fields["keys"], dtype=np.int64)
+        entry_keys = np.asarray(fields.get("entry_keys", keys), dtype=np.int64)
+        row_shard = shard_of_keys(keys, len(self.clients))
+        entry_shard = shard_of_keys(entry_keys, len(self.clients))
+        per_row = {f: a for f, a in fields.items() if np.ndim(a) and len(a) == keys.size
+                   and f not in ("entry_keys", "entry_freq")}
+        scalars = {f: a for f, a in fields.items() if not np.ndim(a)}
+        row_bytes = sum(a[:1].nbytes for a in per_row.values()) or 1
+        chunk = max(codec.MAX_PAYLOAD_BYTES // row_bytes, 1)
+        for shard in sorted(shards):
+            rows = np.flatnonzero(row_shard == shard)
+            entries = np.flatnonzero(entry_shard == shard)
+            # the first message carries the entries (keys seen, with their counts)
+            pieces = [(rows[i:i + chunk], i == 0) for i in range(0, rows.size, chunk)] or \
+                [(rows, True)]
+            for selected, first in pieces:
+                part = {f: a[selected] for f, a in per_row.items()}
+                part.update(scalars)
+                if first:
+                    part["entry_keys"] = entry_keys[entries]
+                    if "entry_freq" in fields:
+                        part["entry_freq"] = np.asarray(fields["entry_freq"])[entries]
+                request = pb.InitializeVariablesRequest()
+                item = request.table_rows.add(name=table.name)
+                for field, array in part.items():
+                    codec.encode(np.asarray(array, order="C"),
+                                 item.fields.add(name=field).tensor)
+                self.clients[shard].call("InitializeVariables", request)
 
     # -- a step ------------------------------------------------------------------------------
     def begin_run(self):

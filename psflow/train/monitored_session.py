@@ -129,8 +129,8 @@ class CheckpointSaverHook(SessionRunHook):
         path = self._saver.save()
         # The model file is the final checkpoint's values: other workers may still push
         # after it was taken, and the two must agree.
-        _, values, _ = files.read_checkpoint(path)
-        files.export_model(os.path.join(self.checkpoint_dir, files.MODEL_FILE), values)
+        files.export_model(os.path.join(self.checkpoint_dir, files.MODEL_FILE),
+                           files.model_arrays(path))
         log.info("saved %s and the model file", path)
 
 

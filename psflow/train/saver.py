@@ -13,17 +13,19 @@ log = logging.getLogger(__name__)
 
 
 def latest_state(checkpoint_dir, variables):
-    """(global step, {Variable: value}, {(Variable, rule, slot): value}) of the latest
-    checkpoint in `checkpoint_dir`, or None when it has none. Every variable of the graph
-    must be in it."""
+    """(global step, {Variable: value}, {(Variable, rule, slot): value}, {table: {field:
+    array}}) of the latest checkpoint in `checkpoint_dir`, or None when it has none. Every
+    variable and embedding table of the graph must be in it."""
     if not checkpoint_dir:
         return None
     checkpoint = files.latest(checkpoint_dir)
     if checkpoint is None:
         return None
     step, values, slots = files.read_checkpoint(checkpoint)
-    by_name = {v.name: v for v in variables}
-    missing = sorted(set(by_name) - set(values))
+    tables = files.read_tables(checkpoint)
+    by_name = {v.name: v for v in variables if not getattr(v, "is_table", False)}
+    table_vars = {v.name: v for v in variables if getattr(v, "is_table", False)}
+    missing = sorted((set(by_name) - set(values)) | (set(table_vars) - set(tables)))
     if missing:
         raise DataLossError(f"checkpoint {checkpoint} has no value for {', '.join(missing)}; "
                             "was it written by another model?")
@@ -32,9 +34,15 @@ def latest_state(checkpoint_dir, variables):
         if var is not None and tuple(value.shape) != tuple(var.shape):
             raise DataLossError(f"checkpoint {checkpoint}: {name!r} has shape "
                                 f"{tuple(value.shape)}, the graph's variable {tuple(var.shape)}")
+    for name, var in table_vars.items():
+        dim = tables[name]["values"].shape[1]
+        if dim != var.embedding_dim:
+            raise DataLossError(f"checkpoint {checkpoint}: embedding table {name!r} has rows of "
+                                f"dimension {dim}, the graph's table {var.embedding_dim}")
     log.info("restoring %s (global step %d)", checkpoint, step)
     return (step, {by_name[n]: v for n, v in values.items() if n in by_name},
-            {(by_name[n], rule, slot): v for (n, rule, slot), v in slots.items() if n in by_name})
+            {(by_name[n], rule, slot): v for (n, rule, slot), v in slots.items() if n in by_name},
+            {table_vars[n]: fields for n, fields in tables.items() if n in table_vars})
 
 
 class CheckpointSaver:
