@@ -354,7 +354,7 @@ class WorkerStats(_message.Message):
     def __init__(self, task_index: _Optional[int] = ..., registered: _Optional[bool] = ..., done: _Optional[bool] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ..., last_seen_s: _Optional[float] = ..., pushes: _Optional[int] = ..., activity: _Optional[str] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("shard", "global_step", "pushes", "bytes_received", "bytes_sent", "staleness_histogram", "workers", "variables", "uptime_s", "dropped", "nonfinite")
+    __slots__ = ("shard", "global_step", "pushes", "bytes_received", "bytes_sent", "staleness_histogram", "workers", "variables", "uptime_s", "dropped", "nonfinite", "tables")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     PUSHES_FIELD_NUMBER: _ClassVar[int]
@@ -366,6 +366,7 @@ class StatsResponse(_message.Message):
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     NONFINITE_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
     shard: int
     global_step: int
     pushes: int
@@ -377,4 +378,23 @@ class StatsResponse(_message.Message):
     uptime_s: float
     dropped: int
     nonfinite: int
-    def __init__(self, shard: _Optional[int] = ..., global_step: _Optional[int] = ..., pushes: _Optional[int] = ..., bytes_received: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., staleness_histogram: _Optional[_Iterable[int]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., variables: _Optional[int] = ..., uptime_s: _Optional[float] = ..., dropped: _Optional[int] = ..., nonfinite: _Optional[int] = ...) -> None: ...
+    tables: _containers.RepeatedCompositeFieldContainer[TableStats]
+    def __init__(self, shard: _Optional[int] = ..., global_step: _Optional[int] = ..., pushes: _Optional[int] = ..., bytes_received: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., staleness_histogram: _Optional[_Iterable[int]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., variables: _Optional[int] = ..., uptime_s: _Optional[float] = ..., dropped: _Optional[int] = ..., nonfinite: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ...) -> None: ...
+
+class TableStats(_message.Message):
+    __slots__ = ("name", "rows", "bytes", "created", "filtered", "evicted", "dropped_gradients")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    FILTERED_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rows: int
+    bytes: int
+    created: int
+    filtered: int
+    evicted: int
+    dropped_gradients: int
+    def __init__(self, name: _Optional[str] = ..., rows: _Optional[int] = ..., bytes: _Optional[int] = ..., created: _Optional[int] = ..., filtered: _Optional[int] = ..., evicted: _Optional[int] = ..., dropped_gradients: _Optional[int] = ...) -> None: ...

@@ -259,6 +259,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             reply.workers.add(task_index=index, registered=registered, done=done,
                               local_step=local_step, loss=loss, last_seen_s=last_seen,
                               pushes=pushes, activity=activity)
+        for name, table in sorted(self.store.table_stats().items()):
+            reply.tables.add(name=name, **table)
         return reply
 
     def _membership(self, membership):

@@ -489,3 +489,46 @@ def test_an_embedding_table_trains_through_the_servers_as_locally(fresh_graph, s
     assert not unknown.any()  # an unseen key reads zeros, and reading created no row
     held = [len(s.store._tables["emb"].table) for s in servers]
     assert sum(held) == probe.size and min(held) > 0  # spread over both shards by hash
+
+
+def test_the_servers_name_bad_table_requests_and_keep_serving(servers):
+    from psflow.errors import InvalidArgumentError, NotFoundError
+    from psflow.proto import codec, wire
+    from psflow.proto import psflow_pb2 as pb
+    client = ShardClient(0, f"127.0.0.1:{servers[0].port}")
+    spec = pb.TableSpec(name="user", dim=4, dtype="float32", initializer="zeros")
+    client.call("DeclareVariables", pb.DeclareVariablesRequest(tables=[spec]))
+    with pytest.raises(InvalidArgumentError, match="'user' is already declared as dim 4.*dim 8"):
+        client.call("DeclareVariables", pb.DeclareVariablesRequest(tables=[pb.TableSpec(
+            name="user", dim=8, dtype="float32", initializer="zeros")]))
+
+    def lookup(name, keys, train=True):
+        request = pb.PullRowsRequest()
+        codec.encode(np.asarray(keys), request.keys.add(name=name, train=train).keys)
+        return client.call("PullRows", request)
+
+    with pytest.raises(NotFoundError, match="no embedding table 'item'"):
+        lookup("item", np.array([1], np.int64))
+    with pytest.raises(InvalidArgumentError, match="keys of table 'user'.*float32"):
+        lookup("user", np.array([1.5], np.float32))
+    push = wire.PushBuilder(worker=0)
+    push.rule.name = "sgd"
+    push.rule.hyper["learning_rate"] = 1.0
+    push.add_gradient("user", 0, np.ones((2, 3), np.float32), np.array([1, 2], np.int64),
+                      keyed=True)
+    with pytest.raises(InvalidArgumentError, match="table 'user'.*\\(2, 3\\).*\\(2, 4\\)"):
+        client.call("Push", push)
+    # and it serves on: a row per key, created by the training lookup, then trained
+    assert lookup("user", np.array([5, -9], np.int64)).values[0].array.shape == (2, 4)
+    push = wire.PushBuilder(worker=0)
+    push.rule.name = "sgd"
+    push.rule.hyper["learning_rate"] = 1.0
+    push.add_gradient("user", 0, np.ones((2, 4), np.float32), np.array([-9, 77], np.int64),
+                      keyed=True)
+    client.call("Push", push)
+    rows = lookup("user", np.array([-9, 5, 77], np.int64), train=False).values[0].array
+    np.testing.assert_array_equal(rows, [[-1] * 4, [0] * 4, [0] * 4])
+    stats = client.call("GetStats", pb.StatsRequest())
+    table = {t.name: t for t in stats.tables}["user"]
+    assert (table.rows, table.created, table.dropped_gradients) == (2, 2, 1)
+    client.close()
