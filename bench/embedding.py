@@ -3,17 +3,23 @@
 over the rows, 10% of them new keys) looked up (creating the new rows) and updated.
 
 Prints `bytes per row: N (ideal M)` from the process's resident memory (the ideal is the key,
-the values and the slots), and lookups / updates per second.
+the values and the slots), how long a checkpoint holds the table (the copy a parameter server
+makes under the table's lock; writing the file happens after, while training goes on) and
+how long the write takes, and lookups / updates per second.
 
     python bench/embedding.py [--rows 10000000] [--batches 200]
 """
 
 import argparse
+import os
 import resource
+import tempfile
+import threading
 import time
 
 import numpy as np
 
+from psflow import checkpoint
 from psflow.embedding_table import EmbeddingTable
 from psflow.train.update_rules import UpdateRule
 
@@ -48,6 +54,19 @@ def main():
           f"(the table counts {table.nbytes() / 2**30:.2f} GiB)")
     print(f"bytes per row: {used / len(table):.0f} (ideal {ideal}); "
           f"{used / len(table) / ideal:.2f}x", flush=True)
+
+    started = time.perf_counter()
+    state, pause = table.copy_state(threading.Lock())  # as a parameter server copies it
+    copy = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        checkpoint.write_shard(os.path.join(tmp, "shard-0.npz"), {}, {}, 0, {"bench": state})
+        write = time.perf_counter() - started
+        size = os.path.getsize(os.path.join(tmp, "shard-0.npz"))
+    del state
+    print(f"checkpoint: copied in {copy:.2f} s a chunk of rows at a time, holding the table at "
+          f"most {pause * 1e3:.0f} ms at once; then written in {write:.1f} s "
+          f"({size / 2**30:.2f} GiB) while training goes on", flush=True)
 
     rng = np.random.default_rng(0)
     next_new = args.rows

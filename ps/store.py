@@ -381,16 +381,15 @@ class ShardStore:
             held.version += 1
 
     def table_snapshot(self):
-        """{table name: state} copied under each table's lock, after evicting its stale rows
-        (stale rows go at checkpoint time); also returns the longest a table was held."""
+        """{table name: state}, each copied a chunk of rows at a time under its table's lock
+        (training goes on between chunks), after evicting its stale rows (stale rows go at
+        checkpoint time); also returns the longest a table was held at once."""
         tables, pause = {}, 0.0
         for name, held in list(self._tables.items()):
             with held.lock:
-                started = time.monotonic()
                 held.table.evict(self.table_step)
-                tables[name] = {field: np.array(array, copy=True)
-                                for field, array in held.table.state().items()}
-                pause = max(pause, time.monotonic() - started)
+            tables[name], longest = held.table.copy_state(held.lock)
+            pause = max(pause, longest)
         return tables, pause
 
     def save(self, path):

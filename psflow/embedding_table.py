@@ -12,6 +12,7 @@ doubling with np.empty, so memory not yet used is never touched and costs no res
 """
 
 import collections
+import time
 import zlib
 
 import numpy as np
@@ -323,6 +324,7 @@ class EmbeddingTable:
         # (the usual case) finds them without probing the index again.
         self._recent = collections.OrderedDict()
         self._pending = {}  # rule name -> [(slot name, rows, array)] loaded before use
+        self._copying = 0  # copies for a checkpoint under way (see copy_state)
         self.stats = {"created": 0, "filtered": 0, "evicted": 0, "dropped_gradients": 0}
 
     def __len__(self):
@@ -472,8 +474,8 @@ class EmbeddingTable:
     def evict(self, global_step):
         """Removes the rows not updated within `steps_to_live` global steps (and their
         entries); returns how many. Without steps_to_live, nothing."""
-        if self.steps_to_live is None or not self.values.size:
-            return 0
+        if self.steps_to_live is None or not self.values.size or self._copying:
+            return 0  # (a copy for a checkpoint is under way: rows must keep their places)
         stale = self.last_step.view() < global_step - self.steps_to_live
         count = int(stale.sum())
         if count:
@@ -528,6 +530,91 @@ class EmbeddingTable:
                 out[f"slot/{rule}/{name}"] = slot.view() if isinstance(slot, Growable) \
                     else slot
         return out
+
+    def copy_state(self, lock, chunk_rows=1 << 16):
+        """A copy of state() taken a chunk of rows at a time, holding `lock` (the table's) for
+        one chunk at a time so that training goes on in between; returns (state, the longest
+        hold in seconds). Rows added meanwhile are left for the next copy, and eviction waits
+        until the copy is done; each row is copied whole (values, step and slots at once)."""
+        longest = 0.0
+
+        def held(fn):
+            nonlocal longest
+            with lock:
+                started = time.monotonic()
+                result = fn()
+                longest = max(longest, time.monotonic() - started)
+            return result
+
+        def begin():
+            self._copying += 1
+            fields = self.state_layout()
+            rows, entries = self.values.size, self.index.size
+            return fields, rows, entries
+
+        fields, rows, entries = held(begin)
+        try:
+            out = {name: np.empty((entries if per == "entry" else rows,) + shape, dtype)
+                   for name, (per, shape, dtype) in fields.items() if per != "scalar"}
+            for start in range(0, max(rows, entries), chunk_rows):
+                def copy(start=start):
+                    for name, (per, _, _) in fields.items():
+                        if per == "scalar" or name == "entry_keys":
+                            continue
+                        stop = min(start + chunk_rows, entries if per == "entry" else rows)
+                        if stop > start:
+                            out[name][start:stop] = self._field(name)[start:stop]
+                held(copy)
+            # the keys of the entries, from the index's slots, a slice of slots at a time
+            capacity_chunk = chunk_rows * 4
+
+            def keys_part(lo):
+                slot_entries = self.index._slot_entries[lo:lo + capacity_chunk]
+                occupied = (slot_entries != 0) & (slot_entries <= entries)
+                out["entry_keys"][slot_entries[occupied] - 1] = \
+                    self.index._slot_keys[lo:lo + capacity_chunk][occupied]
+            capacity = held(lambda: self.index.capacity)
+            for lo in range(0, capacity, capacity_chunk):
+                if held(lambda: self.index.capacity) != capacity:  # grown: start the keys over
+                    capacity = held(lambda: self.index.capacity)
+                    return self.copy_state(lock, chunk_rows)
+                held(lambda lo=lo: keys_part(lo))
+            for name, (per, _, _) in fields.items():
+                if per == "scalar":
+                    out[name] = held(lambda name=name: np.array(self._field(name), copy=True))
+        finally:
+            held(lambda: setattr(self, "_copying", self._copying - 1))
+        return out, longest
+
+    def state_layout(self):
+        """{field: ("row" | "entry" | "scalar", row shape, dtype)} of state()."""
+        layout = {"keys": ("row", (), np.dtype(np.int64)),
+                  "values": ("row", (self.dim,), self.dtype),
+                  "last_step": ("row", (), self.last_step.dtype),
+                  "entry_keys": ("entry", (), np.dtype(np.int64)),
+                  "entry_freq": ("entry", (), self.freq.dtype)}
+        for rule, rule_slots in self.slots.items():
+            for name, slot in rule_slots.items():
+                if isinstance(slot, Growable):
+                    layout[f"slot/{rule}/{name}"] = ("row", slot.row_shape, slot.dtype)
+                else:
+                    layout[f"slot/{rule}/{name}"] = ("scalar", slot.shape, slot.dtype)
+        return layout
+
+    def _field(self, name):
+        if name == "keys":
+            return self.row_keys.array
+        if name == "values":
+            return self.values.array
+        if name == "last_step":
+            return self.last_step.array
+        if name == "entry_freq":
+            return self.freq.array
+        if name == "entry_keys":
+            raise KeyError(name)  # from the index (see copy_state)
+        _, rule, slot = name.split("/", 2)
+        found = self.slots[rule][slot]
+        return found.array if isinstance(found, Growable) else found
 
     def load(self, state, rules=None):
         """Sets the rows of a checkpoint's `state` (as from state(), possibly a selection of

@@ -200,3 +200,24 @@ def test_loading_the_same_rows_again_is_harmless():
     with pytest.raises(InvalidArgumentError, match="keys \\(each once\\)"):
         other.load({"keys": np.array([7, 7]), "values": np.ones((2, 2))})
     assert len(other) == 3  # nothing of a refused load was kept
+
+
+def test_a_chunked_copy_equals_the_state_and_updates_may_come_between_chunks():
+    import threading
+    adam = UpdateRule("adam", learning_rate=0.1)
+    table = EmbeddingTable("t", 3, initializer=NORMAL, steps_to_live=1)
+    keys = np.arange(1000) * 31 - 400
+    table.lookup(keys)
+    table.apply(adam, keys, np.ones((1000, 3)))
+    lock = threading.Lock()
+    expected = {k: np.array(v, copy=True) for k, v in table.state().items()}
+    copied, longest = table.copy_state(lock, chunk_rows=64)
+    assert sorted(copied) == sorted(expected)
+    for name, array in expected.items():
+        np.testing.assert_array_equal(copied[name], array, err_msg=name)
+    assert longest < 1.0
+    # meanwhile rows keep their places: eviction waits for a copy under way
+    table._copying = 1
+    assert table.evict(global_step=100) == 0
+    table._copying = 0
+    assert table.evict(global_step=100) == 1000
