@@ -4,7 +4,8 @@ the tables read row by row (sparse reads) against the same job pulling them whol
 measured in the same run, with their ratio and the bytes on the wire per step; the same job on
 a 40M-row table (cost follows the rows a batch touches, not the table); and the test AUC of
 examples/ctr.py on generated click logs, on 2 workers and 2 parameter servers against one
-process trained for the same steps.
+process trained for the same steps, with hash-keyed tables (its default) and with fixed
+buckets.
 
     python bench/ctr.py [--rows 4194304] [--steps 1500] [--whole-steps 6] [--big-rows 41943040]
                         [--auc-rows 600000] [--auc-steps 1000]
@@ -66,15 +67,22 @@ def auc_runs(rows, steps, buckets):
               flush=True)
         args = [EXAMPLES / "ctr.py", "--data", data, "--steps", steps, "--batch-size", 512,
                 "--buckets", buckets]
-        for name, command in (("one process", [sys.executable, *args]),
-                              ("2 workers, 2 PS", launch(*args))):
+        speeds = {}
+        for name, command in (
+                ("one process, tables", [sys.executable, *args]),
+                ("2 workers, 2 PS, tables", launch(*args)),
+                (f"2 workers, 2 PS, {buckets} buckets", launch(*args, "--table", "buckets"))):
             started = time.perf_counter()
             out = run(command, f"examples/ctr.py ({name})")
             auc = re.search(r"test auc: ([0-9.]+)  logloss: ([0-9.]+)", out)
             speed = re.search(r"throughput: ([0-9.]+) examples/s", out)
-            print(f"examples/ctr.py, {name:15}: test auc {auc.group(1)}  logloss "
-                  f"{auc.group(2)}  ({float(speed.group(1)):.0f} examples/s with parsing; "
+            speeds[name] = float(speed.group(1))
+            print(f"examples/ctr.py, {name:31}: test auc {auc.group(1)}  logloss "
+                  f"{auc.group(2)}  ({speeds[name]:.0f} examples/s with parsing; "
                   f"{time.perf_counter() - started:.0f} s in all)", flush=True)
+        tables, fixed = list(speeds.values())[1:]
+        print(f"hash-keyed tables against fixed buckets, 2 workers and 2 PS: "
+              f"{tables / fixed:.2f}x", flush=True)
 
 
 def main():
