@@ -22,7 +22,7 @@ from .errors import InvalidArgumentError
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-MAX_LOAD = 0.7
+MAX_LOAD = 0.5
 
 
 def mix64(x):
@@ -84,21 +84,23 @@ class Dedup:
 
 
 class KeyIndex:
-    """int64 key -> entry number (0, 1, 2, ... in insertion order)."""
+    """int64 key -> entry number (0, 1, 2, ... in insertion order). The slots hold entry
+    numbers (4 bytes each, at most half of them used, so probe runs stay short); the keys
+    are kept once, by entry."""
 
     def __init__(self, capacity=1024):
         capacity = 1 << max(int(np.ceil(np.log2(max(capacity, 16)))), 4)
-        self._slot_keys = np.zeros(capacity, dtype=np.int64)
         self._slot_entries = np.zeros(capacity, dtype=np.int32)  # entry + 1; 0 is empty
+        self._keys = Growable((), np.int64)  # entry -> key
         self.size = 0
 
     @property
     def capacity(self):
-        return self._slot_keys.size
+        return self._slot_entries.size
 
     @property
     def nbytes(self):
-        return self._slot_keys.nbytes + self._slot_entries.nbytes
+        return self._slot_entries.nbytes + self._keys.nbytes
 
     def _start(self, keys):
         mask = np.uint64(self.capacity - 1)
@@ -111,21 +113,22 @@ class KeyIndex:
         pending = np.arange(keys.size)
         position = self._start(keys)
         mask = self.capacity - 1
-        slot_keys, slot_entries = self._slot_keys, self._slot_entries
+        slot_entries, entry_keys = self._slot_entries, self._keys.array
         while pending.size:
-            entries = slot_entries[position]
-            occupied = entries != 0
-            match = occupied & (slot_keys[position] == keys[pending])
-            found[pending[match]] = entries[match].astype(np.int64) - 1
+            entries = slot_entries[position].astype(np.int64) - 1
+            occupied = entries >= 0
+            match = occupied.copy()
+            match[occupied] = entry_keys[entries[occupied]] == keys[pending[occupied]]
+            found[pending[match]] = entries[match]
             going_on = occupied & ~match
             pending = pending[going_on]
             position = (position[going_on] + 1) & mask
         return found
 
     def insert(self, keys):
-        """Entry numbers of `keys`, adding the keys not present yet (in order of first
-        appearance); returns (entries, the new keys' positions in `keys`... as a bool mask of
-        the positions whose key was new)."""
+        """Entry numbers of `keys`, adding the keys not present yet (numbered in order of
+        first appearance); returns (entries, a bool mask of the positions of `keys` where a
+        new key first appears)."""
         keys = np.ascontiguousarray(keys, dtype=np.int64).reshape(-1)
         entries = self.find(keys)
         missing = entries < 0
@@ -138,8 +141,9 @@ class KeyIndex:
             rank = np.empty(order.size, dtype=np.int64)
             rank[order] = np.arange(order.size)
             numbers = self.size + rank
+            self._keys.append(distinct[order])
             self._reserve(self.size + distinct.size)
-            self._place(distinct, numbers)
+            self._place(numbers)
             self.size += distinct.size
             entries[missing] = numbers[inverse.reshape(-1)]
             new_positions = np.flatnonzero(missing)[first]
@@ -152,24 +156,22 @@ class KeyIndex:
         capacity = self.capacity
         while size > capacity * MAX_LOAD:
             capacity *= 2
-        occupied = self._slot_entries != 0
-        keys, numbers = self._slot_keys[occupied], self._slot_entries[occupied] - 1
-        self._slot_keys = np.zeros(capacity, dtype=np.int64)
         self._slot_entries = np.zeros(capacity, dtype=np.int32)
-        self._place(keys, numbers.astype(np.int64))
+        self._place(np.arange(self.size, dtype=np.int64))
 
-    def _place(self, keys, numbers):
-        """Puts distinct keys, none present, into free slots."""
+    def _place(self, numbers):
+        """Puts entries `numbers` (their keys in self._keys, none in the slots) into free
+        slots."""
         mask = self.capacity - 1
+        keys = self._keys.array[numbers]
         position = self._start(keys)
         pending = np.arange(keys.size)
-        slot_keys, slot_entries = self._slot_keys, self._slot_entries
+        slot_entries = self._slot_entries
         while pending.size:
             free = slot_entries[position] == 0
             candidates, spots = pending[free], position[free]
             spots, first = np.unique(spots, return_index=True)  # one key per free slot
             winners = candidates[first]
-            slot_keys[spots] = keys[winners]
             slot_entries[spots] = (numbers[winners] + 1).astype(np.int32)
             placed = np.zeros(keys.size, dtype=bool)
             placed[winners] = True
@@ -179,20 +181,18 @@ class KeyIndex:
 
     def keys_by_entry(self):
         """The keys, at their entry numbers."""
-        occupied = self._slot_entries != 0
-        keys = np.empty(self.size, dtype=np.int64)
-        keys[self._slot_entries[occupied] - 1] = self._slot_keys[occupied]
-        return keys
+        return self._keys.view()
 
     def rebuild(self, keys):
         """Drops every key and inserts `keys` (distinct) as entries 0, 1, ..."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
-        self._slot_keys = np.zeros(16, dtype=np.int64)
         self._slot_entries = np.zeros(16, dtype=np.int32)
-        self.size = 0
-        self._reserve(keys.size)
-        self._place(keys, np.arange(keys.size, dtype=np.int64))
+        self._keys = Growable((), np.int64)
+        self._keys.append(keys)
         self.size = keys.size
+        self._reserve(keys.size)
+        if self.capacity == 16:
+            self._place(np.arange(keys.size, dtype=np.int64))
 
 
 class Growable:
@@ -559,26 +559,12 @@ class EmbeddingTable:
             for start in range(0, max(rows, entries), chunk_rows):
                 def copy(start=start):
                     for name, (per, _, _) in fields.items():
-                        if per == "scalar" or name == "entry_keys":
+                        if per == "scalar":
                             continue
                         stop = min(start + chunk_rows, entries if per == "entry" else rows)
                         if stop > start:
                             out[name][start:stop] = self._field(name)[start:stop]
                 held(copy)
-            # the keys of the entries, from the index's slots, a slice of slots at a time
-            capacity_chunk = chunk_rows * 4
-
-            def keys_part(lo):
-                slot_entries = self.index._slot_entries[lo:lo + capacity_chunk]
-                occupied = (slot_entries != 0) & (slot_entries <= entries)
-                out["entry_keys"][slot_entries[occupied] - 1] = \
-                    self.index._slot_keys[lo:lo + capacity_chunk][occupied]
-            capacity = held(lambda: self.index.capacity)
-            for lo in range(0, capacity, capacity_chunk):
-                if held(lambda: self.index.capacity) != capacity:  # grown: start the keys over
-                    capacity = held(lambda: self.index.capacity)
-                    return self.copy_state(lock, chunk_rows)
-                held(lambda lo=lo: keys_part(lo))
             for name, (per, _, _) in fields.items():
                 if per == "scalar":
                     out[name] = held(lambda name=name: np.array(self._field(name), copy=True))
@@ -611,7 +597,7 @@ class EmbeddingTable:
         if name == "entry_freq":
             return self.freq.array
         if name == "entry_keys":
-            raise KeyError(name)  # from the index (see copy_state)
+            return self.index._keys.array
         _, rule, slot = name.split("/", 2)
         found = self.slots[rule][slot]
         return found.array if isinstance(found, Growable) else found
