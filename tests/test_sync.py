@@ -73,30 +73,18 @@ def train_locally(make_optimizer, num_workers, steps):
             return sess.run(variables)
 
 
-def run_workers(servers, num_workers, make_optimizer, budgets, on_step=None):
-    """Trains one thread per worker, worker i for budgets[i] of its own steps; returns
-    {worker: final values} and re-raises a worker's error."""
+def in_threads(count, work):
+    """Runs work(index) in one thread per index; returns {index: its result} and re-raises
+    the first error a thread met."""
     results, errors = {}, []
 
-    def work(index):
+    def run(index):
         try:
-            with tf.Graph().as_default() as graph:
-                x, y, loss, train, step, variables = model(make_optimizer)
-                session = DistributedSession(graph, task(servers, num_workers, index))
-                try:
-                    for k in range(budgets[index]):
-                        if on_step:
-                            on_step(index, k)
-                        global_step = int(session.run(step))
-                        bx, by = data(global_step, index)
-                        session.run(train, {x: bx, y: by})
-                    results[index] = session.run(variables)
-                finally:
-                    session.close()
+            results[index] = work(index)
         except BaseException as exc:  # reported by the test thread
             errors.append((index, exc))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(num_workers)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
     for t in threads:
         t.start()
     for t in threads:
@@ -105,6 +93,28 @@ def run_workers(servers, num_workers, make_optimizer, budgets, on_step=None):
     if errors:
         raise errors[0][1]
     return results
+
+
+def run_workers(servers, num_workers, make_optimizer, budgets, on_step=None):
+    """Trains one thread per worker, worker i for budgets[i] of its own steps; returns
+    {worker: final values} and re-raises a worker's error."""
+
+    def work(index):
+        with tf.Graph().as_default() as graph:
+            x, y, loss, train, step, variables = model(make_optimizer)
+            session = DistributedSession(graph, task(servers, num_workers, index))
+            try:
+                for k in range(budgets[index]):
+                    if on_step:
+                        on_step(index, k)
+                    global_step = int(session.run(step))
+                    bx, by = data(global_step, index)
+                    session.run(train, {x: bx, y: by})
+                return session.run(variables)
+            finally:
+                session.close()
+
+    return in_threads(num_workers, work)
 
 
 OPTIMIZERS = {"sgd": lambda: tf.train.GradientDescentOptimizer(0.1),
@@ -290,32 +300,22 @@ def test_sync_with_lookups_equals_one_process_on_the_concatenated_batch(cluster,
                 sess.run(train, {ids: np.concatenate([b[0] for b in batches]),
                                  y: np.concatenate([b[1] for b in batches])})
             expected = sess.run(variables)
-    results, errors = {}, []
-
     def work(index):
-        try:
-            with tf.Graph().as_default() as graph:
-                ids, y, train, step, variables = sparse_model(
-                    lambda: tf.train.SyncReplicasOptimizer(opt(), workers, workers))
-                session = DistributedSession(graph, task(servers, workers, index),
-                                             partition_bytes=400)
-                assert len(session.store.placement.parts_of(variables[0])) > 1
-                try:
-                    for _ in range(steps):
-                        bi, by = sparse_data(int(session.run(step)), index)
-                        session.run(train, {ids: bi, y: by})
-                    results[index] = session.run(variables)
-                finally:
-                    session.close()
-        except BaseException as exc:
-            errors.append(exc)
+        with tf.Graph().as_default() as graph:
+            ids, y, train, step, variables = sparse_model(
+                lambda: tf.train.SyncReplicasOptimizer(opt(), workers, workers))
+            session = DistributedSession(graph, task(servers, workers, index),
+                                         partition_bytes=400)
+            assert len(session.store.placement.parts_of(variables[0])) > 1
+            try:
+                for _ in range(steps):
+                    bi, by = sparse_data(int(session.run(step)), index)
+                    session.run(train, {ids: bi, y: by})
+                return session.run(variables)
+            finally:
+                session.close()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    results = in_threads(workers, work)
     assert sorted(results) == [0, 1]
     for values in results.values():
         for got, want in zip(values, expected):
@@ -357,30 +357,21 @@ def test_sync_with_a_table_equals_one_process_on_the_concatenated_batch(cluster)
                 sess.run(train, {keys: np.concatenate([b[0] for b in batches]),
                                  y: np.concatenate([b[1] for b in batches])})
             expected = sess.run([rows, w], {keys: probe})
-    results, errors = {}, []
-
     def work(index):
-        try:
-            with tf.Graph().as_default() as graph:
-                keys, y, rows, train, step, w = keyed_model(
-                    lambda: tf.train.SyncReplicasOptimizer(opt(), workers, workers))
-                session = DistributedSession(graph, task(servers, workers, index))
-                try:
-                    for _ in range(steps):
-                        bk, by = keyed_data(int(session.run(step)), index)
-                        session.run(train, {keys: bk, y: by})
-                    results[index] = session.run([rows, w], {keys: probe})
-                finally:
-                    session.close()
-        except BaseException as exc:
-            errors.append(exc)
+        with tf.Graph().as_default() as graph:
+            keys, y, rows, train, step, w = keyed_model(
+                lambda: tf.train.SyncReplicasOptimizer(opt(), workers, workers))
+            session = DistributedSession(graph, task(servers, workers, index))
+            try:
+                for _ in range(steps):
+                    bk, by = keyed_data(int(session.run(step)), index)
+                    session.run(train, {keys: bk, y: by})
+                return session.run([rows, w], {keys: probe})
+            finally:
+                session.close()
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    results = in_threads(workers, work)
+    assert sorted(results) == [0, 1]
     for values in results.values():
         for got, want in zip(values, expected):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
