@@ -4,7 +4,7 @@
 `gradients`, `Session`, and the optimizers in `psflow.train`.
 """
 
-from . import errors, metrics, nn, train
+from . import contrib, errors, metrics, nn, train
 from .array_ops import concat, gather, one_hot, ones, reshape, transpose, zeros
 from .checkpoint import load_model, lookup
 from .embedding_variable import (CounterFilter, EmbeddingVariableOption, GlobalStepEvict,
@@ -30,3 +30,7 @@ from .variables import (GraphKeys, Variable, global_variables, local_variables,
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    from .unimplemented import refuse
+    raise refuse("tf", name)

@@ -21,12 +21,17 @@ bool_ = np.dtype(np.bool_)
 FLOAT_DTYPES = (float16, float32, float64)
 
 
+_TF_DTYPE_NAMES = {"float": "float32", "double": "float64", "half": "float16"}
+
+
 def as_dtype(dtype):
     """Returns `dtype` as a numpy dtype; accepts numpy dtypes, their names and Python types."""
     if dtype is float:
         return float32
     if dtype is int:
         return int32
+    if isinstance(dtype, str) and dtype in _TF_DTYPE_NAMES:  # TF's names, not numpy's
+        return np.dtype(_TF_DTYPE_NAMES[dtype])
     try:
         return np.dtype(dtype)
     except TypeError as exc:

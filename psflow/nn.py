@@ -14,3 +14,8 @@ __all__ = [
     "sigmoid_cross_entropy_with_logits", "softmax", "softmax_cross_entropy_with_logits",
     "sparse_softmax_cross_entropy_with_logits", "tanh", "weighted_cross_entropy_with_logits",
 ]
+
+
+def __getattr__(name):
+    from .unimplemented import refuse
+    raise refuse("tf.nn", name)

@@ -1,6 +1,8 @@
 """`Session`: runs parts of a graph. A run computes only what its fetches need, each node once,
 in one topological order; the order is planned once per (fetches, fed nodes) and reused."""
 
+import json
+import logging
 import operator
 import os
 import threading
@@ -16,6 +18,9 @@ from .graph import (Node, Placeholder, format_shape, get_default_graph, shape_co
 from .sparse_ops import SparseTensor
 from .train.update_rules import checked_slots
 from .variables import Variable
+
+
+log = logging.getLogger(__name__)
 
 
 class LocalVariableStore:
@@ -202,6 +207,8 @@ class Session:
     """
 
     def __init__(self, graph=None, store=None):
+        if store is None:
+            _warn_if_alone_in_a_cluster()
         self.graph = graph or get_default_graph()
         self.store = store or LocalVariableStore()
         # Local variables stay in this process whatever holds the others.
@@ -347,6 +354,28 @@ class Session:
         self._default_context.__exit__(*exc_info)
         self.close()
         return False
+
+
+_warned_alone = False
+
+
+def _warn_if_alone_in_a_cluster():
+    """A plain Session in a worker of a cluster (TF_CONFIG) trains alone, in this process:
+    say so once, naming what trains on the cluster."""
+    global _warned_alone
+    if _warned_alone or "TF_CONFIG" not in os.environ:
+        return
+    try:
+        config = json.loads(os.environ["TF_CONFIG"])
+        task_type = config.get("task", {}).get("type")
+        has_ps = bool(config.get("cluster", {}).get("ps"))
+    except (ValueError, AttributeError):
+        return
+    if has_ps and task_type in ("worker", "chief", "master"):
+        _warned_alone = True
+        log.warning("tf.Session() trains in this process only, not on the cluster TF_CONFIG "
+                    "names; use tf.train.MonitoredTrainingSession to train on its parameter "
+                    "servers")
 
 
 def check_rows(var, indices, rows):

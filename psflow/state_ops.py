@@ -49,7 +49,8 @@ class InitializeVariables(Node):
             for table in tables:
                 store.init_table(table)
             for var_store, var, value in zip(stores, variables, values):
-                var_store.assign(var, np.array(value, dtype=var.dtype))
+                initialize = getattr(var_store, "initialize_value", var_store.assign)
+                initialize(var, np.array(value, dtype=var.dtype))
         return run
 
 

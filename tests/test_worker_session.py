@@ -532,3 +532,23 @@ def test_the_servers_name_bad_table_requests_and_keep_serving(servers):
     table = {t.name: t for t in stats.tables}["user"]
     assert (table.rows, table.created, table.dropped_gradients) == (2, 2, 1)
     client.close()
+
+
+def test_a_classic_global_step_advances_on_the_cluster(fresh_graph, servers):
+    x = tf.placeholder("float", shape=(None, 3), name="x")
+    y = tf.placeholder("float", shape=(None,), name="y")
+    w = tf.Variable(np.zeros(3, np.float32), name="w")
+    loss = tf.reduce_mean(tf.square(tf.reduce_sum(x * w, axis=1) - y))
+    global_step = tf.Variable(0, name="global_step", trainable=False)
+    train = tf.train.GradientDescentOptimizer(0.1).minimize(loss, global_step=global_step)
+    session = DistributedSession(fresh_graph, task(servers))
+    try:
+        session.run(tf.global_variables_initializer())  # as TF1 scripts do; the step stays
+        runs = 0
+        while session.run(global_step) < 5 and runs < 50:  # TF1's loop condition
+            session.run(train, {x: np.ones((2, 3), np.float32), y: [1.0, 1.0]})
+            runs += 1
+        assert runs == 5 and session.run(global_step) == 5
+    finally:
+        session.close()
+    assert servers[0].store.global_step == 5

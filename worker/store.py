@@ -500,6 +500,12 @@ class DistributedStore:
             value = self.step.values[var]
         return value
 
+    def initialize_value(self, var, value):
+        """What an initializer op does: assigns, but leaves the global step to shard 0, which
+        starts it at 0 (or at a checkpoint's step) and advances it with each step."""
+        if var is not self.global_step_var:
+            self.assign(var, value)
+
     def assign(self, var, value):
         if var is self.global_step_var:
             raise InvalidArgumentError("the global step lives on parameter server 0 and "

@@ -22,3 +22,8 @@ __all__ = [
     "UpdateRule", "create_global_step", "replica_device_setter", "get_global_step", "get_or_create_global_step",
     "global_step", "task_config_from_env",
 ]
+
+
+def __getattr__(name):
+    from ..unimplemented import refuse
+    raise refuse("tf.train", name)

@@ -78,6 +78,8 @@ class Optimizer:
             raise ValueError(f"{self.name}: no gradients provided for any variable ({names}); "
                              "does the loss depend on them?")
         graph = pairs[0][1].graph
+        if global_step is not None and get_global_step(graph) is None:
+            _adopt_global_step(graph, global_step)  # TF1's own global step variable
         with graph.as_default():
             return ApplyGradients(self.rule, pairs, global_step=global_step,
                                   name=name or self.name, loss=loss, consistency=consistency)
@@ -164,16 +166,33 @@ class LazyAdamOptimizer(AdamOptimizer):
                          lazy_sparse=True)
 
 
+def _adopt_global_step(graph, var):
+    """Makes `var` the graph's global step (the one the parameter servers advance)."""
+    if var.shape != () or np.dtype(var.dtype).kind not in "iu":
+        raise TypeError(f"the global step must be an integer scalar variable; "
+                        f"{var.name!r} is {np.dtype(var.dtype).name} of shape {var.shape}")
+    graph.global_step = var
+    return var
+
+
 def get_global_step(graph=None):
-    """The graph's global step variable, or None."""
+    """The graph's global step variable, or None: the one made by get_or_create_global_step,
+    added to the GLOBAL_STEP collection or passed to minimize(global_step=), or else, as in
+    TF1, an integer scalar variable named "global_step"."""
     graph = graph or get_default_graph()
-    return getattr(graph, "global_step", None)
+    step = getattr(graph, "global_step", None)
+    if step is None:
+        for var in graph.variables:
+            if var.name == "global_step" and var.shape == () and \
+                    np.dtype(var.dtype).kind in "iu":
+                return _adopt_global_step(graph, var)
+    return step
 
 
 def get_or_create_global_step(graph=None):
     """The graph's global step: a non-trainable int64 Variable starting at 0."""
     graph = graph or get_default_graph()
-    step = getattr(graph, "global_step", None)
+    step = get_global_step(graph)
     if step is None:
         with graph.as_default():
             step = Variable(np.int64(0), trainable=False, name="global_step")

@@ -1,0 +1,87 @@
+"""TF1 idioms that must not go silently wrong: the classic global steps, TF's dtype names, a
+plain Session in a cluster's worker."""
+
+import logging
+
+import numpy as np
+import pytest
+
+import psflow as tf
+from psflow import session as session_module
+
+
+@pytest.fixture(autouse=True)
+def fresh_graph():
+    with tf.Graph().as_default() as graph:
+        yield graph
+
+
+def linear_train(global_step):
+    x = tf.placeholder("float", shape=(None, 2))
+    w = tf.Variable(np.zeros(2, np.float32))
+    loss = tf.reduce_mean(tf.square(tf.reduce_sum(x * w, axis=1) - 1.0))
+    return x, tf.train.GradientDescentOptimizer(0.1).minimize(loss, global_step=global_step)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: tf.Variable(0, name="global_step", trainable=False),
+    lambda: tf.get_variable("global_step", shape=(), dtype=tf.int64,
+                            initializer=tf.zeros_initializer(), trainable=False),
+    lambda: tf.Variable(0, name="step_counter", trainable=False),
+], ids=["Variable", "get_variable", "any-name-passed-to-minimize"])
+def test_a_global_step_made_the_classic_ways_is_the_global_step(fresh_graph, make):
+    step = make()
+    x, train = linear_train(step)
+    assert tf.train.get_global_step() is step
+    assert tf.train.get_or_create_global_step() is step
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        for _ in range(3):
+            sess.run(train, {x: np.ones((4, 2), np.float32)})
+        assert tf.train.global_step(sess, step) == 3
+
+
+def test_a_variable_named_global_step_is_found_without_being_passed():
+    step = tf.Variable(0, name="global_step", trainable=False)
+    assert tf.train.get_global_step() is step
+
+
+def test_a_float_global_step_is_refused_by_name():
+    step = tf.Variable(0.0, name="counter", trainable=False)
+    with pytest.raises(TypeError, match="'counter' is float32"):
+        linear_train(step)
+
+
+def test_tf_dtype_names_mean_what_they_mean_in_tf():
+    assert tf.placeholder("float").dtype == np.float32
+    assert tf.placeholder("double").dtype == np.float64
+    assert tf.cast(tf.constant([1, 2]), "float").dtype == np.float32
+    assert tf.placeholder("half").dtype == np.float16
+
+
+def test_a_plain_session_in_a_clusters_worker_warns_once(monkeypatch, caplog):
+    monkeypatch.setattr(session_module, "_warned_alone", False)
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"ps": ["h:1"], "worker": ["h:2"]}, '
+                                    '"task": {"type": "worker", "index": 0}}')
+    with caplog.at_level(logging.WARNING, logger="psflow.session"):
+        tf.Session()
+        tf.Session()
+    warnings = [r.getMessage() for r in caplog.records if "trains in this process" in
+                r.getMessage()]
+    assert len(warnings) == 1 and "MonitoredTrainingSession" in warnings[0]
+
+
+def test_contrib_global_step_and_refusals_by_name():
+    step = tf.contrib.framework.get_or_create_global_step()
+    assert tf.train.get_global_step() is step
+    with pytest.raises(AttributeError, match="psflow does not implement tf.estimator; "
+                                             "instead, build the graph"):
+        tf.estimator.Estimator
+    with pytest.raises(AttributeError, match="does not implement tf.train.Supervisor; "
+                                             "instead, use tf.train.MonitoredTrainingSession"):
+        tf.train.Supervisor
+    with pytest.raises(AttributeError, match="does not implement tf.contrib.layers"):
+        tf.contrib.layers
+    with pytest.raises(AttributeError, match="does not implement tf.nn.fancy_op$"):
+        tf.nn.fancy_op
+    assert not hasattr(tf, "__wrapped__")
