@@ -21,6 +21,11 @@ from .initializers import (constant_initializer, fixed_size_partitioner, get_var
 from .math_ops import (add, add_n, argmax, cast, divide, equal, exp, identity, log, matmul,
                        multiply, negative, ones_like, reduce_mean, reduce_sum, sqrt, square,
                        subtract, zeros_like)
+from .more_ops import (abs, clip_by_global_norm, clip_by_value, expand_dims, floor,
+                       global_norm, greater, greater_equal, less, less_equal, logical_and,
+                       logical_not, logical_or, logical_xor, maximum, minimum, not_equal, pow,
+                       reduce_max, reduce_min, reduce_prod, round, sign, squeeze, stack, tile,
+                       unstack, where)
 from .nn_ops import sigmoid, tanh
 from .session import Session, get_default_session
 from .sparse_ops import SparseTensor, SparseTensorValue, sparse_placeholder

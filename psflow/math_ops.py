@@ -468,11 +468,26 @@ def matmul(a, b, transpose_a=False, transpose_b=False, name=None):
     return MatMul(a, b, transpose_a=transpose_a, transpose_b=transpose_b, name=name)
 
 
-def reduce_sum(x, axis=None, keepdims=False, name=None):
+def reduction_args(axis, keepdims, reduction_indices, keep_dims):
+    """TF1's old names (reduction_indices, keep_dims) beside the new (axis, keepdims)."""
+    if reduction_indices is not None:
+        if axis is not None:
+            raise ValueError("give axis or reduction_indices, not both")
+        axis = reduction_indices
+    if keep_dims is not None:
+        keepdims = keep_dims
+    return axis, keepdims
+
+
+def reduce_sum(x, axis=None, keepdims=False, name=None, reduction_indices=None,
+               keep_dims=None):
+    axis, keepdims = reduction_args(axis, keepdims, reduction_indices, keep_dims)
     return ReduceSum(x, axis=axis, keepdims=keepdims, name=name)
 
 
-def reduce_mean(x, axis=None, keepdims=False, name=None):
+def reduce_mean(x, axis=None, keepdims=False, name=None, reduction_indices=None,
+                keep_dims=None):
+    axis, keepdims = reduction_args(axis, keepdims, reduction_indices, keep_dims)
     return ReduceMean(x, axis=axis, keepdims=keepdims, name=name)
 
 

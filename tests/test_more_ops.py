@@ -1,0 +1,97 @@
+"""TF1's everyday ops beyond the core: values as numpy computes them, gradients checked by
+finite differences."""
+
+import numpy as np
+import pytest
+
+import psflow as tf
+from gradcheck import check_gradients, weighted_sum
+
+
+@pytest.fixture(autouse=True)
+def fresh_graph():
+    with tf.Graph().as_default() as graph:
+        yield graph
+
+
+RNG = np.random.default_rng(11)
+A = RNG.normal(size=(3, 4))
+B = RNG.normal(size=(4,))
+POS = RNG.uniform(0.5, 2.0, size=(3, 4))
+
+
+@pytest.mark.parametrize("op,arrays", [
+    (lambda a, b: tf.maximum(a, b), (A, B)),
+    (lambda a, b: tf.minimum(a, b), (A, B)),
+    (lambda a, b: tf.pow(a, b), (POS, B)),
+    (lambda a: tf.abs(a), (A,)),
+    (lambda a: tf.where(tf.greater(a, 0.0), a * 2.0, tf.square(a)), (A,)),
+    (lambda a: tf.reduce_max(a, axis=1), (A,)),
+    (lambda a: tf.reduce_min(a, reduction_indices=[0], keep_dims=True), (A,)),
+    (lambda a: tf.reduce_prod(a, axis=1), (A,)),
+    (lambda a: tf.reduce_prod(a), (np.array([[0.5, 0.0], [2.0, 3.0]]),)),
+    (lambda a, b: tf.stack([a, a * 2.0], axis=1) * tf.reduce_sum(b), (A, B)),
+    (lambda a: tf.unstack(a, axis=1)[2] * 3.0, (A,)),
+    (lambda a: tf.squeeze(tf.expand_dims(a, 1), axis=[1]), (A,)),
+    (lambda a: tf.tile(a, [2, 3]), (A,)),
+    (lambda a: tf.nn.leaky_relu(a, alpha=0.1), (A,)),
+    (lambda a: tf.nn.elu(a), (A,)),
+    (lambda a: tf.clip_by_value(a, -0.5, 0.5), (A,)),
+    (lambda a, b: tf.nn.xw_plus_b(a, tf.reshape(b, (4, 1)), tf.constant([0.5], tf.float64)),
+     (A, B)),
+    (lambda a: tf.add_n(list(tf.nn.moments(a, axes=[0]))), (A,)),
+    (lambda a, b: tf.clip_by_global_norm([a, b], 1.0)[0][0], (A, B)),
+], ids=["maximum", "minimum", "pow", "abs", "where", "reduce_max", "reduce_min_old_names",
+        "reduce_prod", "reduce_prod_zero", "stack", "unstack", "squeeze_expand_dims", "tile",
+        "leaky_relu", "elu", "clip_by_value", "xw_plus_b", "moments", "clip_by_global_norm"])
+def test_gradients_match_finite_differences(op, arrays):
+    check_gradients(lambda *xs: weighted_sum(op(*xs)), *arrays)
+
+
+def test_values_match_numpy():
+    a = tf.constant(A)
+    with tf.Session() as sess:
+        got = sess.run({
+            "sign": tf.sign(a), "floor": tf.floor(a), "round": tf.round(a * 3),
+            "less": tf.less(a, 0.0), "ge": tf.greater_equal(a, 0.0),
+            "and": tf.logical_and(tf.less(a, 1.0), tf.greater(a, -1.0)),
+            "not": tf.logical_not(tf.less(a, 0.0)), "where": tf.where(tf.less(a, 0.0)),
+            "mean_var": tf.nn.moments(a, axes=[1]),
+            "max": tf.reduce_max(a, reduction_indices=1, keep_dims=True),
+        })
+    np.testing.assert_array_equal(got["sign"], np.sign(A))
+    np.testing.assert_array_equal(got["floor"], np.floor(A))
+    np.testing.assert_array_equal(got["round"], np.round(A * 3))
+    np.testing.assert_array_equal(got["less"], A < 0)
+    np.testing.assert_array_equal(got["ge"], A >= 0)
+    np.testing.assert_array_equal(got["and"], (A < 1) & (A > -1))
+    np.testing.assert_array_equal(got["not"], ~(A < 0))
+    np.testing.assert_array_equal(got["where"], np.argwhere(A < 0))
+    np.testing.assert_allclose(got["mean_var"][0], A.mean(axis=1))
+    np.testing.assert_allclose(got["mean_var"][1], A.var(axis=1))
+    np.testing.assert_array_equal(got["max"], A.max(axis=1, keepdims=True))
+
+
+def test_dropout_keeps_the_expectation_and_takes_keep_prob_or_rate():
+    x = tf.ones((200, 100))
+    keep = tf.placeholder(tf.float32)
+    by_keep = tf.nn.dropout(x, keep_prob=keep)
+    by_rate = tf.nn.dropout(x, rate=0.25, seed=3)
+    with tf.Session() as sess:
+        kept = sess.run(by_keep, {keep: 0.5})
+        assert set(np.unique(kept).tolist()) == {0.0, 2.0}
+        assert abs(kept.mean() - 1.0) < 0.05
+        np.testing.assert_array_equal(sess.run(by_keep, {keep: 1.0}), np.ones((200, 100)))
+        assert abs((sess.run(by_rate) == 0).mean() - 0.25) < 0.02
+    with pytest.raises(ValueError, match="keep_prob or rate"):
+        tf.nn.dropout(x)
+
+
+def test_dropout_gradient_uses_the_same_mask():
+    w = tf.Variable(np.ones((50, 4), np.float32))
+    y = tf.nn.dropout(w, keep_prob=0.5, seed=1)
+    grad = tf.gradients(tf.reduce_sum(y), [w])[0]
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        out, g = sess.run([y, grad])
+    np.testing.assert_array_equal(g, out)  # d sum(mask * w) / dw = mask, and w = 1
