@@ -160,6 +160,30 @@ def set_random_seed(seed):
     get_default_graph().seed = int(seed)
 
 
+class TensorShape(tuple):
+    """A static shape: a tuple of ints and Nones, with TF1's TensorShape methods."""
+
+    def as_list(self):
+        return list(self)
+
+    @property
+    def ndims(self):
+        return len(self)
+
+    @property
+    def dims(self):
+        return list(self)
+
+    def num_elements(self):
+        return None if None in self else int(np.prod(self, dtype=np.int64))
+
+    def is_fully_defined(self):
+        return None not in self
+
+    def __repr__(self):
+        return f"TensorShape({list(self)})"
+
+
 class Node:
     """A node of the graph; evaluating it in a session gives a numpy array (or None for ops
     run only for their effect, like a train op).
@@ -209,8 +233,21 @@ class Node:
 
     run = eval
 
+    @property
+    def shape(self):
+        return self._shape
+
+    @shape.setter
+    def shape(self, shape):
+        self._shape = None if shape is None else TensorShape(shape)
+
     def get_shape(self):
         return self.shape
+
+    def __getattr__(self, name):
+        if name == "op":  # TF1's tensor.op: in psflow an op and its output are one object
+            return self
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self):
         dtype = self.dtype.name if self.dtype is not None else "none"
