@@ -4,7 +4,8 @@
 `gradients`, `Session`, and the optimizers in `psflow.train`.
 """
 
-from . import contrib, errors, metrics, nn, train
+from . import app, contrib, errors, metrics, nn, train
+from . import tf_logging as logging
 from .array_ops import concat, gather, one_hot, ones, reshape, transpose, zeros
 from .checkpoint import load_model, lookup
 from .embedding_variable import (CounterFilter, EmbeddingVariableOption, GlobalStepEvict,
@@ -13,7 +14,8 @@ from .gradients import IndexedSlices, gradients
 from .graph import (Graph, Node, Tensor, as_dtype, bool_, constant, device, float16, float32,
                     float64, get_default_graph, int32, int64, name_scope, placeholder,
                     reset_default_graph, set_random_seed)
-from .initializers import (constant_initializer, fixed_size_partitioner, get_variable,
+from .initializers import (AUTO_REUSE, constant_initializer, fixed_size_partitioner, get_variable,
+                           get_variable_scope, variable_scope,
                            glorot_normal_initializer, glorot_uniform_initializer,
                            min_max_variable_partitioner, ones_initializer, random_normal,
                            random_normal_initializer, random_uniform, random_uniform_initializer,

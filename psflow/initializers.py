@@ -4,6 +4,8 @@ Randomness is seeded as in TensorFlow: an op-level `seed`, a graph-level seed
 (`psflow.set_random_seed`), or both make results repeatable; neither gives fresh randomness.
 """
 
+import contextlib
+
 import numpy as np
 
 from .graph import Node, as_dtype, as_shape, float32, get_default_graph
@@ -223,6 +225,76 @@ def min_max_variable_partitioner(max_partitions=1, axis=0, min_slice_size=256 <<
     return partitions
 
 
+AUTO_REUSE = "auto_reuse"
+
+
+class VariableScope:
+    """A variable scope as get_variable_scope() returns it."""
+
+    def __init__(self, name, reuse, initializer):
+        self.name, self.reuse, self.initializer = name, reuse, initializer
+
+    def reuse_variables(self):
+        """From here to the end of the scope, get_variable shares existing variables."""
+        self.reuse = True
+
+
+def _scopes(graph):
+    if not hasattr(graph, "variable_scopes"):
+        graph.variable_scopes = [VariableScope("", False, None)]
+    return graph.variable_scopes
+
+
+def current_reuse(graph):
+    return _scopes(graph)[-1].reuse
+
+
+def current_initializer(graph):
+    return _scopes(graph)[-1].initializer
+
+
+def get_variable_scope():
+    return _scopes(get_default_graph())[-1]
+
+
+@contextlib.contextmanager
+def variable_scope(name_or_scope=None, default_name=None, values=None, initializer=None,
+                   reuse=None, dtype=None, **unsupported):
+    """TF1's variable_scope: names what get_variable makes inside it (`scope/name`), and with
+    `reuse=True` (or AUTO_REUSE, or after scope.reuse_variables()) gives back the variables
+    made before under the same names. Reuse is inherited by inner scopes."""
+    if unsupported:
+        raise TypeError(f"variable_scope: {', '.join(sorted(unsupported))} not supported")
+    graph = get_default_graph()
+    scopes = _scopes(graph)
+    if isinstance(name_or_scope, VariableScope):
+        name = name_or_scope.name.split("/")[-1]
+    elif name_or_scope is not None:
+        name = str(name_or_scope)
+    elif default_name is not None:
+        taken = {v.name for v in graph.variables}
+        prefix = "/".join(graph._name_stack + [default_name])
+        count = 0
+        name = default_name
+        while any(t == prefix or t.startswith(prefix + "/") for t in taken):
+            count += 1
+            name = f"{default_name}_{count}"
+            prefix = "/".join(graph._name_stack + [name])
+    else:
+        raise ValueError("variable_scope needs a name_or_scope or a default_name")
+    inherited = scopes[-1].reuse
+    scope = VariableScope("/".join(graph._name_stack + [name]),
+                          reuse if reuse not in (None, False) else inherited,
+                          initializer or scopes[-1].initializer)
+    scopes.append(scope)
+    graph._name_stack.append(name)
+    try:
+        yield scope
+    finally:
+        graph._name_stack.pop()
+        scopes.pop()
+
+
 def get_variable(name, shape=None, dtype=float32, initializer=None, trainable=True,
                  partitioner=None, collections=None, **unsupported):
     """A new Variable named `name`: `initializer` (default glorot_uniform) gives its value,
@@ -236,10 +308,23 @@ def get_variable(name, shape=None, dtype=float32, initializer=None, trainable=Tr
                         "supported")
     graph = get_default_graph()
     full = "/".join(graph._name_stack + [name])
-    if any(v.name == full for v in graph.variables + graph.local_variables):
-        raise ValueError(f"variable {full!r} already exists in this graph")
+    existing = [v for v in graph.variables + graph.local_variables if v.name == full]
+    reuse = current_reuse(graph)
+    if existing:
+        if not reuse:
+            raise ValueError(f"variable {full!r} already exists in this graph; to share it, "
+                             "get it inside variable_scope(..., reuse=True) (or "
+                             "reuse=tf.AUTO_REUSE)")
+        var = existing[0]
+        if shape is not None and tuple(var.shape) != as_shape(shape):
+            raise ValueError(f"variable {full!r} exists with shape {tuple(var.shape)}; it "
+                             f"cannot be shared with shape {as_shape(shape)}")
+        return var
+    if reuse is True:
+        raise ValueError(f"variable {full!r} does not exist, so reuse=True cannot share it; "
+                         "create it first, or use reuse=tf.AUTO_REUSE")
     if initializer is None:
-        initializer = glorot_uniform_initializer()
+        initializer = current_initializer(graph) or glorot_uniform_initializer()
     if isinstance(initializer, Initializer):
         if shape is None:
             raise ValueError(f"get_variable({name!r}): a shape is needed with an initializer")

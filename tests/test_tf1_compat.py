@@ -85,3 +85,78 @@ def test_contrib_global_step_and_refusals_by_name():
     with pytest.raises(AttributeError, match="does not implement tf.nn.fancy_op$"):
         tf.nn.fancy_op
     assert not hasattr(tf, "__wrapped__")
+
+
+def test_variable_scope_shares_variables_by_reuse():
+    def layer(x):
+        w = tf.get_variable("w", shape=(2, 3), initializer=tf.ones_initializer())
+        return x @ w
+
+    x = tf.placeholder(tf.float32, (None, 2))
+    with tf.variable_scope("tower"):
+        first = layer(x)
+    with tf.variable_scope("tower", reuse=True):
+        second = layer(x)
+    with tf.variable_scope("shared", reuse=tf.AUTO_REUSE):
+        a = tf.get_variable("v", shape=(1,))
+    with tf.variable_scope("shared", reuse=tf.AUTO_REUSE):
+        b = tf.get_variable("v", shape=(1,))
+    with tf.variable_scope("late") as scope:
+        c = tf.get_variable("v", shape=(1,))
+        scope.reuse_variables()
+        with tf.variable_scope("inner"):  # reuse is inherited
+            assert tf.get_variable_scope().reuse is True
+        assert tf.get_variable("v") is c
+    assert a is b and [v.name for v in tf.trainable_variables()] == [
+        "tower/w", "shared/v", "late/v"]
+    with pytest.raises(ValueError, match="'tower/w' already exists.*reuse=True"):
+        with tf.variable_scope("tower"):
+            layer(x)
+    with pytest.raises(ValueError, match="'tower/u' does not exist.*AUTO_REUSE"):
+        with tf.variable_scope("tower", reuse=True):
+            tf.get_variable("u", shape=(1,))
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        out = sess.run([first, second], {x: [[1.0, 2.0]]})
+    np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_static_shapes_are_tensor_shapes():
+    x = tf.placeholder(tf.float32, (None, 28, 28))
+    assert x.get_shape().as_list() == [None, 28, 28]
+    assert x.shape.as_list()[1:] == [28, 28] and x.shape.ndims == 3
+    assert x.shape == (None, 28, 28) and not x.shape.is_fully_defined()
+    assert tf.zeros((2, 3)).shape.num_elements() == 6
+    assert x.op.name == x.name
+
+
+def test_app_flags_and_run(tmp_path):
+    import subprocess
+    import sys
+    script = tmp_path / "trainer.py"
+    script.write_text(
+        "import psflow as tf\n"
+        "tf.app.flags.DEFINE_integer('train_steps', 10, 'steps')\n"
+        "tf.app.flags.DEFINE_string('job_name', '', 'job')\n"
+        "tf.app.flags.DEFINE_boolean('sync_replicas', False, 'sync')\n"
+        "tf.app.flags.DEFINE_float('learning_rate', 0.1, 'lr')\n"
+        "FLAGS = tf.app.flags.FLAGS\n"
+        "def main(argv):\n"
+        "    tf.logging.set_verbosity(tf.logging.INFO)\n"
+        "    tf.logging.info('steps %d', FLAGS.train_steps)\n"
+        "    print(FLAGS.train_steps, repr(FLAGS.job_name), FLAGS.sync_replicas,\n"
+        "          FLAGS.learning_rate, argv[1:])\n"
+        "if __name__ == '__main__':\n"
+        "    tf.app.run()\n")
+
+    def run(*args):
+        result = subprocess.run([sys.executable, str(script), *args], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    given = run("--train_steps=5", "--job_name", "worker", "--sync_replicas",
+                "--learning_rate", "0.5", "rest")
+    assert given.stdout.split("\n")[0] == "5 'worker' True 0.5 ['rest']"
+    assert "steps 5" in given.stderr
+    assert run("--nosync_replicas").stdout.startswith("10 '' False 0.1 []")
