@@ -29,7 +29,8 @@ from .more_ops import (abs, clip_by_global_norm, clip_by_value, expand_dims, flo
                        reduce_max, reduce_min, reduce_prod, round, sign, squeeze, stack, tile,
                        unstack, where)
 from .nn_ops import sigmoid, tanh
-from .session import Session, get_default_session
+from .config import ConfigProto, GPUOptions
+from .session import InteractiveSession, Session, get_default_session
 from .sparse_ops import SparseTensor, SparseTensorValue, sparse_placeholder
 from .state_ops import global_variables_initializer, group, no_op, variables_initializer
 from .variables import (GraphKeys, Variable, global_variables, local_variables,

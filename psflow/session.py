@@ -13,7 +13,7 @@ from . import checkpoint
 from .array_ops import Gather, RowSource
 from .embedding_table import Dedup, EmbeddingTable, array_key
 from .errors import FailedPreconditionError, InvalidArgumentError, PsflowError
-from .graph import (Node, Placeholder, format_shape, get_default_graph, shape_compatible,
+from .graph import (Graph, Node, Placeholder, format_shape, get_default_graph, shape_compatible,
                     topological_order)
 from .sparse_ops import SparseTensor
 from .train.update_rules import checked_slots
@@ -206,10 +206,18 @@ class Session:
     have no value, such as a train op).
     """
 
-    def __init__(self, graph=None, store=None):
+    def __init__(self, target="", graph=None, config=None, store=None):
+        if isinstance(target, Graph):  # Session(graph): psflow's older positional form
+            target, graph = "", target
+        if target:
+            raise NotImplementedError(
+                f"psflow's Session has no target ({target!r}): tf.train.Server is not "
+                "implemented; run the script with launch --workers N --ps M and train with "
+                "tf.train.MonitoredTrainingSession")
         if store is None:
             _warn_if_alone_in_a_cluster()
         self.graph = graph or get_default_graph()
+        self.config = config  # ConfigProto: accepted, and nothing in it applies
         self.store = store or LocalVariableStore()
         # Local variables stay in this process whatever holds the others.
         self.local_store = self.store if store is None else LocalVariableStore()
@@ -457,6 +465,23 @@ class _DefaultSession:
     def __exit__(self, *exc_info):
         _default_sessions.stack.pop()
         return False
+
+
+class InteractiveSession(Session):
+    """A Session that makes itself the default session until it is closed (for shells and
+    notebooks: `x.eval()` without a `with` block)."""
+
+    def __init__(self, target="", graph=None, config=None):
+        super().__init__(target, graph, config)
+        self._default_context = self.as_default()
+        self._default_context.__enter__()
+
+    def close(self):
+        if self._default_context is not None and \
+                _default_sessions.stack and _default_sessions.stack[-1] is self:
+            self._default_context.__exit__(None, None, None)
+        self._default_context = None
+        super().close()
 
 
 def get_default_session():

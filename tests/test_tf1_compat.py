@@ -160,3 +160,30 @@ def test_app_flags_and_run(tmp_path):
     assert given.stdout.split("\n")[0] == "5 'worker' True 0.5 ['rest']"
     assert "steps 5" in given.stderr
     assert run("--nosync_replicas").stdout.startswith("10 '' False 0.1 []")
+
+
+def test_interactive_session_config_and_queue_runner_idioms():
+    sess = tf.InteractiveSession(config=tf.ConfigProto(
+        log_device_placement=True, allow_soft_placement=True,
+        gpu_options=tf.GPUOptions(allow_growth=True)))
+    try:
+        w = tf.Variable(2.0)
+        tf.global_variables_initializer().run()
+        assert (w * 3.0).eval() == 6.0
+        coord = tf.train.Coordinator()
+        threads = tf.train.start_queue_runners(sess=sess, coord=coord)
+        assert threads == [] and not coord.should_stop()
+        coord.request_stop()
+        coord.join(threads)
+        assert coord.should_stop()
+    finally:
+        sess.close()
+    assert tf.get_default_session() is None
+    with pytest.raises(NotImplementedError, match="tf.train.Server is not implemented.*launch"):
+        tf.Session("grpc://localhost:2222")
+    with tf.Session(fresh_graph_of(w)) as old_form:  # psflow's positional graph still works
+        assert old_form.graph is w.graph
+
+
+def fresh_graph_of(node):
+    return node.graph

@@ -56,7 +56,7 @@ class DistributedSession(Session):
         self.consistency = job_consistency(graph)
         store = DistributedStore(graph, task, partition_bytes, self.consistency)
         self.checkpoint_dir = checkpoint_dir
-        super().__init__(graph, store=store)
+        super().__init__(graph=graph, store=store)
         self.task = task
         self.local_step = 0
         self.last_loss = math.nan
@@ -101,7 +101,7 @@ class DistributedSession(Session):
                 f"parameter server(s) {names} restarted and lost their variables, and there "
                 "is no checkpoint to restore them from (give MonitoredTrainingSession a "
                 "checkpoint_dir to survive this)")
-        local = Session(graph, store=LocalVariableStore())
+        local = Session(graph=graph, store=LocalVariableStore())
         with graph.as_default():
             local.run(variables_initializer(missing))
         op, feeds = initializer or (None, None)

@@ -2,6 +2,7 @@
 MonitoredTrainingSession, with TensorFlow 1.x's names."""
 
 from .cluster import ClusterSpec, TaskConfig, replica_device_setter, task_config_from_env
+from ..config import Coordinator, start_queue_runners
 from .consistency import Consistency
 from .monitored_session import (MonitoredTrainingSession, Scaffold, SessionRunArgs,
                                 SessionRunContext, SessionRunHook, SessionRunValues,

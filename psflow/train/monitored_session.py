@@ -226,7 +226,7 @@ class MonitoredTrainingSession:
                                                  initializer)
             fresh = self._session.initialized_here
         else:
-            self._session = Session(self.graph)
+            self._session = Session(graph=self.graph)
             self._session.run(global_variables_initializer())
             fresh = state is None
             if fresh and scaffold.init_op is not None:
