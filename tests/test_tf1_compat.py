@@ -187,3 +187,27 @@ def test_interactive_session_config_and_queue_runner_idioms():
 
 def fresh_graph_of(node):
     return node.graph
+
+
+@pytest.mark.parametrize("schedule,expected", [
+    (lambda step: tf.train.exponential_decay(0.1, step, 2, 0.5, staircase=True),
+     [0.1, 0.1, 0.05, 0.05, 0.025]),
+    (lambda step: tf.train.exponential_decay(0.1, step, 2, 0.5),
+     [0.1 * 0.5 ** (k / 2) for k in range(5)]),
+    (lambda step: tf.train.piecewise_constant(step, [1, 3], [0.3, 0.2, 0.1]),
+     [0.3, 0.3, 0.2, 0.2, 0.1]),
+], ids=["staircase", "smooth", "piecewise"])
+def test_learning_rate_schedules_drive_the_optimizer(schedule, expected):
+    step = tf.train.get_or_create_global_step()
+    learning_rate = schedule(step)
+    w = tf.Variable(np.zeros(1, np.float64))
+    train = tf.train.GradientDescentOptimizer(learning_rate).minimize(
+        tf.reduce_sum(w), global_step=step)
+    seen = []
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        for _ in range(5):
+            seen.append(float(sess.run(learning_rate)))
+            sess.run(train)
+        np.testing.assert_allclose(seen, expected, rtol=1e-6)
+        np.testing.assert_allclose(sess.run(w), [-sum(expected)], rtol=1e-6)

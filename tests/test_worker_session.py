@@ -552,3 +552,24 @@ def test_a_classic_global_step_advances_on_the_cluster(fresh_graph, servers):
     finally:
         session.close()
     assert servers[0].store.global_step == 5
+
+
+def test_a_decaying_learning_rate_trains_through_the_servers_as_locally(fresh_graph, servers):
+    x, y, w, b, loss, step, _ = linear_model()
+    rate = tf.train.exponential_decay(0.2, step, 1, 0.7)
+    train = tf.train.AdamOptimizer(rate).minimize(loss, global_step=step)
+    feeds = {x: np.array([[1, 2, 3], [0, 1, 0]], np.float32), y: [1.0, -1.0]}
+    with tf.Session() as local:
+        local.run(tf.global_variables_initializer())
+        for _ in range(4):
+            local.run(train, feeds)
+        expected = local.run([w, b])
+    session = DistributedSession(fresh_graph, task(servers))
+    try:
+        for _ in range(4):
+            session.run(train, feeds)
+        got = session.run([w, b])
+    finally:
+        session.close()
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-5)

@@ -607,11 +607,14 @@ class DistributedStore:
         step.returned = _values_of([reply] + self.fanout.call(calls))
 
     def _rule_proto(self, rule):
-        proto = self._rule_protos.get(id(rule))
+        key = (rule.name, tuple(sorted(rule.hyper.items())))
+        proto = self._rule_protos.get(key)
         if proto is None:
             proto = pb.UpdateRule(name=rule.name, hyper={k: float(v) for k, v in
                                                           rule.hyper.items()})
-            self._rule_protos[id(rule)] = proto
+            if len(self._rule_protos) >= 256:  # a learning-rate schedule makes many
+                self._rule_protos.clear()
+            self._rule_protos[key] = proto
         return proto
 
     def traffic(self):

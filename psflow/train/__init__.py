@@ -4,6 +4,7 @@ MonitoredTrainingSession, with TensorFlow 1.x's names."""
 from .cluster import ClusterSpec, TaskConfig, replica_device_setter, task_config_from_env
 from ..config import Coordinator, start_queue_runners
 from .consistency import Consistency
+from .learning_rate import exponential_decay, inverse_time_decay, piecewise_constant
 from .monitored_session import (MonitoredTrainingSession, Scaffold, SessionRunArgs,
                                 SessionRunContext, SessionRunHook, SessionRunValues,
                                 StopAtStepHook)

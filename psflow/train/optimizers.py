@@ -19,7 +19,7 @@ class ApplyGradients(Node):
     is_train_op = True  # a run with one trains: its table lookups create rows
 
     def __init__(self, rule, grads_and_vars, global_step=None, name=None, loss=None,
-                 consistency=None):
+                 consistency=None, learning_rate=None):
         self.rule = rule
         self.loss = loss  # the loss being minimized, when known: progress reports show it
         self.variables = [v for _, v in grads_and_vars]
@@ -27,14 +27,26 @@ class ApplyGradients(Node):
         # A train.consistency.Consistency from SyncReplicasOptimizer and friends; None leaves
         # the mode to the job (launch --mode).
         self.consistency = consistency
-        super().__init__([g for g, _ in grads_and_vars], name=name or "Apply")
+        # A learning rate that is a tensor (a decay schedule) is computed each run.
+        self.learning_rate = learning_rate
+        inputs = [g for g, _ in grads_and_vars]
+        super().__init__(inputs + ([learning_rate] if learning_rate is not None else []),
+                         name=name or "Apply")
 
     def executor(self, session):
         store, rule, variables, global_step, consistency = (
             session.store, self.rule, self.variables, self.global_step, self.consistency)
+        count = len(variables)
 
-        def run(*grads):
-            store.apply_gradients(rule, list(zip(grads, variables)), global_step,
+        def run(*values):
+            now = rule
+            if len(values) > count:
+                learning_rate = float(values[count])
+                if not np.isfinite(learning_rate) or learning_rate < 0:
+                    raise ValueError(f"{self.name}: the learning rate is {learning_rate}; it "
+                                     "must be a non-negative number")
+                now = rule.with_hyper(learning_rate=learning_rate)
+            store.apply_gradients(now, list(zip(values[:count], variables)), global_step,
                                   consistency=consistency)
         return run
 
@@ -45,11 +57,18 @@ class Optimizer:
     rule_name = None
 
     def __init__(self, learning_rate, name, **hyper):
-        if not isinstance(learning_rate, numbers.Real) or isinstance(learning_rate, bool) \
-                or not np.isfinite(learning_rate) or learning_rate < 0:
-            raise ValueError(f"{name}: learning_rate must be a non-negative number, got "
-                             f"{learning_rate!r}")
         self.name = name
+        self.learning_rate_tensor = None
+        if isinstance(learning_rate, Node):  # a schedule: computed at each training run
+            if learning_rate.shape not in (None, ()):
+                raise ValueError(f"{name}: learning_rate must be a scalar, "
+                                 f"{learning_rate.name!r} has shape {learning_rate.shape}")
+            self.learning_rate_tensor = learning_rate
+            learning_rate = 0.0
+        elif not isinstance(learning_rate, numbers.Real) or isinstance(learning_rate, bool) \
+                or not np.isfinite(learning_rate) or learning_rate < 0:
+            raise ValueError(f"{name}: learning_rate must be a non-negative number or a "
+                             f"scalar tensor, got {learning_rate!r}")
         self.learning_rate = float(learning_rate)
         self.rule = UpdateRule(self.rule_name, learning_rate=learning_rate, **hyper)
 
@@ -82,7 +101,8 @@ class Optimizer:
             _adopt_global_step(graph, global_step)  # TF1's own global step variable
         with graph.as_default():
             return ApplyGradients(self.rule, pairs, global_step=global_step,
-                                  name=name or self.name, loss=loss, consistency=consistency)
+                                  name=name or self.name, loss=loss, consistency=consistency,
+                                  learning_rate=self.learning_rate_tensor)
 
     def minimize(self, loss, global_step=None, var_list=None, name=None):
         """compute_gradients followed by apply_gradients."""

@@ -209,6 +209,10 @@ class UpdateRule:
         self.hyper = {k: (bool(v) if isinstance(v, bool) else float(v)) for k, v in hyper.items()}
         self._apply, self._init_slots = RULES[name]
 
+    def with_hyper(self, **changes):
+        """The same rule with some hyperparameters changed (a scheduled learning rate)."""
+        return UpdateRule(self.name, **{**self.hyper, **changes})
+
     def init_slots(self, value):
         """The rule's optimizer slots for `value` (e.g. Adam's moments), freshly made."""
         return self._init_slots(value, **self.hyper)
