@@ -4,7 +4,7 @@
 `gradients`, `Session`, and the optimizers in `psflow.train`.
 """
 
-from . import app, contrib, errors, metrics, nn, train
+from . import app, contrib, errors, layers, metrics, nn, train
 from . import tf_logging as logging
 from .array_ops import concat, gather, one_hot, ones, reshape, transpose, zeros
 from .checkpoint import load_model, lookup
@@ -35,6 +35,8 @@ from .sparse_ops import SparseTensor, SparseTensorValue, sparse_placeholder
 from .state_ops import global_variables_initializer, group, no_op, variables_initializer
 from .variables import (GraphKeys, Variable, global_variables, local_variables,
                         local_variables_initializer, trainable_variables)
+
+bool = bool_  # noqa: A001 -- TF's name for the boolean dtype
 
 __version__ = "0.1.0"
 

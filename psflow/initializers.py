@@ -283,15 +283,17 @@ def variable_scope(name_or_scope=None, default_name=None, values=None, initializ
     else:
         raise ValueError("variable_scope needs a name_or_scope or a default_name")
     inherited = scopes[-1].reuse
-    scope = VariableScope("/".join(graph._name_stack + [name]),
+    scope = VariableScope("/".join(graph._name_stack + ([name] if name else [])),
                           reuse if reuse not in (None, False) else inherited,
                           initializer or scopes[-1].initializer)
     scopes.append(scope)
-    graph._name_stack.append(name)
+    if name:  # "" is the scope one is in (variable_scope("", reuse=True))
+        graph._name_stack.append(name)
     try:
         yield scope
     finally:
-        graph._name_stack.pop()
+        if name:
+            graph._name_stack.pop()
         scopes.pop()
 
 

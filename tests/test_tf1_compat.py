@@ -211,3 +211,39 @@ def test_learning_rate_schedules_drive_the_optimizer(schedule, expected):
             sess.run(train)
         np.testing.assert_allclose(seen, expected, rtol=1e-6)
         np.testing.assert_allclose(sess.run(w), [-sum(expected)], rtol=1e-6)
+
+
+def test_layers_build_a_cnn_that_learns_digits():
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[..., None]
+    labels = digits.target.astype(np.int64)
+    x = tf.placeholder(tf.float32, (None, 8, 8, 1))
+    y = tf.placeholder(tf.int64, (None,))
+    training = tf.placeholder(tf.bool, ())
+    h = tf.layers.conv2d(x, 8, 3, padding="same", activation=tf.nn.relu)
+    h = tf.layers.max_pooling2d(h, 2, 2)
+    h = tf.layers.flatten(h)
+    assert h.shape.as_list() == [None, 4 * 4 * 8]
+    h = tf.layers.dropout(tf.layers.dense(h, 64, activation=tf.nn.relu), rate=0.2,
+                          training=training)
+    logits = tf.layers.dense(h, 10, name="out")
+    assert [v.name for v in tf.trainable_variables()] == [
+        "conv2d/kernel", "conv2d/bias", "dense/kernel", "dense/bias", "out/kernel", "out/bias"]
+    with tf.variable_scope("", reuse=True):
+        assert tf.get_variable("out/kernel") is tf.trainable_variables()[4]
+    loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y,
+                                                                         logits=logits))
+    train = tf.train.AdamOptimizer(0.01).minimize(loss)
+    accuracy = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, 1), y), tf.float32))
+    rng = np.random.default_rng(0)
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        for _ in range(150):
+            batch = rng.integers(0, len(labels), 64)
+            sess.run(train, {x: images[batch], y: labels[batch], training: True})
+        eval_feed = {x: images, y: labels, training: False}
+        assert sess.run(accuracy, eval_feed) > 0.9
+        np.testing.assert_array_equal(sess.run(logits, eval_feed), sess.run(logits, eval_feed))
+    with pytest.raises(AttributeError, match="does not implement tf.layers.Dense"):
+        tf.layers.Dense

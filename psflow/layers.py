@@ -1,0 +1,113 @@
+"""`tf.layers`: TF1's functional layers on psflow's ops. Each layer makes its variables with
+get_variable inside its own variable scope (`dense`, `dense_1`, ... or `name`), so `reuse`
+shares them as in TF1."""
+
+import numpy as np
+
+from .array_ops import reshape
+from .conv_ops import conv2d as _conv2d
+from .conv_ops import max_pool
+from .graph import Node, convert_to_tensor
+from .initializers import (get_variable, glorot_uniform_initializer, variable_scope,
+                           zeros_initializer)
+from .math_ops import add, cast, matmul
+from .more_ops import dropout as _dropout
+
+
+def _pair(value, what):
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"{what} must be an int or two ints, got {value}")
+    return value
+
+
+def _padding(padding):
+    padding = str(padding).upper()
+    if padding not in ("SAME", "VALID"):
+        raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+    return padding
+
+
+def dense(inputs, units, activation=None, use_bias=True, kernel_initializer=None,
+          bias_initializer=None, trainable=True, name=None, reuse=None, **unsupported):
+    """activation(inputs @ kernel + bias) with kernel (in, units) and bias (units,)."""
+    if unsupported:
+        raise NotImplementedError(f"layers.dense: {', '.join(sorted(unsupported))} not "
+                                  "supported")
+    inputs = convert_to_tensor(inputs)
+    if inputs.shape is None or inputs.shape[-1] is None:
+        raise ValueError(f"layers.dense: the last dimension of {inputs.name!r} must be known, "
+                         f"got shape {inputs.shape}")
+    with variable_scope(name, default_name="dense", reuse=reuse):
+        kernel = get_variable("kernel", shape=(int(inputs.shape[-1]), int(units)),
+                              dtype=inputs.dtype,
+                              initializer=kernel_initializer or glorot_uniform_initializer(),
+                              trainable=trainable)
+        out = matmul(inputs, kernel)
+        if use_bias:
+            bias = get_variable("bias", shape=(int(units),), dtype=inputs.dtype,
+                                initializer=bias_initializer or zeros_initializer(),
+                                trainable=trainable)
+            out = add(out, bias)
+        return activation(out) if activation is not None else out
+
+
+def conv2d(inputs, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
+           use_bias=True, kernel_initializer=None, bias_initializer=None, trainable=True,
+           name=None, reuse=None, data_format="channels_last", **unsupported):
+    """NHWC convolution with a (kh, kw, in, filters) kernel and a bias per filter."""
+    if unsupported:
+        raise NotImplementedError(f"layers.conv2d: {', '.join(sorted(unsupported))} not "
+                                  "supported")
+    if data_format != "channels_last":
+        raise NotImplementedError("layers.conv2d: only data_format='channels_last' (NHWC)")
+    inputs = convert_to_tensor(inputs)
+    if inputs.shape is None or inputs.shape[-1] is None:
+        raise ValueError(f"layers.conv2d: the channels of {inputs.name!r} must be known")
+    kh, kw = _pair(kernel_size, "kernel_size")
+    with variable_scope(name, default_name="conv2d", reuse=reuse):
+        kernel = get_variable("kernel", shape=(kh, kw, int(inputs.shape[-1]), int(filters)),
+                              dtype=inputs.dtype,
+                              initializer=kernel_initializer or glorot_uniform_initializer(),
+                              trainable=trainable)
+        out = _conv2d(inputs, kernel, list(_pair(strides, "strides")), _padding(padding))
+        if use_bias:
+            bias = get_variable("bias", shape=(int(filters),), dtype=inputs.dtype,
+                                initializer=bias_initializer or zeros_initializer(),
+                                trainable=trainable)
+            out = add(out, bias)
+        return activation(out) if activation is not None else out
+
+
+def max_pooling2d(inputs, pool_size, strides, padding="valid", data_format="channels_last",
+                  name=None):
+    if data_format != "channels_last":
+        raise NotImplementedError("layers.max_pooling2d: only data_format='channels_last'")
+    return max_pool(inputs, list(_pair(pool_size, "pool_size")),
+                    list(_pair(strides, "strides")), _padding(padding), name=name)
+
+
+def flatten(inputs, name=None):
+    """(batch, everything else)."""
+    inputs = convert_to_tensor(inputs)
+    if inputs.shape is None or None in inputs.shape[1:]:
+        raise ValueError(f"layers.flatten: the dimensions after the first of {inputs.name!r} "
+                         f"must be known, got {inputs.shape}")
+    return reshape(inputs, (-1, int(np.prod(inputs.shape[1:], dtype=np.int64))), name=name)
+
+
+def dropout(inputs, rate=0.5, noise_shape=None, seed=None, training=False, name=None):
+    """Dropout only while `training` (a bool, or a bool tensor fed per run)."""
+    if isinstance(training, Node):
+        return _dropout(inputs, rate=cast(training, np.float32) * float(rate),
+                        noise_shape=noise_shape, seed=seed, name=name)
+    if not training:
+        return convert_to_tensor(inputs)
+    return _dropout(inputs, rate=float(rate), noise_shape=noise_shape, seed=seed, name=name)
+
+
+def __getattr__(name):
+    from .unimplemented import refuse
+    raise refuse("tf.layers", name)
