@@ -1,7 +1,6 @@
 """`Session`: runs parts of a graph. A run computes only what its fetches need, each node once,
 in one topological order; the order is planned once per (fetches, fed nodes) and reused."""
 
-import json
 import logging
 import operator
 import os
@@ -373,13 +372,13 @@ def _warn_if_alone_in_a_cluster():
     global _warned_alone
     if _warned_alone or "TF_CONFIG" not in os.environ:
         return
+    from .train.cluster import task_config_from_env
     try:
-        config = json.loads(os.environ["TF_CONFIG"])
-        task_type = config.get("task", {}).get("type")
-        has_ps = bool(config.get("cluster", {}).get("ps"))
-    except (ValueError, AttributeError):
+        task = task_config_from_env()
+    except ValueError:  # a malformed TF_CONFIG is MonitoredTrainingSession's to report
         return
-    if has_ps and task_type in ("worker", "chief", "master"):
+    if task is not None and task.ps_addresses and \
+            task.task_type in ("worker", "chief", "master"):
         _warned_alone = True
         log.warning("tf.Session() trains in this process only, not on the cluster TF_CONFIG "
                     "names; use tf.train.MonitoredTrainingSession to train on its parameter "

@@ -20,6 +20,7 @@ from psflow import checkpoint
 from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
                            PsflowError, UnavailableError)
 from psflow.embedding_table import Dedup, array_key, shard_of_keys
+from psflow.embedding_variable import is_table
 from psflow.gradients import IndexedSlices
 from psflow.session import check_rows
 from psflow.proto import codec, wire
@@ -90,9 +91,9 @@ class DistributedStore:
         self.clients = [ShardClient(i, address) for i, address in enumerate(task.ps_addresses)]
         self.fanout = Fanout(len(self.clients))
         self.global_step_var = get_global_step(graph)
-        self.tables = [v for v in graph.variables if getattr(v, "is_table", False)]
+        self.tables = [v for v in graph.variables if is_table(v)]
         self.variables = [v for v in graph.variables if v is not self.global_step_var
-                          and not getattr(v, "is_table", False)]
+                          and not is_table(v)]
         self.placement = Placement(self.variables, len(self.clients), partition_bytes)
         self.step = _StepState()
         self.last_global_step = 0
@@ -326,9 +327,9 @@ class DistributedStore:
             else:
                 step.global_step = returned_step
         commit = None
-        looked_up = {p.shard for var in lookups if not getattr(var, "is_table", False)
+        looked_up = {p.shard for var in lookups if not is_table(var)
                      for p in self.placement.parts_of(var)}
-        if any(getattr(var, "is_table", False) for var in lookups):
+        if any(is_table(var) for var in lookups):
             looked_up.update(range(len(self.clients)))  # keys may hash to any shard
         if (consistency or self.consistency).synchronous and \
                 any(s != 0 for s in set(wanted) | looked_up):
@@ -429,7 +430,7 @@ class DistributedStore:
             key = (var, array_key(ids))
             if key in step.rows:
                 continue
-            if getattr(var, "is_table", False):
+            if is_table(var):
                 self._key_selections(var, ids, keyed)
                 continue
             check_rows(var, ids, var.shape[0])
@@ -543,7 +544,7 @@ class DistributedStore:
             return request
 
         for grad, var in grads_and_vars:
-            if getattr(var, "is_table", False):
+            if is_table(var):
                 ids = np.asarray(grad.indices)
                 found = self.dedup(ids)
                 values = found.sum_rows(np.asarray(grad.values).reshape(

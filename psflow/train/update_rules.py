@@ -8,6 +8,7 @@ The formulas are TensorFlow 1.x's.
 
 import numpy as np
 
+from ..embedding_table import Dedup
 from ..errors import InvalidArgumentError
 from ..gradients import IndexedSlices
 
@@ -34,10 +35,8 @@ def _rows(grad, value):
     values = np.asarray(grad.values, dtype=value.dtype)
     if indices.size < 2 or (indices[1:] > indices[:-1]).all():  # each row once already
         return indices, values.reshape((indices.size,) + value.shape[1:])
-    rows, inverse = np.unique(indices, return_inverse=True)
-    summed = np.zeros((rows.size,) + value.shape[1:], dtype=value.dtype)
-    np.add.at(summed, inverse, values)
-    return rows, summed
+    found = Dedup(indices)
+    return found.unique, found.sum_rows(values.reshape((indices.size,) + value.shape[1:]))
 
 
 def sgd(value, grad, slots, learning_rate):
