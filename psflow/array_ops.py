@@ -5,6 +5,8 @@ import numpy as np
 from .graph import Node, as_dtype, as_shape, convert_to_tensor, format_shape
 from .gradients import IndexedSlices, register_gradient
 
+_builtin_slice = slice
+
 
 class Reshape(Node):
     def __init__(self, x, shape, name=None):
@@ -110,7 +112,7 @@ class ConcatGrad(Node):
         axis = self.axis % grad.ndim
         start = sum(v.shape[axis] for v in values[:self.index])
         stop = start + values[self.index].shape[axis]
-        key = (slice(None),) * axis + (slice(start, stop),)
+        key = (_builtin_slice(None),) * axis + (_builtin_slice(start, stop),)
         return grad[key]
 
 
@@ -188,17 +190,44 @@ class GetItem(Node):
         x = convert_to_tensor(x)
         key = key if isinstance(key, tuple) else (key,)
         for k in key:
-            if not (k is None or k is Ellipsis or isinstance(k, (int, np.integer, slice))):
+            if not (k is None or k is Ellipsis or isinstance(k, (int, np.integer, _builtin_slice))):
                 raise TypeError(f"indexing {x.name!r}: only ints, slices, ... and None are "
                                 f"supported, got {k!r}; use gather() to pick rows by a tensor")
         self.key = key
         shape = None
         if x.shape is not None and None not in x.shape:
             shape = np.empty(x.shape, dtype=np.bool_)[key].shape
+        elif x.shape is not None:
+            shape = _indexed_shape(x.shape, key)
         super().__init__((x,), name="strided_slice", shape=shape, dtype=x.dtype)
 
     def forward(self, x):
         return x[self.key]
+
+
+def _indexed_shape(shape, key):
+    """The static shape of shape[key] where some dimensions are unknown (None): those stay
+    unknown unless the key takes them whole; the known ones are computed."""
+    real = sum(1 for k in key if k is not None and k is not Ellipsis)
+    if Ellipsis in key:
+        at = key.index(Ellipsis)
+        key = key[:at] + (_builtin_slice(None),) * (len(shape) - real) + key[at + 1:]
+    if real > len(shape):
+        return None  # numpy will say what is wrong when the op runs
+    out, dim = [], 0
+    for k in key:
+        if k is None:
+            out.append(1)
+            continue
+        size = shape[dim]
+        dim += 1
+        if not isinstance(k, _builtin_slice):
+            continue  # an int drops the dimension
+        if size is not None:
+            out.append(len(range(*k.indices(size))))
+        else:
+            out.append(None)
+    return tuple(out) + tuple(shape[dim:])
 
 
 class GetItemGrad(Node):
@@ -262,3 +291,45 @@ def ones(shape, dtype=np.float32, name=None):
 
 
 Node.__getitem__ = lambda self, key: GetItem(self, key)
+
+
+def slice(input_, begin, size, name=None):  # noqa: A001 -- TF1's name
+    """The part of `input_` starting at `begin` with `size` elements per dimension (-1: to the
+    end); `begin` and `size` are lists of ints."""
+    x = convert_to_tensor(input_)
+    begin, size = [int(b) for b in begin], [int(s) for s in size]
+    if len(begin) != len(size) or (x.shape is not None and len(begin) != len(x.shape)):
+        raise ValueError(f"slice: begin {begin} and size {size} must have one entry per "
+                         f"dimension of {x.name!r} (shape {x.shape})")
+    key = tuple(_builtin_slice(b, None if s == -1 else b + s) for b, s in zip(begin, size))
+    return GetItem(x, key)
+
+
+def split(value, num_or_size_splits, axis=0, num=None, name=None):
+    """A list of parts of `value` along `axis`: `num_or_size_splits` equal ones, or one per
+    size in a list (one size may be -1: the rest)."""
+    x = convert_to_tensor(value)
+    if x.shape is None or x.shape[axis] is None:
+        raise ValueError(f"split: dimension {axis} of {x.name!r} must be known, got shape "
+                         f"{x.shape}")
+    total = int(x.shape[axis])
+    if isinstance(num_or_size_splits, (int, np.integer)):
+        count = int(num_or_size_splits)
+        if count < 1 or total % count:
+            raise ValueError(f"split: dimension {axis} of {x.name!r} ({total}) does not divide "
+                             f"into {count} equal parts")
+        sizes = [total // count] * count
+    else:
+        sizes = [int(s) for s in num_or_size_splits]
+        if sizes.count(-1) == 1:
+            sizes[sizes.index(-1)] = total - (sum(sizes) + 1)
+        if sum(sizes) != total or min(sizes) < 0:
+            raise ValueError(f"split: sizes {list(num_or_size_splits)} do not add up to "
+                             f"dimension {axis} of {x.name!r} ({total})")
+    axis = axis % len(x.shape)
+    parts, start = [], 0
+    for size in sizes:
+        key = (_builtin_slice(None),) * axis + (_builtin_slice(start, start + size),)
+        parts.append(GetItem(x, key))
+        start += size
+    return parts

@@ -152,7 +152,7 @@ class MaxPool(Node):
         shape = None
         if x.shape is not None:
             if len(x.shape) != 4:
-                raise ValueError(f"max_pool needs a 4-D NHWC input, got "
+                raise ValueError(f"{type(self).__name__} needs a 4-D NHWC input, got "
                                  f"{format_shape(x.shape)}")
             dims = [None if size is None else _padding_1d(size, k, s, padding)[0]
                     for size, k, s in zip(x.shape[1:3], self.ksize, self.strides)]
@@ -160,7 +160,7 @@ class MaxPool(Node):
         super().__init__((x,), name=name, shape=shape, dtype=x.dtype)
 
     def window(self, x):
-        _check_nhwc(x, "max_pool")
+        _check_nhwc(x, type(self).__name__)
         return _Window(x.shape[1], x.shape[2], self.ksize[0], self.ksize[1], self.strides,
                        self.padding)
 
@@ -194,6 +194,41 @@ def _max_pool_grad(op, grad):
     return [MaxPoolGrad(grad, op.inputs[0], op)]
 
 
+class AvgPool(MaxPool):
+    """Mean over (KH, KW) windows of an NHWC input; with SAME padding a window averages only
+    the input cells it covers, as TensorFlow's does."""
+
+    def counts(self, win, x):
+        ones = np.ones((1, x.shape[1], x.shape[2], 1), dtype=x.dtype)
+        return win.windows(win.pad(ones, 0.0)).sum(axis=(3, 4))
+
+    def forward(self, x):
+        win = self.window(x)
+        return win.windows(win.pad(x, 0.0)).sum(axis=(3, 4)) / self.counts(win, x)
+
+
+class AvgPoolGrad(Node):
+    """Spreads each window's gradient evenly over the input cells it covers."""
+
+    def __init__(self, grad, x, pool):
+        self.pool = pool
+        super().__init__((grad, x), shape=x.shape, dtype=grad.dtype)
+
+    def forward(self, grad, x):
+        win = self.pool.window(x)
+        share = grad / self.pool.counts(win, x)
+        cols = np.broadcast_to(share[:, :, :, None, None, :],
+                               share.shape[:3] + (win.kh, win.kw) + share.shape[3:])
+        padded_shape = (x.shape[0], x.shape[1] + win.top + win.bottom,
+                        x.shape[2] + win.left + win.right, x.shape[3])
+        return win.scatter(cols, padded_shape, grad.dtype)
+
+
+@register_gradient(AvgPool)
+def _avg_pool_grad(op, grad):
+    return [AvgPoolGrad(grad, op.inputs[0], op)]
+
+
 # Public functions, TF1 names (psflow.nn.*).
 
 def conv2d(input, filter, strides, padding, name=None):  # noqa: A002 -- TF1's argument names
@@ -204,3 +239,8 @@ def conv2d(input, filter, strides, padding, name=None):  # noqa: A002 -- TF1's a
 def max_pool(value, ksize, strides, padding, name=None):
     """NHWC max pooling; `ksize`/`strides` are ints, [h, w] or [1, h, w, 1]."""
     return MaxPool(value, ksize, strides, padding, name=name)
+
+
+def avg_pool(value, ksize, strides, padding, name=None):
+    """NHWC average pooling; `ksize`/`strides` are ints, [h, w] or [1, h, w, 1]."""
+    return AvgPool(value, ksize, strides, padding, name=name)

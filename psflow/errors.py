@@ -51,3 +51,14 @@ class ResourceExhaustedError(PsflowError, RuntimeError):
 
 class PermissionDeniedError(PsflowError, PermissionError):
     """The caller may not do this (say, write a checkpoint outside the server's root)."""
+
+
+class OutOfRangeError(PsflowError, IndexError):
+    """The input is exhausted (TF1 scripts raise and catch it to end training)."""
+
+
+class AbortedError(PsflowError, RuntimeError):
+    """An operation was aborted."""
+
+
+OpError = PsflowError  # TF1's base class of op errors

@@ -80,8 +80,11 @@ class Graph:
         self.variables = []  # global: on the parameter servers in a distributed session
         self.local_variables = []  # each process's own (metrics' counts, ...)
         self.seed = None
+        self.global_step = None
+        self._collections = {}
         self._names = {}
         self._name_stack = []
+        self._control_stack = []  # lists of nodes that nodes made now must run after
         self._lock = threading.Lock()
 
     def unique_name(self, base):
@@ -112,6 +115,56 @@ class Graph:
             yield name + "/"
         finally:
             self._name_stack.pop()
+
+    @contextlib.contextmanager
+    def control_dependencies(self, control_inputs):
+        """Nodes made inside run after `control_inputs` (None: after nothing, as in TF1)."""
+        if control_inputs is None:
+            saved, self._control_stack = self._control_stack, []
+            try:
+                yield
+            finally:
+                self._control_stack = saved
+            return
+        inputs = [n for n in control_inputs if n is not None]
+        for node in inputs:
+            if not isinstance(node, Node):
+                raise TypeError(f"control_dependencies takes graph nodes, got {node!r}")
+        self._control_stack.append(inputs)
+        try:
+            yield
+        finally:
+            self._control_stack.pop()
+
+    def control_inputs(self):
+        return tuple(node for inputs in self._control_stack for node in inputs)
+
+    # -- TF1's collections: the variable lists are kept above; any other name keeps a list --
+    def add_to_collection(self, name, value):
+        if name == "global_step":  # GraphKeys.GLOBAL_STEP names THE global step
+            self.global_step = value
+        self._collections.setdefault(name, []).append(value)
+
+    def get_collection_ref(self, name):
+        return self._collections.setdefault(name, [])
+
+    def get_collection(self, name, scope=None):
+        if name == "variables":
+            values = self.variables
+        elif name == "local_variables":
+            values = self.local_variables
+        elif name == "trainable_variables":
+            values = [v for v in self.variables if v.trainable]
+        elif name == "global_step":
+            values = [self.global_step] if self.global_step is not None else []
+        else:
+            values = self._collections.get(name, [])
+        if scope:
+            values = [v for v in values if getattr(v, "name", "").startswith(scope)]
+        return list(values)
+
+    def get_all_collection_keys(self):
+        return sorted(set(self._collections) | {"variables", "trainable_variables"})
 
     def get_node_by_name(self, name):
         for node in self.nodes:
@@ -146,6 +199,11 @@ def reset_default_graph():
 def name_scope(name):
     """`with psflow.name_scope("layer1"):` prefixes the names of new nodes."""
     return get_default_graph().name_scope(name)
+
+
+def control_dependencies(control_inputs):
+    """Context manager: nodes made inside run after `control_inputs` in every run."""
+    return get_default_graph().control_dependencies(control_inputs)
 
 
 @contextlib.contextmanager
@@ -209,6 +267,7 @@ class Node:
                     "graph")
         self.graph = graph
         self.inputs = inputs
+        self.control_inputs = graph.control_inputs() if graph._control_stack else ()
         self.shape = shape
         self.dtype = dtype
         self.name = unique_name or graph.unique_name(name or type(self).__name__)
@@ -361,7 +420,7 @@ def topological_order(targets, stop_at=()):
             visited.add(node)
             stack.append((node, True))
             if node not in stop_at:
-                for inp in reversed(node.inputs):
+                for inp in reversed(node.inputs + node.control_inputs):
                     if inp not in visited:
                         stack.append((inp, False))
     return order

@@ -6,12 +6,14 @@ import numpy as np
 
 from .array_ops import reshape
 from .conv_ops import conv2d as _conv2d
-from .conv_ops import max_pool
+from .conv_ops import avg_pool, max_pool
 from .graph import Node, convert_to_tensor
-from .initializers import (get_variable, glorot_uniform_initializer, variable_scope,
-                           zeros_initializer)
-from .math_ops import add, cast, matmul
+from .initializers import (get_variable, glorot_uniform_initializer, ones_initializer,
+                           variable_scope, zeros_initializer)
+from .math_ops import add, cast, matmul, multiply, sqrt, subtract
 from .more_ops import dropout as _dropout
+from .more_ops import moments
+from .variables import GraphKeys, add_to_collection
 
 
 def _pair(value, what):
@@ -87,6 +89,78 @@ def max_pooling2d(inputs, pool_size, strides, padding="valid", data_format="chan
         raise NotImplementedError("layers.max_pooling2d: only data_format='channels_last'")
     return max_pool(inputs, list(_pair(pool_size, "pool_size")),
                     list(_pair(strides, "strides")), _padding(padding), name=name)
+
+
+def average_pooling2d(inputs, pool_size, strides, padding="valid",
+                      data_format="channels_last", name=None):
+    if data_format != "channels_last":
+        raise NotImplementedError("layers.average_pooling2d: only data_format='channels_last'")
+    return avg_pool(inputs, list(_pair(pool_size, "pool_size")),
+                    list(_pair(strides, "strides")), _padding(padding), name=name)
+
+
+def batch_normalization(inputs, axis=-1, momentum=0.99, epsilon=1e-3, center=True,
+                        scale=True, beta_initializer=None, gamma_initializer=None,
+                        moving_mean_initializer=None, moving_variance_initializer=None,
+                        training=False, trainable=True, name=None, reuse=None,
+                        **unsupported):
+    """TF1's batch normalization over every axis but `axis`. While `training` (a bool, or a
+    bool tensor fed per run) it normalizes with the batch's moments and puts the ops that
+    update `moving_mean` and `moving_variance` into GraphKeys.UPDATE_OPS (run them with
+    `tf.control_dependencies`, as in TF1); otherwise it uses the moving moments."""
+    if unsupported:
+        raise NotImplementedError(f"layers.batch_normalization: "
+                                  f"{', '.join(sorted(unsupported))} not supported")
+    inputs = convert_to_tensor(inputs)
+    if inputs.shape is None:
+        raise ValueError(f"layers.batch_normalization: the rank of {inputs.name!r} must be "
+                         "known")
+    rank = len(inputs.shape)
+    axis = axis % rank
+    if inputs.shape[axis] is None:
+        raise ValueError(f"layers.batch_normalization: dimension {axis} of {inputs.name!r} "
+                         "must be known")
+    depth = int(inputs.shape[axis])
+    reduce_axes = [i for i in range(rank) if i != axis]
+    shape = [1] * rank
+    shape[axis] = depth
+    dtype = inputs.dtype
+    with variable_scope(name, default_name="batch_normalization", reuse=reuse):
+        gamma = get_variable("gamma", shape=(depth,), dtype=dtype,
+                             initializer=gamma_initializer or ones_initializer(),
+                             trainable=trainable) if scale else None
+        beta = get_variable("beta", shape=(depth,), dtype=dtype,
+                            initializer=beta_initializer or zeros_initializer(),
+                            trainable=trainable) if center else None
+        moving_mean = get_variable("moving_mean", shape=(depth,), dtype=dtype,
+                                   initializer=moving_mean_initializer or zeros_initializer(),
+                                   trainable=False)
+        moving_variance = get_variable(
+            "moving_variance", shape=(depth,), dtype=dtype,
+            initializer=moving_variance_initializer or ones_initializer(), trainable=False)
+
+        def normalize(mean, variance):
+            out = (inputs - reshape(mean, shape)) / sqrt(reshape(variance, shape) + epsilon)
+            if gamma is not None:
+                out = out * reshape(gamma, shape)
+            if beta is not None:
+                out = out + reshape(beta, shape)
+            return out
+
+        if training is False or training is None:
+            return normalize(moving_mean, moving_variance)
+        mean, variance = moments(inputs, reduce_axes)
+        batch = normalize(mean, variance)
+        if training is True:
+            decay, out = 1.0 - momentum, batch
+        else:  # a tensor: both ways are computed, the fed value picks one
+            on = cast(training, dtype)
+            decay = on * (1.0 - momentum)
+            out = batch * on + normalize(moving_mean, moving_variance) * (1.0 - on)
+        for var, value in ((moving_mean, mean), (moving_variance, variance)):
+            add_to_collection(GraphKeys.UPDATE_OPS,
+                              var.assign_sub(multiply(subtract(var, value), decay)))
+        return out
 
 
 def flatten(inputs, name=None):

@@ -18,10 +18,6 @@ class Variable(Node):
 
     def __init__(self, initial_value, trainable=True, name=None, dtype=None, collections=None):
         collections = list(collections or [GraphKeys.GLOBAL_VARIABLES])
-        unknown = [c for c in collections if c not in GraphKeys.VARIABLE_COLLECTIONS]
-        if unknown:
-            raise ValueError(f"Variable collections {unknown!r} are not supported; psflow "
-                             f"knows {', '.join(GraphKeys.VARIABLE_COLLECTIONS)}")
         self.local = GraphKeys.LOCAL_VARIABLES in collections
         if callable(initial_value) and not isinstance(initial_value, Node):
             initial_value = initial_value()
@@ -35,6 +31,10 @@ class Variable(Node):
         self.trainable = bool(trainable) and not self.local
         super().__init__(shape=init.shape, dtype=init.dtype, graph=graph, unique_name=name)
         (graph.local_variables if self.local else graph.variables).append(self)
+        for collection in collections:  # the variable lists above are their own collections
+            if collection not in (GraphKeys.GLOBAL_VARIABLES, GraphKeys.LOCAL_VARIABLES,
+                                  GraphKeys.TRAINABLE_VARIABLES):
+                graph.add_to_collection(collection, self)
         self._initializer_op = None
         self.partitions = None  # the row parts a partitioner asked for (get_variable)
 
@@ -70,6 +70,39 @@ class GraphKeys:
     METRIC_VARIABLES = "metric_variables"
     VARIABLE_COLLECTIONS = (GLOBAL_VARIABLES, LOCAL_VARIABLES, TRAINABLE_VARIABLES,
                             METRIC_VARIABLES)
+    GLOBAL_STEP = "global_step"
+    SUMMARIES = "summaries"
+    UPDATE_OPS = "update_ops"
+    LOSSES = "losses"
+    REGULARIZATION_LOSSES = "regularization_losses"
+    TRAIN_OP = "train_op"
+    INIT_OP = "init_op"
+    LOCAL_INIT_OP = "local_init_op"
+    READY_OP = "ready_op"
+    SUMMARY_OP = "summary_op"
+    SAVERS = "savers"
+    QUEUE_RUNNERS = "queue_runners"
+    MODEL_VARIABLES = "model_variables"
+    MOVING_AVERAGE_VARIABLES = "moving_average_variables"
+
+
+def get_collection(key, scope=None):
+    """The values in the default graph's collection `key` (a list; empty if none), those
+    whose names start with `scope` when it is given."""
+    return get_default_graph().get_collection(key, scope)
+
+
+def get_collection_ref(key):
+    return get_default_graph().get_collection_ref(key)
+
+
+def add_to_collection(name, value):
+    get_default_graph().add_to_collection(name, value)
+
+
+def add_to_collections(names, value):
+    for name in ([names] if isinstance(names, str) else names):
+        add_to_collection(name, value)
 
 
 def global_variables(graph=None):

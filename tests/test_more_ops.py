@@ -18,6 +18,7 @@ RNG = np.random.default_rng(11)
 A = RNG.normal(size=(3, 4))
 B = RNG.normal(size=(4,))
 POS = RNG.uniform(0.5, 2.0, size=(3, 4))
+IMAGES = RNG.normal(size=(2, 5, 5, 2))
 
 
 @pytest.mark.parametrize("op,arrays", [
@@ -41,9 +42,14 @@ POS = RNG.uniform(0.5, 2.0, size=(3, 4))
      (A, B)),
     (lambda a: tf.add_n(list(tf.nn.moments(a, axes=[0]))), (A,)),
     (lambda a, b: tf.clip_by_global_norm([a, b], 1.0)[0][0], (A, B)),
+    (lambda a: tf.slice(a, [1, 0], [-1, 3]), (A,)),
+    (lambda a: tf.split(a, 2, axis=1)[1] * tf.split(a, [1, -1, 1], axis=1)[1][:, :2], (A,)),
+    (lambda x: tf.nn.avg_pool(x, [1, 2, 2, 1], [1, 2, 2, 1], "SAME"), (IMAGES,)),
+    (lambda x: tf.nn.avg_pool(x, 3, 2, "VALID"), (IMAGES,)),
 ], ids=["maximum", "minimum", "pow", "abs", "where", "reduce_max", "reduce_min_old_names",
         "reduce_prod", "reduce_prod_zero", "stack", "unstack", "squeeze_expand_dims", "tile",
-        "leaky_relu", "elu", "clip_by_value", "xw_plus_b", "moments", "clip_by_global_norm"])
+        "leaky_relu", "elu", "clip_by_value", "xw_plus_b", "moments", "clip_by_global_norm",
+        "slice", "split", "avg_pool_same", "avg_pool_valid"])
 def test_gradients_match_finite_differences(op, arrays):
     check_gradients(lambda *xs: weighted_sum(op(*xs)), *arrays)
 
@@ -95,3 +101,78 @@ def test_dropout_gradient_uses_the_same_mask():
         sess.run(tf.global_variables_initializer())
         out, g = sess.run([y, grad])
     np.testing.assert_array_equal(g, out)  # d sum(mask * w) / dw = mask, and w = 1
+
+
+def test_avg_pool_same_padding_averages_only_the_covered_cells():
+    x = np.arange(9, dtype=np.float64).reshape(1, 3, 3, 1)
+    with tf.Session() as sess:
+        got = sess.run(tf.nn.avg_pool(tf.constant(x), [1, 2, 2, 1], [1, 2, 2, 1], "SAME"))
+    # Windows [0 1 3 4], [2 5], [6 7], [8]: TF divides by the cells inside the input.
+    np.testing.assert_allclose(got.reshape(2, 2), [[2.0, 3.5], [6.5, 8.0]])
+
+
+def test_slice_and_split_keep_the_static_shape_they_know():
+    x = tf.placeholder(tf.float32, (None, 6))
+    assert tf.slice(x, [0, 2], [-1, 3]).get_shape().as_list() == [None, 3]
+    assert [p.shape.as_list() for p in tf.split(x, [1, 2, -1], axis=1)] == \
+        [[None, 1], [None, 2], [None, 3]]
+    assert x[:, 1].shape.as_list() == [None]
+    with pytest.raises(ValueError, match="does not divide into 4 equal parts"):
+        tf.split(x, 4, axis=1)
+    with pytest.raises(ValueError, match=r"sizes \[1, 2\] do not add up"):
+        tf.split(x, [1, 2], axis=1)
+
+
+def test_batch_normalization_updates_its_moving_moments_through_update_ops():
+    x = tf.placeholder(tf.float64, (None, 2))
+    training = tf.placeholder(tf.bool, ())
+    y = tf.layers.batch_normalization(x, momentum=0.5, training=training)
+    updates = tf.get_collection(tf.GraphKeys.UPDATE_OPS)
+    assert len(updates) == 2
+    with tf.control_dependencies(updates):
+        out = tf.identity(y)
+    mean = [v for v in tf.global_variables() if v.name.endswith("moving_mean")][0]
+    variance = [v for v in tf.global_variables() if v.name.endswith("moving_variance")][0]
+    assert [v.name for v in tf.trainable_variables()] == \
+        ["batch_normalization/gamma", "batch_normalization/beta"]
+    batch = np.array([[1.0, 10.0], [3.0, 30.0]])
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        normalized = sess.run(out, {x: batch, training: True})
+        np.testing.assert_allclose(normalized, [[-1, -1], [1, 1]], atol=1e-2)
+        np.testing.assert_allclose(sess.run(mean), [1.0, 10.0])  # 0.5 * 0 + 0.5 * mean
+        np.testing.assert_allclose(sess.run(variance), [1.0, 50.5])  # 0.5 * 1 + 0.5 * var
+        inference = sess.run(out, {x: batch, training: False})  # moving moments, no update
+        np.testing.assert_allclose(inference[:, 0], (batch[:, 0] - 1.0) / np.sqrt(1.0 + 1e-3))
+        np.testing.assert_allclose(sess.run(mean), [1.0, 10.0])
+
+
+def test_control_dependencies_run_their_ops_first_and_none_clears_them():
+    counter = tf.Variable(0.0)
+    bump = counter.assign_add(1.0)
+    with tf.control_dependencies([bump]):
+        read = tf.identity(tf.constant(5.0))
+        with tf.control_dependencies(None):
+            free = tf.identity(tf.constant(6.0))
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        assert sess.run(read) == 5.0 and sess.run(free) == 6.0 and sess.run(read) == 5.0
+        assert sess.run(counter) == 2.0
+    with pytest.raises(TypeError, match="control_dependencies takes graph nodes"):
+        with tf.control_dependencies(["not a node"]):
+            pass
+
+
+def test_collections_hold_what_scripts_put_there():
+    v = tf.Variable(1.0, name="v", collections=[tf.GraphKeys.GLOBAL_VARIABLES, "mine"])
+    loss = tf.constant(2.0, name="loss")
+    tf.add_to_collection(tf.GraphKeys.LOSSES, loss)
+    tf.add_to_collections(["a", "b"], loss)
+    assert tf.get_collection("mine") == [v] and tf.get_collection(tf.GraphKeys.LOSSES) == [loss]
+    assert tf.get_collection("b") == [loss] and tf.get_collection("none") == []
+    assert tf.get_collection(tf.GraphKeys.GLOBAL_VARIABLES) == [v]
+    assert tf.get_collection(tf.GraphKeys.TRAINABLE_VARIABLES, scope="w") == []
+    step = tf.Variable(0, name="my_step", trainable=False,
+                       collections=[tf.GraphKeys.GLOBAL_VARIABLES, tf.GraphKeys.GLOBAL_STEP])
+    assert tf.train.get_global_step() is step
+    assert tf.get_collection(tf.GraphKeys.GLOBAL_STEP) == [step]
