@@ -40,6 +40,26 @@ def _reference_steps(name, w, grads, **hyper):
             w = np.where(np.abs(z) > l1,
                          (np.sign(z) * l1 - z) / (new_acc ** power / lr + 2 * l2), 0.0)
             acc = new_acc
+        elif name == "rmsprop":  # TF1's ApplyRMSProp / ApplyCenteredRMSProp, ms from 1
+            decay, mom_coef = hyper.get("decay", 0.9), hyper.get("momentum", 0.0)
+            eps = hyper.get("epsilon", 1e-10)
+            if t == 1:
+                ms, mg, mom = np.ones_like(w), np.zeros_like(w), np.zeros_like(w)
+            ms = decay * ms + (1 - decay) * g * g
+            denominator = ms
+            if hyper.get("centered"):
+                mg = decay * mg + (1 - decay) * g
+                denominator = ms - mg * mg
+            mom = mom_coef * mom + lr * g / np.sqrt(denominator + eps)
+            w = w - mom
+        elif name == "adadelta":  # TF1's ApplyAdadelta
+            rho, eps = hyper.get("rho", 0.95), hyper.get("epsilon", 1e-8)
+            if t == 1:
+                accum, accum_update = np.zeros_like(w), np.zeros_like(w)
+            accum = rho * accum + (1 - rho) * g * g
+            update = np.sqrt(accum_update + eps) / np.sqrt(accum + eps) * g
+            accum_update = rho * accum_update + (1 - rho) * update * update
+            w = w - lr * update
         elif name == "adam":
             b1, b2, eps = 0.9, 0.999, 1e-8
             m = b1 * m + (1 - b1) * g
@@ -57,6 +77,10 @@ def _reference_steps(name, w, grads, **hyper):
     ("ftrl", {"learning_rate": 0.1}),
     ("ftrl", {"learning_rate": 0.3, "learning_rate_power": -0.7, "l1": 0.05, "l2": 0.1,
               "initial_accumulator_value": 0.2}),
+    ("rmsprop", {"learning_rate": 0.01}),
+    ("rmsprop", {"learning_rate": 0.01, "decay": 0.8, "momentum": 0.5, "epsilon": 1e-6,
+                 "centered": True}),
+    ("adadelta", {"learning_rate": 1.0}),
 ])
 def test_update_rules_follow_their_formulas(name, hyper):
     rng = np.random.default_rng(0)
@@ -76,6 +100,8 @@ def test_update_rules_follow_their_formulas(name, hyper):
     lambda: tf.train.AdagradOptimizer(0.1),
     lambda: tf.train.AdamOptimizer(0.01),
     lambda: tf.train.FtrlOptimizer(0.1, l1_regularization_strength=0.01),
+    lambda: tf.train.RMSPropOptimizer(0.01, momentum=0.9, centered=True),
+    lambda: tf.train.AdadeltaOptimizer(1.0),
 ])
 def test_minimize_matches_the_update_rule_on_the_graph_gradient(optimizer):
     opt = optimizer()
@@ -160,6 +186,8 @@ def test_embedding_gradient_updates_only_looked_up_rows():
     ("sgd", {"learning_rate": 0.1}),
     ("adagrad", {"learning_rate": 0.1}),
     ("adam", {"learning_rate": 0.1}),
+    ("rmsprop", {"learning_rate": 0.1, "momentum": 0.5, "centered": True}),
+    ("adadelta", {"learning_rate": 1.0}),
 ])
 def test_sparse_updates_equal_dense_updates_on_the_touched_rows(name, hyper):
     rng = np.random.default_rng(2)
@@ -225,8 +253,8 @@ def test_update_rules_refuse_a_gradient_of_the_wrong_shape():
 
 
 def test_unknown_update_rule_is_named():
-    with pytest.raises(ValueError, match="'rmsprop'"):
-        UpdateRule("rmsprop", learning_rate=0.1)
+    with pytest.raises(ValueError, match="'nadam'"):
+        UpdateRule("nadam", learning_rate=0.1)
 
 
 def test_update_rule_spec_round_trips():

@@ -186,6 +186,32 @@ class LazyAdamOptimizer(AdamOptimizer):
                          lazy_sparse=True)
 
 
+class RMSPropOptimizer(Optimizer):
+    """TF1's RMSProp (its mean square starts at 1); `centered` divides by the estimated
+    variance instead of the second moment."""
+
+    rule_name = "rmsprop"
+
+    def __init__(self, learning_rate, decay=0.9, momentum=0.0, epsilon=1e-10,
+                 use_locking=False, centered=False, name="RMSProp"):
+        if not 0.0 <= decay <= 1.0 or momentum < 0 or epsilon <= 0:
+            raise ValueError(f"{name}: decay must be in [0, 1], momentum >= 0 and epsilon > 0; "
+                             f"got {decay}, {momentum}, {epsilon}")
+        super().__init__(learning_rate, name, decay=decay, momentum=momentum, epsilon=epsilon,
+                         centered=bool(centered))
+
+
+class AdadeltaOptimizer(Optimizer):
+    rule_name = "adadelta"
+
+    def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-8, use_locking=False,
+                 name="Adadelta"):
+        if not 0.0 <= rho <= 1.0 or epsilon <= 0:
+            raise ValueError(f"{name}: rho must be in [0, 1] and epsilon > 0; got {rho}, "
+                             f"{epsilon}")
+        super().__init__(learning_rate, name, rho=rho, epsilon=epsilon)
+
+
 def _adopt_global_step(graph, var):
     """Makes `var` the graph's global step (the one the parameter servers advance)."""
     if var.shape != () or np.dtype(var.dtype).kind not in "iu":

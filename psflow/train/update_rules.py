@@ -153,7 +153,56 @@ def ftrl_slots(value, initial_accumulator_value=0.1, **hyper):
             "linear": np.zeros_like(value)}
 
 
+def _rows_or_all(grad, value):
+    """(rows, the gradient's rows) of a sparse gradient, or (Ellipsis, the dense gradient)."""
+    if isinstance(grad, IndexedSlices):
+        return _rows(grad, value)
+    return Ellipsis, _dense(grad, value)
+
+
+def rmsprop(value, grad, slots, learning_rate, decay=0.9, momentum=0.0, epsilon=1e-10,
+            centered=False):
+    """ms = decay ms + (1 - decay) g^2; (centered: mg = decay mg + (1 - decay) g, and the
+    denominator is ms - mg^2); mom = momentum mom + lr g / sqrt(denominator + epsilon);
+    value -= mom. TF1's RMSProp, whose ms starts at 1. A sparse gradient updates its rows."""
+    rows, g = _rows_or_all(grad, value)
+    ms = slots["rms"][rows] * decay + (1.0 - decay) * (g * g)
+    slots["rms"][rows] = ms
+    if centered:
+        mg = slots["mg"][rows] * decay + (1.0 - decay) * g
+        slots["mg"][rows] = mg
+        ms = ms - mg * mg
+    mom = slots["momentum"][rows] * momentum + learning_rate * g / np.sqrt(ms + epsilon)
+    slots["momentum"][rows] = mom
+    value[rows] -= mom.astype(value.dtype)
+
+
+def rmsprop_slots(value, centered=False, **hyper):
+    slots = {"rms": np.ones_like(value), "momentum": np.zeros_like(value)}
+    if centered:
+        slots["mg"] = np.zeros_like(value)
+    return slots
+
+
+def adadelta(value, grad, slots, learning_rate, rho=0.95, epsilon=1e-8):
+    """accum = rho accum + (1 - rho) g^2; update = sqrt(accum_update + eps) /
+    sqrt(accum + eps) g; accum_update = rho accum_update + (1 - rho) update^2;
+    value -= lr update. A sparse gradient updates its rows."""
+    rows, g = _rows_or_all(grad, value)
+    accum = slots["accum"][rows] * rho + (1.0 - rho) * (g * g)
+    update = np.sqrt(slots["accum_update"][rows] + epsilon) / np.sqrt(accum + epsilon) * g
+    slots["accum"][rows] = accum
+    slots["accum_update"][rows] = slots["accum_update"][rows] * rho + (1.0 - rho) * update * update
+    value[rows] -= (learning_rate * update).astype(value.dtype)
+
+
+def adadelta_slots(value, **hyper):
+    return {"accum": np.zeros_like(value), "accum_update": np.zeros_like(value)}
+
+
 RULES = {
+    "rmsprop": (rmsprop, rmsprop_slots),
+    "adadelta": (adadelta, adadelta_slots),
     "sgd": (sgd, sgd_slots),
     "ftrl": (ftrl, ftrl_slots),
     "momentum": (momentum, momentum_slots),
