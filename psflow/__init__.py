@@ -4,14 +4,14 @@
 `gradients`, `Session`, and the optimizers in `psflow.train`.
 """
 
-from . import app, contrib, errors, layers, metrics, nn, train
+from . import app, contrib, errors, layers, metrics, nn, summary, train
 from . import tf_logging as logging
-from .array_ops import concat, gather, one_hot, ones, reshape, transpose, zeros
+from .array_ops import concat, gather, one_hot, ones, reshape, slice, split, transpose, zeros
 from .checkpoint import load_model, lookup
 from .embedding_variable import (CounterFilter, EmbeddingVariableOption, GlobalStepEvict,
                                  InitializerOption, get_embedding_variable)
 from .gradients import IndexedSlices, gradients
-from .graph import (Graph, Node, Tensor, as_dtype, bool_, constant, device, float16, float32,
+from .graph import (Graph, Node, Tensor, as_dtype, bool_, constant, control_dependencies, device, float16, float32,
                     float64, get_default_graph, int32, int64, name_scope, placeholder,
                     reset_default_graph, set_random_seed)
 from .initializers import (AUTO_REUSE, constant_initializer, fixed_size_partitioner, get_variable,
@@ -33,7 +33,8 @@ from .config import ConfigProto, GPUOptions
 from .session import InteractiveSession, Session, get_default_session
 from .sparse_ops import SparseTensor, SparseTensorValue, sparse_placeholder
 from .state_ops import global_variables_initializer, group, no_op, variables_initializer
-from .variables import (GraphKeys, Variable, global_variables, local_variables,
+from .variables import (GraphKeys, Variable, add_to_collection, add_to_collections,
+                        get_collection, get_collection_ref, global_variables, local_variables,
                         local_variables_initializer, trainable_variables)
 
 bool = bool_  # noqa: A001 -- TF's name for the boolean dtype

@@ -42,6 +42,18 @@ class Coordinator:
         return contextlib.nullcontext()
 
 
+class QueueRunner:
+    """What SyncReplicasOptimizer.get_chief_queue_runner() returns: psflow runs no queue
+    threads, so it has nothing to start."""
+
+    def __init__(self, queue=None, enqueue_ops=None, **unused):
+        self.queue = queue
+        self.enqueue_ops = list(enqueue_ops or [])
+
+    def create_threads(self, sess, coord=None, daemon=False, start=False):
+        return []
+
+
 def start_queue_runners(sess=None, coord=None, daemon=True, start=True, collection=None):
     """Accepted: psflow has no queues (feed batches through feed_dict), so there are no runner
     threads; returns []."""

@@ -1,9 +1,11 @@
 """`Session`: runs parts of a graph. A run computes only what its fetches need, each node once,
 in one topological order; the order is planned once per (fetches, fed nodes) and reused."""
 
+import atexit
 import logging
 import operator
 import os
+import sys
 import threading
 
 import numpy as np
@@ -143,7 +145,10 @@ class LocalVariableStore:
                 for rule, rule_slots in self.slots.get(var, {}).items():
                     for slot, array in rule_slots.items():
                         slots[(var.name, rule, slot)] = array
-            step = int(self.values[global_step]) if global_step in self.values else 0
+            if isinstance(global_step, (int, np.integer)):  # a Saver's step in a graph without one
+                step = int(global_step)
+            else:
+                step = int(self.values[global_step]) if global_step in self.values else 0
             tables = {}
             for var in variables:
                 if var in self.tables:
@@ -197,7 +202,20 @@ class _Plan:
                       for node, fn, inputs in steps]
 
 
-class Session:
+class _SessionType(type):
+    """`Session(server.target)` is a session on the cluster of that tf.train.Server."""
+
+    def __call__(cls, *args, **kwargs):
+        if cls is Session:
+            target = args[0] if args else kwargs.get("target", "")
+            if isinstance(target, str) and target:
+                graph = args[1] if len(args) > 1 else kwargs.get("graph")
+                from .train.monitored_session import cluster_session
+                return cluster_session(target, graph)
+        return super().__call__(*args, **kwargs)
+
+
+class Session(metaclass=_SessionType):
     """Runs graph nodes: `sess.run(fetches, feed_dict)`.
 
     `fetches` is a node, a node's name, or a list, tuple or dict of them (nested as you like);
@@ -209,10 +227,8 @@ class Session:
         if isinstance(target, Graph):  # Session(graph): psflow's older positional form
             target, graph = "", target
         if target:
-            raise NotImplementedError(
-                f"psflow's Session has no target ({target!r}): tf.train.Server is not "
-                "implemented; run the script with launch --workers N --ps M and train with "
-                "tf.train.MonitoredTrainingSession")
+            raise ValueError(f"{type(self).__name__} takes no target ({target!r}); "
+                             "tf.Session(server.target) trains on a tf.train.Server's cluster")
         if store is None:
             _warn_if_alone_in_a_cluster()
         self.graph = graph or get_default_graph()
@@ -381,8 +397,25 @@ def _warn_if_alone_in_a_cluster():
             task.task_type in ("worker", "chief", "master"):
         _warned_alone = True
         log.warning("tf.Session() trains in this process only, not on the cluster TF_CONFIG "
-                    "names; use tf.train.MonitoredTrainingSession to train on its parameter "
-                    "servers")
+                    "names; use tf.train.MonitoredTrainingSession, or tf.Session(server.target) "
+                    "with a tf.train.Server, to train on its parameter servers")
+
+
+_uncaught = []
+
+
+def at_exit(callback):
+    """Calls callback(failed) when the process exits; `failed` tells whether an uncaught
+    exception ended the script. For sessions a TF1 script never closes."""
+    if not getattr(sys.excepthook, "psflow_watch", False):
+        previous = sys.excepthook
+
+        def hook(exc_type, exc, tb):
+            _uncaught.append(exc_type)
+            previous(exc_type, exc, tb)
+        hook.psflow_watch = True
+        sys.excepthook = hook
+    atexit.register(lambda: callback(bool(_uncaught)))
 
 
 def check_rows(var, indices, rows):

@@ -10,9 +10,6 @@ INSTEAD = {
     "QueueRunner": "feed batches through feed_dict",
     "data": "read batches in Python and feed them through feed_dict",
     "keras": "build the graph with psflow's ops, tf.nn and get_variable",
-    "Supervisor": "use tf.train.MonitoredTrainingSession",
-    "Server": "run the script with launch --workers N --ps M (or TF_CONFIG on Kubernetes) "
-              "and train with tf.train.MonitoredTrainingSession",
 }
 
 

@@ -43,9 +43,11 @@ def test_a_second_engine_cannot_be_imported():
 
 # -- dependencies point one way -----------------------------------------------------------------
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# The one import of the worker runtime from the engine: MonitoredTrainingSession picks the
-# distributed session when TF_CONFIG names a cluster.
-ALLOWED = {("psflow/train/monitored_session.py", "psflow.worker.session")}
+# The imports of the runtimes from the engine: MonitoredTrainingSession picks the distributed
+# session when TF_CONFIG (or a server's target) names a cluster,
+ALLOWED = {("psflow/train/monitored_session.py", "psflow.worker.session"),
+           # and a ps task's tf.train.Server.join() serves its shard in that process.
+           ("psflow/train/server.py", "psflow.ps.__main__")}
 # What each folder may import of psflow's subpackages (DESIGN.md's layout).
 MAY_IMPORT = {
     "psflow": set(),

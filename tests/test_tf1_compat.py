@@ -77,9 +77,9 @@ def test_contrib_global_step_and_refusals_by_name():
     with pytest.raises(AttributeError, match="psflow does not implement tf.estimator; "
                                              "instead, build the graph"):
         tf.estimator.Estimator
-    with pytest.raises(AttributeError, match="does not implement tf.train.Supervisor; "
-                                             "instead, use tf.train.MonitoredTrainingSession"):
-        tf.train.Supervisor
+    with pytest.raises(AttributeError, match="does not implement tf.train.FIFOQueue; "
+                                             "instead, feed batches through feed_dict"):
+        tf.train.FIFOQueue
     with pytest.raises(AttributeError, match="does not implement tf.contrib.layers"):
         tf.contrib.layers
     with pytest.raises(AttributeError, match="does not implement tf.nn.fancy_op$"):
@@ -179,7 +179,8 @@ def test_interactive_session_config_and_queue_runner_idioms():
     finally:
         sess.close()
     assert tf.get_default_session() is None
-    with pytest.raises(NotImplementedError, match="tf.train.Server is not implemented.*launch"):
+    with pytest.raises(ValueError, match="'grpc://localhost:2222' is not the target of a "
+                                         "tf.train.Server created in this process"):
         tf.Session("grpc://localhost:2222")
     with tf.Session(fresh_graph_of(w)) as old_form:  # psflow's positional graph still works
         assert old_form.graph is w.graph
@@ -247,3 +248,128 @@ def test_layers_build_a_cnn_that_learns_digits():
         np.testing.assert_array_equal(sess.run(logits, eval_feed), sess.run(logits, eval_feed))
     with pytest.raises(AttributeError, match="does not implement tf.layers.Dense"):
         tf.layers.Dense
+
+
+def test_summary_ops_serialize_and_the_file_writer_writes_what_tensorboard_reads(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    x = tf.placeholder(tf.float32, (None, 2))
+    with tf.name_scope("stats"):
+        tf.summary.scalar("mean", tf.reduce_mean(x))
+    tf.summary.histogram("values", x)
+    tf.summary.image("pictures", tf.reshape(x, (-1, 1, 2, 1)), max_outputs=2)
+    extra = tf.summary.scalar("extra", tf.constant(7.0), collections=["other"])
+    merged = tf.summary.merge_all()
+    assert tf.summary.merge_all("none") is None
+    with tf.Session() as sess:
+        summary, other = sess.run([merged, tf.summary.merge([extra])],
+                                  {x: [[0.0, 1.0], [0.5, 0.5], [1.0, 0.0]]})
+    assert isinstance(summary, bytes)
+    with tf.summary.FileWriter(str(tmp_path), graph=tf.get_default_graph()) as writer:
+        writer.add_summary(summary, 3)
+        writer.add_summary(other, 4)
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert sorted(tags["scalars"]) == ["extra", "stats/mean"]
+    assert tags["histograms"] == ["values"]
+    assert sorted(tags["images"]) == ["pictures/image/0", "pictures/image/1"]
+    assert [(e.step, e.value) for e in events.Scalars("stats/mean")] == [(3, 0.5)]
+    assert events.Histograms("values")[0].histogram_value.num == 6
+    with pytest.raises(TypeError, match="takes the value of a summary op"):
+        tf.summary.FileWriter(str(tmp_path)).add_summary(3.0)
+    with pytest.raises(AttributeError, match="does not implement tf.summary.audio"):
+        tf.summary.audio
+
+
+def test_saver_saves_restores_and_finds_the_latest_checkpoint(tmp_path):
+    w = tf.Variable(np.ones(3, np.float32), name="w")
+    step = tf.train.get_or_create_global_step()
+    train = tf.train.AdamOptimizer(0.1).minimize(tf.reduce_sum(tf.square(w)),
+                                                 global_step=step)
+    saver = tf.train.Saver(max_to_keep=1)
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        sess.run(train)
+        first = saver.save(sess, str(tmp_path / "model.ckpt"), global_step=step)
+        trained = sess.run(w)
+        sess.run(train)
+        latest = saver.save(sess, str(tmp_path / "model.ckpt"), global_step=step)
+    assert tf.train.latest_checkpoint(str(tmp_path)) == latest != first
+    assert tf.train.latest_checkpoint(str(tmp_path / "nowhere")) is None
+    with tf.Session() as sess:
+        saver.restore(sess, str(tmp_path / "model.ckpt"))  # a TF-style prefix: the latest
+        assert sess.run(step) == 2
+        assert not np.allclose(sess.run(w), trained)
+        sess.run(train)  # Adam's moments came back too
+        assert sess.run(step) == 3
+    with pytest.raises(tf.errors.NotFoundError, match="no checkpoint at"):
+        saver.restore(tf.Session(), str(tmp_path / "empty" / "model.ckpt"))
+
+
+def test_server_and_session_targets_say_what_is_wrong():
+    cluster = tf.train.ClusterSpec({"ps": ["127.0.0.1:1"], "worker": ["127.0.0.1:2"] * 2})
+    with pytest.raises(ValueError, match="job_name 'chief' is not a job of the cluster"):
+        tf.train.Server(cluster, job_name="chief", task_index=0)
+    with pytest.raises(ValueError, match="task_index 2 is out of range for job 'worker'"):
+        tf.train.Server(cluster, job_name="worker", task_index=2)
+    with pytest.raises(ValueError, match="the cluster has no 'ps' job"):
+        tf.train.Server({"worker": ["127.0.0.1:2"]}, job_name="worker")
+    server = tf.train.Server(cluster, job_name="worker", task_index=1)
+    assert server.target == "grpc://127.0.0.1:2"
+    assert server.task.worker_index == 1 and not server.task.is_chief
+    server.join()  # a worker serves nothing: join returns at once
+    with pytest.raises(ValueError, match="is not the target of a tf.train.Server"):
+        tf.train.MonitoredTrainingSession(master="grpc://elsewhere:1")
+
+
+def test_supervisor_trains_locally_and_saves_in_its_logdir(tmp_path):
+    x, train = linear_train(tf.Variable(0, name="global_step", trainable=False))
+    init = tf.global_variables_initializer()
+    sv = tf.train.Supervisor(logdir=str(tmp_path), init_op=init, save_model_secs=600,
+                             summary_op=None)
+    with sv.managed_session() as sess:
+        step = 0
+        while not sv.should_stop() and step < 5:
+            _, step = sess.run([train, sv.global_step], {x: np.ones((4, 2))})
+    assert sv.is_chief and step == 5
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-000000000005")
+    sv2 = tf.train.Supervisor(logdir=str(tmp_path), summary_op=None)
+    sess = sv2.prepare_or_wait_for_session("")
+    assert sess.run(sv2.global_step) == 5  # resumed from the logdir
+    sv2.request_stop()
+    assert sv2.should_stop()
+    sv2.stop()
+    with pytest.raises(NotImplementedError, match="Supervisor.loop"):
+        sv2.loop(1, print)
+
+
+def test_sync_replicas_members_are_ops_that_do_nothing():
+    x = tf.placeholder(tf.float32, (None, 2))
+    w = tf.Variable(np.zeros(2, np.float32))
+    opt = tf.train.SyncReplicasOptimizer(tf.train.GradientDescentOptimizer(0.1),
+                                         replicas_to_aggregate=2, total_num_replicas=2)
+    train = opt.minimize(tf.reduce_sum(x * w), global_step=tf.train.get_or_create_global_step())
+    members = [opt.local_step_init_op, opt.chief_init_op, opt.ready_for_local_init_op,
+               opt.get_init_tokens_op(), opt.sync_token_queue]
+    runner = opt.get_chief_queue_runner()
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        assert sess.run(members) == [None] * 5
+        assert runner.create_threads(sess) == [] and tf.train.start_queue_runners(sess) == []
+        sess.run(train, {x: np.ones((1, 2))})
+        np.testing.assert_allclose(sess.run(w), [-0.1, -0.1])
+
+
+def test_classic_flags_come_from_tf_config_unless_given(monkeypatch):
+    import json
+    from psflow.app import _FlagValues
+    cluster = {"chief": ["c:1"], "worker": ["w:1", "w:2"], "ps": ["p:1", "p:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,
+                                                "task": {"type": "worker", "index": 1}}))
+    flags = _FlagValues()
+    for name in ("ps_hosts", "worker_hosts", "job_name"):
+        flags._define(name, "", None, str)
+    flags._define("task_index", 0, None, int)
+    flags._parse(["--job_name=given"])
+    assert flags.ps_hosts == "p:1,p:2" and flags.worker_hosts == "c:1,w:1,w:2"
+    assert flags.task_index == 2 and flags.job_name == "given"

@@ -15,7 +15,7 @@ import numpy as np
 
 from psflow.errors import FailedPreconditionError, NotFoundError, UnavailableError
 from psflow.parent import exit_with_parent
-from psflow.session import LocalVariableStore, Session
+from psflow.session import LocalVariableStore, Session, at_exit
 from psflow.state_ops import variables_initializer
 from psflow.train import saver
 from psflow.train import consistency as modes
@@ -205,3 +205,14 @@ class DistributedSession(Session):
 
     def close(self):
         self.finish(done=True)
+
+    def __exit__(self, exc_type, exc, tb):
+        self._default_context.__exit__(exc_type, exc, tb)
+        self.finish(done=exc_type is None)
+        return False
+
+    def finish_at_exit(self):
+        """For a session the script may never close (`tf.Session(server.target)`): when the
+        process exits, it finishes, reporting this worker done unless an exception ended the
+        script."""
+        at_exit(lambda failed: self.finish(done=not failed))

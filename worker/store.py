@@ -216,7 +216,8 @@ class DistributedStore:
         `checkpoint_dir` (each writes its own, below the root it was started with)."""
         wanted = os.path.realpath(checkpoint_dir)
         for shard, root in sorted(self.checkpoint_roots.items()):
-            if not root or os.path.commonpath([wanted, root]) != root:
+            if not root or not any(os.path.commonpath([wanted, r]) == r
+                                   for r in root.split(os.pathsep) if r):
                 where = f"its checkpoint root is {root}" if root else "it has no checkpoint root"
                 raise FailedPreconditionError(
                     f"checkpoint_dir {checkpoint_dir} cannot be written by parameter server "
@@ -502,10 +503,10 @@ class DistributedStore:
         return value
 
     def initialize_value(self, var, value):
-        """What an initializer op does: assigns, but leaves the global step to shard 0, which
-        starts it at 0 (or at a checkpoint's step) and advances it with each step."""
-        if var is not self.global_step_var:
-            self.assign(var, value)
+        """What an initializer op does on a cluster: nothing. The chief gave every variable its
+        initial value (or a checkpoint's) when its session started, and the global step lives
+        on shard 0; a worker that runs global_variables_initializer(), as TF1 scripts do, must
+        not reset a model that others are training."""
 
     def assign(self, var, value):
         if var is self.global_step_var:

@@ -2,13 +2,17 @@
 MonitoredTrainingSession, with TensorFlow 1.x's names."""
 
 from .cluster import ClusterSpec, TaskConfig, replica_device_setter, task_config_from_env
-from ..config import Coordinator, start_queue_runners
+from ..config import Coordinator, QueueRunner, start_queue_runners
 from .consistency import Consistency
 from .learning_rate import exponential_decay, inverse_time_decay, piecewise_constant
-from .monitored_session import (MonitoredTrainingSession, Scaffold, SessionRunArgs,
-                                SessionRunContext, SessionRunHook, SessionRunValues,
-                                StopAtStepHook)
-from .optimizers import (AdagradOptimizer, AdamOptimizer, FtrlOptimizer,
+from .monitored_session import (CheckpointSaverHook, MonitoredTrainingSession, Scaffold,
+                                SessionRunArgs, SessionRunContext, SessionRunHook,
+                                SessionRunValues, StopAtStepHook, SummarySaverHook)
+from .saver import Saver, checkpoint_exists, latest_checkpoint
+from .server import Server
+from .supervisor import Supervisor
+from .optimizers import (AdadeltaOptimizer, AdagradOptimizer, AdamOptimizer, FtrlOptimizer,
+                         RMSPropOptimizer,
                          GradientDescentOptimizer, LazyAdamOptimizer, MomentumOptimizer, Optimizer,
                          create_global_step, get_global_step, get_or_create_global_step,
                          global_step)
@@ -16,7 +20,9 @@ from .sync_replicas import BoundedStalenessOptimizer, SyncReplicasOptimizer
 from .update_rules import UpdateRule
 
 __all__ = [
-    "AdagradOptimizer", "AdamOptimizer", "BoundedStalenessOptimizer", "ClusterSpec",
+    "AdadeltaOptimizer", "AdagradOptimizer", "AdamOptimizer", "RMSPropOptimizer", "BoundedStalenessOptimizer", "CheckpointSaverHook",
+    "ClusterSpec", "Coordinator", "Saver", "checkpoint_exists", "latest_checkpoint", "QueueRunner", "Server", "SummarySaverHook", "Supervisor",
+    "exponential_decay", "inverse_time_decay", "piecewise_constant", "start_queue_runners",
     "Consistency", "FtrlOptimizer", "SyncReplicasOptimizer", "GradientDescentOptimizer",
     "LazyAdamOptimizer",
     "MomentumOptimizer", "MonitoredTrainingSession", "Optimizer", "Scaffold", "SessionRunArgs",

@@ -8,6 +8,7 @@ notification. Without one, the same script trains locally in one process.
 import collections
 import logging
 import os
+import time
 
 from .. import checkpoint as files
 from ..graph import get_default_graph
@@ -16,6 +17,7 @@ from ..state_ops import global_variables_initializer
 from ..variables import local_variables_initializer
 from . import saver
 from .cluster import task_config_from_env
+from .server import task_for_target
 from .optimizers import get_global_step, get_or_create_global_step
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,73 @@ class CheckpointSaverHook(SessionRunHook):
         log.info("saved %s and the model file", path)
 
 
+class SummarySaverHook(SessionRunHook):
+    """Writes `summary_op`'s value (default: every summary of the graph, merged) to a
+    TensorBoard event file in `output_dir` every `save_steps` global steps or `save_secs`
+    seconds, at the global step of the run that computed it."""
+
+    def __init__(self, save_steps=None, save_secs=None, output_dir=None, summary_writer=None,
+                 scaffold=None, summary_op=None):
+        if (save_steps is None) == (save_secs is None):
+            raise ValueError("SummarySaverHook needs exactly one of save_steps and save_secs")
+        if output_dir is None and summary_writer is None:
+            raise ValueError("SummarySaverHook needs output_dir or summary_writer")
+        self._save_steps, self._save_secs = save_steps, save_secs
+        self._output_dir, self._writer = output_dir, summary_writer
+        self._scaffold, self._summary_op = scaffold, summary_op
+        self._next_step = None
+        self._last_time = None
+        self._needs = None
+
+    def begin(self):
+        if self._summary_op is None and self._scaffold is not None:
+            self._summary_op = self._scaffold.summary_op
+        if self._summary_op is None:
+            from .. import summary
+            self._summary_op = summary.merge_all()
+        self._global_step = get_global_step()
+
+    def _due(self):
+        if self._next_step is None:  # the first run writes
+            return True
+        if self._save_steps is not None:
+            return self._last_step >= self._next_step
+        return time.monotonic() - self._last_time >= self._save_secs
+
+    def _fed(self, run_context):
+        """Whether the run feeds every placeholder the summaries need (a run that only
+        reads the global step, say, does not: the summaries wait for the next run)."""
+        if self._needs is None:
+            from ..graph import Placeholder, topological_order
+            self._needs = [n for n in topological_order([self._summary_op])
+                           if isinstance(n, Placeholder)]
+        feeds = run_context.original_args.feed_dict or {}
+        return all(node in feeds for node in self._needs)
+
+    def before_run(self, run_context):
+        self._request = self._summary_op is not None and self._due() and \
+            self._fed(run_context)
+        fetches = {"step": self._global_step}
+        if self._request:
+            fetches["summary"] = self._summary_op
+        return SessionRunArgs(fetches)
+
+    def after_run(self, run_context, run_values):
+        step = int(run_values.results["step"])
+        self._last_step = step
+        if self._request:
+            if self._writer is None:
+                from ..summary import FileWriterCache
+                self._writer = FileWriterCache.get(self._output_dir)
+            self._writer.add_summary(run_values.results["summary"], step)
+            self._next_step = step + (self._save_steps or 0)
+            self._last_time = time.monotonic()
+
+    def end(self, session):
+        if self._writer is not None:
+            self._writer.flush()
+
+
 class Scaffold:
     """What a MonitoredTrainingSession needs to initialize a model, as in TensorFlow 1.x:
     `init_op` (with `init_feed_dict`) sets the variables' initial values instead of
@@ -142,22 +211,18 @@ class Scaffold:
     (with `local_init_feed_dict`) runs on every worker once its session is ready; without
     one, the local variables (metrics' counts) are initialized.
 
+    `summary_op` is what the chief writes to `summary_dir` (default: every summary, merged).
     psflow's sessions are ready once the chief has initialized or restored the variables, and
-    the chief saves checkpoints itself, so `ready_op`, `ready_for_local_init_op`, `saver`,
-    `summary_op` and `copy_from_scaffold` are refused by name."""
+    the chief saves checkpoints itself, so `ready_op`, `ready_for_local_init_op` and `saver`
+    are accepted and change nothing; `copy_from_scaffold` is refused."""
 
     def __init__(self, init_op=None, init_feed_dict=None, init_fn=None, ready_op=None,
                  ready_for_local_init_op=None, local_init_op=None, summary_op=None,
                  saver=None, copy_from_scaffold=None, local_init_feed_dict=None):
-        unsupported = [name for name, value in (
-            ("ready_op", ready_op), ("ready_for_local_init_op", ready_for_local_init_op),
-            ("summary_op", summary_op), ("saver", saver),
-            ("copy_from_scaffold", copy_from_scaffold)) if value is not None]
-        if unsupported:
-            raise NotImplementedError(
-                f"Scaffold({', '.join(unsupported)}=...) is not supported: psflow's session is "
-                "ready once the chief has initialized or restored the variables, and the chief "
-                "writes checkpoints itself (MonitoredTrainingSession(checkpoint_dir=...))")
+        if copy_from_scaffold is not None:
+            raise NotImplementedError("Scaffold(copy_from_scaffold=...) is not supported")
+        self.summary_op = summary_op
+        self.saver = saver
         if init_fn is not None and not callable(init_fn):
             raise TypeError(f"Scaffold: init_fn must be callable, got {init_fn!r}")
         self.init_op = init_op
@@ -177,10 +242,14 @@ class MonitoredTrainingSession:
     `is_chief` is taken from `TF_CONFIG` when a cluster is configured (worker 0 is the chief),
     so every worker can run the same script unchanged.
 
+    `master` is "" (the cluster in `TF_CONFIG`, or none) or a tf.train.Server's target.
+    The chief writes the graph's summaries (`scaffold.summary_op`, default every summary
+    merged) to `summary_dir` (default `checkpoint_dir`) every `save_summaries_steps` (default
+    100) or `save_summaries_secs`, as TensorBoard event files.
+
     TensorFlow's `config`, `stop_grace_period_secs`, `log_step_count_steps`, `max_wait_secs`
     and `save_graph_def` are accepted and have no effect here (they tune TF's own runtime).
-    psflow writes no summaries yet: `save_summaries_steps`, `save_summaries_secs` and
-    `summary_dir` are accepted with a warning. Any other argument is a TypeError.
+    Any other argument is a TypeError.
     """
 
     def __init__(self, master="", is_chief=True, checkpoint_dir=None, scaffold=None,
@@ -189,19 +258,14 @@ class MonitoredTrainingSession:
                  stop_grace_period_secs=120, log_step_count_steps=100, max_wait_secs=7200,
                  save_checkpoint_steps=None, summary_dir=None, save_graph_def=True,
                  max_to_keep=5):
-        summaries = [name for name, value in (("save_summaries_steps", save_summaries_steps),
-                                              ("save_summaries_secs", save_summaries_secs),
-                                              ("summary_dir", summary_dir)) if value]
-        if summaries:
-            log.warning("MonitoredTrainingSession: %s given, but psflow writes no summaries",
-                        ", ".join(summaries))
         scaffold = scaffold if scaffold is not None else Scaffold()
         if not isinstance(scaffold, Scaffold):
             raise TypeError(f"scaffold must be a psflow.train.Scaffold, got {scaffold!r}")
         self.scaffold = scaffold
         self.graph = get_default_graph()
         get_or_create_global_step(self.graph)
-        self.task = task_config_from_env()
+        # master: a tf.train.Server's target names the cluster; without one TF_CONFIG does.
+        self.task = task_for_target(master) if master else task_config_from_env()
         distributed = self.task is not None and bool(self.task.ps_addresses)
         self.is_chief = self.task.is_chief if distributed else bool(is_chief)
         # On a cluster the manifests can name a shared volume for checkpoints.
@@ -215,6 +279,15 @@ class MonitoredTrainingSession:
                 self._hooks.append(CheckpointSaverHook(
                     checkpoint_dir, save_secs=save_checkpoint_secs,
                     save_steps=save_checkpoint_steps, max_to_keep=max_to_keep))
+            summary_dir = summary_dir or checkpoint_dir
+            if save_summaries_steps is None and save_summaries_secs is None:
+                save_summaries_steps = 100  # TensorFlow's default
+            if summary_dir and (save_summaries_steps or save_summaries_secs):
+                self._hooks.append(SummarySaverHook(
+                    save_steps=None if save_summaries_secs else save_summaries_steps,
+                    save_secs=save_summaries_secs or None, output_dir=summary_dir,
+                    scaffold=scaffold))
+        self.summary_dir = summary_dir if self.is_chief else None
         for hook in self._hooks:
             hook.begin()
         # The chief resumes from the latest checkpoint; the others wait for it as usual.
@@ -253,6 +326,14 @@ class MonitoredTrainingSession:
     def session(self):
         """The underlying session (local or distributed)."""
         return self._session
+
+    @property
+    def summary_writer(self):
+        """The chief's FileWriter for summary_dir (None elsewhere, or without one)."""
+        if not self.summary_dir:
+            return None
+        from ..summary import FileWriterCache
+        return FileWriterCache.get(self.summary_dir)
 
     def request_stop(self):
         """Ends the training loop: should_stop() is True from now on."""
@@ -304,6 +385,15 @@ class MonitoredTrainingSession:
     def __exit__(self, exc_type, exc, tb):
         self.close(failed=exc_type is not None and not issubclass(exc_type, StopIteration))
         return False
+
+
+def cluster_session(target, graph=None):
+    """`tf.Session(server.target)`: a session on that server's cluster. The chief initializes
+    the variables as it starts; the session finishes when the script closes it or exits."""
+    session = _distributed_session(graph or get_default_graph(), task_for_target(target),
+                                   None, None, None)
+    session.finish_at_exit()
+    return session
 
 
 def _distributed_session(graph, task, restore, checkpoint_dir, initializer):

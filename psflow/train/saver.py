@@ -4,6 +4,7 @@ writes its own checkpoints (`store.save`): a local one as one shard file, a dist
 one file per parameter server, written by the servers themselves."""
 
 import logging
+import os
 import time
 
 from psflow import checkpoint as files
@@ -21,6 +22,11 @@ def latest_state(checkpoint_dir, variables):
     checkpoint = files.latest(checkpoint_dir)
     if checkpoint is None:
         return None
+    return checkpoint_state(checkpoint, variables)
+
+
+def checkpoint_state(checkpoint, variables):
+    """As latest_state, of the checkpoint in directory `checkpoint`."""
     step, values, slots = files.read_checkpoint(checkpoint)
     tables = files.read_tables(checkpoint)
     by_name = {v.name: v for v in variables if not getattr(v, "is_table", False)}
@@ -71,3 +77,83 @@ class CheckpointSaver:
         if global_step is not None:
             self._last_step = global_step
         return self.last_saved
+
+
+class Saver:
+    """TF1's `tf.train.Saver` on psflow's checkpoints: `save(sess, "dir/model.ckpt",
+    global_step=step)` writes a checkpoint of the variables (and their optimizer slots) into
+    `dir` as `ckpt-STEP` and returns its path; `restore(sess, path)` sets them from the
+    checkpoint at `path`, or from the latest one in the folder of a TF-style path such as
+    "dir/model.ckpt". On a cluster the parameter servers write and read their own shards.
+    `var_list` (a list, or a dict of name -> variable) picks the variables; the rest of TF1's
+    arguments are accepted and change nothing."""
+
+    def __init__(self, var_list=None, reshape=False, sharded=False, max_to_keep=5,
+                 keep_checkpoint_every_n_hours=10000.0, name=None, restore_sequentially=False,
+                 saver_def=None, builder=None, defer_build=False, allow_empty=False,
+                 write_version=None, pad_step_numbers=False, save_relative_paths=False,
+                 filename=None):
+        from ..graph import get_default_graph
+        self._graph = get_default_graph()
+        if isinstance(var_list, dict):
+            var_list = list(var_list.values())
+        self._var_list = None if var_list is None else list(var_list)
+        self.max_to_keep = max_to_keep if max_to_keep else 1_000_000
+        self.last_checkpoints = []
+
+    def _variables(self):
+        from .optimizers import get_global_step
+        step = get_global_step(self._graph)
+        chosen = self._var_list if self._var_list is not None else self._graph.variables
+        return [v for v in chosen if v is not step and not v.local], step
+
+    def save(self, sess, save_path, global_step=None, latest_filename=None,
+             meta_graph_suffix="meta", write_meta_graph=True, write_state=True,
+             strip_default_attrs=False, save_debug_info=False):
+        session = getattr(sess, "session", sess)  # a MonitoredTrainingSession's own session
+        variables, step = self._variables()
+        directory = os.path.dirname(os.path.abspath(str(save_path)))
+        if step is None:
+            step = int(global_step) if global_step is not None else 0
+        path = session.save_checkpoint(directory, variables, step, self.max_to_keep)
+        self.last_checkpoints = [p for p in self.last_checkpoints if p != path] + [path]
+        return path
+
+    def restore(self, sess, save_path):
+        session = getattr(sess, "session", sess)
+        checkpoint = _checkpoint_at(save_path)
+        variables, step = self._variables()
+        state = checkpoint_state(checkpoint, variables)
+        session.store.restore(state, step)
+        log.info("restored %s (global step %d)", checkpoint, state[0])
+
+    def as_saver_def(self):
+        return None
+
+
+def _checkpoint_at(save_path):
+    """The checkpoint directory `save_path` names: itself, or the latest checkpoint in its
+    folder when it is a TF-style prefix ("dir/model.ckpt")."""
+    path = str(save_path)
+    if os.path.isfile(os.path.join(path, files.INDEX)):
+        return path
+    for folder in (path, os.path.dirname(os.path.abspath(path))):
+        if os.path.isdir(folder):
+            latest = files.latest(folder)
+            if latest is not None:
+                return latest
+    from ..errors import NotFoundError
+    raise NotFoundError(f"no checkpoint at {path!r} (nor in its folder)")
+
+
+def latest_checkpoint(checkpoint_dir, latest_filename=None):
+    """The path of the latest checkpoint in `checkpoint_dir`, or None."""
+    return files.latest(checkpoint_dir) if os.path.isdir(str(checkpoint_dir)) else None
+
+
+def checkpoint_exists(checkpoint_prefix):
+    try:
+        _checkpoint_at(checkpoint_prefix)
+    except Exception:
+        return False
+    return True

@@ -8,6 +8,8 @@ or without editing the script with `launch --mode sync|ssp|async`. In one proces
 is plain training (a step aggregates the gradients of the one replica there is).
 """
 
+from ..config import QueueRunner
+from ..state_ops import no_op
 from .consistency import Consistency
 from .monitored_session import SessionRunHook
 from .optimizers import Optimizer
@@ -59,6 +61,31 @@ class SyncReplicasOptimizer(_ModeOptimizer):
         super().__init__(opt, Consistency("sync", replicas_to_aggregate=replicas))
         self.total_num_replicas = total_num_replicas
         self.name = name
+
+    # TF1 scripts wire these into their Supervisor or session. psflow's parameter servers
+    # aggregate the step themselves (no token queue, no local steps to set), so each is an op
+    # that does nothing, or a queue runner that start_queue_runners has nothing to start for.
+    @property
+    def local_step_init_op(self):
+        return no_op(name=f"{self.name}/local_step_init")
+
+    @property
+    def chief_init_op(self):
+        return no_op(name=f"{self.name}/chief_init")
+
+    @property
+    def ready_for_local_init_op(self):
+        return no_op(name=f"{self.name}/ready_for_local_init")
+
+    @property
+    def sync_token_queue(self):
+        return no_op(name=f"{self.name}/sync_token_q")
+
+    def get_init_tokens_op(self, num_tokens=-1):
+        return no_op(name=f"{self.name}/init_tokens")
+
+    def get_chief_queue_runner(self):
+        return QueueRunner(self.sync_token_queue)
 
 
 class BoundedStalenessOptimizer(_ModeOptimizer):
