@@ -18,7 +18,7 @@ from psflow.argparsing import OneLineParser, non_negative_seconds, port, seconds
 from psflow.train.consistency import MODES
 
 from . import k8s
-from .supervisor import JobSpec, run_job
+from .supervisor import JobSpec, default_checkpoint_roots, run_job
 
 
 def build_parser():
@@ -46,6 +46,13 @@ def build_parser():
                      default=None, metavar="K",
                      help="sync: gradients averaged per step; workers beyond K are backups "
                           "(default: every worker)")
+    job.add_argument("--tf-flags", action="store_true",
+                     help="pass each worker TF1's classic flags: --ps_hosts, --worker_hosts, "
+                          "--job_name=worker and --task_index=I (TF_CONFIG is set too)")
+    job.add_argument("--script-ps", action="store_true",
+                     help="run the script itself as the ps tasks, with --job_name=ps, for "
+                          "scripts whose ps tasks call tf.train.Server(...).join(); implies "
+                          "--tf-flags (default: psflow's own parameter servers)")
     network = parser.add_argument_group("network")
     network.add_argument("--ps-port", type=port, default=0, metavar="BASE",
                          help="PS i asks for port BASE+i and takes any free port if that one "
@@ -72,8 +79,10 @@ def build_parser():
     data = parser.add_argument_group("data")
     data.add_argument("--checkpoint-root", default=None, metavar="DIR",
                       help="the folder the parameter servers may write checkpoints in "
-                           "(the script's checkpoint_dir must be inside it; default: the "
-                           "current directory)")
+                           "(the script's checkpoint_dir must be inside it), or several "
+                           f"separated by '{os.pathsep}' (default: the current directory and "
+                           "the system's temporary folder, where scripts make train dirs "
+                           "with tempfile.mkdtemp())")
     kube = parser.add_argument_group(
         "kubernetes", "with --k8s, print (or write) the manifests that run this job on a "
                       "cluster instead of running it here")
@@ -126,8 +135,12 @@ def _parse(argv):
                    replicas_to_aggregate=args.replicas_to_aggregate or 0, ps_port=args.ps_port,
                    max_restarts=args.max_restarts, timeout=args.timeout,
                    idle_timeout=args.idle_timeout,
-                   checkpoint_root=os.path.abspath(args.checkpoint_root or os.getcwd()),
-                   grace_period=args.grace_period, progress=not args.no_progress)
+                   checkpoint_root=os.pathsep.join(
+                       os.path.abspath(root) for root in
+                       (args.checkpoint_root or default_checkpoint_roots()).split(os.pathsep)
+                       if root),
+                   grace_period=args.grace_period, progress=not args.no_progress,
+                   tf_flags=args.tf_flags or args.script_ps, script_ps=args.script_ps)
     try:
         spec.validate()  # what argparse cannot see: the script file, the port range's end
     except ValueError as exc:

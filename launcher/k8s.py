@@ -9,7 +9,9 @@ Default flavour, plain Kubernetes with no operator:
 - the parameter servers as an Indexed Job (completions = parallelism = M), with gRPC readiness
   and liveness probes on the standard health service;
 - the workers as an Indexed Job (N);
-- `TF_CONFIG` lists those names; each pod reads its own index from JOB_COMPLETION_INDEX.
+- `TF_CONFIG` lists those names, and each pod's task index is its JOB_COMPLETION_INDEX
+  (read from the pod's completion-index annotation and put into TF_CONFIG by the kubelet's
+  `$(VAR)` expansion), so scripts that parse TF_CONFIG themselves see their own task.
 The parameter servers exit 0 once every worker is done, so both Jobs complete, and
 `ttlSecondsAfterFinished` removes them and their pods.
 
@@ -97,16 +99,26 @@ def _address(k8s, role, index):
     return f"{k8s.name}-{role}-{index}.{k8s.name}.{k8s.namespace}.svc.cluster.local:{PORT}"
 
 
+INDEX_ENV = "JOB_COMPLETION_INDEX"
+INDEX_ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
 def tf_config(job, k8s, role):
-    """TF_CONFIG for every pod of `role` ("ps" or "worker"); the index comes from the pod."""
+    """TF_CONFIG for every pod of `role` ("ps" or "worker"). Its task index is
+    `$(JOB_COMPLETION_INDEX)`, which the kubelet replaces with the pod's index."""
     cluster = {"ps": [_address(k8s, "ps", i) for i in range(job.ps)],
                "worker": [_address(k8s, "worker", i) for i in range(job.workers)]}
-    return json.dumps({"cluster": cluster, "task": {"type": role}}, separators=(",", ":"))
+    text = json.dumps({"cluster": cluster, "task": {"type": role, "index": -1}},
+                      separators=(",", ":"))
+    return text.replace('"index":-1', f'"index":$({INDEX_ENV})')
 
 
 def _env(job, k8s, role, with_tf_config=True):
     env = []
     if with_tf_config:
+        # Defined before TF_CONFIG, so that the kubelet expands it there.
+        env.append({"name": INDEX_ENV,
+                    "valueFrom": {"fieldRef": {"fieldPath": INDEX_ANNOTATION}}})
         env.append({"name": "TF_CONFIG", "value": tf_config(job, k8s, role)})
     env += [{"name": "PSFLOW_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {
                 "name": f"{k8s.name}-auth", "key": "token"}}},

@@ -27,6 +27,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -78,6 +79,30 @@ def _default_ps_command():
 MATH_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+def _free_ports(host, count, base=0):
+    """`count` ports free on `host` now: base, base+1, ... where free (when base is given),
+    else ports the system picks."""
+    ports = []
+    for i in range(count):
+        for wanted in ((base + i, 0) if base else (0,)):
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+                try:
+                    sock.bind((host, wanted))
+                except OSError:
+                    continue
+                port = sock.getsockname()[1]
+                if port not in ports:
+                    ports.append(port)
+                    break
+    return ports
+
+
+def default_checkpoint_roots():
+    """Where a local job's parameter servers may write checkpoints by default: the current
+    directory and the system's temporary folder."""
+    return os.pathsep.join([os.getcwd(), tempfile.gettempdir()])
+
+
 def available_cores():
     try:
         return len(os.sched_getaffinity(0))
@@ -118,8 +143,18 @@ class JobSpec:
     ps_exit_timeout: float = 30.0
     timeout: float = 0.0
     idle_timeout: float = 600.0
-    checkpoint_root: str = dataclasses.field(default_factory=os.getcwd)
+    checkpoint_root: str = dataclasses.field(default_factory=lambda: default_checkpoint_roots())
     ps_command: list = dataclasses.field(default_factory=_default_ps_command)
+    # TF1's classic flags: each worker gets --ps_hosts, --worker_hosts, --job_name=worker and
+    # --task_index; with script_ps the ps tasks are the script too (--job_name=ps), serving
+    # in its tf.train.Server(...).join().
+    tf_flags: bool = False
+    script_ps: bool = False
+
+    def classic_flags(self, ps_addresses, job_name, index):
+        workers = ",".join(f"{self.host}:0" for _ in range(self.workers))
+        return [f"--ps_hosts={','.join(ps_addresses)}", f"--worker_hosts={workers}",
+                f"--job_name={job_name}", f"--task_index={index}"]
 
     @property
     def consistency(self):
@@ -233,11 +268,13 @@ class Job:
         env[auth.TOKEN_ENV] = self.token
         self._ps_env = env
         port_files = []
+        # The script's own ps tasks must know every address before they start.
+        self._script_ps_ports = _free_ports(spec.host, spec.ps, spec.ps_port) \
+            if spec.script_ps else None
         for i in range(spec.ps):
             port_files.append(os.path.join(self._tmp, f"ps-{i}.port"))
             wanted = spec.ps_port + i if spec.ps_port else 0
-            command = self._ps_command(i, wanted, port_files[i]) + ["--port-fallback"]
-            child = Child("ps", i, command, env, self.output, self.watchdog)
+            child = self._ps_child(i, wanted, port_files[i], fallback=True)
             self.ps.append(child)
             self.output.launcher(f"started {child.name} (pid {child.pid})")
         ports = [None] * spec.ps
@@ -271,11 +308,27 @@ class Job:
             self._stop.wait(POLL_S)
         return [f"{spec.host}:{port}" for port in ports]
 
-    def _ps_command(self, index, port, port_file):
+    def _ps_child(self, index, port, port_file, fallback=False):
+        """Starts PS `index`: `python -m psflow.ps`, or with script_ps the script itself as
+        ps task `index` on the address chosen for it."""
         spec = self.spec
-        return [*spec.ps_command, "--task-index", str(index), "--num-workers", str(spec.workers),
-                "--host", spec.host, "--port", str(port), "--port-file", port_file,
-                "--checkpoint-root", spec.checkpoint_root, "--parent-pid", str(os.getpid())]
+        if not spec.script_ps:
+            command = [*spec.ps_command, "--task-index", str(index), "--num-workers",
+                       str(spec.workers), "--host", spec.host, "--port", str(port),
+                       "--port-file", port_file, "--checkpoint-root", spec.checkpoint_root,
+                       "--parent-pid", str(os.getpid())] + (["--port-fallback"] if fallback
+                                                            else [])
+            return Child("ps", index, command, self._ps_env, self.output, self.watchdog)
+        addresses = [f"{spec.host}:{p}" for p in self._script_ps_ports]
+        cluster = {"ps": addresses, "worker": [f"{spec.host}:0"] * spec.workers}
+        env = dict(self._ps_env, PSFLOW_PS_PORT_FILE=port_file,
+                   PSFLOW_CHECKPOINT_ROOT=spec.checkpoint_root,
+                   TF_CONFIG=json.dumps({"cluster": cluster,
+                                         "task": {"type": "ps", "index": index}}),
+                   **{PARENT_ENV: str(os.getpid())})
+        command = [sys.executable, "-u", str(spec.script), *spec.script_args,
+                   *spec.classic_flags(addresses, "ps", index)]
+        return Child("ps", index, command, env, self.output, self.watchdog)
 
     def _restart_ps(self, child):
         """Starts PS `child.index` again on the same address (the workers' TF_CONFIG names
@@ -286,8 +339,7 @@ class Job:
         child.reap()
         port = int(self.ps_addresses[index].rsplit(":", 1)[1])
         port_file = os.path.join(self._tmp, f"ps-{index}.restart-{self.ps_restarts[index]}.port")
-        fresh = Child("ps", index, self._ps_command(index, port, port_file), self._ps_env,
-                      self.output, self.watchdog)
+        fresh = self._ps_child(index, port, port_file)
         self.ps[index] = fresh
         self.output.launcher(f"started {fresh.name} (pid {fresh.pid}) on "
                              f"{self.ps_addresses[index]}, restart {self.ps_restarts[index]} of {self.spec.max_restarts}")
@@ -322,6 +374,9 @@ class Job:
         command = [sys.executable, "-u", str(spec.script), *spec.script_args]
         threads = max(1, available_cores() // spec.workers)
         for i in range(spec.workers):
+            if spec.tf_flags or spec.script_ps:
+                command = [sys.executable, "-u", str(spec.script), *spec.script_args,
+                           *spec.classic_flags(self.ps_addresses, "worker", i)]
             tf_config = {"cluster": cluster, "task": {"type": "worker", "index": i}}
             env = dict(os.environ, TF_CONFIG=json.dumps(tf_config),
                        **{PARENT_ENV: str(os.getpid())}, **spec.consistency.to_env(),

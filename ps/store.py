@@ -99,11 +99,12 @@ class ShardStore:
 
     def __init__(self, shard=0, num_workers=1, allow_nonfinite=False, checkpoint_root=None):
         """`allow_nonfinite`: apply gradients holding NaN or Inf instead of refusing them.
-        `checkpoint_root`: the folder that `save` may write in (below it, anywhere); without
-        one the shard writes no checkpoint."""
+        `checkpoint_root`: the folder that `save` may write in (below it, anywhere), or
+        several separated by os.pathsep; without one the shard writes no checkpoint."""
         self.members = Membership(num_workers)
-        self.checkpoint_root = (os.path.realpath(checkpoint_root) if checkpoint_root
-                                else None)
+        roots = [os.path.realpath(r) for r in str(checkpoint_root or "").split(os.pathsep) if r]
+        self.checkpoint_roots = roots
+        self.checkpoint_root = os.pathsep.join(roots) or None
         self.allow_nonfinite = allow_nonfinite
         self.nonfinite = 0  # gradients refused for holding NaN or Inf
         self.shard = shard
@@ -403,7 +404,7 @@ class ShardStore:
         if not path.endswith(".npz") or "\0" in path:
             raise InvalidArgumentError(f"checkpoint file {path!r} must be a path ending in .npz")
         real = os.path.realpath(path)
-        if os.path.commonpath([real, self.checkpoint_root]) != self.checkpoint_root:
+        if not any(os.path.commonpath([real, root]) == root for root in self.checkpoint_roots):
             raise PermissionDeniedError(f"checkpoint file {path!r} is outside this parameter "
                                         f"server's checkpoint root {self.checkpoint_root}")
         if not os.path.isdir(os.path.dirname(real)):

@@ -16,6 +16,9 @@ def _boolean(text):
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean")
 
 
+CLASSIC_FLAGS = ("ps_hosts", "worker_hosts", "job_name", "task_index")
+
+
 class _FlagValues:
     """FLAGS: attribute access to the defined flags' values."""
 
@@ -42,8 +45,34 @@ class _FlagValues:
                 parser.add_argument(f"--{name}", default=default, type=parse, help=help_text)
         known, rest = parser.parse_known_args(argv)
         self._values.update(vars(known))
+        self._classic_flags_from_tf_config(argv)
         object.__setattr__(self, "_parsed", True)
         return rest
+
+    def _classic_flags_from_tf_config(self, argv):
+        """TF1's distributed scripts take --ps_hosts, --worker_hosts, --job_name and
+        --task_index. Those the command line does not give come from TF_CONFIG when it names
+        a cluster, so the same script runs on Kubernetes (a "chief" counts as worker 0)."""
+        given = {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")}
+        wanted = [name for name in CLASSIC_FLAGS if name in self._defs and name not in given]
+        if not wanted:
+            return
+        from .train.cluster import task_config_from_env
+        try:
+            task = task_config_from_env()
+        except ValueError:
+            return  # a malformed TF_CONFIG is for whatever reads it to report
+        if task is None:
+            return
+        cluster = task.cluster
+        workers = [address for job in ("chief", "worker") if job in cluster.jobs
+                   for address in cluster.job_tasks(job)]
+        is_ps = task.task_type == "ps"
+        values = {"ps_hosts": ",".join(task.ps_addresses), "worker_hosts": ",".join(workers),
+                  "job_name": "ps" if is_ps else "worker",
+                  "task_index": str(task.task_index if is_ps else task.worker_index)}
+        for name in wanted:
+            self._values[name] = self._defs[name][2](values[name])
 
     def __call__(self, argv):
         return [argv[0]] + self._parse(list(argv[1:]))

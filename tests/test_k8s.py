@@ -56,8 +56,15 @@ def test_the_default_manifests_validate_and_describe_the_job():
         assert container["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"},
                                           "limits": {"cpu": "2", "memory": "4Gi"}}
         env = {e["name"]: e for e in container["env"]}
-        config = json.loads(env["TF_CONFIG"]["value"])
-        assert config["task"] == {"type": role}  # the index comes from JOB_COMPLETION_INDEX
+        # The pod's index comes from its annotation, into TF_CONFIG by the kubelet's $(VAR)
+        # expansion; the index is defined first, as expansion requires.
+        names = [e["name"] for e in container["env"]]
+        assert names.index("JOB_COMPLETION_INDEX") < names.index("TF_CONFIG")
+        assert env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+            "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        raw = env["TF_CONFIG"]["value"]
+        config = json.loads(raw.replace("$(JOB_COMPLETION_INDEX)", "2"))
+        assert config["task"] == {"type": role, "index": 2}
         assert config["cluster"]["ps"] == [
             f"digits-ps-{i}.digits.ml.svc.cluster.local:2222" for i in range(2)]
         assert len(config["cluster"]["worker"]) == 3

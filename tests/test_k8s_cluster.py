@@ -84,24 +84,34 @@ class SimulatedCluster:
         subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
 
 
+ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+
+
 def container_env(container, secrets, index):
-    """The container's environment as the kubelet would set it."""
-    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"),
-           "JOB_COMPLETION_INDEX": str(index)}
+    """The container's environment as the kubelet would set it: secrets, the completion
+    index annotation, and `$(VAR)` expanded from the variables defined before."""
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
     for item in container["env"]:
         if "value" in item:
-            env[item["name"]] = item["value"]
+            env[item["name"]] = re.sub(r"\$\((\w+)\)",
+                                       lambda m: env.get(m.group(1), m.group(0)), item["value"])
+        elif "fieldRef" in item["valueFrom"]:
+            assert item["valueFrom"]["fieldRef"]["fieldPath"] == ANNOTATION
+            env[item["name"]] = str(index)
         else:
             ref = item["valueFrom"]["secretKeyRef"]
             env[item["name"]] = secrets[ref["name"]][ref["key"]]
+    env.setdefault("JOB_COMPLETION_INDEX", str(index))  # the Job controller adds it too
     return env
 
 
-def test_the_manifests_train_digits_on_a_simulated_cluster(tmp_path):
+def run_on_simulated_cluster(tmp_path, *launch_args, cwd=ROOT):
+    """Runs the pods of `launch --k8s *launch_args`'s manifests on a simulated cluster until
+    all exit; ({pod: exit code or "still running"}, {pod: its output})."""
     out = subprocess.run(
-        [sys.executable, "-m", "psflow.launcher", "--workers", "2", "--ps", "2", "--k8s",
-         "--name", "sim", "--namespace", "test", "examples/digits.py", "--steps", "800"],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, check=True).stdout
+        [sys.executable, "-m", "psflow.launcher", "--k8s", "--name", "sim", "--namespace",
+         "test", *launch_args], capture_output=True, text=True, timeout=60, cwd=cwd,
+        check=True).stdout
     docs = list(yaml.safe_load_all(out))
     secrets = {d["metadata"]["name"]: d["stringData"] for d in docs if d["kind"] == "Secret"}
     service = next(d for d in docs if d["kind"] == "Service")["metadata"]["name"]
@@ -121,10 +131,10 @@ def test_the_manifests_train_digits_on_a_simulated_cluster(tmp_path):
         for pod, netns, job, index in pods:
             container = job["spec"]["template"]["spec"]["containers"][0]
             command = [sys.executable if c == "python" else
-                       re.sub(r"^/app/", str(ROOT) + "/", c) for c in container["command"]]
+                       re.sub(r"^/app/", str(cwd) + "/", c) for c in container["command"]]
             log = open(tmp_path / f"{pod}.log", "w")
             processes.append((pod, log, subprocess.Popen(
-                ["ip", "netns", "exec", netns, *command], cwd=ROOT, stdout=log,
+                ["ip", "netns", "exec", netns, *command], cwd=cwd, stdout=log,
                 stderr=subprocess.STDOUT, env=container_env(container, secrets, index))))
         codes = {}
         for pod, log, process in processes:
@@ -133,16 +143,23 @@ def test_the_manifests_train_digits_on_a_simulated_cluster(tmp_path):
             except subprocess.TimeoutExpired:
                 codes[pod] = "still running"
             log.close()
-        logs = {pod: (tmp_path / f"{pod}.log").read_text() for pod, _, _ in processes}
-        explain = "\n".join(f"== {pod}: {codes[pod]}\n{text[-1500:]}" for pod, text in
-                            logs.items())
-        assert all(code == 0 for code in codes.values()), explain
-        accuracy = re.search(r"test accuracy: ([0-9.]+)", logs["sim-worker-0"])
-        assert accuracy and float(accuracy.group(1)) >= 0.95, explain
-        assert "exiting: all workers are done" in logs["sim-ps-1"], explain
+        return codes, {pod: (tmp_path / f"{pod}.log").read_text() for pod, _, _ in processes}
     finally:
         for _, log, process in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()
         cluster.close()
+
+
+def explain(codes, logs):
+    return "\n".join(f"== {pod}: {codes[pod]}\n{text[-1500:]}" for pod, text in logs.items())
+
+
+def test_the_manifests_train_digits_on_a_simulated_cluster(tmp_path):
+    codes, logs = run_on_simulated_cluster(tmp_path, "--workers", "2", "--ps", "2",
+                                           "examples/digits.py", "--steps", "800")
+    assert all(code == 0 for code in codes.values()), explain(codes, logs)
+    accuracy = re.search(r"test accuracy: ([0-9.]+)", logs["sim-worker-0"])
+    assert accuracy and float(accuracy.group(1)) >= 0.95, explain(codes, logs)
+    assert "exiting: all workers are done" in logs["sim-ps-1"], explain(codes, logs)
