@@ -320,14 +320,16 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, task_index: _Optional[int] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ..., activity: _Optional[str] = ...) -> None: ...
 
 class WorkerResponse(_message.Message):
-    __slots__ = ("checkpoint_root", "num_workers", "done")
+    __slots__ = ("checkpoint_root", "num_workers", "done", "lane")
     CHECKPOINT_ROOT_FIELD_NUMBER: _ClassVar[int]
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    LANE_FIELD_NUMBER: _ClassVar[int]
     checkpoint_root: str
     num_workers: int
     done: int
-    def __init__(self, checkpoint_root: _Optional[str] = ..., num_workers: _Optional[int] = ..., done: _Optional[int] = ...) -> None: ...
+    lane: str
+    def __init__(self, checkpoint_root: _Optional[str] = ..., num_workers: _Optional[int] = ..., done: _Optional[int] = ..., lane: _Optional[str] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
     __slots__ = ()

@@ -251,10 +251,14 @@ class PushBuilder:
         self.gradients.append((head.SerializeToString(), values))
 
     def to_bytes(self):
+        return b"".join(self.to_pieces())
+
+    def to_pieces(self):
+        """The message's bytes as a list of pieces, the arrays' among them uncopied."""
         pieces = [self.header.SerializeToString()]
         for head, values in self.gradients:
             pieces += codec.submessage_pieces(_PUSH_GRADIENTS, head, _GRADIENT_VALUES, values)
-        return b"".join(pieces)
+        return pieces
 
     def __getattr__(self, name):
         return getattr(self.header, name)

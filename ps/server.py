@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from psflow.parent import WATCH_INTERVAL_S, ParentWatch
-from psflow.proto import auth, codec
+from psflow.proto import auth, codec, lane
 
 from .servicer import ParameterServerServicer, add_to_server
 from .store import ShardStore
@@ -76,6 +76,7 @@ class ParameterServer:
         self._server = None
         self._executor = None
         self._health = None
+        self._lane = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._parent = ParentWatch(parent_pid) if parent_pid is not None else None
@@ -95,7 +96,8 @@ class ParameterServer:
                                                     thread_name_prefix=f"ps{self.shard}")
         interceptors = [auth.TokenInterceptor(self.token)] if self.token else []
         server = grpc.server(self._executor, options=SERVER_OPTIONS, interceptors=interceptors)
-        add_to_server(ParameterServerServicer(self.store), server)
+        servicer = ParameterServerServicer(self.store)
+        add_to_server(servicer, server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         try:
@@ -105,6 +107,13 @@ class ParameterServer:
             raise
         server.start()
         self._server = server
+        if lane.enabled():
+            try:
+                self._lane = lane.LaneServer(servicer, self.token,
+                                             name_prefix=f"psflow-ps{self.shard}").start()
+                servicer.lane = self._lane.name
+            except OSError as exc:
+                log.warning("shard %d offers no same-host lane: %s", self.shard, exc)
         for service in ("", SERVICE_NAME):
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         threading.Thread(target=self._watch, name=f"ps{self.shard}-lifecycle",
@@ -162,6 +171,8 @@ class ParameterServer:
             log.info("shard %d stopping: %s", self.shard, reason)
             self._health.enter_graceful_shutdown()
             self.store.close()
+            if self._lane is not None:
+                self._lane.stop()
             self._server.stop(grace).wait()
             self._executor.shutdown(wait=False)
             self._stopped.set()

@@ -125,6 +125,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     def __init__(self, store):
         self.store = store
+        self.lane = ""  # the name of the same-host lane offered to workers (proto.lane)
 
     @_handler
     def DeclareVariables(self, request, context):
@@ -266,4 +267,5 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     def _membership(self, membership):
         num_workers, done = membership
         return pb.WorkerResponse(num_workers=num_workers, done=done,
-                                 checkpoint_root=self.store.checkpoint_root or "")
+                                 checkpoint_root=self.store.checkpoint_root or "",
+                                 lane=self.lane)

@@ -1,6 +1,7 @@
 """The worker's client of one parameter-server shard, and the mapping of gRPC failures to
 psflow's exceptions (each naming the shard and carrying the server's message)."""
 
+import logging
 from concurrent import futures
 
 import grpc
@@ -8,7 +9,7 @@ import grpc
 from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
                            NotFoundError, PermissionDeniedError, PsflowError,
                            ResourceExhaustedError, UnauthenticatedError, UnavailableError)
-from psflow.proto import auth, codec, wire
+from psflow.proto import auth, codec, lane, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 
@@ -23,6 +24,8 @@ _ERRORS = {
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
 }
 
+log = logging.getLogger(__name__)
+
 # Bound on any single call, so that nothing waits forever on a server that is gone.
 CALL_TIMEOUT_S = 120.0
 
@@ -36,7 +39,9 @@ class ShardClient:
         self.index = index
         self.address = address
         self.timeout = timeout
-        self.metadata = auth.call_metadata(auth.token_from_env() if token is None else token)
+        self.token = auth.token_from_env() if token is None else token
+        self.metadata = auth.call_metadata(self.token)
+        self.lane = None  # the shard's same-host lane, once RegisterWorker offered one
         self.channel = auth.open_channel(address, codec.CHANNEL_OPTIONS + [
             # A restarted server is found again within a second or two.
             ("grpc.initial_reconnect_backoff_ms", 200),
@@ -68,7 +73,13 @@ class ShardClient:
 
     def call(self, method, request, timeout=None, wait_for_ready=True):
         """The call's answer. By default a call waits (within its timeout) for a server that
-        is not reachable yet, e.g. one that is restarting, rather than failing at once."""
+        is not reachable yet, e.g. one that is restarting, rather than failing at once.
+        Pull, PullRows and Push go through the shard's same-host lane when there is one."""
+        same_host = self.lane
+        if same_host is not None and method in lane.METHODS:
+            reply = self._lane_call(same_host, method, request, timeout or self.timeout)
+            if reply is not None:
+                return reply
         if isinstance(request, wire.PushBuilder):
             stub_method, request = self._raw(method), request.to_bytes()
             self.sent += len(request)
@@ -79,10 +90,55 @@ class ShardClient:
         else:
             stub_method = getattr(self.stub, method)
         try:
-            return stub_method(request, timeout=timeout or self.timeout,
-                               wait_for_ready=wait_for_ready, metadata=self.metadata)
+            reply = stub_method(request, timeout=timeout or self.timeout,
+                                wait_for_ready=wait_for_ready, metadata=self.metadata)
         except grpc.RpcError as exc:
             raise self.error(method, exc) from None
+        if method == "RegisterWorker":
+            self._open_lane(reply.lane)
+        return reply
+
+    def _open_lane(self, name):
+        """Connects to the lane `name` the shard offers, unless connected to it already; a
+        shard on another host (or in another network namespace) cannot be reached by it, and
+        its calls stay on gRPC."""
+        if not name or not lane.enabled() or \
+                (self.lane is not None and self.lane.name == name and not self.lane.broken):
+            return
+        if self.lane is not None:
+            self.lane.close()
+            self.lane = None
+        try:
+            self.lane = lane.LaneClient(name, self.token)
+            log.debug("parameter server %d: using its same-host lane", self.index)
+        except (OSError, lane.LaneError) as exc:
+            log.debug("parameter server %d: no lane (%s); calls go through gRPC", self.index,
+                      exc)
+
+    def _lane_call(self, same_host, method, request, timeout):
+        """The call's answer through the lane; None when the lane is busy or was lost (the
+        call then goes through gRPC, which also finds a restarted server)."""
+        pieces = request.to_pieces() if isinstance(request, wire.PushBuilder) \
+            else [request.SerializeToString()]
+        try:
+            data = same_host.call(method, pieces, timeout)
+        except lane.LaneError as exc:
+            kind = _ERRORS.get(exc.code, PsflowError)
+            raise kind(f"parameter server {self.index} ({self.address}) {method}: "
+                       f"{exc.code.name}: {exc.details}") from None
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"parameter server {self.index} ({self.address}) {method}: DEADLINE_EXCEEDED: "
+                f"no answer within {timeout:.0f} s") from None
+        except (OSError, ConnectionError) as exc:
+            log.debug("parameter server %d: the lane failed (%s); using gRPC", self.index, exc)
+            self.lane = None
+            return None
+        if data is None:
+            return None
+        self.sent += sum(len(p) for p in pieces)
+        self.received += len(data)
+        return wire.push_reply(data) if method == "Push" else wire.pull_reply(data)
 
     def _raw(self, method):
         """`method` taking a request already serialized (bytes)."""
@@ -104,6 +160,8 @@ class ShardClient:
         return kind(f"parameter server {self.index} ({self.address}) {method}: {name}: {details}")
 
     def close(self):
+        if self.lane is not None:
+            self.lane.close()
         self.channel.close()
 
 
