@@ -61,6 +61,7 @@ def main():
     start = None
     batch = args.batch_size
     with tf.train.MonitoredTrainingSession(hooks=hooks) as sess:
+        store = sess.session.store  # the distributed store, to count its traffic
         i = 0
         while not sess.should_stop():
             lo = (i * batch) % (len(features) - batch)
@@ -68,14 +69,16 @@ def main():
                                                       labels: targets[lo:lo + batch]})
             i += 1
             if start is None and global_step >= args.warmup:
-                start = (time.perf_counter(), global_step)
-        end = (time.perf_counter(), int(sess.run(step)))
+                start = (time.perf_counter(), global_step, i, sum(store.traffic()))
+        end = (time.perf_counter(), int(sess.run(step)), i, sum(store.traffic()))
     if sess.is_chief and start is not None:
         steps = end[1] - start[1]
         seconds = end[0] - start[0]
         examples = steps * batch * gradients_per_step(tf.train.task_config_from_env().num_workers)
+        # The chief's own training runs: the bytes one worker's step sends and receives.
+        wire = (end[3] - start[3]) / max(end[2] - start[2], 1)
         print(f"throughput: {examples / seconds:.1f} examples/s "
-              f"({steps} steps in {seconds:.2f} s)", flush=True)
+              f"({steps} steps in {seconds:.2f} s; {wire:.0f} bytes per step)", flush=True)
 
 
 if __name__ == "__main__":

@@ -183,6 +183,8 @@ class LaneServer:
                 except _Aborted as exc:
                     details = str(exc.details).encode("utf-8", "replace")
                     _send_pieces(conn, [_REPLY.pack(exc.code.value[0], len(details)), details])
+                # Neither is kept while the connection waits for its next call.
+                request = reply = None
         except (OSError, ConnectionError, struct.error):
             pass  # the worker went away; its calls are its own to retry
         finally:

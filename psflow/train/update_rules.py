@@ -39,13 +39,38 @@ def _rows(grad, value):
     return found.unique, found.sum_rows(values.reshape((indices.size,) + value.shape[1:]))
 
 
+# Dense updates of large variables run over blocks of this many elements, so that their
+# temporaries stay small (a parameter server's memory is its variables, not their copies).
+BLOCK = 1 << 16
+
+
+def _blocks(*arrays):
+    """Flat views of `arrays` (all of one size, C-contiguous), block by block."""
+    flats = [a.reshape(-1) for a in arrays]
+    size = flats[0].size
+    if size <= BLOCK:
+        yield flats
+        return
+    for start in range(0, size, BLOCK):
+        yield [f[start:start + BLOCK] for f in flats]
+
+
+def _contiguous(*arrays):
+    return all(a.flags.c_contiguous for a in arrays)
+
+
 def sgd(value, grad, slots, learning_rate):
     """value -= learning_rate * grad"""
     if isinstance(grad, IndexedSlices):
         rows, summed = _rows(grad, value)
         value[rows] -= learning_rate * summed
         return
-    value -= learning_rate * _dense(grad, value)
+    grad = _dense(grad, value)
+    if not _contiguous(value, grad):
+        value -= learning_rate * grad
+        return
+    for v, g in _blocks(value, grad):
+        v -= learning_rate * g
 
 
 def sgd_slots(value, **hyper):
@@ -64,9 +89,11 @@ def momentum(value, grad, slots, learning_rate, momentum, use_nesterov=False):
         value[rows] -= learning_rate * step
         return
     g = _dense(grad, value)
-    accum *= momentum
-    accum += g
-    value -= learning_rate * (g + momentum * accum if use_nesterov else accum)
+    arrays = (value, g, accum)
+    for value_b, g_b, accum_b in _blocks(*arrays) if _contiguous(*arrays) else [arrays]:
+        accum_b *= momentum
+        accum_b += g_b
+        value_b -= learning_rate * (g_b + momentum * accum_b if use_nesterov else accum_b)
 
 
 def momentum_slots(value, **hyper):
@@ -109,11 +136,13 @@ def adam(value, grad, slots, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8
         value[rows] -= (lr_t * m_rows / (np.sqrt(v_rows) + epsilon)).astype(value.dtype)
         return
     g = _dense(grad, value)
-    m *= beta1
-    m += (1.0 - beta1) * g
-    v *= beta2
-    v += (1.0 - beta2) * (g * g)
-    value -= lr_t * m / (np.sqrt(v) + epsilon)
+    arrays = (value, g, m, v)
+    for value_b, g_b, m_b, v_b in _blocks(*arrays) if _contiguous(*arrays) else [arrays]:
+        m_b *= beta1
+        m_b += (1.0 - beta1) * g_b
+        v_b *= beta2
+        v_b += (1.0 - beta2) * (g_b * g_b)
+        value_b -= lr_t * m_b / (np.sqrt(v_b) + epsilon)
 
 
 def adam_slots(value, **hyper):
