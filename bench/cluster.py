@@ -56,7 +56,20 @@ def peer_jobs(mode):
     jobs = {"TensorFlow": lambda model, workers, ps: tf_ps.job(model, mode, workers, ps)}
     if mode == "async":
         jobs["PyTorch RPC"] = lambda model, workers, ps: torch_rpc.job(model, workers, ps)
-    return jobs
+    return {name: retried(name, job) for name, job in jobs.items()}
+
+
+def retried(name, job):
+    """`job`, tried a second time if its first try fails (a peer's job can fail to start,
+    e.g. on a port taken meanwhile); a second failure ends the bench, naming the peer."""
+    def run(*args):
+        try:
+            return job(*args)
+        except RuntimeError as exc:
+            print(f"({name} {args}: {str(exc).splitlines()[0]}; trying once more)",
+                  file=sys.stderr, flush=True)
+            return job(*args)
+    return run
 
 
 def layout(text):

@@ -178,8 +178,11 @@ class LaneServer:
                     request = bytes(request)
                 try:
                     reply = handlers[method](request, context)
-                    reply = reply if isinstance(reply, bytes) else reply.SerializeToString()
-                    _send_pieces(conn, [_REPLY.pack(0, len(reply)), reply])
+                    if not isinstance(reply, (bytes, list)):  # wire.Pieces is a list
+                        reply = reply.SerializeToString()
+                    pieces = reply if isinstance(reply, list) else [reply]
+                    size = sum(len(p) for p in pieces)
+                    _send_pieces(conn, [_REPLY.pack(0, size), *pieces])
                 except _Aborted as exc:
                     details = str(exc.details).encode("utf-8", "replace")
                     _send_pieces(conn, [_REPLY.pack(exc.code.value[0], len(details)), details])

@@ -235,6 +235,23 @@ def push_response(header, values):
     return _with_values(header, _PUSHED_VALUES, values)
 
 
+def pushed_values(values):
+    """The bytes of a PushResponse's `values` field alone: the same values sent to several
+    workers, each with its own header (a message's fields may come in any order)."""
+    pieces = []
+    for name, version, array in values:
+        head = pb.NamedTensor(name=name, version=version).SerializeToString()
+        pieces += codec.submessage_pieces(_PUSHED_VALUES, head, _NAMED_TENSOR, array)
+    return b"".join(pieces)
+
+
+class Pieces(list):
+    """A message's bytes in pieces, to be sent one after the other (see proto.lane)."""
+
+    def to_bytes(self):
+        return b"".join(self)
+
+
 class PushBuilder:
     """A PushRequest whose gradient values stay numpy arrays until it is sent: `to_bytes()`
     writes them straight into the message's bytes (one copy). Every other field is set on it

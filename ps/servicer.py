@@ -101,7 +101,11 @@ def _parse_consistency(request):
 
 def _serialize(reply):
     """A reply message's bytes; replies built as bytes already pass as they are."""
-    return reply if isinstance(reply, bytes) else reply.SerializeToString()
+    if isinstance(reply, bytes):
+        return reply
+    if isinstance(reply, wire.Pieces):
+        return reply.to_bytes()
+    return reply.SerializeToString()
 
 
 def add_to_server(servicer, server):
@@ -225,6 +229,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             header.decision.step, header.decision.workers[:] = result.decision
         if not request.pull:
             return header
+        consistency = _consistency(request.header)
+        if consistency.synchronous:
+            # Every worker of the step reads the values the step made: built once.
+            values = self.store.with_values(request.pull, wire.pushed_values, share=True)
+            return wire.Pieces([header.SerializeToString(), values])
         return self.store.with_values(request.pull,
                                       lambda values: wire.push_response(header, values))
 

@@ -129,6 +129,10 @@ class ShardStore:
         self._push_ids = collections.OrderedDict()  # push id -> _Answer
         self._push_ids_lock = threading.Lock()
         self.sync = SyncState(self)
+        # with_values(share=True): the last answer, for the same values asked again. `writes`
+        # counts the writes that keep a variable's version (an initializer's overwrite).
+        self.writes = 0
+        self._shared = (None, None)
 
     @property
     def holds_global_step(self):
@@ -332,6 +336,7 @@ class ShardStore:
                     var.value = np.array(array, dtype=var.dtype)  # owned and writable
                 elif overwrite:
                     np.copyto(var.value, array, casting="same_kind")  # no new memory
+                    self.writes += 1
                 else:
                     continue
                 assigned.append(name)
@@ -451,13 +456,15 @@ class ShardStore:
             self._closed = True
             self._initialized.notify_all()
 
-    def with_values(self, names, use):
+    def with_values(self, names, use, share=False):
         """use([(name, version, array)]) for the named variables, called while their locks are
         held (taken together, in name order; nothing else holds two at a time), so the arrays
         are one consistent snapshot that `use` may read but must not keep: it copies what it
         needs (say, into a reply's bytes) and its result is returned. A name given twice is
         answered once; a set of values too large for one reply is refused before anything is
-        copied (RESOURCE_EXHAUSTED)."""
+        copied (RESOURCE_EXHAUSTED). With `share`, the result is kept, and a call with
+        `share` for the same variables at the same versions gets it without calling `use`
+        (the workers of a sync step all read the values the step made)."""
         variables = [self._get(name) for name in dict.fromkeys(names)]
         size = sum(var.dtype.itemsize * math.prod(var.shape) for var in variables)
         if size > MAX_REPLY_BYTES:
@@ -471,7 +478,13 @@ class ShardStore:
             for var in variables:
                 if var.value is None:
                     raise FailedPreconditionError(f"variable {var.name!r} is not initialized yet")
-            result = use([(var.name, var.version, var.value) for var in variables])
+            key = (self.writes, use,
+                   tuple((var.name, var.version) for var in variables)) if share else None
+            shared_key, result = self._shared
+            if key is None or key != shared_key:
+                result = use([(var.name, var.version, var.value) for var in variables])
+                if share:
+                    self._shared = (key, result)
         finally:
             for var in ordered:
                 var.lock.release()

@@ -48,7 +48,10 @@ def average(grads):
     total = None
     for g in grads:
         g = g.to_dense() if isinstance(g, IndexedSlices) else g
-        total = np.array(g, copy=True) if total is None else total + g
+        if total is None:
+            total = np.array(g, copy=True)
+        else:
+            np.add(total, g, out=total)  # in place: no array per worker
     total /= n
     return total
 

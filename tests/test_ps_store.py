@@ -520,3 +520,27 @@ def test_membership_out_of_range_is_invalid(index):
 def test_store_needs_a_worker():
     with pytest.raises(ValueError):
         ShardStore(num_workers=0)
+
+
+def test_shared_values_are_built_once_per_version_and_never_stale():
+    store = _store(w=(2, 2))
+    store.initialize({"w": np.ones((2, 2), np.float32)})
+    built = []
+
+    def build(values):
+        built.append(values[0][1])
+        return values[0][2].tobytes()
+
+    first = store.with_values(["w"], build, share=True)
+    assert store.with_values(["w"], build, share=True) is first  # same version: kept
+    assert built == [0]
+    store.push([("w", np.ones((2, 2), np.float32), None, 0)], _sgd(store, lr=1.0))
+    after_push = store.with_values(["w"], build, share=True)
+    assert np.frombuffer(after_push, np.float32).tolist() == [0.0] * 4 and built == [0, 1]
+    # An overwrite keeps the version but is a new value: built again.
+    store.initialize({"w": np.full((2, 2), 7, np.float32)}, overwrite=True)
+    again = store.with_values(["w"], build, share=True)
+    assert np.frombuffer(again, np.float32).tolist() == [7.0] * 4 and built == [0, 1, 1]
+    # Without `share` nothing is kept or reused.
+    store.with_values(["w"], build)
+    assert built == [0, 1, 1, 1]

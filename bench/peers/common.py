@@ -82,9 +82,14 @@ def run(commands, timeout=900):
                 found = re.search(r"throughput: ([0-9.]+) examples/s", line)
                 if found:
                     return float(found.group(1))
-            if all(p.poll() is not None for _, p in processes) and not selector.get_map():
+            # The workers are done once they exited and their output is read to its end;
+            # the ps tasks of a peer may serve on forever.
+            reading = {key.data for key in selector.get_map().values()}
+            if all(p.poll() is not None and role not in reading
+                   for role, p in processes if role.startswith("worker")):
                 break
-        raise RuntimeError("the peer job printed no throughput:\n" + "\n".join(tail))
+        raise RuntimeError("the peer job printed no throughput (exit codes "
+                           f"{[p.poll() for _, p in processes]}):\n" + "\n".join(tail))
     finally:
         for _, process in processes:
             if process.poll() is None:
