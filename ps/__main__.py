@@ -83,11 +83,18 @@ def write_port_file(path, number):
     atomic_write(path, f"{number}\n".encode())
 
 
+SWITCH_INTERVAL_S = 0.0005
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     codec.tune_allocator()
+    # A call that a sync step wakes waits for the interpreter lock while the thread that
+    # decided the step runs on; the default 5 ms before it asks for its turn is longer than
+    # a small model's step. (Python's default suits one busy thread, not a server's many.)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         server = ParameterServer(shard=args.task_index, num_workers=args.num_workers,
                                  host=args.host, port=args.port,
