@@ -2,7 +2,7 @@
 tf.compat.v1): ClusterSpec, a Server per task, replica_device_setter, MonitoredTrainingSession,
 and SyncReplicasOptimizer for sync mode. Same model, data, batch, steps and throughput
 measure as bench/cluster_model.py. TF's non-chief workers poll for the chief every 30 s, so
-the chief starts its clock only once every worker has started training.
+every worker waits until all have joined before its first step.
 
     python bench/peers/tf_ps.py --model mlp --mode async --workers 2 --ps 1   # runs a job
 """
@@ -65,17 +65,15 @@ def task(args):
                                            save_summaries_secs=None,
                                            log_step_count_steps=0) as sess:
         sess.run(mark_running)
-        running = False
+        # Every worker starts training once all have joined (the non-chief ones wait up to
+        # 30 s for the chief's session), so that none races through the steps alone.
+        while sess.run(ready) < workers:
+            time.sleep(0.05)
         for batch_x, batch_y in common.batches(features, targets):
             if sess.should_stop():
                 break
-            feed = {x: batch_x, labels: batch_y}
-            if running:
-                _, global_step = sess.run([train, step], feed)
-            else:
-                _, global_step, count = sess.run([train, step, ready], feed)
-                running = count >= workers
-            if is_chief and start is None and running and global_step >= warmup:
+            _, global_step = sess.run([train, step], {x: batch_x, labels: batch_y})
+            if is_chief and start is None and global_step >= warmup:
                 start = (time.perf_counter(), global_step)
             if is_chief and start is not None and global_step >= steps - per_step:
                 seconds = time.perf_counter() - start[0]
