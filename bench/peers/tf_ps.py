@@ -69,17 +69,21 @@ def task(args):
         # 30 s for the chief's session), so that none races through the steps alone.
         while sess.run(ready) < workers:
             time.sleep(0.05)
+        last = None
         for batch_x, batch_y in common.batches(features, targets):
-            if sess.should_stop():
+            if sess.should_stop():  # the stop hook may see the last step before this loop
                 break
             _, global_step = sess.run([train, step], {x: batch_x, labels: batch_y})
+            last = (time.perf_counter(), global_step)
             if is_chief and start is None and global_step >= warmup:
-                start = (time.perf_counter(), global_step)
-            if is_chief and start is not None and global_step >= steps - per_step:
-                seconds = time.perf_counter() - start[0]
-                print(common.throughput_line(global_step - start[1], seconds, per_step),
-                      flush=True)
+                start = last
+            if global_step >= steps - per_step:
                 break
+    if is_chief and start is not None and last[1] > start[1]:
+        print(common.throughput_line(last[1] - start[1], last[0] - start[0], per_step),
+              flush=True)
+    elif is_chief:
+        print(f"no timed steps (warm-up {warmup}, last step {last and last[1]})", flush=True)
 
 
 def job(model, mode="async", workers=2, ps=1):
