@@ -2,6 +2,7 @@
 batches and the way throughput is measured, and a runner that starts a job's processes on
 loopback and stops them once the chief has printed its figure."""
 
+import argparse
 import os
 import re
 import socket
@@ -101,3 +102,15 @@ def run(commands, timeout=900):
 def python():
     """The interpreter with the peers' libraries: PSFLOW_PEERS_PYTHON, else this one."""
     return os.environ.get("PSFLOW_PEERS_PYTHON") or sys.executable
+
+
+def task_parser():
+    """The options both peers' scripts take: a task's role and index, the model, the job's
+    size."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--task", dest="role", choices=["ps", "worker"])
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--model", choices=sorted(MODELS), default="mlp")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--ps", type=int, default=1)
+    return parser

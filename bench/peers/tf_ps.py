@@ -7,7 +7,6 @@ every worker waits until all have joined before its first step.
     python bench/peers/tf_ps.py --model mlp --mode async --workers 2 --ps 1   # runs a job
 """
 
-import argparse
 import json
 import sys
 import time
@@ -101,14 +100,9 @@ def job(model, mode="async", workers=2, ps=1):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--task", dest="role", choices=["ps", "worker"])
-    parser.add_argument("--index", type=int, default=0)
+    parser = common.task_parser()
     parser.add_argument("--cluster")
-    parser.add_argument("--model", choices=sorted(common.MODELS), default="mlp")
     parser.add_argument("--mode", choices=["async", "sync"], default="async")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--ps", type=int, default=1)
     args = parser.parse_args()
     if args.role:
         task(args)

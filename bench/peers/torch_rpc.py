@@ -1,13 +1,13 @@
 """The bench's workloads in a PyTorch RPC parameter server, the pattern of PyTorch's own
 parameter-server tutorial: the PS processes own the parameters (spread over them by size);
 each worker fetches them, computes the loss and its gradients with autograd, and sends the
-gradients back, which each PS applies (SGD) under a lock. Asynchronous only. Same model, data, batch, steps and
-throughput measure as bench/cluster_model.py: the chief reads the PS's global step.
+gradients back, which each PS applies (SGD) under a lock. Asynchronous only. Same model,
+data, batch, steps and throughput measure as bench/cluster_model.py: the chief reads the PS's
+global step.
 
     python bench/peers/torch_rpc.py --model mlp --workers 2 --ps 1    # runs a job
 """
 
-import argparse
 import sys
 import threading
 import time
@@ -160,13 +160,8 @@ def job(model, workers=2, ps=1):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--task", dest="role", choices=["ps", "worker"])
-    parser.add_argument("--index", type=int, default=0)
+    parser = common.task_parser()
     parser.add_argument("--port", type=int)
-    parser.add_argument("--model", choices=sorted(common.MODELS), default="mlp")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--ps", type=int, default=1)
     args = parser.parse_args()
     if args.role:
         task(args)
