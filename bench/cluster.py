@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-STEPS = {"mlp": (4000, 300), "wide": (300, 30)}
+sys.path.insert(0, str(HERE / "peers"))
+from common import STEPS  # noqa: E402  (global steps, warm-up) per model, the peers' too
 MODES = {"async": [], "sync": [], "ssp": ["--staleness", "2"]}
 SCALING = ["1x1", "2x1", "4x1", "1x2", "2x2", "4x2"]
 
@@ -50,7 +51,6 @@ def run_job(model, workers=2, ps=1, mode="async"):
 def peer_jobs(mode):
     """{peer name: a function of (model, workers, ps) that runs one job and returns
     examples/s}."""
-    sys.path.insert(0, str(HERE / "peers"))
     import tf_ps
     import torch_rpc
     jobs = {"TensorFlow": lambda model, workers, ps: tf_ps.job(model, mode, workers, ps)}

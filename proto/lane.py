@@ -60,18 +60,11 @@ class LaneError(Exception):
         self.details = details
 
 
-class _Aborted(Exception):
-    def __init__(self, code, details):
-        super().__init__(details)
-        self.code = code
-        self.details = details
-
-
 class _Context:
     """What the servicer's handlers ask of a gRPC context, for a lane call."""
 
     def abort(self, code, details):
-        raise _Aborted(code, details)
+        raise LaneError(code, details)
 
     def time_remaining(self):
         return None
@@ -183,7 +176,7 @@ class LaneServer:
                     pieces = reply if isinstance(reply, list) else [reply]
                     size = sum(len(p) for p in pieces)
                     _send_pieces(conn, [_REPLY.pack(0, size), *pieces])
-                except _Aborted as exc:
+                except LaneError as exc:  # the handler's context.abort
                     details = str(exc.details).encode("utf-8", "replace")
                     _send_pieces(conn, [_REPLY.pack(exc.code.value[0], len(details)), details])
                 # Neither is kept while the connection waits for its next call.

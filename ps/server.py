@@ -1,7 +1,6 @@
 """A parameter-server shard as a running gRPC server, with its lifecycle: it stops by itself
 when every worker has reported done, when told to, or when its parent process is gone."""
 
-import ctypes
 import ipaddress
 import logging
 import threading
@@ -93,7 +92,7 @@ class ParameterServer:
     def start(self):
         """Binds, starts serving and starts the lifecycle thread; OSError if the port cannot
         be bound. Returns self."""
-        _one_heap()
+        codec.one_heap()
         self._executor = futures.ThreadPoolExecutor(max_workers=self.threads,
                                                     thread_name_prefix=f"ps{self.shard}")
         interceptors = [auth.TokenInterceptor(self.token)] if self.token else []
@@ -155,7 +154,7 @@ class ParameterServer:
             traffic = self.store.bytes_received + self.store.bytes_sent
             if traffic - moved >= RELEASE_AFTER_BYTES:
                 moved = traffic
-                _release_free_memory()
+                codec.release_free_memory()
             if self.store.all_done.wait(WATCH_INTERVAL_S):
                 time.sleep(self.done_grace_s)  # let the last WorkerDone answer reach its caller
                 if self.store.all_done.is_set():  # unless a restarted worker came back
@@ -207,32 +206,6 @@ class ParameterServer:
 # thread hands what is free back to the system, so a shard's resident memory stays near its
 # variables rather than growing by a few buffers per thread that ever served a call.
 RELEASE_AFTER_BYTES = 32 * 1024 * 1024
-
-
-M_ARENA_MAX = -8  # glibc's mallopt parameter
-
-
-def _libc():
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:  # not glibc: nothing to do
-        return None
-
-
-def _one_heap():
-    """Has every thread allocate from one heap. With a heap per thread (the default), what a
-    thread frees stays in its heap and is not given back: each thread that ever served a
-    call would keep buffers of a variable's size."""
-    libc = _libc()
-    if libc is not None:
-        libc.mallopt(M_ARENA_MAX, 1)
-
-
-def _release_free_memory():
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
 
 
 def _is_loopback(host):

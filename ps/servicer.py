@@ -216,10 +216,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     def Push(self, request, context):
         # The request arrives as bytes; the gradients are read in place (see proto.wire).
         request = wire.Push(request)
+        consistency = _consistency(request.header)
         result = self.store.push_step(
             [(g.name, g.values, g.indices, g.version, g.keyed) for g in request.gradients],
             self.store.rule(request.rule.name, dict(request.rule.hyper)),
-            _consistency(request.header), worker=request.worker,
+            consistency, worker=request.worker,
             global_step=request.global_step,
             increment_global_step=request.increment_global_step,
             push_id=wire.push_id_of(request.header), returns=request.pull)
@@ -229,7 +230,6 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             header.decision.step, header.decision.workers[:] = result.decision
         if not request.pull:
             return header
-        consistency = _consistency(request.header)
         if consistency.synchronous:
             # Every worker of the step reads the values the step made: built once.
             values = self.store.with_values(request.pull, wire.pushed_values, share=True)

@@ -123,13 +123,10 @@ class ShardClient:
         try:
             data = same_host.call(method, pieces, timeout)
         except lane.LaneError as exc:
-            kind = _ERRORS.get(exc.code, PsflowError)
-            raise kind(f"parameter server {self.index} ({self.address}) {method}: "
-                       f"{exc.code.name}: {exc.details}") from None
+            raise self.status_error(method, exc.code, exc.details) from None
         except TimeoutError:
-            raise DeadlineExceededError(
-                f"parameter server {self.index} ({self.address}) {method}: DEADLINE_EXCEEDED: "
-                f"no answer within {timeout:.0f} s") from None
+            raise self.status_error(method, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"no answer within {timeout:.0f} s") from None
         except (OSError, ConnectionError) as exc:
             log.debug("parameter server %d: the lane failed (%s); using gRPC", self.index, exc)
             self.lane = None
@@ -154,8 +151,12 @@ class ShardClient:
 
     def error(self, method, exc):
         code = exc.code() if hasattr(exc, "code") else None
-        kind = _ERRORS.get(code, PsflowError)
         details = exc.details() if hasattr(exc, "details") else str(exc)
+        return self.status_error(method, code, details)
+
+    def status_error(self, method, code, details):
+        """The psflow exception for a call that ended with grpc.StatusCode `code`."""
+        kind = _ERRORS.get(code, PsflowError)
         name = code.name if code is not None else "error"
         return kind(f"parameter server {self.index} ({self.address}) {method}: {name}: {details}")
 

@@ -65,12 +65,9 @@ def sgd(value, grad, slots, learning_rate):
         rows, summed = _rows(grad, value)
         value[rows] -= learning_rate * summed
         return
-    grad = _dense(grad, value)
-    if not _contiguous(value, grad):
-        value -= learning_rate * grad
-        return
-    for v, g in _blocks(value, grad):
-        v -= learning_rate * g
+    arrays = (value, _dense(grad, value))
+    for value_b, g_b in _blocks(*arrays) if _contiguous(*arrays) else [arrays]:
+        value_b -= learning_rate * g_b
 
 
 def sgd_slots(value, **hyper):
