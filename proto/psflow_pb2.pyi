@@ -308,16 +308,18 @@ class WorkerRequest(_message.Message):
     def __init__(self, task_index: _Optional[int] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("task_index", "local_step", "loss", "activity")
+    __slots__ = ("task_index", "local_step", "loss", "activity", "examples")
     TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
     LOCAL_STEP_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     task_index: int
     local_step: int
     loss: float
     activity: str
-    def __init__(self, task_index: _Optional[int] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ..., activity: _Optional[str] = ...) -> None: ...
+    examples: int
+    def __init__(self, task_index: _Optional[int] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ..., activity: _Optional[str] = ..., examples: _Optional[int] = ...) -> None: ...
 
 class WorkerResponse(_message.Message):
     __slots__ = ("checkpoint_root", "num_workers", "done", "lane")
@@ -336,7 +338,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerStats(_message.Message):
-    __slots__ = ("task_index", "registered", "done", "local_step", "loss", "last_seen_s", "pushes", "activity")
+    __slots__ = ("task_index", "registered", "done", "local_step", "loss", "last_seen_s", "pushes", "activity", "examples")
     TASK_INDEX_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +347,7 @@ class WorkerStats(_message.Message):
     LAST_SEEN_S_FIELD_NUMBER: _ClassVar[int]
     PUSHES_FIELD_NUMBER: _ClassVar[int]
     ACTIVITY_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     task_index: int
     registered: bool
     done: bool
@@ -353,10 +356,11 @@ class WorkerStats(_message.Message):
     last_seen_s: float
     pushes: int
     activity: str
-    def __init__(self, task_index: _Optional[int] = ..., registered: _Optional[bool] = ..., done: _Optional[bool] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ..., last_seen_s: _Optional[float] = ..., pushes: _Optional[int] = ..., activity: _Optional[str] = ...) -> None: ...
+    examples: int
+    def __init__(self, task_index: _Optional[int] = ..., registered: _Optional[bool] = ..., done: _Optional[bool] = ..., local_step: _Optional[int] = ..., loss: _Optional[float] = ..., last_seen_s: _Optional[float] = ..., pushes: _Optional[int] = ..., activity: _Optional[str] = ..., examples: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("shard", "global_step", "pushes", "bytes_received", "bytes_sent", "staleness_histogram", "workers", "variables", "uptime_s", "dropped", "nonfinite", "tables")
+    __slots__ = ("shard", "global_step", "pushes", "bytes_received", "bytes_sent", "staleness_histogram", "workers", "variables", "uptime_s", "dropped", "nonfinite", "tables", "variable_bytes", "pulls", "sync_steps")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     PUSHES_FIELD_NUMBER: _ClassVar[int]
@@ -369,6 +373,9 @@ class StatsResponse(_message.Message):
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     NONFINITE_FIELD_NUMBER: _ClassVar[int]
     TABLES_FIELD_NUMBER: _ClassVar[int]
+    VARIABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PULLS_FIELD_NUMBER: _ClassVar[int]
+    SYNC_STEPS_FIELD_NUMBER: _ClassVar[int]
     shard: int
     global_step: int
     pushes: int
@@ -381,7 +388,10 @@ class StatsResponse(_message.Message):
     dropped: int
     nonfinite: int
     tables: _containers.RepeatedCompositeFieldContainer[TableStats]
-    def __init__(self, shard: _Optional[int] = ..., global_step: _Optional[int] = ..., pushes: _Optional[int] = ..., bytes_received: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., staleness_histogram: _Optional[_Iterable[int]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., variables: _Optional[int] = ..., uptime_s: _Optional[float] = ..., dropped: _Optional[int] = ..., nonfinite: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ...) -> None: ...
+    variable_bytes: int
+    pulls: int
+    sync_steps: int
+    def __init__(self, shard: _Optional[int] = ..., global_step: _Optional[int] = ..., pushes: _Optional[int] = ..., bytes_received: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., staleness_histogram: _Optional[_Iterable[int]] = ..., workers: _Optional[_Iterable[_Union[WorkerStats, _Mapping]]] = ..., variables: _Optional[int] = ..., uptime_s: _Optional[float] = ..., dropped: _Optional[int] = ..., nonfinite: _Optional[int] = ..., tables: _Optional[_Iterable[_Union[TableStats, _Mapping]]] = ..., variable_bytes: _Optional[int] = ..., pulls: _Optional[int] = ..., sync_steps: _Optional[int] = ...) -> None: ...
 
 class TableStats(_message.Message):
     __slots__ = ("name", "rows", "bytes", "created", "filtered", "evicted", "dropped_gradients")

@@ -2,7 +2,8 @@
 
     python -m psflow.ps --task-index I --num-workers N [--host 127.0.0.1] [--port 0]
         [--port-fallback] [--port-file PATH] [--insecure] [--checkpoint-root DIR]
-        [--allow-nonfinite] [--parent-pid PID] [--log-level INFO]
+        [--allow-nonfinite] [--metrics-port PORT] [--metrics-host HOST] [--parent-pid PID]
+        [--log-level INFO]
 
 Exits 0 when the shard's lifecycle ends normally (every worker done, SIGTERM/SIGINT, the parent
 process gone), 1 if it cannot serve (port taken, port file not writable), 2 on bad arguments
@@ -14,6 +15,7 @@ import os
 import signal
 import sys
 
+from psflow import monitoring
 from psflow.argparsing import OneLineParser, one_of, port, whole_number
 from psflow.fileio import atomic_write
 from psflow.proto import codec
@@ -57,12 +59,25 @@ def parse_args(argv):
     data.add_argument("--allow-nonfinite", action="store_true",
                       default=os.environ.get("PSFLOW_ALLOW_NONFINITE", "") not in ("", "0"),
                       help="apply gradients that hold NaN or Inf (refused by default)")
+    metrics = parser.add_argument_group("metrics")
+    metrics.add_argument("--metrics-port", type=port, metavar="PORT",
+                         help="serve Prometheus metrics on http://HOST:PORT/metrics (0 picks a "
+                              "free port; default: PSFLOW_METRICS_PORT, else none)")
+    metrics.add_argument("--metrics-host", metavar="HOST",
+                         help="the address the metrics are served on (default: "
+                              "PSFLOW_METRICS_HOST, else --host)")
     lifecycle = parser.add_argument_group("lifecycle")
     lifecycle.add_argument("--parent-pid", type=whole_number(1),
                            help="exit when this process is gone")
     lifecycle.add_argument("--log-level", type=one_of(LOG_LEVELS), default="INFO",
                            help=f"one of {', '.join(LOG_LEVELS)} (default INFO)")
     args = parser.parse_args(argv)
+    if args.metrics_port is None:
+        try:
+            args.metrics_port = monitoring.port_from_env()
+        except ValueError as exc:
+            parser.error(str(exc))
+    args.metrics_host = args.metrics_host or os.environ.get(monitoring.HOST_ENV) or args.host
     if args.task_index is None or args.num_workers is None:
         try:
             task = task_config_from_env()
@@ -121,6 +136,13 @@ def main(argv=None):
             log.error("cannot write the port file %s: %s", args.port_file, exc)
             server.stop(grace=0, reason="no port file")
             return 1
+    if args.metrics_port is not None:
+        from .metrics import ShardCollector  # prometheus_client only when asked for
+        try:
+            monitoring.serve(ShardCollector(server.store), args.metrics_port, args.metrics_host,
+                             what=f"shard {args.task_index}'s metrics")
+        except OSError as exc:  # the job goes on without them
+            log.error("%s; shard %d serves no metrics", exc, args.task_index)
     while not server.wait_for_termination(0.2):
         if signalled:
             server.stop(reason=f"got {signalled[0]}")

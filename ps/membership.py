@@ -19,7 +19,8 @@ JOIN_GRACE_S = float(os.environ.get("PSFLOW_JOIN_GRACE", "120"))
 
 
 class _Worker:
-    __slots__ = ("registered", "done", "local_step", "loss", "last_seen", "pushes", "activity")
+    __slots__ = ("registered", "done", "local_step", "loss", "last_seen", "pushes", "activity",
+                 "examples")
 
     def __init__(self):
         self.registered = False
@@ -29,6 +30,7 @@ class _Worker:
         self.last_seen = None
         self.pushes = 0
         self.activity = ""
+        self.examples = 0
 
 
 class Membership:
@@ -78,15 +80,16 @@ class Membership:
                 worker.last_seen = time.monotonic()
                 worker.pushes += pushed
 
-    def heartbeat(self, index, local_step, loss, activity=""):
-        """Worker `index` is alive at its `local_step` with `loss`, doing `activity`. Returns
-        membership."""
+    def heartbeat(self, index, local_step, loss, activity="", examples=0):
+        """Worker `index` is alive at its `local_step` with `loss`, doing `activity`, having
+        trained on `examples`. Returns membership."""
         self.check(index)
         with self._lock:
             worker = self._worker(index)
             worker.local_step = local_step
             worker.loss = loss
             worker.activity = activity
+            worker.examples = examples
             worker.last_seen = time.monotonic()
             return self.num_workers, self._done_count()
 
@@ -119,11 +122,11 @@ class Membership:
         return live
 
     def rows(self):
-        """(task_index, registered, done, local_step, loss, last_seen_s, pushes, activity) of
-        every worker heard of, by index."""
+        """(task_index, registered, done, local_step, loss, last_seen_s, pushes, activity,
+        examples) of every worker heard of, by index."""
         now = time.monotonic()
         with self._lock:
             return [(index, w.registered, w.done, w.local_step, w.loss,
                      (now - w.last_seen) if w.last_seen is not None else -1.0, w.pushes,
-                     w.activity)
+                     w.activity, w.examples)
                     for index, w in sorted(self._workers.items())]

@@ -250,7 +250,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     @_handler
     def Heartbeat(self, request, context):
         return self._membership(self.store.heartbeat(request.task_index, request.local_step,
-                                                     request.loss, request.activity))
+                                                     request.loss, request.activity,
+                                                     request.examples))
 
     @_handler
     def WorkerDone(self, request, context):
@@ -263,12 +264,14 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             shard=stats["shard"], global_step=stats["global_step"], pushes=stats["pushes"],
             bytes_received=stats["bytes_received"], bytes_sent=stats["bytes_sent"],
             staleness_histogram=stats["staleness_histogram"], variables=stats["variables"],
-            uptime_s=stats["uptime_s"], dropped=stats["dropped"], nonfinite=stats["nonfinite"])
-        for index, registered, done, local_step, loss, last_seen, pushes, activity \
+            uptime_s=stats["uptime_s"], dropped=stats["dropped"], nonfinite=stats["nonfinite"],
+            variable_bytes=stats["variable_bytes"], pulls=stats["pulls"],
+            sync_steps=stats["sync_steps"])
+        for index, registered, done, local_step, loss, last_seen, pushes, activity, examples \
                 in stats["workers"]:
             reply.workers.add(task_index=index, registered=registered, done=done,
                               local_step=local_step, loss=loss, last_seen_s=last_seen,
-                              pushes=pushes, activity=activity)
+                              pushes=pushes, activity=activity, examples=examples)
         for name, table in sorted(self.store.table_stats().items()):
             reply.tables.add(name=name, **table)
         return reply

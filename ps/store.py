@@ -22,6 +22,7 @@ reply, or a step run again after another shard restarted, never applies a gradie
 Restoring a checkpoint forgets the ids, since the state they changed is gone.
 """
 
+import bisect
 import collections
 import errno
 import inspect
@@ -52,6 +53,9 @@ STALENESS_BUCKETS = 32
 RULE_CACHE_SIZE = 64
 # Room for the tensors of one reply, below gRPC's message limit.
 MAX_REPLY_BYTES = MAX_MESSAGE_BYTES - 16 * 1024 * 1024
+# Upper bounds (seconds) of the buckets of the apply-time histogram (psflow.ps.metrics).
+APPLY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5, math.inf)
 # Push ids remembered for retries: a retry comes within seconds, long before this many more
 # pushes arrive.
 PUSH_IDS_KEPT = 4096
@@ -63,7 +67,8 @@ PushResult = collections.namedtuple("PushResult", "staleness global_step dropped
 
 
 class _Variable:
-    __slots__ = ("name", "dtype", "shape", "value", "slots", "version", "lock")
+    __slots__ = ("name", "dtype", "shape", "value", "slots", "version", "lock", "pushes",
+                 "pulls")
 
     def __init__(self, name, dtype, shape):
         self.name = name
@@ -73,6 +78,8 @@ class _Variable:
         self.slots = {}  # rule name -> that rule's slots, made at its first push
         self.version = 0
         self.lock = threading.Lock()
+        self.pushes = 0  # gradients received and pulls answered, for the metrics
+        self.pulls = 0
 
 
 class _Table:
@@ -91,6 +98,8 @@ class _Table:
         self.lock = threading.Lock()
         self.version = 0
         self.evicted_at = 0  # the global step of the last eviction pass
+        self.pushes = 0
+        self.pulls = 0
 
 
 class ShardStore:
@@ -126,6 +135,12 @@ class ShardStore:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.staleness = [0] * STALENESS_BUCKETS
+        self.pulls = 0  # variables and tables answered with
+        self.apply_buckets = [0] * len(APPLY_BUCKETS_S)  # pushes applied, by time taken
+        self.apply_seconds = 0.0
+        self.checkpoints = 0  # shard files written, their total and last time and size
+        self.checkpoint_seconds = 0.0
+        self.last_checkpoint = (0.0, 0)
         self._push_ids = collections.OrderedDict()  # push id -> _Answer
         self._push_ids_lock = threading.Lock()
         self.sync = SyncState(self)
@@ -274,6 +289,7 @@ class ShardStore:
                 out.append((name, held.version, rows))
         with self._stats_lock:
             self.bytes_sent += size
+            self._count_pulls(self._get_table(name) for name, *_ in selections)
         return out
 
     def table_stats(self):
@@ -414,6 +430,7 @@ class ShardStore:
                                         f"server's checkpoint root {self.checkpoint_root}")
         if not os.path.isdir(os.path.dirname(real)):
             raise InvalidArgumentError(f"checkpoint file {path!r}: no such directory")
+        started = time.perf_counter()
         values, slots, step = self.snapshot()
         tables, pause = self.table_snapshot()
         if tables:
@@ -423,7 +440,13 @@ class ShardStore:
             digest = checkpoint.write_shard(real, values, slots, step, tables)
         except OSError as exc:
             raise _file_error(exc, real) from exc
-        return digest, step, os.path.getsize(real), sorted(values)
+        size = os.path.getsize(real)
+        took = time.perf_counter() - started
+        with self._stats_lock:
+            self.checkpoints += 1
+            self.checkpoint_seconds += took
+            self.last_checkpoint = (took, size)
+        return digest, step, size, sorted(values)
 
     def missing(self, names):
         """The names among `names` that have no value yet (NotFoundError if one is unknown)."""
@@ -490,6 +513,7 @@ class ShardStore:
                 var.lock.release()
         with self._stats_lock:
             self.bytes_sent += sum(var.value.nbytes for var in variables)
+            self._count_pulls(variables)
         return result
 
     def with_rows(self, selections, use):
@@ -524,7 +548,14 @@ class ShardStore:
         result = use(values)
         with self._stats_lock:
             self.bytes_sent += size
+            self._count_pulls(var for var, _ in checked)
         return result
+
+    def _count_pulls(self, held):
+        """Counts a pull of each variable or table in `held` (under _stats_lock)."""
+        for var in held:
+            var.pulls += 1
+            self.pulls += 1
 
     def pull_header(self, commit=None):
         """What a pull answers besides the values: (global step or -1, the last step decision
@@ -675,6 +706,9 @@ class ShardStore:
                     "started with --allow-nonfinite applies such gradients)")
             received += values.nbytes + (0 if indices is None else indices.nbytes)
             checked.append((var, grad, version))
+        with self._stats_lock:
+            for held, _, _ in checked:
+                held.pushes += 1
         return checked, received
 
     def _keyed(self, held, values, keys):
@@ -709,6 +743,7 @@ class ShardStore:
     def apply(self, checked, rule):
         """Applies [(variable, gradient, version)] with `rule`, each under its variable's lock;
         returns each gradient's staleness."""
+        started = time.perf_counter()
         staleness = []
         for var, grad, version in checked:
             if isinstance(var, _Table):
@@ -723,6 +758,10 @@ class ShardStore:
                 rule.apply(var.value, grad, slots)
                 staleness.append(max(var.version - version, 0))
                 var.version += 1
+        took = time.perf_counter() - started
+        with self._stats_lock:
+            self.apply_buckets[bisect.bisect_left(APPLY_BUCKETS_S, took)] += 1
+            self.apply_seconds += took
         return staleness
 
     def count_push(self, worker, received, staleness):
@@ -784,9 +823,10 @@ class ShardStore:
         self.sync.on_register(index)
         return membership
 
-    def heartbeat(self, index, local_step, loss, activity=""):
-        """Worker `index` is alive at its `local_step` with `loss`. Returns membership."""
-        return self.members.heartbeat(index, local_step, loss, activity)
+    def heartbeat(self, index, local_step, loss, activity="", examples=0):
+        """Worker `index` is alive at its `local_step` with `loss`, having trained on
+        `examples`. Returns membership."""
+        return self.members.heartbeat(index, local_step, loss, activity, examples)
 
     def done(self, index):
         """Worker `index` has finished (idempotent). Returns membership."""
@@ -796,10 +836,12 @@ class ShardStore:
 
     def stats(self):
         """Counters as a dict: the fields of the proto's StatsResponse; `workers` holds
-        (task_index, registered, done, local_step, loss, last_seen_s, pushes, activity)
-        tuples."""
+        (task_index, registered, done, local_step, loss, last_seen_s, pushes, activity,
+        examples) tuples."""
         now = time.monotonic()
         workers = self.members.rows()
+        variable_bytes = sum(v.dtype.itemsize * math.prod(v.shape)
+                             for v in list(self._variables.values()))
         with self._stats_lock:
             return {"shard": self.shard,
                     "global_step": self.global_step if self.holds_global_step else -1,
@@ -807,7 +849,29 @@ class ShardStore:
                     "bytes_sent": self.bytes_sent, "staleness_histogram": list(self.staleness),
                     "workers": workers, "variables": len(self._variables),
                     "dropped": self.sync.dropped, "nonfinite": self.nonfinite,
-                    "uptime_s": now - self.started}
+                    "uptime_s": now - self.started, "variable_bytes": variable_bytes,
+                    "pulls": self.pulls, "sync_steps": self.sync.steps}
+
+    def variable_stats(self):
+        """[(name, rows, bytes, gradients received, pulls answered)] of every variable, by
+        name (a scalar has one row)."""
+        with self._registry_lock:
+            held = sorted(self._variables.values(), key=lambda v: v.name)
+        return [(v.name, v.shape[0] if v.shape else 1, v.dtype.itemsize * math.prod(v.shape),
+                 v.pushes, v.pulls) for v in held]
+
+    def table_counters(self):
+        """{table name: (gradients received, pulls answered)}."""
+        with self._registry_lock:
+            held = list(self._tables.values())
+        return {t.name: (t.pushes, t.pulls) for t in held}
+
+    def timings(self):
+        """(apply-time bucket counts by APPLY_BUCKETS_S, their seconds, checkpoints written,
+        their seconds, (seconds, bytes) of the last)."""
+        with self._stats_lock:
+            return (list(self.apply_buckets), self.apply_seconds, self.checkpoints,
+                    self.checkpoint_seconds, self.last_checkpoint)
 
 
 class _Answer:

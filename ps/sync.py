@@ -68,6 +68,7 @@ class SyncState:
         self.decisions = {}  # shard 0: step -> workers whose gradients made it
         self.last_decision = (-1, ())
         self.dropped = 0
+        self.steps = 0  # steps applied here (decided on shard 0, committed elsewhere)
         self.clocks = {}  # ssp: worker -> pushes so far
 
     # -- membership ------------------------------------------------------------------------
@@ -144,6 +145,7 @@ class SyncState:
         """Applies the average of `workers`' pending gradients for `step`; forgets the step
         and any older one."""
         pending = self.pending.get(step, {})
+        self.steps += 1
         by_var = {}
         rule = None
         for worker in workers:

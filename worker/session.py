@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from psflow.train import saver
 from psflow.train import consistency as modes
 from psflow.train.optimizers import ApplyGradients
 
+from . import metrics
 from .placement import PARTITION_BYTES
 from .store import DistributedStore
 
@@ -60,6 +62,7 @@ class DistributedSession(Session):
         self.task = task
         self.local_step = 0
         self.last_loss = math.nan
+        self.step_times = metrics.StepTimes()
         self._modes = {}  # plan -> (whether its runs apply gradients, their mode)
         self._stopping = threading.Event()
         store.register()
@@ -75,6 +78,7 @@ class DistributedSession(Session):
         self._heartbeat = threading.Thread(target=self._beat, name="psflow-heartbeat",
                                            daemon=True)
         self._heartbeat.start()
+        metrics.watch(self)
         exit_with_parent()
 
     def _initialize(self, graph, initialized, restore=None, initializer=None):
@@ -163,12 +167,19 @@ class DistributedSession(Session):
             mode = self._modes[plan] = (bool(applies), named[0] if named else self.consistency)
         trains, consistency = mode
         store = self.store
+        started = time.perf_counter()
         store.prefetch(plan.variables, reuse=trains, consistency=consistency,
                        lookups=plan.lookups,
                        rows=[(var, feeds[ids]) for var, ids in plan.fed_lookups],
                        train=trains)
         store.activity = f"run {store.step.run}: computing"
+        pulled = time.perf_counter()
         values = super()._execute(plan, feeds)
+        step = store.step
+        ran = time.perf_counter() - pulled
+        self.step_times.record(pulled - started + step.pulling,
+                               max(ran - step.pulling - step.pushing, 0.0), step.pushing,
+                               metrics.batch_size(feeds) if trains else 0)
         self.local_step += 1
         store.activity = f"in the script's own code after run {store.step.run}"
         for node, _, _ in plan.steps:
@@ -180,8 +191,10 @@ class DistributedSession(Session):
 
     def _beat(self):
         while not self._stopping.wait(HEARTBEAT_S):
+            self.step_times.sample()
             try:
-                self.store.heartbeat(self.local_step, self.last_loss)
+                self.store.heartbeat(self.local_step, self.last_loss,
+                                     self.step_times.examples)
             except Exception as exc:  # a missed beat is not fatal; the next one may pass
                 log.debug("heartbeat failed: %s", exc)
 

@@ -77,6 +77,8 @@ class _StepState(threading.local):
         self.commit = None  # sync: the last step decided, for the other shards
         self.dedups = {}  # this run's lookups' ids: array key -> (array, Dedup)
         self.rows = {}  # (variable, ids key) -> distinct rows pulled ahead of the run
+        self.pushing = 0.0  # seconds this run spent pushing, and pulling rows during it
+        self.pulling = 0.0
 
 
 class DistributedStore:
@@ -282,7 +284,9 @@ class DistributedStore:
         """Numbers this thread's next run. Its pushes carry the number, and a run tried again
         (see DistributedSession.with_recovery) keeps it, so a shard that took a push already
         does not apply it twice."""
-        self.step.run = next(self._runs)
+        step = self.step
+        step.run = next(self._runs)
+        step.pushing = step.pulling = 0.0
 
     def prefetch(self, variables, fresh=True, reuse=False, consistency=None, lookups=(),
                  rows=(), train=False):
@@ -486,10 +490,12 @@ class DistributedStore:
         step = self.step
         pulled = step.rows.get((var, array_key(indices)))
         if pulled is None:
+            started = time.perf_counter()
             calls, landing = self._row_calls([(var, indices)], step.commit, train)
             for places, reply in zip(landing, self.fanout.call(calls)):
                 _land(places, reply, step.versions)
             pulled = step.rows[(var, array_key(indices))]
+            step.pulling += time.perf_counter() - started
         rows = pulled[1]
         return rows[self.dedup(indices).inverse].reshape(indices.shape + tuple(var.shape[1:]))
 
@@ -524,6 +530,13 @@ class DistributedStore:
         push to shard 0 advances the global step when `global_step` is given. In sync and
         ssp modes the push to shard 0 goes last and waits for the step (see psflow.ps.sync).
         `consistency`: the train op's mode (default: the job's)."""
+        started = time.perf_counter()
+        try:
+            self._apply_gradients(rule, grads_and_vars, global_step, consistency)
+        finally:
+            self.step.pushing += time.perf_counter() - started
+
+    def _apply_gradients(self, rule, grads_and_vars, global_step, consistency):
         consistency = (consistency or self.consistency).effective()
         step = self.step
         rule_proto = self._rule_proto(rule)
@@ -624,9 +637,9 @@ class DistributedStore:
         return (sum(c.sent for c in self.clients), sum(c.received for c in self.clients))
 
     # -- membership ----------------------------------------------------------------------------
-    def heartbeat(self, local_step, loss):
+    def heartbeat(self, local_step, loss, examples=0):
         request = pb.HeartbeatRequest(task_index=self.worker, local_step=local_step, loss=loss,
-                                      activity=self.activity)
+                                      activity=self.activity, examples=examples)
         for client in self.clients:
             client.call("Heartbeat", request, timeout=5.0)
 
