@@ -28,6 +28,11 @@ import secrets
 import yaml
 
 PORT = 2222
+# Every pod serves Prometheus metrics here (a named port, with the prometheus.io/ annotations
+# that Prometheus's pod discovery reads); nothing runs for them until a scrape comes.
+METRICS_PORT = 9090
+SCRAPE_ANNOTATIONS = {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
+                      "prometheus.io/path": "/metrics"}
 APP_DIR = "/app"
 CHECKPOINT_MOUNT = "/checkpoints"
 TLS_MOUNT = "/etc/psflow/tls"
@@ -122,7 +127,9 @@ def _env(job, k8s, role, with_tf_config=True):
         env.append({"name": "TF_CONFIG", "value": tf_config(job, k8s, role)})
     env += [{"name": "PSFLOW_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {
                 "name": f"{k8s.name}-auth", "key": "token"}}},
-            {"name": "PYTHONUNBUFFERED", "value": "1"}]
+            {"name": "PYTHONUNBUFFERED", "value": "1"},
+            {"name": "PSFLOW_METRICS_PORT", "value": str(METRICS_PORT)},
+            {"name": "PSFLOW_METRICS_HOST", "value": "0.0.0.0"}]
     if role == "worker":
         env += [{"name": name, "value": value}
                 for name, value in job.consistency.to_env().items()]
@@ -148,7 +155,8 @@ def _container(job, k8s, role, name, with_tf_config=True):
         "command": command,
         "env": _env(job, k8s, role, with_tf_config),
         "ports": [{"name": "tfjob-port" if k8s.flavor == "tfjob" else "grpc",
-                   "containerPort": PORT}],
+                   "containerPort": PORT},
+                  {"name": "metrics", "containerPort": METRICS_PORT}],
         "securityContext": {"allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}},
     }
@@ -209,7 +217,8 @@ def _indexed_job(job, k8s, role, count, max_restarts):
         "completions": count,
         "parallelism": count,
         "ttlSecondsAfterFinished": k8s.ttl_seconds,
-        "template": {"metadata": {"labels": _labels(k8s, role)},
+        "template": {"metadata": {"labels": _labels(k8s, role),
+                                  "annotations": dict(SCRAPE_ANNOTATIONS)},
                      "spec": _pod_spec(job, k8s, role)},
     }
     if k8s.restart_policy == "Never":
@@ -245,7 +254,8 @@ def manifests(job, k8s, max_restarts=3):
 def _tfjob(job, k8s, max_restarts):
     def replica(role, count):
         return {"replicas": count, "restartPolicy": k8s.restart_policy,
-                "template": {"metadata": {"labels": _labels(k8s, role)},
+                "template": {"metadata": {"labels": _labels(k8s, role),
+                                          "annotations": dict(SCRAPE_ANNOTATIONS)},
                              "spec": _pod_spec(job, k8s, role, container_name="tensorflow",
                                                with_tf_config=False)}}
     return {"apiVersion": "kubeflow.org/v1", "kind": "TFJob",

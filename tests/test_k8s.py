@@ -70,6 +70,13 @@ def test_the_default_manifests_validate_and_describe_the_job():
         assert len(config["cluster"]["worker"]) == 3
         assert env["PSFLOW_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {
             "name": "digits-auth", "key": "token"}
+        # Prometheus's pod discovery finds every pod's metrics by its annotations.
+        assert job["template"]["metadata"]["annotations"] == {
+            "prometheus.io/scrape": "true", "prometheus.io/port": "9090",
+            "prometheus.io/path": "/metrics"}
+        assert {"name": "metrics", "containerPort": 9090} in container["ports"]
+        assert env["PSFLOW_METRICS_PORT"]["value"] == "9090"
+        assert env["PSFLOW_METRICS_HOST"]["value"] == "0.0.0.0"
     ps = kinds[("Job", "digits-ps")]["spec"]["template"]["spec"]["containers"][0]
     assert ps["command"][:4] == ["python", "-P", "-m", "psflow.ps"]
     assert ps["readinessProbe"]["grpc"] == {"port": 2222, "service": "psflow.ParameterServer"}
@@ -110,7 +117,9 @@ def test_the_tfjob_flavour_cleans_up_its_pods_and_its_pods_validate():
         template = replica["template"]
         container = template["spec"]["containers"][0]
         assert container["name"] == "tensorflow"  # the operator looks for this container
-        assert container["ports"] == [{"name": "tfjob-port", "containerPort": 2222}]
+        assert container["ports"] == [{"name": "tfjob-port", "containerPort": 2222},
+                                      {"name": "metrics", "containerPort": 9090}]
+        assert template["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
         # The operator injects TF_CONFIG; the pod template is a valid one.
         assert "TF_CONFIG" not in {e["name"] for e in container["env"]}
         validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},

@@ -7,6 +7,8 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -105,9 +107,10 @@ def container_env(container, secrets, index):
     return env
 
 
-def run_on_simulated_cluster(tmp_path, *launch_args, cwd=ROOT):
+def run_on_simulated_cluster(tmp_path, *launch_args, cwd=ROOT, while_running=None):
     """Runs the pods of `launch --k8s *launch_args`'s manifests on a simulated cluster until
-    all exit; ({pod: exit code or "still running"}, {pod: its output})."""
+    all exit; ({pod: exit code or "still running"}, {pod: its output}). `while_running` is
+    called with {pod: its address} once every pod has started."""
     out = subprocess.run(
         [sys.executable, "-m", "psflow.launcher", "--k8s", "--name", "sim", "--namespace",
          "test", *launch_args], capture_output=True, text=True, timeout=60, cwd=cwd,
@@ -136,6 +139,8 @@ def run_on_simulated_cluster(tmp_path, *launch_args, cwd=ROOT):
             processes.append((pod, log, subprocess.Popen(
                 ["ip", "netns", "exec", netns, *command], cwd=cwd, stdout=log,
                 stderr=subprocess.STDOUT, env=container_env(container, secrets, index))))
+        if while_running is not None:
+            while_running({pod: address for pod, _, address in cluster.pods})
         codes = {}
         for pod, log, process in processes:
             try:
@@ -156,10 +161,34 @@ def explain(codes, logs):
     return "\n".join(f"== {pod}: {codes[pod]}\n{text[-1500:]}" for pod, text in logs.items())
 
 
+def scrape_global_step(addresses, scraped, timeout=60):
+    """Reads ps 0's global step from its pod's metrics port, as Prometheus would, once it
+    is past 0."""
+    from prometheus_client.parser import text_string_to_metric_families
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            url = f"http://{addresses['sim-ps-0']}:9090/metrics"
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                text = reply.read().decode()
+        except OSError:
+            time.sleep(0.1)
+            continue
+        for family in text_string_to_metric_families(text):
+            if family.name == "psflow_ps_global_step" and family.samples[0].value > 0:
+                scraped.append(family.samples[0].value)
+                return
+        time.sleep(0.1)
+
+
 def test_the_manifests_train_digits_on_a_simulated_cluster(tmp_path):
-    codes, logs = run_on_simulated_cluster(tmp_path, "--workers", "2", "--ps", "2",
-                                           "examples/digits.py", "--steps", "800")
+    scraped = []
+    codes, logs = run_on_simulated_cluster(
+        tmp_path, "--workers", "2", "--ps", "2", "examples/digits.py", "--steps", "800",
+        while_running=lambda addresses: scrape_global_step(addresses, scraped))
     assert all(code == 0 for code in codes.values()), explain(codes, logs)
+    # The pods' metrics answer on their annotated port while the job trains.
+    assert scraped and 0 < scraped[0] <= 800, explain(codes, logs)
     accuracy = re.search(r"test accuracy: ([0-9.]+)", logs["sim-worker-0"])
     assert accuracy and float(accuracy.group(1)) >= 0.95, explain(codes, logs)
     assert "exiting: all workers are done" in logs["sim-ps-1"], explain(codes, logs)
