@@ -76,6 +76,9 @@ def build_parser():
                                   "0: no bound)")
     supervision.add_argument("--no-progress", action="store_true",
                              help="do not show the job's progress (step, steps/s, loss)")
+    supervision.add_argument("--metrics", action="store_true",
+                             help="every parameter server and worker serves Prometheus "
+                                  "metrics on a free port, printed at the start")
     data = parser.add_argument_group("data")
     data.add_argument("--checkpoint-root", default=None, metavar="DIR",
                       help="the folder the parameter servers may write checkpoints in "
@@ -140,7 +143,8 @@ def _parse(argv):
                        (args.checkpoint_root or default_checkpoint_roots()).split(os.pathsep)
                        if root),
                    grace_period=args.grace_period, progress=not args.no_progress,
-                   tf_flags=args.tf_flags or args.script_ps, script_ps=args.script_ps)
+                   tf_flags=args.tf_flags or args.script_ps, script_ps=args.script_ps,
+                   metrics=args.metrics)
     try:
         spec.validate()  # what argparse cannot see: the script file, the port range's end
     except ValueError as exc:

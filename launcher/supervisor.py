@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 
+from psflow import monitoring
 from psflow.parent import PARENT_ENV, alive
 from psflow.proto import auth
 from psflow.train.consistency import Consistency
@@ -150,6 +151,8 @@ class JobSpec:
     # in its tf.train.Server(...).join().
     tf_flags: bool = False
     script_ps: bool = False
+    # Serve Prometheus metrics from every process, on free ports picked at the start.
+    metrics: bool = False
 
     def classic_flags(self, ps_addresses, job_name, index):
         workers = ",".join(f"{self.host}:0" for _ in range(self.workers))
@@ -211,6 +214,7 @@ class Job:
         self.ps_restarts = {}  # PS index -> times restarted
         self._worker_start = {}  # worker index -> (command, env)
         self.ps_addresses = []
+        self.metrics_ports = {}  # ("ps" or "worker", index) -> its /metrics port
         self.progress = None
         self.stop_signal = None
         self._stop = threading.Event()   # the one stop event
@@ -252,6 +256,8 @@ class Job:
 
     # -- phases -----------------------------------------------------------------------------------
     def _run(self):
+        if self.spec.metrics:
+            self._pick_metrics_ports()
         self.ps_addresses = self._start_ps()
         if self.ps_addresses is None:
             return self._stopped_by_signal() if self._stop.is_set() else 1
@@ -308,6 +314,21 @@ class Job:
             self._stop.wait(POLL_S)
         return [f"{spec.host}:{port}" for port in ports]
 
+    def _pick_metrics_ports(self):
+        """Picks a free port for every process's /metrics and says where to scrape."""
+        spec = self.spec
+        roles = [("ps", i) for i in range(spec.ps)] + [("worker", i) for i in range(spec.workers)]
+        ports = _free_ports(spec.host, len(roles))
+        self.metrics_ports = dict(zip(roles, ports))
+        self.output.launcher("metrics: " + ", ".join(
+            f"{role}:{index} http://{spec.host}:{port}/metrics"
+            for (role, index), port in self.metrics_ports.items()))
+
+    def _metrics_env(self, role, index):
+        port = self.metrics_ports.get((role, index))
+        return {} if port is None else {monitoring.PORT_ENV: str(port),
+                                        monitoring.HOST_ENV: self.spec.host}
+
     def _ps_child(self, index, port, port_file, fallback=False):
         """Starts PS `index`: `python -m psflow.ps`, or with script_ps the script itself as
         ps task `index` on the address chosen for it."""
@@ -318,10 +339,13 @@ class Job:
                        "--port-file", port_file, "--checkpoint-root", spec.checkpoint_root,
                        "--parent-pid", str(os.getpid())] + (["--port-fallback"] if fallback
                                                             else [])
-            return Child("ps", index, command, self._ps_env, self.output, self.watchdog)
+            return Child("ps", index, command, dict(self._ps_env,
+                                                    **self._metrics_env("ps", index)),
+                         self.output, self.watchdog)
         addresses = [f"{spec.host}:{p}" for p in self._script_ps_ports]
         cluster = {"ps": addresses, "worker": [f"{spec.host}:0"] * spec.workers}
         env = dict(self._ps_env, PSFLOW_PS_PORT_FILE=port_file,
+                   **self._metrics_env("ps", index),
                    PSFLOW_CHECKPOINT_ROOT=spec.checkpoint_root,
                    TF_CONFIG=json.dumps({"cluster": cluster,
                                          "task": {"type": "ps", "index": index}}),
@@ -380,7 +404,8 @@ class Job:
             tf_config = {"cluster": cluster, "task": {"type": "worker", "index": i}}
             env = dict(os.environ, TF_CONFIG=json.dumps(tf_config),
                        **{PARENT_ENV: str(os.getpid())}, **spec.consistency.to_env(),
-                       PYTHONUNBUFFERED="1", **math_thread_env(threads))
+                       PYTHONUNBUFFERED="1", **math_thread_env(threads),
+                       **self._metrics_env("worker", i))
             env[auth.TOKEN_ENV] = self.token
             self._worker_start[i] = (command, env)
             child = Child("worker", i, command, env, self.output, self.watchdog)
