@@ -6,30 +6,16 @@ per push: the store keeps plain counters, and this collector turns them into fam
 when `/metrics` is asked for.
 """
 
-import math
-
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, SummaryMetricFamily)
+
+from psflow.monitoring import bucket_bound, cumulative
 
 from .store import APPLY_BUCKETS_S
 
 PREFIX = "psflow_ps_"
 # Upper bounds of the staleness histogram's buckets (the store counts each staleness apart).
 STALENESS_BOUNDS = (0, 1, 2, 4, 8, 16)
-
-
-def _bound(upper):
-    return "+Inf" if math.isinf(upper) else repr(float(upper))
-
-
-def cumulative(counts, bounds):
-    """[(le, cumulative count)] of a histogram's per-bucket `counts` with upper `bounds` (the
-    last +Inf), as HistogramMetricFamily takes them."""
-    total, out = 0, []
-    for count, upper in zip(counts, bounds):
-        total += count
-        out.append((_bound(upper), total))
-    return out
 
 
 class ShardCollector:
@@ -137,7 +123,7 @@ class ShardCollector:
         staleness = stats["staleness_histogram"]  # one count per staleness 0, 1, 2, ...
         histogram = family(HistogramMetricFamily, "staleness",
                            "Versions (or global steps) a gradient was late when applied")
-        buckets = [(_bound(b), sum(staleness[:b + 1])) for b in STALENESS_BOUNDS]
+        buckets = [(bucket_bound(b), sum(staleness[:b + 1])) for b in STALENESS_BOUNDS]
         histogram.add_metric([shard], buckets + [("+Inf", sum(staleness))],
                              sum_value=sum(k * c for k, c in enumerate(staleness)))
         yield histogram

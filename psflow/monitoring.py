@@ -8,6 +8,7 @@ and replaced by a free one, since a job must not fail for the sake of its metric
 
 import errno
 import logging
+import math
 import os
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,21 @@ def port_from_env(environ=os.environ):
         raise ValueError(f"{PORT_ENV}={text!r} is not a port number (0-65535; 0 picks a free "
                          "one)")
     return port
+
+
+def bucket_bound(upper):
+    """A histogram bucket's `le` label for upper bound `upper`."""
+    return "+Inf" if math.isinf(upper) else repr(float(upper))
+
+
+def cumulative(counts, bounds):
+    """[(le, cumulative count)] of a histogram's per-bucket `counts` with upper `bounds` (the
+    last infinite), as prometheus_client's HistogramMetricFamily takes them."""
+    total, out = 0, []
+    for count, upper in zip(counts, bounds):
+        total += count
+        out.append((bucket_bound(upper), total))
+    return out
 
 
 def serve(collector, port, host="127.0.0.1", what="metrics"):

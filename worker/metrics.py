@@ -122,11 +122,8 @@ class WorkerCollector:
         yield phases
         histogram = HistogramMetricFamily(PREFIX + "step_seconds", "Time of each run",
                                           labels=["worker"])
-        cumulative, count = [], 0
-        for upper, n in zip(STEP_BUCKETS_S, buckets):
-            count += n
-            cumulative.append(("+Inf" if math.isinf(upper) else repr(upper), count))
-        histogram.add_metric([worker], cumulative, sum_value=total)
+        histogram.add_metric([worker], monitoring.cumulative(buckets, STEP_BUCKETS_S),
+                             sum_value=total)
         yield histogram
         yield one(CounterMetricFamily, "runs", "Runs of the graph (steps)", runs)
         yield one(CounterMetricFamily, "examples", "Examples the training runs consumed",
