@@ -23,6 +23,7 @@ from psflow.train import consistency as modes
 from psflow.train.optimizers import ApplyGradients
 
 from . import metrics
+from .curves import JobCurves
 from .placement import PARTITION_BYTES
 from .store import DistributedStore
 
@@ -48,13 +49,15 @@ class DistributedSession(Session):
     """A Session whose Variables live on the parameter servers named in the task config."""
 
     def __init__(self, graph, task, partition_bytes=PARTITION_BYTES, restore=None,
-                 checkpoint_dir=None, initializer=None):
+                 checkpoint_dir=None, initializer=None, summary_dir=None):
         """`restore`: (global step, {Variable: value}, {(Variable, rule, slot): value}) from a
         checkpoint, which the chief sets on the shards instead of the initial values.
         `checkpoint_dir`: where the chief finds the latest checkpoint when a parameter server
         restarts without its variables. `initializer`: (an op, its feed dict) that sets the
         initial values in place of the variables' own initializers (Scaffold.init_op).
-        `initialized_here` tells whether this session gave the variables fresh values."""
+        `summary_dir`: where the chief writes the job's curves for TensorBoard (see
+        psflow.worker.curves). `initialized_here` tells whether this session gave the
+        variables fresh values."""
         self.consistency = job_consistency(graph)
         store = DistributedStore(graph, task, partition_bytes, self.consistency)
         self.checkpoint_dir = checkpoint_dir
@@ -78,6 +81,8 @@ class DistributedSession(Session):
         self._heartbeat = threading.Thread(target=self._beat, name="psflow-heartbeat",
                                            daemon=True)
         self._heartbeat.start()
+        self._curves = JobCurves.started(store.clients, summary_dir) \
+            if task.is_chief and summary_dir else None
         metrics.watch(self)
         exit_with_parent()
 
@@ -210,6 +215,8 @@ class DistributedSession(Session):
             return
         self._stopping.set()
         try:
+            if self._curves is not None:
+                self._curves.stop()  # its last look, while every shard still answers
             if done:
                 self.store.done()
         finally:

@@ -296,7 +296,7 @@ class MonitoredTrainingSession:
         initializer = (scaffold.init_op, scaffold.init_feed_dict)
         if distributed:
             self._session = _distributed_session(self.graph, self.task, state, checkpoint_dir,
-                                                 initializer)
+                                                 initializer, self.summary_dir)
             fresh = self._session.initialized_here
         else:
             self._session = Session(graph=self.graph)
@@ -396,10 +396,11 @@ def cluster_session(target, graph=None):
     return session
 
 
-def _distributed_session(graph, task, restore, checkpoint_dir, initializer):
-    """The session of a worker whose TF_CONFIG names a cluster."""
+def _distributed_session(graph, task, restore, checkpoint_dir, initializer, summary_dir=None):
+    """The session of a worker whose TF_CONFIG names a cluster; a chief with a `summary_dir`
+    writes the job's curves there."""
     # The one place the engine reaches the worker runtime, and only when a cluster is named:
     # the runtime brings gRPC and protobuf, which local training never loads.
     from psflow.worker.session import DistributedSession
     return DistributedSession(graph, task, restore=restore, checkpoint_dir=checkpoint_dir,
-                              initializer=initializer)
+                              initializer=initializer, summary_dir=summary_dir)
