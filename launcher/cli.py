@@ -3,6 +3,7 @@
     launch --workers N --ps M [--mode async|sync|ssp] [--staleness S]
            [--replicas-to-aggregate K] [--ps-port BASE] [--max-restarts K]
            [--grace-period SECONDS] [--no-progress] script.py [script args...]
+    launch --status [ADDRESS[,ADDRESS...]] [--interval SECONDS] [--timeout SECONDS]
 
 Everything after the script's path goes to the script, options that look like launch's
 included. `python -m psflow.launcher` is the same command. Exit codes: 0 when every worker
@@ -17,7 +18,7 @@ import sys
 from psflow.argparsing import OneLineParser, non_negative_seconds, port, seconds, whole_number
 from psflow.train.consistency import MODES
 
-from . import k8s
+from . import k8s, status
 from .supervisor import JobSpec, default_checkpoint_roots, run_job
 
 
@@ -28,7 +29,9 @@ def build_parser():
                     "free loopback ports, then the workers, each running SCRIPT with its "
                     "TF_CONFIG. The job ends when every worker has finished (the parameter "
                     "servers then exit by themselves) or at the first failure, which stops "
-                    "the rest.")
+                    "the rest.",
+        epilog="launch --status [ADDRESS,...] shows a running job's shards and workers "
+               "(launch --status --help).")
     job = parser.add_argument_group("job")
     job.add_argument("--workers", type=whole_number(1), required=True,
                      metavar="N", help="worker processes, each running the script")
@@ -170,7 +173,10 @@ def _parse(argv):
 
 def main(argv=None):
     """The `launch` command; returns its exit code."""
-    spec, kube = _parse(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if status.requested(argv):
+        return status.main(argv)
+    spec, kube = _parse(argv)
     if kube is not None:
         documents, out = kube
         if out:

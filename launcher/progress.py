@@ -1,31 +1,57 @@
-"""The job's progress line: global step, steps/s and loss, read from parameter server 0.
+"""The job's progress line: global step, steps/s and loss, read from the parameter servers.
 
-About once a second the poller asks shard 0 (which holds the global step) for its GetStats.
-A failed call is skipped: the line is a convenience and never affects the job.
+About once a second the poller asks every shard for its GetStats. Shard 0 holds the global step
+and the workers' reports; the rates between the looks of the last few seconds name a worker
+far slower than the others and a shard far busier than the others, when there is one. A failed
+call is skipped: the line is a convenience and never affects the job.
 """
 
 import collections
 import math
 import threading
-import time
 
 from psflow.errors import PsflowError
 from psflow.proto import psflow_pb2 as pb
+from psflow.worker import jobstats
 from psflow.worker.client import ShardClient, worker_request
 
 POLL_S = 1.0
 RPC_TIMEOUT_S = 0.5
-# steps/s is the global step's rate over this window, so one slow poll does not make it jump.
+# Rates are measured over this window, so one slow poll does not make them jump.
 RATE_WINDOW_S = 5.0
+# The workers' steps arrive with their heartbeats, once a second: over a shorter span a running
+# worker may seem to stand still, so the notes on who stands out wait for this much.
+NOTES_AFTER_S = 3.0
 # When stderr is not a terminal, a progress line is printed at most this often (and only
 # when the global step has moved).
 PRINT_EVERY_S = 5.0
 
 
-def format_progress(stats, rate=None):
+def per_second(value):
+    """A rate as the line shows it: `412` from 100 up, `3.1` below."""
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.1f}"
+
+
+def standout_notes(rates):
+    """`slowest worker 1 (3.1 steps/s)` and `hottest ps 0 (412 pushes/s)`, each only when
+    that worker or shard stands out in `rates` (a jobstats.Rates, or None)."""
+    if rates is None:
+        return []
+    notes = []
+    slowest = rates.slowest_worker()
+    if slowest is not None:
+        notes.append(f"slowest worker {slowest[0]} ({per_second(slowest[1])} steps/s)")
+    hottest = rates.hottest_shard()
+    if hottest is not None:
+        notes.append(f"hottest ps {hottest[0]} ({per_second(hottest[1])} pushes/s)")
+    return notes
+
+
+def format_progress(stats, rate=None, rates=None):
     """`step 120 | 35.2 steps/s | loss 0.4321 | 1/2 workers done` from a StatsResponse of
-    shard 0 and the global step's rate (None when not known yet). The loss is the mean of the
-    workers' last reported losses, NaN (none reported) left out."""
+    shard 0 and the global step's rate (None when not known yet), then the notes on a worker or
+    shard that stands out in `rates` (see standout_notes). The loss is the mean of the workers'
+    last reported losses, NaN (none reported) left out."""
     parts = [f"step {stats.global_step}"]
     if rate is not None:
         parts.append(f"{rate:.1f} steps/s")
@@ -35,40 +61,61 @@ def format_progress(stats, rate=None):
     if stats.workers:
         done = sum(1 for w in stats.workers if w.done)
         parts.append(f"{done}/{len(stats.workers)} workers done")
+    parts += standout_notes(rates)
     return " | ".join(parts)
+
+
+class Window:
+    """Timed samples of the last `window` seconds: the oldest one kept is the newest that is
+    at least `window` seconds old, so the span measured is about `window`."""
+
+    def __init__(self, window=RATE_WINDOW_S):
+        self.window = window
+        self._samples = collections.deque()
+
+    def add(self, when, sample):
+        """Records `sample` taken at time `when`; returns the oldest (when, sample) kept."""
+        self._samples.append((when, sample))
+        while len(self._samples) > 2 and when - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+        return self._samples[0]
 
 
 class StepRate:
     """The rate of a counter over the last `window` seconds."""
 
     def __init__(self, window=RATE_WINDOW_S):
-        self.window = window
-        self._samples = collections.deque()
+        self._window = Window(window)
 
     def add(self, when, value):
         """Records `value` at time `when`; returns the rate per second, or None with a single
         sample so far."""
-        self._samples.append((when, value))
-        while len(self._samples) > 2 and when - self._samples[1][0] >= self.window:
-            self._samples.popleft()
-        first_when, first_value = self._samples[0]
+        first_when, first_value = self._window.add(when, value)
         if when <= first_when:
             return None
         return (value - first_value) / (when - first_when)
 
 
 class ProgressPoller:
-    """Polls shard 0 at `address` in a thread and, with `show`, shows the progress line on
-    `output`. `last_stats` is what the launcher's supervision reads (who joined, who moves)."""
+    """Polls every shard (`addresses`, shard 0 first) in a thread and, with `show`, shows the
+    progress line on `output`. `last_stats` is shard 0's last StatsResponse, which the
+    launcher's supervision reads (who joined, who moves)."""
 
-    def __init__(self, address, output, interval=POLL_S, print_every=PRINT_EVERY_S,
+    def __init__(self, addresses, output, interval=POLL_S, print_every=PRINT_EVERY_S,
                  token=None, show=True):
+        if isinstance(addresses, str):
+            raise TypeError("ProgressPoller takes the list of the parameter servers' "
+                            f"addresses, shard 0 first, not one string ({addresses!r})")
+        if not addresses:
+            raise ValueError("ProgressPoller needs the address of at least one parameter "
+                             "server")
         self.output = output
         self.show = show
         self.interval = interval
         self.print_every = print_every
-        self.last_stats = None  # the last StatsResponse received, for the job's summary
-        self._client = ShardClient(0, address, timeout=RPC_TIMEOUT_S, token=token or "")
+        self.last_stats = None  # shard 0's last StatsResponse, for the job's summary
+        self._clients = [ShardClient(shard, address, timeout=RPC_TIMEOUT_S, token=token or "")
+                         for shard, address in enumerate(addresses)]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
 
@@ -82,32 +129,44 @@ class ProgressPoller:
             return
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=RPC_TIMEOUT_S + 2.0)
-        self._client.close()
+            self._thread.join(timeout=len(self._clients) * RPC_TIMEOUT_S + 2.0)
+        for client in self._clients:
+            client.close()
         self.output.clear_status()
 
     def poll(self):
         """Asks shard 0 for its stats once; the StatsResponse, or None if the call failed."""
         try:
-            stats = self._client.call("GetStats", pb.StatsRequest(), wait_for_ready=False)
+            stats = self._clients[0].call("GetStats", pb.StatsRequest(), wait_for_ready=False)
         except (PsflowError, ValueError):  # ValueError: the channel is closed
             return None
         self.last_stats = stats
         return stats
 
+    def look(self):
+        """Asks every shard for its stats once; the jobstats.Look."""
+        look = jobstats.Look.take(self._clients)
+        if look.chief is not None:
+            self.last_stats = look.chief
+        return look
+
     def _run(self):
-        rate = StepRate()
+        window = Window()
         last_printed_at, last_printed_step = None, 0
         while not self._stop.wait(self.interval):
-            stats = self.poll()
+            look = self.look()
+            stats = look.chief
             if stats is None:
                 continue
-            now = time.monotonic()
-            text = format_progress(stats, rate.add(now, stats.global_step))
+            first_when, first = window.add(look.when, look)
+            rates = jobstats.rates(first, look) if look.when > first_when else None
+            text = format_progress(stats, rates.steps_per_s if rates else None,
+                                   rates if rates and rates.seconds >= NOTES_AFTER_S else None)
             if self._stop.is_set():
                 return
             if not self.show:
                 continue
+            now = look.when
             if self.output.tty:
                 self.output.status(text)
             elif stats.global_step != last_printed_step and (

@@ -34,6 +34,7 @@ import threading
 import time
 
 from psflow import monitoring
+from psflow.fileio import atomic_write
 from psflow.parent import PARENT_ENV, alive
 from psflow.proto import auth
 from psflow.train.consistency import Consistency
@@ -49,6 +50,9 @@ WORKERS_AFTER_PS_EXIT_S = 10.0
 POLL_S = 0.05
 # The job's folder for the PS port files: TMP_PREFIX<launcher pid>-<random>.
 TMP_PREFIX = "psflow-launch-"
+# In the job's folder (readable by its user alone): the parameter servers' addresses and the
+# job's token, so that `launch --status` on this machine finds a running job.
+JOB_FILE = "job.json"
 
 
 def remove_leftovers(folder=None):
@@ -261,8 +265,11 @@ class Job:
         self.ps_addresses = self._start_ps()
         if self.ps_addresses is None:
             return self._stopped_by_signal() if self._stop.is_set() else 1
+        atomic_write(os.path.join(self._tmp, JOB_FILE), json.dumps(
+            {"ps": self.ps_addresses, "token": self.token}).encode())
+        self.output.launcher(f"job status: launch --status {','.join(self.ps_addresses)}")
         self._start_workers()
-        self.progress = ProgressPoller(self.ps_addresses[0], self.output, token=self.token,
+        self.progress = ProgressPoller(list(self.ps_addresses), self.output, token=self.token,
                                        show=self.spec.progress).start()
         return self._supervise()
 
