@@ -55,14 +55,22 @@ def format_progress(stats, rate=None, rates=None):
     parts = [f"step {stats.global_step}"]
     if rate is not None:
         parts.append(f"{rate:.1f} steps/s")
-    losses = [w.loss for w in stats.workers if not math.isnan(w.loss)]
-    if losses:
-        parts.append(f"loss {sum(losses) / len(losses):.4g}")
-    if stats.workers:
-        done = sum(1 for w in stats.workers if w.done)
-        parts.append(f"{done}/{len(stats.workers)} workers done")
+    parts += workers_parts(stats.workers)
     parts += standout_notes(rates)
     return " | ".join(parts)
+
+
+def workers_parts(workers):
+    """`loss 0.4321` (the mean of the workers' last reported losses, NaN left out) and `1/2
+    workers done`, from shard 0's WorkerStats, for the parts that have something to say."""
+    parts = []
+    losses = [w.loss for w in workers if not math.isnan(w.loss)]
+    if losses:
+        parts.append(f"loss {sum(losses) / len(losses):.4g}")
+    if workers:
+        done = sum(1 for w in workers if w.done)
+        parts.append(f"{done}/{len(workers)} workers done")
+    return parts
 
 
 class Window:

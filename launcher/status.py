@@ -26,7 +26,7 @@ from psflow.proto import auth
 from psflow.worker.client import ShardClient
 from psflow.worker.jobstats import Look, rates
 
-from .progress import per_second, standout_notes
+from .progress import per_second, standout_notes, workers_parts
 from .supervisor import JOB_FILE, TMP_PREFIX
 
 # The workers' steps and examples arrive with their heartbeats, once a second, so over T seconds
@@ -172,12 +172,7 @@ def header(chief, between):
         parts.append(f"{per_second(between.steps_per_s)} steps/s")
     if between.worker_examples_per_s:
         parts.append(f"{per_second(between.examples_per_s)} examples/s")
-    losses = [w.loss for w in chief.workers if not math.isnan(w.loss)]
-    if losses:
-        parts.append(f"loss {sum(losses) / len(losses):.4g}")
-    if chief.workers:
-        done = sum(1 for w in chief.workers if w.done)
-        parts.append(f"{done}/{len(chief.workers)} workers done")
+    parts += workers_parts(chief.workers)
     parts.append(f"rates over {between.seconds:.1f} s")
     return " | ".join(parts + standout_notes(between))
 
