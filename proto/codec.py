@@ -171,24 +171,45 @@ def field_header(number, length):
     return varint(number << 3 | 2) + varint(length)
 
 
-def tensor_pieces(array):
+# A tensor's elements start at a multiple of this many bytes of the message, when the writer
+# knows where the message's pieces land (see submessage_pieces): a reader then uses them in
+# place, where misaligned ones would have to be copied first.
+ALIGN = 64
+
+
+def tensor_pieces(array, pad=None):
     """(length, pieces) of a Tensor message holding `array`; the last piece is the array's
-    memory itself (no copy yet)."""
+    memory itself (no copy yet). `pad`: that many bytes of padding before the content."""
     array = np.asarray(array)
     name = dtype_name(array.dtype)
     wire = DTYPES[name]
     if array.dtype != wire or not array.flags.c_contiguous:
         array = np.ascontiguousarray(array, dtype=wire)
     head = pb.Tensor(dtype=name, shape=array.shape).SerializeToString()
+    if pad is not None:
+        head += field_header(pb.Tensor.PADDING_FIELD_NUMBER, pad) + bytes(pad)
     content = memoryview(array.reshape(-1)).cast("B")
     prefix = field_header(pb.Tensor.CONTENT_FIELD_NUMBER, content.nbytes)
     return len(head) + len(prefix) + content.nbytes, [head, prefix, content]
 
 
-def submessage_pieces(number, head, tensor_number, array):
+def submessage_pieces(number, head, tensor_number, array, offset=None):
     """(pieces) of field `number` holding a message whose small fields are serialized in
-    `head` and whose field `tensor_number` is a Tensor of `array`."""
-    length, pieces = tensor_pieces(array)
-    inner = field_header(tensor_number, length)
-    return [field_header(number, len(head) + len(inner) + length), head, inner, *pieces]
+    `head` and whose field `tensor_number` is a Tensor of `array`. With `offset`, the
+    position in the whole message where these pieces begin, the Tensor is padded so that the
+    array's bytes begin at a multiple of ALIGN."""
+    pad = None if offset is None else 0
+    for _ in range(4):  # a longer pad may lengthen a length's varint: settle in a few rounds
+        length, pieces = tensor_pieces(array, pad)
+        inner = field_header(tensor_number, length)
+        pieces = [field_header(number, len(head) + len(inner) + length), head, inner, *pieces]
+        if offset is None:
+            return pieces
+        misaligned = (offset + sum(len(p) for p in pieces[:-1])) % ALIGN
+        if not misaligned:
+            break
+        pad += ALIGN - misaligned
+        if pad >= ALIGN:  # as aligned, and the pad's own varint stays one byte long
+            pad -= ALIGN
+    return pieces
 

@@ -217,11 +217,19 @@ def push_reply(data):
 def _with_values(header, number, values):
     """The bytes of `header` (a message) followed by `values` [(name, version, array)] as its
     repeated NamedTensor field `number`."""
-    pieces = [header.SerializeToString()]
+    return b"".join(_values_pieces(number, values, [header.SerializeToString()]))
+
+
+def _values_pieces(number, values, pieces):
+    """`pieces` followed by `values` [(name, version, array)] as the repeated NamedTensor
+    field `number`, each array's bytes at an aligned position of the whole."""
+    offset = sum(len(p) for p in pieces)
     for name, version, array in values:
         head = pb.NamedTensor(name=name, version=version).SerializeToString()
-        pieces += codec.submessage_pieces(number, head, _NAMED_TENSOR, array)
-    return b"".join(pieces)
+        more = codec.submessage_pieces(number, head, _NAMED_TENSOR, array, offset)
+        offset += sum(len(p) for p in more)
+        pieces += more
+    return pieces
 
 
 def pull_response(header, values):
@@ -237,12 +245,9 @@ def push_response(header, values):
 
 def pushed_values(values):
     """The bytes of a PushResponse's `values` field alone: the same values sent to several
-    workers, each with its own header (a message's fields may come in any order)."""
-    pieces = []
-    for name, version, array in values:
-        head = pb.NamedTensor(name=name, version=version).SerializeToString()
-        pieces += codec.submessage_pieces(_PUSHED_VALUES, head, _NAMED_TENSOR, array)
-    return b"".join(pieces)
+    workers, each with its own header after them (a message's fields may come in any order),
+    so that the arrays are aligned whatever the header."""
+    return b"".join(_values_pieces(_PUSHED_VALUES, values, []))
 
 
 class Pieces(list):
@@ -273,8 +278,12 @@ class PushBuilder:
     def to_pieces(self):
         """The message's bytes as a list of pieces, the arrays' among them uncopied."""
         pieces = [self.header.SerializeToString()]
+        offset = len(pieces[0])
         for head, values in self.gradients:
-            pieces += codec.submessage_pieces(_PUSH_GRADIENTS, head, _GRADIENT_VALUES, values)
+            more = codec.submessage_pieces(_PUSH_GRADIENTS, head, _GRADIENT_VALUES, values,
+                                           offset)
+            offset += sum(len(p) for p in more)
+            pieces += more
         return pieces
 
     def __getattr__(self, name):

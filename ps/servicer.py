@@ -233,7 +233,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         if consistency.synchronous:
             # Every worker of the step reads the values the step made: built once.
             values = self.store.with_values(request.pull, wire.pushed_values, share=True)
-            return wire.Pieces([header.SerializeToString(), values])
+            return wire.Pieces([values, header.SerializeToString()])
         return self.store.with_values(request.pull,
                                       lambda values: wire.push_response(header, values))
 

@@ -258,14 +258,22 @@ def test_hand_assembled_messages_equal_what_protobuf_serializes():
         codec.encode(array, g.values)
         if indices is not None:
             codec.encode(indices, g.indices)
-    parsed = pb.PushRequest.FromString(built.to_bytes())
+    data = built.to_bytes()
+    parsed = pb.PushRequest.FromString(data)
+    _assert_in_place(data, [g.values for g in wire.Push(data).gradients])
+    for g in parsed.gradients:
+        g.values.ClearField("padding")
     assert parsed == reference
     assert parsed.SerializeToString(deterministic=True) == \
         reference.SerializeToString(deterministic=True)
 
     header = pb.PullResponse(global_step=3)
     header.decision.step, header.decision.workers[:] = 2, [1, 0]
-    pulled = pb.PullResponse.FromString(wire.pull_response(header, _arrays()))
+    data = wire.pull_response(header, _arrays())
+    pulled = pb.PullResponse.FromString(data)
+    _assert_in_place(data, [v.array for v in wire.pull_reply(data).values])
+    for v in pulled.values:
+        v.tensor.ClearField("padding")
     expected = pb.PullResponse()
     expected.CopyFrom(header)
     for name, version, array in _arrays():
@@ -273,9 +281,26 @@ def test_hand_assembled_messages_equal_what_protobuf_serializes():
     assert pulled == expected
 
     header = pb.PushResponse(staleness=[0, 2], global_step=-1, dropped=True)
-    pushed = pb.PushResponse.FromString(wire.push_response(header, _arrays()[:2]))
     expected = pb.PushResponse()
     expected.CopyFrom(header)
     for name, version, array in _arrays()[:2]:
         codec.encode(array, expected.values.add(name=name, version=version).tensor)
-    assert pushed == expected
+    # A sync step's values are built once, ahead of each worker's own header.
+    for data in (wire.push_response(header, _arrays()[:2]),
+                 wire.pushed_values(_arrays()[:2]) + header.SerializeToString()):
+        pushed = pb.PushResponse.FromString(data)
+        _assert_in_place(data, [v.array for v in wire.push_reply(data).values])
+        for v in pushed.values:
+            v.tensor.ClearField("padding")
+        assert pushed == expected
+
+
+def _assert_in_place(data, arrays):
+    """The arrays a reader made of `data` are views of it, each starting at a multiple of
+    codec.ALIGN: no element was copied to be aligned."""
+    buf = np.frombuffer(data, np.uint8)
+    base = buf.__array_interface__["data"][0]
+    for array in arrays:
+        if array.size:
+            assert np.shares_memory(array, buf), array.dtype
+            assert (array.__array_interface__["data"][0] - base) % codec.ALIGN == 0
