@@ -14,14 +14,28 @@ then views of, so the wire format, the handlers and their errors are gRPC's.
                 the error's text (utf-8)
 
 A connection begins with MAGIC, the length of the job's token (u32) and the token; the server
-answers with a status. The server offers the lane in RegisterWorker's answer (`lane`); the
+answers with a status.
+
+Large messages go through shared memory instead: the worker makes two memfds (anonymous memory
+that vanishes with the last process holding it), a request region and a reply region, and
+hands them to the server in an ATTACH frame (their sizes, the descriptors as SCM_RIGHTS). A
+request of at least SHARED_MIN_BYTES is then copied into the request region and its frame
+carries the SHARED bit and the length only; the server reads the message in place. A reply
+that fits the reply region goes the same way, and the worker copies it out. Copying memory
+costs a fraction of moving it through a socket (two kernel copies, in pieces). The server
+uses a request's arrays only during the call: what it keeps longer (a sync step's pending
+gradients) it copies first (see in_shared_memory). A worker regrows its regions for a larger
+request or reply, in a new ATTACH. The server offers the lane in RegisterWorker's answer (`lane`); the
 worker connects when it can and uses gRPC otherwise, or when the lane is busy (another thread's
 call) or was lost (a failed call ends the lane; the next RegisterWorker offers it again).
-PSFLOW_LANE=0 turns it off on either side.
+PSFLOW_LANE=0 turns it off on either side; PSFLOW_LANE_SHARED=0 keeps a worker's messages in
+the socket.
 """
 
+import array
 import hmac
 import logging
+import mmap
 import os
 import secrets
 import socket
@@ -44,6 +58,11 @@ _HELLO = struct.Struct("<I")
 _STATUS = {code.value[0]: code for code in grpc.StatusCode}
 _MAX_TOKEN_BYTES = 4096
 HELLO_TIMEOUT_S = 5.0
+# Messages at least this large go through the shared-memory regions.
+SHARED_MIN_BYTES = 64 << 10
+_SHARED = 0x80  # the method's or status's bit for a message in shared memory
+_ATTACH = 0x7F  # the method code of the frame that hands over the regions
+_SIZES = struct.Struct("<QQ")
 
 
 def enabled():
@@ -88,6 +107,33 @@ def _recv_exact(sock, size):
             raise ConnectionError("the lane's other end closed it")
         got += n
     return view
+
+
+def in_shared_memory(array):
+    """Whether numpy `array` lies in a lane's shared region: it is valid only during the call
+    that brought it (the worker writes its next request over it)."""
+    obj = array
+    while obj is not None:
+        if isinstance(obj, mmap.mmap):
+            return True
+        obj = obj.obj if isinstance(obj, memoryview) else getattr(obj, "base", None)
+    return False
+
+
+def _copy_into(region, pieces):
+    """Copies `pieces` one after the other into the start of `region` (a memoryview)."""
+    pos = 0
+    for piece in pieces:
+        view = memoryview(piece).cast("B")
+        region[pos:pos + view.nbytes] = view
+        pos += view.nbytes
+
+
+def _map(fd, size):
+    try:
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
 
 
 def _send_pieces(sock, pieces):
@@ -159,14 +205,23 @@ class LaneServer:
                 return
             context = _Context()
             handlers = [getattr(self.servicer, m) for m in METHODS]
+            regions = None  # (request region, reply region) once the worker attached them
             while True:
                 header = _recv_exact(conn, _REQUEST.size)
                 method, size = _REQUEST.unpack(header)
-                if method >= len(handlers) or size > codec.MAX_MESSAGE_BYTES:
+                if method == _ATTACH:
+                    regions = self._attach(conn, size, regions)
+                    continue
+                shared, method = method & _SHARED, method & ~_SHARED
+                if method >= len(handlers) or size > codec.MAX_MESSAGE_BYTES or (
+                        shared and (regions is None or size > len(regions[0]))):
                     log.warning("lane: a malformed frame (method %d, %d bytes); closing the "
                                 "connection", method, size)
                     return
-                request = _recv_exact(conn, size)
+                if shared:
+                    request = memoryview(np.frombuffer(regions[0], np.uint8, size))
+                else:
+                    request = _recv_exact(conn, size)
                 if METHODS[method] != "Push":
                     request = bytes(request)
                 try:
@@ -175,7 +230,11 @@ class LaneServer:
                         reply = reply.SerializeToString()
                     pieces = reply if isinstance(reply, list) else [reply]
                     size = sum(len(p) for p in pieces)
-                    _send_pieces(conn, [_REPLY.pack(0, size), *pieces])
+                    if regions is not None and SHARED_MIN_BYTES <= size <= len(regions[1]):
+                        _copy_into(memoryview(regions[1]), pieces)
+                        conn.sendall(_REPLY.pack(_SHARED, size))
+                    else:
+                        _send_pieces(conn, [_REPLY.pack(0, size), *pieces])
                 except LaneError as exc:  # the handler's context.abort
                     details = str(exc.details).encode("utf-8", "replace")
                     _send_pieces(conn, [_REPLY.pack(exc.code.value[0], len(details)), details])
@@ -187,6 +246,32 @@ class LaneServer:
             with self._lock:
                 self._connections.discard(conn)
             conn.close()
+
+    @staticmethod
+    def _attach(conn, size, old):
+        """Maps the regions of an ATTACH frame (its payload: their sizes; its descriptors
+        ride on the payload); returns (request region, reply region). The old ones are
+        unmapped once nothing uses them."""
+        if size != _SIZES.size:
+            raise ConnectionError(f"an ATTACH frame of {size} bytes")
+        fds = array.array("i")
+        data, ancillary, _, _ = conn.recvmsg(size, socket.CMSG_SPACE(2 * fds.itemsize))
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+        try:
+            if len(data) < size:
+                data += bytes(_recv_exact(conn, size - len(data)))
+            if len(fds) != 2:
+                raise ConnectionError(f"an ATTACH frame with {len(fds)} descriptors")
+            request_size, reply_size = _SIZES.unpack(data)
+            regions = _map(fds.pop(0), request_size), _map(fds.pop(0), reply_size)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        conn.sendall(_REPLY.pack(0, 0))
+        del old  # a request's arrays may still hold the old regions; they unmap with them
+        return regions
 
     def stop(self):
         """Stops accepting and ends every connection (their calls in flight fail)."""
@@ -225,6 +310,40 @@ class LaneClient:
         self._sock = sock
         self._lock = threading.Lock()
         self.broken = False
+        self._regions = None  # (request region, reply region), memoryviews of memfd maps
+        self._reply_wanted = 0  # the largest reply that came through the socket
+
+    def _ensure_regions(self, request_size):
+        """Regions that hold a `request_size` request and the largest reply seen so far,
+        attached to the server; False where memfds are not to be had."""
+        regions = self._regions
+        wanted = max(request_size, self._reply_wanted)
+        if regions is not None and len(regions[0]) >= request_size and \
+                len(regions[1]) >= wanted:
+            return True
+        if not hasattr(os, "memfd_create") or os.environ.get("PSFLOW_LANE_SHARED") == "0":
+            return False
+        sizes = [max(request_size, len(regions[0]) if regions else 0),
+                 max(wanted, len(regions[1]) if regions else 0)]
+        sizes = [-(-size // mmap.PAGESIZE) * mmap.PAGESIZE for size in sizes]
+        fds = []
+        try:
+            for size, what in zip(sizes, ("request", "reply")):
+                fd = os.memfd_create(f"psflow-lane-{what}", os.MFD_CLOEXEC)
+                fds.append(fd)
+                os.ftruncate(fd, size)
+            maps = [mmap.mmap(fd, size) for fd, size in zip(fds, sizes)]
+            self._sock.sendall(_REQUEST.pack(_ATTACH, _SIZES.size))
+            self._sock.sendmsg([_SIZES.pack(*sizes)],
+                               [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+        finally:
+            for fd in fds:
+                os.close(fd)
+        code, _ = _REPLY.unpack(_recv_exact(self._sock, _REPLY.size))
+        if code != 0:
+            raise ConnectionError("the lane refused the shared regions")
+        self._regions = tuple(memoryview(m) for m in maps)
+        return True
 
     def call(self, method, pieces, timeout):
         """Sends `pieces` (the request's bytes, in pieces) as `method`; the reply's bytes.
@@ -236,11 +355,24 @@ class LaneClient:
             if self.broken:
                 raise ConnectionError("the lane is closed")
             size = sum(len(p) for p in pieces)
+            code = METHODS.index(method)
             try:
                 self._sock.settimeout(timeout)
-                _send_pieces(self._sock, [_REQUEST.pack(METHODS.index(method), size), *pieces])
+                if size >= SHARED_MIN_BYTES and self._ensure_regions(size):
+                    _copy_into(self._regions[0], pieces)
+                    self._sock.sendall(_REQUEST.pack(code | _SHARED, size))
+                else:
+                    _send_pieces(self._sock, [_REQUEST.pack(code, size), *pieces])
                 code, length = _REPLY.unpack(_recv_exact(self._sock, _REPLY.size))
-                data = _recv_exact(self._sock, length)
+                if code & _SHARED:
+                    code &= ~_SHARED
+                    data = np.empty(length, np.uint8)  # the next reply comes over this one
+                    data[:] = np.frombuffer(self._regions[1], np.uint8, length)
+                    data = memoryview(data)
+                else:
+                    data = _recv_exact(self._sock, length)
+                    if code == 0 and length >= SHARED_MIN_BYTES:
+                        self._reply_wanted = max(self._reply_wanted, length)
             except (OSError, ConnectionError):  # socket.timeout is an OSError
                 self.close()
                 raise

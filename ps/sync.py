@@ -27,12 +27,25 @@ import numpy as np
 
 from psflow.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError
 from psflow.gradients import IndexedSlices
+from psflow.proto.lane import in_shared_memory
 
 log = logging.getLogger(__name__)
 
 STEP_TIMEOUT_S = float(os.environ.get("PSFLOW_STEP_TIMEOUT", "300"))
 WAKE_S = 0.2
 DECISIONS_KEPT = 64
+
+
+def _kept(grad):
+    """`grad`, or a copy of the arrays of it that lie in a same-host lane's shared region:
+    they are valid only during the push that brought them, and a pending gradient outlives
+    it."""
+    if isinstance(grad, IndexedSlices):
+        values, indices = _kept(grad.values), _kept(grad.indices)
+        if values is grad.values and indices is grad.indices:
+            return grad
+        return IndexedSlices(values, indices, grad.dense_shape)
+    return np.array(grad) if in_shared_memory(grad) else grad
 
 
 def average(grads):
@@ -103,6 +116,8 @@ class SyncState:
                     f"{current}; pull before pushing")
             pending = self.pending.setdefault(step, {})
             # A worker that sends its step again (retrying after a failure) replaces it.
+            if not store.holds_global_step:  # shard 0 answers only once the step is applied
+                checked = [(var, _kept(grad), version) for var, grad, version in checked]
             pending[worker] = (checked, rule)
             store.count_push(worker, received, [0] * len(checked))
             if not store.holds_global_step:

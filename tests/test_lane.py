@@ -215,3 +215,63 @@ def test_no_update_is_lost_with_and_without_the_lane(tmp_path, lane_setting):
     final = json.loads(out.read_text())
     assert final["step"] == 4 * 200
     assert final["v"] == [-800.0] * 4
+
+
+def test_large_messages_go_through_shared_memory_and_train_exactly(server, monkeypatch):
+    client = registered(server.address)
+    client.call("DeclareVariables", pb.DeclareVariablesRequest(variables=[
+        pb.VariableSpec(name="w", dtype="float32", shape=(300, 300))]))
+    request = pb.InitializeVariablesRequest()
+    codec.encode(np.ones((300, 300), np.float32), request.values.add(name="w").tensor)
+    client.call("InitializeVariables", request)
+    no_grpc_for_steps(client)
+    copied = []
+    copy_into = lane._copy_into
+    monkeypatch.setattr(lane, "_copy_into", lambda region, pieces: (
+        copied.append(sum(len(p) for p in pieces)), copy_into(region, pieces)))
+    expected = np.ones((300, 300), np.float32)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        gradient = rng.integers(-4, 4, size=(300, 300)).astype(np.float32)
+        reply = push(client, gradient)
+        expected -= 0.5 * gradient
+        np.testing.assert_array_equal(reply.values[0].array, expected)
+    # Every request and every reply went through the regions; the worker's copy of a reply
+    # is its own, not a view of the region the next reply is written over.
+    assert len(copied) == 10 and min(copied) > 300 * 300 * 4
+    assert not lane.in_shared_memory(reply.values[0].array)
+    assert client.lane._regions is not None
+    pulled = client.call("Pull", pb.PullRequest(names=["w"]))  # a large reply, too
+    np.testing.assert_array_equal(pulled.values[0].array, expected)
+    assert len(copied) == 11
+
+
+def test_a_reply_larger_than_the_region_comes_through_the_socket_then_the_region_grows(
+        server, monkeypatch):
+    client = registered(server.address)
+    client.call("DeclareVariables", pb.DeclareVariablesRequest(variables=[
+        pb.VariableSpec(name="w", dtype="float32", shape=(300, 300)),
+        pb.VariableSpec(name="v", dtype="float32", shape=(600, 600))]))
+    request = pb.InitializeVariablesRequest()
+    for name, shape in (("w", (300, 300)), ("v", (600, 600))):
+        codec.encode(np.full(shape, 2, np.float32), request.values.add(name=name).tensor)
+    client.call("InitializeVariables", request)
+    no_grpc_for_steps(client)
+    gradient = np.ones((300, 300), np.float32)
+    for expected in (1.5, 1.0):  # the reply also carries v: four times the request
+        reply = push(client, gradient, pull=("w", "v"))
+        by_name = {v.name: v.array for v in reply.values}
+        assert (by_name["w"] == expected).all() and (by_name["v"] == 2).all()
+    request_region, reply_region = client.lane._regions
+    assert len(reply_region) >= 600 * 600 * 4 > len(request_region) // 2
+
+
+@pytest.mark.parametrize("ps", [1, 2])
+def test_sync_steps_of_large_gradients_through_shared_memory_are_exact(tmp_path, ps):
+    out = tmp_path / "result.json"
+    result = launch("--workers", "2", "--ps", ps, "--mode", "sync",
+                    SCRIPTS / "large_steps.py", out)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    final = json.loads(out.read_text())
+    assert final["step"] == 30
+    assert final["a"] == final["b"] == [-sum(range(1, 31)) / 1024]
