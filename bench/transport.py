@@ -10,7 +10,8 @@ figure is bytes moved (both ways) per second, best of --repeat rounds.
 Memory: the parameter server's resident set (VmRSS, and its peak VmHWM) a moment after the
 rounds, for the wide MLP trained with SGD (no slots) and with Adam (two slots per variable),
 and for the digits MLP with SGD, against its budget: 100 MB + 1.2x the bytes of its
-variables and slots.
+variables and slots; and how much of the resident set is the same-host lane's shared regions
+(a push's and a reply's size), which the worker maps and counts too.
 
     python bench/transport.py [--rounds 30] [--repeat 3]
 """
@@ -60,10 +61,11 @@ def start_ps(tmp):
 
 
 def memory(pid):
-    """(VmRSS, VmHWM) of process `pid`, in bytes."""
+    """(VmRSS, VmHWM, RssShmem) of process `pid`, in bytes. RssShmem is the part of the
+    resident set in shared memory: the lane's regions, which the worker maps too."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
                   .splitlines() if ":" in line)
-    return tuple(int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM"))
+    return tuple(int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM", "RssShmem"))
 
 
 def prepare(client, model):
@@ -198,12 +200,13 @@ def main():
                     step(client, gradients, RULES[rule])
                 held = sum(g.nbytes for g in gradients.values()) * (1 + SLOTS[rule])
                 time.sleep(IDLE_S)
-                rss, peak = memory(process.pid)
+                rss, peak, shared = memory(process.pid)
                 budget = 100e6 + 1.2 * held
                 print(f"  {model:<5} {rule:<5} variables+slots {held / 1e6:6.1f} MB  "
                       f"budget {budget / 1e6:6.1f} MB  RSS {rss / 1e6:6.1f} MB "
                       f"({rss / budget:4.2f}x budget)  peak {peak / 1e6:6.1f} MB "
-                      f"({peak / budget:4.2f}x)")
+                      f"({peak / budget:4.2f}x)  of the RSS shared with the worker "
+                      f"{shared / 1e6:5.1f} MB")
                 client.close()
             finally:
                 process.kill()
