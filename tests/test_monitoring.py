@@ -22,6 +22,7 @@ from psflow.ps.store import ShardStore
 from psflow.train.cluster import ClusterSpec, TaskConfig
 from psflow.worker.metrics import WorkerCollector, batch_size
 from psflow.worker.session import DistributedSession
+from test_worker_session import linear_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,13 +60,7 @@ def servers(tmp_path):
 
 
 def test_a_shard_and_a_worker_report_what_training_did(fresh_graph, servers, tmp_path):
-    x = tf.placeholder(tf.float32, shape=(None, 3), name="x")
-    y = tf.placeholder(tf.float32, shape=(None,), name="y")
-    w = tf.Variable(np.array([0.5, -1.0, 2.0], np.float32), name="w")
-    b = tf.Variable(np.float32(0.25), name="b")
-    loss = tf.reduce_mean(tf.square(tf.reduce_sum(x * w, axis=1) + b - y))
-    step = tf.train.get_or_create_global_step()
-    train = tf.train.GradientDescentOptimizer(0.1).minimize(loss, global_step=step)
+    x, y, _, _, loss, _, train = linear_model()
     cluster = ClusterSpec({"ps": [f"127.0.0.1:{s.port}" for s in servers],
                            "worker": ["127.0.0.1:0"]})
     session = DistributedSession(fresh_graph, TaskConfig(cluster, "worker", 0))
