@@ -89,21 +89,6 @@ class Window:
         return self._samples[0]
 
 
-class StepRate:
-    """The rate of a counter over the last `window` seconds."""
-
-    def __init__(self, window=RATE_WINDOW_S):
-        self._window = Window(window)
-
-    def add(self, when, value):
-        """Records `value` at time `when`; returns the rate per second, or None with a single
-        sample so far."""
-        first_when, first_value = self._window.add(when, value)
-        if when <= first_when:
-            return None
-        return (value - first_value) / (when - first_when)
-
-
 class ProgressPoller:
     """Polls every shard (`addresses`, shard 0 first) in a thread and, with `show`, shows the
     progress line on `output`. `last_stats` is shard 0's last StatsResponse, which the

@@ -17,17 +17,15 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 
 from psflow.argparsing import OneLineParser, seconds
-from psflow.parent import alive
 from psflow.proto import auth
 from psflow.worker.client import ShardClient
 from psflow.worker.jobstats import Look, rates
 
 from .progress import per_second, standout_notes, workers_parts
-from .supervisor import JOB_FILE, TMP_PREFIX
+from .supervisor import JOB_FILE, job_folders
 
 # The workers' steps and examples arrive with their heartbeats, once a second, so over T seconds
 # a worker's rate may be off by one heartbeat's worth, 1/T of it. Over 1 s a running worker may
@@ -218,18 +216,12 @@ def _why(look):
 def running_jobs(folder=None):
     """[{"ps": addresses, "token": token}] of the jobs `launch` runs on this machine for
     this user (their job folders, whose launchers are alive)."""
-    folder = folder or tempfile.gettempdir()
     jobs = []
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError:
-        return jobs
-    for name in names:
-        owner = name[len(TMP_PREFIX):].split("-", 1)[0]
-        if not name.startswith(TMP_PREFIX) or not owner.isdigit() or not alive(int(owner)):
+    for path, running in job_folders(folder):
+        if not running:
             continue
         try:
-            with open(os.path.join(folder, name, JOB_FILE)) as f:
+            with open(os.path.join(path, JOB_FILE)) as f:
                 job = json.load(f)
         except (OSError, ValueError):
             continue  # another user's, or a job still starting

@@ -55,22 +55,30 @@ TMP_PREFIX = "psflow-launch-"
 JOB_FILE = "job.json"
 
 
+def job_folders(folder=None):
+    """[(path, whether its launcher is alive)] of the job folders in `folder` (default: the
+    temporary folder), by name."""
+    folder = folder or tempfile.gettempdir()
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        owner = name[len(TMP_PREFIX):].split("-", 1)[0]
+        if name.startswith(TMP_PREFIX) and owner.isdigit():
+            found.append((os.path.join(folder, name), alive(int(owner))))
+    return found
+
+
 def remove_leftovers(folder=None):
     """Removes the job folders of launchers that are gone (killed before they could clean up);
     returns their paths."""
-    folder = folder or tempfile.gettempdir()
     removed = []
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return removed
-    for name in names:
-        owner = name[len(TMP_PREFIX):].split("-", 1)[0]
-        if not name.startswith(TMP_PREFIX) or not owner.isdigit() or alive(int(owner)):
-            continue
-        path = os.path.join(folder, name)
-        shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
+    for path, running in job_folders(folder):
+        if not running:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 

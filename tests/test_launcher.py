@@ -19,7 +19,7 @@ import pytest
 from psflow.launcher import cli
 from psflow.launcher.output import CLEAR_LINE, Output
 from psflow.launcher.process import describe_exit
-from psflow.launcher.progress import StepRate, format_progress
+from psflow.launcher.progress import Window, format_progress
 from psflow.launcher.supervisor import JobSpec, available_cores, math_thread_env, run_job
 from psflow.proto import psflow_pb2 as pb
 
@@ -299,13 +299,14 @@ def test_format_progress_averages_the_reported_losses():
     assert format_progress(no_loss) == "step 0 | 0/1 workers done"
 
 
-def test_step_rate_is_measured_over_a_window():
-    rate = StepRate(window=5.0)
-    assert rate.add(100.0, 0) is None
-    assert rate.add(101.0, 10) == 10.0
+def test_rates_are_measured_over_a_window():
+    window = Window(window=5.0)
+    assert window.add(100.0, 0) == (100.0, 0)
+    assert window.add(101.0, 10) == (100.0, 0)
     for t in range(102, 110):
-        rate.add(float(t), 10 * (t - 100))
-    assert rate.add(110.0, 200) == pytest.approx((200 - 50) / 5.0)
+        window.add(float(t), 10 * (t - 100))
+    first_when, first = window.add(110.0, 200)
+    assert (200 - first) / (110.0 - first_when) == pytest.approx((200 - 50) / 5.0)
 
 
 def test_math_threads_are_capped_unless_the_user_chose(monkeypatch):
