@@ -232,17 +232,17 @@ def running_jobs(folder=None):
 
 def _job_and_token(given, folder=None):
     """(addresses, token) to ask: the `given` addresses (or the one running job's) and
-    PSFLOW_AUTH_TOKEN (or the running job's on those addresses). Exits 1 naming the problem
-    when no job, or several, could be meant."""
+    PSFLOW_AUTH_TOKEN (or the running job's on those addresses). LookupError naming the
+    problem when no job, or several, could be meant."""
     jobs = running_jobs(folder)
     if not given:
         if len(jobs) != 1:
             found = "; ".join(",".join(job["ps"]) for job in jobs)
-            raise SystemExit(f"launch: {'no job' if not jobs else f'{len(jobs)} jobs'} "
-                             "launched on this machine "
-                             f"{'is running' if not jobs else f'are running ({found})'}; "
-                             "give the parameter servers' addresses: launch --status "
-                             "HOST:PORT[,HOST:PORT...]")
+            raise LookupError(f"{'no job' if not jobs else f'{len(jobs)} jobs'} launched on "
+                              "this machine "
+                              f"{'is running' if not jobs else f'are running ({found})'}; "
+                              "give the parameter servers' addresses: launch --status "
+                              "HOST:PORT[,HOST:PORT...]")
         given = jobs[0]["ps"]
     token = auth.token_from_env()
     if not token:
@@ -256,8 +256,8 @@ def main(argv, folder=None):
     args = build_parser().parse_args(argv)
     try:
         args.status, token = _job_and_token(args.status, folder)
-    except SystemExit as exc:
-        print(exc.code, file=sys.stderr)
+    except LookupError as exc:
+        print(f"launch: {exc}", file=sys.stderr)
         return 1
     clients = [ShardClient(shard, address, timeout=args.timeout, token=token)
                for shard, address in enumerate(args.status)]
