@@ -61,16 +61,16 @@ class ShardCollector:
             size.add_metric([shard, name], table["bytes"])
         yield from (pushes, pulls, rows, size)
 
-        for field, text in (("created", "Rows created in each embedding table"),
-                            ("filtered", "Lookups of keys not admitted yet (counter filter)"),
-                            ("evicted", "Rows evicted from each embedding table"),
-                            ("dropped_gradients", "Table gradients dropped for keys without a "
-                                                  "row")):
-            counter = family(CounterMetricFamily, f"table_rows_{field}"
-                             if field != "dropped_gradients" else "table_dropped_gradients",
-                             text, ["table"])
-            for name, table in sorted(tables.items()):
-                counter.add_metric([shard, name], table[field])
+        for name, field, text in (
+                ("table_rows_created", "created", "Rows created in each embedding table"),
+                ("table_rows_filtered", "filtered",
+                 "Lookups of keys not admitted yet (counter filter)"),
+                ("table_rows_evicted", "evicted", "Rows evicted from each embedding table"),
+                ("table_dropped_gradients", "dropped_gradients",
+                 "Table gradients dropped for keys without a row")):
+            counter = family(CounterMetricFamily, name, text, ["table"])
+            for table_name, table in sorted(tables.items()):
+                counter.add_metric([shard, table_name], table[field])
             yield counter
 
         simple = [

@@ -7,6 +7,7 @@ serves them on /metrics (see psflow.monitoring); later sessions of the process t
 same server.
 """
 
+import bisect
 import collections
 import logging
 import math
@@ -53,9 +54,7 @@ class StepTimes:
 
     def record(self, pull, compute, push, examples):
         took = pull + compute + push
-        index = 0
-        while STEP_BUCKETS_S[index] < took:
-            index += 1
+        index = bisect.bisect_left(STEP_BUCKETS_S, took)
         with self._lock:
             self.runs += 1
             self.examples += examples
