@@ -267,10 +267,11 @@ class ShardStore:
         """[(name, version, rows)] for selections [(table name, int64 keys, counts or None,
         train)] (see EmbeddingTable.lookup)."""
         self._note_step(global_step)
-        out = []
+        out, looked = [], []
         size = 0
         for name, keys, counts, train in selections:
             held = self._get_table(name)
+            looked.append(held)
             if keys.dtype.kind not in "iu" or keys.ndim != 1:
                 raise InvalidArgumentError(f"keys of table {name!r} must be a 1-D integer "
                                            f"tensor, got {keys.dtype.name} "
@@ -289,7 +290,7 @@ class ShardStore:
                 out.append((name, held.version, rows))
         with self._stats_lock:
             self.bytes_sent += size
-            self._count_pulls(self._get_table(name) for name, *_ in selections)
+            self._count_pulls(looked)
         return out
 
     def table_stats(self):
