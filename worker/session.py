@@ -16,7 +16,8 @@ import numpy as np
 
 from psflow.errors import FailedPreconditionError, NotFoundError, UnavailableError
 from psflow.parent import exit_with_parent
-from psflow.session import LocalVariableStore, Session, at_exit
+from psflow.local_store import LocalVariableStore
+from psflow.session import Session, at_exit
 from psflow.state_ops import variables_initializer
 from psflow.train import saver
 from psflow.train import consistency as modes

@@ -22,7 +22,7 @@ from psflow.errors import (DeadlineExceededError, FailedPreconditionError, Inval
 from psflow.embedding_table import Dedup, array_key, shard_of_keys
 from psflow.embedding_variable import is_table
 from psflow.gradients import IndexedSlices
-from psflow.session import check_rows
+from psflow.local_store import check_rows
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.train.consistency import Consistency
