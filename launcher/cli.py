@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 
+from psflow import settings
 from psflow.argparsing import OneLineParser, non_negative_seconds, port, seconds, whole_number
 from psflow.train.consistency import MODES
 
@@ -131,6 +132,10 @@ def parse_args(argv):
 def _parse(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        settings.check()  # a bad PSFLOW_* variable stops here, before anything starts
+    except settings.SettingError as exc:
+        parser.error(str(exc))
     if args.staleness is not None and args.mode != "ssp":
         parser.error("--staleness applies to --mode ssp")
     if args.replicas_to_aggregate is not None and args.mode != "sync":

@@ -20,7 +20,7 @@ import sys
 import time
 
 from psflow.argparsing import OneLineParser, seconds
-from psflow.proto import auth
+from psflow.transport import auth
 from psflow.worker.client import ShardClient
 from psflow.worker.jobstats import Look, rates
 

@@ -36,7 +36,7 @@ import time
 from psflow import monitoring
 from psflow.fileio import atomic_write
 from psflow.parent import PARENT_ENV, alive
-from psflow.proto import auth
+from psflow.transport import auth
 from psflow.train.consistency import Consistency
 
 from .output import Output

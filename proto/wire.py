@@ -251,7 +251,7 @@ def pushed_values(values):
 
 
 class Pieces(list):
-    """A message's bytes in pieces, to be sent one after the other (see proto.lane)."""
+    """A message's bytes in pieces, to be sent one after the other (see psflow.transport.lane)."""
 
     def to_bytes(self):
         return b"".join(self)

@@ -11,14 +11,13 @@ process gone), 1 if it cannot serve (port taken, port file not writable), 2 on b
 """
 
 import logging
-import os
 import signal
 import sys
 
-from psflow import monitoring
+from psflow import monitoring, settings
 from psflow.argparsing import OneLineParser, one_of, port, whole_number
 from psflow.fileio import atomic_write
-from psflow.proto import codec
+from psflow.transport import memory
 from psflow.train.cluster import task_config_from_env
 
 from .server import ParameterServer
@@ -51,13 +50,13 @@ def parse_args(argv):
                          help="serve a non-loopback address without a job token "
                               "(PSFLOW_AUTH_TOKEN); refused otherwise")
     data = parser.add_argument_group("data")
-    data.add_argument("--checkpoint-root", default=os.environ.get("PSFLOW_CHECKPOINT_ROOT") or
-                      os.environ.get("PSFLOW_CHECKPOINT_DIR") or None, metavar="DIR",
+    data.add_argument("--checkpoint-root", default=settings.CHECKPOINT_ROOT.get() or
+                      settings.CHECKPOINT_DIR.get(), metavar="DIR",
                       help="the folder SaveShard may write checkpoints in (default: "
                            "PSFLOW_CHECKPOINT_ROOT or PSFLOW_CHECKPOINT_DIR; without one the "
                            "server writes no checkpoint)")
     data.add_argument("--allow-nonfinite", action="store_true",
-                      default=os.environ.get("PSFLOW_ALLOW_NONFINITE", "") not in ("", "0"),
+                      default=settings.ALLOW_NONFINITE.get(),
                       help="apply gradients that hold NaN or Inf (refused by default)")
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument("--metrics-port", type=port, metavar="PORT",
@@ -72,12 +71,16 @@ def parse_args(argv):
     lifecycle.add_argument("--log-level", type=one_of(LOG_LEVELS), default="INFO",
                            help=f"one of {', '.join(LOG_LEVELS)} (default INFO)")
     args = parser.parse_args(argv)
+    try:
+        settings.check()  # a bad PSFLOW_* variable stops here, before anything starts
+    except settings.SettingError as exc:
+        parser.error(str(exc))
     if args.metrics_port is None:
         try:
             args.metrics_port = monitoring.port_from_env()
         except ValueError as exc:
             parser.error(str(exc))
-    args.metrics_host = args.metrics_host or os.environ.get(monitoring.HOST_ENV) or args.host
+    args.metrics_host = args.metrics_host or settings.METRICS_HOST.get() or args.host
     if args.task_index is None or args.num_workers is None:
         try:
             task = task_config_from_env()
@@ -105,7 +108,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    codec.tune_allocator()
+    memory.tune_allocator()
     # A call that a sync step wakes waits for the interpreter lock while the thread that
     # decided the step runs on; the default 5 ms before it asks for its turn is longer than
     # a small model's step. (Python's default suits one busy thread, not a server's many.)

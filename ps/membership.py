@@ -8,14 +8,14 @@ waited for but a worker that never comes does not block the job forever.
 """
 
 import math
-import os
 import threading
 import time
 
+from psflow import settings
 from psflow.errors import InvalidArgumentError
 
-DEAD_AFTER_S = float(os.environ.get("PSFLOW_DEAD_AFTER", "5"))
-JOIN_GRACE_S = float(os.environ.get("PSFLOW_JOIN_GRACE", "120"))
+DEAD_AFTER_S = settings.DEAD_AFTER.get()
+JOIN_GRACE_S = settings.JOIN_GRACE.get()
 
 
 class _Worker:

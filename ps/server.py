@@ -11,7 +11,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from psflow.parent import WATCH_INTERVAL_S, ParentWatch
-from psflow.proto import auth, codec, lane
+from psflow.proto import codec
+from psflow.transport import auth, lane, memory
 
 from .servicer import ParameterServerServicer, add_to_server
 from .store import ShardStore
@@ -92,7 +93,7 @@ class ParameterServer:
     def start(self):
         """Binds, starts serving and starts the lifecycle thread; OSError if the port cannot
         be bound. Returns self."""
-        codec.one_heap()
+        memory.one_heap()
         self._executor = futures.ThreadPoolExecutor(max_workers=self.threads,
                                                     thread_name_prefix=f"ps{self.shard}")
         interceptors = [auth.TokenInterceptor(self.token)] if self.token else []
@@ -154,7 +155,7 @@ class ParameterServer:
             traffic = self.store.bytes_received + self.store.bytes_sent
             if traffic - moved >= RELEASE_AFTER_BYTES:
                 moved = traffic
-                codec.release_free_memory()
+                memory.release_free_memory()
             if self.store.all_done.wait(WATCH_INTERVAL_S):
                 time.sleep(self.done_grace_s)  # let the last WorkerDone answer reach its caller
                 if self.store.all_done.is_set():  # unless a restarted worker came back

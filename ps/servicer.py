@@ -129,7 +129,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     def __init__(self, store):
         self.store = store
-        self.lane = ""  # the name of the same-host lane offered to workers (proto.lane)
+        self.lane = ""  # the name of the same-host lane offered to workers (transport.lane)
 
     @_handler
     def DeclareVariables(self, request, context):

@@ -19,19 +19,19 @@ waited for.
 """
 
 import logging
-import os
 import threading
 import time
 
 import numpy as np
 
+from psflow import settings
 from psflow.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError
 from psflow.gradients import IndexedSlices
-from psflow.proto.lane import in_shared_memory
+from psflow.transport.lane import in_shared_memory
 
 log = logging.getLogger(__name__)
 
-STEP_TIMEOUT_S = float(os.environ.get("PSFLOW_STEP_TIMEOUT", "300"))
+STEP_TIMEOUT_S = settings.STEP_TIMEOUT.get()
 WAKE_S = 0.2
 DECISIONS_KEPT = 64
 

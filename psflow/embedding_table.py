@@ -83,6 +83,27 @@ class Dedup:
         return np.add.reduceat(values[self.order], self.starts, axis=0)
 
 
+class RunDedups:
+    """The Dedup of every ids array one run looks up, computed once whoever asks for it (the
+    run's lookups and their gradients). `clear` when a run starts: the arrays are the run's,
+    and a key names an array only while it is alive."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self):
+        self._known = {}  # array key -> (the array, kept alive while its key is, its Dedup)
+
+    def clear(self):
+        self._known = {}
+
+    def __call__(self, ids):
+        key = array_key(ids)
+        found = self._known.get(key)
+        if found is None:
+            found = self._known[key] = (ids, Dedup(ids))
+        return found[1]
+
+
 class KeyIndex:
     """int64 key -> entry number (0, 1, 2, ... in insertion order). The slots hold entry
     numbers (4 bytes each, at most half of them used, so probe runs stay short); the keys

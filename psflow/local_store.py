@@ -8,7 +8,7 @@ import threading
 import numpy as np
 
 from . import checkpoint
-from .embedding_table import Dedup, EmbeddingTable, array_key
+from .embedding_table import EmbeddingTable, RunDedups
 from .errors import FailedPreconditionError, InvalidArgumentError
 from .graph import format_shape, shape_compatible
 from .train.update_rules import checked_slots
@@ -27,22 +27,21 @@ class LocalVariableStore:
         self.tables = {}  # embedding variable -> EmbeddingTable
         self.step = 0  # the global step of the last update (for the tables' eviction)
         self._lock = threading.Lock()
-        self._dedups = threading.local()  # this thread's run: ids array key -> (ids, Dedup)
+        self._runs = threading.local()  # this thread's run: .dedups, its lookups' RunDedups
 
     def start_run(self):
         """A run begins: forget the last run's deduplicated ids."""
-        self._dedups.known = {}
+        self._run_dedups().clear()
 
     def dedup(self, ids):
         """The Dedup of a lookup's ids, computed once per run for its lookups and gradients."""
-        known = getattr(self._dedups, "known", None)
-        if known is None:
-            known = self._dedups.known = {}
-        key = array_key(ids)
-        found = known.get(key)
-        if found is None:
-            found = known[key] = (ids, Dedup(ids))
-        return found[1]
+        return self._run_dedups()(ids)
+
+    def _run_dedups(self):
+        dedups = getattr(self._runs, "dedups", None)
+        if dedups is None:
+            dedups = self._runs.dedups = RunDedups()
+        return dedups
 
     def read(self, var):
         try:

@@ -9,28 +9,19 @@ and replaced by a free one, since a job must not fail for the sake of its metric
 import errno
 import logging
 import math
-import os
+
+from . import settings
 
 log = logging.getLogger(__name__)
 
-PORT_ENV = "PSFLOW_METRICS_PORT"
-HOST_ENV = "PSFLOW_METRICS_HOST"
+PORT_ENV = settings.METRICS_PORT.name
+HOST_ENV = settings.METRICS_HOST.name
 
 
-def port_from_env(environ=os.environ):
+def port_from_env(environ=None):
     """The metrics port PSFLOW_METRICS_PORT asks for, or None when it is unset or empty.
-    ValueError naming the variable when it is not a port number."""
-    text = environ.get(PORT_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{PORT_ENV}={text!r} is not a port number (0-65535; 0 picks a free "
-                         "one)")
-    return port
+    SettingError (a ValueError) naming the variable when it is not a port number."""
+    return settings.METRICS_PORT.get(environ)
 
 
 def bucket_bound(upper):

@@ -7,24 +7,17 @@ import os
 import threading
 import time
 
+from . import settings
+
 log = logging.getLogger(__name__)
 
-PARENT_ENV = "PSFLOW_PARENT_PID"
+PARENT_ENV = settings.PARENT_PID.name
 WATCH_INTERVAL_S = 0.5
 
 
 def parent_from_env(environ=None):
-    """The pid in PSFLOW_PARENT_PID, or None when it is unset; ValueError if it is no pid."""
-    raw = (os.environ if environ is None else environ).get(PARENT_ENV)
-    if not raw:
-        return None
-    try:
-        pid = int(raw)
-    except ValueError:
-        raise ValueError(f"{PARENT_ENV}={raw!r} is not a process id") from None
-    if pid <= 0:
-        raise ValueError(f"{PARENT_ENV}={raw!r} is not a process id")
-    return pid
+    """The pid in PSFLOW_PARENT_PID, or None when it is unset; SettingError if it is no pid."""
+    return settings.PARENT_PID.get(environ)
 
 
 class ParentWatch:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from psflow.proto import auth, codec
+from psflow.proto import codec
+from psflow.transport import auth
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 from psflow.ps.server import ParameterServer

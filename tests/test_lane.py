@@ -1,4 +1,4 @@
-"""The same-host lane (psflow.proto.lane): a worker's Pull, PullRows and Push reach a shard on
+"""The same-host lane (psflow.transport.lane): a worker's Pull, PullRows and Push reach a shard on
 its host through a local socket, with gRPC's messages, answers and errors; a wrong token or a
 malformed frame ends only that connection; a shard that dies leaves nothing behind and the
 worker's calls go back to gRPC; with PSFLOW_LANE=0 jobs train through gRPC alone."""
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from psflow.errors import NotFoundError, PsflowError
-from psflow.proto import codec, lane, wire
+from psflow.proto import codec, wire
+from psflow.transport import lane
 from psflow.proto import psflow_pb2 as pb
 from psflow.ps.server import ParameterServer
 from psflow.worker.client import ShardClient, worker_request

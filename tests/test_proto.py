@@ -9,6 +9,7 @@ import pytest
 
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
+from psflow.transport import memory
 
 PROTO_DIR = pathlib.Path(__file__).resolve().parent.parent / "proto"
 STUBS = ("psflow_pb2.py", "psflow_pb2.pyi", "psflow_pb2_grpc.py")
@@ -159,7 +160,7 @@ def test_allocator_tuning_is_taken_on_glibc():
     import platform
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not a glibc system")
-    assert codec.tune_allocator() is True
+    assert memory.tune_allocator() is True
 
 
 # -- reading large messages in place (proto.wire) ----------------------------------------------

@@ -9,7 +9,8 @@ import grpc
 from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
                            NotFoundError, PermissionDeniedError, PsflowError,
                            ResourceExhaustedError, UnauthenticatedError, UnavailableError)
-from psflow.proto import auth, codec, lane, wire
+from psflow.proto import codec, wire
+from psflow.transport import auth, lane
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 

@@ -17,12 +17,13 @@ import logging
 import os
 import threading
 
+from psflow import settings
+
 from .jobstats import Look, rates
 
 log = logging.getLogger(__name__)
 
-INTERVAL_ENV = "PSFLOW_SUMMARY_SECS"
-DEFAULT_INTERVAL_S = 10.0
+INTERVAL_ENV = settings.SUMMARY_SECS.name
 # How long one shard's GetStats may take before that shard is left out of a write.
 STATS_TIMEOUT_S = 2.0
 # tensorboardX names an event file after the second it was opened and the host, and would
@@ -35,16 +36,7 @@ PERCENTILES = ((0.5, "p50"), (0.9, "p90"), (0.99, "p99"))
 
 def interval_from_env():
     """Seconds between two writes: PSFLOW_SUMMARY_SECS, else 10."""
-    text = os.environ.get(INTERVAL_ENV, "").strip()
-    if not text:
-        return DEFAULT_INTERVAL_S
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = None
-    if seconds is None or not seconds > 0 or seconds == float("inf"):
-        raise ValueError(f"{INTERVAL_ENV} must be a number of seconds above 0, got {text!r}")
-    return seconds
+    return settings.SUMMARY_SECS.get()
 
 
 def scalars(before, now):

@@ -11,11 +11,10 @@ import bisect
 import collections
 import logging
 import math
-import os
 import threading
 import time
 
-from psflow import monitoring
+from psflow import monitoring, settings
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +157,7 @@ def watch(session):
             return
         if port is None:
             return
-        host = os.environ.get(monitoring.HOST_ENV) or "127.0.0.1"
+        host = settings.METRICS_HOST.get() or "127.0.0.1"
         try:
             server, _ = monitoring.serve(_collector, port, host,
                                          what=f"worker {session.task.task_index}'s metrics")

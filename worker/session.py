@@ -8,12 +8,12 @@ is restored from the latest checkpoint and the step runs again.
 
 import logging
 import math
-import os
 import threading
 import time
 
 import numpy as np
 
+from psflow import settings
 from psflow.errors import FailedPreconditionError, NotFoundError, UnavailableError
 from psflow.parent import exit_with_parent
 from psflow.local_store import LocalVariableStore
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
 # How long a worker waits for a parameter server that went away to come back.
-RECOVERY_TIMEOUT_S = float(os.environ.get("PSFLOW_RECOVERY_TIMEOUT", "60"))
+RECOVERY_TIMEOUT_S = settings.RECOVERY_TIMEOUT.get()
 
 
 def job_consistency(graph):

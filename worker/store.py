@@ -16,15 +16,16 @@ import time
 
 import numpy as np
 
-from psflow import checkpoint
+from psflow import checkpoint, settings
 from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
                            PsflowError, UnavailableError)
-from psflow.embedding_table import Dedup, array_key, shard_of_keys
+from psflow.embedding_table import RunDedups, array_key, shard_of_keys
 from psflow.embedding_variable import is_table
 from psflow.gradients import IndexedSlices
 from psflow.local_store import check_rows
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
+from psflow.transport import memory
 from psflow.train.consistency import Consistency
 from psflow.train.optimizers import get_global_step
 
@@ -34,14 +35,14 @@ from .placement import PARTITION_BYTES, Placement
 log = logging.getLogger(__name__)
 
 # How long a non-chief waits for the chief to initialize the variables before giving up.
-INIT_TIMEOUT_S = float(os.environ.get("PSFLOW_INIT_TIMEOUT", "600"))
+INIT_TIMEOUT_S = settings.INIT_TIMEOUT.get()
 # How long to wait for the parameter servers to come up.
-CONNECT_TIMEOUT_S = float(os.environ.get("PSFLOW_CONNECT_TIMEOUT", "60"))
+CONNECT_TIMEOUT_S = settings.CONNECT_TIMEOUT.get()
 # How long a worker's farewell (WorkerDone) waits for each shard.
-FAREWELL_TIMEOUT_S = float(os.environ.get("PSFLOW_FAREWELL_TIMEOUT", "10"))
+FAREWELL_TIMEOUT_S = settings.FAREWELL_TIMEOUT.get()
 # Bound on a synchronous step's push to shard 0, which waits for the other workers (the
 # shard gives up after PSFLOW_STEP_TIMEOUT and says whom it waited for).
-SYNC_CALL_TIMEOUT_S = float(os.environ.get("PSFLOW_STEP_TIMEOUT", "300")) + 30
+SYNC_CALL_TIMEOUT_S = settings.STEP_TIMEOUT.get() + 30
 
 
 def _batches(items, size_of, limit=codec.MAX_PAYLOAD_BYTES):
@@ -75,7 +76,7 @@ class _StepState(threading.local):
         self.run = 0  # this run's number (0: unnumbered), and its pushes so far
         self.pushes = 0
         self.commit = None  # sync: the last step decided, for the other shards
-        self.dedups = {}  # this run's lookups' ids: array key -> (array, Dedup)
+        self.dedups = RunDedups()  # this run's lookups' ids
         self.rows = {}  # (variable, ids key) -> distinct rows pulled ahead of the run
         self.pushing = 0.0  # seconds this run spent pushing, and pulling rows during it
         self.pulling = 0.0
@@ -87,7 +88,7 @@ class DistributedStore:
     is the job's mode, for train ops that do not name their own."""
 
     def __init__(self, graph, task, partition_bytes=PARTITION_BYTES, consistency=None):
-        codec.tune_allocator()
+        memory.tune_allocator()
         self.task = task
         self.worker = task.worker_index
         self.clients = [ShardClient(i, address) for i, address in enumerate(task.ps_addresses)]
@@ -308,7 +309,7 @@ class DistributedStore:
             step.read = {}
             step.returned = {}
             step.returned_step = None
-            step.dedups = {}
+            step.dedups.clear()
             step.rows = {}
         if not reuse:
             returned, returned_step = {}, None
@@ -416,11 +417,7 @@ class DistributedStore:
 
     def dedup(self, ids):
         """The Dedup of `ids`, computed once per run whoever asks (lookups and gradients)."""
-        key = array_key(ids)
-        known = self.step.dedups.get(key)
-        if known is None:
-            known = self.step.dedups[key] = (ids, Dedup(ids))
-        return known[1]
+        return self.step.dedups(ids)
 
     def _row_calls(self, lookups, commit, train=False):
         """PullRows calls, one per shard, for the distinct rows of every (variable, ids) of

@@ -12,16 +12,17 @@ a train op built by SyncReplicasOptimizer or BoundedStalenessOptimizer carries i
 
 import collections
 import numbers
-import os
+
+from .. import settings
 
 MODES = ("async", "sync", "ssp")
 # The modes in which workers step together, so a dead worker must leave the membership
 # rather than stop the job.
 MEMBERSHIP_MODES = ("sync", "ssp")
 
-ENV_MODE = "PSFLOW_MODE"
-ENV_REPLICAS = "PSFLOW_REPLICAS_TO_AGGREGATE"
-ENV_STALENESS = "PSFLOW_STALENESS"
+ENV_MODE = settings.MODE.name
+ENV_REPLICAS = settings.REPLICAS_TO_AGGREGATE.name
+ENV_STALENESS = settings.STALENESS.name
 
 
 class Consistency(collections.namedtuple("Consistency",
@@ -73,16 +74,9 @@ class Consistency(collections.namedtuple("Consistency",
 
 def from_env(environ=None):
     """The mode `launch --mode` chose (see Consistency.to_env); async when unset."""
-    environ = os.environ if environ is None else environ
-
-    def integer(name):
-        raw = environ.get(name, "0") or "0"
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"{name}={raw!r} is not an integer") from None
-
-    mode = environ.get(ENV_MODE, "async") or "async"
+    mode = settings.MODE.get(environ)
     # Each mode reads its own parameter only; the other's may be left over in the environment.
-    return Consistency(mode, integer(ENV_REPLICAS) if mode == "sync" else 0,
-                       integer(ENV_STALENESS) if mode == "ssp" else 0)
+    return Consistency(mode, settings.REPLICAS_TO_AGGREGATE.get(environ) if mode == "sync" else 0,
+                       settings.STALENESS.get(environ) if mode == "ssp" else 0)
+
+

@@ -11,6 +11,7 @@ import os
 import time
 
 from .. import checkpoint as files
+from .. import settings
 from ..graph import get_default_graph
 from ..session import Session
 from ..state_ops import global_variables_initializer
@@ -269,7 +270,7 @@ class MonitoredTrainingSession:
         distributed = self.task is not None and bool(self.task.ps_addresses)
         self.is_chief = self.task.is_chief if distributed else bool(is_chief)
         # On a cluster the manifests can name a shared volume for checkpoints.
-        checkpoint_dir = checkpoint_dir or os.environ.get("PSFLOW_CHECKPOINT_DIR") or None
+        checkpoint_dir = checkpoint_dir or settings.CHECKPOINT_DIR.get()
         self._hooks = list(hooks or [])
         if self.is_chief:
             self._hooks += list(chief_only_hooks or [])

@@ -16,14 +16,14 @@ the same lifecycle as `python -m psflow.ps`: it returns once every worker has fi
 """
 
 import ipaddress
-import os
 import socket
 
+from .. import settings
 from ..parent import parent_from_env
 from .cluster import ClusterSpec, TaskConfig
 
 # Under `launch --script-ps` the launcher names where a ps task writes the port it serves on.
-PORT_FILE_ENV = "PSFLOW_PS_PORT_FILE"
+PORT_FILE_ENV = settings.PS_PORT_FILE.name
 
 _servers = {}  # target -> Server, for the sessions given a target
 
@@ -80,7 +80,7 @@ class Server:
         args = ["--task-index", str(self.task_index),
                 "--num-workers", str(cluster.num_tasks("chief") + cluster.num_tasks("worker")),
                 "--host", host, "--port", str(port)]
-        port_file = os.environ.get(PORT_FILE_ENV)
+        port_file = settings.PS_PORT_FILE.get()
         if port_file:
             args += ["--port-file", port_file]
         parent = parent_from_env()

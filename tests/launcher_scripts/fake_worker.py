@@ -25,7 +25,7 @@ import time
 
 import grpc
 
-from psflow.proto import auth
+from psflow.transport import auth
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 

@@ -11,19 +11,20 @@ client given `PSFLOW_TLS_CA` (the CA that signed the servers' certificates) conn
 """
 
 import hmac
-import os
 
 import grpc
 
-TOKEN_ENV = "PSFLOW_AUTH_TOKEN"
-TLS_CERT_ENV, TLS_KEY_ENV, TLS_CA_ENV = "PSFLOW_TLS_CERT", "PSFLOW_TLS_KEY", "PSFLOW_TLS_CA"
+from psflow import settings
+
+TOKEN_ENV = settings.AUTH_TOKEN.name
+TLS_CERT_ENV, TLS_KEY_ENV, TLS_CA_ENV = (settings.TLS_CERT.name, settings.TLS_KEY.name,
+                                         settings.TLS_CA.name)
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 def token_from_env(environ=None):
     """The job's token, or None when the job has none."""
-    token = (os.environ if environ is None else environ).get(TOKEN_ENV, "")
-    return token or None
+    return settings.AUTH_TOKEN.get(environ)
 
 
 def call_metadata(token):
@@ -68,8 +69,7 @@ def _read(path, what):
 
 def server_credentials(environ=None):
     """TLS credentials for a server from PSFLOW_TLS_CERT/KEY, or None to serve plain."""
-    environ = os.environ if environ is None else environ
-    cert, key = environ.get(TLS_CERT_ENV), environ.get(TLS_KEY_ENV)
+    cert, key = settings.TLS_CERT.get(environ), settings.TLS_KEY.get(environ)
     if not cert and not key:
         return None
     if not (cert and key):
@@ -79,8 +79,7 @@ def server_credentials(environ=None):
 
 def open_channel(address, options, environ=None):
     """A channel to `address`: TLS when PSFLOW_TLS_CA is set, plain otherwise."""
-    environ = os.environ if environ is None else environ
-    ca = environ.get(TLS_CA_ENV)
+    ca = settings.TLS_CA.get(environ)
     if ca:
         credentials = grpc.ssl_channel_credentials(root_certificates=_read(ca, "CA"))
         return grpc.secure_channel(address, credentials, options=options)

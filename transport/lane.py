@@ -46,7 +46,8 @@ import threading
 import grpc
 import numpy as np
 
-from . import codec
+from psflow import settings
+from psflow.proto import codec
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ _SIZES = struct.Struct("<QQ")
 
 def enabled():
     """False when PSFLOW_LANE=0 or the platform has no abstract Unix sockets."""
-    return sys.platform.startswith("linux") and os.environ.get("PSFLOW_LANE", "1") != "0"
+    return sys.platform.startswith("linux") and settings.LANE.get()
 
 
 class LaneError(Exception):
@@ -321,7 +322,7 @@ class LaneClient:
         if regions is not None and len(regions[0]) >= request_size and \
                 len(regions[1]) >= wanted:
             return True
-        if not hasattr(os, "memfd_create") or os.environ.get("PSFLOW_LANE_SHARED") == "0":
+        if not hasattr(os, "memfd_create") or not settings.LANE_SHARED.get():
             return False
         sizes = [max(request_size, len(regions[0]) if regions else 0),
                  max(wanted, len(regions[1]) if regions else 0)]

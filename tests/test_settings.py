@@ -1,0 +1,57 @@
+"""psflow.settings: every environment setting parsed and checked in one place, with an error
+that names the variable and the value."""
+
+import pytest
+
+from psflow import settings
+from psflow.settings import SettingError
+
+
+def test_unset_or_blank_settings_take_their_defaults():
+    for setting in settings.ALL:
+        assert setting.get({}) == setting.default
+        assert setting.get({setting.name: "  "}) == setting.default
+    assert settings.STEP_TIMEOUT.get({}) == 300.0
+    assert settings.LANE.get({}) is True and settings.ALLOW_NONFINITE.get({}) is False
+
+
+def test_values_are_parsed_by_kind():
+    assert settings.STEP_TIMEOUT.get({"PSFLOW_STEP_TIMEOUT": "2.5"}) == 2.5
+    assert settings.METRICS_PORT.get({"PSFLOW_METRICS_PORT": "0"}) == 0
+    assert settings.PARENT_PID.get({"PSFLOW_PARENT_PID": "4242"}) == 4242
+    assert settings.LANE.get({"PSFLOW_LANE": "0"}) is False
+    assert settings.ALLOW_NONFINITE.get({"PSFLOW_ALLOW_NONFINITE": "1"}) is True
+    assert settings.MODE.get({"PSFLOW_MODE": "ssp"}) == "ssp"
+    assert settings.STALENESS.get({"PSFLOW_STALENESS": "3"}) == 3
+    assert settings.CHECKPOINT_DIR.get({"PSFLOW_CHECKPOINT_DIR": "/ckpt"}) == "/ckpt"
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("PSFLOW_STEP_TIMEOUT", "soon", "PSFLOW_STEP_TIMEOUT must be a number of seconds above 0, "
+                                    "got 'soon'"),
+    ("PSFLOW_DEAD_AFTER", "-1", "PSFLOW_DEAD_AFTER must be a number of seconds above 0"),
+    ("PSFLOW_SUMMARY_SECS", "inf", "PSFLOW_SUMMARY_SECS must be a number of seconds above 0"),
+    ("PSFLOW_METRICS_PORT", "70000", "PSFLOW_METRICS_PORT='70000' is not a port number"),
+    ("PSFLOW_PARENT_PID", "0", "PSFLOW_PARENT_PID='0' is not a process id"),
+    ("PSFLOW_MODE", "fast", "PSFLOW_MODE='fast' is not a mode: use async, sync or ssp"),
+    ("PSFLOW_STALENESS", "-2", "PSFLOW_STALENESS='-2' must be 0 or more"),
+    ("PSFLOW_REPLICAS_TO_AGGREGATE", "two", "PSFLOW_REPLICAS_TO_AGGREGATE='two' is not an "
+                                            "integer"),
+])
+def test_a_bad_value_names_the_variable_and_the_value(name, value, message):
+    setting = next(s for s in settings.ALL if s.name == name)
+    with pytest.raises(SettingError) as caught:
+        setting.get({name: value})
+    assert str(caught.value).startswith(message)
+    with pytest.raises(SettingError, match=name):
+        settings.check({name: value})
+    assert isinstance(caught.value, ValueError)
+
+
+def test_every_setting_is_listed_once_in_the_module_doc():
+    names = [s.name for s in settings.ALL]
+    assert len(names) == len(set(names)) == 24
+    for name in names:
+        short = name.rsplit("_", 1)[-1]
+        assert name in settings.__doc__ or f"_{short}" in settings.__doc__, name
+    settings.check({})
