@@ -31,93 +31,54 @@ process that changes its environment (a test, `launch` preparing a child's) is s
     PSFLOW_STALENESS                integer >= 0        0      ssp: steps ahead at most
 """
 
-import math
+import argparse
 import os
+
+from .argparsing import one_of, port, seconds, whole_number
 
 
 class SettingError(ValueError):
     """An environment variable of psflow's holds a value it cannot take."""
 
 
-def _seconds(name, text):
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds < math.inf:
-        raise SettingError(f"{name} must be a number of seconds above 0, got {text!r}")
-    return seconds
-
-
-def _port(name, text):
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise SettingError(f"{name}={text!r} is not a port number (0-65535; 0 picks a free "
-                           "one)")
-    return port
-
-
-def _pid(name, text):
-    try:
-        pid = int(text)
-    except ValueError:
-        pid = 0
-    if pid <= 0:
-        raise SettingError(f"{name}={text!r} is not a process id")
-    return pid
-
-
-def _count(name, text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise SettingError(f"{name}={text!r} is not an integer") from None
-    if value < 0:
-        raise SettingError(f"{name}={text!r} must be 0 or more")
-    return value
-
-
-def _text(name, text):
+def _text(text):
     return text
 
 
-def _flag(name, text):
+def _flag(text):
     return text != "0"
 
 
-def _mode(name, text):
-    if text not in ("async", "sync", "ssp"):
-        raise SettingError(f"{name}={text!r} is not a mode: use async, sync or ssp")
-    return text
-
-
 class Setting:
-    """One environment variable: `get()` is its value, parsed and checked, or the default
-    when it is unset or empty."""
+    """One environment variable: `get()` is its value, parsed and checked by `parse` (one of
+    psflow.argparsing's argument types, so a variable and a flag take values alike), or the
+    default when it is unset or empty."""
 
     def __init__(self, name, parse, default):
         self.name, self._parse, self.default = name, parse, default
 
     def get(self, environ=None):
         text = (os.environ if environ is None else environ).get(self.name, "").strip()
-        return self._parse(self.name, text) if text else self.default
+        if not text:
+            return self.default
+        try:
+            return self._parse(text)
+        except argparse.ArgumentTypeError as exc:  # the command lines' own checks, reused
+            raise SettingError(f"{self.name} {exc}") from None
 
     def __repr__(self):
         return f"Setting({self.name!r}, default={self.default!r})"
 
 
-STEP_TIMEOUT = Setting("PSFLOW_STEP_TIMEOUT", _seconds, 300.0)
-DEAD_AFTER = Setting("PSFLOW_DEAD_AFTER", _seconds, 5.0)
-JOIN_GRACE = Setting("PSFLOW_JOIN_GRACE", _seconds, 120.0)
-INIT_TIMEOUT = Setting("PSFLOW_INIT_TIMEOUT", _seconds, 600.0)
-CONNECT_TIMEOUT = Setting("PSFLOW_CONNECT_TIMEOUT", _seconds, 60.0)
-FAREWELL_TIMEOUT = Setting("PSFLOW_FAREWELL_TIMEOUT", _seconds, 10.0)
-RECOVERY_TIMEOUT = Setting("PSFLOW_RECOVERY_TIMEOUT", _seconds, 60.0)
-SUMMARY_SECS = Setting("PSFLOW_SUMMARY_SECS", _seconds, 10.0)
-METRICS_PORT = Setting("PSFLOW_METRICS_PORT", _port, None)
+STEP_TIMEOUT = Setting("PSFLOW_STEP_TIMEOUT", seconds, 300.0)
+DEAD_AFTER = Setting("PSFLOW_DEAD_AFTER", seconds, 5.0)
+JOIN_GRACE = Setting("PSFLOW_JOIN_GRACE", seconds, 120.0)
+INIT_TIMEOUT = Setting("PSFLOW_INIT_TIMEOUT", seconds, 600.0)
+CONNECT_TIMEOUT = Setting("PSFLOW_CONNECT_TIMEOUT", seconds, 60.0)
+FAREWELL_TIMEOUT = Setting("PSFLOW_FAREWELL_TIMEOUT", seconds, 10.0)
+RECOVERY_TIMEOUT = Setting("PSFLOW_RECOVERY_TIMEOUT", seconds, 60.0)
+SUMMARY_SECS = Setting("PSFLOW_SUMMARY_SECS", seconds, 10.0)
+METRICS_PORT = Setting("PSFLOW_METRICS_PORT", port, None)
 METRICS_HOST = Setting("PSFLOW_METRICS_HOST", _text, None)
 AUTH_TOKEN = Setting("PSFLOW_AUTH_TOKEN", _text, None)
 TLS_CERT = Setting("PSFLOW_TLS_CERT", _text, None)
@@ -126,13 +87,13 @@ TLS_CA = Setting("PSFLOW_TLS_CA", _text, None)
 CHECKPOINT_DIR = Setting("PSFLOW_CHECKPOINT_DIR", _text, None)
 CHECKPOINT_ROOT = Setting("PSFLOW_CHECKPOINT_ROOT", _text, None)
 PS_PORT_FILE = Setting("PSFLOW_PS_PORT_FILE", _text, None)
-PARENT_PID = Setting("PSFLOW_PARENT_PID", _pid, None)
+PARENT_PID = Setting("PSFLOW_PARENT_PID", whole_number(1), None)
 LANE = Setting("PSFLOW_LANE", _flag, True)
 LANE_SHARED = Setting("PSFLOW_LANE_SHARED", _flag, True)
 ALLOW_NONFINITE = Setting("PSFLOW_ALLOW_NONFINITE", _flag, False)
-MODE = Setting("PSFLOW_MODE", _mode, "async")
-REPLICAS_TO_AGGREGATE = Setting("PSFLOW_REPLICAS_TO_AGGREGATE", _count, 0)
-STALENESS = Setting("PSFLOW_STALENESS", _count, 0)
+MODE = Setting("PSFLOW_MODE", one_of(("async", "sync", "ssp")), "async")
+REPLICAS_TO_AGGREGATE = Setting("PSFLOW_REPLICAS_TO_AGGREGATE", whole_number(0), 0)
+STALENESS = Setting("PSFLOW_STALENESS", whole_number(0), 0)
 
 ALL = tuple(value for value in list(globals().values()) if isinstance(value, Setting))
 

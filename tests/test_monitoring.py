@@ -144,7 +144,7 @@ def test_batch_size_is_the_leading_dimension_of_the_first_fed_batch():
 
 
 def test_a_bad_metrics_port_is_named():
-    with pytest.raises(ValueError, match="PSFLOW_METRICS_PORT='http' is not a port number"):
+    with pytest.raises(ValueError, match="PSFLOW_METRICS_PORT must be a port number, got 'http'"):
         monitoring.port_from_env({"PSFLOW_METRICS_PORT": "http"})
     assert monitoring.port_from_env({"PSFLOW_METRICS_PORT": " "}) is None
     result = subprocess.run([sys.executable, "-m", "psflow.ps", "--task-index", "0",
