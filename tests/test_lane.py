@@ -173,8 +173,8 @@ def lane_names():
 
 def test_a_killed_shard_leaves_no_socket_and_the_worker_falls_back_to_grpc(tmp_path):
     port_file = tmp_path / "ps.port"
-    process = subprocess.Popen([sys.executable, "-m", "psflow.ps", "--task-index", "0", "--num-workers", "1",
-                                "--port", "0", "--port-file", str(port_file)],
+    process = subprocess.Popen([sys.executable, "-m", "psflow.ps", "--task-index", "0",
+                                "--num-workers", "1", "--port", "0", "--port-file", str(port_file)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30

@@ -465,7 +465,7 @@ def test_killed_launcher_leaves_no_process_behind(tmp_path, out_dir):
                f"the children of a killed launcher to exit: "
                f"{ {n: p for n, p in pids.items() if alive(p)} }")
     for address in ps_addresses(job.stderr):
-        wait_until(lambda: can_listen(port_of(address)), 5, f"{address} to be free")
+        wait_until(lambda a=address: can_listen(port_of(a)), 5, f"{address} to be free")
 
 
 def test_sigkilled_launcher_leaves_no_grandchild_nor_a_worker_without_a_session(tmp_path,

@@ -441,7 +441,7 @@ def _finish(process, within):
     except subprocess.TimeoutExpired:
         process.kill()
         _, err = process.communicate()
-        raise AssertionError(f"the ps did not exit within {within} s:\n{err}")
+        raise AssertionError(f"the ps did not exit within {within} s:\n{err}") from None
     return process.returncode, err
 
 

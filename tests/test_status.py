@@ -337,7 +337,7 @@ def servers(monkeypatch):
     monkeypatch.setenv("PSFLOW_AUTH_TOKEN", "job-token")
     started = [ParameterServer(shard=i, num_workers=2).start() for i in range(2)]
     clients = [ShardClient(i, s.address, timeout=TIMEOUT) for i, s in enumerate(started)]
-    for client, variables in zip(clients, [{"w": (4, 8), "b": (8,)}, {"e": (256, 4)}]):
+    for client, variables in zip(clients, [{"w": (4, 8), "b": (8,)}, {"e": (256, 4)}], strict=True):
         client.call("DeclareVariables", pb.DeclareVariablesRequest(variables=[
             pb.VariableSpec(name=n, dtype="float32", shape=s) for n, s in variables.items()]))
         request = pb.InitializeVariablesRequest()
