@@ -69,78 +69,6 @@ OWN = {"psflow": "psflow", "proto": "psflow.proto", "transport": "psflow.transpo
        "ps": "psflow.ps", "worker": "psflow.worker", "launcher": "psflow.launcher"}
 
 
-def _imports(path):
-    """(module, line) of every import in a source file, relative ones made absolute."""
-    parts = path.relative_to(ROOT).parts
-    package = ".".join([OWN[parts[0]], *parts[1:-1]])
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name, node.lineno
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module
-            yield module, node.lineno
-            for alias in node.names:  # `from psflow import ps` imports psflow.ps
-                yield f"{module}.{alias.name}", node.lineno
-
-
-@pytest.mark.parametrize("folder", sorted(MAY_IMPORT))
-def test_dependencies_point_one_way(folder):
-    own = OWN[folder]
-    forbidden = [sub for sub in OWN.values() if sub not in (own, "psflow")
-                 and sub not in MAY_IMPORT[folder]]
-    if folder == "psflow":
-        forbidden += ["grpc", "google"]
-    if folder == "proto":  # the wire contract stands alone
-        forbidden += [f"psflow.{p.stem}" for p in (ROOT / "psflow").iterdir()
-                      if p.suffix == ".py" or (p / "__init__.py").exists()]
-    wrong = []
-    for path in sorted((ROOT / folder).rglob("*.py")):
-        relative = str(path.relative_to(ROOT))
-        for module, line in _imports(path):
-            allowed = any(relative == where and (module == what or module.startswith(what + "."))
-                          for where, what in ALLOWED)
-            if not allowed and any(module == f or module.startswith(f + ".") for f in forbidden):
-                wrong.append(f"{relative}:{line} imports {module}")
-    assert not wrong, "\n".join(wrong)
-
-
-def test_the_engine_and_local_training_load_neither_grpc_nor_protobuf():
-    script = """
-import sys
-import numpy as np
-import psflow as tf
-x = tf.placeholder(tf.float32, (None, 2))
-w = tf.Variable(tf.zeros((2, 1)))
-loss = tf.reduce_mean(tf.square(x @ w - 1.0))
-train = tf.train.GradientDescentOptimizer(0.1).minimize(
-    loss, global_step=tf.train.get_or_create_global_step())
-with tf.train.MonitoredTrainingSession(
-        hooks=[tf.train.StopAtStepHook(last_step=5)]) as sess:
-    while not sess.should_stop():
-        sess.run(train, {x: np.ones((4, 2))})
-loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("grpc", "google")
-                or m.startswith(("psflow.ps", "psflow.worker", "psflow.proto")))
-print("LOADED", loaded)
-"""
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "LOADED []" in out.stdout, out.stdout
-
-
-# -- the engine's modules ----------------------------------------------------------------------
-SUB_NAMES = {package.split(".")[1] for package in OWN.values() if package != "psflow"}
-# What the engine must not load when it is imported: the runtimes, the wire, gRPC.
-NOT_AT_MODULE_LEVEL = [f"psflow.{name}" for name in sorted(SUB_NAMES)] + ["grpc", "google"]
-
-
 def module_files():
     """{module name: path} of every module in the folders that install as psflow."""
     modules = {}
@@ -188,6 +116,59 @@ def imported_modules(path, known):
 
     visit(ast.parse(path.read_text()), True)
     return found
+
+
+@pytest.mark.parametrize("folder", sorted(MAY_IMPORT))
+def test_dependencies_point_one_way(folder):
+    own = OWN[folder]
+    forbidden = [sub for sub in OWN.values() if sub not in (own, "psflow")
+                 and sub not in MAY_IMPORT[folder]]
+    if folder == "psflow":
+        forbidden += ["grpc", "google"]
+    if folder == "proto":  # the wire contract stands alone
+        forbidden += [f"psflow.{p.stem}" for p in (ROOT / "psflow").iterdir()
+                      if p.suffix == ".py" or (p / "__init__.py").exists()]
+    modules = module_files()
+    wrong = []
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        relative = str(path.relative_to(ROOT))
+        for module, line, _ in imported_modules(path, modules):
+            allowed = any(relative == where and (module == what or module.startswith(what + "."))
+                          for where, what in ALLOWED)
+            if not allowed and any(module == f or module.startswith(f + ".") for f in forbidden):
+                wrong.append(f"{relative}:{line} imports {module}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_engine_and_local_training_load_neither_grpc_nor_protobuf():
+    script = """
+import sys
+import numpy as np
+import psflow as tf
+x = tf.placeholder(tf.float32, (None, 2))
+w = tf.Variable(tf.zeros((2, 1)))
+loss = tf.reduce_mean(tf.square(x @ w - 1.0))
+train = tf.train.GradientDescentOptimizer(0.1).minimize(
+    loss, global_step=tf.train.get_or_create_global_step())
+with tf.train.MonitoredTrainingSession(
+        hooks=[tf.train.StopAtStepHook(last_step=5)]) as sess:
+    while not sess.should_stop():
+        sess.run(train, {x: np.ones((4, 2))})
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("grpc", "google")
+                or m.startswith(("psflow.ps", "psflow.worker", "psflow.proto")))
+print("LOADED", loaded)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "LOADED []" in out.stdout, out.stdout
+
+
+# -- the engine's modules ----------------------------------------------------------------------
+SUB_NAMES = {package.split(".")[1] for package in OWN.values() if package != "psflow"}
+# What the engine must not load when it is imported: the runtimes, the wire, gRPC.
+NOT_AT_MODULE_LEVEL = [f"psflow.{name}" for name in sorted(SUB_NAMES)] + ["grpc", "google"]
 
 
 def import_cycles(graph):
