@@ -15,6 +15,8 @@ import pytest
 
 import psflow
 
+pytestmark = pytest.mark.cluster  # every test runs a job under launch
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "cluster_scripts"
 

@@ -33,7 +33,7 @@ def _usable():
 
 
 REASON = _usable()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+pytestmark = [pytest.mark.cluster, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 
 def ip(*args, netns=None):

@@ -485,6 +485,7 @@ def test_progress_poller_looks_at_every_shard(servers):
     assert err.getvalue().splitlines()[0] == "[launch] step 1 | 0/1 workers done"
 
 
+@pytest.mark.cluster
 def test_a_job_launched_here_is_found_without_addresses_or_token(tmp_path, monkeypatch):
     import json
     import os

@@ -115,6 +115,7 @@ def test_an_assigned_value_is_pulled_not_taken_from_the_last_push(fresh_graph, s
     np.testing.assert_array_equal(got, np.zeros(3))
 
 
+@pytest.mark.cluster  # a job's load, not a job: 600 MB through two shards takes 10-15 s
 def test_a_600mb_variable_trains_through_two_shards(fresh_graph, servers, calls):
     rows, cols = 150 * 1024, 1024  # 600 MiB of float32: split into parts of at most 256 MiB
     w = tf.Variable(tf.zeros((rows, cols)), name="big")
