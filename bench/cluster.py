@@ -28,6 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "peers"))
 from common import STEPS  # noqa: E402  (global steps, warm-up) per model, the peers' too
+
 MODES = {"async": [], "sync": [], "ssp": ["--staleness", "2"]}
 SCALING = ["1x1", "2x1", "4x1", "1x2", "2x2", "4x2"]
 

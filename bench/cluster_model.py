@@ -22,7 +22,7 @@ def build(sizes, learning_rate):
     x = tf.placeholder(tf.float32, shape=(None, sizes[0]), name="x")
     labels = tf.placeholder(tf.int64, shape=(None,), name="labels")
     h = x
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         w = tf.get_variable(f"w{i}", shape=(fan_in, fan_out),
                             initializer=tf.glorot_uniform_initializer(seed=i))
         b = tf.Variable(tf.zeros((fan_out,)), name=f"b{i}")

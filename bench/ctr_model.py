@@ -85,7 +85,7 @@ def main():
     if sess.is_chief and start is not None:
         steps, seconds = end[1] - start[1], end[0] - start[0]
         own_steps = max(end[2] - start[2], 1)
-        sent, received = ((e - s) / own_steps / 1024 for s, e in zip(start[3], end[3]))
+        sent, received = ((e - s) / own_steps / 1024 for s, e in zip(start[3], end[3], strict=True))
         print(f"throughput: {steps * args.batch_size / seconds:.1f} examples/s ({steps} steps "
               f"in {seconds:.2f} s; {distinct:.0f} distinct ids per batch; wire per step "
               f"{sent + received:.0f} KiB: {sent:.0f} sent, {received:.0f} received)",

@@ -28,7 +28,7 @@ def initial_weights(sizes, seed=0):
     """[(w, b)] per layer: Glorot-uniform weights and zero biases, float32."""
     rng = np.random.default_rng(seed)
     layers = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
         limit = np.sqrt(6.0 / (fan_in + fan_out))
         w = rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
         layers.append((w, np.zeros(fan_out, dtype=np.float32)))
@@ -97,7 +97,7 @@ class NumpyStep:
         weights, biases = self.weights, self.biases
         activations = [features]
         h = features
-        for i, (w, b) in enumerate(zip(weights, biases)):
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
             h = h @ w
             h += b
             if i < len(weights) - 1:

@@ -41,7 +41,7 @@ IDLE_S = 1.5  # between the rounds and the reading: the server gives back what i
 def shapes(model):
     sizes = MODELS[model]
     found = {}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         found[f"w{i}"] = (fan_in, fan_out)
         found[f"b{i}"] = (fan_out,)
     return found

@@ -110,7 +110,7 @@ class Parser:
             raise DataError(f"{self.path}: the lines from byte {offsets[0]} are not UTF-8 "
                             f"text ({exc.reason})") from None
         rows = [line.rstrip("\r").split("\t") for line in text.split("\n")[:len(batch)]]
-        for offset, row in zip(offsets, rows):
+        for offset, row in zip(offsets, rows, strict=True):
             if len(row) != COLUMNS:
                 raise DataError(f"{self.path}: the line at byte {offset} has {len(row)} "
                                 f"tab-separated fields, expected {COLUMNS} (label, "

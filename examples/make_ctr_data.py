@@ -53,7 +53,8 @@ class Truth:
                                 p=[0.1, 0.15, 0.2, 0.2, 0.2, 0.15])
         self.zipf = rng.uniform(1.15, 1.6, size=CATEGORICALS)
         self.spread = rng.uniform(0.1, 0.4, size=CATEGORICALS)
-        self.weights = [rng.normal(0.0, s, size=v) for s, v in zip(self.spread, self.vocab)]
+        self.weights = [rng.normal(0.0, s, size=v)
+                        for s, v in zip(self.spread, self.vocab, strict=True)]
         self.missing_weight = rng.normal(0.0, 0.3, size=CATEGORICALS)
         self.missing_cat = rng.choice([0.0, 0.0, 0.05, 0.3], size=CATEGORICALS)
         # the hex string of value v of field f: an odd multiplier and an offset, a bijection

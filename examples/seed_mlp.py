@@ -31,7 +31,7 @@ def mlp(points, hidden=(16, 16, 16)):
     """Logits of a sigmoid MLP on 2-D points, with two output classes."""
     h = points
     sizes = (2,) + tuple(hidden)
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         w = tf.get_variable(f"hidden{i}/w", shape=(fan_in, fan_out))
         b = tf.Variable(tf.zeros((fan_out,)), name=f"hidden{i}/b")
         h = tf.sigmoid(h @ w + b)

@@ -68,12 +68,12 @@ def check_gradients(loss_fn, *arrays, static_shapes=None, eps=EPS, rtol=RTOL, at
 
     with tf.Session() as sess:
         def loss_of(values):
-            value = sess.run(loss, dict(zip(inputs, values)))
+            value = sess.run(loss, dict(zip(inputs, values, strict=True)))
             assert np.ndim(value) == 0, f"loss must be a scalar, got shape {np.shape(value)}"
             return float(value)
 
-        analytic = sess.run(grads, dict(zip(inputs, arrays)))
-        for i, (array, got) in enumerate(zip(arrays, analytic)):
+        analytic = sess.run(grads, dict(zip(inputs, arrays, strict=True)))
+        for i, (array, got) in enumerate(zip(arrays, analytic, strict=True)):
             got_dense = dense(got)
             assert got_dense.shape == array.shape, (
                 f"gradient of input {i} has shape {got_dense.shape}, input has {array.shape}")

@@ -19,6 +19,7 @@ from psflow.ps.server import ParameterServer
 from psflow.train import saver
 from psflow.train.cluster import ClusterSpec, TaskConfig
 from psflow.worker.session import DistributedSession
+from waiting import wait_for
 
 SCRIPTS = Path(__file__).resolve().parent / "cluster_scripts"
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ def test_resuming_locally_continues_exactly_where_it_stopped(tmp_path):
     assert len(kept) == 2 and kept[-1] == files.checkpoint_name(7)
     first, resumed = train_local(12, tmp_path, save_checkpoint_steps=3)
     assert first == 7  # values, Adam's slots and the global step all came back
-    for got, want in zip(resumed, straight):
+    for got, want in zip(resumed, straight, strict=True):
         np.testing.assert_array_equal(got, want)
 
 
@@ -126,6 +127,12 @@ def test_a_truncated_model_file_is_refused(saved):
         tf.load_model(model)
 
 
+def latest_step(checkpoint_dir):
+    """The global step of the latest checkpoint in `checkpoint_dir`, -1 when there is none."""
+    checkpoint = files.latest(checkpoint_dir)
+    return -1 if checkpoint is None else int(Path(checkpoint).name.removeprefix("ckpt-"))
+
+
 def test_killed_while_writing_checkpoints_the_latest_always_loads(tmp_path):
     """A process saving a checkpoint at every step is killed with SIGKILL at random moments;
     after each kill the latest checkpoint loads and its global step never goes back."""
@@ -134,12 +141,17 @@ def test_killed_while_writing_checkpoints_the_latest_always_loads(tmp_path):
     last_step = -1
     for round_ in range(6):
         process = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=ROOT)
-        time.sleep(rng.uniform(0.8, 2.0))
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
+        try:
+            # Once it has saved past the last step seen, it saves at every step: a kill a
+            # little later lands at a random moment of some save.
+            wait_for(lambda p=process, seen=last_step: p.poll() is not None
+                     or latest_step(tmp_path) > seen, 60, f"round {round_}'s first checkpoint")
+            assert process.poll() is None, f"the script exited with {process.returncode}"
+            time.sleep(rng.uniform(0.0, 0.3))
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
         checkpoint = files.latest(tmp_path)
-        if checkpoint is None:
-            continue
         step, values, slots = files.read_checkpoint(checkpoint)
         assert step >= last_step
         assert set(values) == {"dense/w", "dense/b", "out/v"}
@@ -194,7 +206,7 @@ def test_resuming_with_another_number_of_servers_gives_the_same_model(tmp_path, 
                                                        if v is not step])
             session = distributed_session(graph, servers, restore=state)
             assert int(session.run(step)) == 6
-            for got, want in zip(session.run(variables), saved_values):
+            for got, want in zip(session.run(variables), saved_values, strict=True):
                 np.testing.assert_array_equal(got, want)
             for k in range(6, 10):
                 session.run(train, {x: batch(k)[0], y: batch(k)[1]})
@@ -203,5 +215,5 @@ def test_resuming_with_another_number_of_servers_gives_the_same_model(tmp_path, 
     finally:
         for server in servers:
             server.stop(grace=0)
-    for got, want in zip(resumed, straight):  # the slots came back too
+    for got, want in zip(resumed, straight, strict=True):  # the slots came back too
         np.testing.assert_allclose(got, want, rtol=1e-6)

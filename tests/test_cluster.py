@@ -2,17 +2,20 @@
 
 import json
 import os
-import signal
-import threading
-import time
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
-import psflow
 import pytest
+
+import psflow
+
+pytestmark = pytest.mark.cluster  # every test runs a job under launch
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "cluster_scripts"
@@ -194,7 +197,7 @@ def test_a_killed_ps_is_restarted_restored_and_the_job_finishes(tmp_path, mode, 
     assert restored, job.explain()
     steps = [int(s) for s in re.findall(r"\[worker:0\] step (\d+):", "".join(job.stdout))]
     # The global step went back to the checkpoint, never further.
-    back = [(a, b) for a, b in zip(steps, steps[1:]) if b < a]
+    back = [(a, b) for a, b in zip(steps[:-1], steps[1:], strict=True) if b < a]
     assert all(b >= int(restored.group(1)) for a, b in back), steps
     accuracy = float(re.search(r"test accuracy: ([0-9.]+)", "".join(job.stdout)).group(1))
     assert accuracy >= 0.95, job.explain()

@@ -71,6 +71,7 @@ def test_workers_share_the_training_lines_exactly_once(tmp_path):
     assert 80 <= len(held_out) <= 120
 
 
+@pytest.mark.cluster
 def test_one_process_and_two_workers_reach_the_same_auc(clicks):
     path, truth = clicks
     alone = run(EXAMPLES / "ctr.py", "--data", path, *SMALL)

@@ -196,15 +196,18 @@ with tf.train.MonitoredTrainingSession(checkpoint_dir=sys.argv[1],
 '''
 
 
+@pytest.mark.cluster
 def test_a_job_s_curves_are_beside_the_script_s_summaries(tmp_path):
     script = tmp_path / "regression.py"
     script.write_text(SCRIPT)
     checkpoint_dir = tmp_path / "ckpt"
+    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "psflow.launcher", "--no-progress", "--workers", "2", "--ps",
          "1", str(script), str(checkpoint_dir)],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
         env=dict(os.environ, PSFLOW_SUMMARY_SECS="0.5"))
+    elapsed = time.monotonic() - started
     assert result.returncode == 0, \
         f"exit {result.returncode}\nstdout:\n{result.stdout[-3000:]}\n" \
         f"stderr:\n{result.stderr[-3000:]}"
@@ -215,8 +218,15 @@ def test_a_job_s_curves_are_beside_the_script_s_summaries(tmp_path):
         assert tag in found, sorted(found)
     steps = [step for step, _ in found["psflow/global_steps_per_sec"]]
     assert len(steps) >= 3 and steps == sorted(steps) and steps[-1] > steps[0], steps
-    assert all(value >= 0 for _, value in found["psflow/global_steps_per_sec"])
-    assert max(value for _, value in found["psflow/global_steps_per_sec"]) > 0
+    # Each write's rate is the global steps since the write before over the seconds between
+    # them, which are positive and within the job's run.
+    rates = found["psflow/global_steps_per_sec"]
+    for (before, _), (step, rate) in zip(rates[:-1], rates[1:], strict=True):
+        if step == before:
+            assert rate == 0, rates
+        else:
+            assert rate > 0 and 0 < (step - before) / rate < elapsed, (rates, elapsed)
+    assert max(value for _, value in rates) > 0
     assert max(value for _, value in found["psflow/examples_per_sec"]) > 0
     losses = [value for _, value in found["psflow/loss"]]
     assert all(math.isfinite(value) and value > 0 for value in losses), losses

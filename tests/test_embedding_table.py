@@ -21,7 +21,7 @@ def test_key_index_agrees_with_a_dict_under_inserts_lookups_and_rebuilds():
                                extremes])
         rng.shuffle(keys)
         entries, new = index.insert(keys)
-        for key, entry, is_new in zip(keys.tolist(), entries.tolist(), new.tolist()):
+        for key, entry, is_new in zip(keys.tolist(), entries.tolist(), new.tolist(), strict=True):
             if key not in reference:
                 assert is_new
                 reference[key] = len(reference)

@@ -29,7 +29,8 @@ def train_table(optimizer, steps=4, **options):
 
 @pytest.mark.parametrize("make", [lambda: tf.train.AdagradOptimizer(0.3),
                                   lambda: tf.train.AdamOptimizer(0.1),
-                                  lambda: tf.train.FtrlOptimizer(0.2, l1_regularization_strength=0.01),
+                                  lambda: tf.train.FtrlOptimizer(
+                                      0.2, l1_regularization_strength=0.01),
                                   lambda: tf.train.MomentumOptimizer(0.1, 0.9)],
                          ids=["adagrad", "adam", "ftrl", "momentum"])
 def test_a_table_trains_as_a_dense_table_of_the_same_rows(make):

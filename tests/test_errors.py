@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 
 import psflow as tf
-from psflow.errors import (FailedPreconditionError, GraphMismatchError, InvalidArgumentError,
-                           NoGradientError)
+from psflow.errors import (
+    FailedPreconditionError,
+    GraphMismatchError,
+    InvalidArgumentError,
+    NoGradientError,
+)
 from psflow.graph import format_shape
 
 

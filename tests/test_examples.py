@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.cluster  # every test runs an example script end to end
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -71,7 +71,7 @@ def code_of(call):
 @pytest.mark.parametrize("method", METHODS)
 def test_garbage_bytes_are_invalid_argument_for_every_method(channel, stub, method):
     for garbage in (b"\xff\xff\xff\xff", b"\x0a\xff\x01", bytes(range(256))):
-        code, details = code_of(lambda: raw(channel, method)(garbage, timeout=TIMEOUT))
+        code, details = code_of(lambda g=garbage: raw(channel, method)(g, timeout=TIMEOUT))
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (method, garbage, details)
     np.testing.assert_array_equal(value_of(stub), np.ones((2, 3)))
 
@@ -166,8 +166,8 @@ def test_slots_of_another_float_width_are_cast(stub):
 def test_save_shard_stays_inside_the_checkpoint_root(stub, tmp_path):
     outside = tmp_path / "elsewhere.npz"
     for path in (outside, tmp_path / "root" / ".." / "elsewhere.npz", "/etc/psflow-x.npz"):
-        code, details = code_of(lambda: stub.SaveShard(pb.SaveShardRequest(path=str(path)),
-                                                       timeout=TIMEOUT))
+        code, details = code_of(lambda p=path: stub.SaveShard(pb.SaveShardRequest(path=str(p)),
+                                                              timeout=TIMEOUT))
         assert code == grpc.StatusCode.PERMISSION_DENIED and "outside" in details, details
     assert not outside.exists()
     (tmp_path / "root" / "link").symlink_to(tmp_path)

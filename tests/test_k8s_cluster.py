@@ -33,7 +33,7 @@ def _usable():
 
 
 REASON = _usable()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+pytestmark = [pytest.mark.cluster, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 
 def ip(*args, netns=None):
@@ -150,7 +150,7 @@ def run_on_simulated_cluster(tmp_path, *launch_args, cwd=ROOT, while_running=Non
             log.close()
         return codes, {pod: (tmp_path / f"{pod}.log").read_text() for pod, _, _ in processes}
     finally:
-        for _, log, process in processes:
+        for _, _log, process in processes:
             if process.poll() is None:
                 process.kill()
                 process.wait()

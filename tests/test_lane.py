@@ -174,8 +174,8 @@ def lane_names():
 
 def test_a_killed_shard_leaves_no_socket_and_the_worker_falls_back_to_grpc(tmp_path):
     port_file = tmp_path / "ps.port"
-    process = subprocess.Popen([sys.executable, "-m", "psflow.ps", "--task-index", "0", "--num-workers", "1",
-                                "--port", "0", "--port-file", str(port_file)],
+    process = subprocess.Popen([sys.executable, "-m", "psflow.ps", "--task-index", "0",
+                                "--num-workers", "1", "--port", "0", "--port-file", str(port_file)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -207,6 +207,7 @@ def launch(*args, env=None):
                           cwd=ROOT, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("lane_setting", ["1", "0"])
 def test_no_update_is_lost_with_and_without_the_lane(tmp_path, lane_setting):
     out = tmp_path / "result.json"
@@ -241,7 +242,8 @@ def test_large_messages_go_through_shared_memory_and_train_exactly(server, monke
     # is its own, not a view of the region the next reply is written over.
     assert len(copied) == 10 and min(copied) > 300 * 300 * 4
     assert not lane.in_shared_memory(reply.values[0].array)
-    assert client.lane._regions is not None
+    # The regions grew to the largest message and stayed: one for requests, one for replies.
+    assert [len(region) >= 300 * 300 * 4 for region in client.lane._regions] == [True, True]
     pulled = client.call("Pull", pb.PullRequest(names=["w"]))  # a large reply, too
     np.testing.assert_array_equal(pulled.values[0].array, expected)
     assert len(copied) == 11
@@ -267,6 +269,7 @@ def test_a_reply_larger_than_the_region_comes_through_the_socket_then_the_region
     assert len(reply_region) >= 600 * 600 * 4 > len(request_region) // 2
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("ps", [1, 2])
 def test_sync_steps_of_large_gradients_through_shared_memory_are_exact(tmp_path, ps):
     out = tmp_path / "result.json"

@@ -324,6 +324,7 @@ def test_exits_are_described_in_words():
 
 
 # -- whole jobs ----------------------------------------------------------------------------------
+@pytest.mark.cluster
 def test_successful_job_ends_with_everything_gone(tmp_path, out_dir):
     job = LaunchInBackground(tmp_path, "--workers", 2, "--ps", 2, FAKE_WORKER, out_dir,
                              "--steps", 40, "--workers", 9)
@@ -373,6 +374,7 @@ def test_successful_job_ends_with_everything_gone(tmp_path, out_dir):
     assert_nothing_left(pids, [port_of(a) for a in addresses], tmp_path)
 
 
+@pytest.mark.cluster
 def test_progress_on_a_terminal_is_one_line_redrawn_in_place(tmp_path, out_dir):
     import pty
     import threading
@@ -410,6 +412,7 @@ def test_progress_on_a_terminal_is_one_line_redrawn_in_place(tmp_path, out_dir):
     assert re.search(r"\r\x1b\[K\[launch\] job finished [^\r\n]*\r\n$", text), text
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("fail_code, message", [
     ("3", "launch: worker 1 failed with exit code 3; stopping the job"),
     ("kill", "launch: worker 1 was killed by SIGKILL; stopping the job"),
@@ -432,6 +435,7 @@ def test_failing_worker_stops_the_job_and_is_named(fail_code, message, tmp_path,
     assert_nothing_left(pids, [port_of(a) for a in addresses], tmp_path)
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_stop_signal_tears_the_job_down(signum, code, tmp_path, out_dir):
     extra = ["--ignore-sigterm"] if signum == signal.SIGINT else []
@@ -452,6 +456,7 @@ def test_stop_signal_tears_the_job_down(signum, code, tmp_path, out_dir):
     assert_nothing_left(pids, [port_of(a) for a in ps_addresses(job.stderr)], tmp_path)
 
 
+@pytest.mark.cluster
 def test_killed_launcher_leaves_no_process_behind(tmp_path, out_dir):
     job = LaunchInBackground(tmp_path, "--workers", 2, "--ps", 2, "--no-progress",
                              FAKE_WORKER, out_dir, "--hang")
@@ -465,9 +470,10 @@ def test_killed_launcher_leaves_no_process_behind(tmp_path, out_dir):
                f"the children of a killed launcher to exit: "
                f"{ {n: p for n, p in pids.items() if alive(p)} }")
     for address in ps_addresses(job.stderr):
-        wait_until(lambda: can_listen(port_of(address)), 5, f"{address} to be free")
+        wait_until(lambda a=address: can_listen(port_of(a)), 5, f"{address} to be free")
 
 
+@pytest.mark.cluster
 def test_sigkilled_launcher_leaves_no_grandchild_nor_a_worker_without_a_session(tmp_path,
                                                                                out_dir):
     """Workers that never create a psflow session, ignore SIGTERM and start processes of
@@ -504,6 +510,7 @@ def test_a_launch_removes_job_folders_whose_launcher_is_gone(tmp_path):
     assert not stale.exists() and live.exists() and other.exists()
 
 
+@pytest.mark.cluster
 def test_ps_dying_mid_job_stops_the_job_and_is_named(tmp_path, out_dir):
     job = LaunchInBackground(tmp_path, "--workers", 2, "--ps", 2, "--no-progress",
                              "--max-restarts", 0, FAKE_WORKER, out_dir, "--hang")
@@ -515,6 +522,7 @@ def test_ps_dying_mid_job_stops_the_job_and_is_named(tmp_path, out_dir):
     assert_nothing_left(all_pids(job.stderr, out_dir), tmp_path=tmp_path)
 
 
+@pytest.mark.cluster
 def test_taken_ps_port_falls_back_and_workers_get_the_actual_port(tmp_path, out_dir):
     # A listening socket on `base`, and `base + 1` free, so that PS 0 must fall back and
     # PS 1 gets the port it asks for.
@@ -559,6 +567,7 @@ def run_in_process(**spec):
     return code, out.getvalue(), err.getvalue()
 
 
+@pytest.mark.cluster
 def test_ps_that_exits_before_reporting_its_port_stops_the_launch(private_tempdir, out_dir):
     code, _, err = run_in_process(script=str(FAKE_WORKER), script_args=[str(out_dir)],
                                   workers=2, ps=1, ps_command=[sys.executable, str(BROKEN_PS)])
@@ -573,6 +582,7 @@ def test_ps_that_exits_before_reporting_its_port_stops_the_launch(private_tempdi
     assert os.listdir(private_tempdir) == []
 
 
+@pytest.mark.cluster
 def test_ps_that_never_reports_a_port_times_out(private_tempdir, out_dir):
     started = time.monotonic()
     code, _, err = run_in_process(script=str(FAKE_WORKER), script_args=[str(out_dir)],
@@ -587,6 +597,7 @@ def test_ps_that_never_reports_a_port_times_out(private_tempdir, out_dir):
     assert os.listdir(private_tempdir) == []
 
 
+@pytest.mark.cluster
 def test_ps_still_running_after_the_workers_is_stopped_and_named(private_tempdir, out_dir):
     # Workers that exit 0 without reporting done leave the PS waiting for them.
     code, out, err = run_in_process(script=str(FAKE_WORKER),

@@ -1,6 +1,5 @@
 """MonitoredTrainingSession's TF1 arguments: what a Scaffold does, and what is refused."""
 
-import logging
 
 import numpy as np
 import pytest

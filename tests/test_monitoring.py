@@ -165,6 +165,7 @@ def test_a_taken_metrics_port_is_replaced_by_a_free_one(caplog):
     assert f"port {port} on 127.0.0.1 is taken; serving on port {other}" in caplog.text
 
 
+@pytest.mark.cluster
 def test_a_launch_job_serves_metrics_from_every_process(tmp_path):
     release = tmp_path / "scraped"
     process = subprocess.Popen(

@@ -273,7 +273,7 @@ def test_concat_forward_and_gradient(axis, shapes, rng):
     inputs = [tf.placeholder(tf.float64, shape=s) for s in shapes]
     y = tf.concat(inputs, axis)
     assert y.shape == expected.shape
-    np.testing.assert_array_equal(run(y, dict(zip(inputs, values))), expected)
+    np.testing.assert_array_equal(run(y, dict(zip(inputs, values, strict=True))), expected)
     check_gradients(lambda *xs: weighted_sum(tf.concat(list(xs), axis)), *values)
 
 

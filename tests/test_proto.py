@@ -194,7 +194,7 @@ def test_wire_reads_a_push_like_protobuf_without_copying_the_gradients():
     reference = pb.PushRequest.FromString(data)
     assert push.worker == 3 and push.global_step == -5 and push.rule == reference.rule
     assert push.HasField("consistency") and list(push.pull) == ["a", "b"]
-    for got, want in zip(push.gradients, reference.gradients):
+    for got, want in zip(push.gradients, reference.gradients, strict=True):
         assert got.name == want.name and got.version == want.version
         np.testing.assert_array_equal(got.values, codec.decode(want.values))
         assert got.values.dtype == codec.decode(want.values).dtype

@@ -373,6 +373,7 @@ def _sized(message):
     return size
 
 
+@pytest.mark.cluster  # a job's load, not a job: 640 MB through one server takes 10-20 s
 def test_ten_64mb_parts_of_a_640mb_variable(stub):
     """A 640 MB variable split by the client into ten 64 MB parts, each a variable of its own
     ("big/part_k"): every part is initialized, pushed and pulled in one call of its own, and
@@ -441,7 +442,7 @@ def _finish(process, within):
     except subprocess.TimeoutExpired:
         process.kill()
         _, err = process.communicate()
-        raise AssertionError(f"the ps did not exit within {within} s:\n{err}")
+        raise AssertionError(f"the ps did not exit within {within} s:\n{err}") from None
     return process.returncode, err
 
 
@@ -512,7 +513,9 @@ def test_process_exits_when_reparented(tmp_path):
     port_file = tmp_path / "ps.port"
     command = " ".join(PS + ["--task-index", "0", "--num-workers", "1", "--port", "0",
                              "--port-file", str(port_file), "--parent-pid", "$$"])
-    shell = subprocess.Popen(["sh", "-c", f"{command} & echo $!; sleep 1"],
+    # The shell (the ps's parent) ends once the ps serves, as a launcher killed mid-job does.
+    serving = f"i=0; while [ ! -e {port_file} ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done"
+    shell = subprocess.Popen(["sh", "-c", f"{command} & echo $!; {serving}"],
                              stdout=subprocess.PIPE, text=True)
     ps_pid = int(shell.stdout.readline())
     shell.wait(10)

@@ -337,7 +337,7 @@ def servers(monkeypatch):
     monkeypatch.setenv("PSFLOW_AUTH_TOKEN", "job-token")
     started = [ParameterServer(shard=i, num_workers=2).start() for i in range(2)]
     clients = [ShardClient(i, s.address, timeout=TIMEOUT) for i, s in enumerate(started)]
-    for client, variables in zip(clients, [{"w": (4, 8), "b": (8,)}, {"e": (256, 4)}]):
+    for client, variables in zip(clients, [{"w": (4, 8), "b": (8,)}, {"e": (256, 4)}], strict=True):
         client.call("DeclareVariables", pb.DeclareVariablesRequest(variables=[
             pb.VariableSpec(name=n, dtype="float32", shape=s) for n, s in variables.items()]))
         request = pb.InitializeVariablesRequest()
@@ -485,6 +485,7 @@ def test_progress_poller_looks_at_every_shard(servers):
     assert err.getvalue().splitlines()[0] == "[launch] step 1 | 0/1 workers done"
 
 
+@pytest.mark.cluster
 def test_a_job_launched_here_is_found_without_addresses_or_token(tmp_path, monkeypatch):
     import json
     import os

@@ -11,6 +11,7 @@ import psflow as tf
 from psflow.ps.server import ParameterServer
 from psflow.train.cluster import ClusterSpec, TaskConfig
 from psflow.worker.session import DistributedSession
+from oracles import train_sync_oracle
 from waiting import wait_for
 
 BATCH = 8
@@ -61,16 +62,10 @@ def model(make_optimizer):
 
 
 def train_locally(make_optimizer, num_workers, steps):
-    """Single-process training on the concatenated batch of all workers at each step."""
+    """What sync training of `model` must give (the sync oracle)."""
     with tf.Graph().as_default():
         x, y, loss, train, step, variables = model(make_optimizer)
-        with tf.Session() as sess:
-            sess.run(tf.global_variables_initializer())
-            for t in range(steps):
-                batches = [data(t, i) for i in range(num_workers)]
-                sess.run(train, {x: np.concatenate([b[0] for b in batches]),
-                                 y: np.concatenate([b[1] for b in batches])})
-            return sess.run(variables)
+        return train_sync_oracle(train, (x, y), data, num_workers, steps, variables)
 
 
 def in_threads(count, work):
@@ -132,7 +127,7 @@ def test_sync_equals_one_process_on_the_concatenated_batch(cluster, name, num_ps
                           [steps] * workers)
     expected = train_locally(opt, workers, steps)
     for values in results.values():
-        for got, want in zip(values, expected):
+        for got, want in zip(values, expected, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
     assert servers[0].store.global_step == steps
     assert servers[0].store.stats()["dropped"] == 0
@@ -146,7 +141,7 @@ def test_ssp_with_staleness_zero_equals_sync(cluster):
                           lambda: tf.train.BoundedStalenessOptimizer(opt(), staleness=0),
                           [steps] * workers)
     expected = train_locally(opt, workers, steps)
-    for got, want in zip(results[0], expected):
+    for got, want in zip(results[0], expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
 
 
@@ -293,13 +288,7 @@ def test_sync_with_lookups_equals_one_process_on_the_concatenated_batch(cluster,
            "adagrad": lambda: tf.train.AdagradOptimizer(0.3)}[name]
     with tf.Graph().as_default():
         ids, y, train, step, variables = sparse_model(opt)
-        with tf.Session() as sess:
-            sess.run(tf.global_variables_initializer())
-            for t in range(steps):
-                batches = [sparse_data(t, i) for i in range(workers)]
-                sess.run(train, {ids: np.concatenate([b[0] for b in batches]),
-                                 y: np.concatenate([b[1] for b in batches])})
-            expected = sess.run(variables)
+        expected = train_sync_oracle(train, (ids, y), sparse_data, workers, steps, variables)
     def work(index):
         with tf.Graph().as_default() as graph:
             ids, y, train, step, variables = sparse_model(
@@ -318,7 +307,7 @@ def test_sync_with_lookups_equals_one_process_on_the_concatenated_batch(cluster,
     results = in_threads(workers, work)
     assert sorted(results) == [0, 1]
     for values in results.values():
-        for got, want in zip(values, expected):
+        for got, want in zip(values, expected, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
     assert servers[0].store.global_step == steps
 
@@ -350,13 +339,8 @@ def test_sync_with_a_table_equals_one_process_on_the_concatenated_batch(cluster)
     opt = lambda: tf.train.AdagradOptimizer(0.3)  # noqa: E731
     with tf.Graph().as_default():
         keys, y, rows, train, step, w = keyed_model(opt)
-        with tf.Session() as sess:
-            sess.run(tf.global_variables_initializer())
-            for t in range(steps):
-                batches = [keyed_data(t, i) for i in range(workers)]
-                sess.run(train, {keys: np.concatenate([b[0] for b in batches]),
-                                 y: np.concatenate([b[1] for b in batches])})
-            expected = sess.run([rows, w], {keys: probe})
+        expected = train_sync_oracle(train, (keys, y), keyed_data, workers, steps, [rows, w],
+                                     {keys: probe})
     def work(index):
         with tf.Graph().as_default() as graph:
             keys, y, rows, train, step, w = keyed_model(
@@ -373,5 +357,5 @@ def test_sync_with_a_table_equals_one_process_on_the_concatenated_batch(cluster)
     results = in_threads(workers, work)
     assert sorted(results) == [0, 1]
     for values in results.values():
-        for got, want in zip(values, expected):
+        for got, want in zip(values, expected, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)

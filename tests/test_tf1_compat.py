@@ -76,14 +76,14 @@ def test_contrib_global_step_and_refusals_by_name():
     assert tf.train.get_global_step() is step
     with pytest.raises(AttributeError, match="psflow does not implement tf.estimator; "
                                              "instead, build the graph"):
-        tf.estimator.Estimator
+        _ = tf.estimator.Estimator
     with pytest.raises(AttributeError, match="does not implement tf.train.FIFOQueue; "
                                              "instead, feed batches through feed_dict"):
-        tf.train.FIFOQueue
+        _ = tf.train.FIFOQueue
     with pytest.raises(AttributeError, match="does not implement tf.contrib.layers"):
-        tf.contrib.layers
+        _ = tf.contrib.layers
     with pytest.raises(AttributeError, match="does not implement tf.nn.fancy_op$"):
-        tf.nn.fancy_op
+        _ = tf.nn.fancy_op
     assert not hasattr(tf, "__wrapped__")
 
 
@@ -247,7 +247,7 @@ def test_layers_build_a_cnn_that_learns_digits():
         assert sess.run(accuracy, eval_feed) > 0.9
         np.testing.assert_array_equal(sess.run(logits, eval_feed), sess.run(logits, eval_feed))
     with pytest.raises(AttributeError, match="does not implement tf.layers.Dense"):
-        tf.layers.Dense
+        _ = tf.layers.Dense
 
 
 def test_summary_ops_serialize_and_the_file_writer_writes_what_tensorboard_reads(tmp_path):
@@ -278,7 +278,7 @@ def test_summary_ops_serialize_and_the_file_writer_writes_what_tensorboard_reads
     with pytest.raises(TypeError, match="takes the value of a summary op"):
         tf.summary.FileWriter(str(tmp_path)).add_summary(3.0)
     with pytest.raises(AttributeError, match="does not implement tf.summary.audio"):
-        tf.summary.audio
+        _ = tf.summary.audio
 
 
 def test_saver_saves_restores_and_finds_the_latest_checkpoint(tmp_path):
@@ -362,6 +362,7 @@ def test_sync_replicas_members_are_ops_that_do_nothing():
 
 def test_classic_flags_come_from_tf_config_unless_given(monkeypatch):
     import json
+
     from psflow.app import _FlagValues
     cluster = {"chief": ["c:1"], "worker": ["w:1", "w:2"], "ps": ["p:1", "p:2"]}
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster,

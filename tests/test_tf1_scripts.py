@@ -82,6 +82,7 @@ def accuracy_of(out, pattern=r"test accuracy:? ([0-9.]+)"):
     return float(found[-1])
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("name,args,floor", [
     ("mnist_softmax.py", (), 0.9),
     ("mnist_first_steps.py", (), 0.9),
@@ -101,6 +102,7 @@ def scalars(logdir):
             for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.cluster
 def test_summaries_written_by_the_script_are_read_by_tensorboard(tmp_path):
     out = run_script("scoped_mlp.py", "--log_dir", tmp_path / "logs", cwd=tmp_path)
     assert accuracy_of(out) >= 0.93
@@ -110,6 +112,7 @@ def test_summaries_written_by_the_script_are_read_by_tensorboard(tmp_path):
     assert len(found["gradient_norm"]) == 8
 
 
+@pytest.mark.cluster
 def test_monitored_session_resumes_and_writes_summaries(tmp_path):
     out = run_script("monitored_local.py", "--checkpoint_dir", tmp_path / "ckpt", cwd=tmp_path)
     assert "resumed at step 300" in out
@@ -140,6 +143,7 @@ DISTRIBUTED = [
 ]
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("mode", ["async", "sync"])
 @pytest.mark.parametrize("name,options,args,floor", DISTRIBUTED,
                          ids=[d[0] for d in DISTRIBUTED])
@@ -157,6 +161,7 @@ def test_a_distributed_script_trains_under_launch(tmp_path, name, options, args,
     assert global_step >= 400
 
 
+@pytest.mark.cluster
 def test_a_classic_flags_script_takes_its_cluster_from_tf_config(tmp_path):
     # No --tf-flags: tf.app.flags fills --ps_hosts, --worker_hosts, --job_name and
     # --task_index from TF_CONFIG, as on Kubernetes.
@@ -165,6 +170,7 @@ def test_a_classic_flags_script_takes_its_cluster_from_tf_config(tmp_path):
     assert accuracy_of(out, r"test accuracy ([0-9.]+)") >= 0.93
 
 
+@pytest.mark.cluster
 def test_supervisor_summaries_reach_tensorboard(tmp_path):
     launch(tmp_path, "--workers", 2, "--ps", 1, "--script-ps", SCRIPTS / "supervisor_managed.py",
            "--logdir", tmp_path / "logs")
@@ -173,6 +179,7 @@ def test_supervisor_summaries_reach_tensorboard(tmp_path):
     assert found["cost"][-1][1] < found["cost"][0][1]
 
 
+@pytest.mark.cluster
 def test_a_kubernetes_style_script_trains_on_the_simulated_cluster(tmp_path):
     from test_k8s_cluster import REASON, explain, run_on_simulated_cluster
     if REASON is not None:

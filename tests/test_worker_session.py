@@ -115,6 +115,7 @@ def test_an_assigned_value_is_pulled_not_taken_from_the_last_push(fresh_graph, s
     np.testing.assert_array_equal(got, np.zeros(3))
 
 
+@pytest.mark.cluster  # a job's load, not a job: 600 MB through two shards takes 10-15 s
 def test_a_600mb_variable_trains_through_two_shards(fresh_graph, servers, calls):
     rows, cols = 150 * 1024, 1024  # 600 MiB of float32: split into parts of at most 256 MiB
     w = tf.Variable(tf.zeros((rows, cols)), name="big")
@@ -358,7 +359,8 @@ def test_the_servers_refuse_rows_out_of_range(servers):
     client.call("DeclareVariables", pb.DeclareVariablesRequest(variables=[
         pb.VariableSpec(name="t", dtype="float32", shape=[10, 2])]))
     request = pb.InitializeVariablesRequest()
-    codec.encode(np.arange(20, dtype=np.float32).reshape(10, 2), request.values.add(name="t").tensor)
+    codec.encode(np.arange(20, dtype=np.float32).reshape(10, 2),
+                 request.values.add(name="t").tensor)
     client.call("InitializeVariables", request)
     rows = pb.PullRowsRequest()
     codec.encode(np.array([3, 10], np.int64), rows.selections.add(name="t").rows)
@@ -401,7 +403,7 @@ def test_hand_sharded_and_partitioned_tables_train_as_locally(fresh_graph, serve
         got = session.run(shards + [wide])
     finally:
         session.close()
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-7)
     assert "PullRows" in calls
 
@@ -571,5 +573,5 @@ def test_a_decaying_learning_rate_trains_through_the_servers_as_locally(fresh_gr
         got = session.run([w, b])
     finally:
         session.close()
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5)

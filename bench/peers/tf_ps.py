@@ -34,7 +34,7 @@ def task(args):
         x = tf.placeholder(tf.float32, (None, sizes[0]))
         labels = tf.placeholder(tf.int64, (None,))
         h = x
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             w = tf.get_variable(f"w{i}", (fan_in, fan_out),
                                 initializer=tf.glorot_uniform_initializer(seed=i))
             b = tf.get_variable(f"b{i}", (fan_out,), initializer=tf.zeros_initializer())

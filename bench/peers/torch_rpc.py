@@ -26,7 +26,7 @@ class ParameterServer:
         import numpy as np
         import torch
         self.params = {}
-        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             limit = (6.0 / (fan_in + fan_out)) ** 0.5
             rng = np.random.default_rng(i)
             if 2 * i in placed:
@@ -43,7 +43,7 @@ def placement(sizes, num_ps):
     """[indices] per PS: the largest parameters first, each to the PS holding the fewest
     bytes so far (psflow's placement balances bytes alike)."""
     shapes = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
         shapes += [fan_in * fan_out, fan_out]
     load, placed = [0] * num_ps, [[] for _ in range(num_ps)]
     for i in sorted(range(len(shapes)), key=lambda i: -shapes[i]):
@@ -89,7 +89,7 @@ def worker_loop(index, workers, num_ps, model):
     torch.set_num_threads(1)
     servers = [f"ps{j}" for j in range(num_ps)]
     if index == 0:
-        for name, placed in zip(servers, placement(common.MODELS[model], num_ps)):
+        for name, placed in zip(servers, placement(common.MODELS[model], num_ps), strict=True):
             rpc.rpc_sync(name, create, args=(model, placed))
         rpc.rpc_sync("ps0", mark_running)
     else:
@@ -118,7 +118,7 @@ def worker_loop(index, workers, num_ps, model):
         grads = [g.detach() for g in torch.autograd.grad(loss, params)]
         placed = placement(common.MODELS[model], num_ps)
         futures = [rpc.rpc_async(name, push, args=({i: grads[i] for i in mine}, j == 0))
-                   for j, (name, mine) in enumerate(zip(servers, placed))]
+                   for j, (name, mine) in enumerate(zip(servers, placed, strict=True))]
         global_step = [f.wait() for f in futures][0]
         if index == 0:
             if start is None and global_step >= warmup and \
