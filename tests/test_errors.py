@@ -9,7 +9,7 @@ import pytest
 import psflow as tf
 from psflow.errors import (FailedPreconditionError, GraphMismatchError, InvalidArgumentError,
                            NoGradientError)
-from psflow.graph import format_shape
+from psflow.shapes import format_shape
 
 
 @pytest.fixture(autouse=True)
