@@ -90,7 +90,7 @@ class Session(metaclass=_SessionType):
         self.store = store or LocalVariableStore()
         # Local variables stay in this process whatever holds the others.
         self.local_store = self.store if store is None else LocalVariableStore()
-        self._plans = {}
+        self._plans: dict[tuple, _Plan] = {}
         self._closed = False
         self._default_context = None
 
@@ -251,7 +251,7 @@ def _warn_if_alone_in_a_cluster():
                     "with a tf.train.Server, to train on its parameter servers")
 
 
-_uncaught = []
+_uncaught: list[type] = []
 
 
 def at_exit(callback):
