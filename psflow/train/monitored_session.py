@@ -397,8 +397,7 @@ def cluster_session(target, graph=None):
 def _distributed_session(graph, task, restore, checkpoint_dir, initializer, summary_dir=None):
     """The session of a worker whose TF_CONFIG names a cluster; a chief with a `summary_dir`
     writes the job's curves there."""
-    # The one place the engine reaches the worker runtime, and only when a cluster is named:
-    # the runtime brings gRPC and protobuf, which local training never loads.
+    # Lazy: the worker runtime brings gRPC and protobuf, which local training never loads.
     from psflow.worker.session import DistributedSession
     return DistributedSession(graph, task, restore=restore, checkpoint_dir=checkpoint_dir,
                               initializer=initializer, summary_dir=summary_dir)
