@@ -38,8 +38,8 @@ from psflow import checkpoint
 from psflow.errors import (FailedPreconditionError, InvalidArgumentError, NotFoundError,
                            PermissionDeniedError, ResourceExhaustedError)
 from psflow.embedding_table import INITIALIZERS, EmbeddingTable
-from psflow.gradients import IndexedSlices
-from psflow.graph import format_shape as _shape_text
+from psflow.indexed_slices import IndexedSlices
+from psflow.shapes import format_shape as _shape_text
 from psflow.proto.codec import MAX_DIMS, MAX_MESSAGE_BYTES
 from psflow.train.update_rules import RULES, UpdateRule, checked_slots
 

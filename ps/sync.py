@@ -26,7 +26,7 @@ import numpy as np
 
 from psflow import settings
 from psflow.errors import DeadlineExceededError, FailedPreconditionError, InvalidArgumentError
-from psflow.gradients import IndexedSlices
+from psflow.indexed_slices import IndexedSlices
 from psflow.transport.lane import in_shared_memory
 
 log = logging.getLogger(__name__)

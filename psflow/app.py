@@ -6,6 +6,8 @@ import argparse
 import sys
 import types
 
+from .train.cluster import task_config_from_env
+
 
 def _boolean(text):
     lowered = str(text).lower()
@@ -57,7 +59,6 @@ class _FlagValues:
         wanted = [name for name in CLASSIC_FLAGS if name in self._defs and name not in given]
         if not wanted:
             return
-        from .train.cluster import task_config_from_env
         try:
             task = task_config_from_env()
         except ValueError:

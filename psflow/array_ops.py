@@ -1,78 +1,17 @@
-"""Shape manipulation, concatenation, indexing and embedding lookup; gradients beside each op."""
+"""Concatenation, stacking, indexing, slicing and splitting, gather (the embedding lookup),
+one_hot and filled tensors; gradients beside each op. Reshaping ops are in shape_ops."""
 
 import numpy as np
 
-from .graph import Node, as_dtype, as_shape, convert_to_tensor, format_shape
-from .gradients import IndexedSlices, register_gradient
+from .dtypes import as_dtype
+from .elementwise import NumpyFn
+from .gradient_registry import register_gradient
+from .graph import Constant, Node, convert_to_tensor
+from .indexed_slices import IndexedSlices
+from .shapes import as_shape, format_shape
+from .variables import Variable
 
 _builtin_slice = slice
-
-
-class Reshape(Node):
-    def __init__(self, x, shape, name=None):
-        x = convert_to_tensor(x)
-        shape = tuple(int(d) for d in shape)
-        if sum(1 for d in shape if d == -1) > 1:
-            raise ValueError(f"reshape to {shape}: at most one dimension may be -1")
-        known = x.shape is not None and None not in x.shape
-        if known:
-            size = int(np.prod(x.shape))
-            fixed = int(np.prod([d for d in shape if d != -1]))
-            if (-1 in shape and (fixed == 0 or size % fixed)) or \
-                    (-1 not in shape and fixed != size):
-                raise ValueError(f"cannot reshape a tensor of shape {format_shape(x.shape)} "
-                                 f"({size} elements) to {shape}")
-        static = tuple(None if d == -1 else d for d in shape)
-        if known and -1 in shape:
-            static = tuple(size // fixed if d == -1 else d for d in shape)
-        self.new_shape = shape
-        super().__init__((x,), name=name, shape=static, dtype=x.dtype)
-
-    def forward(self, x):
-        return np.reshape(x, self.new_shape)
-
-
-class ReshapeLike(Node):
-    """Reshapes a gradient to the run-time shape of the original input."""
-
-    def __init__(self, grad, like):
-        super().__init__((grad, like), shape=like.shape, dtype=grad.dtype)
-
-    def forward(self, grad, like):
-        return np.reshape(grad, np.shape(like))
-
-
-@register_gradient(Reshape)
-def _reshape_grad(op, grad):
-    x = op.inputs[0]
-    if x.shape is not None and None not in x.shape:
-        return [Reshape(grad, x.shape)]
-    return [ReshapeLike(grad, x)]
-
-
-class Transpose(Node):
-    def __init__(self, x, perm=None, name=None):
-        x = convert_to_tensor(x)
-        if perm is None and x.shape is not None:
-            perm = tuple(reversed(range(len(x.shape))))
-        self.perm = None if perm is None else tuple(int(p) for p in perm)
-        shape = None
-        if x.shape is not None:
-            if sorted(self.perm) != list(range(len(x.shape))):
-                raise ValueError(f"transpose: {self.perm} is not a permutation of the axes of "
-                                 f"a tensor of shape {format_shape(x.shape)}")
-            shape = tuple(x.shape[p] for p in self.perm)
-        super().__init__((x,), name=name, shape=shape, dtype=x.dtype)
-
-    def forward(self, x):
-        return np.transpose(x, self.perm)
-
-
-@register_gradient(Transpose)
-def _transpose_grad(op, grad):
-    if op.perm is None:
-        return [Transpose(grad)]
-    return [Transpose(grad, tuple(np.argsort(op.perm)))]
 
 
 class Concat(Node):
@@ -151,7 +90,7 @@ class RowSource:
         self.var, self.store, self.train = var, store, train
 
     def rows(self, indices):
-        if getattr(self.var, "is_table", False):  # keys: a training run creates their rows
+        if self.var.is_table:  # keys: a training run creates their rows
             return self.store.read_rows(self.var, np.asarray(indices), train=self.train)
         return self.store.read_rows(self.var, np.asarray(indices))
 
@@ -165,7 +104,8 @@ class GatherGrad(Node):
     def __init__(self, grad, params, indices):
         self.dense_shape = params.shape if params.shape is not None and \
             None not in params.shape else None
-        if getattr(params, "is_table", False):  # rows by key: no row count
+        # `params` may be any tensor; only a Variable can be a table (rows by key: no count)
+        if isinstance(params, Variable) and params.is_table:
             self.dense_shape = (-1,) + tuple(params.shape[1:])
         inputs = (grad, indices) if self.dense_shape is not None else (grad, indices, params)
         super().__init__(inputs, shape=params.shape, dtype=grad.dtype)
@@ -260,14 +200,6 @@ class OneHot(Node):
         return np.where(hot, self.on_value, self.off_value).astype(self.dtype)
 
 
-def reshape(x, shape, name=None):
-    return Reshape(x, shape, name=name)
-
-
-def transpose(x, perm=None, name=None):
-    return Transpose(x, perm, name=name)
-
-
 def concat(values, axis, name=None):
     return Concat(values, axis, name=name)
 
@@ -281,12 +213,10 @@ def one_hot(indices, depth, on_value=1.0, off_value=0.0, dtype=np.float32, name=
 
 
 def zeros(shape, dtype=np.float32, name=None):
-    from .graph import Constant
     return Constant(np.zeros(as_shape(shape), dtype=as_dtype(dtype)), name=name or "zeros")
 
 
 def ones(shape, dtype=np.float32, name=None):
-    from .graph import Constant
     return Constant(np.ones(as_shape(shape), dtype=as_dtype(dtype)), name=name or "ones")
 
 
@@ -333,3 +263,44 @@ def split(value, num_or_size_splits, axis=0, num=None, name=None):
         parts.append(GetItem(x, key))
         start += size
     return parts
+
+
+class Stack(Node):
+    def __init__(self, values, axis=0, name=None):
+        values = [convert_to_tensor(v) for v in values]
+        if not values:
+            raise ValueError("stack: no values")
+        shape = values[0].shape
+        rank = None if shape is None else len(shape) + 1
+        self.axis = axis if rank is None or axis >= 0 else axis + rank
+        out = None if shape is None else \
+            tuple(shape[:self.axis]) + (len(values),) + tuple(shape[self.axis:])
+        super().__init__(values, name=name or "stack", shape=out,
+                         dtype=np.result_type(*[v.dtype for v in values]))
+
+    def forward(self, *values):
+        return np.stack(values, axis=self.axis)
+
+
+@register_gradient(Stack)
+def _stack_grad(op, grad):
+    return [NumpyFn(lambda g, k=k: np.take(g, k, axis=op.axis), (grad,), v.shape, grad.dtype,
+                    "UnstackGrad") for k, v in enumerate(op.inputs)]
+
+
+def stack(values, axis=0, name=None):
+    return Stack(values, axis, name)
+
+
+def unstack(value, num=None, axis=0, name=None):
+    value = convert_to_tensor(value)
+    if num is None:
+        if value.shape is None or value.shape[axis] is None:
+            raise ValueError(f"unstack: the size of axis {axis} of {value.name!r} is not "
+                             "known; pass num=")
+        num = value.shape[axis]
+    rank = None if value.shape is None else len(value.shape)
+    if rank is None:
+        raise ValueError(f"unstack: the rank of {value.name!r} is not known")
+    axis = axis if axis >= 0 else axis + rank
+    return [GetItem(value, (_builtin_slice(None),) * axis + (k,)) for k in range(num)]

@@ -6,8 +6,9 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .errors import InvalidArgumentError
-from .graph import Node, convert_to_tensor, format_shape
-from .gradients import register_gradient
+from .gradient_registry import register_gradient
+from .graph import Node, convert_to_tensor
+from .shapes import format_shape
 
 
 def _pair(value, what):

@@ -6,8 +6,8 @@ import numpy as np
 
 from .array_ops import gather
 from .errors import InvalidArgumentError
+from .gradient_registry import register_gradient
 from .graph import Node, convert_to_tensor
-from .gradients import register_gradient
 
 STRATEGIES = ("mod", "div")
 

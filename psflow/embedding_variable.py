@@ -9,7 +9,8 @@ store: in this process, or on every parameter server, each key on the shard its 
 import numpy as np
 
 from .embedding_table import name_seed
-from .graph import as_dtype, float32, get_default_graph, int64, Node
+from .dtypes import as_dtype, float32, int64
+from .graph import Node, get_default_graph
 from .initializers import (constant_initializer, ones_initializer, random_normal_initializer,
                            random_uniform_initializer, truncated_normal_initializer,
                            zeros_initializer)

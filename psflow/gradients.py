@@ -1,45 +1,16 @@
 """Reverse-mode automatic differentiation: `gradients(ys, xs)` adds gradient nodes to the graph.
 
-Each op class registers its gradient function next to its forward (`@register_gradient(Op)`).
-A gradient function takes the op and the gradient flowing into its output (a node) and returns
-one gradient node (or None) per input.
+It sits above the ops: each op module registers its ops' gradients next to their forwards
+(psflow.gradient_registry), and this module walks the graph backwards calling them.
 """
 
 import numpy as np
 
-from .errors import GraphMismatchError, NoGradientError
+from .errors import GraphMismatchError
+from .gradient_registry import gradient_function
 from .graph import Node, topological_order
-
-_GRADIENTS = {}
-
-
-def register_gradient(op_class):
-    """Decorator: registers the decorated function as the gradient of `op_class`."""
-    def decorate(fn):
-        _GRADIENTS[op_class] = fn
-        return fn
-    return decorate
-
-
-class IndexedSlices:
-    """A sparse gradient: `values[i]` is the gradient of row `indices[i]` of a tensor of
-    `dense_shape` (rows may repeat; they add up). Gradients of `gather` have this form, so an
-    embedding update touches only the looked-up rows."""
-
-    __slots__ = ("values", "indices", "dense_shape")
-
-    def __init__(self, values, indices, dense_shape):
-        self.values = values
-        self.indices = indices
-        self.dense_shape = tuple(dense_shape)
-
-    def to_dense(self):
-        dense = np.zeros(self.dense_shape, dtype=self.values.dtype)
-        np.add.at(dense, self.indices, self.values)
-        return dense
-
-    def __repr__(self):
-        return f"IndexedSlices(rows={len(self.indices)}, dense_shape={self.dense_shape})"
+from .indexed_slices import IndexedSlices
+from .math_ops import add_n, ones_like
 
 
 def gradients(ys, xs, grad_ys=None, name="gradients"):
@@ -49,8 +20,6 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
     a node along several paths are added. Raises NoGradientError naming the op when the path
     goes through an op without a registered gradient.
     """
-    from . import math_ops  # the aggregation and seed ops; imported late to avoid a cycle
-
     ys = list(ys) if isinstance(ys, (list, tuple)) else [ys]
     xs = list(xs) if isinstance(xs, (list, tuple)) else [xs]
     for node in ys + xs:
@@ -78,7 +47,7 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
         for y, grad_y in zip(ys, grad_ys):
             if y not in depends_on_x:
                 continue
-            seed = math_ops.ones_like(y) if grad_y is None else grad_y
+            seed = ones_like(y) if grad_y is None else grad_y
             pending.setdefault(y, []).append(seed)
 
         for node in reversed(order):
@@ -86,11 +55,7 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
                 continue
             if not any(inp in depends_on_x for inp in node.inputs):
                 continue
-            grad_fn = _GRADIENTS.get(type(node))
-            if grad_fn is None:
-                raise NoGradientError(
-                    f"no gradient is defined for op {node.name!r} (type {type(node).__name__}); "
-                    "it lies on the path from the loss to the variables")
+            grad_fn = gradient_function(node)
             grad = _aggregate(pending[node], dense=True)
             input_grads = grad_fn(node, grad)
             for inp, input_grad in zip(node.inputs, input_grads):
@@ -103,8 +68,31 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
 def _aggregate(grads, dense):
     """Sums the gradients that reached one node. Sparse (IndexedSlices) gradients stay sparse
     only when all are sparse and the consumer accepts that (`dense=False`: a variable)."""
-    from . import math_ops
     if all(g.is_sparse for g in grads) and not dense:
-        return grads[0] if len(grads) == 1 else math_ops.ConcatSlices(grads)
-    grads = [math_ops.ToDense(g) if g.is_sparse else g for g in grads]
-    return grads[0] if len(grads) == 1 else math_ops.add_n(grads)
+        return grads[0] if len(grads) == 1 else ConcatSlices(grads)
+    grads = [ToDense(g) if g.is_sparse else g for g in grads]
+    return grads[0] if len(grads) == 1 else add_n(grads)
+
+
+class ToDense(Node):
+    """Turns a sparse (IndexedSlices) gradient into a dense array."""
+
+    def __init__(self, slices):
+        super().__init__((slices,), shape=slices.shape, dtype=slices.dtype)
+
+    def forward(self, slices):
+        return slices.to_dense()
+
+
+class ConcatSlices(Node):
+    """Adds sparse gradients by concatenating their rows."""
+
+    is_sparse = True
+
+    def __init__(self, slices):
+        super().__init__(slices, shape=slices[0].shape, dtype=slices[0].dtype)
+
+    def forward(self, *slices):
+        return IndexedSlices(np.concatenate([s.values for s in slices]),
+                             np.concatenate([s.indices for s in slices]),
+                             slices[0].dense_shape)

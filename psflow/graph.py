@@ -1,4 +1,5 @@
-"""The computational graph: nodes, placeholders, constants, variables and the default graph.
+"""The computational graph: nodes, placeholders, constants, the default graph and the default
+session (the one `Node.eval()` runs in).
 
 A graph only describes a computation. Values live elsewhere: a `Session` keeps the values of one
 run in a dict local to that run and the values of Variables in its variable store, so one graph
@@ -10,66 +11,9 @@ import threading
 
 import numpy as np
 
+from .dtypes import as_dtype, float32, int32
 from .errors import GraphMismatchError
-
-float16 = np.dtype(np.float16)
-float32 = np.dtype(np.float32)
-float64 = np.dtype(np.float64)
-int32 = np.dtype(np.int32)
-int64 = np.dtype(np.int64)
-bool_ = np.dtype(np.bool_)
-FLOAT_DTYPES = (float16, float32, float64)
-
-
-_TF_DTYPE_NAMES = {"float": "float32", "double": "float64", "half": "float16"}
-
-
-def as_dtype(dtype):
-    """Returns `dtype` as a numpy dtype; accepts numpy dtypes, their names and Python types."""
-    if dtype is float:
-        return float32
-    if dtype is int:
-        return int32
-    if isinstance(dtype, str) and dtype in _TF_DTYPE_NAMES:  # TF's names, not numpy's
-        return np.dtype(_TF_DTYPE_NAMES[dtype])
-    try:
-        return np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"{dtype!r} is not a dtype") from exc
-
-
-def as_shape(shape):
-    """Returns `shape` as a tuple of ints and Nones, or None for a shape of unknown rank."""
-    if shape is None:
-        return None
-    if isinstance(shape, (int, np.integer)):
-        shape = (shape,)
-    try:
-        dims = tuple(shape)
-    except TypeError as exc:
-        raise TypeError(f"{shape!r} is not a shape: expected a list of ints or None") from exc
-    for dim in dims:
-        if dim is not None and not (isinstance(dim, (int, np.integer)) and dim >= 0):
-            raise ValueError(f"{shape!r} is not a shape: dimension {dim!r} is not a "
-                             "non-negative int or None")
-    return tuple(None if d is None else int(d) for d in dims)
-
-
-def format_shape(shape):
-    """Formats a static shape the way TensorFlow prints it: `(?, 64)`."""
-    if shape is None:
-        return "<unknown>"
-    inner = ", ".join("?" if d is None else str(d) for d in shape)
-    return f"({inner},)" if len(shape) == 1 else f"({inner})"
-
-
-def shape_compatible(static, actual):
-    """True if the concrete shape `actual` fits the partially known shape `static`."""
-    if static is None:
-        return True
-    if len(static) != len(actual):
-        return False
-    return all(s is None or s == a for s, a in zip(static, actual))
+from .shapes import TensorShape, as_shape, format_shape
 
 
 class Graph:
@@ -218,28 +162,38 @@ def set_random_seed(seed):
     get_default_graph().seed = int(seed)
 
 
-class TensorShape(tuple):
-    """A static shape: a tuple of ints and Nones, with TF1's TensorShape methods."""
+class _DefaultSessionStack(threading.local):
+    def __init__(self):
+        self.stack = []
 
-    def as_list(self):
-        return list(self)
 
-    @property
-    def ndims(self):
-        return len(self)
+_default_sessions = _DefaultSessionStack()
 
-    @property
-    def dims(self):
-        return list(self)
 
-    def num_elements(self):
-        return None if None in self else int(np.prod(self, dtype=np.int64))
+def get_default_session():
+    """The session of the innermost `with Session() as sess:` block, or None. It lives beside
+    the default graph because `Node.eval()` runs in it."""
+    stack = _default_sessions.stack
+    return stack[-1] if stack else None
 
-    def is_fully_defined(self):
-        return None not in self
 
-    def __repr__(self):
-        return f"TensorShape({list(self)})"
+class _DefaultSession:
+    def __init__(self, session):
+        self.session = session
+
+    def __enter__(self):
+        _default_sessions.stack.append(self.session)
+        return self.session
+
+    def __exit__(self, *exc_info):
+        _default_sessions.stack.pop()
+        return False
+
+
+def default_session(session):
+    """Context manager in which `session` is the default session (an InteractiveSession
+    enters it by hand and stays the default until it is closed)."""
+    return _DefaultSession(session)
 
 
 class Node:
@@ -283,7 +237,6 @@ class Node:
 
     def eval(self, feed_dict=None, session=None):
         """Evaluates this node in `session`, or in the default session."""
-        from .session import get_default_session
         session = session or get_default_session()
         if session is None:
             raise ValueError(f"cannot evaluate {self.name!r}: no session given and no default "
@@ -424,25 +377,3 @@ def topological_order(targets, stop_at=()):
                     if inp not in visited:
                         stack.append((inp, False))
     return order
-
-
-def broadcast_static(a, b):
-    """The static shape of broadcasting shapes `a` and `b` (None where unknown)."""
-    if a is None or b is None:
-        return None
-    out = []
-    for i in range(1, max(len(a), len(b)) + 1):
-        da = a[-i] if i <= len(a) else 1
-        db = b[-i] if i <= len(b) else 1
-        if da == 1:
-            out.append(db)
-        elif db == 1:
-            out.append(da)
-        elif da is None or db is None:
-            out.append(da if db is None else db)
-        elif da != db:
-            raise ValueError(f"shapes {format_shape(a)} and {format_shape(b)} cannot be "
-                             "broadcast together")
-        else:
-            out.append(da)
-    return tuple(reversed(out))

@@ -8,7 +8,9 @@ import contextlib
 
 import numpy as np
 
-from .graph import Node, as_dtype, as_shape, float32, get_default_graph
+from .dtypes import as_dtype, float32
+from .graph import Node, get_default_graph
+from .shapes import as_shape
 from .variables import Variable
 
 
@@ -25,7 +27,9 @@ def _seed_material(seed, graph=None):
     return [graph.seed or 0, int(seed)]
 
 
-def _generator(seed, graph=None):
+def random_generator(seed, graph=None):
+    """A numpy Generator seeded from the op's `seed` and the graph-level seed (fresh entropy
+    when neither is set)."""
     return np.random.default_rng(_seed_material(seed, graph))
 
 
@@ -176,7 +180,7 @@ class RandomOp(Node):
             raise ValueError(f"{name} needs a fully known shape, got {shape}")
         self.initializer = initializer
         super().__init__(name=name, shape=shape, dtype=as_dtype(dtype))
-        self.rng = _generator(initializer.seed, self.graph)
+        self.rng = random_generator(initializer.seed, self.graph)
 
     def forward(self):
         return np.asarray(self.initializer.draw(self.rng, self.shape), dtype=self.dtype)

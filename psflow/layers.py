@@ -4,16 +4,17 @@ shares them as in TF1."""
 
 import numpy as np
 
-from .array_ops import reshape
 from .conv_ops import conv2d as _conv2d
 from .conv_ops import avg_pool, max_pool
 from .graph import Node, convert_to_tensor
 from .initializers import (get_variable, glorot_uniform_initializer, ones_initializer,
                            variable_scope, zeros_initializer)
 from .math_ops import add, cast, matmul, multiply, sqrt, subtract
-from .more_ops import dropout as _dropout
-from .more_ops import moments
+from .nn_ops import dropout as _dropout
+from .nn_ops import moments
+from .shape_ops import reshape
 from .variables import GraphKeys, add_to_collection
+from .unimplemented import refuse as _refuse
 
 
 def _pair(value, what):
@@ -183,5 +184,4 @@ def dropout(inputs, rate=0.5, noise_shape=None, seed=None, training=False, name=
 
 
 def __getattr__(name):
-    from .unimplemented import refuse
-    raise refuse("tf.layers", name)
+    raise _refuse("tf.layers", name)

@@ -10,7 +10,7 @@ import numpy as np
 from . import checkpoint
 from .embedding_table import EmbeddingTable, RunDedups
 from .errors import FailedPreconditionError, InvalidArgumentError
-from .graph import format_shape, shape_compatible
+from .shapes import format_shape, shape_compatible
 from .train.update_rules import checked_slots
 
 

@@ -1,4 +1,5 @@
-"""Elementwise arithmetic, matmul, reductions and casts; each op's gradient sits right below it.
+"""Arithmetic: elementwise (add, multiply, ..., maximum, pow), matmul, add_n and casts; each
+op's gradient sits right below it, and the operators `+ - * / @` on every node.
 
 Forward functions never write into their inputs: a value may be a variable's storage or a
 read-only view.
@@ -6,106 +7,15 @@ read-only view.
 
 import numpy as np
 
-from .graph import (Node, as_dtype, broadcast_static, convert_to_tensor, format_shape)
-from .gradients import IndexedSlices, register_gradient
+from .dtypes import as_dtype
+from .elementwise import (Binary, Unary, binary_op_class, result_dtype, sum_to_shape_of,
+                          SumToShape, unary_op_class)
+from .gradient_registry import register_gradient
+from .graph import Node, convert_to_tensor
+from .shapes import broadcast_static, format_shape
 
 
-def _binary(a, b):
-    """Converts Python numbers to constants of the other operand's dtype (`x * 2`)."""
-    if isinstance(a, Node) and not isinstance(b, Node):
-        b = convert_to_tensor(b, dtype=a.dtype, graph=a.graph)
-    elif isinstance(b, Node) and not isinstance(a, Node):
-        a = convert_to_tensor(a, dtype=b.dtype, graph=b.graph)
-    else:
-        a, b = convert_to_tensor(a), convert_to_tensor(b)
-    return a, b
-
-
-def _result_dtype(*nodes):
-    dtypes = [n.dtype for n in nodes if n.dtype is not None]
-    return np.result_type(*dtypes) if dtypes else None
-
-
-class _Binary(Node):
-    """An elementwise op of two broadcasting inputs."""
-
-    def __init__(self, a, b, name=None):
-        a, b = _binary(a, b)
-        super().__init__((a, b), name=name, shape=broadcast_static(a.shape, b.shape),
-                         dtype=_result_dtype(a, b))
-
-
-class _Unary(Node):
-    """An elementwise op of one input; the output has the input's shape and dtype."""
-
-    def __init__(self, x, name=None):
-        x = convert_to_tensor(x)
-        super().__init__((x,), name=name, shape=x.shape, dtype=x.dtype)
-
-
-class SumToShape(Node):
-    """Sums a broadcast gradient back to the shape of the operand it came from.
-
-    `like` is either a fully known static shape or the operand node, whose run-time shape is
-    then used. Every elementwise gradient goes through `sum_to_shape_of`.
-    """
-
-    def __init__(self, grad, like):
-        if isinstance(like, Node):
-            super().__init__((grad, like), shape=like.shape, dtype=grad.dtype)
-            self.target = None
-        else:
-            super().__init__((grad,), shape=like, dtype=grad.dtype)
-            self.target = like
-
-    def forward(self, grad, like=None):
-        target = self.target if like is None else np.shape(like)
-        if grad.shape == target:
-            return grad
-        lead = grad.ndim - len(target)
-        if lead > 0 and grad.shape[lead:] == target:  # only leading axes were broadcast
-            return grad.sum(axis=tuple(range(lead)))
-        axes = tuple(range(lead)) + tuple(
-            lead + i for i, dim in enumerate(target) if dim == 1 and grad.shape[lead + i] != 1)
-        out = grad.sum(axis=axes, keepdims=True) if axes else grad
-        return out.reshape(target)
-
-
-def sum_to_shape_of(grad, x, out):
-    """The gradient for input `x` of an elementwise op whose output is `out`: `grad` itself
-    when no broadcasting can have happened, else a node summing over the broadcast axes."""
-    if x.shape is not None and None not in x.shape:
-        if x.shape == out.shape:
-            return grad
-        return SumToShape(grad, x.shape)
-    if _fixes_output_shape(x, out):
-        return grad
-    return SumToShape(grad, x)
-
-
-def _fixes_output_shape(x, out):
-    """True if `x` surely has the run-time shape of `out`: the same rank, the same known
-    dimensions, and where x's dimension is unknown every other operand has a 1 or nothing."""
-    if x.shape is None or out.shape is None or len(x.shape) != len(out.shape):
-        return False
-    rank = len(out.shape)
-    for axis, (dim, out_dim) in enumerate(zip(x.shape, out.shape)):
-        if dim is not None:
-            if dim != out_dim:
-                return False
-            continue
-        for other in out.inputs:
-            if other is x:
-                continue
-            if other.shape is None:
-                return False
-            other_axis = axis - rank + len(other.shape)
-            if other_axis >= 0 and other.shape[other_axis] != 1:
-                return False
-    return True
-
-
-class Add(_Binary):
+class Add(Binary):
     def forward(self, a, b):
         return a + b
 
@@ -116,7 +26,7 @@ def _add_grad(op, grad):
     return [sum_to_shape_of(grad, a, op), sum_to_shape_of(grad, b, op)]
 
 
-class Subtract(_Binary):
+class Subtract(Binary):
     def forward(self, a, b):
         return a - b
 
@@ -127,7 +37,7 @@ def _subtract_grad(op, grad):
     return [sum_to_shape_of(grad, a, op), sum_to_shape_of(negative(grad), b, op)]
 
 
-class Multiply(_Binary):
+class Multiply(Binary):
     def forward(self, a, b):
         return a * b
 
@@ -138,7 +48,7 @@ def _multiply_grad(op, grad):
     return [sum_to_shape_of(grad * b, a, op), sum_to_shape_of(grad * a, b, op)]
 
 
-class Divide(_Binary):
+class Divide(Binary):
     def forward(self, a, b):
         return a / b
 
@@ -150,7 +60,7 @@ def _divide_grad(op, grad):
     return [sum_to_shape_of(grad / b, a, op), sum_to_shape_of(negative(grad * op / b), b, op)]
 
 
-class Negative(_Unary):
+class Negative(Unary):
     def forward(self, x):
         return -x
 
@@ -160,7 +70,7 @@ def _negative_grad(op, grad):
     return [negative(grad)]
 
 
-class Identity(_Unary):
+class Identity(Unary):
     def forward(self, x):
         return x
 
@@ -170,7 +80,7 @@ def _identity_grad(op, grad):
     return [grad]
 
 
-class Exp(_Unary):
+class Exp(Unary):
     def forward(self, x):
         return np.exp(x)
 
@@ -180,7 +90,7 @@ def _exp_grad(op, grad):
     return [grad * op]
 
 
-class Log(_Unary):
+class Log(Unary):
     def forward(self, x):
         return np.log(x)
 
@@ -190,7 +100,7 @@ def _log_grad(op, grad):
     return [grad / op.inputs[0]]
 
 
-class Square(_Unary):
+class Square(Unary):
     def forward(self, x):
         return np.square(x)
 
@@ -200,7 +110,7 @@ def _square_grad(op, grad):
     return [grad * (op.inputs[0] * 2)]
 
 
-class Sqrt(_Unary):
+class Sqrt(Unary):
     def forward(self, x):
         return np.sqrt(x)
 
@@ -208,6 +118,19 @@ class Sqrt(_Unary):
 @register_gradient(Sqrt)
 def _sqrt_grad(op, grad):
     return [grad * 0.5 / op]
+
+
+Abs = unary_op_class("Abs", np.abs, lambda x, y, g: g * np.sign(x))
+Sign = unary_op_class("Sign", np.sign, lambda x, y, g: np.zeros_like(g))
+Floor = unary_op_class("Floor", np.floor)
+Round = unary_op_class("Round", np.round)  # half to even, as TF
+Maximum = binary_op_class("Maximum", np.maximum,
+                          (lambda a, b, y, g: g * (a >= b), lambda a, b, y, g: g * (a < b)))
+Minimum = binary_op_class("Minimum", np.minimum,
+                          (lambda a, b, y, g: g * (a <= b), lambda a, b, y, g: g * (a > b)))
+Pow = binary_op_class("Pow", np.power, (
+    lambda a, b, y, g: g * b * np.power(a, b - 1),
+    lambda a, b, y, g: g * y * np.log(np.where(a > 0, a, 1)) * (a > 0)))
 
 
 class MatMul(Node):
@@ -227,7 +150,7 @@ class MatMul(Node):
                 raise ValueError(f"matmul: inner dimensions differ: {format_shape(a.shape)} "
                                  f"@ {format_shape(b.shape)}")
             shape = broadcast_static(a.shape[:-2], b.shape[:-2]) + (m, n)
-        super().__init__((a, b), name=name, shape=shape, dtype=_result_dtype(a, b))
+        super().__init__((a, b), name=name, shape=shape, dtype=result_dtype(a, b))
 
     def forward(self, a, b):
         if self.transpose_a:
@@ -258,71 +181,6 @@ def _matmul_grad(op, grad):
             for g, x in zip(grads, (a, b))]
 
 
-def _normalize_axis(axis, ndim):
-    if axis is None:
-        return None
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    if ndim is None:
-        return tuple(int(a) for a in axes)
-    out = []
-    for a in axes:
-        if not -ndim <= a < ndim:
-            raise ValueError(f"axis {a} is out of range for a tensor of rank {ndim}")
-        out.append(int(a) % ndim)
-    return tuple(sorted(out))
-
-
-class _Reduce(Node):
-    def __init__(self, x, axis=None, keepdims=False, name=None):
-        x = convert_to_tensor(x)
-        ndim = None if x.shape is None else len(x.shape)
-        self.axis = _normalize_axis(axis, ndim)
-        self.keepdims = bool(keepdims)
-        shape = None
-        if x.shape is not None:
-            axes = range(len(x.shape)) if self.axis is None else self.axis
-            shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape)) \
-                if self.keepdims else tuple(d for i, d in enumerate(x.shape) if i not in axes)
-        super().__init__((x,), name=name, shape=shape, dtype=x.dtype)
-
-
-class ReduceSum(_Reduce):
-    def forward(self, x):
-        return np.sum(x, axis=self.axis, keepdims=self.keepdims)
-
-
-class ReduceMean(_Reduce):
-    def forward(self, x):
-        return np.mean(x, axis=self.axis, keepdims=self.keepdims)
-
-
-class ReduceGrad(Node):
-    """Spreads the gradient of a sum (or, with `mean=True`, a mean) back over the reduced
-    axes of `x`."""
-
-    def __init__(self, grad, x, axis, keepdims, mean):
-        self.axis, self.keepdims, self.mean = axis, keepdims, mean
-        super().__init__((grad, x), shape=x.shape, dtype=grad.dtype)
-
-    def forward(self, grad, x):
-        axes = tuple(range(x.ndim)) if self.axis is None else self.axis
-        if not self.keepdims:
-            grad = np.expand_dims(grad, axes)
-        if self.mean:
-            grad = grad * (grad.size / x.size) if x.size else grad
-        return np.broadcast_to(grad, x.shape)
-
-
-@register_gradient(ReduceSum)
-def _reduce_sum_grad(op, grad):
-    return [ReduceGrad(grad, op.inputs[0], op.axis, op.keepdims, mean=False)]
-
-
-@register_gradient(ReduceMean)
-def _reduce_mean_grad(op, grad):
-    return [ReduceGrad(grad, op.inputs[0], op.axis, op.keepdims, mean=True)]
-
-
 class Cast(Node):
     def __init__(self, x, dtype, name=None):
         x = convert_to_tensor(x)
@@ -340,41 +198,13 @@ def _cast_grad(op, grad):
     return [cast(grad, x.dtype)]
 
 
-class Argmax(Node):
-    """Index of the largest value along `axis` (no gradient)."""
-
-    def __init__(self, x, axis, output_type=np.int64, name=None):
-        x = convert_to_tensor(x)
-        self.axis = int(axis)
-        shape = None
-        if x.shape is not None:
-            ax = _normalize_axis(self.axis, len(x.shape))[0]
-            shape = x.shape[:ax] + x.shape[ax + 1:]
-        super().__init__((x,), name=name, shape=shape, dtype=as_dtype(output_type))
-
-    def forward(self, x):
-        return np.argmax(x, axis=self.axis).astype(self.dtype, copy=False)
-
-
-class Equal(Node):
-    """Elementwise `a == b` as booleans (no gradient)."""
-
-    def __init__(self, a, b, name=None):
-        a, b = _binary(a, b)
-        super().__init__((a, b), name=name, shape=broadcast_static(a.shape, b.shape),
-                         dtype=np.dtype(np.bool_))
-
-    def forward(self, a, b):
-        return np.equal(a, b)
-
-
 class AddN(Node):
     def __init__(self, inputs, name=None):
         inputs = [convert_to_tensor(x) for x in inputs]
         shape = inputs[0].shape
         for x in inputs[1:]:
             shape = broadcast_static(shape, x.shape)
-        super().__init__(inputs, name=name, shape=shape, dtype=_result_dtype(*inputs))
+        super().__init__(inputs, name=name, shape=shape, dtype=result_dtype(*inputs))
 
     def forward(self, *values):
         total = values[0] + values[1]
@@ -388,38 +218,14 @@ def _add_n_grad(op, grad):
     return [sum_to_shape_of(grad, x, op) for x in op.inputs]
 
 
-class OnesLike(_Unary):
+class OnesLike(Unary):
     def forward(self, x):
         return np.ones_like(x)
 
 
-class ZerosLike(_Unary):
+class ZerosLike(Unary):
     def forward(self, x):
         return np.zeros_like(x)
-
-
-class ToDense(Node):
-    """Turns a sparse (IndexedSlices) gradient into a dense array."""
-
-    def __init__(self, slices):
-        super().__init__((slices,), shape=slices.shape, dtype=slices.dtype)
-
-    def forward(self, slices):
-        return slices.to_dense()
-
-
-class ConcatSlices(Node):
-    """Adds sparse gradients by concatenating their rows."""
-
-    is_sparse = True
-
-    def __init__(self, slices):
-        super().__init__(slices, shape=slices[0].shape, dtype=slices[0].dtype)
-
-    def forward(self, *slices):
-        return IndexedSlices(np.concatenate([s.values for s in slices]),
-                             np.concatenate([s.indices for s in slices]),
-                             slices[0].dense_shape)
 
 
 # Public functions, TF1 names.
@@ -468,40 +274,36 @@ def matmul(a, b, transpose_a=False, transpose_b=False, name=None):
     return MatMul(a, b, transpose_a=transpose_a, transpose_b=transpose_b, name=name)
 
 
-def reduction_args(axis, keepdims, reduction_indices, keep_dims):
-    """TF1's old names (reduction_indices, keep_dims) beside the new (axis, keepdims)."""
-    if reduction_indices is not None:
-        if axis is not None:
-            raise ValueError("give axis or reduction_indices, not both")
-        axis = reduction_indices
-    if keep_dims is not None:
-        keepdims = keep_dims
-    return axis, keepdims
+def abs(x, name=None):  # noqa: A001 (TF's name)
+    return Abs(x, name=name)
 
 
-def reduce_sum(x, axis=None, keepdims=False, name=None, reduction_indices=None,
-               keep_dims=None):
-    axis, keepdims = reduction_args(axis, keepdims, reduction_indices, keep_dims)
-    return ReduceSum(x, axis=axis, keepdims=keepdims, name=name)
+def sign(x, name=None):
+    return Sign(x, name=name)
 
 
-def reduce_mean(x, axis=None, keepdims=False, name=None, reduction_indices=None,
-                keep_dims=None):
-    axis, keepdims = reduction_args(axis, keepdims, reduction_indices, keep_dims)
-    return ReduceMean(x, axis=axis, keepdims=keepdims, name=name)
+def floor(x, name=None):
+    return Floor(x, name=name)
+
+
+def round(x, name=None):  # noqa: A001
+    return Round(x, name=name)
+
+
+def maximum(x, y, name=None):
+    return Maximum(x, y, name=name)
+
+
+def minimum(x, y, name=None):
+    return Minimum(x, y, name=name)
+
+
+def pow(x, y, name=None):  # noqa: A001
+    return Pow(x, y, name=name)
 
 
 def cast(x, dtype, name=None):
     return Cast(x, dtype, name=name)
-
-
-def argmax(x, axis=None, output_type=np.int64, name=None):
-    """Index of the maximum along `axis` (TF1's default axis is 0)."""
-    return Argmax(x, 0 if axis is None else axis, output_type=output_type, name=name)
-
-
-def equal(a, b, name=None):
-    return Equal(a, b, name=name)
 
 
 def add_n(inputs, name=None):

@@ -5,8 +5,11 @@ updated value, and `value` reads the metric over every batch added so far."""
 
 import numpy as np
 
-from .graph import Node, convert_to_tensor, float32, float64, name_scope
-from .math_ops import cast, equal, ones_like, reduce_sum
+from .comparison_ops import equal
+from .dtypes import float32, float64
+from .graph import Node, convert_to_tensor, name_scope
+from .math_ops import cast, ones_like
+from .reduction_ops import reduce_sum
 from .variables import GraphKeys, Variable
 
 _EPSILON = 1e-7

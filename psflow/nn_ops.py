@@ -1,15 +1,20 @@
-"""Neural-network ops (`psflow.nn`): activations, softmax and cross-entropy losses; gradients
-beside each op. Convolution and pooling are in conv_ops."""
+"""Neural-network ops (`psflow.nn`): activations, dropout, softmax and cross-entropy losses,
+moments; gradients beside each op. Convolution and pooling are in conv_ops."""
 
 import numpy as np
 
+from .dtypes import float32
+from .elementwise import NumpyFn, Unary, unary_op_class
 from .errors import InvalidArgumentError
-from .graph import Node, convert_to_tensor, format_shape
-from .gradients import register_gradient
-from .math_ops import _Unary, add, reduce_sum, square
+from .gradient_registry import register_gradient
+from .graph import Node, convert_to_tensor
+from .initializers import random_generator
+from .math_ops import add, matmul, square
+from .reduction_ops import reduce_mean, reduce_sum
+from .shapes import format_shape
 
 
-class Sigmoid(_Unary):
+class Sigmoid(Unary):
     def forward(self, x):
         # tanh form: no overflow for large |x|, one transcendental per element.
         return 0.5 * (1.0 + np.tanh(0.5 * x))
@@ -28,7 +33,7 @@ def _sigmoid_grad(op, grad):
     return [SigmoidGrad(op, grad)]
 
 
-class Tanh(_Unary):
+class Tanh(Unary):
     def forward(self, x):
         return np.tanh(x)
 
@@ -46,7 +51,7 @@ def _tanh_grad(op, grad):
     return [TanhGrad(op, grad)]
 
 
-class Relu(_Unary):
+class Relu(Unary):
     def forward(self, x):
         return np.maximum(x, 0)
 
@@ -75,7 +80,7 @@ def _log_softmax(x, axis=-1):
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
-class Softmax(_Unary):
+class Softmax(Unary):
     def forward(self, x):
         return _softmax(x)
 
@@ -300,3 +305,83 @@ def weighted_cross_entropy_with_logits(labels=None, logits=None, pos_weight=None
         raise ValueError("weighted_cross_entropy_with_logits needs labels=, logits= and "
                          "pos_weight=")
     return SigmoidCrossEntropyWithLogits(labels, logits, pos_weight, name=name)
+
+
+# -- leaky_relu, elu, dropout, xw_plus_b and moments: each op beside its public function ------
+
+class _LeakyRelu(Unary):
+    def __init__(self, x, alpha, name=None):
+        self.alpha = float(alpha)
+        super().__init__(x, name=name or "LeakyRelu")
+
+    def forward(self, x):
+        return np.where(x > 0, x, self.alpha * x).astype(x.dtype, copy=False)
+
+
+@register_gradient(_LeakyRelu)
+def _leaky_relu_grad(op, grad):
+    x = op.inputs[0]
+    return [NumpyFn(lambda v, g: np.where(v > 0, g, op.alpha * g), (x, grad), x.shape,
+                    grad.dtype, "LeakyReluGrad")]
+
+
+def leaky_relu(features, alpha=0.2, name=None):
+    return _LeakyRelu(features, alpha, name)
+
+
+Elu = unary_op_class("Elu", lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0))),
+                     lambda x, y, g: np.where(x > 0, g, g * (y + 1)))
+
+
+def elu(features, name=None):
+    return Elu(features, name=name)
+
+
+class Dropout(Node):
+    """Zeroes each element with probability `rate` and scales the rest by 1 / (1 - rate);
+    `noise_shape` broadcasts one draw over axes. A fresh draw each run."""
+
+    def __init__(self, x, rate, noise_shape, seed, name=None):
+        x = convert_to_tensor(x)
+        self.rate = convert_to_tensor(rate, dtype=x.dtype)
+        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+        self.rng = random_generator(seed)
+        super().__init__((x, self.rate), name=name or "dropout", shape=x.shape, dtype=x.dtype)
+
+    def forward(self, x, rate):
+        rate = float(rate)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout: rate must be in [0, 1), got {rate}")
+        shape = np.shape(x) if self.noise_shape is None else self.noise_shape
+        keep = self.rng.random(shape) >= rate
+        self.last_mask = keep / (1.0 - rate)
+        return (x * self.last_mask).astype(x.dtype, copy=False)
+
+
+@register_gradient(Dropout)
+def _dropout_grad(op, grad):
+    x = op.inputs[0]
+    return [NumpyFn(lambda g: (g * op.last_mask).astype(g.dtype, copy=False), (grad,),
+                    x.shape, grad.dtype, "DropoutGrad"), None]
+
+
+def dropout(x, keep_prob=None, noise_shape=None, seed=None, name=None, rate=None):
+    """TF1's nn.dropout (keep_prob, a float or a fed tensor) or TF2's (rate)."""
+    if (keep_prob is None) == (rate is None):
+        raise ValueError("dropout: give keep_prob or rate (one of them)")
+    if rate is None:
+        rate = 1.0 - convert_to_tensor(keep_prob, dtype=float32) if isinstance(
+            keep_prob, Node) else 1.0 - float(keep_prob)
+    return Dropout(x, rate, noise_shape, seed, name)
+
+
+def xw_plus_b(x, weights, biases, name=None):
+    return add(matmul(x, weights), biases, name=name)
+
+
+def moments(x, axes, shift=None, name=None, keep_dims=None, keepdims=False):
+    """(mean, variance) over `axes`."""
+    keep = bool(keepdims if keep_dims is None else keep_dims)
+    mean = reduce_mean(x, axis=axes, keepdims=True)
+    variance = reduce_mean(square(x - mean), axis=axes, keepdims=keep)
+    return (mean if keep else reduce_sum(mean, axis=axes)), variance

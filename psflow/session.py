@@ -6,16 +6,17 @@ import logging
 import operator
 import os
 import sys
-import threading
 
 import numpy as np
 
 from .array_ops import Gather, RowSource
 from .errors import InvalidArgumentError, PsflowError
-from .graph import (Graph, Node, Placeholder, format_shape, get_default_graph, shape_compatible,
-                    topological_order)
+from .graph import (Graph, Node, Placeholder, default_session, get_default_graph,
+                    get_default_session, topological_order)
 from .local_store import LocalVariableStore
+from .shapes import format_shape, shape_compatible
 from .sparse_ops import SparseTensor
+from .variable_store import VariableStore
 from .variables import Variable
 
 
@@ -41,16 +42,30 @@ class _Plan:
                       for node, fn, inputs in steps]
 
 
+# What a Session needs of psflow.train, which registers it when imported (register_cluster),
+# so that this module imports nothing above it.
+_open_cluster_session = None
+_names_a_worker = None
+
+
+def register_cluster(open_session, names_a_worker):
+    """Sets how sessions reach a cluster: `open_session(target, graph)` is what
+    `Session(target)` returns for a non-empty target (a session on the cluster of that
+    tf.train.Server); `names_a_worker()` tells whether TF_CONFIG makes this process a worker of
+    a cluster with parameter servers (a plain Session then warns that it trains alone)."""
+    global _open_cluster_session, _names_a_worker
+    _open_cluster_session, _names_a_worker = open_session, names_a_worker
+
+
 class _SessionType(type):
     """`Session(server.target)` is a session on the cluster of that tf.train.Server."""
 
     def __call__(cls, *args, **kwargs):
         if cls is Session:
             target = args[0] if args else kwargs.get("target", "")
-            if isinstance(target, str) and target:
+            if isinstance(target, str) and target and _open_cluster_session is not None:
                 graph = args[1] if len(args) > 1 else kwargs.get("graph")
-                from .train.monitored_session import cluster_session
-                return cluster_session(target, graph)
+                return _open_cluster_session(target, graph)
         return super().__call__(*args, **kwargs)
 
 
@@ -62,7 +77,7 @@ class Session(metaclass=_SessionType):
     have no value, such as a train op).
     """
 
-    def __init__(self, target="", graph=None, config=None, store=None):
+    def __init__(self, target="", graph=None, config=None, store: VariableStore | None = None):
         if isinstance(target, Graph):  # Session(graph): psflow's older positional form
             target, graph = "", target
         if target:
@@ -75,7 +90,7 @@ class Session(metaclass=_SessionType):
         self.store = store or LocalVariableStore()
         # Local variables stay in this process whatever holds the others.
         self.local_store = self.store if store is None else LocalVariableStore()
-        self._plans = {}
+        self._plans: dict[tuple, _Plan] = {}
         self._closed = False
         self._default_context = None
 
@@ -94,6 +109,8 @@ class Session(metaclass=_SessionType):
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._make_plan(flat, feeds)
+        # A local store keeps a per-run cache of deduplicated ids; a DistributedSession begins
+        # its runs itself (DistributedStore.begin_run), retries included.
         start_run = getattr(self.store, "start_run", None)
         if start_run is not None:
             start_run()
@@ -135,7 +152,7 @@ class Session(metaclass=_SessionType):
         # A variable that the run reads only as the table of lookups is read row by row.
         lookups = [v for v in variables if not any(v is f for f in fetches)
                    and _only_looked_up(v, order)]
-        tables = [v for v in variables if getattr(v, "is_table", False) and v not in lookups]
+        tables = [v for v in variables if v.is_table and v not in lookups]
         if tables:
             raise InvalidArgumentError(
                 f"embedding table {tables[0].name!r} is read other than by lookups; a table "
@@ -205,7 +222,7 @@ class Session(metaclass=_SessionType):
         self.close()
 
     def as_default(self):
-        return _DefaultSession(self)
+        return default_session(self)
 
     def __enter__(self):
         self._default_context = self.as_default()
@@ -225,22 +242,16 @@ def _warn_if_alone_in_a_cluster():
     """A plain Session in a worker of a cluster (TF_CONFIG) trains alone, in this process:
     say so once, naming what trains on the cluster."""
     global _warned_alone
-    if _warned_alone or "TF_CONFIG" not in os.environ:
+    if _warned_alone or "TF_CONFIG" not in os.environ or _names_a_worker is None:
         return
-    from .train.cluster import task_config_from_env
-    try:
-        task = task_config_from_env()
-    except ValueError:  # a malformed TF_CONFIG is MonitoredTrainingSession's to report
-        return
-    if task is not None and task.ps_addresses and \
-            task.task_type in ("worker", "chief", "master"):
+    if _names_a_worker():
         _warned_alone = True
         log.warning("tf.Session() trains in this process only, not on the cluster TF_CONFIG "
                     "names; use tf.train.MonitoredTrainingSession, or tf.Session(server.target) "
                     "with a tf.train.Server, to train on its parameter servers")
 
 
-_uncaught = []
+_uncaught: list[type] = []
 
 
 def at_exit(callback):
@@ -255,8 +266,6 @@ def at_exit(callback):
         hook.psflow_watch = True
         sys.excepthook = hook
     atexit.register(lambda: callback(bool(_uncaught)))
-
-
 
 
 def _only_looked_up(var, order):
@@ -309,27 +318,6 @@ def _rebuild(structure, results):
     return kind(*values)  # a namedtuple
 
 
-class _DefaultSessionStack(threading.local):
-    def __init__(self):
-        self.stack = []
-
-
-_default_sessions = _DefaultSessionStack()
-
-
-class _DefaultSession:
-    def __init__(self, session):
-        self.session = session
-
-    def __enter__(self):
-        _default_sessions.stack.append(self.session)
-        return self.session
-
-    def __exit__(self, *exc_info):
-        _default_sessions.stack.pop()
-        return False
-
-
 class InteractiveSession(Session):
     """A Session that makes itself the default session until it is closed (for shells and
     notebooks: `x.eval()` without a `with` block)."""
@@ -340,14 +328,7 @@ class InteractiveSession(Session):
         self._default_context.__enter__()
 
     def close(self):
-        if self._default_context is not None and \
-                _default_sessions.stack and _default_sessions.stack[-1] is self:
+        if self._default_context is not None and get_default_session() is self:
             self._default_context.__exit__(None, None, None)
         self._default_context = None
         super().close()
-
-
-def get_default_session():
-    """The session of the innermost `with Session() as sess:` block, or None."""
-    stack = _default_sessions.stack
-    return stack[-1] if stack else None

@@ -8,8 +8,9 @@ import collections
 import numpy as np
 
 from .embedding_ops import embedding_lookup
-from .graph import Node, convert_to_tensor, float32, int64, placeholder
-from .gradients import register_gradient
+from .dtypes import float32, int64
+from .gradient_registry import register_gradient
+from .graph import Node, convert_to_tensor, placeholder
 
 COMBINERS = ("sum", "mean", "sqrtn")
 

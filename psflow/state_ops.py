@@ -35,8 +35,8 @@ class InitializeVariables(Node):
     def __init__(self, variables, name=None):
         variables = list(variables)
         # embedding tables start empty: their initializer makes each row when first looked up
-        self.tables = [v for v in variables if getattr(v, "is_table", False)]
-        self.variables = [v for v in variables if not getattr(v, "is_table", False)]
+        self.tables = [v for v in variables if v.is_table]
+        self.variables = [v for v in variables if not v.is_table]
         super().__init__([v.initial_value for v in self.variables],
                          name=name or "init", graph=get_default_graph() if not variables
                          else variables[0].graph)

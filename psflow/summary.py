@@ -18,6 +18,7 @@ import numpy as np
 
 from .graph import Node, convert_to_tensor, get_default_graph
 from .variables import GraphKeys
+from .unimplemented import refuse as _refuse
 
 
 def _proto():
@@ -196,5 +197,4 @@ class FileWriterCache:
 
 
 def __getattr__(name):
-    from .unimplemented import refuse
-    raise refuse("tf.summary", name)
+    raise _refuse("tf.summary", name)

@@ -2,7 +2,8 @@
 store (in this process, or on the parameter servers). A local variable (collections=
 [GraphKeys.LOCAL_VARIABLES]) is always held by the process that runs it."""
 
-from .graph import Node, as_dtype, convert_to_tensor, get_default_graph
+from .dtypes import as_dtype
+from .graph import Node, convert_to_tensor, get_default_graph
 from .math_ops import cast, identity
 from .state_ops import Assign, variables_initializer
 
@@ -15,6 +16,8 @@ class Variable(Node):
     GraphKeys.LOCAL_VARIABLES the variable is local: never trained, saved or sent to a
     parameter server, and initialized by local_variables_initializer().
     """
+
+    is_table = False  # an EmbeddingVariable: rows by key, made as lookups meet new keys
 
     def __init__(self, initial_value, trainable=True, name=None, dtype=None, collections=None):
         collections = list(collections or [GraphKeys.GLOBAL_VARIABLES])

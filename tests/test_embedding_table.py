@@ -93,7 +93,7 @@ def test_update_rules_on_table_rows_equal_them_on_a_dense_table(name, hyper):
     rule = UpdateRule(name, **hyper)
     dense = initial_rows(NORMAL, keys, 3, np.float32)
     dense_slots = rule.init_slots(dense)
-    from psflow.gradients import IndexedSlices
+    from psflow.indexed_slices import IndexedSlices
     table.lookup(keys)
     for _ in range(4):
         touched = rng.choice(keys.size, size=3, replace=False)

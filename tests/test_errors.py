@@ -13,7 +13,7 @@ from psflow.errors import (
     InvalidArgumentError,
     NoGradientError,
 )
-from psflow.graph import format_shape
+from psflow.shapes import format_shape
 
 
 @pytest.fixture(autouse=True)

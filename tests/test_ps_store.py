@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from psflow.gradients import IndexedSlices
+from psflow.indexed_slices import IndexedSlices
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import wire
 from psflow.ps.store import STALENESS_BUCKETS, ShardStore

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import psflow as tf
-from psflow.gradients import IndexedSlices
+from psflow.indexed_slices import IndexedSlices
 from psflow.train import update_rules
 from psflow.train.update_rules import UpdateRule
 

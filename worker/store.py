@@ -21,7 +21,7 @@ from psflow.errors import (DeadlineExceededError, FailedPreconditionError, Inval
                            PsflowError, UnavailableError)
 from psflow.embedding_table import RunDedups, array_key, shard_of_keys
 from psflow.embedding_variable import is_table
-from psflow.gradients import IndexedSlices
+from psflow.indexed_slices import IndexedSlices
 from psflow.local_store import check_rows
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb

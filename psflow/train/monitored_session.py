@@ -11,8 +11,9 @@ import os
 import time
 
 from .. import checkpoint as files
-from .. import settings
-from ..graph import get_default_graph
+from .. import session as session_lib
+from .. import settings, summary
+from ..graph import Placeholder, get_default_graph, topological_order
 from ..session import Session
 from ..state_ops import global_variables_initializer
 from ..variables import local_variables_initializer
@@ -159,7 +160,6 @@ class SummarySaverHook(SessionRunHook):
         if self._summary_op is None and self._scaffold is not None:
             self._summary_op = self._scaffold.summary_op
         if self._summary_op is None:
-            from .. import summary
             self._summary_op = summary.merge_all()
         self._global_step = get_global_step()
 
@@ -174,7 +174,6 @@ class SummarySaverHook(SessionRunHook):
         """Whether the run feeds every placeholder the summaries need (a run that only
         reads the global step, say, does not: the summaries wait for the next run)."""
         if self._needs is None:
-            from ..graph import Placeholder, topological_order
             self._needs = [n for n in topological_order([self._summary_op])
                            if isinstance(n, Placeholder)]
         feeds = run_context.original_args.feed_dict or {}
@@ -193,8 +192,7 @@ class SummarySaverHook(SessionRunHook):
         self._last_step = step
         if self._request:
             if self._writer is None:
-                from ..summary import FileWriterCache
-                self._writer = FileWriterCache.get(self._output_dir)
+                self._writer = summary.FileWriterCache.get(self._output_dir)
             self._writer.add_summary(run_values.results["summary"], step)
             self._next_step = step + (self._save_steps or 0)
             self._last_time = time.monotonic()
@@ -333,8 +331,7 @@ class MonitoredTrainingSession:
         """The chief's FileWriter for summary_dir (None elsewhere, or without one)."""
         if not self.summary_dir:
             return None
-        from ..summary import FileWriterCache
-        return FileWriterCache.get(self.summary_dir)
+        return summary.FileWriterCache.get(self.summary_dir)
 
     def request_stop(self):
         """Ends the training loop: should_stop() is True from now on."""
@@ -400,8 +397,20 @@ def cluster_session(target, graph=None):
 def _distributed_session(graph, task, restore, checkpoint_dir, initializer, summary_dir=None):
     """The session of a worker whose TF_CONFIG names a cluster; a chief with a `summary_dir`
     writes the job's curves there."""
-    # The one place the engine reaches the worker runtime, and only when a cluster is named:
-    # the runtime brings gRPC and protobuf, which local training never loads.
+    # Lazy: the worker runtime brings gRPC and protobuf, which local training never loads.
     from psflow.worker.session import DistributedSession
     return DistributedSession(graph, task, restore=restore, checkpoint_dir=checkpoint_dir,
                               initializer=initializer, summary_dir=summary_dir)
+
+
+def _names_a_worker():
+    """Whether TF_CONFIG makes this process a worker of a cluster with parameter servers."""
+    try:
+        task = task_config_from_env()
+    except ValueError:  # a malformed TF_CONFIG is MonitoredTrainingSession's to report
+        return False
+    return task is not None and bool(task.ps_addresses) and \
+        task.task_type in ("worker", "chief", "master")
+
+
+session_lib.register_cluster(cluster_session, _names_a_worker)

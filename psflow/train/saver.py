@@ -7,8 +7,10 @@ import logging
 import os
 import time
 
-from psflow import checkpoint as files
-from psflow.errors import DataLossError
+from .. import checkpoint as files
+from ..errors import DataLossError, NotFoundError
+from ..graph import get_default_graph
+from .optimizers import get_global_step
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,8 @@ def checkpoint_state(checkpoint, variables):
     """As latest_state, of the checkpoint in directory `checkpoint`."""
     step, values, slots = files.read_checkpoint(checkpoint)
     tables = files.read_tables(checkpoint)
-    by_name = {v.name: v for v in variables if not getattr(v, "is_table", False)}
-    table_vars = {v.name: v for v in variables if getattr(v, "is_table", False)}
+    by_name = {v.name: v for v in variables if not v.is_table}
+    table_vars = {v.name: v for v in variables if v.is_table}
     missing = sorted((set(by_name) - set(values)) | (set(table_vars) - set(tables)))
     if missing:
         raise DataLossError(f"checkpoint {checkpoint} has no value for {', '.join(missing)}; "
@@ -93,7 +95,6 @@ class Saver:
                  saver_def=None, builder=None, defer_build=False, allow_empty=False,
                  write_version=None, pad_step_numbers=False, save_relative_paths=False,
                  filename=None):
-        from ..graph import get_default_graph
         self._graph = get_default_graph()
         if isinstance(var_list, dict):
             var_list = list(var_list.values())
@@ -102,7 +103,6 @@ class Saver:
         self.last_checkpoints = []
 
     def _variables(self):
-        from .optimizers import get_global_step
         step = get_global_step(self._graph)
         chosen = self._var_list if self._var_list is not None else self._graph.variables
         return [v for v in chosen if v is not step and not v.local], step
@@ -142,7 +142,6 @@ def _checkpoint_at(save_path):
             latest = files.latest(folder)
             if latest is not None:
                 return latest
-    from ..errors import NotFoundError
     raise NotFoundError(f"no checkpoint at {path!r} (nor in its folder)")
 
 

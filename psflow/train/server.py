@@ -74,7 +74,8 @@ class Server:
         psflow worker serves nothing."""
         if self.job_name != "ps":
             return
-        from psflow.ps.__main__ import main as serve_shard  # noqa: the ps task serves here
+        # Lazy: the parameter-server process brings gRPC, which local training never loads.
+        from psflow.ps.__main__ import main as serve_shard
         host, port = _split_address(self.address)
         cluster = self.server_def
         args = ["--task-index", str(self.task_index),

@@ -15,10 +15,10 @@ notification, not by polling every `recovery_wait_secs`.
 import contextlib
 import logging
 
-from ..config import Coordinator
 from ..errors import OutOfRangeError
 from ..graph import get_default_graph
 from ..session import at_exit
+from .coordinator import Coordinator
 from .monitored_session import MonitoredTrainingSession, Scaffold
 from .optimizers import _adopt_global_step, get_global_step
 

@@ -8,9 +8,9 @@ or without editing the script with `launch --mode sync|ssp|async`. In one proces
 is plain training (a step aggregates the gradients of the one replica there is).
 """
 
-from ..config import QueueRunner
 from ..state_ops import no_op
 from .consistency import Consistency
+from .coordinator import QueueRunner
 from .monitored_session import SessionRunHook
 from .optimizers import Optimizer
 

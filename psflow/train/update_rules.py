@@ -10,7 +10,7 @@ import numpy as np
 
 from ..embedding_table import Dedup
 from ..errors import InvalidArgumentError
-from ..gradients import IndexedSlices
+from ..indexed_slices import IndexedSlices
 
 
 def _dense(grad, value):
