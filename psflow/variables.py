@@ -16,6 +16,8 @@ class Variable(Node):
     parameter server, and initialized by local_variables_initializer().
     """
 
+    is_table = False  # an EmbeddingVariable: rows by key, made as lookups meet new keys
+
     def __init__(self, initial_value, trainable=True, name=None, dtype=None, collections=None):
         collections = list(collections or [GraphKeys.GLOBAL_VARIABLES])
         self.local = GraphKeys.LOCAL_VARIABLES in collections
