@@ -1,5 +1,5 @@
 """The distributed session: the graph runs in this worker, its Variables live on the
-parameter servers (see psflow.worker.store).
+parameter servers (see psflow.worker.distributed_store).
 
 The chief (worker 0) initializes the variables, or restores them from a checkpoint; the
 others wait for it by notification. A parameter server that restarts without its variables
@@ -26,7 +26,7 @@ from psflow.train.optimizers import ApplyGradients
 from . import metrics
 from .curves import JobCurves
 from .placement import PARTITION_BYTES
-from .store import DistributedStore
+from .distributed_store import DistributedStore
 
 log = logging.getLogger(__name__)
 
