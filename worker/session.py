@@ -23,10 +23,11 @@ from psflow.train import saver
 from psflow.train import consistency as modes
 from psflow.train.optimizers import ApplyGradients
 
-from . import metrics
 from .curves import JobCurves
-from .placement import PARTITION_BYTES
 from .distributed_store import DistributedStore
+from .placement import PARTITION_BYTES
+from .step_times import StepTimes, batch_size
+from .worker_exporter import watch
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class DistributedSession(Session):
         self.task = task
         self.local_step = 0
         self.last_loss = math.nan
-        self.step_times = metrics.StepTimes()
+        self.step_times = StepTimes()
         self._modes = {}  # plan -> (whether its runs apply gradients, their mode)
         self._stopping = threading.Event()
         store.register()
@@ -84,7 +85,7 @@ class DistributedSession(Session):
         self._heartbeat.start()
         self._curves = JobCurves.started(store.clients, summary_dir) \
             if task.is_chief and summary_dir else None
-        metrics.watch(self)
+        watch(self)
         exit_with_parent()
 
     def _initialize(self, graph, initialized, restore=None, initializer=None):
@@ -185,7 +186,7 @@ class DistributedSession(Session):
         ran = time.perf_counter() - pulled
         self.step_times.record(pulled - started + step.pulling,
                                max(ran - step.pulling - step.pushing, 0.0), step.pushing,
-                               metrics.batch_size(feeds) if trains else 0)
+                               batch_size(feeds) if trains else 0)
         self.local_step += 1
         store.activity = f"in the script's own code after run {store.step.run}"
         for node, _, _ in plan.steps:
