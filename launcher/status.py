@@ -25,7 +25,7 @@ from psflow.worker.client import ShardClient
 from psflow.worker.jobstats import Look, rates
 
 from .progress import per_second, standout_notes, workers_parts
-from .supervisor import JOB_FILE, job_folders
+from .job_folders import JOB_FILE, job_folders
 
 # The workers' steps and examples arrive with their heartbeats, once a second, so over T seconds
 # a worker's rate may be off by one heartbeat's worth, 1/T of it. Over 1 s a running worker may
