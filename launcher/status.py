@@ -21,7 +21,7 @@ import time
 
 from psflow.argparsing import OneLineParser, seconds
 from psflow.transport import auth
-from psflow.worker.client import ShardClient
+from psflow.worker.client import shard_clients
 from psflow.worker.jobstats import Look, rates
 
 from .progress import per_second, standout_notes, workers_parts
@@ -259,8 +259,7 @@ def main(argv, folder=None):
     except LookupError as exc:
         print(f"launch: {exc}", file=sys.stderr)
         return 1
-    clients = [ShardClient(shard, address, timeout=args.timeout, token=token)
-               for shard, address in enumerate(args.status)]
+    clients = shard_clients(args.status, timeout=args.timeout, token=token)
     try:
         before = Look.take(clients, args.timeout)
         if all(stats is None for stats in before.shards):

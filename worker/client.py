@@ -195,3 +195,9 @@ class Fanout:
 
 def worker_request(task_index):
     return pb.WorkerRequest(task_index=task_index)
+
+
+def shard_clients(addresses, timeout=CALL_TIMEOUT_S, token=None):
+    """A ShardClient for each of the parameter servers at `addresses`, shard 0 first."""
+    return [ShardClient(shard, address, timeout, token)
+            for shard, address in enumerate(addresses)]

@@ -23,7 +23,7 @@ from psflow.train.consistency import Consistency
 from psflow.train.optimizers import get_global_step
 from psflow.transport import memory
 
-from .client import Fanout, ShardClient, worker_request
+from .client import Fanout, shard_clients, worker_request
 from .initialization import Initialization
 from .placement import PARTITION_BYTES, Placement
 from .pulls import Pulls
@@ -46,7 +46,7 @@ class DistributedStore(Initialization, Pulls, Pushes, SaveRestore):
         memory.tune_allocator()
         self.task = task
         self.worker = task.worker_index
-        self.clients = [ShardClient(i, address) for i, address in enumerate(task.ps_addresses)]
+        self.clients = shard_clients(task.ps_addresses)
         self.fanout = Fanout(len(self.clients))
         self.global_step_var = get_global_step(graph)
         self.tables = [v for v in graph.variables if v.is_table]

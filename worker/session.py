@@ -107,11 +107,7 @@ class DistributedSession(Session):
             # them. Fresh initial values there would make a model of two different ones.
             lost = sorted({p.shard for v in missing for p in store.placement.parts_of(v)
                            if p.name not in initialized})
-            names = ", ".join(f"{i} ({store.clients[i].address})" for i in lost)
-            raise FailedPreconditionError(
-                f"parameter server(s) {names} restarted and lost their variables, and there "
-                "is no checkpoint to restore them from (give MonitoredTrainingSession a "
-                "checkpoint_dir to survive this)")
+            raise _lost_for_good(_shard_names(store, lost))
         local = Session(graph=graph, store=LocalVariableStore())
         with graph.as_default():
             local.run(variables_initializer(missing))
@@ -144,7 +140,7 @@ class DistributedSession(Session):
         lost = store.lost_shards(RECOVERY_TIMEOUT_S)
         if not lost:
             return isinstance(error, UnavailableError)
-        names = ", ".join(f"{i} ({store.clients[i].address})" for i in lost)
+        names = _shard_names(store, lost)
         if not self.task.is_chief:
             log.warning("parameter server(s) %s restarted; waiting for the chief to restore "
                         "them", names)
@@ -153,10 +149,7 @@ class DistributedSession(Session):
         state = saver.latest_state(self.checkpoint_dir, store.variables) \
             if self.checkpoint_dir else None
         if state is None:
-            raise FailedPreconditionError(
-                f"parameter server(s) {names} restarted and lost their variables, and there is "
-                "no checkpoint to restore them from (give MonitoredTrainingSession a "
-                "checkpoint_dir to survive this)") from error
+            raise _lost_for_good(names) from error
         if self.consistency.mode != "async":
             # Steps are in lockstep on every shard: all of them go back to the checkpoint,
             # so the model is never a mix of two steps.
@@ -238,3 +231,17 @@ class DistributedSession(Session):
         process exits, it finishes, reporting this worker done unless an exception ended the
         script."""
         at_exit(lambda failed: self.finish(done=not failed))
+
+
+def _shard_names(store, shards):
+    """`0 (host:port), 2 (host:port)`: the parameter servers `shards`, for messages."""
+    return ", ".join(f"{i} ({store.clients[i].address})" for i in shards)
+
+
+def _lost_for_good(names):
+    """The error of shards (`names`) that lost their variables with no checkpoint to give
+    them back."""
+    return FailedPreconditionError(
+        f"parameter server(s) {names} restarted and lost their variables, and there is no "
+        "checkpoint to restore them from (give MonitoredTrainingSession a checkpoint_dir to "
+        "survive this)")
