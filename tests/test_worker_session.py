@@ -9,7 +9,7 @@ import psflow as tf
 from psflow.ps.server import ParameterServer
 from psflow.train.cluster import ClusterSpec, TaskConfig
 from psflow.worker.client import ShardClient
-from psflow.worker.session import DistributedSession
+from psflow.worker.distributed_session import DistributedSession
 
 
 @pytest.fixture(autouse=True)

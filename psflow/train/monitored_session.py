@@ -402,6 +402,6 @@ def _distributed_session(graph, task, restore, checkpoint_dir, initializer, summ
     writes the job's curves there."""
     # The one place the engine reaches the worker runtime, and only when a cluster is named:
     # the runtime brings gRPC and protobuf, which local training never loads.
-    from psflow.worker.session import DistributedSession
+    from psflow.worker.distributed_session import DistributedSession
     return DistributedSession(graph, task, restore=restore, checkpoint_dir=checkpoint_dir,
                               initializer=initializer, summary_dir=summary_dir)
