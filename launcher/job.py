@@ -29,7 +29,6 @@ import time
 
 from psflow.fileio import atomic_write
 from psflow.transport import auth
-
 from .job_folders import JOB_FILE, new_job_folder, remove_leftovers
 from .job_processes import POLL_S, JobProcesses
 from .output import Output

@@ -6,7 +6,6 @@ import os
 import time
 
 from psflow import settings
-
 from .process import Child, describe_exit
 from .resources import available_cores, free_ports, math_thread_env
 
@@ -39,7 +38,7 @@ class JobProcesses:
         spec = self.spec
         roles = [("ps", i) for i in range(spec.ps)] + [("worker", i) for i in range(spec.workers)]
         ports = free_ports(spec.host, len(roles))
-        self.metrics_ports = dict(zip(roles, ports))
+        self.metrics_ports = dict(zip(roles, ports, strict=False))
         self.output.launcher("metrics: " + ", ".join(
             f"{role}:{index} http://{spec.host}:{port}/metrics"
             for (role, index), port in self.metrics_ports.items()))

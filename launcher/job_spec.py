@@ -7,7 +7,6 @@ import os
 import sys
 
 from psflow.train.consistency import Consistency
-
 from .job_folders import default_checkpoint_roots
 
 
@@ -89,7 +88,7 @@ class JobSpec:
             raise ValueError(f"the job needs at least 1 worker, got {self.workers!r}")
         if not isinstance(self.ps, int) or self.ps < 1:
             raise ValueError(f"the job needs at least 1 parameter server, got {self.ps!r}")
-        self.consistency  # raises ValueError naming what is wrong with the mode
+        _ = self.consistency  # raises ValueError naming what is wrong with the mode
         if self.replicas_to_aggregate > self.workers:
             raise ValueError(f"replicas_to_aggregate ({self.replicas_to_aggregate}) is more "
                              f"than the {self.workers} workers")

@@ -23,9 +23,8 @@ from psflow.argparsing import OneLineParser, seconds
 from psflow.transport import auth
 from psflow.worker.client import shard_clients
 from psflow.worker.jobstats import Look, rates
-
-from .progress import per_second, standout_notes, workers_parts
 from .job_folders import JOB_FILE, job_folders
+from .progress import per_second, standout_notes, workers_parts
 
 # The workers' steps and examples arrive with their heartbeats, once a second, so over T seconds
 # a worker's rate may be off by one heartbeat's worth, 1/T of it. Over 1 s a running worker may
@@ -112,8 +111,9 @@ def human_bytes(count):
 
 def table(headers, rows):
     """`rows` under `headers` in columns two spaces apart, as lines."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    return ["  ".join(str(cell).ljust(width)
+                      for cell, width in zip(row, widths, strict=True)).rstrip()
             for row in [headers, *rows]]
 
 

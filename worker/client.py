@@ -6,13 +6,21 @@ from concurrent import futures
 
 import grpc
 
-from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
-                           NotFoundError, PermissionDeniedError, PsflowError,
-                           ResourceExhaustedError, UnauthenticatedError, UnavailableError)
+from psflow.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    PsflowError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 from psflow.proto import codec, wire
-from psflow.transport import auth, lane
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
+from psflow.transport import auth, lane
 
 _ERRORS = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,

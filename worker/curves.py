@@ -18,7 +18,6 @@ import os
 import threading
 
 from psflow import settings
-
 from .jobstats import Look, rates
 
 log = logging.getLogger(__name__)

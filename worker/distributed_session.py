@@ -15,14 +15,13 @@ import numpy as np
 
 from psflow import settings
 from psflow.errors import FailedPreconditionError, NotFoundError, UnavailableError
-from psflow.parent import exit_with_parent
 from psflow.local_store import LocalVariableStore
+from psflow.parent import exit_with_parent
 from psflow.session import Session, at_exit
 from psflow.state_ops import variables_initializer
-from psflow.train import saver
 from psflow.train import consistency as modes
+from psflow.train import saver
 from psflow.train.optimizers import ApplyGradients
-
 from .curves import JobCurves
 from .distributed_store import DistributedStore
 from .placement import PARTITION_BYTES

@@ -22,7 +22,6 @@ from psflow.proto import psflow_pb2 as pb
 from psflow.train.consistency import Consistency
 from psflow.train.optimizers import get_global_step
 from psflow.transport import memory
-
 from .client import Fanout, shard_clients, worker_request
 from .initialization import Initialization
 from .placement import PARTITION_BYTES, Placement

@@ -21,7 +21,7 @@ def split_gradient(grad, var, placement, dedup):
             return
         # the distinct ids are sorted: each part's are one slice
         bounds = np.searchsorted(indices, placement.bounds[var]).tolist()
-        for part, lo, hi in zip(parts, bounds[:-1], bounds[1:]):
+        for part, lo, hi in zip(parts, bounds[:-1], bounds[1:], strict=True):
             if hi > lo:
                 yield part, values[lo:hi], indices[lo:hi] - part.start
         return

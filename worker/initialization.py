@@ -12,7 +12,6 @@ from psflow import settings
 from psflow.errors import DeadlineExceededError, UnavailableError
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
-
 from .client import worker_request
 from .payload_batches import batches
 

@@ -99,4 +99,4 @@ def _split(var, num_shards, partition_bytes):
     count = max(math.ceil(rows / rows_per_part), min(num_shards, rows), wanted)
     bounds = np.linspace(0, rows, count + 1).round().astype(int)
     return [Part(var, f"{var.name}/part_{k}", int(a), int(b), (int(b - a),) + tuple(shape[1:]))
-            for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+            for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]

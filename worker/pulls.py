@@ -12,7 +12,6 @@ from psflow.embedding_table import array_key
 from psflow.local_store import check_rows
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
-
 from .payload_batches import batches
 from .placement import keys_by_shard
 
@@ -74,7 +73,7 @@ class Pulls:
             # The other shards may not have applied the last step yet: learn it from shard 0
             # and have them apply it first, so the values are never a mix of two steps.
             first = self._pull_calls({0: wanted.pop(0, [])})
-            for (client, _, _), reply in zip(first, self.fanout.call(first)):
+            for reply in self.fanout.call(first):
                 step.global_step = self.last_global_step = reply.global_step
                 _take_values(reply.values, pieces, step.versions)
                 commit = reply.decision
@@ -84,11 +83,12 @@ class Pulls:
         calls = self._pull_calls(wanted, commit)
         row_calls, landing = self._row_calls(rows, commit, train)
         replies = self.fanout.call(calls + row_calls)
-        for (client, _, _), reply in zip(calls, replies):
+        # `replies` goes on with the row calls' replies
+        for (client, _, _), reply in zip(calls, replies, strict=False):
             if client.index == 0:
                 step.global_step = self.last_global_step = reply.global_step
             _take_values(reply.values, pieces, step.versions)
-        for places, reply in zip(landing, replies[len(calls):]):
+        for places, reply in zip(landing, replies[len(calls):], strict=True):
             _land(places, reply, step.versions)
         for var in variables:
             if var is self.global_step_var:
@@ -134,14 +134,14 @@ class Pulls:
             step.rows[key] = (ids, out)
             parts = self.placement.parts_of(var)
             bounds = np.searchsorted(unique, self.placement.bounds[var]).tolist()
-            for part, lo, hi in zip(parts, bounds[:-1], bounds[1:]):
+            for part, lo, hi in zip(parts, bounds[:-1], bounds[1:], strict=True):
                 if hi > lo:
                     by_shard.setdefault(part.shard, []).append((out, lo, hi, part, unique))
         calls, landing = [], []
         for shard in sorted(set(by_shard) | set(keyed)):
             selected = by_shard.get(shard, [])
             request = pb.PullRowsRequest(global_step=step.global_step)
-            for out, lo, hi, part, unique in selected:
+            for _, lo, hi, part, unique in selected:
                 codec.encode(unique[lo:hi] - part.start,
                              request.selections.add(name=part.name).rows)
             places = [(out, lo, hi, part) for out, lo, hi, part, _ in selected]
@@ -179,7 +179,7 @@ class Pulls:
         if pulled is None:
             started = time.perf_counter()
             calls, landing = self._row_calls([(var, indices)], step.commit, train)
-            for places, reply in zip(landing, self.fanout.call(calls)):
+            for places, reply in zip(landing, self.fanout.call(calls), strict=True):
                 _land(places, reply, step.versions)
             pulled = step.rows[(var, array_key(indices))]
             step.pulling += time.perf_counter() - started
@@ -196,7 +196,7 @@ def _take_values(items, pieces, versions):
 def _land(places, reply, versions):
     """Copies a PullRows reply's rows where `places` says: (array, lo, hi, part) for a part's
     rows, (array, positions, None, table) for a table's keys."""
-    for (out, lo, hi, part), item in zip(places, reply.values):
+    for (out, lo, hi, part), item in zip(places, reply.values, strict=False):
         if hi is None:
             out[lo] = item.array
         else:

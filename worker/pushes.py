@@ -12,7 +12,6 @@ import numpy as np
 from psflow import settings
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import wire
-
 from .gradient_split import split_gradient
 from .placement import keys_by_shard
 
@@ -88,7 +87,7 @@ class Pushes:
             request.pull.extend(dict.fromkeys(p.name for p in step.read.get(shard, ())))
         calls = [(self.clients[s], "Push", r) for s, r in requests.items()]
         replies = self.fanout.call(calls)
-        for (client, _, _), reply in zip(calls, replies):
+        for (client, _, _), reply in zip(calls, replies, strict=True):
             if client.index == 0:
                 step.returned_step = reply.global_step
                 if global_step is not None:

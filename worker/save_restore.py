@@ -11,7 +11,6 @@ from psflow.embedding_table import shard_of_keys
 from psflow.errors import FailedPreconditionError
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
-
 from .payload_batches import batches
 
 
@@ -41,7 +40,7 @@ class SaveRestore:
                 path=os.path.join(os.path.abspath(directory), f"shard-{client.index}.npz")))
                 for client in self.clients]
             shards, step = [], 0
-            for client, reply in zip(self.clients, self.fanout.call(calls)):
+            for client, reply in zip(self.clients, self.fanout.call(calls), strict=True):
                 saved = set(reply.variables)
                 parts = {p.name: [p.variable.name, p.start, p.stop]
                          for p in self.placement.shard_parts(client.index) if p.name in saved}

@@ -10,7 +10,6 @@ import threading
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from psflow import monitoring, settings
-
 from .step_times import PHASES, RATE_WINDOW_S, STEP_BUCKETS_S
 
 log = logging.getLogger(__name__)
