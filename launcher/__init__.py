@@ -1,1 +1,2 @@
-"""psflow.launcher: the `launch` command and the local process supervisor."""
+"""psflow.launcher: the `launch` command, the supervision of a local job's processes and the
+Kubernetes manifests."""

@@ -27,6 +27,8 @@ import secrets
 
 import yaml
 
+from psflow import settings
+
 PORT = 2222
 # Every pod serves Prometheus metrics here (a named port, with the prometheus.io/ annotations
 # that Prometheus's pod discovery reads); nothing runs for them until a scrape comes.
@@ -125,20 +127,20 @@ def _env(job, k8s, role, with_tf_config=True):
         env.append({"name": INDEX_ENV,
                     "valueFrom": {"fieldRef": {"fieldPath": INDEX_ANNOTATION}}})
         env.append({"name": "TF_CONFIG", "value": tf_config(job, k8s, role)})
-    env += [{"name": "PSFLOW_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {
+    env += [{"name": settings.AUTH_TOKEN.name, "valueFrom": {"secretKeyRef": {
                 "name": f"{k8s.name}-auth", "key": "token"}}},
             {"name": "PYTHONUNBUFFERED", "value": "1"},
-            {"name": "PSFLOW_METRICS_PORT", "value": str(METRICS_PORT)},
-            {"name": "PSFLOW_METRICS_HOST", "value": "0.0.0.0"}]
+            {"name": settings.METRICS_PORT.name, "value": str(METRICS_PORT)},
+            {"name": settings.METRICS_HOST.name, "value": "0.0.0.0"}]
     if role == "worker":
         env += [{"name": name, "value": value}
                 for name, value in job.consistency.to_env().items()]
     if k8s.checkpoint_pvc:
-        env.append({"name": "PSFLOW_CHECKPOINT_DIR", "value": CHECKPOINT_MOUNT})
+        env.append({"name": settings.CHECKPOINT_DIR.name, "value": CHECKPOINT_MOUNT})
     if k8s.tls_secret:
-        env += [{"name": "PSFLOW_TLS_CERT", "value": f"{TLS_MOUNT}/tls.crt"},
-                {"name": "PSFLOW_TLS_KEY", "value": f"{TLS_MOUNT}/tls.key"},
-                {"name": "PSFLOW_TLS_CA", "value": f"{TLS_MOUNT}/ca.crt"}]
+        env += [{"name": settings.TLS_CERT.name, "value": f"{TLS_MOUNT}/tls.crt"},
+                {"name": settings.TLS_KEY.name, "value": f"{TLS_MOUNT}/tls.key"},
+                {"name": settings.TLS_CA.name, "value": f"{TLS_MOUNT}/ca.crt"}]
     return env
 
 

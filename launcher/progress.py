@@ -11,7 +11,6 @@ import math
 import threading
 
 from psflow.errors import PsflowError
-from psflow.proto import psflow_pb2 as pb
 from psflow.worker import jobstats
 from psflow.worker.client import ShardClient, worker_request
 
@@ -129,11 +128,9 @@ class ProgressPoller:
 
     def poll(self):
         """Asks shard 0 for its stats once; the StatsResponse, or None if the call failed."""
-        try:
-            stats = self._clients[0].call("GetStats", pb.StatsRequest(), wait_for_ready=False)
-        except (PsflowError, ValueError):  # ValueError: the channel is closed
-            return None
-        self.last_stats = stats
+        stats = jobstats.fetch(self._clients[:1])[0]
+        if stats is not None:
+            self.last_stats = stats
         return stats
 
     def look(self):

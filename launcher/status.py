@@ -21,11 +21,10 @@ import time
 
 from psflow.argparsing import OneLineParser, seconds
 from psflow.transport import auth
-from psflow.worker.client import ShardClient
+from psflow.worker.client import shard_clients
 from psflow.worker.jobstats import Look, rates
-
+from .job_folders import JOB_FILE, job_folders
 from .progress import per_second, standout_notes, workers_parts
-from .supervisor import JOB_FILE, job_folders
 
 # The workers' steps and examples arrive with their heartbeats, once a second, so over T seconds
 # a worker's rate may be off by one heartbeat's worth, 1/T of it. Over 1 s a running worker may
@@ -112,8 +111,9 @@ def human_bytes(count):
 
 def table(headers, rows):
     """`rows` under `headers` in columns two spaces apart, as lines."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    return ["  ".join(str(cell).ljust(width)
+                      for cell, width in zip(row, widths, strict=True)).rstrip()
             for row in [headers, *rows]]
 
 
@@ -259,8 +259,7 @@ def main(argv, folder=None):
     except LookupError as exc:
         print(f"launch: {exc}", file=sys.stderr)
         return 1
-    clients = [ShardClient(shard, address, timeout=args.timeout, token=token)
-               for shard, address in enumerate(args.status)]
+    clients = shard_clients(args.status, timeout=args.timeout, token=token)
     try:
         before = Look.take(clients, args.timeout)
         if all(stats is None for stats in before.shards):

@@ -18,7 +18,7 @@ from psflow import checkpoint as files
 from psflow.ps.server import ParameterServer
 from psflow.train import saver
 from psflow.train.cluster import ClusterSpec, TaskConfig
-from psflow.worker.session import DistributedSession
+from psflow.worker.distributed_session import DistributedSession
 from waiting import wait_for
 
 SCRIPTS = Path(__file__).resolve().parent / "cluster_scripts"

@@ -165,7 +165,7 @@ def test_yaml_round_trips_awkward_values():
 @pytest.mark.parametrize("extras", [{}, {"checkpoint_pvc": "ckpt", "tls_secret": "tls",
                                          "cpu": "1", "memory": "2Gi"}])
 def test_every_manifest_round_trips_through_yaml(flavor, extras):
-    from psflow.launcher.supervisor import JobSpec
+    from psflow.launcher.job_spec import JobSpec
     job = JobSpec(script="examples/digits.py", script_args=["--steps", "10"], workers=3, ps=2,
                   mode="ssp", staleness=2)
     documents = k8s.manifests(job, k8s.K8sSpec(name="rt", flavor=flavor, **extras))

@@ -20,7 +20,9 @@ from psflow.launcher import cli
 from psflow.launcher.output import CLEAR_LINE, Output
 from psflow.launcher.process import describe_exit
 from psflow.launcher.progress import Window, format_progress
-from psflow.launcher.supervisor import JobSpec, available_cores, math_thread_env, run_job
+from psflow.launcher.job import run_job
+from psflow.launcher.job_spec import JobSpec
+from psflow.launcher.resources import available_cores, math_thread_env
 from psflow.proto import psflow_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -497,7 +499,7 @@ def test_sigkilled_launcher_leaves_no_grandchild_nor_a_worker_without_a_session(
 
 
 def test_a_launch_removes_job_folders_whose_launcher_is_gone(tmp_path):
-    from psflow.launcher.supervisor import remove_leftovers
+    from psflow.launcher.job_folders import remove_leftovers
     gone = subprocess.Popen(["true"])
     gone.wait()
     stale = tmp_path / f"psflow-launch-{gone.pid}-abc"

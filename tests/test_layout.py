@@ -49,7 +49,7 @@ def test_a_second_engine_cannot_be_imported():
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The imports of the runtimes from the engine: MonitoredTrainingSession picks the distributed
 # session when TF_CONFIG (or a server's target) names a cluster,
-ALLOWED = {("psflow/train/monitored_session.py", "psflow.worker.session"),
+ALLOWED = {("psflow/train/monitored_session.py", "psflow.worker.distributed_session"),
            # and a ps task's tf.train.Server.join() serves its shard in that process.
            ("psflow/train/server.py", "psflow.ps.__main__")}
 # What each folder may import of psflow's subpackages besides the engine, psflow itself

@@ -10,7 +10,7 @@ import pytest
 import psflow as tf
 from psflow.ps.server import ParameterServer
 from psflow.train.cluster import ClusterSpec, TaskConfig
-from psflow.worker.session import DistributedSession
+from psflow.worker.distributed_session import DistributedSession
 from oracles import train_sync_oracle
 from waiting import wait_for
 

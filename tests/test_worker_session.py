@@ -9,7 +9,7 @@ import psflow as tf
 from psflow.ps.server import ParameterServer
 from psflow.train.cluster import ClusterSpec, TaskConfig
 from psflow.worker.client import ShardClient
-from psflow.worker.session import DistributedSession
+from psflow.worker.distributed_session import DistributedSession
 
 
 @pytest.fixture(autouse=True)
@@ -207,7 +207,7 @@ def test_a_farewell_to_a_frozen_parameter_server_does_not_fail_the_worker(fresh_
     import sys
     import time
 
-    from psflow.worker import store as worker_store
+    from psflow.worker import distributed_store as worker_store
     monkeypatch.setattr(worker_store, "FAREWELL_TIMEOUT_S", 1.0)
     port_file = tmp_path / "port"
     frozen = subprocess.Popen([sys.executable, "-m", "psflow.ps", "--task-index", "1",

@@ -6,13 +6,21 @@ from concurrent import futures
 
 import grpc
 
-from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
-                           NotFoundError, PermissionDeniedError, PsflowError,
-                           ResourceExhaustedError, UnauthenticatedError, UnavailableError)
+from psflow.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    PsflowError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 from psflow.proto import codec, wire
-from psflow.transport import auth, lane
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
+from psflow.transport import auth, lane
 
 _ERRORS = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -195,3 +203,9 @@ class Fanout:
 
 def worker_request(task_index):
     return pb.WorkerRequest(task_index=task_index)
+
+
+def shard_clients(addresses, timeout=CALL_TIMEOUT_S, token=None):
+    """A ShardClient for each of the parameter servers at `addresses`, shard 0 first."""
+    return [ShardClient(shard, address, timeout, token)
+            for shard, address in enumerate(addresses)]

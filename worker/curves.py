@@ -18,7 +18,6 @@ import os
 import threading
 
 from psflow import settings
-
 from .jobstats import Look, rates
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,8 @@ class JobCurves(threading.Thread):
         self.clients = list(clients)
         self.logdir = str(logdir)
         self.timeout = timeout
-        from tensorboardX import SummaryWriter  # noqa: loaded only by a chief that writes
+        # Imported here: it takes about 0.3 s, which only a chief that writes curves pays.
+        from tensorboardX import SummaryWriter
         suffix = f".{os.getpid()}.{next(_event_files)}{FILENAME_SUFFIX}"
         self._writer = SummaryWriter(self.logdir, filename_suffix=suffix)
         self._lock = threading.Lock()  # one write at a time, and none after closing

@@ -149,7 +149,7 @@ def rates(before, now):
             new_chief.global_step >= old_chief.global_step:
         steps = _rate(new_chief.global_step, old_chief.global_step, seconds)
     pushes, shard_staleness, staleness, empty = {}, {}, [], set()
-    for shard, (old, new) in enumerate(zip(before.shards, now.shards)):
+    for shard, (old, new) in enumerate(zip(before.shards, now.shards, strict=False)):
         if old is None or new is None:
             continue
         if new.variables == 0 and not new.tables:
@@ -159,7 +159,7 @@ def rates(before, now):
         pushes[shard] = _rate(_increase(old.pushes, new.pushes), 0, seconds)
         old_counts = list(old.staleness_histogram)
         old_counts += [0] * (len(new.staleness_histogram) - len(old_counts))
-        delta = [max(b - a, 0) for a, b in zip(old_counts, new.staleness_histogram)]
+        delta = [max(b - a, 0) for a, b in zip(old_counts, new.staleness_histogram, strict=False)]
         shard_staleness[shard] = delta
         if len(staleness) < len(delta):
             staleness += [0] * (len(delta) - len(staleness))

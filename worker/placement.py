@@ -1,5 +1,6 @@
-"""Which parameter-server shard owns which variable: one deterministic function that every
-worker computes alike, so shards never need to agree on anything among themselves.
+"""Which parameter-server shard owns which variable (and which table key): one deterministic
+function that every worker computes alike, so shards never need to agree on anything among
+themselves.
 
 Variables are spread greedily by byte size (largest first, each to the least-loaded shard).
 A variable larger than `partition_bytes` is split row-wise into parts, each placed on its own;
@@ -9,6 +10,8 @@ the script still sees one Variable. Each part travels under its own wire name.
 import math
 
 import numpy as np
+
+from psflow.embedding_table import shard_of_keys
 
 # Variables above this many bytes are split row-wise; it also bounds the size of one part,
 # and so of any message carrying it (within gRPC's 512 MB). Each part costs a little in every
@@ -43,10 +46,14 @@ class Placement:
             raise ValueError("a placement needs at least one parameter-server shard")
         self.num_shards = num_shards
         self.parts = {}
+        # Each variable's parts' first rows and the last one's end: sorted row ids split
+        # by part with one searchsorted.
+        self.bounds = {}
         items = []
         for order, var in enumerate(variables):
             parts = _split(var, num_shards, partition_bytes)
             self.parts[var] = parts
+            self.bounds[var] = np.array([p.start for p in parts] + [parts[-1].stop])
             items += [(-p.nbytes, order, k, p) for k, p in enumerate(parts)]
         loads = [0] * num_shards
         for _, _, _, part in sorted(items, key=lambda item: item[:3]):
@@ -60,6 +67,13 @@ class Placement:
 
     def shard_parts(self, shard):
         return [p for parts in self.parts.values() for p in parts if p.shard == shard]
+
+
+def keys_by_shard(keys, num_shards):
+    """[(shard, positions in `keys` of the keys it owns)] for each shard that owns any of the
+    table keys `keys` (by their hash: psflow.embedding_table.shard_of_keys)."""
+    shards = shard_of_keys(keys, num_shards)
+    return [(shard, np.flatnonzero(shards == shard)) for shard in np.unique(shards).tolist()]
 
 
 def _split(var, num_shards, partition_bytes):
@@ -85,4 +99,4 @@ def _split(var, num_shards, partition_bytes):
     count = max(math.ceil(rows / rows_per_part), min(num_shards, rows), wanted)
     bounds = np.linspace(0, rows, count + 1).round().astype(int)
     return [Part(var, f"{var.name}/part_{k}", int(a), int(b), (int(b - a),) + tuple(shape[1:]))
-            for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+            for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))]

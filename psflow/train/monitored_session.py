@@ -398,7 +398,7 @@ def _distributed_session(graph, task, restore, checkpoint_dir, initializer, summ
     """The session of a worker whose TF_CONFIG names a cluster; a chief with a `summary_dir`
     writes the job's curves there."""
     # Lazy: the worker runtime brings gRPC and protobuf, which local training never loads.
-    from psflow.worker.session import DistributedSession
+    from psflow.worker.distributed_session import DistributedSession
     return DistributedSession(graph, task, restore=restore, checkpoint_dir=checkpoint_dir,
                               initializer=initializer, summary_dir=summary_dir)
 

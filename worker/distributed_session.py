@@ -1,5 +1,5 @@
 """The distributed session: the graph runs in this worker, its Variables live on the
-parameter servers (see psflow.worker.store).
+parameter servers (see psflow.worker.distributed_store).
 
 The chief (worker 0) initializes the variables, or restores them from a checkpoint; the
 others wait for it by notification. A parameter server that restarts without its variables
@@ -15,18 +15,18 @@ import numpy as np
 
 from psflow import settings
 from psflow.errors import FailedPreconditionError, NotFoundError, UnavailableError
-from psflow.parent import exit_with_parent
 from psflow.local_store import LocalVariableStore
+from psflow.parent import exit_with_parent
 from psflow.session import Session, at_exit
 from psflow.state_ops import variables_initializer
-from psflow.train import saver
 from psflow.train import consistency as modes
+from psflow.train import saver
 from psflow.train.optimizers import ApplyGradients
-
-from . import metrics
 from .curves import JobCurves
+from .distributed_store import DistributedStore
 from .placement import PARTITION_BYTES
-from .store import DistributedStore
+from .step_times import StepTimes, batch_size
+from .worker_exporter import watch
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class DistributedSession(Session):
         self.task = task
         self.local_step = 0
         self.last_loss = math.nan
-        self.step_times = metrics.StepTimes()
+        self.step_times = StepTimes()
         self._modes = {}  # plan -> (whether its runs apply gradients, their mode)
         self._stopping = threading.Event()
         store.register()
@@ -84,7 +84,7 @@ class DistributedSession(Session):
         self._heartbeat.start()
         self._curves = JobCurves.started(store.clients, summary_dir) \
             if task.is_chief and summary_dir else None
-        metrics.watch(self)
+        watch(self)
         exit_with_parent()
 
     def _initialize(self, graph, initialized, restore=None, initializer=None):
@@ -106,11 +106,7 @@ class DistributedSession(Session):
             # them. Fresh initial values there would make a model of two different ones.
             lost = sorted({p.shard for v in missing for p in store.placement.parts_of(v)
                            if p.name not in initialized})
-            names = ", ".join(f"{i} ({store.clients[i].address})" for i in lost)
-            raise FailedPreconditionError(
-                f"parameter server(s) {names} restarted and lost their variables, and there "
-                "is no checkpoint to restore them from (give MonitoredTrainingSession a "
-                "checkpoint_dir to survive this)")
+            raise _lost_for_good(_shard_names(store, lost))
         local = Session(graph=graph, store=LocalVariableStore())
         with graph.as_default():
             local.run(variables_initializer(missing))
@@ -143,7 +139,7 @@ class DistributedSession(Session):
         lost = store.lost_shards(RECOVERY_TIMEOUT_S)
         if not lost:
             return isinstance(error, UnavailableError)
-        names = ", ".join(f"{i} ({store.clients[i].address})" for i in lost)
+        names = _shard_names(store, lost)
         if not self.task.is_chief:
             log.warning("parameter server(s) %s restarted; waiting for the chief to restore "
                         "them", names)
@@ -152,10 +148,7 @@ class DistributedSession(Session):
         state = saver.latest_state(self.checkpoint_dir, store.variables) \
             if self.checkpoint_dir else None
         if state is None:
-            raise FailedPreconditionError(
-                f"parameter server(s) {names} restarted and lost their variables, and there is "
-                "no checkpoint to restore them from (give MonitoredTrainingSession a "
-                "checkpoint_dir to survive this)") from error
+            raise _lost_for_good(names) from error
         if self.consistency.mode != "async":
             # Steps are in lockstep on every shard: all of them go back to the checkpoint,
             # so the model is never a mix of two steps.
@@ -185,7 +178,7 @@ class DistributedSession(Session):
         ran = time.perf_counter() - pulled
         self.step_times.record(pulled - started + step.pulling,
                                max(ran - step.pulling - step.pushing, 0.0), step.pushing,
-                               metrics.batch_size(feeds) if trains else 0)
+                               batch_size(feeds) if trains else 0)
         self.local_step += 1
         store.activity = f"in the script's own code after run {store.step.run}"
         for node, _, _ in plan.steps:
@@ -237,3 +230,17 @@ class DistributedSession(Session):
         process exits, it finishes, reporting this worker done unless an exception ended the
         script."""
         at_exit(lambda failed: self.finish(done=not failed))
+
+
+def _shard_names(store, shards):
+    """`0 (host:port), 2 (host:port)`: the parameter servers `shards`, for messages."""
+    return ", ".join(f"{i} ({store.clients[i].address})" for i in shards)
+
+
+def _lost_for_good(names):
+    """The error of shards (`names`) that lost their variables with no checkpoint to give
+    them back."""
+    return FailedPreconditionError(
+        f"parameter server(s) {names} restarted and lost their variables, and there is no "
+        "checkpoint to restore them from (give MonitoredTrainingSession a checkpoint_dir to "
+        "survive this)")

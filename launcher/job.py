@@ -1,9 +1,7 @@
 """Runs a job's processes on this machine and ends the job cleanly.
 
-The parameter servers start first, each on a free loopback port (or the one asked for, when it
-is free), and report the port they bound in a file; then the workers start with a `TF_CONFIG`
-built from those ports. Every child leads a process group of its own and its output lines are
-prefixed with its role (`[worker:1] ...`).
+The parameter servers start first, then the workers (see job_processes). Every child leads a
+process group of its own and its output lines are prefixed with its role (`[worker:1] ...`).
 
 How a job ends:
 - every worker exits 0: the parameter servers exit by themselves (every worker reported done);
@@ -21,194 +19,29 @@ a worker script started itself included) and removes the job's folder. A later l
 removes folders whose launcher is gone.
 """
 
-import dataclasses
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
-import sys
-import tempfile
 import threading
 import time
 
-from psflow import monitoring
 from psflow.fileio import atomic_write
-from psflow.parent import PARENT_ENV, alive
 from psflow.transport import auth
-from psflow.train.consistency import Consistency
-
+from .job_folders import JOB_FILE, new_job_folder, remove_leftovers
+from .job_processes import POLL_S, JobProcesses
 from .output import Output
-from .process import Child, Watchdog, describe_exit
+from .process import Watchdog, describe_exit
 from .progress import ProgressPoller, report_worker_done
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # How long the workers get to exit once a parameter server has ended normally (it does so when
 # every worker has reported done, so the workers should be on their way out).
 WORKERS_AFTER_PS_EXIT_S = 10.0
-POLL_S = 0.05
-# The job's folder for the PS port files: TMP_PREFIX<launcher pid>-<random>.
-TMP_PREFIX = "psflow-launch-"
-# In the job's folder (readable by its user alone): the parameter servers' addresses and the
-# job's token, so that `launch --status` on this machine finds a running job.
-JOB_FILE = "job.json"
 
 
-def job_folders(folder=None):
-    """[(path, whether its launcher is alive)] of the job folders in `folder` (default: the
-    temporary folder), by name."""
-    folder = folder or tempfile.gettempdir()
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError:
-        return []
-    found = []
-    for name in names:
-        owner = name[len(TMP_PREFIX):].split("-", 1)[0]
-        if name.startswith(TMP_PREFIX) and owner.isdigit():
-            found.append((os.path.join(folder, name), alive(int(owner))))
-    return found
-
-
-def remove_leftovers(folder=None):
-    """Removes the job folders of launchers that are gone (killed before they could clean up);
-    returns their paths."""
-    removed = []
-    for path, running in job_folders(folder):
-        if not running:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
-def _default_ps_command():
-    # -P keeps the current directory off sys.path: run from a source checkout, its psflow/
-    # folder would otherwise shadow the installed package and hide psflow.ps.
-    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
-    return [sys.executable, *safe_path, "-m", "psflow.ps"]
-
-
-MATH_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def _free_ports(host, count, base=0):
-    """`count` ports free on `host` now: base, base+1, ... where free (when base is given),
-    else ports the system picks."""
-    ports = []
-    for i in range(count):
-        for wanted in ((base + i, 0) if base else (0,)):
-            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-                try:
-                    sock.bind((host, wanted))
-                except OSError:
-                    continue
-                port = sock.getsockname()[1]
-                if port not in ports:
-                    ports.append(port)
-                    break
-    return ports
-
-
-def default_checkpoint_roots():
-    """Where a local job's parameter servers may write checkpoints by default: the current
-    directory and the system's temporary folder."""
-    return os.pathsep.join([os.getcwd(), tempfile.gettempdir()])
-
-
-def available_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def math_thread_env(threads):
-    """Caps the BLAS/OpenMP threads of a child at `threads`, unless the user chose a number.
-    Every worker's numpy would otherwise start one spinning BLAS thread per core, and N
-    workers on C cores fight over them: on 2 cores, 2 workers run several times slower."""
-    return {name: str(threads) for name in MATH_THREAD_VARIABLES if name not in os.environ}
-
-
-@dataclasses.dataclass
-class JobSpec:
-    """What `run_job` runs: `workers` processes of `script` and `ps` parameter servers.
-
-    `ps_port` 0 lets every parameter server take a free port; otherwise PS i asks for
-    `ps_port + i` and takes a free one if that is taken. `grace_period` is the time between
-    SIGTERM and SIGKILL. `ps_command` is how a parameter server is started (the PS flags are
-    appended to it).
-    """
-
-    script: str
-    script_args: list = dataclasses.field(default_factory=list)
-    workers: int = 1
-    ps: int = 1
-    mode: str = "async"
-    staleness: int = 0
-    replicas_to_aggregate: int = 0
-    ps_port: int = 0
-    max_restarts: int = 3
-    host: str = "127.0.0.1"
-    grace_period: float = 5.0
-    progress: bool = True
-    ps_start_timeout: float = 30.0
-    ps_exit_timeout: float = 30.0
-    timeout: float = 0.0
-    idle_timeout: float = 600.0
-    checkpoint_root: str = dataclasses.field(default_factory=lambda: default_checkpoint_roots())
-    ps_command: list = dataclasses.field(default_factory=_default_ps_command)
-    # TF1's classic flags: each worker gets --ps_hosts, --worker_hosts, --job_name=worker and
-    # --task_index; with script_ps the ps tasks are the script too (--job_name=ps), serving
-    # in its tf.train.Server(...).join().
-    tf_flags: bool = False
-    script_ps: bool = False
-    # Serve Prometheus metrics from every process, on free ports picked at the start.
-    metrics: bool = False
-
-    def classic_flags(self, ps_addresses, job_name, index):
-        workers = ",".join(f"{self.host}:0" for _ in range(self.workers))
-        return [f"--ps_hosts={','.join(ps_addresses)}", f"--worker_hosts={workers}",
-                f"--job_name={job_name}", f"--task_index={index}"]
-
-    @property
-    def consistency(self):
-        """The job's training mode (psflow.train.consistency.Consistency)."""
-        return Consistency(self.mode, self.replicas_to_aggregate, self.staleness)
-
-    def validate(self):
-        """Raises ValueError naming the first thing that is wrong."""
-        if not isinstance(self.workers, int) or self.workers < 1:
-            raise ValueError(f"the job needs at least 1 worker, got {self.workers!r}")
-        if not isinstance(self.ps, int) or self.ps < 1:
-            raise ValueError(f"the job needs at least 1 parameter server, got {self.ps!r}")
-        self.consistency  # raises ValueError naming what is wrong with the mode
-        if self.replicas_to_aggregate > self.workers:
-            raise ValueError(f"replicas_to_aggregate ({self.replicas_to_aggregate}) is more "
-                             f"than the {self.workers} workers")
-        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
-            raise ValueError(f"max_restarts must be a whole number >= 0, got "
-                             f"{self.max_restarts!r}")
-        if not isinstance(self.ps_port, int) or not 0 <= self.ps_port <= 65535:
-            raise ValueError(f"the PS port must be from 0 to 65535, got {self.ps_port!r}")
-        if self.ps_port and self.ps_port + self.ps - 1 > 65535:
-            raise ValueError(f"PS ports {self.ps_port}..{self.ps_port + self.ps - 1} go past "
-                             "65535")
-        for what in ("grace_period", "ps_start_timeout", "ps_exit_timeout"):
-            value = getattr(self, what)
-            if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
-                raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
-        for what in ("timeout", "idle_timeout"):  # 0: no bound
-            value = getattr(self, what)
-            if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
-                raise ValueError(f"{what} must be 0 or more seconds, got {value!r}")
-        script = str(self.script)
-        if not (os.path.isfile(script) or os.path.isfile(os.path.join(script, "__main__.py"))):
-            raise ValueError(f"script not found: {script}" if not os.path.exists(script) else
-                             f"not a runnable script: {script}")
-
-
-class Job:
+class Job(JobProcesses):
     """One run of a JobSpec. `run()` once; `stop()` from any thread ends it early."""
 
     def __init__(self, spec, stdout=None, stderr=None):
@@ -252,7 +85,7 @@ class Job:
         try:
             remove_leftovers()
             self.watchdog = Watchdog()
-            self._tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-")
+            self._tmp = new_job_folder()
             self.watchdog.say(f"dir {self._tmp}")
             return self._run()
         finally:
@@ -280,165 +113,6 @@ class Job:
         self.progress = ProgressPoller(list(self.ps_addresses), self.output, token=self.token,
                                        show=self.spec.progress).start()
         return self._supervise()
-
-    def _start_ps(self):
-        """Starts the parameter servers and waits for their ports; their addresses, or None
-        after saying why the job cannot start."""
-        spec = self.spec
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **math_thread_env(1))
-        env[auth.TOKEN_ENV] = self.token
-        self._ps_env = env
-        port_files = []
-        # The script's own ps tasks must know every address before they start.
-        self._script_ps_ports = _free_ports(spec.host, spec.ps, spec.ps_port) \
-            if spec.script_ps else None
-        for i in range(spec.ps):
-            port_files.append(os.path.join(self._tmp, f"ps-{i}.port"))
-            wanted = spec.ps_port + i if spec.ps_port else 0
-            child = self._ps_child(i, wanted, port_files[i], fallback=True)
-            self.ps.append(child)
-            self.output.launcher(f"started {child.name} (pid {child.pid})")
-        ports = [None] * spec.ps
-        deadline = time.monotonic() + spec.ps_start_timeout
-        while None in ports:
-            if self._stop.is_set():
-                return None
-            for i, child in enumerate(self.ps):
-                if ports[i] is not None:
-                    continue
-                try:
-                    exited = not child.running
-                    # Read after looking at the process: a PS may write the file and exit.
-                    ports[i] = self._read_port(port_files[i])
-                except ValueError as exc:
-                    self.output.error(f"{child.name}: {exc}; stopping the job")
-                    return None
-                if ports[i] is None and exited:
-                    self.output.error(f"{child.name} {describe_exit(child.exit_code())} "
-                                      "before reporting its port; stopping the job")
-                    return None
-                if ports[i] is not None:
-                    wanted = spec.ps_port + i if spec.ps_port else 0
-                    note = f" (port {wanted} was taken)" if wanted and wanted != ports[i] else ""
-                    self.output.launcher(f"{child.name} serving on {spec.host}:{ports[i]}{note}")
-            if None in ports and time.monotonic() > deadline:
-                missing = ", ".join(self.ps[i].name for i, p in enumerate(ports) if p is None)
-                self.output.error(f"{missing} did not report a port within "
-                                  f"{spec.ps_start_timeout:g} s; stopping the job")
-                return None
-            self._stop.wait(POLL_S)
-        return [f"{spec.host}:{port}" for port in ports]
-
-    def _pick_metrics_ports(self):
-        """Picks a free port for every process's /metrics and says where to scrape."""
-        spec = self.spec
-        roles = [("ps", i) for i in range(spec.ps)] + [("worker", i) for i in range(spec.workers)]
-        ports = _free_ports(spec.host, len(roles))
-        self.metrics_ports = dict(zip(roles, ports))
-        self.output.launcher("metrics: " + ", ".join(
-            f"{role}:{index} http://{spec.host}:{port}/metrics"
-            for (role, index), port in self.metrics_ports.items()))
-
-    def _metrics_env(self, role, index):
-        port = self.metrics_ports.get((role, index))
-        return {} if port is None else {monitoring.PORT_ENV: str(port),
-                                        monitoring.HOST_ENV: self.spec.host}
-
-    def _ps_child(self, index, port, port_file, fallback=False):
-        """Starts PS `index`: `python -m psflow.ps`, or with script_ps the script itself as
-        ps task `index` on the address chosen for it."""
-        spec = self.spec
-        if not spec.script_ps:
-            command = [*spec.ps_command, "--task-index", str(index), "--num-workers",
-                       str(spec.workers), "--host", spec.host, "--port", str(port),
-                       "--port-file", port_file, "--checkpoint-root", spec.checkpoint_root,
-                       "--parent-pid", str(os.getpid())] + (["--port-fallback"] if fallback
-                                                            else [])
-            return Child("ps", index, command, dict(self._ps_env,
-                                                    **self._metrics_env("ps", index)),
-                         self.output, self.watchdog)
-        addresses = [f"{spec.host}:{p}" for p in self._script_ps_ports]
-        cluster = {"ps": addresses, "worker": [f"{spec.host}:0"] * spec.workers}
-        env = dict(self._ps_env, PSFLOW_PS_PORT_FILE=port_file,
-                   **self._metrics_env("ps", index),
-                   PSFLOW_CHECKPOINT_ROOT=spec.checkpoint_root,
-                   TF_CONFIG=json.dumps({"cluster": cluster,
-                                         "task": {"type": "ps", "index": index}}),
-                   **{PARENT_ENV: str(os.getpid())})
-        command = [sys.executable, "-u", str(spec.script), *spec.script_args,
-                   *spec.classic_flags(addresses, "ps", index)]
-        return Child("ps", index, command, env, self.output, self.watchdog)
-
-    def _restart_ps(self, child):
-        """Starts PS `child.index` again on the same address (the workers' TF_CONFIG names
-        it); True once it serves there. The chief restores its variables from the latest
-        checkpoint."""
-        index = child.index
-        self.ps_restarts[index] = self.ps_restarts.get(index, 0) + 1
-        child.reap()
-        port = int(self.ps_addresses[index].rsplit(":", 1)[1])
-        port_file = os.path.join(self._tmp, f"ps-{index}.restart-{self.ps_restarts[index]}.port")
-        fresh = self._ps_child(index, port, port_file)
-        self.ps[index] = fresh
-        self.output.launcher(f"started {fresh.name} (pid {fresh.pid}) on "
-                             f"{self.ps_addresses[index]}, restart {self.ps_restarts[index]} of {self.spec.max_restarts}")
-        deadline = time.monotonic() + self.spec.ps_start_timeout
-        while time.monotonic() < deadline:
-            try:
-                if self._read_port(port_file) == port:
-                    return True
-            except ValueError:
-                return False
-            if not fresh.running or self._stop.wait(POLL_S):
-                return False
-        return False
-
-    @staticmethod
-    def _read_port(path):
-        """The port in a PS's port file; None while there is no file. The PS writes the file
-        atomically, so it is complete once it exists."""
-        try:
-            with open(path) as f:
-                text = f.read().strip()
-        except FileNotFoundError:
-            return None
-        if not text.isdigit() or not 0 < int(text) <= 65535:
-            raise ValueError(f"its port file holds {text!r}, not a port number")
-        return int(text)
-
-    def _start_workers(self):
-        spec = self.spec
-        cluster = {"ps": list(self.ps_addresses),
-                   "worker": [f"{spec.host}:0"] * spec.workers}
-        command = [sys.executable, "-u", str(spec.script), *spec.script_args]
-        threads = max(1, available_cores() // spec.workers)
-        for i in range(spec.workers):
-            if spec.tf_flags or spec.script_ps:
-                command = [sys.executable, "-u", str(spec.script), *spec.script_args,
-                           *spec.classic_flags(self.ps_addresses, "worker", i)]
-            tf_config = {"cluster": cluster, "task": {"type": "worker", "index": i}}
-            env = dict(os.environ, TF_CONFIG=json.dumps(tf_config),
-                       **{PARENT_ENV: str(os.getpid())}, **spec.consistency.to_env(),
-                       PYTHONUNBUFFERED="1", **math_thread_env(threads),
-                       **self._metrics_env("worker", i))
-            env[auth.TOKEN_ENV] = self.token
-            self._worker_start[i] = (command, env)
-            child = Child("worker", i, command, env, self.output, self.watchdog)
-            self._moved[i] = (None, time.monotonic())
-            self.workers.append(child)
-            self.output.launcher(f"started {child.name} (pid {child.pid})")
-
-    def _restart_worker(self, child):
-        """Starts worker `child.index` again in place of the one that failed."""
-        index = child.index
-        self.restarts[index] = self.restarts.get(index, 0) + 1
-        child.reap()
-        command, env = self._worker_start[index]
-        fresh = Child("worker", index, command, env, self.output, self.watchdog)
-        self._moved[index] = (None, time.monotonic())
-        self.workers[index] = fresh
-        self.output.launcher(f"started {fresh.name} (pid {fresh.pid}), restart "
-                             f"{self.restarts[index]} of {self.spec.max_restarts}")
 
     def _supervise(self):
         """Watches the workers until all have exited 0 or something ends the job early."""

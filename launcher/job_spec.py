@@ -1,0 +1,114 @@
+"""JobSpec: what a local job runs (its script, workers, parameter servers, mode and bounds),
+checked before anything starts, and the commands and TF_CONFIG its children get."""
+
+import dataclasses
+import json
+import os
+import sys
+
+from psflow.train.consistency import Consistency
+from .job_folders import default_checkpoint_roots
+
+
+def _default_ps_command():
+    # -P keeps the current directory off sys.path: run from a source checkout, its psflow/
+    # folder would otherwise shadow the installed package and hide psflow.ps.
+    safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+    return [sys.executable, *safe_path, "-m", "psflow.ps"]
+
+
+@dataclasses.dataclass
+class JobSpec:
+    """What `run_job` runs: `workers` processes of `script` and `ps` parameter servers.
+
+    `ps_port` 0 lets every parameter server take a free port; otherwise PS i asks for
+    `ps_port + i` and takes a free one if that is taken. `grace_period` is the time between
+    SIGTERM and SIGKILL. `ps_command` is how a parameter server is started (the PS flags are
+    appended to it).
+    """
+
+    script: str
+    script_args: list = dataclasses.field(default_factory=list)
+    workers: int = 1
+    ps: int = 1
+    mode: str = "async"
+    staleness: int = 0
+    replicas_to_aggregate: int = 0
+    ps_port: int = 0
+    max_restarts: int = 3
+    host: str = "127.0.0.1"
+    grace_period: float = 5.0
+    progress: bool = True
+    ps_start_timeout: float = 30.0
+    ps_exit_timeout: float = 30.0
+    timeout: float = 0.0
+    idle_timeout: float = 600.0
+    checkpoint_root: str = dataclasses.field(default_factory=lambda: default_checkpoint_roots())
+    ps_command: list = dataclasses.field(default_factory=_default_ps_command)
+    # TF1's classic flags: each worker gets --ps_hosts, --worker_hosts, --job_name=worker and
+    # --task_index; with script_ps the ps tasks are the script too (--job_name=ps), serving
+    # in its tf.train.Server(...).join().
+    tf_flags: bool = False
+    script_ps: bool = False
+    # Serve Prometheus metrics from every process, on free ports picked at the start.
+    metrics: bool = False
+
+    @property
+    def worker_hosts(self):
+        """The workers' addresses as the cluster names them: they serve nothing (port 0)."""
+        return [f"{self.host}:0"] * self.workers
+
+    def ps_port_of(self, index):
+        """The port PS `index` asks for (0: any free one)."""
+        return self.ps_port + index if self.ps_port else 0
+
+    def classic_flags(self, ps_addresses, job_name, index):
+        return [f"--ps_hosts={','.join(ps_addresses)}",
+                f"--worker_hosts={','.join(self.worker_hosts)}",
+                f"--job_name={job_name}", f"--task_index={index}"]
+
+    def script_command(self, *flags):
+        """The command that runs the script (unbuffered) with its arguments and `flags`."""
+        return [sys.executable, "-u", str(self.script), *self.script_args, *flags]
+
+    def tf_config(self, ps_addresses, task_type, index):
+        """TF_CONFIG of task (`task_type`, `index`) with the parameter servers at
+        `ps_addresses`, as JSON."""
+        return json.dumps({"cluster": {"ps": list(ps_addresses), "worker": self.worker_hosts},
+                           "task": {"type": task_type, "index": index}})
+
+    @property
+    def consistency(self):
+        """The job's training mode (psflow.train.consistency.Consistency)."""
+        return Consistency(self.mode, self.replicas_to_aggregate, self.staleness)
+
+    def validate(self):
+        """Raises ValueError naming the first thing that is wrong."""
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"the job needs at least 1 worker, got {self.workers!r}")
+        if not isinstance(self.ps, int) or self.ps < 1:
+            raise ValueError(f"the job needs at least 1 parameter server, got {self.ps!r}")
+        _ = self.consistency  # raises ValueError naming what is wrong with the mode
+        if self.replicas_to_aggregate > self.workers:
+            raise ValueError(f"replicas_to_aggregate ({self.replicas_to_aggregate}) is more "
+                             f"than the {self.workers} workers")
+        if not isinstance(self.max_restarts, int) or self.max_restarts < 0:
+            raise ValueError(f"max_restarts must be a whole number >= 0, got "
+                             f"{self.max_restarts!r}")
+        if not isinstance(self.ps_port, int) or not 0 <= self.ps_port <= 65535:
+            raise ValueError(f"the PS port must be from 0 to 65535, got {self.ps_port!r}")
+        if self.ps_port and self.ps_port + self.ps - 1 > 65535:
+            raise ValueError(f"PS ports {self.ps_port}..{self.ps_port + self.ps - 1} go past "
+                             "65535")
+        for what in ("grace_period", "ps_start_timeout", "ps_exit_timeout"):
+            value = getattr(self, what)
+            if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
+        for what in ("timeout", "idle_timeout"):  # 0: no bound
+            value = getattr(self, what)
+            if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
+                raise ValueError(f"{what} must be 0 or more seconds, got {value!r}")
+        script = str(self.script)
+        if not (os.path.isfile(script) or os.path.isfile(os.path.join(script, "__main__.py"))):
+            raise ValueError(f"script not found: {script}" if not os.path.exists(script) else
+                             f"not a runnable script: {script}")
