@@ -9,37 +9,106 @@ from . import tf_logging as logging
 from .array_ops import concat, gather, one_hot, ones, slice, split, stack, unstack, zeros
 from .checkpoint import load_model, lookup
 from .clip_ops import clip_by_global_norm, clip_by_value, global_norm
-from .comparison_ops import (equal, greater, greater_equal, less, less_equal, logical_and,
-                             logical_not, logical_or, logical_xor, not_equal, where)
+from .comparison_ops import (
+    equal,
+    greater,
+    greater_equal,
+    less,
+    less_equal,
+    logical_and,
+    logical_not,
+    logical_or,
+    logical_xor,
+    not_equal,
+    where,
+)
 from .config import ConfigProto, GPUOptions
 from .dtypes import as_dtype, bool_, float16, float32, float64, int32, int64
-from .embedding_variable import (CounterFilter, EmbeddingVariableOption, GlobalStepEvict,
-                                 InitializerOption, get_embedding_variable)
+from .embedding_variable import (
+    CounterFilter,
+    EmbeddingVariableOption,
+    GlobalStepEvict,
+    InitializerOption,
+    get_embedding_variable,
+)
 from .gradients import gradients
-from .graph import (Graph, Node, Tensor, constant, control_dependencies, device,
-                    get_default_graph, get_default_session, name_scope, placeholder,
-                    reset_default_graph, set_random_seed)
+from .graph import (
+    Graph,
+    Node,
+    Tensor,
+    constant,
+    control_dependencies,
+    device,
+    get_default_graph,
+    get_default_session,
+    name_scope,
+    placeholder,
+    reset_default_graph,
+    set_random_seed,
+)
 from .indexed_slices import IndexedSlices
-from .initializers import (AUTO_REUSE, constant_initializer, fixed_size_partitioner, get_variable,
-                           get_variable_scope, glorot_normal_initializer,
-                           glorot_uniform_initializer, min_max_variable_partitioner,
-                           ones_initializer, random_normal, random_normal_initializer,
-                           random_uniform, random_uniform_initializer, truncated_normal,
-                           truncated_normal_initializer, variable_scope, zeros_initializer)
-from .math_ops import (abs, add, add_n, cast, divide, exp, floor, identity, log, matmul, maximum,
-                       minimum, multiply, negative, ones_like, pow, round, sign, sqrt, square,
-                       subtract, zeros_like)
+from .initializers import (
+    AUTO_REUSE,
+    constant_initializer,
+    fixed_size_partitioner,
+    get_variable,
+    get_variable_scope,
+    glorot_normal_initializer,
+    glorot_uniform_initializer,
+    min_max_variable_partitioner,
+    ones_initializer,
+    random_normal,
+    random_normal_initializer,
+    random_uniform,
+    random_uniform_initializer,
+    truncated_normal,
+    truncated_normal_initializer,
+    variable_scope,
+    zeros_initializer,
+)
+from .math_ops import (
+    abs,
+    add,
+    add_n,
+    cast,
+    divide,
+    exp,
+    floor,
+    identity,
+    log,
+    matmul,
+    maximum,
+    minimum,
+    multiply,
+    negative,
+    ones_like,
+    pow,
+    round,
+    sign,
+    sqrt,
+    square,
+    subtract,
+    zeros_like,
+)
 from .nn_ops import sigmoid, tanh
-from .reduction_ops import (argmax, reduce_max, reduce_mean, reduce_min, reduce_prod,
-                            reduce_sum)
+from .reduction_ops import argmax, reduce_max, reduce_mean, reduce_min, reduce_prod, reduce_sum
 from .session import InteractiveSession, Session
 from .shape_ops import expand_dims, reshape, squeeze, tile, transpose
 from .sparse_ops import SparseTensor, SparseTensorValue, sparse_placeholder
 from .state_ops import global_variables_initializer, group, no_op, variables_initializer
-from .variables import (GraphKeys, Variable, add_to_collection, add_to_collections,
-                        get_collection, get_collection_ref, global_variables, local_variables,
-                        local_variables_initializer, trainable_variables)
 from .unimplemented import refuse as _refuse
+from .variables import (
+    GraphKeys,
+    Variable,
+    add_to_collection,
+    add_to_collections,
+    get_collection,
+    get_collection_ref,
+    global_variables,
+    local_variables,
+    local_variables_initializer,
+    trainable_variables,
+)
 
 bool = bool_  # noqa: A001 -- TF's name for the boolean dtype
 

@@ -231,7 +231,8 @@ def slice(input_, begin, size, name=None):  # noqa: A001 -- TF1's name
     if len(begin) != len(size) or (x.shape is not None and len(begin) != len(x.shape)):
         raise ValueError(f"slice: begin {begin} and size {size} must have one entry per "
                          f"dimension of {x.name!r} (shape {x.shape})")
-    key = tuple(_builtin_slice(b, None if s == -1 else b + s) for b, s in zip(begin, size))
+    key = tuple(_builtin_slice(b, None if s == -1 else b + s)
+                for b, s in zip(begin, size, strict=True))
     return GetItem(x, key)
 
 

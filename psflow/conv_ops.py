@@ -91,7 +91,7 @@ class Conv2D(Node):
                                  f"expects {filters.shape[2]}")
             dims = [None, None]
             for k, (size, kernel, stride) in enumerate(zip(x.shape[1:3], filters.shape[:2],
-                                                           self.strides)):
+                                                           self.strides, strict=True)):
                 if size is not None and kernel is not None:
                     dims[k] = _padding_1d(size, kernel, stride, padding)[0]
             shape = (x.shape[0], dims[0], dims[1], filters.shape[3])
@@ -156,7 +156,7 @@ class MaxPool(Node):
                 raise ValueError(f"{type(self).__name__} needs a 4-D NHWC input, got "
                                  f"{format_shape(x.shape)}")
             dims = [None if size is None else _padding_1d(size, k, s, padding)[0]
-                    for size, k, s in zip(x.shape[1:3], self.ksize, self.strides)]
+                    for size, k, s in zip(x.shape[1:3], self.ksize, self.strides, strict=True)]
             shape = (x.shape[0], dims[0], dims[1], x.shape[3])
         super().__init__((x,), name=name, shape=shape, dtype=x.dtype)
 

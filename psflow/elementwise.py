@@ -90,7 +90,7 @@ def _fixes_output_shape(x, out):
     if x.shape is None or out.shape is None or len(x.shape) != len(out.shape):
         return False
     rank = len(out.shape)
-    for axis, (dim, out_dim) in enumerate(zip(x.shape, out.shape)):
+    for axis, (dim, out_dim) in enumerate(zip(x.shape, out.shape, strict=True)):
         if dim is not None:
             if dim != out_dim:
                 return False
@@ -151,5 +151,5 @@ def binary_op_class(name, forward, derivatives=None, dtype=None):
             a, b = op.inputs
             return [sum_to_shape_of(NumpyFn(d, (a, b, op, grad), op.shape, grad.dtype,
                                             f"{name}Grad"), x, op)
-                    for d, x in zip(derivatives, (a, b))]
+                    for d, x in zip(derivatives, (a, b), strict=True)]
     return cls

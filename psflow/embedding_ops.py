@@ -54,7 +54,7 @@ class Stitch(Node):
         positions, pieces = rest[:self.count], rest[self.count:]
         ids = np.asarray(ids)
         out = np.empty((ids.size,) + self.row_shape, dtype=pieces[0].dtype)
-        for where, rows in zip(positions, pieces):
+        for where, rows in zip(positions, pieces, strict=False):
             out[where] = rows
         return out.reshape(ids.shape + self.row_shape)
 

@@ -44,7 +44,7 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
     graph = ys[0].graph
     pending = {}
     with graph.name_scope(name):
-        for y, grad_y in zip(ys, grad_ys):
+        for y, grad_y in zip(ys, grad_ys, strict=False):
             if y not in depends_on_x:
                 continue
             seed = ones_like(y) if grad_y is None else grad_y
@@ -58,7 +58,7 @@ def gradients(ys, xs, grad_ys=None, name="gradients"):
             grad_fn = gradient_function(node)
             grad = _aggregate(pending[node], dense=True)
             input_grads = grad_fn(node, grad)
-            for inp, input_grad in zip(node.inputs, input_grads):
+            for inp, input_grad in zip(node.inputs, input_grads, strict=False):
                 if input_grad is not None and inp in depends_on_x:
                     pending.setdefault(inp, []).append(input_grad)
 

@@ -4,17 +4,22 @@ shares them as in TF1."""
 
 import numpy as np
 
-from .conv_ops import conv2d as _conv2d
 from .conv_ops import avg_pool, max_pool
+from .conv_ops import conv2d as _conv2d
 from .graph import Node, convert_to_tensor
-from .initializers import (get_variable, glorot_uniform_initializer, ones_initializer,
-                           variable_scope, zeros_initializer)
+from .initializers import (
+    get_variable,
+    glorot_uniform_initializer,
+    ones_initializer,
+    variable_scope,
+    zeros_initializer,
+)
 from .math_ops import add, cast, matmul, multiply, sqrt, subtract
 from .nn_ops import dropout as _dropout
 from .nn_ops import moments
 from .shape_ops import reshape
-from .variables import GraphKeys, add_to_collection
 from .unimplemented import refuse as _refuse
+from .variables import GraphKeys, add_to_collection
 
 
 def _pair(value, what):

@@ -8,8 +8,15 @@ read-only view.
 import numpy as np
 
 from .dtypes import as_dtype
-from .elementwise import (Binary, Unary, binary_op_class, result_dtype, sum_to_shape_of,
-                          SumToShape, unary_op_class)
+from .elementwise import (
+    Binary,
+    SumToShape,
+    Unary,
+    binary_op_class,
+    result_dtype,
+    sum_to_shape_of,
+    unary_op_class,
+)
 from .gradient_registry import register_gradient
 from .graph import Node, convert_to_tensor
 from .shapes import broadcast_static, format_shape
@@ -178,7 +185,7 @@ def _matmul_grad(op, grad):
     # Batch axes broadcast like an elementwise op's: sum each gradient over the batch axes
     # its operand was broadcast along.
     return [SumToShape(g, x.shape if x.shape is not None and None not in x.shape else x)
-            for g, x in zip(grads, (a, b))]
+            for g, x in zip(grads, (a, b), strict=False)]
 
 
 class Cast(Node):

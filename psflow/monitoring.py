@@ -33,7 +33,7 @@ def cumulative(counts, bounds):
     """[(le, cumulative count)] of a histogram's per-bucket `counts` with upper `bounds` (the
     last infinite), as prometheus_client's HistogramMetricFamily takes them."""
     total, out = 0, []
-    for count, upper in zip(counts, bounds):
+    for count, upper in zip(counts, bounds, strict=False):
         total += count
         out.append((bucket_bound(upper), total))
     return out

@@ -108,7 +108,7 @@ class SoftmaxCrossEntropyWithLogits(Node):
         if labels.shape is not None and logits.shape is not None:
             if len(labels.shape) != len(logits.shape) or any(
                     a is not None and b is not None and a != b
-                    for a, b in zip(labels.shape, logits.shape)):
+                    for a, b in zip(labels.shape, logits.shape, strict=True)):
                 raise ValueError(f"softmax_cross_entropy_with_logits: labels of shape "
                                  f"{format_shape(labels.shape)} do not match logits of shape "
                                  f"{format_shape(logits.shape)}")
@@ -203,7 +203,7 @@ class SigmoidCrossEntropyWithLogits(Node):
         if labels.shape is not None and logits.shape is not None and \
                 len(labels.shape) == len(logits.shape) and any(
                     a is not None and b is not None and a != b
-                    for a, b in zip(labels.shape, logits.shape)):
+                    for a, b in zip(labels.shape, logits.shape, strict=True)):
             raise ValueError(f"sigmoid cross-entropy: labels of shape "
                              f"{format_shape(labels.shape)} do not match logits of shape "
                              f"{format_shape(logits.shape)}")

@@ -11,14 +11,20 @@ import numpy as np
 
 from .array_ops import Gather, RowSource
 from .errors import InvalidArgumentError, PsflowError
-from .graph import (Graph, Node, Placeholder, default_session, get_default_graph,
-                    get_default_session, topological_order)
+from .graph import (
+    Graph,
+    Node,
+    Placeholder,
+    default_session,
+    get_default_graph,
+    get_default_session,
+    topological_order,
+)
 from .local_store import LocalVariableStore
 from .shapes import format_shape, shape_compatible
 from .sparse_ops import SparseTensor
 from .variable_store import VariableStore
 from .variables import Variable
-
 
 log = logging.getLogger(__name__)
 

@@ -130,11 +130,11 @@ def tile(x, multiples, name=None):
     x = convert_to_tensor(x)
     multiples = tuple(int(m) for m in multiples)
     shape = None if x.shape is None else tuple(
-        None if d is None else d * m for d, m in zip(x.shape, multiples))
+        None if d is None else d * m for d, m in zip(x.shape, multiples, strict=False))
 
     def undo(g, v):
         split = []
-        for m, d in zip(multiples, np.shape(v)):
+        for m, d in zip(multiples, np.shape(v), strict=False):
             split += [m, d]
         return np.reshape(g, split).sum(axis=tuple(range(0, 2 * len(multiples), 2)))
     return Reshaped(x, lambda v: np.tile(v, multiples), undo, shape, name or "Tile")

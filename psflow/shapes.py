@@ -35,7 +35,7 @@ def shape_compatible(static, actual):
         return True
     if len(static) != len(actual):
         return False
-    return all(s is None or s == a for s, a in zip(static, actual))
+    return all(s is None or s == a for s, a in zip(static, actual, strict=True))
 
 
 

@@ -7,8 +7,8 @@ import collections
 
 import numpy as np
 
-from .embedding_ops import embedding_lookup
 from .dtypes import float32, int64
+from .embedding_ops import embedding_lookup
 from .gradient_registry import register_gradient
 from .graph import Node, convert_to_tensor, placeholder
 

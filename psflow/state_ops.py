@@ -48,7 +48,7 @@ class InitializeVariables(Node):
         def run(*values):
             for table in tables:
                 store.init_table(table)
-            for var_store, var, value in zip(stores, variables, values):
+            for var_store, var, value in zip(stores, variables, values, strict=False):
                 initialize = getattr(var_store, "initialize_value", var_store.assign)
                 initialize(var, np.array(value, dtype=var.dtype))
         return run

@@ -17,13 +17,14 @@ import threading
 import numpy as np
 
 from .graph import Node, convert_to_tensor, get_default_graph
-from .variables import GraphKeys
 from .unimplemented import refuse as _refuse
+from .variables import GraphKeys
 
 
 def _proto():
     """tensorboardX's summary builders and Summary message."""
-    from tensorboardX import summary as builders  # noqa: loaded with the first summary
+    # Lazy: tensorboardX brings protobuf, which a graph without summaries never loads.
+    from tensorboardX import summary as builders
     from tensorboardX.proto.summary_pb2 import Summary
     return builders, Summary
 
@@ -118,7 +119,7 @@ class FileWriter:
 
     def __init__(self, logdir, graph=None, max_queue=10, flush_secs=120, filename_suffix=None,
                  session=None):
-        import tensorboardX  # noqa: loaded with the first writer
+        import tensorboardX  # lazy, as above: loaded with the first writer
         self._logdir = str(logdir)
         self._writer = tensorboardX.FileWriter(self._logdir, max_queue=max_queue,
                                                flush_secs=flush_secs,

@@ -10,10 +10,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from psflow.proto import codec
-from psflow.transport import auth
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 from psflow.ps.server import ParameterServer
+from psflow.transport import auth
 
 TOKEN = "s3cret-token"
 

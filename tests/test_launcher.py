@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from psflow.launcher import cli
+from psflow.launcher.job import run_job
+from psflow.launcher.job_spec import JobSpec
 from psflow.launcher.output import CLEAR_LINE, Output
 from psflow.launcher.process import describe_exit
 from psflow.launcher.progress import Window, format_progress
-from psflow.launcher.job import run_job
-from psflow.launcher.job_spec import JobSpec
 from psflow.launcher.resources import available_cores, math_thread_env
 from psflow.proto import psflow_pb2 as pb
 

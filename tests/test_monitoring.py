@@ -20,9 +20,9 @@ from psflow.ps.metrics import ShardCollector
 from psflow.ps.server import ParameterServer
 from psflow.ps.store import ShardStore
 from psflow.train.cluster import ClusterSpec, TaskConfig
+from psflow.worker.distributed_session import DistributedSession
 from psflow.worker.step_times import batch_size
 from psflow.worker.worker_exporter import WorkerCollector
-from psflow.worker.distributed_session import DistributedSession
 from test_worker_session import linear_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import pytest
 
 from psflow.local_store import LocalVariableStore
 from psflow.variable_store import VariableStore
-from psflow.worker.store import DistributedStore
+from psflow.worker.distributed_store import DistributedStore
 
 PROTOCOL_METHODS = sorted(name for name, member in vars(VariableStore).items()
                           if inspect.isfunction(member) and not name.startswith("_"))

@@ -25,9 +25,10 @@ that fits the reply region goes the same way, and the worker copies it out. Copy
 costs a fraction of moving it through a socket (two kernel copies, in pieces). The server
 uses a request's arrays only during the call: what it keeps longer (a sync step's pending
 gradients) it copies first (see in_shared_memory). A worker regrows its regions for a larger
-request or reply, in a new ATTACH. The server offers the lane in RegisterWorker's answer (`lane`); the
-worker connects when it can and uses gRPC otherwise, or when the lane is busy (another thread's
-call) or was lost (a failed call ends the lane; the next RegisterWorker offers it again).
+request or reply, in a new ATTACH. The server offers the lane in RegisterWorker's answer
+(`lane`); the worker connects when it can and uses gRPC otherwise, or when the lane is busy
+(another thread's call) or was lost (a failed call ends the lane; the next RegisterWorker
+offers it again).
 PSFLOW_LANE=0 turns it off on either side; PSFLOW_LANE_SHARED=0 keeps a worker's messages in
 the socket.
 """
@@ -329,11 +330,11 @@ class LaneClient:
         sizes = [-(-size // mmap.PAGESIZE) * mmap.PAGESIZE for size in sizes]
         fds = []
         try:
-            for size, what in zip(sizes, ("request", "reply")):
+            for size, what in zip(sizes, ("request", "reply"), strict=True):
                 fd = os.memfd_create(f"psflow-lane-{what}", os.MFD_CLOEXEC)
                 fds.append(fd)
                 os.ftruncate(fd, size)
-            maps = [mmap.mmap(fd, size) for fd, size in zip(fds, sizes)]
+            maps = [mmap.mmap(fd, size) for fd, size in zip(fds, sizes, strict=True)]
             self._sock.sendall(_REQUEST.pack(_ATTACH, _SIZES.size))
             self._sock.sendmsg([_SIZES.pack(*sizes)],
                                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])

@@ -19,8 +19,8 @@ from ..state_ops import global_variables_initializer
 from ..variables import local_variables_initializer
 from . import saver
 from .cluster import task_config_from_env
-from .server import task_for_target
 from .optimizers import get_global_step, get_or_create_global_step
+from .server import task_for_target
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ class MonitoredTrainingSession:
                                      ", ".join(getattr(n, "name", str(n)) for n in overlap))
                 feeds.update(request.feed_dict)
         results = self._session.run({"caller": fetches, "hooks": hook_fetches}, feeds or None)
-        for hook, hook_results in zip(self._hooks, results["hooks"]):
+        for hook, hook_results in zip(self._hooks, results["hooks"], strict=False):
             hook.after_run(context, SessionRunValues(hook_results))
         if context.stop_requested:
             self._stop = True

@@ -6,9 +6,9 @@ import numbers
 
 import numpy as np
 
+from ..gradients import gradients
 from ..graph import Node, get_default_graph
 from ..variables import Variable, trainable_variables
-from ..gradients import gradients
 from .update_rules import UpdateRule
 
 
@@ -46,8 +46,8 @@ class ApplyGradients(Node):
                     raise ValueError(f"{self.name}: the learning rate is {learning_rate}; it "
                                      "must be a non-negative number")
                 now = rule.with_hyper(learning_rate=learning_rate)
-            store.apply_gradients(now, list(zip(values[:count], variables)), global_step,
-                                  consistency=consistency)
+            store.apply_gradients(now, list(zip(values[:count], variables, strict=True)),
+                                  global_step, consistency=consistency)
         return run
 
 
@@ -84,7 +84,7 @@ class Optimizer:
             if not isinstance(var, Variable):
                 raise TypeError(f"{self.name}: {var!r} in var_list is not a Variable")
         grads = gradients(loss, var_list)
-        return list(zip(grads, var_list))
+        return list(zip(grads, var_list, strict=False))
 
     def apply_gradients(self, grads_and_vars, global_step=None, name=None, loss=None):
         """A train op applying the gradients; it increments `global_step` if given."""

@@ -25,9 +25,9 @@ import time
 
 import grpc
 
-from psflow.transport import auth
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
+from psflow.transport import auth
 
 
 def watch_parent(parent_pid):
