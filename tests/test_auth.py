@@ -13,7 +13,7 @@ from psflow.proto import codec
 from psflow.transport import auth
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
-from psflow.ps.server import ParameterServer
+from psflow.ps.shard_server import ParameterServer
 
 TOKEN = "s3cret-token"
 

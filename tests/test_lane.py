@@ -18,7 +18,7 @@ from psflow.errors import NotFoundError, PsflowError
 from psflow.proto import codec, wire
 from psflow.transport import lane
 from psflow.proto import psflow_pb2 as pb
-from psflow.ps.server import ParameterServer
+from psflow.ps.shard_server import ParameterServer
 from psflow.worker.client import ShardClient, worker_request
 
 TOKEN = "lane-test-token"

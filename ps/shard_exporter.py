@@ -11,7 +11,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
 
 from psflow.monitoring import bucket_bound, cumulative
 
-from .store import APPLY_BUCKETS_S
+from .stats import APPLY_BUCKETS_S
 
 PREFIX = "psflow_ps_"
 # Upper bounds of the staleness histogram's buckets (the store counts each staleness apart).
