@@ -6,9 +6,11 @@ import threading
 
 import numpy as np
 
-from psflow.embedding_table import INITIALIZERS, EmbeddingTable
+from psflow.embedding_table import EmbeddingTable
 from psflow.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from psflow.graph import format_shape as _shape_text
+from psflow.row_init import INITIALIZERS
+from psflow.table_policies import eviction_due
 
 from .dense_variables import MAX_REPLY_BYTES
 
@@ -39,7 +41,7 @@ class _Table:
             table = self.table
             table.apply(rule, grad.indices, grad.values, global_step=global_step)
             self.version += 1
-            if table.steps_to_live and global_step - self.evicted_at >= table.steps_to_live:
+            if eviction_due(table.steps_to_live, global_step, self.evicted_at):
                 table.evict(global_step)
                 self.evicted_at = global_step
         return 0

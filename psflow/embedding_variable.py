@@ -8,7 +8,7 @@ store: in this process, or on every parameter server, each key on the shard its 
 
 import numpy as np
 
-from .embedding_table import name_seed
+from .row_init import name_seed
 from .graph import as_dtype, float32, get_default_graph, int64, Node
 from .initializers import (constant_initializer, ones_initializer, random_normal_initializer,
                            random_uniform_initializer, truncated_normal_initializer,

@@ -8,7 +8,8 @@ import threading
 import numpy as np
 
 from . import checkpoint
-from .embedding_table import EmbeddingTable, RunDedups
+from .embedding_table import EmbeddingTable
+from .key_index import RunDedups
 from .errors import FailedPreconditionError, InvalidArgumentError
 from .graph import format_shape, shape_compatible
 from .train.update_rules import checked_slots_by_variable

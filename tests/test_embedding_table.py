@@ -4,8 +4,9 @@ eviction, update rules on rows, state round trips and memory per row."""
 import numpy as np
 import pytest
 
-from psflow.embedding_table import (EmbeddingTable, KeyIndex, initial_rows, name_seed,
-                                    shard_of_keys)
+from psflow.embedding_table import EmbeddingTable
+from psflow.key_index import KeyIndex, shard_of_keys
+from psflow.row_init import initial_rows, name_seed
 from psflow.errors import InvalidArgumentError
 from psflow.train.update_rules import UpdateRule
 

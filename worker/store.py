@@ -19,7 +19,7 @@ import numpy as np
 from psflow import checkpoint, settings
 from psflow.errors import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
                            PsflowError, UnavailableError)
-from psflow.embedding_table import RunDedups, array_key, shard_of_keys
+from psflow.key_index import RunDedups, array_key, shard_of_keys
 from psflow.embedding_variable import is_table
 from psflow.gradients import IndexedSlices
 from psflow.local_store import check_rows

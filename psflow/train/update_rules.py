@@ -8,7 +8,7 @@ The formulas are TensorFlow 1.x's.
 
 import numpy as np
 
-from ..embedding_table import Dedup
+from ..key_index import Dedup
 from ..errors import InvalidArgumentError
 from ..gradients import IndexedSlices
 
