@@ -28,7 +28,10 @@ def saturated(counts):
 
 
 def admitted(sightings, filter_freq):
-    """Which keys, seen `sightings` times each, get a row (0 or 1: at once)."""
+    """Which keys, seen `sightings` times each, get a row (0 or 1: at once, whatever their
+    count, which is not kept then)."""
+    if not counts_sightings(filter_freq):
+        return np.ones(np.shape(sightings), dtype=bool)
     return sightings >= filter_freq
 
 
