@@ -8,11 +8,12 @@ store: in this process, or on every parameter server, each key on the shard its 
 
 import numpy as np
 
-from .row_init import name_seed
+from .errors import InvalidArgumentError
 from .graph import as_dtype, float32, get_default_graph, int64, Node
 from .initializers import (constant_initializer, ones_initializer, random_normal_initializer,
                            random_uniform_initializer, truncated_normal_initializer,
                            zeros_initializer)
+from .row_init import name_seed
 from .variables import Variable
 
 
@@ -124,7 +125,6 @@ class EmbeddingVariable(Variable):
         name = self.name
 
         def refuse():
-            from .errors import InvalidArgumentError
             raise InvalidArgumentError(
                 f"embedding table {name!r} has no fixed rows to read whole; read it through "
                 "nn.embedding_lookup / embedding_lookup_sparse (or export it with "
