@@ -17,10 +17,9 @@ import sys
 from psflow import monitoring, settings
 from psflow.argparsing import OneLineParser, one_of, port, whole_number
 from psflow.fileio import atomic_write
-from psflow.transport import memory
 from psflow.train.cluster import task_config_from_env
-
-from .server import ParameterServer
+from psflow.transport import memory
+from .shard_server import ParameterServer
 
 log = logging.getLogger("psflow.ps")
 
@@ -140,7 +139,7 @@ def main(argv=None):
             server.stop(grace=0, reason="no port file")
             return 1
     if args.metrics_port is not None:
-        from .metrics import ShardCollector  # prometheus_client only when asked for
+        from .shard_exporter import ShardCollector  # prometheus_client only when asked for
         try:
             monitoring.serve(ShardCollector(server.store), args.metrics_port, args.metrics_host,
                              what=f"shard {args.task_index}'s metrics")

@@ -8,8 +8,13 @@ import logging
 import grpc
 from google.protobuf.message import DecodeError
 
-from psflow.errors import (FailedPreconditionError, InvalidArgumentError, NotFoundError,
-                           PermissionDeniedError, ResourceExhaustedError)
+from psflow.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+)
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc

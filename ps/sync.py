@@ -168,7 +168,7 @@ class SyncState:
             if entry is None:
                 continue
             checked, rule = entry
-            for var, grad, version in checked:
+            for var, grad, _version in checked:
                 by_var.setdefault(var.name, (var, []))[1].append(grad)
         if rule is not None:
             self.store.apply([(var, average(grads), var.version)

@@ -1,5 +1,5 @@
-"""Checkpoint files (numpy and JSON only): one `.npz` per parameter-server shard and a small JSON index that ties a
-checkpoint's shard files together. Nothing is pickled: arrays are read with
+"""Checkpoint files (numpy and JSON only): one `.npz` per parameter-server shard and a small
+JSON index that ties a checkpoint's shard files together. Nothing is pickled: arrays are read with
 `allow_pickle=False`, and the index records each shard file's SHA-256, so a truncated or
 altered file is refused with an error that names it.
 
@@ -109,6 +109,27 @@ def write_shard(path, values, slots, global_step, tables=None):
     return write_arrays(path, arrays, manifest)
 
 
+class ShardContents:
+    """What one shard file holds, gathered variable by variable (a local session's store and
+    a parameter server's shard alike): `values` {part name: array}, `slots` {(part name,
+    rule, slot): array}, `tables` {table name: {field: array}}."""
+
+    def __init__(self):
+        self.values, self.slots, self.tables = {}, {}, {}
+
+    def add(self, name, value, slots_by_rule, copy=False):
+        """A part's value and its optimizer slots ({rule: {slot: array}}); with `copy`,
+        copies of them, taken now (while the caller holds what guards them)."""
+        self.values[name] = value.copy() if copy else value
+        for rule, rule_slots in slots_by_rule.items():
+            for slot, array in rule_slots.items():
+                self.slots[(name, rule, slot)] = np.array(array, copy=True) if copy else array
+
+    def write(self, path, global_step):
+        """Writes the shard file (see write_shard); returns its SHA-256."""
+        return write_shard(path, self.values, self.slots, global_step, self.tables)
+
+
 def read_shard(path, sha256=None):
     """(values, slots, global_step) of a shard file (see write_shard)."""
     arrays = read_arrays(path, sha256)
@@ -148,7 +169,7 @@ def variable_specs(variables):
     embedding table is {"table": {"dim"}, "dtype"} (its rows are in the shard files)."""
     specs = {}
     for v in variables:
-        if getattr(v, "is_table", False):
+        if v.is_table:
             specs[v.name] = {"table": {"dim": int(v.embedding_dim)},
                              "dtype": np.dtype(v.dtype).name}
         else:
@@ -307,7 +328,7 @@ def read_checkpoint(checkpoint):
             values, slots, _ = read_shard(os.path.join(checkpoint, shard["file"]),
                                           shard["sha256"])
             parts = shard["parts"]
-            for part, (variable, start, stop) in parts.items():
+            for part, (variable, start, _stop) in parts.items():
                 if part not in values:
                     raise DataLossError(f"{shard['file']} lacks part {part!r} of {variable!r}")
                 pieces.setdefault(variable, []).append((start, values[part]))

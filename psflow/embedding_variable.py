@@ -8,12 +8,18 @@ store: in this process, or on every parameter server, each key on the shard its 
 
 import numpy as np
 
-from .embedding_table import name_seed
 from .dtypes import as_dtype, float32, int64
+from .errors import InvalidArgumentError
 from .graph import Node, get_default_graph
-from .initializers import (constant_initializer, ones_initializer, random_normal_initializer,
-                           random_uniform_initializer, truncated_normal_initializer,
-                           zeros_initializer)
+from .initializers import (
+    constant_initializer,
+    ones_initializer,
+    random_normal_initializer,
+    random_uniform_initializer,
+    truncated_normal_initializer,
+    zeros_initializer,
+)
+from .row_init import name_seed
 from .variables import Variable
 
 
@@ -125,7 +131,6 @@ class EmbeddingVariable(Variable):
         name = self.name
 
         def refuse():
-            from .errors import InvalidArgumentError
             raise InvalidArgumentError(
                 f"embedding table {name!r} has no fixed rows to read whole; read it through "
                 "nn.embedding_lookup / embedding_lookup_sparse (or export it with "
@@ -185,7 +190,3 @@ def get_embedding_variable(name, embedding_dim, key_dtype=int64, value_dtype=Non
                          f"type, got {as_dtype(dtype).name}")
     return EmbeddingVariable(name, embedding_dim, dtype, initializer, filter_freq,
                              steps_to_live, trainable)
-
-
-def is_table(var):
-    return getattr(var, "is_table", False)

@@ -8,10 +8,11 @@ import threading
 import numpy as np
 
 from . import checkpoint
-from .embedding_table import EmbeddingTable, RunDedups
+from .embedding_table import EmbeddingTable
 from .errors import FailedPreconditionError, InvalidArgumentError
+from .key_index import RunDedups
 from .shapes import format_shape, shape_compatible
-from .train.update_rules import checked_slots
+from .train.update_rules import checked_slots_by_variable
 
 
 class LocalVariableStore:
@@ -53,7 +54,7 @@ class LocalVariableStore:
                 "first") from None
 
     def is_initialized(self, var):
-        return var in self.tables if getattr(var, "is_table", False) else var in self.values
+        return var in self.tables if var.is_table else var in self.values
 
     def init_table(self, var):
         """An empty table for embedding variable `var` (rows come with lookups)."""
@@ -73,7 +74,7 @@ class LocalVariableStore:
     def read_rows(self, var, indices, train=False):
         """Rows `indices` (any integer shape) of `var`: what a lookup reads. For an
         embedding table, `indices` are keys, and a training run creates their rows."""
-        if getattr(var, "is_table", False):
+        if var.is_table:
             found = self.dedup(np.asarray(indices))
             with self._lock:
                 rows = self._table(var).lookup(found.unique, found.counts(), train=train,
@@ -99,15 +100,11 @@ class LocalVariableStore:
             if global_step is not None:
                 self.step = int(self.read(global_step))
             for grad, var in grads_and_vars:
-                if getattr(var, "is_table", False):
+                if var.is_table:
                     self._apply_to_table(rule, grad, var)
                     continue
                 value = self.read(var)
-                by_rule = self.slots.setdefault(var, {})
-                slots = by_rule.get(rule.name)
-                if slots is None:
-                    slots = by_rule[rule.name] = rule.init_slots(value)
-                rule.apply(value, grad, slots)
+                rule.apply(value, grad, rule.slots_of(self.slots.setdefault(var, {}), value))
             if global_step is not None:
                 step = self.read(global_step)
                 step += 1
@@ -125,30 +122,25 @@ class LocalVariableStore:
         `global_step` Variable as one shard file; returns its directory."""
 
         def write(directory):
-            values, slots, parts = {}, {}, {}
+            contents, parts = checkpoint.ShardContents(), {}
             for var in variables:
                 if var not in self.values:
                     continue
-                values[var.name] = self.values[var]
+                contents.add(var.name, self.values[var], self.slots.get(var, {}))
                 parts[var.name] = [var.name, 0, int(var.shape[0]) if var.shape else 0]
-                for rule, rule_slots in self.slots.get(var, {}).items():
-                    for slot, array in rule_slots.items():
-                        slots[(var.name, rule, slot)] = array
             if isinstance(global_step, (int, np.integer)):  # a Saver's step in a graph without one
                 step = int(global_step)
             else:
                 step = int(self.values[global_step]) if global_step in self.values else 0
-            tables = {}
             for var in variables:
                 if var in self.tables:
                     table = self.tables[var]
                     table.evict(step)  # stale rows go at checkpoint time
-                    tables[var.name] = table.state()
-            digest = checkpoint.write_shard(os.path.join(directory, "shard-0.npz"), values,
-                                            slots, step, tables)
+                    contents.tables[var.name] = table.state()
+            digest = contents.write(os.path.join(directory, "shard-0.npz"), step)
             shards = [{"file": "shard-0.npz", "sha256": digest, "parts": parts}]
             return step, shards, checkpoint.variable_specs(
-                [v for v in variables if v.name in values or v.name in tables])
+                [v for v in variables if v.name in contents.values or v.name in contents.tables])
 
         return checkpoint.write_checkpoint(checkpoint_dir, write, max_to_keep)
 
@@ -159,11 +151,7 @@ class LocalVariableStore:
         for var, fields in (state[3] if len(state) > 3 else {}).items():
             self.init_table(var)
             self.tables[var].load(fields)
-        grouped = {}
-        for (var, rule, slot), value in slots.items():
-            grouped.setdefault((var, rule), {})[slot] = value
-        checked = {(var, rule): checked_slots(rule, given, var.shape, var.dtype, repr(var.name))
-                   for (var, rule), given in grouped.items()}
+        checked = checked_slots_by_variable(slots)
         for var, value in values.items():
             self.assign(var, value)
         for (var, rule), rule_slots in checked.items():

@@ -2,10 +2,10 @@
 
 A local Session holds them in this process (psflow.local_store.LocalVariableStore); a
 DistributedSession on the parameter-server shards
-(psflow.worker.distributed_store.DistributedStore). The engine's stateful nodes (Variable reads, assignments, initializers, lookups, train ops) and
-the checkpoint savers call only these methods on `session.store`, so one graph runs on either.
-tests/test_variable_store.py checks that both stores provide every method with a compatible
-signature.
+(psflow.worker.distributed_store.DistributedStore). The engine's stateful nodes (Variable
+reads, assignments, initializers, lookups, train ops) and the checkpoint savers call only
+these methods on `session.store`, so one graph runs on either. tests/test_variable_store.py
+checks that both stores provide every method with a compatible signature.
 """
 
 from typing import Any, Protocol

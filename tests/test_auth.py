@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
-from psflow.ps.server import ParameterServer
+from psflow.ps.shard_server import ParameterServer
 from psflow.transport import auth
 
 TOKEN = "s3cret-token"

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import psflow as tf
-from psflow.errors import DataLossError
 from psflow import checkpoint as files
-from psflow.ps.server import ParameterServer
+from psflow.errors import DataLossError
+from psflow.ps.shard_server import ParameterServer
 from psflow.train import saver
 from psflow.train.cluster import ClusterSpec, TaskConfig
 from psflow.worker.distributed_session import DistributedSession

@@ -4,9 +4,10 @@ eviction, update rules on rows, state round trips and memory per row."""
 import numpy as np
 import pytest
 
-from psflow.embedding_table import (EmbeddingTable, KeyIndex, initial_rows, name_seed,
-                                    shard_of_keys)
+from psflow.embedding_table import EmbeddingTable
 from psflow.errors import InvalidArgumentError
+from psflow.key_index import KeyIndex, shard_of_keys
+from psflow.row_init import initial_rows, name_seed
 from psflow.train.update_rules import UpdateRule
 
 NORMAL = {"kind": "truncated_normal", "mean": 0.0, "stddev": 0.5, "seed": 7}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import psflow as tf
-from psflow.embedding_table import initial_rows
+from psflow.row_init import initial_rows
 
 
 @pytest.fixture(autouse=True)

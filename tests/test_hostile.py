@@ -17,8 +17,8 @@ from psflow.errors import DataLossError
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
-from psflow.ps.server import ParameterServer
-from psflow.ps.store import MAX_REPLY_BYTES
+from psflow.ps.dense_variables import MAX_REPLY_BYTES
+from psflow.ps.shard_server import ParameterServer
 
 SGD = pb.UpdateRule(name="sgd", hyper={"learning_rate": 1.0})
 TIMEOUT = 30

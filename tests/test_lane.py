@@ -17,7 +17,7 @@ import pytest
 from psflow.errors import NotFoundError, PsflowError
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
-from psflow.ps.server import ParameterServer
+from psflow.ps.shard_server import ParameterServer
 from psflow.transport import lane
 from psflow.worker.client import ShardClient, worker_request
 

@@ -16,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import psflow as tf
 from psflow import monitoring
-from psflow.ps.metrics import ShardCollector
-from psflow.ps.server import ParameterServer
-from psflow.ps.store import ShardStore
+from psflow.ps.shard_exporter import ShardCollector
+from psflow.ps.shard_server import ParameterServer
+from psflow.ps.shard_store import ShardStore
 from psflow.train.cluster import ClusterSpec, TaskConfig
 from psflow.worker.distributed_session import DistributedSession
 from psflow.worker.step_times import batch_size

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
-from psflow.ps.server import SERVICE_NAME, ParameterServer
+from psflow.ps.shard_server import SERVICE_NAME, ParameterServer
 
 SGD = pb.UpdateRule(name="sgd", hyper={"learning_rate": 1.0})
 TIMEOUT = 30

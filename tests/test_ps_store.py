@@ -12,7 +12,8 @@ from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoun
 from psflow.indexed_slices import IndexedSlices
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import wire
-from psflow.ps.store import STALENESS_BUCKETS, ShardStore
+from psflow.ps.shard_store import ShardStore
+from psflow.ps.stats import STALENESS_BUCKETS
 from psflow.train.update_rules import UpdateRule
 from waiting import wait_for
 

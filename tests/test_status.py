@@ -17,7 +17,7 @@ from psflow.launcher.output import Output
 from psflow.launcher.progress import ProgressPoller, format_progress, standout_notes
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
-from psflow.ps.server import ParameterServer
+from psflow.ps.shard_server import ParameterServer
 from psflow.worker.client import ShardClient
 from psflow.worker.jobstats import Look, Rates, percentile, rates
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import psflow as tf
-from psflow.ps.server import ParameterServer
+from psflow.ps.shard_server import ParameterServer
 from psflow.train.cluster import ClusterSpec, TaskConfig
 from psflow.worker.distributed_session import DistributedSession
 from oracles import train_sync_oracle

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import psflow as tf
-from psflow.ps.server import ParameterServer
+from psflow.ps.shard_server import ParameterServer
 from psflow.train.cluster import ClusterSpec, TaskConfig
 from psflow.worker.client import ShardClient
 from psflow.worker.distributed_session import DistributedSession
@@ -450,7 +450,7 @@ def test_metric_counts_stay_in_the_worker(fresh_graph, servers):
         features = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32)
         # scores: w . x + b = 0.75, -0.75, 2.25, -0.25 -> ranking 2, 0, 3, 1
         got = session.run(update, {x: features, labels: [1, 0, 1, 0]})
-        declared = {name for server in servers for name in server.store._variables}
+        declared = {name for server in servers for name in server.store.variables.held}
     finally:
         session.close()
     assert got == pytest.approx(1.0, abs=1e-3)
@@ -489,7 +489,7 @@ def test_an_embedding_table_trains_through_the_servers_as_locally(fresh_graph, s
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got_w, expected_w, rtol=1e-5)
     assert not unknown.any()  # an unseen key reads zeros, and reading created no row
-    held = [len(s.store._tables["emb"].table) for s in servers]
+    held = [len(s.store.tables.held["emb"].table) for s in servers]
     assert sum(held) == probe.size and min(held) > 0  # spread over both shards by hash
 
 

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from psflow.embedding_table import shard_of_keys
+from psflow.key_index import shard_of_keys
 
 # Variables above this many bytes are split row-wise; it also bounds the size of one part,
 # and so of any message carrying it (within gRPC's 512 MB). Each part costs a little in every

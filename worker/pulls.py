@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from psflow.embedding_table import array_key
+from psflow.key_index import array_key
 from psflow.local_store import check_rows
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb

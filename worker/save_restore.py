@@ -7,8 +7,8 @@ import os
 import numpy as np
 
 from psflow import checkpoint
-from psflow.embedding_table import shard_of_keys
 from psflow.errors import FailedPreconditionError
+from psflow.key_index import shard_of_keys
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from .payload_batches import batches

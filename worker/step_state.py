@@ -2,7 +2,7 @@
 
 import threading
 
-from psflow.embedding_table import RunDedups
+from psflow.key_index import RunDedups
 
 
 class StepState(threading.local):

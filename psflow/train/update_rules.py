@@ -8,9 +8,9 @@ The formulas are TensorFlow 1.x's.
 
 import numpy as np
 
-from ..embedding_table import Dedup
 from ..errors import InvalidArgumentError
 from ..indexed_slices import IndexedSlices
+from ..key_index import Dedup
 
 
 def _dense(grad, value):
@@ -272,6 +272,17 @@ def checked_slots(rule, slots, shape, dtype, what):
     return out
 
 
+def checked_slots_by_variable(slots):
+    """{(variable, rule): {slot name: array}} of a checkpoint's slots {(variable, rule, slot):
+    array}, where a variable is anything with a name, shape and dtype: each variable's slots
+    for each rule checked by checked_slots. Raises before returning anything."""
+    grouped = {}
+    for (var, rule, slot), array in slots.items():
+        grouped.setdefault((var, rule), {})[slot] = array
+    return {(var, rule): checked_slots(rule, given, var.shape, var.dtype, repr(var.name))
+            for (var, rule), given in grouped.items()}
+
+
 class UpdateRule:
     """A named rule with its hyperparameters bound; `spec()` is what travels to a parameter
     server, which rebuilds the same rule with `UpdateRule(**spec)`."""
@@ -290,6 +301,14 @@ class UpdateRule:
     def init_slots(self, value):
         """The rule's optimizer slots for `value` (e.g. Adam's moments), freshly made."""
         return self._init_slots(value, **self.hyper)
+
+    def slots_of(self, by_rule, value):
+        """The rule's slots for `value` in `by_rule` ({rule name: slots}, one variable's),
+        made there at the rule's first push to that variable."""
+        slots = by_rule.get(self.name)
+        if slots is None:
+            slots = by_rule[self.name] = self._init_slots(value, **self.hyper)
+        return slots
 
     def apply(self, value, grad, slots):
         """Updates `value` and `slots` in place with `grad`."""

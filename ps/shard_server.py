@@ -13,9 +13,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from psflow.parent import WATCH_INTERVAL_S, ParentWatch
 from psflow.proto import codec
 from psflow.transport import auth, lane, memory
-
 from .servicer import ParameterServerServicer, add_to_server
-from .store import ShardStore
+from .shard_store import ShardStore
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +151,7 @@ class ParameterServer:
         memory that calls freed back to the system."""
         moved = 0
         while not self._stopped.is_set():
-            traffic = self.store.bytes_received + self.store.bytes_sent
+            traffic = self.store.counters.traffic
             if traffic - moved >= RELEASE_AFTER_BYTES:
                 moved = traffic
                 memory.release_free_memory()

@@ -6,12 +6,15 @@ per push: the store keeps plain counters, and this collector turns them into fam
 when `/metrics` is asked for.
 """
 
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily, SummaryMetricFamily)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    SummaryMetricFamily,
+)
 
 from psflow.monitoring import bucket_bound, cumulative
-
-from .store import APPLY_BUCKETS_S
+from .stats import APPLY_BUCKETS_S
 
 PREFIX = "psflow_ps_"
 # Upper bounds of the staleness histogram's buckets (the store counts each staleness apart).

@@ -1,0 +1,47 @@
+"""When an embedding table's key gets a row, and when a row goes: DeepRec's counter filter
+(admission after `filter_freq` sightings) and global-step eviction (rows not updated within
+`steps_to_live` global steps). The table keeps the counters (per entry its sightings, per row
+the step of its last update) beside the rows; these functions decide from them, over whole
+arrays, never per key."""
+
+import numpy as np
+
+_COUNT_MAX = np.iinfo(np.int32).max
+
+
+def counts_sightings(filter_freq):
+    """Whether sightings need counting: only a filter above one sighting looks at them."""
+    return filter_freq > 1
+
+
+def count_sightings(freq, entries, counts):
+    """Adds to `freq` (per entry, int32, in place) one sighting per entry in `entries`, or
+    `counts` of them; counts matter only until admission, so they saturate."""
+    seen = freq[entries].astype(np.int64) + (1 if counts is None else
+                                             np.asarray(counts, dtype=np.int64))
+    freq[entries] = np.minimum(seen, _COUNT_MAX)
+
+
+def saturated(counts):
+    """Checkpointed sighting counts as the int32 counters hold them."""
+    return np.minimum(np.asarray(counts, dtype=np.int64), _COUNT_MAX)
+
+
+def admitted(sightings, filter_freq):
+    """Which keys, seen `sightings` times each, get a row (0 or 1: at once, whatever their
+    count, which is not kept then)."""
+    if not counts_sightings(filter_freq):
+        return np.ones(np.shape(sightings), dtype=bool)
+    return sightings >= filter_freq
+
+
+def stale_rows(last_step, global_step, steps_to_live):
+    """Which rows, last updated at `last_step`, are evicted at `global_step`."""
+    return last_step < global_step - steps_to_live
+
+
+def eviction_due(steps_to_live, global_step, last_pass):
+    """Whether a parameter server runs an eviction pass at `global_step` as it applies
+    gradients, the last pass having run at `last_pass`: once every `steps_to_live` steps (a
+    checkpoint evicts too, whatever the step)."""
+    return bool(steps_to_live) and global_step - last_pass >= steps_to_live
