@@ -37,26 +37,24 @@ def port(text):
     return value
 
 
-def seconds(text):
-    """An argument type: a finite number of seconds, more than 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
-    return value
+def _seconds(zero_allowed):
+    """An argument type: a finite number of seconds, more than 0 (or 0 too)."""
+    bound = "0 or more" if zero_allowed else "more than 0"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") \
+                from None
+        if not (0 <= value if zero_allowed else 0 < value) or not value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be {bound} seconds, got {text}")
+        return value
+    return parse
 
 
-def non_negative_seconds(text):
-    """An argument type: a finite number of seconds, 0 or more (0 usually means no bound)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not 0 <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
-    return value
+seconds = _seconds(zero_allowed=False)
+non_negative_seconds = _seconds(zero_allowed=True)  # 0 usually means no bound
 
 
 def one_of(choices):

@@ -38,6 +38,23 @@ def _padding(padding):
     return padding
 
 
+def _kernel(shape, dtype, initializer, trainable):
+    """A layer's "kernel" variable, glorot-uniform unless `initializer` says otherwise."""
+    return get_variable("kernel", shape=shape, dtype=dtype,
+                        initializer=initializer or glorot_uniform_initializer(),
+                        trainable=trainable)
+
+
+def _bias_and_activation(out, size, use_bias, initializer, activation, trainable):
+    """`out` plus a "bias" variable of `size` (zeros unless `initializer` says otherwise)
+    when `use_bias`, through `activation` when there is one."""
+    if use_bias:
+        bias = get_variable("bias", shape=(size,), dtype=out.dtype,
+                            initializer=initializer or zeros_initializer(), trainable=trainable)
+        out = add(out, bias)
+    return activation(out) if activation is not None else out
+
+
 def dense(inputs, units, activation=None, use_bias=True, kernel_initializer=None,
           bias_initializer=None, trainable=True, name=None, reuse=None, **unsupported):
     """activation(inputs @ kernel + bias) with kernel (in, units) and bias (units,)."""
@@ -49,17 +66,11 @@ def dense(inputs, units, activation=None, use_bias=True, kernel_initializer=None
         raise ValueError(f"layers.dense: the last dimension of {inputs.name!r} must be known, "
                          f"got shape {inputs.shape}")
     with variable_scope(name, default_name="dense", reuse=reuse):
-        kernel = get_variable("kernel", shape=(int(inputs.shape[-1]), int(units)),
-                              dtype=inputs.dtype,
-                              initializer=kernel_initializer or glorot_uniform_initializer(),
-                              trainable=trainable)
+        kernel = _kernel((int(inputs.shape[-1]), int(units)), inputs.dtype, kernel_initializer,
+                         trainable)
         out = matmul(inputs, kernel)
-        if use_bias:
-            bias = get_variable("bias", shape=(int(units),), dtype=inputs.dtype,
-                                initializer=bias_initializer or zeros_initializer(),
-                                trainable=trainable)
-            out = add(out, bias)
-        return activation(out) if activation is not None else out
+        return _bias_and_activation(out, int(units), use_bias, bias_initializer, activation,
+                                    trainable)
 
 
 def conv2d(inputs, filters, kernel_size, strides=(1, 1), padding="valid", activation=None,
@@ -76,17 +87,11 @@ def conv2d(inputs, filters, kernel_size, strides=(1, 1), padding="valid", activa
         raise ValueError(f"layers.conv2d: the channels of {inputs.name!r} must be known")
     kh, kw = _pair(kernel_size, "kernel_size")
     with variable_scope(name, default_name="conv2d", reuse=reuse):
-        kernel = get_variable("kernel", shape=(kh, kw, int(inputs.shape[-1]), int(filters)),
-                              dtype=inputs.dtype,
-                              initializer=kernel_initializer or glorot_uniform_initializer(),
-                              trainable=trainable)
+        kernel = _kernel((kh, kw, int(inputs.shape[-1]), int(filters)), inputs.dtype,
+                         kernel_initializer, trainable)
         out = _conv2d(inputs, kernel, list(_pair(strides, "strides")), _padding(padding))
-        if use_bias:
-            bias = get_variable("bias", shape=(int(filters),), dtype=inputs.dtype,
-                                initializer=bias_initializer or zeros_initializer(),
-                                trainable=trainable)
-            out = add(out, bias)
-        return activation(out) if activation is not None else out
+        return _bias_and_activation(out, int(filters), use_bias, bias_initializer, activation,
+                                    trainable)
 
 
 def max_pooling2d(inputs, pool_size, strides, padding="valid", data_format="channels_last",

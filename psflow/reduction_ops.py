@@ -158,34 +158,24 @@ def reduction_args(axis, keepdims, reduction_indices, keep_dims):
     return axis, keepdims
 
 
-def reduce_sum(x, axis=None, keepdims=False, name=None, reduction_indices=None,
+def _reduction(op, tf_name):
+    """The public function of reduction `op` with TF1's arguments (see reduction_args)."""
+
+    def reduce(x, axis=None, keepdims=False, name=None, reduction_indices=None,
                keep_dims=None):
-    axis, keepdims = reduction_args(axis, keepdims, reduction_indices, keep_dims)
-    return ReduceSum(x, axis=axis, keepdims=keepdims, name=name)
+        axis, keepdims = reduction_args(axis, keepdims, reduction_indices, keep_dims)
+        return op(x, axis=axis, keepdims=keepdims, name=name)
+
+    reduce.__name__ = reduce.__qualname__ = tf_name
+    reduce.__doc__ = f"`tf.{tf_name}` of `x` over `axis` (all axes when None)."
+    return reduce
 
 
-def reduce_mean(x, axis=None, keepdims=False, name=None, reduction_indices=None,
-                keep_dims=None):
-    axis, keepdims = reduction_args(axis, keepdims, reduction_indices, keep_dims)
-    return ReduceMean(x, axis=axis, keepdims=keepdims, name=name)
-
-
-def reduce_max(x, axis=None, keepdims=False, name=None, reduction_indices=None,
-               keep_dims=None):
-    axis, keepdims = reduction_args(axis, keepdims, reduction_indices, keep_dims)
-    return ReduceMax(x, axis=axis, keepdims=keepdims, name=name)
-
-
-def reduce_min(x, axis=None, keepdims=False, name=None, reduction_indices=None,
-               keep_dims=None):
-    axis, keepdims = reduction_args(axis, keepdims, reduction_indices, keep_dims)
-    return ReduceMin(x, axis=axis, keepdims=keepdims, name=name)
-
-
-def reduce_prod(x, axis=None, keepdims=False, name=None, reduction_indices=None,
-                keep_dims=None):
-    axis, keepdims = reduction_args(axis, keepdims, reduction_indices, keep_dims)
-    return ReduceProd(x, axis=axis, keepdims=keepdims, name=name)
+reduce_sum = _reduction(ReduceSum, "reduce_sum")
+reduce_mean = _reduction(ReduceMean, "reduce_mean")
+reduce_max = _reduction(ReduceMax, "reduce_max")
+reduce_min = _reduction(ReduceMin, "reduce_min")
+reduce_prod = _reduction(ReduceProd, "reduce_prod")
 
 
 def argmax(x, axis=None, output_type=np.int64, name=None):

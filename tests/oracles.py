@@ -24,3 +24,11 @@ def train_sync_oracle(train, placeholders, data, num_workers, steps, fetches, fe
             sess.run(train, {p: np.concatenate(arrays)
                              for p, arrays in zip(placeholders, parts, strict=True)})
         return sess.run(fetches, feed)
+
+
+def assert_every_worker_matches(results, expected):
+    """Each worker's fetched values (`results`: worker -> list of arrays) equal `expected`,
+    array by array, to float32 rounding."""
+    for values in results.values():
+        for got, want in zip(values, expected, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)

@@ -11,7 +11,7 @@ import psflow as tf
 from psflow.ps.shard_server import ParameterServer
 from psflow.train.cluster import ClusterSpec, TaskConfig
 from psflow.worker.distributed_session import DistributedSession
-from oracles import train_sync_oracle
+from oracles import assert_every_worker_matches, train_sync_oracle
 from waiting import wait_for
 
 BATCH = 8
@@ -126,9 +126,7 @@ def test_sync_equals_one_process_on_the_concatenated_batch(cluster, name, num_ps
                           lambda: tf.train.SyncReplicasOptimizer(opt(), workers, workers),
                           [steps] * workers)
     expected = train_locally(opt, workers, steps)
-    for values in results.values():
-        for got, want in zip(values, expected, strict=True):
-            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+    assert_every_worker_matches(results, expected)
     assert servers[0].store.global_step == steps
     assert servers[0].store.stats()["dropped"] == 0
 
@@ -306,9 +304,7 @@ def test_sync_with_lookups_equals_one_process_on_the_concatenated_batch(cluster,
 
     results = in_threads(workers, work)
     assert sorted(results) == [0, 1]
-    for values in results.values():
-        for got, want in zip(values, expected, strict=True):
-            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+    assert_every_worker_matches(results, expected)
     assert servers[0].store.global_step == steps
 
 
@@ -356,6 +352,4 @@ def test_sync_with_a_table_equals_one_process_on_the_concatenated_batch(cluster)
 
     results = in_threads(workers, work)
     assert sorted(results) == [0, 1]
-    for values in results.values():
-        for got, want in zip(values, expected, strict=True):
-            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
+    assert_every_worker_matches(results, expected)
