@@ -37,9 +37,10 @@ FAREWELL_TIMEOUT_S = settings.FAREWELL_TIMEOUT.get()
 
 
 class DistributedStore(Initialization, Pulls, Pushes, SaveRestore):
-    """The variable store of a DistributedSession: the LocalVariableStore interface (read,
-    assign, apply_gradients, save, restore) backed by parameter-server shards. `consistency`
-    is the job's mode, for train ops that do not name their own."""
+    """The variable store of a DistributedSession: psflow.variable_store.VariableStore (read,
+    assign, read_rows, dedup, init_table, apply_gradients, save, restore) backed by
+    parameter-server shards. `consistency` is the job's mode, for train ops that do not name
+    their own."""
 
     def __init__(self, graph, task, partition_bytes=PARTITION_BYTES, consistency=None):
         memory.tune_allocator()
