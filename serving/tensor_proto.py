@@ -66,7 +66,10 @@ def to_numpy(message, name="tensor"):
     what = f"input '{name}'"
     if message.dtype == DataType.DT_INVALID:
         raise InvalidArgumentError(f"{what} has no dtype")
-    dtype = numpy_dtype_of(message.dtype)
+    try:
+        dtype = numpy_dtype_of(message.dtype)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{what}: {exc}") from None
     shape = shape_of(message.tensor_shape, what)
     count = int(np.prod(shape, dtype=np.int64))
     if message.tensor_content:
@@ -83,16 +86,16 @@ def to_numpy(message, name="tensor"):
     field = _BY_DATATYPE[message.dtype][1]
     values = getattr(message, field)
     if len(values) == count:
-        flat = _typed_values(values, message.dtype, dtype)
+        flat = _typed_values(values, message.dtype, dtype, what)
     elif len(values) == 1:
-        flat = np.repeat(_typed_values(values, message.dtype, dtype), count)
+        flat = np.repeat(_typed_values(values, message.dtype, dtype, what), count)
     else:
         raise InvalidArgumentError(f"{what}: {field} holds {len(values)} values, shape "
                                    f"{list(shape)} needs {count}")
     return flat.reshape(shape)
 
 
-def _typed_values(values, datatype, dtype):
+def _typed_values(values, datatype, dtype, what):
     if datatype == DataType.DT_HALF:
         return np.asarray(values, dtype=np.int32).astype(np.uint16).view(np.float16)
     if dtype.kind == "O":
@@ -102,7 +105,7 @@ def _typed_values(values, datatype, dtype):
     if dtype.kind in "iu":
         ints = np.asarray(values, dtype=np.int64 if dtype.kind == "i" else np.uint64)
         if len(ints) and (ints.min() < np.iinfo(dtype).min or ints.max() > np.iinfo(dtype).max):
-            raise InvalidArgumentError(f"a value is out of the range of {dtype}")
+            raise InvalidArgumentError(f"{what}: a value is out of the range of {dtype}")
         return ints.astype(dtype)
     return np.asarray(values, dtype=dtype)
 
