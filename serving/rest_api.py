@@ -149,8 +149,9 @@ class RestServer:
         self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="rest",
-                                        daemon=True)
+        # A short poll interval so that stopping does not wait half a second.
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                        name="rest", daemon=True)
 
     def start(self):
         self._thread.start()

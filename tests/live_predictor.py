@@ -68,16 +68,16 @@ class LivePredictor:
             if not np.can_cast(value.dtype, info.dtype, "same_kind"):
                 raise InvalidArgumentError(f"input '{key}' expects {info.dtype}, "
                                            f"got {value.dtype}")
-            if value.ndim != len(info.shape) or any(
-                    want is not None and want != got for want, got in zip(info.shape,
-                                                                           value.shape)):
+            if value.shape != tuple(got if want is None else want
+                                    for want, got in zip(info.shape, value.shape, strict=False)) \
+                    or value.ndim != len(info.shape):
                 raise InvalidArgumentError(f"input '{key}' expects shape {info.shape}, "
                                            f"got {value.shape}")
             feed[self._feeds[key]] = value.astype(info.dtype)
         keys = sorted(signature.outputs)
         with self._lock:
             values = self._session.run([self._fetches[k] for k in keys], feed)
-        return dict(zip(keys, values))
+        return dict(zip(keys, values, strict=True))
 
 
 def small_ctr_model(seed, signature="serving_default", version=None, export_dir=None):

@@ -161,7 +161,9 @@ model_config_list {
     version_labels { key: "canary" value: 4 }
   }
   config { name: "mlp" base_path: "/models/mlp" model_version_policy { all {} } }
-  config { name: "cnn" base_path: "/models/cnn" model_version_policy { latest { num_versions: 2 } } }
+  config {
+    name: "cnn" base_path: "/models/cnn" model_version_policy { latest { num_versions: 2 } }
+  }
 }
 """
 
