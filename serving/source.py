@@ -18,7 +18,6 @@ def scan(base_path):
     try:
         entries = list(os.scandir(base_path))
     except FileNotFoundError:
-        log.warning("model base path %s does not exist (yet)", base_path)
         return {}
     except OSError as exc:
         log.error("cannot read model base path %s: %s", base_path, exc)
@@ -37,10 +36,16 @@ class VersionSource:
         self.poll_wait_seconds = poll_wait_seconds
         self._stop = threading.Event()
         self._thread = None
+        self._empty_reported = False
 
     def poll(self):
         """One look at the base path."""
-        self._aspire(self.policy.select(scan(self.base_path)))
+        found = scan(self.base_path)
+        if not found and not self._empty_reported:
+            log.warning("no version under %s (yet): waiting for BASE/1, BASE/2, ...",
+                        self.base_path)
+        self._empty_reported = not found
+        self._aspire(self.policy.select(found))
 
     def start(self):
         self._thread = threading.Thread(target=self._run, name=f"source:{self.base_path}",

@@ -5,13 +5,15 @@ computation, for testing the server apart from the export format.
 `small_ctr_model(seed)` builds a model with a float input `x` (None, 3) and an int64 input
 `ids` (None,), and outputs `scores` (None, 1) and `probabilities` (None, 1); `expected` is the
 same computation in numpy. `write_version` makes a version folder a `load_fn` of this module
-reads: `model.json` with the seed (and `"broken": true` for a version that fails to load).
+reads: `model.json` with the seed (and `"broken": true` for a version that fails to load,
+`"delay"` for seconds each prediction takes, to hold requests in flight).
 """
 
 import collections
 import json
 import os
 import threading
+import time
 
 import numpy as np
 
@@ -55,6 +57,7 @@ class LivePredictor:
         self._feeds = feeds
         self._fetches = fetches
         self._lock = threading.Lock()  # a Session run at a time
+        self.delay = 0.0
 
     def predict(self, inputs):
         signature = self.signature
@@ -75,6 +78,7 @@ class LivePredictor:
                                            f"got {value.shape}")
             feed[self._feeds[key]] = value.astype(info.dtype)
         keys = sorted(signature.outputs)
+        time.sleep(self.delay)
         with self._lock:
             values = self._session.run([self._fetches[k] for k in keys], feed)
         return dict(zip(keys, values, strict=True))
@@ -101,12 +105,12 @@ def small_ctr_model(seed, signature="serving_default", version=None, export_dir=
                          signature, {"x": x, "ids": ids}, outputs, version, export_dir)
 
 
-def write_version(base, version, seed, broken=False):
+def write_version(base, version, seed, broken=False, delay=0.0):
     """BASE/VERSION holding what `load` reads, written aside and renamed in."""
     temporary = os.path.join(base, f".tmp-{version}")
     os.makedirs(temporary)
     with open(os.path.join(temporary, "model.json"), "w") as f:
-        json.dump({"seed": seed, "broken": broken}, f)
+        json.dump({"seed": seed, "broken": broken, "delay": delay}, f)
     os.rename(temporary, os.path.join(base, str(version)))
     return os.path.join(base, str(version))
 
@@ -121,5 +125,7 @@ def load(export_dir, signature="serving_default"):
         raise NotFoundError(f"{path} is missing") from None
     if spec["broken"]:
         raise tf.errors.DataLossError(f"{path}: the export is corrupt")
-    return small_ctr_model(spec["seed"], signature, int(os.path.basename(export_dir)),
-                           export_dir)
+    predictor = small_ctr_model(spec["seed"], signature, int(os.path.basename(export_dir)),
+                                export_dir)
+    predictor.delay = spec.get("delay", 0.0)
+    return predictor
