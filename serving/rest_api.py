@@ -30,6 +30,10 @@ _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
                    r"(?P<verb>:[a-zA-Z]+|/metadata)?/?$")
 
 
+class BodyTooLarge(ResourceExhaustedError):
+    """A request body over MAX_BODY_BYTES: 413."""
+
+
 def _spec(match):
     spec = model_pb2.ModelSpec(name=match["name"])
     if match["version"] is not None:
@@ -71,7 +75,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
                     raise NotFoundError(f"no such resource: {method} {self.path}")
                 self._answer(200, self._dispatch(method, match, body))
         except Exception as exc:  # every failure becomes an error answer, never a dead server
-            status = http_status_of(exc)
+            status = 413 if isinstance(exc, BodyTooLarge) else http_status_of(exc)
             if status == 500:
                 log.exception("%s %s failed", method, self.path)
             message = str(exc.args[0]) if len(exc.args) == 1 else str(exc)
@@ -85,7 +89,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             raise InvalidArgumentError("a POST needs a Content-Length") from None
         if length > MAX_BODY_BYTES:
             self.close_connection = True
-            raise ResourceExhaustedError(f"the request body of {length} bytes is over the "
+            raise BodyTooLarge(f"the request body of {length} bytes is over the "
                                          f"limit of {MAX_BODY_BYTES}")
         data = self.rfile.read(length)
         try:

@@ -8,6 +8,7 @@ import pytest
 from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from psflow.proto.tfserving import tensor_pb2, types_pb2
 from psflow.serving import rest_json, tensor_proto
+from psflow.serving.__main__ import build_parser, models_of
 from psflow.serving.loader import Loader, warmup_inputs
 from psflow.serving.manager import ModelManager
 from psflow.serving.model_config import parse_model_config
@@ -223,3 +224,20 @@ def test_rest_rows_and_columns():
 def test_rest_bad_bodies_are_refused_clearly(body, error):
     with pytest.raises(InvalidArgumentError, match=error):
         rest_json.request_inputs(body, SIGNATURE)
+
+
+def test_the_flags_name_the_models(tmp_path):
+    (tmp_path / "models.config").write_text(CONFIG)
+    models = models_of(build_parser().parse_args(
+        [f"--model_config_file={tmp_path / 'models.config'}"]))
+    assert [m.name for m in models] == ["ctr", "mlp", "cnn"]
+    (single,) = models_of(build_parser().parse_args(["--model_name=ctr",
+                                                     f"--model_base_path={tmp_path}"]))
+    assert (single.name, single.base_path, single.policy.kind) == ("ctr", str(tmp_path),
+                                                                   "latest")
+    for argv, error in ([[], "--model_base_path"],
+                        [[f"--model_config_file={tmp_path / 'none'}"], "cannot read"],
+                        [[f"--model_config_file={tmp_path / 'models.config'}",
+                          "--model_base_path=/a"], "either"]):
+        with pytest.raises(InvalidArgumentError, match=error):
+            models_of(build_parser().parse_args(argv))

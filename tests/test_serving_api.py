@@ -20,7 +20,7 @@ from psflow.proto.tfserving import (
     prediction_service_pb2_grpc,
     types_pb2,
 )
-from psflow.serving import tensor_proto
+from psflow.serving import rest_api, tensor_proto
 from psflow.serving.model_config import ModelSettings
 from psflow.serving.model_server import ModelServer
 import live_predictor
@@ -216,6 +216,15 @@ def test_rest_bad_requests_get_their_code_and_the_server_keeps_serving(served, p
     assert list(answer) == ["error"] and words in answer["error"]
     assert _rest(server, "/v1/models/ctr:predict",
                  {"inputs": {"x": X.tolist(), "ids": IDS.tolist()}})[0] == 200
+
+
+def test_an_oversized_rest_body_is_refused(served, monkeypatch):
+    server = served[0]
+    monkeypatch.setattr(rest_api, "MAX_BODY_BYTES", 100)
+    status, answer = _rest(server, "/v1/models/ctr:predict", {"inputs": {"x": [[0.0] * 3] * 20}})
+    assert status == 413 and "over the limit of 100" in answer["error"]
+    monkeypatch.undo()
+    assert _rest(server, "/v1/models/ctr")[0] == 200
 
 
 def test_a_new_version_is_picked_up_and_the_old_unloaded(served):
