@@ -12,6 +12,7 @@ from psflow.serving.__main__ import build_parser, models_of
 from psflow.serving.loader import Loader, warmup_inputs
 from psflow.serving.manager import ModelManager
 from psflow.serving.model_config import parse_model_config
+from psflow.serving.prediction_servicer import signature_def_map
 from psflow.serving.source import VersionSource, scan
 from psflow.serving.version_policy import VersionPolicy
 import live_predictor
@@ -241,3 +242,24 @@ def test_the_flags_name_the_models(tmp_path):
                           "--model_base_path=/a"], "either"]):
         with pytest.raises(InvalidArgumentError, match=error):
             models_of(build_parser().parse_args(argv))
+
+
+def test_the_messages_are_tensorflow_s_on_the_wire():
+    """TensorBoard ships TensorFlow's own TensorProto and SignatureDef (under another package
+    name, same field numbers): bytes written by one read the same with the other."""
+    tensorflow_tensor = pytest.importorskip("tensorboard.compat.proto.tensor_pb2")
+    tensorflow_meta = pytest.importorskip("tensorboard.compat.proto.meta_graph_pb2")
+    ours = tensor_proto.typed(np.array([[1.5, 2.5]], np.float32))
+    theirs = tensorflow_tensor.TensorProto.FromString(ours.SerializeToString())
+    assert (theirs.dtype, list(theirs.float_val)) == (1, [1.5, 2.5])
+    assert [d.size for d in theirs.tensor_shape.dim] == [1, 2]
+    theirs = tensorflow_tensor.TensorProto(dtype=9, int64_val=[4, 5], half_val=[1])
+    theirs.tensor_shape.dim.add(size=2)
+    back = tensor_pb2.TensorProto.FromString(theirs.SerializeToString())
+    assert (back.dtype, list(back.int64_val), list(back.half_val)) == (
+        types_pb2.DT_INT64, [4, 5], [1])
+    ours = signature_def_map({"serving_default": SIGNATURE}).signature_def["serving_default"]
+    theirs = tensorflow_meta.SignatureDef.FromString(ours.SerializeToString())
+    assert theirs.method_name == "tensorflow/serving/predict"
+    assert theirs.inputs["x"].name == "x" and theirs.inputs["x"].dtype == 1
+    assert [d.size for d in theirs.inputs["x"].tensor_shape.dim] == [-1, 3]
