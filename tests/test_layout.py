@@ -16,7 +16,8 @@ import sysconfig
 import pytest
 
 SUBPACKAGES = {"psflow.ps": "ps", "psflow.worker": "worker", "psflow.proto": "proto",
-               "psflow.transport": "transport", "psflow.launcher": "launcher"}
+               "psflow.transport": "transport", "psflow.launcher": "launcher",
+               "psflow.serving": "serving", "psflow.proto.tfserving": "proto/tfserving"}
 
 
 @pytest.mark.parametrize("module,folder", sorted(SUBPACKAGES.items()))
@@ -35,8 +36,8 @@ def test_nothing_generic_is_installed_at_the_top_of_site_packages():
     files = dists[0].files or []
     assert files, "the installed psflow lists no files"
     top_levels = {f.parts[0] for f in files if f.suffix == ".py"}
-    assert not top_levels & {"ps", "worker", "proto", "transport", "launcher", "tests",
-                             "examples", "bench"}
+    assert not top_levels & {"ps", "worker", "proto", "transport", "launcher", "serving",
+                             "tfserving", "tensorflow", "tests", "examples", "bench"}
 
 
 def test_a_second_engine_cannot_be_imported():
@@ -62,11 +63,15 @@ MAY_IMPORT = {
     "ps": {"psflow.proto", "psflow.transport"},
     "worker": {"psflow.proto", "psflow.transport"},
     "launcher": {"psflow.proto", "psflow.transport", "psflow.ps", "psflow.worker"},
+    # psflow-serve: the engine (and its export format), the wire and the channels; never the
+    # training runtimes.
+    "serving": {"psflow.proto", "psflow.transport"},
 }
 
 
 OWN = {"psflow": "psflow", "proto": "psflow.proto", "transport": "psflow.transport",
-       "ps": "psflow.ps", "worker": "psflow.worker", "launcher": "psflow.launcher"}
+       "ps": "psflow.ps", "worker": "psflow.worker", "launcher": "psflow.launcher",
+       "serving": "psflow.serving"}
 
 
 def module_files():

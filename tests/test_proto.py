@@ -13,6 +13,12 @@ from psflow.transport import memory
 
 PROTO_DIR = pathlib.Path(__file__).resolve().parent.parent / "proto"
 STUBS = ("psflow_pb2.py", "psflow_pb2.pyi", "psflow_pb2_grpc.py")
+# TensorFlow Serving's messages: every .proto of tfserving/ gets its stubs, the services their
+# gRPC stubs too.
+TFSERVING_STUBS = tuple(sorted(
+    [f"tfserving/{p.stem}{suffix}" for p in (PROTO_DIR / "tfserving").glob("*.proto")
+     for suffix in ("_pb2.py", "_pb2.pyi")]
+    + ["tfserving/prediction_service_pb2_grpc.py", "tfserving/model_service_pb2_grpc.py"]))
 
 
 def _load_generate():
@@ -25,8 +31,12 @@ def _load_generate():
 
 def test_committed_stubs_are_fresh(tmp_path):
     written = _load_generate().generate(tmp_path)
-    assert sorted(p.name for p in written) == sorted(STUBS)
-    for name in STUBS:
+    assert sorted(str(p.relative_to(tmp_path)) for p in written) == sorted(
+        STUBS + TFSERVING_STUBS)
+    committed_stubs = {str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*_pb2*")
+                       if p.suffix in (".py", ".pyi")}
+    assert committed_stubs == set(STUBS + TFSERVING_STUBS), "a stub without its .proto"
+    for name in STUBS + TFSERVING_STUBS:
         fresh = (tmp_path / name).read_text()
         committed = (PROTO_DIR / name).read_text()
         assert fresh == committed, (f"proto/{name} is stale: run `python proto/generate.py` "
@@ -37,6 +47,15 @@ def test_grpc_stub_imports_the_package_module():
     text = (PROTO_DIR / "psflow_pb2_grpc.py").read_text()
     assert "from . import psflow_pb2 as" in text
     assert "\nimport psflow_pb2" not in text
+
+
+def test_tfserving_stubs_import_their_siblings_relatively():
+    # protoc writes `from tfserving import tensor_pb2`, which only works with proto/ on sys.path.
+    for name in TFSERVING_STUBS:
+        text = (PROTO_DIR / name).read_text()
+        assert "from tfserving import" not in text, name
+    assert "from . import predict_pb2 as" in (
+        PROTO_DIR / "tfserving/prediction_service_pb2_grpc.py").read_text()
 
 
 ALL_DTYPES = ["float16", "float32", "float64", "int32", "int64", "uint8", "bool"]

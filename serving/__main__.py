@@ -1,0 +1,86 @@
+"""`psflow-serve` (`python -m psflow.serving`): serves exported models over TensorFlow
+Serving's gRPC and REST APIs, with tensorflow_model_server's flags.
+
+    psflow-serve --port=8500 --rest_api_port=8501 --model_name=ctr --model_base_path=/models/ctr
+    psflow-serve --port=8500 --model_config_file=/models/models.config
+
+SIGTERM (or Ctrl-C) refuses new requests, finishes those in flight and exits 0.
+"""
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from psflow.errors import InvalidArgumentError
+from psflow.serving.model_config import ModelSettings, read_model_config
+from psflow.serving.model_server import ModelServer
+
+log = logging.getLogger("psflow.serving")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="psflow-serve",
+        description="Serve psflow exports over TensorFlow Serving's gRPC and REST APIs.")
+    parser.add_argument("--port", type=int, default=8500,
+                        help="gRPC port (PredictionService, ModelService, grpc.health.v1); "
+                             "0 takes a free port")
+    parser.add_argument("--rest_api_port", type=int, default=0,
+                        help="REST port; 0 (the default) serves no REST API")
+    parser.add_argument("--model_name", default="default",
+                        help="the model's name, with --model_base_path")
+    parser.add_argument("--model_base_path", default="",
+                        help="the folder holding the model's numbered versions (BASE/1, ...)")
+    parser.add_argument("--model_config_file", default="",
+                        help="models in ModelServerConfig text format (model_config_list); "
+                             "instead of --model_name/--model_base_path")
+    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                        help="seconds between looks at the base paths for new versions; "
+                             "0 looks once")
+    parser.add_argument("--shutdown_grace_seconds", type=float, default=30.0,
+                        help="how long SIGTERM waits for requests in flight")
+    parser.add_argument("--verbose", action="store_true", help="log every request")
+    return parser
+
+
+def models_of(args):
+    """[ModelSettings] the flags name; InvalidArgumentError for a wrong combination."""
+    if args.model_config_file:
+        if args.model_base_path:
+            raise InvalidArgumentError("give either --model_config_file or --model_base_path")
+        return read_model_config(args.model_config_file)
+    if not args.model_base_path:
+        raise InvalidArgumentError("give --model_base_path (or --model_config_file)")
+    return [ModelSettings(args.model_name, args.model_base_path)]
+
+
+def main(argv=None, load_fn=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        models = models_of(args)
+        server = ModelServer(models, args.port,
+                             args.rest_api_port if args.rest_api_port > 0 else None,
+                             args.file_system_poll_wait_seconds, load_fn=load_fn)
+    except (InvalidArgumentError, RuntimeError, OSError) as exc:
+        print(f"psflow-serve: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    print(f"psflow-serve: gRPC on port {server.grpc_port}"
+          + (f", REST on port {server.rest_api_port}" if server.rest_api_port else ""),
+          file=sys.stderr, flush=True)
+    while not stop.wait(3600):
+        pass
+    log.info("stopping: finishing the requests in flight")
+    server.stop(args.shutdown_grace_seconds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

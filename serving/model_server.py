@@ -1,0 +1,80 @@
+"""The psflow-serve process's parts put together: per model a Source and a Manager, the
+ServerCore, the gRPC server (TF Serving's services and grpc.health.v1) and the REST front;
+started and stopped as one."""
+
+import logging
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from psflow.serving.loader import Loader
+from psflow.serving.manager import ModelManager
+from psflow.serving.prediction_servicer import generic_handlers
+from psflow.serving.rest_api import RestServer
+from psflow.serving.server_core import ServerCore
+from psflow.serving.source import VersionSource
+
+log = logging.getLogger(__name__)
+
+HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+_MESSAGE_BYTES = 1 << 30
+
+
+class ModelServer:
+    """Serves `models` ([ModelSettings]) on `port` (gRPC) and `rest_port` (None: no REST);
+    ports of 0 take any free port (`grpc_port`, `rest_api_port` tell which)."""
+
+    def __init__(self, models, port, rest_port=None, poll_wait_seconds=1.0, load_fn=None,
+                 host="0.0.0.0", threads=16):
+        loader = Loader(load_fn)
+        self.health = health.HealthServicer()
+        managers = {m.name: ModelManager(m.name, loader, m.labels, self._availability)
+                    for m in models}
+        self.core = ServerCore(managers)
+        self.sources = [VersionSource(m.base_path, m.policy, managers[m.name].aspire,
+                                      poll_wait_seconds) for m in models]
+        for service in HEALTH_SERVICES + tuple(managers):
+            self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+            options=[("grpc.max_receive_message_length", _MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", _MESSAGE_BYTES),
+                     ("grpc.so_reuseport", 0)])
+        self.grpc_server.add_generic_rpc_handlers(generic_handlers(self.core))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        self.grpc_port = self.grpc_server.add_insecure_port(f"{host}:{port}")
+        self.rest = RestServer(self.core, rest_port, host) if rest_port is not None else None
+        self.rest_api_port = self.rest.port if self.rest else None
+
+    def _availability(self, name, available):
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        self.health.set(name, serving if available else not_serving)
+        everything = serving if self.core.available else not_serving
+        for service in HEALTH_SERVICES:
+            self.health.set(service, everything)
+
+    def start(self):
+        self.grpc_server.start()
+        if self.rest:
+            self.rest.start()
+        for source in self.sources:
+            source.start()
+        log.info("serving %s: gRPC on port %s, REST on port %s", sorted(self.core.managers),
+                 self.grpc_port, self.rest_api_port)
+
+    def stop(self, grace=10.0):
+        """Refuses new requests, lets those in flight finish (up to `grace` s), then stops."""
+        self.health.enter_graceful_shutdown()
+        drained = self.core.close(grace)
+        if not drained:
+            log.warning("requests still in flight after %.1f s; stopping anyway", grace)
+        for source in self.sources:
+            source.stop(timeout=grace)
+        self.grpc_server.stop(grace=1.0).wait()
+        if self.rest:
+            self.rest.stop()
+        for manager in self.core.managers.values():
+            manager.unload_all()
+        return drained

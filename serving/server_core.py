@@ -1,0 +1,89 @@
+"""The one path both fronts (gRPC and REST) take: find the model's manager, hold a handle on
+the version a request names, predict, answer. The fronts only translate encodings.
+
+It also counts the requests in flight (each front enters `request()` around a whole call,
+answer included), so a shutdown refuses new requests and waits for the running ones to finish.
+"""
+
+import contextlib
+import threading
+
+from psflow.errors import InvalidArgumentError, NotFoundError, UnavailableError
+
+
+class ServerCore:
+    """The models a server serves, by name ({name: ModelManager})."""
+
+    def __init__(self, managers):
+        self.managers = dict(managers)
+        self._in_flight = 0
+        self._closing = False
+        self._idle = threading.Condition()
+
+    def manager(self, name):
+        if name not in self.managers:
+            raise NotFoundError(f"model '{name}' is not served here; served: "
+                                f"{sorted(self.managers)}")
+        return self.managers[name]
+
+    @contextlib.contextmanager
+    def request(self):
+        """Counts one request in flight; UnavailableError once shutting down."""
+        with self._idle:
+            if self._closing:
+                raise UnavailableError("the server is shutting down")
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def close(self, timeout=None):
+        """Refuses new requests and waits up to `timeout` s for those in flight; True when
+        none is left."""
+        with self._idle:
+            self._closing = True
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
+
+    @property
+    def available(self):
+        """True once every model has a version available."""
+        return bool(self.managers) and all(m.available for m in self.managers.values())
+
+    def predict(self, name, inputs, version=None, label=None, signature_name="",
+                output_filter=()):
+        """(version, signature name, {output key: array}) for `inputs`: {input key: array}, or
+        a function of the signature that returns them (the REST front reads JSON values by the
+        signature's dtypes)."""
+        with self.manager(name).handle(version, label) as handle:
+            predictor = handle.servable.predictor(signature_name)
+            signature = predictor.signature
+            unknown = sorted(set(output_filter) - set(signature.outputs))
+            if unknown:
+                raise InvalidArgumentError(
+                    f"output_filter names {unknown}, which the signature does not have; "
+                    f"its outputs are {sorted(signature.outputs)}")
+            if callable(inputs):
+                inputs = inputs(signature)
+            if not inputs:
+                raise InvalidArgumentError(
+                    f"the request has no inputs; the signature takes {sorted(signature.inputs)}")
+            outputs = predictor.predict(inputs)
+            if output_filter:
+                outputs = {key: outputs[key] for key in output_filter}
+            return handle.version, signature_name or handle.servable.default_signature, outputs
+
+    def metadata(self, name, version=None, label=None):
+        """(version, {signature name: Signature}) of the version a request names."""
+        with self.manager(name).handle(version, label) as handle:
+            return handle.version, dict(handle.servable.signatures)
+
+    def status(self, name, version=None, label=None):
+        """VersionStatus of a model's versions (or of the one named)."""
+        manager = self.manager(name)
+        if label is not None:
+            with manager.handle(label=label) as handle:
+                version = handle.version
+        return manager.statuses(version)
