@@ -136,8 +136,10 @@ def freeze(session, tags, signature_def_map, constants, near=None, checkpoint=No
     nodes = graph_io.prune(outputs + inputs, inputs)
     fed = set(inputs)
     variables = [n for n in nodes if isinstance(n, Variable) and n not in fed]
-    if checkpoint is not None:
-        values, tables = frozen_values.from_checkpoint(checkpoint, variables)
+    if checkpoint is not None:  # a checkpoint holds the global variables; local ones are here
+        values, tables = frozen_values.from_checkpoint(
+            checkpoint, [v for v in variables if not v.local])
+        values.update(frozen_values.from_session(session, [v for v in variables if v.local])[0])
     else:
         values, tables = frozen_values.from_session(session, variables, near)
     records = graph_io.serialize(nodes, fed, constants)
