@@ -36,6 +36,8 @@ class FrozenTable(Node):
     """Stands where an EmbeddingVariable stood: its value is a RowSource over `rows` (a
     TableRows), so `gather` reads rows by key."""
 
+    is_table = True  # what RowSource asks: indices are keys
+
     def __init__(self, rows, name, dtype, graph=None):
         self.rows = rows
         super().__init__(shape=(None, rows.values.shape[1]), dtype=np.dtype(dtype),
