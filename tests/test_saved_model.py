@@ -323,3 +323,38 @@ def test_monitored_training_session_exports_every_n_checkpoints_and_at_the_end(t
     assert versions == ["1", "2", "3"]
     got = Predictor.load(str(tmp_path / "export" / "3")).predict({"images": x})["probs"]
     assert np.max(np.abs(got - expected)) <= 1e-6
+
+
+@pytest.mark.cluster
+def test_a_cluster_chief_exports_what_a_local_session_computes(tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "tests", "cluster_scripts", "export_ctr.py")
+    result = subprocess.run([sys.executable, "-m", "psflow.launcher", "--no-progress",
+                             "--workers", "2", "--ps", "2", script, str(tmp_path)],
+                            capture_output=True, text=True, timeout=240, cwd=root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    versions = sorted(os.listdir(tmp_path / "export"), key=int)
+    assert versions and all(v.isdigit() for v in versions)
+    predictor = Predictor.load(str(tmp_path / "export" / versions[-1]))
+    # The same graph in a local session, given the final checkpoint's values and tables.
+    sys.path.insert(0, os.path.dirname(script))
+    try:
+        import export_ctr
+    finally:
+        sys.path.pop(0)
+    graph = tf.Graph()
+    with graph.as_default():
+        ids, _, ctr_node, _ = export_ctr.model()
+        sess = tf.Session(graph=graph)
+        sess.run(tf.global_variables_initializer())
+        tf.train.Saver().restore(sess, str(tmp_path / "ckpt"))
+    batch = np.concatenate([RNG.integers(0, 50, (6, 3)), [[1000, 2000, 3000]]])
+    expected = sess.run(ctr_node, {ids: batch})
+    got = predictor.predict({"ids": batch})["ctr"]
+    assert np.max(np.abs(got - expected)) <= 1e-6
+    table = np.load(tmp_path / "export" / versions[-1] / "tables" / "features.npz")
+    assert 30 <= len(table["keys"]) <= 50  # rows from both shards
+    simple = Predictor.load(str(tmp_path / "simple"))
+    assert simple.predict({"ids": batch})["ctr"].shape == (7,)
