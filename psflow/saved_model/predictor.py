@@ -20,8 +20,9 @@ class Predictor:
     {output key: array}. `signatures` {key: SignatureDef}, `signature` the chosen one,
     `version` (the export folder's number, or None) and `export_dir`."""
 
-    def __init__(self, export_dir, signatures, signature_key, version=None):
+    def __init__(self, export_dir, nodes, signatures, signature_key, version=None):
         self.export_dir = export_dir
+        self._nodes = {node.name: node for node in nodes}
         self.signatures = signatures
         self.signature_key = signature_key
         self.signature = signatures[signature_key]
@@ -41,12 +42,9 @@ class Predictor:
             raise NotFoundError(f"{export_dir} has no signature {signature!r} for tags "
                                 f"{list(meta['tags'])}; its signatures: "
                                 f"{', '.join(sorted(signatures)) or 'none'}")
-        predictor = cls.__new__(cls)
-        predictor._nodes = {node.name: node for node in nodes}
-        name = os.path.basename(os.path.normpath(export_dir))
-        predictor.__init__(servable.export_dir, signatures, signature,
-                           int(name) if name.isdigit() else None)
-        return predictor
+        name = os.path.basename(servable.export_dir)
+        return cls(servable.export_dir, nodes, signatures, signature,
+                   int(name) if name.isdigit() else None)
 
     def _plan(self):
         signature, nodes = self.signature, self._nodes
