@@ -4,7 +4,7 @@
 `gradients`, `Session`, and the optimizers in `psflow.train`.
 """
 
-from . import app, contrib, errors, layers, metrics, nn, summary, train
+from . import app, contrib, errors, layers, metrics, nn, saved_model, summary, train
 from . import tf_logging as logging
 from .array_ops import concat, gather, one_hot, ones, slice, split, stack, unstack, zeros
 from .checkpoint import load_model, lookup

@@ -77,26 +77,35 @@ def _transpose_grad(op, grad):
 
 
 class Reshaped(Node):
-    """squeeze / expand_dims / tile: `fn` reshapes a value; the gradient undoes it with
-    `undo(grad, x)`."""
+    """squeeze / expand_dims / tile (`kind`) with its plain argument `arg` (the axes, the
+    axis, the multiples), so that the op is data a servable can store."""
 
-    def __init__(self, x, fn, undo, shape, name):
-        self.fn, self.undo = fn, undo
+    def __init__(self, x, kind, arg, shape, name):
+        self.kind, self.arg = kind, arg
         x = convert_to_tensor(x)
         super().__init__((x,), name=name, shape=shape, dtype=x.dtype)
 
     def forward(self, x):
-        return self.fn(x)
+        if self.kind == "squeeze":
+            return np.squeeze(x, axis=self.arg)
+        if self.kind == "expand_dims":
+            return np.expand_dims(x, self.arg)
+        return np.tile(x, self.arg)
+
+    def undo(self, g, x):
+        """The gradient for the input: summed over the tiles, or reshaped back."""
+        if self.kind != "tile":
+            return np.reshape(g, np.shape(x))
+        split = []
+        for m, d in zip(self.arg, np.shape(x), strict=False):
+            split += [m, d]
+        return np.reshape(g, split).sum(axis=tuple(range(0, 2 * len(self.arg), 2)))
 
 
 @register_gradient(Reshaped)
 def _reshaped_grad(op, grad):
     x = op.inputs[0]
     return [NumpyFn(op.undo, (grad, x), x.shape, grad.dtype, f"{op.name}Grad")]
-
-
-def _reshape_back(g, x):
-    return np.reshape(g, np.shape(x))
 
 
 def squeeze(x, axis=None, name=None, squeeze_dims=None):
@@ -110,8 +119,7 @@ def squeeze(x, axis=None, name=None, squeeze_dims=None):
         else:
             norm = {a % len(x.shape) for a in axes}
             shape = tuple(d for i, d in enumerate(x.shape) if i not in norm)
-    return Reshaped(x, lambda v: np.squeeze(v, axis=axes), _reshape_back, shape,
-                    name or "Squeeze")
+    return Reshaped(x, "squeeze", axes, shape, name or "Squeeze")
 
 
 def expand_dims(x, axis, name=None, dim=None):
@@ -122,8 +130,7 @@ def expand_dims(x, axis, name=None, dim=None):
         rank = len(x.shape) + 1
         at = axis if axis >= 0 else axis + rank
         shape = tuple(x.shape[:at]) + (1,) + tuple(x.shape[at:])
-    return Reshaped(x, lambda v: np.expand_dims(v, axis), _reshape_back, shape,
-                    name or "ExpandDims")
+    return Reshaped(x, "expand_dims", int(axis), shape, name or "ExpandDims")
 
 
 def tile(x, multiples, name=None):
@@ -131,13 +138,7 @@ def tile(x, multiples, name=None):
     multiples = tuple(int(m) for m in multiples)
     shape = None if x.shape is None else tuple(
         None if d is None else d * m for d, m in zip(x.shape, multiples, strict=False))
-
-    def undo(g, v):
-        split = []
-        for m, d in zip(multiples, np.shape(v), strict=False):
-            split += [m, d]
-        return np.reshape(g, split).sum(axis=tuple(range(0, 2 * len(multiples), 2)))
-    return Reshaped(x, lambda v: np.tile(v, multiples), undo, shape, name or "Tile")
+    return Reshaped(x, "tile", multiples, shape, name or "Tile")
 
 
 def reshape(x, shape, name=None):

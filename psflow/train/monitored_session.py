@@ -19,8 +19,10 @@ from ..state_ops import global_variables_initializer
 from ..variables import local_variables_initializer
 from . import saver
 from .cluster import task_config_from_env
+from .export_hook import ServableExportHook
 from .optimizers import get_global_step, get_or_create_global_step
 from .server import task_for_target
+from .session_run_hook import SessionRunHook
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +41,6 @@ class SessionRunContext:
 
     def request_stop(self):
         self.stop_requested = True
-
-
-class SessionRunHook:
-    """Base class of hooks; override what you need."""
-
-    def begin(self):
-        """Called once before the session is created; the graph may still change."""
-
-    def after_create_session(self, session, coord):
-        """Called once the session is ready (variables initialized or restored)."""
-
-    def before_run(self, run_context):
-        """May return SessionRunArgs: more fetches and feeds for this run."""
-        return None
-
-    def after_run(self, run_context, run_values):
-        """Receives the results of the fetches its before_run asked for."""
-
-    def end(self, session):
-        """Called when the session closes normally."""
 
 
 class StopAtStepHook(SessionRunHook):
@@ -101,15 +83,18 @@ class StopAtStepHook(SessionRunHook):
 class CheckpointSaverHook(SessionRunHook):
     """Saves checkpoints to `checkpoint_dir` every `save_secs` seconds or `save_steps`
     global steps and at the end, keeping the last `max_to_keep`; at the end it also exports
-    the model file (`model.npz`, see psflow.load_model)."""
+    the model file (`model.npz`, see psflow.load_model). Each of `listeners` has its
+    `after_save(session, checkpoint directory)` called after every checkpoint."""
 
-    def __init__(self, checkpoint_dir, save_secs=None, save_steps=None, max_to_keep=5):
+    def __init__(self, checkpoint_dir, save_secs=None, save_steps=None, max_to_keep=5,
+                 listeners=()):
         if save_secs is not None and save_steps is not None:
             raise ValueError("give save_secs or save_steps, not both")
         self.checkpoint_dir = checkpoint_dir
         self.max_to_keep = max_to_keep
         self._saver = None
         self._save_secs, self._save_steps = save_secs, save_steps
+        self.listeners = list(listeners)
 
     def begin(self):
         self._global_step = get_global_step()
@@ -118,10 +103,14 @@ class CheckpointSaverHook(SessionRunHook):
     def after_create_session(self, session, coord):
         step_var = self._global_step
         self._variables = [v for v in self._graph.variables if v is not step_var]
-        self._saver = saver.CheckpointSaver(
-            lambda: session.save_checkpoint(self.checkpoint_dir, self._variables, step_var,
-                                            self.max_to_keep),
-            self._save_secs, self._save_steps)
+
+        def save():
+            path = session.save_checkpoint(self.checkpoint_dir, self._variables, step_var,
+                                           self.max_to_keep)
+            for listener in self.listeners:
+                listener.after_save(session, path)
+            return path
+        self._saver = saver.CheckpointSaver(save, self._save_secs, self._save_steps)
 
     def before_run(self, run_context):
         return SessionRunArgs(self._global_step)
@@ -246,6 +235,11 @@ class MonitoredTrainingSession:
     merged) to `summary_dir` (default `checkpoint_dir`) every `save_summaries_steps` (default
     100) or `save_summaries_secs`, as TensorBoard event files.
 
+    With `export_dir` the chief also exports servables (psflow.saved_model) as numbered
+    versions `export_dir/1`, `export_dir/2`, ...: one at the end and one every
+    `export_every_n_checkpoints` checkpoints; `export_signature` is what they take and
+    return, (inputs, outputs) as two {key: tensor} dicts, or a signature_def_map.
+
     TensorFlow's `config`, `stop_grace_period_secs`, `log_step_count_steps`, `max_wait_secs`
     and `save_graph_def` are accepted and have no effect here (they tune TF's own runtime).
     Any other argument is a TypeError.
@@ -256,7 +250,8 @@ class MonitoredTrainingSession:
                  save_summaries_steps=None, save_summaries_secs=None, config=None,
                  stop_grace_period_secs=120, log_step_count_steps=100, max_wait_secs=7200,
                  save_checkpoint_steps=None, summary_dir=None, save_graph_def=True,
-                 max_to_keep=5):
+                 max_to_keep=5, export_dir=None, export_signature=None,
+                 export_every_n_checkpoints=None):
         scaffold = scaffold if scaffold is not None else Scaffold()
         if not isinstance(scaffold, Scaffold):
             raise TypeError(f"scaffold must be a psflow.train.Scaffold, got {scaffold!r}")
@@ -270,6 +265,11 @@ class MonitoredTrainingSession:
         # On a cluster the manifests can name a shared volume for checkpoints.
         checkpoint_dir = checkpoint_dir or settings.CHECKPOINT_DIR.get()
         self._hooks = list(hooks or [])
+        if export_dir is not None and export_signature is None:
+            raise ValueError("export_dir needs export_signature: (inputs, outputs) or a "
+                             "signature_def_map")
+        exporter = ServableExportHook(export_dir, export_signature, export_every_n_checkpoints) \
+            if export_dir is not None and self.is_chief else None
         if self.is_chief:
             self._hooks += list(chief_only_hooks or [])
             if checkpoint_dir:
@@ -277,7 +277,8 @@ class MonitoredTrainingSession:
                     save_checkpoint_secs = 600  # TensorFlow's default
                 self._hooks.append(CheckpointSaverHook(
                     checkpoint_dir, save_secs=save_checkpoint_secs,
-                    save_steps=save_checkpoint_steps, max_to_keep=max_to_keep))
+                    save_steps=save_checkpoint_steps, max_to_keep=max_to_keep,
+                    listeners=[exporter] if exporter else []))
             summary_dir = summary_dir or checkpoint_dir
             if save_summaries_steps is None and save_summaries_secs is None:
                 save_summaries_steps = 100  # TensorFlow's default
@@ -286,6 +287,8 @@ class MonitoredTrainingSession:
                     save_steps=None if save_summaries_secs else save_summaries_steps,
                     save_secs=save_summaries_secs or None, output_dir=summary_dir,
                     scaffold=scaffold))
+            if exporter is not None:  # after the checkpoint hook: it exports the last one
+                self._hooks.append(exporter)
         self.summary_dir = summary_dir if self.is_chief else None
         for hook in self._hooks:
             hook.begin()
