@@ -8,12 +8,12 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from psflow.serving.loader import Loader
 from psflow.serving.manager import ModelManager
 from psflow.serving.prediction_servicer import generic_handlers
 from psflow.serving.rest_api import RestServer
 from psflow.serving.server_core import ServerCore
 from psflow.serving.source import VersionSource
+from psflow.serving.version_loader import Loader
 
 log = logging.getLogger(__name__)
 

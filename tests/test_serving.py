@@ -9,11 +9,11 @@ from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoun
 from psflow.proto.tfserving import tensor_pb2, types_pb2
 from psflow.serving import rest_json, tensor_proto
 from psflow.serving.__main__ import build_parser, models_of
-from psflow.serving.loader import Loader, warmup_inputs
 from psflow.serving.manager import ModelManager
 from psflow.serving.model_config import parse_model_config
 from psflow.serving.prediction_servicer import signature_def_map
 from psflow.serving.source import VersionSource, scan
+from psflow.serving.version_loader import Loader, warmup_inputs
 from psflow.serving.version_policy import VersionPolicy
 import live_predictor
 
