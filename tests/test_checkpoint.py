@@ -133,6 +133,7 @@ def latest_step(checkpoint_dir):
     return -1 if checkpoint is None else int(Path(checkpoint).name.removeprefix("ckpt-"))
 
 
+@pytest.mark.cluster  # a server process's life and death, seconds long
 def test_killed_while_writing_checkpoints_the_latest_always_loads(tmp_path):
     """A process saving a checkpoint at every step is killed with SIGKILL at random moments;
     after each kill the latest checkpoint loads and its global step never goes back."""

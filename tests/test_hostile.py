@@ -265,6 +265,7 @@ def test_fuzzed_requests_never_get_internal_and_the_server_keeps_its_variables(c
 
 
 # -- lifecycle and exposure ----------------------------------------------------------------------
+@pytest.mark.cluster  # a server process's life and death, seconds long
 def test_a_worker_registering_again_cancels_all_done():
     server = ParameterServer(num_workers=1, done_grace_s=0.3).start()
     try:

@@ -172,6 +172,7 @@ def lane_names():
             if line.split()[-1].startswith("@")}
 
 
+@pytest.mark.cluster  # a server process's life and death, seconds long
 def test_a_killed_shard_leaves_no_socket_and_the_worker_falls_back_to_grpc(tmp_path):
     port_file = tmp_path / "ps.port"
     process = subprocess.Popen([sys.executable, "-m", "psflow.ps", "--task-index", "0",

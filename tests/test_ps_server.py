@@ -446,6 +446,7 @@ def _finish(process, within):
     return process.returncode, err
 
 
+@pytest.mark.cluster  # a server process's life and death, seconds long
 def test_process_exits_when_all_workers_are_done(tmp_path):
     process, port = _start(tmp_path, "--task-index", "0", "--num-workers", "2")
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=codec.CHANNEL_OPTIONS) as ch:
@@ -508,6 +509,7 @@ def test_process_exits_when_its_parent_is_gone(tmp_path):
         parent.wait()
 
 
+@pytest.mark.cluster  # a server process's life and death, seconds long
 def test_process_exits_when_reparented(tmp_path):
     """The launcher passes its own pid; when it dies the ps is re-parented and exits."""
     port_file = tmp_path / "ps.port"
