@@ -39,6 +39,10 @@ def build_parser():
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                         help="seconds between looks at the base paths for new versions; "
                              "0 looks once")
+    parser.add_argument("--traffic_split_file", default="",
+                        help="YAML model -> {version label: weight}: requests naming no "
+                             "version are split by weight between the labels' versions; "
+                             "re-read when it changes")
     parser.add_argument("--shutdown_grace_seconds", type=float, default=30.0,
                         help="how long SIGTERM waits for requests in flight")
     parser.add_argument("--verbose", action="store_true", help="log every request")
@@ -64,7 +68,8 @@ def main(argv=None, load_fn=None):
         models = models_of(args)
         server = ModelServer(models, args.port,
                              args.rest_api_port if args.rest_api_port > 0 else None,
-                             args.file_system_poll_wait_seconds, load_fn=load_fn)
+                             args.file_system_poll_wait_seconds, load_fn=load_fn,
+                             traffic_split_file=args.traffic_split_file or None)
     except (InvalidArgumentError, RuntimeError, OSError) as exc:
         print(f"psflow-serve: {exc}", file=sys.stderr)
         return 2

@@ -79,6 +79,12 @@ class ModelManager:
         with self._lock:
             self._labels = dict(labels)
 
+    @property
+    def labels(self):
+        """{label: version}."""
+        with self._lock:
+            return dict(self._labels)
+
     def aspire(self, versions):
         """Serve `versions` ({version: export folder}): load the new ones, then unload the
         others if one of `versions` is available. A failed load is recorded and not retried."""

@@ -13,6 +13,7 @@ from psflow.serving.prediction_servicer import generic_handlers
 from psflow.serving.rest_api import RestServer
 from psflow.serving.server_core import ServerCore
 from psflow.serving.source import VersionSource
+from psflow.serving.traffic_split import TrafficSplit
 from psflow.serving.version_loader import Loader
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,15 @@ class ModelServer:
     ports of 0 take any free port (`grpc_port`, `rest_api_port` tell which)."""
 
     def __init__(self, models, port, rest_port=None, poll_wait_seconds=1.0, load_fn=None,
-                 host="0.0.0.0", threads=16):
+                 host="0.0.0.0", threads=16, traffic_split_file=None):
         loader = Loader(load_fn)
         self.health = health.HealthServicer()
         managers = {m.name: ModelManager(m.name, loader, m.labels, self._availability)
                     for m in models}
         self.core = ServerCore(managers)
+        if traffic_split_file:
+            self.core.traffic_split = TrafficSplit(traffic_split_file, self.core.labels_of,
+                                                   poll_wait_seconds)
         self.sources = [VersionSource(m.base_path, m.policy, managers[m.name].aspire,
                                       poll_wait_seconds) for m in models]
         for service in HEALTH_SERVICES + tuple(managers):
@@ -61,6 +65,8 @@ class ModelServer:
             self.rest.start()
         for source in self.sources:
             source.start()
+        if self.core.traffic_split is not None:
+            self.core.traffic_split.start()
         log.info("serving %s: gRPC on port %s, REST on port %s", sorted(self.core.managers),
                  self.grpc_port, self.rest_api_port)
 
@@ -72,6 +78,8 @@ class ModelServer:
             log.warning("requests still in flight after %.1f s; stopping anyway", grace)
         for source in self.sources:
             source.stop(timeout=grace)
+        if self.core.traffic_split is not None:
+            self.core.traffic_split.stop(timeout=grace)
         self.grpc_server.stop(grace=1.0).wait()
         if self.rest:
             self.rest.stop()

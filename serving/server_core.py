@@ -14,11 +14,17 @@ from psflow.errors import InvalidArgumentError, NotFoundError, UnavailableError
 class ServerCore:
     """The models a server serves, by name ({name: ModelManager})."""
 
-    def __init__(self, managers):
+    def __init__(self, managers, traffic_split=None):
         self.managers = dict(managers)
+        self.traffic_split = traffic_split  # a TrafficSplit: requests naming no version
         self._in_flight = 0
         self._closing = False
         self._idle = threading.Condition()
+
+    def labels_of(self, name):
+        """The version labels of a served model; None for a model not served."""
+        manager = self.managers.get(name)
+        return manager.labels if manager is not None else None
 
     def manager(self, name):
         if name not in self.managers:
@@ -56,8 +62,12 @@ class ServerCore:
                 output_filter=()):
         """(version, signature name, {output key: array}) for `inputs`: {input key: array}, or
         a function of the signature that returns them (the REST front reads JSON values by the
-        signature's dtypes)."""
-        with self.manager(name).handle(version, label) as handle:
+        signature's dtypes). A request naming no version and no label goes where the traffic
+        split sends it."""
+        manager = self.manager(name)
+        if version is None and label is None and self.traffic_split is not None:
+            label = self.traffic_split.label_for(name)
+        with manager.handle(version, label) as handle:
             predictor = handle.servable.predictor(signature_name)
             signature = predictor.signature
             unknown = sorted(set(output_filter) - set(signature.outputs))
