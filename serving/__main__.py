@@ -39,6 +39,9 @@ def build_parser():
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                         help="seconds between looks at the base paths for new versions; "
                              "0 looks once")
+    parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0,
+                        help="seconds between re-reads of --model_config_file, whose models "
+                             "are applied without a restart; 0 (the default) reads it once")
     parser.add_argument("--traffic_split_file", default="",
                         help="YAML model -> {version label: weight}: requests naming no "
                              "version are split by weight between the labels' versions; "
@@ -69,7 +72,9 @@ def main(argv=None, load_fn=None):
         server = ModelServer(models, args.port,
                              args.rest_api_port if args.rest_api_port > 0 else None,
                              args.file_system_poll_wait_seconds, load_fn=load_fn,
-                             traffic_split_file=args.traffic_split_file or None)
+                             traffic_split_file=args.traffic_split_file or None,
+                             model_config_file=args.model_config_file or None,
+                             config_poll_wait_seconds=args.model_config_file_poll_wait_seconds)
     except (InvalidArgumentError, RuntimeError, OSError) as exc:
         print(f"psflow-serve: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from psflow.serving.config_poller import ModelConfigPoller
 from psflow.serving.manager import ModelManager
 from psflow.serving.prediction_servicer import generic_handlers
 from psflow.serving.rest_api import RestServer
@@ -27,17 +28,22 @@ class ModelServer:
     ports of 0 take any free port (`grpc_port`, `rest_api_port` tell which)."""
 
     def __init__(self, models, port, rest_port=None, poll_wait_seconds=1.0, load_fn=None,
-                 host="0.0.0.0", threads=16, traffic_split_file=None):
-        loader = Loader(load_fn)
+                 host="0.0.0.0", threads=16, traffic_split_file=None, model_config_file=None,
+                 config_poll_wait_seconds=0.0):
+        self.loader = Loader(load_fn)
+        self.poll_wait_seconds = poll_wait_seconds
+        self.settings = {m.name: m for m in models}
         self.health = health.HealthServicer()
-        managers = {m.name: ModelManager(m.name, loader, m.labels, self._availability)
+        managers = {m.name: ModelManager(m.name, self.loader, m.labels, self._availability)
                     for m in models}
         self.core = ServerCore(managers)
         if traffic_split_file:
             self.core.traffic_split = TrafficSplit(traffic_split_file, self.core.labels_of,
                                                    poll_wait_seconds)
-        self.sources = [VersionSource(m.base_path, m.policy, managers[m.name].aspire,
-                                      poll_wait_seconds) for m in models]
+        self.sources = {m.name: VersionSource(m.base_path, m.policy, managers[m.name].aspire,
+                                              poll_wait_seconds) for m in models}
+        self.config_poller = (ModelConfigPoller(model_config_file, self, config_poll_wait_seconds)
+                              if model_config_file and config_poll_wait_seconds > 0 else None)
         for service in HEALTH_SERVICES + tuple(managers):
             self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc_server = grpc.server(
@@ -55,6 +61,12 @@ class ModelServer:
         serving = health_pb2.HealthCheckResponse.SERVING
         not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         self.health.set(name, serving if available else not_serving)
+        self.refresh_health()
+
+    def refresh_health(self):
+        """The server-wide services' health: SERVING once every model has a version."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
         everything = serving if self.core.available else not_serving
         for service in HEALTH_SERVICES:
             self.health.set(service, everything)
@@ -63,8 +75,10 @@ class ModelServer:
         self.grpc_server.start()
         if self.rest:
             self.rest.start()
-        for source in self.sources:
+        for source in self.sources.values():
             source.start()
+        if self.config_poller is not None:
+            self.config_poller.start()
         if self.core.traffic_split is not None:
             self.core.traffic_split.start()
         log.info("serving %s: gRPC on port %s, REST on port %s", sorted(self.core.managers),
@@ -76,7 +90,9 @@ class ModelServer:
         drained = self.core.close(grace)
         if not drained:
             log.warning("requests still in flight after %.1f s; stopping anyway", grace)
-        for source in self.sources:
+        if self.config_poller is not None:
+            self.config_poller.stop(timeout=grace)
+        for source in self.sources.values():
             source.stop(timeout=grace)
         if self.core.traffic_split is not None:
             self.core.traffic_split.stop(timeout=grace)

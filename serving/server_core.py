@@ -27,10 +27,22 @@ class ServerCore:
         return manager.labels if manager is not None else None
 
     def manager(self, name):
-        if name not in self.managers:
+        manager = self.managers.get(name)
+        if manager is None:
             raise NotFoundError(f"model '{name}' is not served here; served: "
                                 f"{sorted(self.managers)}")
-        return self.managers[name]
+        return manager
+
+    # Models come and go while requests read `managers`: replace the dict, never change it.
+    def add(self, name, manager):
+        self.managers = {**self.managers, name: manager}
+
+    def remove(self, name):
+        """The manager of `name`, no longer served."""
+        managers = dict(self.managers)
+        manager = managers.pop(name)
+        self.managers = managers
+        return manager
 
     @contextlib.contextmanager
     def request(self):
