@@ -4,6 +4,7 @@ the ServerCore's calls.
     POST /v1/models/NAME[/versions/N|/labels/L]:predict   {"instances": ...} | {"inputs": ...}
     GET  /v1/models/NAME[/versions/N|/labels/L]           the versions' states
     GET  /v1/models/NAME[/versions/N|/labels/L]/metadata  the signatures
+    GET  /monitoring/prometheus/metrics                   Prometheus metrics
 
 An error is answered `{"error": "..."}` with its HTTP status; the server keeps serving.
 """
@@ -15,16 +16,19 @@ import re
 import threading
 
 from google.protobuf import json_format
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from psflow.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from psflow.proto.tfserving import get_model_metadata_pb2, model_pb2
 from psflow.serving import rest_json
 from psflow.serving.error_mapping import grpc_code_of, http_status_of
 from psflow.serving.prediction_servicer import SIGNATURE_DEF, metadata_response, status_response
+from psflow.serving.request_metrics import metrics_text
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 << 20
+METRICS_PATH = "/monitoring/prometheus/metrics"
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
                    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
                    r"(?P<verb>:[a-zA-Z]+|/metadata)?/?$")
@@ -67,6 +71,14 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def _route(self, method):
+        if method == "GET" and self.path.split("?", 1)[0] == METRICS_PATH:
+            data = metrics_text(self.core)
+            self.send_response(200)
+            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         try:
             with self.core.request():
                 body = self._read_body() if method == "POST" else None

@@ -2,13 +2,17 @@
 the version a request names, predict, answer. The fronts only translate encodings.
 
 It also counts the requests in flight (each front enters `request()` around a whole call,
-answer included), so a shutdown refuses new requests and waits for the running ones to finish.
+answer included), so a shutdown refuses new requests and waits for the running ones to finish,
+and counts every predict request, its errors and latency for the metrics (request_metrics.py).
 """
 
 import contextlib
 import threading
+import time
 
 from psflow.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from psflow.serving.error_mapping import code_name_of
+from psflow.serving.request_metrics import RequestStats
 
 
 class ServerCore:
@@ -17,6 +21,7 @@ class ServerCore:
     def __init__(self, managers, traffic_split=None):
         self.managers = dict(managers)
         self.traffic_split = traffic_split  # a TrafficSplit: requests naming no version
+        self.stats = RequestStats()
         self._in_flight = 0
         self._closing = False
         self._idle = threading.Condition()
@@ -75,11 +80,25 @@ class ServerCore:
         """(version, signature name, {output key: array}) for `inputs`: {input key: array}, or
         a function of the signature that returns them (the REST front reads JSON values by the
         signature's dtypes). A request naming no version and no label goes where the traffic
-        split sends it."""
+        split sends it. Every call is counted in `stats`, answered or failed."""
+        start = time.perf_counter()
+        where = ["", ""]  # (model, version) the request reached, for the metrics
+        try:
+            answer = self._predict(where, name, inputs, version, label, signature_name,
+                                   output_filter)
+        except Exception as exc:  # counted by its code, then answered by the front
+            self.stats.record(*where, time.perf_counter() - start, code_name_of(exc))
+            raise
+        self.stats.record(*where, time.perf_counter() - start)
+        return answer
+
+    def _predict(self, where, name, inputs, version, label, signature_name, output_filter):
         manager = self.manager(name)
+        where[0] = name
         if version is None and label is None and self.traffic_split is not None:
             label = self.traffic_split.label_for(name)
         with manager.handle(version, label) as handle:
+            where[1] = str(handle.version)
             predictor = handle.servable.predictor(signature_name)
             signature = predictor.signature
             unknown = sorted(set(output_filter) - set(signature.outputs))
