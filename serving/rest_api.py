@@ -43,6 +43,8 @@ def _spec(match):
     if match["version"] is not None:
         if not match["version"].isdigit():
             raise InvalidArgumentError(f"version '{match['version']}' is not a number")
+        if int(match["version"]) >= 1 << 63:
+            raise InvalidArgumentError(f"version {match['version']} is out of range")
         spec.version.value = int(match["version"])
     elif match["label"] is not None:
         spec.version_label = match["label"]

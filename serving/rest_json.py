@@ -65,7 +65,11 @@ def array_of(value, dtype, key):
         if kind in "iu" and array.size and (array.min() < np.iinfo(dtype).min
                                             or array.max() > np.iinfo(dtype).max):
             raise InvalidArgumentError(f"input '{key}': a value is out of the range of {dtype}")
-    return array.astype(dtype)
+    with np.errstate(over="ignore"):
+        cast = array.astype(dtype)
+    if dtype.kind == "f" and kind == "f" and np.isfinite(array).sum() != np.isfinite(cast).sum():
+        raise InvalidArgumentError(f"input '{key}': a value is out of the range of {dtype}")
+    return cast
 
 
 def request_inputs(body, signature):

@@ -7,12 +7,15 @@ carry numeric tensors as `tensor_content` (one copy, no per-value encoding) and 
 `string_val`; TensorFlow's `make_ndarray` and TF Serving's clients read both.
 """
 
+import math
+
 import numpy as np
 
 from psflow.errors import InvalidArgumentError
 from psflow.proto.tfserving import tensor_pb2, tensor_shape_pb2, types_pb2
 
 DataType = types_pb2.DataType
+MAX_BYTES = 1 << 30  # per input tensor, as gRPC's message limit
 
 # DataType -> (numpy dtype, the typed field that holds its values).
 _BY_DATATYPE = {
@@ -71,7 +74,11 @@ def to_numpy(message, name="tensor"):
     except InvalidArgumentError as exc:
         raise InvalidArgumentError(f"{what}: {exc}") from None
     shape = shape_of(message.tensor_shape, what)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
+    if count * dtype.itemsize > MAX_BYTES:
+        # One typed value fills the whole shape: refuse before allocating it.
+        raise InvalidArgumentError(f"{what}: shape {list(shape)} of {dtype} is over the limit "
+                                   f"of {MAX_BYTES} bytes")
     if message.tensor_content:
         if dtype.kind == "O":
             raise InvalidArgumentError(f"{what}: DT_STRING values go in string_val, "
