@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from psflow.proto.tfserving import predict_pb2, types_pb2
+from psflow.proto.tfserving import get_model_metadata_pb2, model_pb2, predict_pb2, types_pb2
 from psflow.serving import tensor_proto
 import live_predictor
 from test_serving_api import IDS, X, _request, served  # noqa: F401 (a fixture)
@@ -115,6 +115,23 @@ def test_fuzzing_grpc_predict(served, seed):  # noqa: F811 (the fixture)
         codes[code] = codes.get(code, 0) + 1
     assert sum(codes.values()) >= 50
     assert grpc.StatusCode.INVALID_ARGUMENT in codes
+    _check_still_serving(stub)
+
+
+def test_fuzzing_grpc_metadata_and_status(served):  # noqa: F811 (the fixture)
+    server, stub, channel, _ = served
+    valid = get_model_metadata_pb2.GetModelMetadataRequest(
+        model_spec=model_pb2.ModelSpec(name="ctr"), metadata_field=["signature_def"])
+    methods = [channel.unary_unary(f"/tensorflow.serving.{path}", request_serializer=None,
+                                   response_deserializer=None)
+               for path in ("PredictionService/GetModelMetadata", "ModelService/GetModelStatus")]
+    for rng, i in _rounds(2):
+        body = rng.bytes(int(rng.integers(0, 100))) if i % 2 else _flip(
+            rng, valid.SerializeToString())
+        try:
+            methods[int(rng.integers(2))](body, timeout=10)
+        except grpc.RpcError as error:
+            assert error.code() in GRPC_CODES, (body, error.code(), error.details())
     _check_still_serving(stub)
 
 
