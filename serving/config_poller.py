@@ -5,7 +5,8 @@ A model added gets its manager and source and is loaded in the background; a mod
 stops being served (its versions unload once their requests finish); a model whose policy or
 labels changed takes them at once; a model whose base path changed is served from the new one
 (as a removal and an addition). A file that cannot be read or parsed is logged and the models
-stay as they are.
+stay as they are. The traffic split is checked again against the new labels (and kept, with an
+error logged, when it names a label or a model no longer served).
 """
 
 import logging
@@ -68,6 +69,8 @@ def apply_models(server, models):
             source.poll()
         server.settings[name] = settings
     server.refresh_health()
+    if server.core.traffic_split is not None:
+        server.core.traffic_split.reload(force=True)  # its labels are checked against these
 
 
 class ModelConfigPoller:

@@ -107,9 +107,10 @@ class TrafficSplit:
             raise InvalidArgumentError(f"cannot read traffic split {self.path}: {exc}") from None
         return mtime, parse_traffic_split(text, self.path, self._labels_of)
 
-    def reload(self, strict=False):
-        """Reads the file if it changed; True when a new split was taken. A bad file raises
-        InvalidArgumentError when `strict`, else is logged and the last good split stays."""
+    def reload(self, strict=False, force=False):
+        """Reads the file if it changed (or if `force`: the models' labels changed); True when
+        a new split was taken. A bad file raises InvalidArgumentError when `strict`, else is
+        logged and the last good split stays."""
         try:
             mtime = os.stat(self.path).st_mtime_ns
         except OSError as exc:
@@ -117,14 +118,14 @@ class TrafficSplit:
                 raise InvalidArgumentError(
                     f"cannot read traffic split {self.path}: {exc}") from None
             mtime = None
-        if mtime is not None and mtime == self._mtime:
+        if mtime is not None and mtime == self._mtime and not force:
             return False
         try:
             mtime, splits = self._read()
         except InvalidArgumentError as exc:
             if strict:
                 raise
-            if mtime != self._mtime:
+            if force or mtime != self._mtime:
                 log.error("%s; keeping the last good traffic split", exc)
                 self._mtime = mtime
             return False

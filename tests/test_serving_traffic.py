@@ -124,3 +124,17 @@ def test_a_bad_split_file_stops_the_server_at_start(tmp_path, capsys):
                            load_fn=live_predictor.load)
     assert code == 2
     assert "no version label 'stable'" in capsys.readouterr().err
+
+
+def test_the_split_is_checked_again_when_the_labels_change(tmp_path, caplog):
+    labels = {"ctr": {"stable": 1, "canary": 2}}
+    path = tmp_path / "split.yaml"
+    path.write_text("ctr: {canary: 1}\n")
+    split = TrafficSplit(str(path), labels.get, poll_wait_seconds=0)
+    assert not split.reload()  # unchanged
+    labels["ctr"] = {"stable": 1}
+    assert not split.reload(force=True)
+    assert "no version label 'canary'" in caplog.text
+    assert split.label_for("ctr") == "canary"  # the last good split stays
+    labels["ctr"] = {"stable": 1, "canary": 3}
+    assert split.reload(force=True)
