@@ -14,6 +14,7 @@ import sys
 import threading
 
 from psflow.errors import InvalidArgumentError
+from psflow.serving.batching_config import BatchingOptions, read_batching_parameters
 from psflow.serving.model_config import ModelSettings, read_model_config
 from psflow.serving.model_server import ModelServer
 
@@ -41,6 +42,11 @@ def build_parser():
                              "0 looks once")
     parser.add_argument("--shutdown_grace_seconds", type=float, default=30.0,
                         help="how long SIGTERM waits for requests in flight")
+    parser.add_argument("--enable_batching", action="store_true",
+                        help="batch concurrent requests to a model version")
+    parser.add_argument("--batching_parameters_file", default="",
+                        help="BatchingParameters in text format (max_batch_size, "
+                             "batch_timeout_micros, ...); TF Serving's defaults without it")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     return parser
 
@@ -56,15 +62,28 @@ def models_of(args):
     return [ModelSettings(args.model_name, args.model_base_path)]
 
 
+def batching_of(args):
+    """BatchingOptions of --enable_batching (None without it)."""
+    if not args.enable_batching:
+        if args.batching_parameters_file:
+            raise InvalidArgumentError("--batching_parameters_file goes with --enable_batching")
+        return None
+    if args.batching_parameters_file:
+        return read_batching_parameters(args.batching_parameters_file)
+    return BatchingOptions()
+
+
 def main(argv=None, load_fn=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         models = models_of(args)
+        batching = batching_of(args)
         server = ModelServer(models, args.port,
                              args.rest_api_port if args.rest_api_port > 0 else None,
-                             args.file_system_poll_wait_seconds, load_fn=load_fn)
+                             args.file_system_poll_wait_seconds, load_fn=load_fn,
+                             batching=batching)
     except (InvalidArgumentError, RuntimeError, OSError) as exc:
         print(f"psflow-serve: {exc}", file=sys.stderr)
         return 2
