@@ -3,6 +3,8 @@ Serving's gRPC and REST APIs, with tensorflow_model_server's flags.
 
     psflow-serve --port=8500 --rest_api_port=8501 --model_name=ctr --model_base_path=/models/ctr
     psflow-serve --port=8500 --model_config_file=/models/models.config
+    psflow-serve --k8s --image=IMAGE --model_name=ctr --model_base_path=/checkpoints/export \
+        --pvc=CLAIM      # prints the Kubernetes manifests that serve it instead
 
 SIGTERM (or Ctrl-C) refuses new requests, finishes those in flight and exits 0.
 """
@@ -14,6 +16,7 @@ import sys
 import threading
 
 from psflow.errors import InvalidArgumentError
+from psflow.serving import k8s_manifests
 from psflow.serving.batching_config import BatchingOptions, read_batching_parameters
 from psflow.serving.model_config import ModelSettings, read_model_config
 from psflow.serving.model_server import ModelServer
@@ -48,6 +51,7 @@ def build_parser():
                         help="BatchingParameters in text format (max_batch_size, "
                              "batch_timeout_micros, ...); TF Serving's defaults without it")
     parser.add_argument("--verbose", action="store_true", help="log every request")
+    k8s_manifests.add_arguments(parser)
     return parser
 
 
@@ -78,6 +82,8 @@ def main(argv=None, load_fn=None):
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        if args.k8s:
+            return k8s_manifests.main(args)
         models = models_of(args)
         batching = batching_of(args)
         server = ModelServer(models, args.port,
