@@ -39,7 +39,7 @@ APP_DIR = "/app"
 CHECKPOINT_MOUNT = "/checkpoints"
 TLS_MOUNT = "/etc/psflow/tls"
 FLAVORS = ("jobs", "tfjob")
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 @dataclasses.dataclass
@@ -63,7 +63,7 @@ class K8sSpec:
     def validate(self):
         for what in ("namespace", "name"):
             value = getattr(self, what)
-            if not DNS_LABEL.match(value) or len(value) > 40:
+            if not _NAME.match(value) or len(value) > 40:
                 raise ValueError(f"--{what} must be a DNS label of at most 40 characters "
                                  f"(lowercase letters, digits, '-'), got {value!r}")
         if self.flavor not in FLAVORS:
@@ -77,7 +77,7 @@ class K8sSpec:
             raise ValueError(f"ttl must be a whole number of seconds, got {self.ttl_seconds!r}")
         for what in ("checkpoint_pvc", "tls_secret"):
             value = getattr(self, what)
-            if value and not DNS_LABEL.match(value):
+            if value and not _NAME.match(value):
                 raise ValueError(f"--{what.replace('_', '-')} must be a Kubernetes name, got "
                                  f"{value!r}")
 

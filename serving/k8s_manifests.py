@@ -13,12 +13,18 @@
 """
 
 import os
+import re
 import sys
 
+import yaml
+
 from psflow.errors import InvalidArgumentError
-from psflow.launcher.k8s import CHECKPOINT_MOUNT, DNS_LABEL, to_yaml, write
 from psflow.serving.batching_config import read_batching_parameters
 
+# Where `launch --k8s --checkpoint-pvc` mounts the claim in the training pods (launcher/k8s.py;
+# psflow-serve does not import the launcher): the same path names the same files in both.
+CHECKPOINT_MOUNT = "/checkpoints"
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 GRPC_PORT = 8500
 REST_PORT = 8501
 CONFIG_MOUNT = "/etc/psflow-serve"
@@ -164,6 +170,26 @@ def manifests(args, batching_text=None):
                            {"name": "http", "port": REST_PORT, "targetPort": "http"}]},
     }
     return documents + [deployment, service]
+
+
+def to_yaml(documents):
+    """The manifests as one YAML stream, in their keys' order."""
+    return "---\n" + yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False,
+                                         width=100)
+
+
+def write(documents, directory):
+    """One file per manifest in `directory`, named as `launch --k8s-out` names them; returns
+    their paths."""
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for k, doc in enumerate(documents):
+        path = os.path.join(directory, f"{k:02d}-{doc['kind'].lower()}-"
+                                       f"{doc['metadata']['name']}.yaml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(to_yaml([doc]))
+        paths.append(path)
+    return paths
 
 
 def main(args, out=None):
