@@ -1,17 +1,21 @@
 """Kubernetes manifests from `psflow-serve --k8s`: they validate against the Kubernetes API
 schemas (offline, with kubernetes-validate, as the training manifests do), run psflow-serve
-on the claim the training job writes to, and are ready only when the model is available."""
+on the claim the training job writes to, and are ready only when the model is available.
+And the training side of that path: `launch --export-dir` makes the chief export versions."""
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import kubernetes_validate
+import numpy as np
 import pytest
 import yaml
 
 from psflow.errors import InvalidArgumentError
+from psflow.saved_model import Predictor
 from psflow.serving import k8s_manifests
 from psflow.serving.__main__ import build_parser, main
 
@@ -82,6 +86,26 @@ def test_the_serving_manifests_validate_and_serve_the_claim():
                                                                   ("http", 8501)]
 
 
+def test_the_training_job_writes_where_the_server_reads():
+    training = subprocess.run(
+        [sys.executable, "-m", "psflow.launcher", "--workers", "1", "--ps", "1", "--k8s",
+         "--checkpoint-pvc", "ckpt", "--export-dir", "/checkpoints/export/ctr",
+         "examples/digits.py"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert training.returncode == 0, training.stderr
+    worker = next(d for d in yaml.safe_load_all(training.stdout)
+                  if d["metadata"]["name"] == "psflow-worker")
+    pod = worker["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    serving = by_kind(generate(*BASE, "--pvc", "ckpt"))["Deployment"]["spec"]["template"]
+    served = serving["spec"]["containers"][0]
+    assert env["PSFLOW_EXPORT_DIR"] == "/checkpoints/export/ctr"
+    assert f"--model_base_path={env['PSFLOW_EXPORT_DIR']}" in served["command"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}
+    assert claims == {v["persistentVolumeClaim"]["claimName"]
+                      for v in serving["spec"]["volumes"]} == {"ckpt"}
+
+
 def test_batching_parameters_travel_in_a_config_map(tmp_path):
     path = tmp_path / "batching.config"
     path.write_text("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 1000 }\n")
@@ -130,6 +154,11 @@ def test_a_bad_batching_file_is_refused_before_any_manifest(tmp_path, capsys):
     assert "max_batch_size must be at least 1" in captured.err and captured.out == ""
 
 
+def test_the_claim_is_mounted_where_the_training_pods_mount_it():
+    from psflow.launcher import k8s
+    assert k8s_manifests.CHECKPOINT_MOUNT == k8s.CHECKPOINT_MOUNT
+
+
 def test_the_manifests_round_trip_through_yaml():
     args = build_parser().parse_args([*BASE, "--pvc", "ckpt"])
     documents = k8s_manifests.manifests(args)
@@ -139,3 +168,44 @@ def test_the_manifests_round_trip_through_yaml():
     assert "&id" not in out.getvalue()  # no YAML anchors: plain manifests
     with pytest.raises(InvalidArgumentError):
         k8s_manifests.manifests(build_parser().parse_args(["--k8s", "--image", "i"]))
+
+
+@pytest.mark.cluster
+def test_launch_export_dir_makes_the_chief_export_versions_a_predictor_loads(tmp_path):
+    base = tmp_path / "export"
+    script = ROOT / "tests" / "cluster_scripts" / "export_from_settings.py"
+    result = subprocess.run([sys.executable, "-m", "psflow.launcher", "--no-progress",
+                             "--workers", "2", "--ps", "1", "--export-dir", str(base),
+                             "--export-every-n-checkpoints", "2", str(script), str(tmp_path)],
+                            capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    versions = sorted(os.listdir(base), key=int)
+    assert versions[0] == "1" and len(versions) >= 2, versions  # every 2 checkpoints, and last
+    weights = np.load(tmp_path / "weights.npz")
+    x = np.random.default_rng(1).normal(size=(5, 3))
+    got = Predictor.load(str(base / versions[-1])).predict({"x": x})["y"]
+    assert np.max(np.abs(got - (x @ weights["w"] + weights["b"]))) <= 1e-6
+    assert Predictor.load(str(base / "1")).predict({"x": x})["y"].shape == (5, 1)
+
+
+def test_export_settings_need_a_signature_and_name_the_setting(monkeypatch):
+    import psflow as tf
+    monkeypatch.setenv("PSFLOW_EXPORT_DIR", "/nowhere/export")
+    with tf.Graph().as_default():
+        tf.Variable(1.0, name="v")
+        with pytest.raises(ValueError, match="PSFLOW_EXPORT_DIR"):
+            tf.train.MonitoredTrainingSession()
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--export-every-n-checkpoints", "2"], "--export-every-n-checkpoints goes with --export-dir"),
+    (["--k8s", "--export-dir", "export/ctr"], "with --k8s, --export-dir is a path in the pods"),
+    (["--export-dir", "/x", "--export-every-n-checkpoints", "0"], "at least 1"),
+])
+def test_bad_export_flags_of_launch_are_one_line_errors(args, problem, capsys):
+    from psflow.launcher import cli
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--workers", "1", "--ps", "1", *args, str(ROOT / "examples" / "digits.py")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert problem in err and len(err.strip().splitlines()) == 1
