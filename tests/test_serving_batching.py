@@ -265,3 +265,46 @@ def test_the_server_batches_and_a_full_queue_answers_429(tmp_path):
                 assert "queue is full" in answer["error"]
     finally:
         server.stop(grace=2)
+
+
+def test_16_grpc_clients_of_a_batching_server_get_their_own_answers(tmp_path):
+    import grpc
+
+    from psflow.proto.tfserving import predict_pb2, prediction_service_pb2_grpc
+    from psflow.serving import tensor_proto
+    base = tmp_path / "ctr"
+    base.mkdir()
+    live_predictor.write_version(base, 1, seed=1)
+    server = ModelServer([ModelSettings("ctr", str(base))], port=0, poll_wait_seconds=0.05,
+                         load_fn=live_predictor.load, host="127.0.0.1",
+                         batching=BatchingOptions(max_batch_size=16, batch_timeout_micros=5000,
+                                                  num_batch_threads=2))
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    rng = np.random.default_rng(5)
+    requests = [_request(rng, 1 + k % 2) for k in range(64)]
+    answers = [None] * len(requests)
+
+    def client(k):
+        for i in range(k, len(requests), 16):
+            message = predict_pb2.PredictRequest()
+            message.model_spec.name = "ctr"
+            for key, value in requests[i].items():
+                message.inputs[key].CopyFrom(tensor_proto.from_numpy(value))
+            response = stub.Predict(message, timeout=10)
+            answers[i] = tensor_proto.to_numpy(response.outputs["scores"])
+
+    try:
+        wait_for(lambda: server.core.available, 10, "version 1 available")
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        for request, got in zip(requests, answers, strict=True):
+            want = live_predictor.expected(1, request["x"], request["ids"])["scores"]
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    finally:
+        channel.close()
+        server.stop(grace=2)
