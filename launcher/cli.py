@@ -2,7 +2,8 @@
 
     launch --workers N --ps M [--mode async|sync|ssp] [--staleness S]
            [--replicas-to-aggregate K] [--ps-port BASE] [--max-restarts K]
-           [--grace-period SECONDS] [--no-progress] script.py [script args...]
+           [--grace-period SECONDS] [--no-progress] [--export-dir BASE]
+           script.py [script args...]
     launch --status [ADDRESS[,ADDRESS...]] [--interval SECONDS] [--timeout SECONDS]
 
 Everything after the script's path goes to the script, options that look like launch's
@@ -91,6 +92,14 @@ def build_parser():
                            f"separated by '{os.pathsep}' (default: the current directory and "
                            "the system's temporary folder, where scripts make train dirs "
                            "with tempfile.mkdtemp())")
+    data.add_argument("--export-dir", default="", metavar="BASE",
+                      help="the chief exports servables (psflow.saved_model) as BASE/1, "
+                           "BASE/2, ... at the end of training, for psflow-serve "
+                           "--model_base_path BASE; the script's MonitoredTrainingSession "
+                           "names what they take and return with export_signature (with "
+                           "--k8s, a path in the pods, e.g. under /checkpoints)")
+    data.add_argument("--export-every-n-checkpoints", type=whole_number(1), default=0,
+                      metavar="N", help="with --export-dir, also export every N checkpoints")
     kube = parser.add_argument_group(
         "kubernetes", "with --k8s, print (or write) the manifests that run this job on a "
                       "cluster instead of running it here")
@@ -153,12 +162,18 @@ def _parse(argv):
                        if root),
                    grace_period=args.grace_period, progress=not args.no_progress,
                    tf_flags=args.tf_flags or args.script_ps, script_ps=args.script_ps,
-                   metrics=args.metrics)
+                   metrics=args.metrics,
+                   export_dir=args.export_dir if args.k8s or not args.export_dir
+                   else os.path.abspath(args.export_dir),
+                   export_every_n_checkpoints=args.export_every_n_checkpoints)
     try:
         spec.validate()  # what argparse cannot see: the script file, the port range's end
     except ValueError as exc:
         parser.error(str(exc))
     kube = None
+    if args.k8s and args.export_dir and not args.export_dir.startswith("/"):
+        parser.error(f"with --k8s, --export-dir is a path in the pods, absolute; got "
+                     f"{args.export_dir!r}")
     if args.k8s:
         kube = k8s.K8sSpec(image=args.image, namespace=args.namespace, name=args.name,
                            flavor=args.k8s_flavor, cpu=args.cpu, memory=args.memory,

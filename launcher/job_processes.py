@@ -140,7 +140,8 @@ class JobProcesses:
             flags = spec.classic_flags(self.ps_addresses, "worker", i) \
                 if spec.tf_flags or spec.script_ps else []
             command = spec.script_command(*flags)
-            env = self._child_env("worker", i, threads, **spec.consistency.to_env(), **{
+            env = self._child_env("worker", i, threads, **spec.consistency.to_env(),
+                                  **spec.export_env(), **{
                 "TF_CONFIG": spec.tf_config(self.ps_addresses, "worker", i),
                 settings.PARENT_PID.name: str(os.getpid())})
             self._worker_start[i] = (command, env)

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+from psflow import settings
 from psflow.train.consistency import Consistency
 from .job_folders import default_checkpoint_roots
 
@@ -52,6 +53,20 @@ class JobSpec:
     script_ps: bool = False
     # Serve Prometheus metrics from every process, on free ports picked at the start.
     metrics: bool = False
+    # The chief's MonitoredTrainingSession exports numbered servables under export_dir
+    # (PSFLOW_EXPORT_DIR), every export_every_n_checkpoints checkpoints if set, and at the end.
+    export_dir: str = ""
+    export_every_n_checkpoints: int = 0
+
+    def export_env(self):
+        """The settings that hand the workers the export base path."""
+        env = {}
+        if self.export_dir:
+            env[settings.EXPORT_DIR.name] = self.export_dir
+            if self.export_every_n_checkpoints:
+                env[settings.EXPORT_EVERY_N_CHECKPOINTS.name] = \
+                    str(self.export_every_n_checkpoints)
+        return env
 
     @property
     def worker_hosts(self):
@@ -108,6 +123,8 @@ class JobSpec:
             value = getattr(self, what)
             if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
                 raise ValueError(f"{what} must be 0 or more seconds, got {value!r}")
+        if self.export_every_n_checkpoints and not self.export_dir:
+            raise ValueError("--export-every-n-checkpoints goes with --export-dir")
         script = str(self.script)
         if not (os.path.isfile(script) or os.path.isfile(os.path.join(script, "__main__.py"))):
             raise ValueError(f"script not found: {script}" if not os.path.exists(script) else

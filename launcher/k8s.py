@@ -134,7 +134,7 @@ def _env(job, k8s, role, with_tf_config=True):
             {"name": settings.METRICS_HOST.name, "value": "0.0.0.0"}]
     if role == "worker":
         env += [{"name": name, "value": value}
-                for name, value in job.consistency.to_env().items()]
+                for name, value in {**job.consistency.to_env(), **job.export_env()}.items()]
     if k8s.checkpoint_pvc:
         env.append({"name": settings.CHECKPOINT_DIR.name, "value": CHECKPOINT_MOUNT})
     if k8s.tls_secret:

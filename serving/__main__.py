@@ -3,6 +3,8 @@ Serving's gRPC and REST APIs, with tensorflow_model_server's flags.
 
     psflow-serve --port=8500 --rest_api_port=8501 --model_name=ctr --model_base_path=/models/ctr
     psflow-serve --port=8500 --model_config_file=/models/models.config
+    psflow-serve --k8s --image=IMAGE --model_name=ctr --model_base_path=/checkpoints/export \
+        --pvc=CLAIM      # prints the Kubernetes manifests that serve it instead
 
 SIGTERM (or Ctrl-C) refuses new requests, finishes those in flight and exits 0.
 """
@@ -14,6 +16,8 @@ import sys
 import threading
 
 from psflow.errors import InvalidArgumentError
+from psflow.serving import k8s_manifests
+from psflow.serving.batching_config import BatchingOptions, read_batching_parameters
 from psflow.serving.model_config import ModelSettings, read_model_config
 from psflow.serving.model_server import ModelServer
 
@@ -48,7 +52,13 @@ def build_parser():
                              "re-read when it changes")
     parser.add_argument("--shutdown_grace_seconds", type=float, default=30.0,
                         help="how long SIGTERM waits for requests in flight")
+    parser.add_argument("--enable_batching", action="store_true",
+                        help="batch concurrent requests to a model version")
+    parser.add_argument("--batching_parameters_file", default="",
+                        help="BatchingParameters in text format (max_batch_size, "
+                             "batch_timeout_micros, ...); TF Serving's defaults without it")
     parser.add_argument("--verbose", action="store_true", help="log every request")
+    k8s_manifests.add_arguments(parser)
     return parser
 
 
@@ -63,18 +73,33 @@ def models_of(args):
     return [ModelSettings(args.model_name, args.model_base_path)]
 
 
+def batching_of(args):
+    """BatchingOptions of --enable_batching (None without it)."""
+    if not args.enable_batching:
+        if args.batching_parameters_file:
+            raise InvalidArgumentError("--batching_parameters_file goes with --enable_batching")
+        return None
+    if args.batching_parameters_file:
+        return read_batching_parameters(args.batching_parameters_file)
+    return BatchingOptions()
+
+
 def main(argv=None, load_fn=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        if args.k8s:
+            return k8s_manifests.main(args)
         models = models_of(args)
+        batching = batching_of(args)
         server = ModelServer(models, args.port,
                              args.rest_api_port if args.rest_api_port > 0 else None,
                              args.file_system_poll_wait_seconds, load_fn=load_fn,
                              traffic_split_file=args.traffic_split_file or None,
                              model_config_file=args.model_config_file or None,
-                             config_poll_wait_seconds=args.model_config_file_poll_wait_seconds)
+                             config_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
+                             batching=batching)
     except (InvalidArgumentError, RuntimeError, OSError) as exc:
         print(f"psflow-serve: {exc}", file=sys.stderr)
         return 2

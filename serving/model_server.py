@@ -8,6 +8,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from psflow.serving.batching import BatchScheduler, batching_load_fn
 from psflow.serving.config_poller import ModelConfigPoller
 from psflow.serving.manager import ModelManager
 from psflow.serving.prediction_servicer import generic_handlers
@@ -15,7 +16,7 @@ from psflow.serving.rest_api import RestServer
 from psflow.serving.server_core import ServerCore
 from psflow.serving.source import VersionSource
 from psflow.serving.traffic_split import TrafficSplit
-from psflow.serving.version_loader import Loader
+from psflow.serving.version_loader import Loader, load_predictor
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +26,15 @@ _MESSAGE_BYTES = 1 << 30
 
 class ModelServer:
     """Serves `models` ([ModelSettings]) on `port` (gRPC) and `rest_port` (None: no REST);
-    ports of 0 take any free port (`grpc_port`, `rest_api_port` tell which)."""
+    ports of 0 take any free port (`grpc_port`, `rest_api_port` tell which). With `batching`
+    (BatchingOptions) every loaded predictor batches concurrent requests."""
 
     def __init__(self, models, port, rest_port=None, poll_wait_seconds=1.0, load_fn=None,
                  host="0.0.0.0", threads=16, traffic_split_file=None, model_config_file=None,
-                 config_poll_wait_seconds=0.0):
+                 config_poll_wait_seconds=0.0, batching=None):
+        self.batch_scheduler = BatchScheduler(batching) if batching is not None else None
+        if self.batch_scheduler is not None:
+            load_fn = batching_load_fn(load_fn or load_predictor, self.batch_scheduler)
         self.loader = Loader(load_fn)
         self.poll_wait_seconds = poll_wait_seconds
         self.settings = {m.name: m for m in models}
@@ -97,6 +102,8 @@ class ModelServer:
         if self.core.traffic_split is not None:
             self.core.traffic_split.stop(timeout=grace)
         self.grpc_server.stop(grace=1.0).wait()
+        if self.batch_scheduler is not None:
+            self.batch_scheduler.stop()
         if self.rest:
             self.rest.stop()
         for manager in self.core.managers.values():

@@ -24,6 +24,9 @@ def test_values_are_parsed_by_kind():
     assert settings.MODE.get({"PSFLOW_MODE": "ssp"}) == "ssp"
     assert settings.STALENESS.get({"PSFLOW_STALENESS": "3"}) == 3
     assert settings.CHECKPOINT_DIR.get({"PSFLOW_CHECKPOINT_DIR": "/ckpt"}) == "/ckpt"
+    assert settings.EXPORT_DIR.get({"PSFLOW_EXPORT_DIR": "/ckpt/export"}) == "/ckpt/export"
+    assert settings.EXPORT_EVERY_N_CHECKPOINTS.get(
+        {"PSFLOW_EXPORT_EVERY_N_CHECKPOINTS": "3"}) == 3
 
 
 @pytest.mark.parametrize("name,value,message", [
@@ -34,6 +37,8 @@ def test_values_are_parsed_by_kind():
                                      "got 70000"),
     ("PSFLOW_PARENT_PID", "0", "PSFLOW_PARENT_PID must be at least 1, got 0"),
     ("PSFLOW_MODE", "fast", "PSFLOW_MODE must be one of async, sync, ssp, got 'fast'"),
+    ("PSFLOW_EXPORT_EVERY_N_CHECKPOINTS", "0", "PSFLOW_EXPORT_EVERY_N_CHECKPOINTS must be at "
+                                               "least 1, got 0"),
     ("PSFLOW_STALENESS", "-2", "PSFLOW_STALENESS must be at least 0, got -2"),
     ("PSFLOW_REPLICAS_TO_AGGREGATE", "two", "PSFLOW_REPLICAS_TO_AGGREGATE must be a whole number, "
                                             "got 'two'"),
@@ -50,7 +55,7 @@ def test_a_bad_value_names_the_variable_and_the_value(name, value, message):
 
 def test_every_setting_is_listed_once_in_the_module_doc():
     names = [s.name for s in settings.ALL]
-    assert len(names) == len(set(names)) == 24
+    assert len(names) == len(set(names)) == 26
     for name in names:
         short = name.rsplit("_", 1)[-1]
         assert name in settings.__doc__ or f"_{short}" in settings.__doc__, name

@@ -238,7 +238,9 @@ class MonitoredTrainingSession:
     With `export_dir` the chief also exports servables (psflow.saved_model) as numbered
     versions `export_dir/1`, `export_dir/2`, ...: one at the end and one every
     `export_every_n_checkpoints` checkpoints; `export_signature` is what they take and
-    return, (inputs, outputs) as two {key: tensor} dicts, or a signature_def_map.
+    return, (inputs, outputs) as two {key: tensor} dicts, or a signature_def_map. Without
+    `export_dir`, PSFLOW_EXPORT_DIR (set by `launch --export-dir`) names it, and
+    PSFLOW_EXPORT_EVERY_N_CHECKPOINTS the default of `export_every_n_checkpoints`.
 
     TensorFlow's `config`, `stop_grace_period_secs`, `log_step_count_steps`, `max_wait_secs`
     and `save_graph_def` are accepted and have no effect here (they tune TF's own runtime).
@@ -265,6 +267,15 @@ class MonitoredTrainingSession:
         # On a cluster the manifests can name a shared volume for checkpoints.
         checkpoint_dir = checkpoint_dir or settings.CHECKPOINT_DIR.get()
         self._hooks = list(hooks or [])
+        if export_dir is None and settings.EXPORT_DIR.get() is not None:
+            # `launch --export-dir` names the base path; the script names what to export.
+            export_dir = settings.EXPORT_DIR.get()
+            if export_signature is None:
+                raise ValueError(f"{settings.EXPORT_DIR.name} ({export_dir}) asks for exports: "
+                                 "give MonitoredTrainingSession export_signature, (inputs, "
+                                 "outputs) or a signature_def_map")
+            if export_every_n_checkpoints is None:
+                export_every_n_checkpoints = settings.EXPORT_EVERY_N_CHECKPOINTS.get()
         if export_dir is not None and export_signature is None:
             raise ValueError("export_dir needs export_signature: (inputs, outputs) or a "
                              "signature_def_map")
