@@ -1,6 +1,7 @@
 """Linear regression whose MonitoredTrainingSession names what to export (export_signature)
-but not where: `launch --export-dir` says where. Checkpoints go to OUT/ckpt every 10 steps;
-the chief writes the final weights to OUT/weights.npz. Usage: export_from_settings.py OUT"""
+but not where: `launch --export-dir` says where. Checkpoints go to OUT/ckpt every 10 of its
+120 global steps; the chief writes the final weights to OUT/weights.npz.
+Usage: export_from_settings.py OUT"""
 
 import os
 import sys
@@ -26,7 +27,7 @@ train = tf.train.GradientDescentOptimizer(0.05).minimize(loss, global_step=step)
 with tf.train.MonitoredTrainingSession(
         checkpoint_dir=os.path.join(out, "ckpt"), save_checkpoint_steps=10,
         export_signature=({"x": x}, {"y": prediction}),
-        hooks=[tf.train.StopAtStepHook(last_step=40)]) as sess:
+        hooks=[tf.train.StopAtStepHook(last_step=120)]) as sess:
     while not sess.should_stop():
         sess.run(train, {x: features, y: targets})
     if sess.is_chief:
