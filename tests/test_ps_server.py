@@ -473,6 +473,7 @@ def test_process_exits_when_all_workers_are_done(tmp_path):
     assert "all workers are done" in err
 
 
+@pytest.mark.cluster  # a server process's life and death, seconds long
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_process_exits_0_on_signal(tmp_path, signum):
     process, port = _start(tmp_path, "--task-index", "1", "--num-workers", "3")
@@ -494,6 +495,7 @@ def test_process_exits_0_on_signal(tmp_path, signum):
             pass  # cancelled by the stop: also an answer
 
 
+@pytest.mark.cluster  # a server process's life and death, seconds long
 def test_process_exits_when_its_parent_is_gone(tmp_path):
     parent = subprocess.Popen(["sleep", "60"])
     try:
