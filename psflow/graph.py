@@ -349,11 +349,12 @@ def convert_to_tensor(value, dtype=None, graph=None):
     return Constant(value, graph=graph)
 
 
-def topological_order(targets, stop_at=()):
+def topological_order(targets, stop_at=(), control=True):
     """Every node that `targets` depend on, each once, inputs before the nodes that use them.
 
     Traversal does not go past nodes in `stop_at` (fed placeholders) though they are included.
-    The order serves both a session's forward pass and `gradients`' reverse pass.
+    The order serves both a session's forward pass and `gradients`' reverse pass. Without
+    `control`, only data inputs are followed (a servable's pruned graph).
     """
     order = []
     visited = set()
@@ -373,7 +374,8 @@ def topological_order(targets, stop_at=()):
             visited.add(node)
             stack.append((node, True))
             if node not in stop_at:
-                for inp in reversed(node.inputs + node.control_inputs):
+                for inp in reversed(node.inputs + node.control_inputs if control
+                                    else node.inputs):
                     if inp not in visited:
                         stack.append((inp, False))
     return order

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from ..errors import DataLossError, InvalidArgumentError
-from ..graph import Constant, Node, Placeholder
+from ..graph import Constant, Node, Placeholder, topological_order
 from ..variables import Variable
 from . import op_registry
 
@@ -40,22 +40,7 @@ def prune(outputs, inputs):
     """The nodes `outputs` need, stopping at `inputs`, inputs before their users (data
     inputs only: a servable's outputs are functions of its inputs, so control dependencies,
     such as update ops, are left out)."""
-    stop = set(inputs)
-    order, visited = [], set()
-    for target in outputs:
-        stack = [(target, False)]
-        while stack:
-            node, expanded = stack.pop()
-            if expanded:
-                order.append(node)
-                continue
-            if node in visited:
-                continue
-            visited.add(node)
-            stack.append((node, True))
-            if node not in stop:
-                stack.extend((i, False) for i in reversed(node.inputs) if i not in visited)
-    return order
+    return topological_order(outputs, stop_at=inputs, control=False)
 
 
 def serialize(nodes, inputs, arrays):
