@@ -90,6 +90,22 @@ def test_filter_and_eviction_options():
         assert sorted(store.export()[0].tolist()) == [3]
 
 
+
+@pytest.mark.parametrize("filter_freq", [0, 1])
+def test_a_filter_of_zero_or_one_admits_a_key_at_its_first_sighting(filter_freq):
+    option = tf.EmbeddingVariableOption(filter_option=tf.CounterFilter(filter_freq=filter_freq))
+    keys, y, table, rows, train = train_table(tf.train.GradientDescentOptimizer(0.1),
+                                              ev_option=option,
+                                              initializer=tf.ones_initializer())
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        store = sess.store.tables[table]
+        sess.run(train, {keys: [[1, 2]], y: [0.0]})  # both seen once: both admitted, trained
+        assert len(store) == 2 and store.stats["dropped_gradients"] == 0
+        # loss (6 - 0)^2: each row moves by 0.1 * 2 * 6 from its ones
+        np.testing.assert_allclose(sess.run(rows, {keys: [[1, 2]]})[0],
+                                   np.full((2, 3), 1.0 - 0.1 * 2 * 6.0), rtol=1e-6)
+
 def test_a_table_is_refused_where_it_would_be_read_whole():
     table = tf.get_embedding_variable("emb", embedding_dim=2)
     with tf.Session() as sess:
