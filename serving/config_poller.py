@@ -27,7 +27,7 @@ def _add(server, settings):
                            server._availability)
     source = VersionSource(settings.base_path, settings.policy, manager.aspire,
                            server.poll_wait_seconds)
-    server.health.set(settings.name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.set_health(settings.name, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.core.add(settings.name, manager)
     server.sources[settings.name] = source
     server.settings[settings.name] = settings
@@ -42,7 +42,7 @@ def _remove(server, name):
     manager = server.core.remove(name)
     del server.settings[name]
     manager.unload_all()
-    server.health.set(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+    server.set_health(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
     log.info("model %s removed", name)
 
 

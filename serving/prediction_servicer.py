@@ -40,19 +40,26 @@ def _parsed(message_class, data):
         raise InvalidArgumentError(f"malformed {message_class.__name__}: {exc}") from None
 
 
-def _handler(core, method, request_class, response_class):
-    """A gRPC handler that parses the request itself, so a malformed message is answered
-    INVALID_ARGUMENT (gRPC's own parsing would answer INTERNAL), and that turns any error
-    into its status code and message."""
-    def handle(data, context):
+def _handler(core, front, method, request_class, response_class):
+    """A gRPC handler on the front loop that parses the request itself, so a malformed
+    message is answered INVALID_ARGUMENT (gRPC's own parsing would answer INTERNAL), and that
+    turns any error into its status code and message. A small request is answered in the
+    loop, a large one in the worker pool (front_loop.py)."""
+    def answer(data):
+        with core.request():
+            return method(_parsed(request_class, data), None)
+
+    async def handle(data, context):
         try:
-            with core.request():
-                return method(_parsed(request_class, data), context)
+            if front.runs_inline(len(data)):
+                return answer(data)
+            return await front.offload(answer, data)
         except Exception as exc:  # every failure becomes a status, never a dead server
             code = grpc_code_of(exc)
             if code == grpc.StatusCode.INTERNAL:
                 log.exception("%s failed", method.__name__)
-            context.abort(code, str(exc.args[0]) if len(exc.args) == 1 else str(exc))
+            message = str(exc.args[0]) if len(exc.args) == 1 else str(exc)
+        await context.abort(code, message)
     return grpc.unary_unary_rpc_method_handler(
         handle, request_deserializer=None, response_serializer=response_class.SerializeToString)
 
@@ -147,19 +154,20 @@ class ModelServicer:
         return status_response(self.core, request.model_spec)
 
 
-def generic_handlers(core):
-    """The two services' handlers for grpc.Server.add_generic_rpc_handlers."""
+def generic_handlers(core, front):
+    """The two services' handlers for grpc.aio.Server.add_generic_rpc_handlers, answering on
+    `front` (a FrontLoop)."""
     prediction, model = PredictionServicer(core), ModelServicer(core)
     return [
         grpc.method_handlers_generic_handler("tensorflow.serving.PredictionService", {
-            "Predict": _handler(core, prediction.Predict, predict_pb2.PredictRequest,
+            "Predict": _handler(core, front, prediction.Predict, predict_pb2.PredictRequest,
                                 predict_pb2.PredictResponse),
-            "GetModelMetadata": _handler(core, prediction.GetModelMetadata,
+            "GetModelMetadata": _handler(core, front, prediction.GetModelMetadata,
                                          get_model_metadata_pb2.GetModelMetadataRequest,
                                          get_model_metadata_pb2.GetModelMetadataResponse),
         }),
         grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {
-            "GetModelStatus": _handler(core, model.GetModelStatus,
+            "GetModelStatus": _handler(core, front, model.GetModelStatus,
                                        get_model_status_pb2.GetModelStatusRequest,
                                        get_model_status_pb2.GetModelStatusResponse),
         }),

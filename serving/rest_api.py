@@ -1,5 +1,5 @@
-"""The REST front, TF Serving's API on a threaded http.server: a thin translation of JSON to
-the ServerCore's calls.
+"""The REST front, TF Serving's API on the front loop's HTTP server: a thin translation of
+JSON to the ServerCore's calls.
 
     POST /v1/models/NAME[/versions/N|/labels/L]:predict   {"instances": ...} | {"inputs": ...}
     GET  /v1/models/NAME[/versions/N|/labels/L]           the versions' states
@@ -9,19 +9,18 @@ the ServerCore's calls.
 An error is answered `{"error": "..."}` with its HTTP status; the server keeps serving.
 """
 
-import http.server
 import json
 import logging
 import re
-import threading
 
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from psflow.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
+from psflow.errors import InvalidArgumentError, NotFoundError
 from psflow.proto.tfserving import get_model_metadata_pb2, model_pb2
 from psflow.serving import rest_json
 from psflow.serving.error_mapping import grpc_code_of, http_status_of
+from psflow.serving.http_server import HttpServer
 from psflow.serving.prediction_servicer import SIGNATURE_DEF, metadata_response, status_response
 from psflow.serving.request_metrics import metrics_text
 
@@ -32,10 +31,6 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
                    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
                    r"(?P<verb>:[a-zA-Z]+|/metadata)?/?$")
-
-
-class BodyTooLarge(ResourceExhaustedError):
-    """A request body over MAX_BODY_BYTES: 413."""
 
 
 def _spec(match):
@@ -56,62 +51,42 @@ def _json(message):
                                      always_print_fields_with_no_presence=True)
 
 
-class RestHandler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "psflow-serve"
-    core = None  # set on the class the server makes
+class RestApi:
+    """TF Serving's REST API over a ServerCore: `respond(method, target, headers, body)` ->
+    (status, content type, bytes), called by the HTTP server in its loop or pool."""
 
-    def log_message(self, format, *args):
-        log.debug("%s %s", self.address_string(), format % args)
+    def __init__(self, core, front):
+        self.core = core
+        self.front = front
 
-    def _answer(self, status, body):
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    @property
+    def max_body_bytes(self):
+        return MAX_BODY_BYTES
 
-    def _route(self, method):
-        if method == "GET" and self.path.split("?", 1)[0] == METRICS_PATH:
-            data = metrics_text(self.core)
-            self.send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            return
+    def runs_inline(self, method, size):
+        return method != "POST" or self.front.runs_inline(size)
+
+    def respond(self, method, target, headers, body):
+        path = target.split("?", 1)[0]
+        if method == "GET" and path == METRICS_PATH:
+            return 200, CONTENT_TYPE_LATEST, metrics_text(self.core)
+        if method not in ("GET", "POST"):
+            return _error(405, f"method {method} is not allowed on {path}")
         try:
             with self.core.request():
-                body = self._read_body() if method == "POST" else None
-                match = _PATH.match(self.path.split("?", 1)[0])
+                match = _PATH.match(path)
                 if match is None:
-                    raise NotFoundError(f"no such resource: {method} {self.path}")
-                self._answer(200, self._dispatch(method, match, body))
+                    raise NotFoundError(f"no such resource: {method} {target}")
+                answer = self._dispatch(method, match, target, body)
+            return 200, "application/json", json.dumps(answer).encode()
         except Exception as exc:  # every failure becomes an error answer, never a dead server
-            status = 413 if isinstance(exc, BodyTooLarge) else http_status_of(exc)
+            status = http_status_of(exc)
             if status == 500:
-                log.exception("%s %s failed", method, self.path)
+                log.exception("%s %s failed", method, target)
             message = str(exc.args[0]) if len(exc.args) == 1 else str(exc)
-            self._answer(status, {"error": message or grpc_code_of(exc).name})
+            return _error(status, message or grpc_code_of(exc).name)
 
-    def _read_body(self):
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self.close_connection = True
-            raise InvalidArgumentError("a POST needs a Content-Length") from None
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            raise BodyTooLarge(f"the request body of {length} bytes is over the "
-                                         f"limit of {MAX_BODY_BYTES}")
-        data = self.rfile.read(length)
-        try:
-            return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidArgumentError(f"malformed JSON: {exc}") from None
-
-    def _dispatch(self, method, match, body):
+    def _dispatch(self, method, match, target, body):
         verb = match["verb"]
         spec = _spec(match)
         if method == "GET" and verb is None:
@@ -123,10 +98,10 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
             spec_json = _json(response.model_spec)
             return {"model_spec": spec_json, "metadata": {SIGNATURE_DEF: _json(signatures)}}
         if method == "POST" and verb == ":predict":
-            return self._predict(spec, body)
+            return self._predict(spec, _parsed_json(body))
         if verb in (":classify", ":regress"):
             raise InvalidArgumentError(f"{verb[1:]} is not served; use :predict")
-        raise NotFoundError(f"no such resource: {method} {self.path}")
+        raise NotFoundError(f"no such resource: {method} {target}")
 
     def _predict(self, spec, body):
         rows = []
@@ -147,33 +122,27 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
                                           signature_name=signature_name)
         return rest_json.predict_answer(outputs, rows[0])
 
-    def do_GET(self):
-        self._route("GET")
 
-    def do_POST(self):
-        self._route("POST")
+def _parsed_json(body):
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"malformed JSON: {exc}") from None
 
-    def do_PUT(self):
-        self._answer(405, {"error": f"method PUT is not allowed on {self.path}"})
 
-    do_DELETE = do_PATCH = do_PUT
+def _error(status, message):
+    return status, "application/json", json.dumps({"error": message}).encode()
 
 
 class RestServer:
-    """The REST front on `port` (0: any free port), serving in a thread."""
+    """The REST front on `port` (0: any free port), on the front loop."""
 
-    def __init__(self, core, port, host="0.0.0.0"):
-        handler = type("BoundRestHandler", (RestHandler,), {"core": core})
-        self.httpd = http.server.ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        # A short poll interval so that stopping does not wait half a second.
-        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                        name="rest", daemon=True)
+    def __init__(self, core, front, port, host="0.0.0.0"):
+        self.http = HttpServer(RestApi(core, front), front, host, port)
+        self.port = self.http.port
 
     def start(self):
-        self._thread.start()
+        self.http.start()
 
     def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.http.stop()
