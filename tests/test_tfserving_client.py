@@ -5,6 +5,7 @@ against a psflow-serve process serving two exported models. What it receives mus
 in-process Predictor's outputs on the same inputs, the signatures, the versions' states and
 TF Serving's error codes."""
 
+import importlib
 import json
 import os
 import pathlib
@@ -123,6 +124,63 @@ def received(tfserving_python, served):
     return json.loads(run.stdout)
 
 
+@pytest.fixture(scope="module")
+def theirs(tfserving_python):
+    run = subprocess.run([tfserving_python, str(CLIENT), "--describe"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout)
+
+
+def ours():
+    """The same description of psflow.proto.tfserving's messages, enums and services."""
+    found = {"messages": {}, "enums": {}, "services": {}}
+
+    def message(descriptor):
+        found["messages"][descriptor.full_name] = {
+            f.name: [f.number, f.type, f.is_repeated, f.is_packed,
+                     (f.message_type or f.enum_type).full_name
+                     if f.message_type or f.enum_type else None]
+            for f in descriptor.fields}
+        for nested in descriptor.nested_types:
+            message(nested)
+        for enum in descriptor.enum_types:
+            found["enums"][enum.full_name] = {v.name: v.number for v in enum.values}
+
+    for path in sorted((ROOT / "proto" / "tfserving").glob("*_pb2.py")):
+        file = importlib.import_module(f"psflow.proto.tfserving.{path.stem}").DESCRIPTOR
+        for descriptor in file.message_types_by_name.values():
+            message(descriptor)
+        for enum in file.enum_types_by_name.values():
+            found["enums"][enum.full_name] = {v.name: v.number for v in enum.values}
+        for service in file.services_by_name.values():
+            found["services"][service.full_name] = {
+                m.name: [m.input_type.full_name, m.output_type.full_name] for m in service.methods}
+    return found
+
+
+# Messages of psflow's that tensorflow-serving-api does not ship (TF Serving's server keeps them).
+NOT_IN_THE_CLIENT_PACKAGE = {"tensorflow.serving.BatchingParameters"}
+
+
+def test_every_field_enum_value_and_method_is_tensorflow_serving_s(theirs):
+    """Each field psflow declares has TF's number, type, label and packing; each enum value
+    TF's number; each method TF's messages. (psflow leaves some of TF's fields out: a message
+    carrying them still parses, and they are ignored.)"""
+    mine = ours()
+    assert set(mine["messages"]) - set(theirs["messages"]) == NOT_IN_THE_CLIENT_PACKAGE
+    for name, fields in mine["messages"].items():
+        for field, description in fields.items():
+            if name not in NOT_IN_THE_CLIENT_PACKAGE:
+                assert theirs["messages"][name].get(field) == description, (name, field)
+    for name, values in mine["enums"].items():
+        assert {k: theirs["enums"][name].get(k) for k in values} == values, name
+    for name, methods in mine["services"].items():
+        assert {k: theirs["services"][name].get(k) for k in methods} == methods, name
+    assert mine["enums"]["tensorflow.DataType"] == {
+        k: v for k, v in theirs["enums"]["tensorflow.DataType"].items() if v < 100}
+
+
 def predictor(bases, model, version):
     return Predictor.load(str(bases / model / str(version)))
 
@@ -207,9 +265,11 @@ def test_statuses_error_codes_and_health(received):
             "unknown_model": "NOT_FOUND", "unknown_version": "NOT_FOUND",
             "unknown_label": "NOT_FOUND", "metadata_unknown_model": "NOT_FOUND",
             "status_unknown_model": "NOT_FOUND", "wrong_dtype": "INVALID_ARGUMENT",
-            "wrong_shape": "INVALID_ARGUMENT", "unknown_input": "INVALID_ARGUMENT",
+            "wrong_shape": "INVALID_ARGUMENT", "unsupported_dtype": "INVALID_ARGUMENT",
+            "unknown_input": "INVALID_ARGUMENT",
             "missing_inputs": "INVALID_ARGUMENT", "unknown_signature": "INVALID_ARGUMENT"}
         assert all(error["details"] for error in found["errors"].values())
+        assert "DT_BFLOAT16" in found["errors"]["unsupported_dtype"]["details"]
     assert received["health"]["status"] == {
         "": "SERVING", "tensorflow.serving.PredictionService": "SERVING", "mlp": "SERVING",
         "ids": "SERVING", "no-such-model": "NOT_FOUND"}

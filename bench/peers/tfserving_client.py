@@ -13,6 +13,7 @@ one JSON document of everything it sent and received.
 
     python bench/peers/tfserving_client.py --address localhost:8500 --model ctr \
         [--model mlp --version mlp:1 --label mlp:canary] [--rest-port 8501]
+    python bench/peers/tfserving_client.py --describe   # field numbers and types, as JSON
 """
 
 import argparse
@@ -228,6 +229,8 @@ def exercise(channel, model, version, label, rng):
     wrong_dtype = dict(raw3, **{key: tf.make_tensor_proto(
         np.full(batch3[key].shape, b"x", dtype=object))})
     wrong_shape = dict(raw3, **{key: tf.make_tensor_proto(batch3[key][..., None])})
+    bfloat16 = dict(raw3, **{key: tf.make_tensor_proto(batch3[key].astype(np.float32),
+                                                       dtype=tf.bfloat16)})
     extra = dict(raw3, no_such_input=tf.make_tensor_proto(np.zeros(3, np.float32)))
     found["errors"] = {name: error_code(lambda r=request: prediction.Predict(r, timeout=TIMEOUT))
                        for name, request in {
@@ -236,6 +239,7 @@ def exercise(channel, model, version, label, rng):
         "unknown_label": predict_request(model, raw3, label="no-such-label"),
         "wrong_dtype": predict_request(model, wrong_dtype),
         "wrong_shape": predict_request(model, wrong_shape),
+        "unsupported_dtype": predict_request(model, bfloat16),
         "unknown_input": predict_request(model, extra),
         "missing_inputs": predict_request(model, {}),
         "unknown_signature": predict_request(model, raw3, signature_name="no-such-signature"),
@@ -280,10 +284,50 @@ def rest(port, model, label, batch):
     return found
 
 
+def describe():
+    """The wire contract of the messages and services the client uses, and of every file they
+    import: {"messages": {name: {field: [number, type, repeated, packed, message or enum]}},
+    "enums": {name: {value: number}}, "services": {name: {method: [input, output]}}}."""
+    from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
+    from tensorflow_serving.config import model_server_config_pb2
+    found = {"messages": {}, "enums": {}, "services": {}}
+
+    def message(descriptor):
+        found["messages"][descriptor.full_name] = {
+            f.name: [f.number, f.type, f.is_repeated, f.is_packed,
+                     (f.message_type or f.enum_type).full_name
+                     if f.message_type or f.enum_type else None]
+            for f in descriptor.fields}
+        for nested in descriptor.nested_types:
+            message(nested)
+        for enum in descriptor.enum_types:
+            found["enums"][enum.full_name] = {v.name: v.number for v in enum.values}
+
+    seen = set()
+    files = [model_service_pb2.DESCRIPTOR, prediction_service_pb2.DESCRIPTOR,
+             model_server_config_pb2.DESCRIPTOR]
+    while files:
+        file = files.pop()
+        if file.name in seen:
+            continue
+        seen.add(file.name)
+        files.extend(file.dependencies)
+        for descriptor in file.message_types_by_name.values():
+            message(descriptor)
+        for enum in file.enum_types_by_name.values():
+            found["enums"][enum.full_name] = {v.name: v.number for v in enum.values}
+        for service in file.services_by_name.values():
+            found["services"][service.full_name] = {
+                m.name: [m.input_type.full_name, m.output_type.full_name] for m in service.methods}
+    return found
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--address", required=True, help="the gRPC server, host:port")
-    parser.add_argument("--model", action="append", required=True, help="a model's name")
+    parser.add_argument("--describe", action="store_true",
+                        help="print the messages' field numbers and types instead, no server")
+    parser.add_argument("--address", help="the gRPC server, host:port")
+    parser.add_argument("--model", action="append", help="a model's name")
     parser.add_argument("--version", action="append", default=[],
                         help="MODEL:N, a version to name in one request (default: the latest)")
     parser.add_argument("--label", action="append", default=[],
@@ -291,6 +335,12 @@ def main(argv=None):
     parser.add_argument("--rest-port", type=int, help="also try the REST API on this port")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.describe:
+        json.dump(describe(), sys.stdout)
+        sys.stdout.write("\n")
+        return
+    if not args.address or not args.model:
+        parser.error("--address and --model are needed (or --describe)")
     versions = {m: int(v) for m, v in (item.rsplit(":", 1) for item in args.version)}
     labels = dict(item.rsplit(":", 1) for item in args.label)
     rng = np.random.default_rng(args.seed)
