@@ -42,8 +42,9 @@ def tfserving_python():
     except OSError as exc:
         pytest.skip(f"PSFLOW_TFSERVING_PYTHON={python} cannot run: {exc}")
     if check.returncode != 0:
+        last = (check.stderr.strip().splitlines() or ["no message"])[-1]
         pytest.skip(f"PSFLOW_TFSERVING_PYTHON={python} cannot import tensorflow_serving.apis: "
-                    f"{check.stderr.strip().splitlines()[-1:]}")
+                    f"{last}")
     return python
 
 
@@ -68,7 +69,7 @@ def ids_feeds(inputs):
 
 
 @pytest.fixture(scope="module")
-def bases(tmp_path_factory):
+def bases(tfserving_python, tmp_path_factory):
     """mlp versions 1 and 2 (two trainings, so their weights differ), ids version 1."""
     root = tmp_path_factory.mktemp("models")
     for name, version, build, feeds in (("mlp", 1, mlp, mlp_feeds), ("mlp", 2, mlp, mlp_feeds),
