@@ -217,6 +217,11 @@ def exercise(channel, model, version, label, rng):
     listed = {k: tf.make_tensor_proto(v.tolist()) for k, v in batch3.items()}
     requests["python_lists"] = (predict_request(model, listed), batch3, listed)
     requests["version"] = (predict_request(model, raw3, version=version or served), batch3, raw3)
+    # Fields of newer clients (here `client_id`) a server that does not know them must ignore.
+    newer = predict_request(model, raw3)
+    if "client_id" in newer.DESCRIPTOR.fields_by_name:
+        newer.client_id = b"tfserving_client"
+        requests["client_id"] = (newer, batch3, raw3)
     if label is not None:
         requests["label"] = (predict_request(model, raw3, label=label), batch3, raw3)
     first_output = sorted(signature["outputs"])[0]
