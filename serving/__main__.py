@@ -15,6 +15,8 @@ import signal
 import sys
 import threading
 
+from threadpoolctl import threadpool_limits
+
 from psflow.errors import InvalidArgumentError
 from psflow.serving import k8s_manifests
 from psflow.serving.batching_config import BatchingOptions, read_batching_parameters
@@ -57,6 +59,9 @@ def build_parser():
     parser.add_argument("--batching_parameters_file", default="",
                         help="BatchingParameters in text format (max_batch_size, "
                              "batch_timeout_micros, ...); TF Serving's defaults without it")
+    parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=1,
+                        help="threads one op (a matrix product) may use; requests run side by "
+                             "side, so 1 (the default) keeps them from fighting over the cores")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     k8s_manifests.add_arguments(parser)
     return parser
@@ -103,6 +108,8 @@ def main(argv=None, load_fn=None):
     except (InvalidArgumentError, RuntimeError, OSError) as exc:
         print(f"psflow-serve: {exc}", file=sys.stderr)
         return 2
+    if args.tensorflow_intra_op_parallelism > 0:
+        threadpool_limits(args.tensorflow_intra_op_parallelism)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -15,21 +15,29 @@ class TableRows:
     __slots__ = ("keys", "values")
 
     def __init__(self, keys, values):
-        order = np.argsort(keys, kind="stable")
-        self.keys = np.ascontiguousarray(keys[order], dtype=np.int64)
-        self.values = np.ascontiguousarray(values[order])
+        keys = np.asarray(keys, dtype=np.int64)
+        if keys.size > 1 and not (keys[1:] > keys[:-1]).all():  # an export writes them sorted
+            order = np.argsort(keys, kind="stable")
+            keys, values = keys[order], values[order]
+        self.keys = np.ascontiguousarray(keys)
+        self.values = np.ascontiguousarray(values)
         self.keys.setflags(write=False)
         self.values.setflags(write=False)
 
     def read_rows(self, var, indices, train=False):
-        flat = np.asarray(indices).astype(np.int64, copy=False).reshape(-1)
-        dim = self.values.shape[1]
-        out = np.zeros((flat.size, dim), dtype=self.values.dtype)
-        if self.keys.size and flat.size:
-            at = np.minimum(np.searchsorted(self.keys, flat), self.keys.size - 1)
-            found = self.keys[at] == flat
-            out[found] = self.values[at[found]]
-        return out.reshape(np.shape(indices) + (dim,))
+        indices = np.asarray(indices)
+        flat = indices.astype(np.int64, copy=False).reshape(-1)
+        keys, values = self.keys, self.values
+        if not keys.size or not flat.size:
+            out = np.zeros((flat.size, values.shape[1]), dtype=values.dtype)
+        else:
+            at = keys.searchsorted(flat)
+            np.minimum(at, keys.size - 1, out=at)
+            out = values.take(at, axis=0)
+            missing = keys.take(at) != flat
+            if missing.any():
+                out[missing] = 0
+        return out.reshape(indices.shape + (values.shape[1],))
 
 
 class FrozenTable(Node):
