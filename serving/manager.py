@@ -11,7 +11,7 @@ midway.
 import logging
 import threading
 
-from psflow.errors import FailedPreconditionError, NotFoundError
+from psflow.errors import NotFoundError
 from psflow.serving.error_mapping import code_name_of
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,8 @@ class ModelManager:
 
     def handle(self, version=None, label=None):
         """A handle on the version a request names: a number, a label, or neither (the
-        latest available). NotFoundError for an unknown or unavailable version or label;
-        FailedPreconditionError when no version is available yet."""
+        latest available). NotFoundError for an unknown or unavailable version or label, and
+        when no version is available yet, as TF Serving answers."""
         with self._lock:
             if label is not None:
                 if label not in self._labels:
@@ -164,8 +164,8 @@ class ModelManager:
             if version is None:
                 serving = [r for r in self._records.values() if r.state == AVAILABLE]
                 if not serving:
-                    raise FailedPreconditionError(
-                        f"model {self.name} has no available version yet")
+                    raise NotFoundError(f"Servable not found for request: Latest({self.name})"
+                                        "; no version of it is available yet")
                 record = max(serving, key=lambda r: r.version)
             else:
                 record = self._records.get(version)
