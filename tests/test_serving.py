@@ -85,10 +85,10 @@ def test_the_source_sees_numbered_folders_only(tmp_path):
     assert seen == [{12: str(tmp_path / "12")}]
 
 
-def _manager(tmp_path, labels=None):
+def _manager(tmp_path, labels=None, retries=0):
     events = []
-    manager = ModelManager("ctr", Loader(live_predictor.load), labels,
-                           lambda name, available: events.append(available))
+    manager = ModelManager("ctr", Loader(live_predictor.load, max_num_load_retries=retries),
+                           labels, lambda name, available: events.append(available))
     return manager, events
 
 
@@ -133,7 +133,7 @@ def test_a_version_that_fails_to_load_leaves_the_current_one_serving(tmp_path):
     (failed,) = manager.statuses(version=2)
     assert failed.state == "END" and failed.error_code == "DATA_LOSS"
     assert "corrupt" in failed.error_message
-    manager.aspire({2: str(tmp_path / "2")})  # not retried, still serving version 1
+    manager.aspire({2: str(tmp_path / "2")})  # its tries ran out: still serving version 1
     assert manager.handle().version == 1
 
 
