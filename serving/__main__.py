@@ -22,6 +22,7 @@ from psflow.serving import k8s_manifests
 from psflow.serving.batching_config import BatchingOptions, read_batching_parameters
 from psflow.serving.model_config import ModelSettings, read_model_config
 from psflow.serving.model_server import ModelServer
+from psflow.serving.version_loader import LOAD_RETRY_INTERVAL_SECONDS, MAX_NUM_LOAD_RETRIES
 
 log = logging.getLogger("psflow.serving")
 
@@ -52,6 +53,13 @@ def build_parser():
                         help="YAML model -> {version label: weight}: requests naming no "
                              "version are split by weight between the labels' versions; "
                              "re-read when it changes")
+    parser.add_argument("--max_num_load_retries", type=int, default=MAX_NUM_LOAD_RETRIES,
+                        help="how many times a version that failed to load is tried again "
+                             f"(default: {MAX_NUM_LOAD_RETRIES})")
+    parser.add_argument("--load_retry_interval_micros", type=int,
+                        default=int(LOAD_RETRY_INTERVAL_SECONDS * 1e6),
+                        help="microseconds between tries at loading a version (default: "
+                             f"{LOAD_RETRY_INTERVAL_SECONDS:g} s)")
     parser.add_argument("--shutdown_grace_seconds", type=float, default=30.0,
                         help="how long SIGTERM waits for requests in flight")
     parser.add_argument("--enable_batching", action="store_true",
@@ -78,6 +86,17 @@ def models_of(args):
     return [ModelSettings(args.model_name, args.model_base_path)]
 
 
+def load_retries_of(args):
+    """(max_num_load_retries, retry interval in seconds) of the flags."""
+    if args.max_num_load_retries < 0:
+        raise InvalidArgumentError(f"--max_num_load_retries must be at least 0, got "
+                                   f"{args.max_num_load_retries}")
+    if args.load_retry_interval_micros < 0:
+        raise InvalidArgumentError(f"--load_retry_interval_micros must be at least 0, got "
+                                   f"{args.load_retry_interval_micros}")
+    return args.max_num_load_retries, args.load_retry_interval_micros / 1e6
+
+
 def batching_of(args):
     """BatchingOptions of --enable_batching (None without it)."""
     if not args.enable_batching:
@@ -94,6 +113,7 @@ def main(argv=None, load_fn=None):
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        retries, interval = load_retries_of(args)
         if args.k8s:
             return k8s_manifests.main(args)
         models = models_of(args)
@@ -105,6 +125,9 @@ def main(argv=None, load_fn=None):
                              model_config_file=args.model_config_file or None,
                              config_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
                              batching=batching)
+        # Before start(): every model's manager reads them from the one loader.
+        server.loader.max_num_load_retries = retries
+        server.loader.load_retry_interval_seconds = interval
     except (InvalidArgumentError, RuntimeError, OSError) as exc:
         print(f"psflow-serve: {exc}", file=sys.stderr)
         return 2

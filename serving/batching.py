@@ -8,7 +8,9 @@ keys, dtypes and sizes beyond the first axis: requests of other shapes are never
 batch closes when it reaches `max_batch_size` rows or `batch_timeout_micros` after its first
 request, whichever comes first; the BatchScheduler's `num_batch_threads` threads, shared by
 every queue, run the closed batches. A queue holding `max_enqueued_batches` batches refuses
-more requests with ResourceExhaustedError (RESOURCE_EXHAUSTED, 429).
+more requests with ResourceExhaustedError (RESOURCE_EXHAUSTED, 429); a request of more rows
+than `max_batch_size` is refused with InvalidArgumentError (INVALID_ARGUMENT, 400), as TF
+Serving refuses it without large batch splitting.
 """
 
 import collections
@@ -18,7 +20,7 @@ import time
 
 import numpy as np
 
-from psflow.errors import ResourceExhaustedError, UnavailableError
+from psflow.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +167,12 @@ class BatchingPredictor:
         arrays = {key: np.asarray(value) for key, value in inputs.items()}
         key = batch_key(arrays) if arrays else None
         size = next(iter(arrays.values())).shape[0] if key is not None else 0
-        if key is None or size == 0 or size > self.scheduler.options.max_batch_size:
+        if size > self.scheduler.options.max_batch_size:
+            # TF Serving's refusal (no large batch splitting): no batch could hold it.
+            raise InvalidArgumentError(
+                f"Task size {size} is larger than maximum input batch size "
+                f"{self.scheduler.options.max_batch_size}")
+        if key is None or size == 0:
             return self.predictor.predict(inputs)  # nothing to batch with: run alone
         task = _Task(arrays, size)
         self.scheduler.submit(self, key, task)

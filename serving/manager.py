@@ -3,15 +3,17 @@
 The policy is availability-preserving, as TensorFlow Serving's: a new version is loaded and
 warmed up before any old one is unloaded, and old versions are unloaded only once a version
 the source asks for is available, so a version that fails to load leaves the current one
-serving (the failure shows in the status). A request holds a `ServableHandle`; a version taken
-out of service is unloaded when its last handle is released, so no request loses its version
-midway.
+serving. A failed load is tried again, as tensorflow_model_server's --max_num_load_retries and
+--load_retry_interval_micros say (the version shows LOADING meanwhile); once the tries run out
+the version ends with the error in its status. A request holds a `ServableHandle`; a version
+taken out of service is unloaded when its last handle is released, so no request loses its
+version midway.
 """
 
 import logging
 import threading
 
-from psflow.errors import FailedPreconditionError, NotFoundError
+from psflow.errors import NotFoundError
 from psflow.serving.error_mapping import code_name_of
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,9 @@ class VersionRecord:
         self.version = version
         self.export_dir = export_dir
         self.state = START
-        self.error = None  # (TF error code name, message) of a failed load
+        self.error = None  # (TF error code name, message) of a load that failed for good
+        self.last_error = None  # of the latest failed try
+        self.tries = 0  # failed tries
         self.servable = None
         self.refs = 0
 
@@ -73,6 +77,8 @@ class ModelManager:
         self._records = {}
         self._lock = threading.Lock()
         self._aspire_lock = threading.Lock()  # one set of aspired versions handled at a time
+        self._aspired = {}  # the versions the source asks for, as it last said
+        self._closed = threading.Event()  # set by unload_all: no more retries
         self._available = False
 
     def set_labels(self, labels):
@@ -87,8 +93,10 @@ class ModelManager:
 
     def aspire(self, versions):
         """Serve `versions` ({version: export folder}): load the new ones, then unload the
-        others if one of `versions` is available. A failed load is recorded and not retried."""
+        others if one of `versions` is available. A version that fails to load is tried again
+        in the background as the loader's retries say; once they run out it stays failed."""
         with self._aspire_lock:
+            self._aspired = dict(versions)
             for version in sorted(versions):
                 with self._lock:
                     record = self._records.get(version)
@@ -98,29 +106,73 @@ class ModelManager:
                     record = VersionRecord(version, versions[version])
                     record.state = LOADING
                     self._records[version] = record
-                self._load(record)
+                if not self._load(record):
+                    threading.Thread(target=self._retry, args=(record,), daemon=True,
+                                     name=f"retry:{self.name}:{version}").start()
             with self._lock:
-                serving = [r for r in self._records.values() if r.state == AVAILABLE]
-                if any(r.version in versions for r in serving):
-                    for record in serving:
-                        if record.version not in versions:
-                            self._unload_locked(record)
-            self._notify()
+                for record in self._records.values():
+                    if record.state == LOADING and record.version not in versions:
+                        log.info("model %s version %s is no longer asked for: not tried "
+                                 "again", self.name, record.version)
+                        self._fail_locked(record)
+            self._settle()
 
     def _load(self, record):
+        """One try at loading `record`; False when it failed and is to be tried again."""
         try:
             servable = self.loader.load(record.version, record.export_dir)
         except Exception as exc:  # a broken export must never stop the server
-            log.error("model %s version %s failed to load from %s: %s", self.name,
-                      record.version, record.export_dir, exc)
             with self._lock:
-                record.state = END
-                record.error = (code_name_of(exc), f"{type(exc).__name__}: {exc}")
-            return
+                record.tries += 1
+                record.last_error = (code_name_of(exc), f"{type(exc).__name__}: {exc}")
+                retries = self.loader.max_num_load_retries
+                again = record.tries <= retries and not self._closed.is_set()
+                if not again:
+                    self._fail_locked(record)
+            if again:
+                log.warning("model %s version %s failed to load from %s (try %d of %d), "
+                            "trying again in %g s: %s", self.name, record.version,
+                            record.export_dir, record.tries, retries + 1,
+                            self.loader.load_retry_interval_seconds, exc)
+            else:
+                log.error("model %s version %s failed to load from %s: %s", self.name,
+                          record.version, record.export_dir, exc)
+            return not again
         with self._lock:
             record.servable = servable
             record.state = AVAILABLE
         log.info("model %s version %s is available", self.name, record.version)
+        return True
+
+    def _fail_locked(self, record):
+        record.state = END
+        record.error = record.last_error
+
+    def _retry(self, record):
+        """Tries `record` again every retry interval until it loads, its retries run out, it
+        is no longer wanted or the manager unloads everything."""
+        while not self._closed.wait(self.loader.load_retry_interval_seconds):
+            with self._aspire_lock:
+                with self._lock:
+                    if record.state != LOADING:
+                        return
+                if self._load(record):
+                    self._settle()
+                    return
+        with self._lock:
+            if record.state == LOADING:
+                self._fail_locked(record)
+        self._notify()
+
+    def _settle(self):
+        """Unloads the versions no longer wanted, once a wanted one is available."""
+        with self._lock:
+            serving = [r for r in self._records.values() if r.state == AVAILABLE]
+            if any(r.version in self._aspired for r in serving):
+                for record in serving:
+                    if record.version not in self._aspired:
+                        self._unload_locked(record)
+        self._notify()
 
     def _unload_locked(self, record):
         record.state = UNLOADING
@@ -135,6 +187,7 @@ class ModelManager:
         log.info("model %s version %s is unloaded", self.name, record.version)
 
     def unload_all(self):
+        self._closed.set()
         with self._lock:
             for record in self._records.values():
                 if record.state == AVAILABLE:
@@ -154,8 +207,8 @@ class ModelManager:
 
     def handle(self, version=None, label=None):
         """A handle on the version a request names: a number, a label, or neither (the
-        latest available). NotFoundError for an unknown or unavailable version or label;
-        FailedPreconditionError when no version is available yet."""
+        latest available). NotFoundError for an unknown or unavailable version or label, and
+        when no version is available yet, as TF Serving answers."""
         with self._lock:
             if label is not None:
                 if label not in self._labels:
@@ -164,8 +217,8 @@ class ModelManager:
             if version is None:
                 serving = [r for r in self._records.values() if r.state == AVAILABLE]
                 if not serving:
-                    raise FailedPreconditionError(
-                        f"model {self.name} has no available version yet")
+                    raise NotFoundError(f"Servable not found for request: Latest({self.name})"
+                                        "; no version of it is available yet")
                 record = max(serving, key=lambda r: r.version)
             else:
                 record = self._records.get(version)

@@ -87,13 +87,26 @@ def warmup_inputs(signature, batch=1):
     return inputs
 
 
-class Loader:
-    """Loads a version from its folder and warms it up before it serves."""
+# tensorflow_model_server's --max_num_load_retries and --load_retry_interval_micros.
+MAX_NUM_LOAD_RETRIES = 5
+LOAD_RETRY_INTERVAL_SECONDS = 60.0
 
-    def __init__(self, load_fn=None, warmup=True):
+
+class Loader:
+    """Loads a version from its folder and warms it up before it serves.
+
+    A version that fails to load is tried again `max_num_load_retries` times,
+    `load_retry_interval_seconds` apart (the manager schedules the tries): an export still
+    being copied in, or a file system briefly away, then loads once it is whole.
+    """
+
+    def __init__(self, load_fn=None, warmup=True, max_num_load_retries=MAX_NUM_LOAD_RETRIES,
+                 load_retry_interval_seconds=LOAD_RETRY_INTERVAL_SECONDS):
         # The one line that picks the servable format: psflow's export by default.
         self.load_fn = load_fn or load_predictor
         self.warmup = warmup
+        self.max_num_load_retries = max_num_load_retries
+        self.load_retry_interval_seconds = load_retry_interval_seconds
 
     def load(self, version, export_dir):
         """A warmed-up Servable; raises whatever loading or the warm-up request raised."""

@@ -5,7 +5,7 @@ REST JSON formats."""
 import numpy as np
 import pytest
 
-from psflow.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from psflow.errors import InvalidArgumentError, NotFoundError
 from psflow.proto.tfserving import tensor_pb2, types_pb2
 from psflow.serving import rest_json, tensor_proto
 from psflow.serving.__main__ import build_parser, models_of
@@ -85,10 +85,10 @@ def test_the_source_sees_numbered_folders_only(tmp_path):
     assert seen == [{12: str(tmp_path / "12")}]
 
 
-def _manager(tmp_path, labels=None):
+def _manager(tmp_path, labels=None, retries=0):
     events = []
-    manager = ModelManager("ctr", Loader(live_predictor.load), labels,
-                           lambda name, available: events.append(available))
+    manager = ModelManager("ctr", Loader(live_predictor.load, max_num_load_retries=retries),
+                           labels, lambda name, available: events.append(available))
     return manager, events
 
 
@@ -101,8 +101,8 @@ def _predict(handle, seed):
 
 def test_the_manager_loads_the_new_version_before_unloading_the_old(tmp_path):
     manager, events = _manager(tmp_path)
-    with pytest.raises(FailedPreconditionError):
-        manager.handle()
+    with pytest.raises(NotFoundError, match=r"^Servable not found for request: Latest\(ctr\)"):
+        manager.handle()  # TF Serving's NOT_FOUND while no version is available
     v1 = live_predictor.write_version(tmp_path, 1, seed=1)
     manager.aspire({1: v1})
     assert events == [True]
@@ -133,7 +133,7 @@ def test_a_version_that_fails_to_load_leaves_the_current_one_serving(tmp_path):
     (failed,) = manager.statuses(version=2)
     assert failed.state == "END" and failed.error_code == "DATA_LOSS"
     assert "corrupt" in failed.error_message
-    manager.aspire({2: str(tmp_path / "2")})  # not retried, still serving version 1
+    manager.aspire({2: str(tmp_path / "2")})  # its tries ran out: still serving version 1
     assert manager.handle().version == 1
 
 

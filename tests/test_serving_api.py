@@ -244,9 +244,10 @@ def test_a_new_version_is_picked_up_and_the_old_unloaded(served):
 
 def test_a_version_that_fails_to_load_shows_in_the_status_and_the_old_one_serves(served):
     server, stub, _, base = served
+    server.loader.max_num_load_retries, server.loader.load_retry_interval_seconds = 1, 0.05
     live_predictor.write_version(base, 2, seed=2, broken=True)
-    wait_for(lambda: len(_rest(server, "/v1/models/ctr")[1]["model_version_status"]) == 2, 10,
-             "version 2 tried")
+    wait_for(lambda: _rest(server, "/v1/models/ctr")[1]["model_version_status"][0]["state"]
+             == "END", 10, "version 2 tried twice")
     failed, current = _rest(server, "/v1/models/ctr")[1]["model_version_status"]
     assert failed["version"] == "2" and failed["state"] == "END"
     assert failed["status"]["error_code"] == "DATA_LOSS"

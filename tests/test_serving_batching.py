@@ -308,3 +308,56 @@ def test_16_grpc_clients_of_a_batching_server_get_their_own_answers(tmp_path):
     finally:
         channel.close()
         server.stop(grace=2)
+
+
+def test_a_request_larger_than_max_batch_size_is_refused_by_its_sizes(make):
+    inner = Recording()
+    batching = make(inner, max_batch_size=4, batch_timeout_micros=0)
+    rng = np.random.default_rng(6)
+    with pytest.raises(InvalidArgumentError) as info:
+        batching.predict(_request(rng, 5))
+    assert str(info.value) == "Task size 5 is larger than maximum input batch size 4"
+    assert inner.sizes == []  # refused before it reached the model
+    largest = _request(rng, 4)
+    np.testing.assert_array_equal(batching.predict(largest)["scores"],
+                                  inner.model.predict(largest)["scores"])
+
+
+def test_the_server_refuses_a_request_over_max_batch_size_with_400_and_invalid_argument(
+        tmp_path):
+    import grpc
+
+    from psflow.proto.tfserving import predict_pb2, prediction_service_pb2_grpc
+    from psflow.serving import tensor_proto
+    base = tmp_path / "ctr"
+    base.mkdir()
+    live_predictor.write_version(base, 1, seed=1)
+    server = ModelServer([ModelSettings("ctr", str(base))], port=0, rest_port=0,
+                         poll_wait_seconds=0.05, load_fn=live_predictor.load, host="127.0.0.1",
+                         batching=BatchingOptions(max_batch_size=2))
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    try:
+        wait_for(lambda: server.core.available, 10, "version 1 available")
+        rows = [{"x": [0.5, -1, 2], "ids": 3}, {"x": [1, 0, 0.25], "ids": 7},
+                {"x": [0, 0, 1], "ids": 1}]
+        code, answer = _post(server, {"instances": rows})
+        assert code == 400
+        assert answer == {"error": "Task size 3 is larger than maximum input batch size 2"}
+        message = predict_pb2.PredictRequest()
+        message.model_spec.name = "ctr"
+        message.inputs["x"].CopyFrom(tensor_proto.from_numpy(np.zeros((3, 3), np.float32)))
+        message.inputs["ids"].CopyFrom(tensor_proto.from_numpy(np.zeros(3, np.int64)))
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Predict(message, timeout=10)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Task size 3 is larger than maximum input batch size 2" in info.value.details()
+        code, answer = _post(server, {"instances": rows[:2]})  # the largest batch is served
+        assert code == 200
+        want = live_predictor.expected(1, [r["x"] for r in rows[:2]], [3, 7])["scores"]
+        np.testing.assert_allclose([p["scores"] for p in answer["predictions"]], want,
+                                   rtol=1e-6)
+    finally:
+        channel.close()
+        server.stop(grace=2)

@@ -80,6 +80,10 @@ def test_the_serving_manifests_validate_and_serve_the_claim():
         in container["volumeMounts"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["terminationGracePeriodSeconds"] > 30  # SIGTERM's grace for requests in flight
+    # Prometheus scrapes the REST port's metrics route.
+    assert spec["template"]["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": "8501",
+        "prometheus.io/path": "/monitoring/prometheus/metrics"}
     service = kinds["Service"]["spec"]
     assert service["selector"] == spec["template"]["metadata"]["labels"]
     assert [(p["name"], p["port"]) for p in service["ports"]] == [("grpc", 8500),
@@ -209,3 +213,198 @@ def test_bad_export_flags_of_launch_are_one_line_errors(args, problem, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert problem in err and len(err.strip().splitlines()) == 1
+
+
+MODELS = """model_config_list {
+  config {
+    name: "ctr"
+    base_path: "/checkpoints/export/ctr"
+    model_version_policy { all {} }
+    version_labels { key: "stable" value: 1 }
+    version_labels { key: "canary" value: 2 }
+  }
+  config { name: "mlp" base_path: "/checkpoints/export/mlp" }
+}
+"""
+SPLIT = "ctr: {stable: 1, canary: 1}\n"
+
+
+def _model_files(tmp_path, models=MODELS, split=SPLIT, batching=None):
+    paths = ["--model_config_file", tmp_path / "models.config"]
+    (tmp_path / "models.config").write_text(models)
+    if split is not None:
+        (tmp_path / "split.yaml").write_text(split)
+        paths += ["--traffic_split_file", tmp_path / "split.yaml"]
+    if batching is not None:
+        (tmp_path / "batching.config").write_text(batching)
+        paths += ["--enable_batching", "--batching_parameters_file", tmp_path / "batching.config"]
+    return paths
+
+
+SEVERAL = ["--k8s", "--image", "registry.example/psflow:1", "--pvc", "ckpt"]
+
+
+def test_a_model_config_file_travels_in_a_config_map_and_the_pods_serve_every_model(tmp_path):
+    docs = generate(*SEVERAL, *_model_files(tmp_path, batching="max_batch_size { value: 64 }\n"),
+                    "--model_config_file_poll_wait_seconds", 30)
+    for doc in docs:
+        validate(doc)
+    assert [(d["kind"], d["metadata"]["name"]) for d in docs] == [
+        ("ConfigMap", "psflow-serve-config"), ("Deployment", "psflow-serve"),
+        ("Service", "psflow-serve")]
+    config, deployment, service = docs
+    assert config["data"] == {"models.config": MODELS, "traffic_split.yaml": SPLIT,
+                              "batching.config": "max_batch_size { value: 64 }\n"}
+    template = deployment["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    args = build_parser().parse_args(container["command"][4:])
+    assert args.model_config_file == "/etc/psflow-serve/models.config"
+    assert args.model_config_file_poll_wait_seconds == 30
+    assert args.traffic_split_file == "/etc/psflow-serve/traffic_split.yaml"
+    assert args.batching_parameters_file == "/etc/psflow-serve/batching.config"
+    assert args.enable_batching and args.model_base_path == ""
+    assert (args.max_num_load_retries, args.load_retry_interval_micros) == (5, 60_000_000)
+    assert container["volumeMounts"] == [
+        {"name": "models", "mountPath": "/checkpoints", "readOnly": True},
+        {"name": "config", "mountPath": "/etc/psflow-serve", "readOnly": True}]
+    assert {"name": "config", "configMap": {"name": "psflow-serve-config"}} \
+        in template["spec"]["volumes"]
+    # Ready once every model has a version: the server-wide health service (""), not one
+    # model's; alive while the REST front answers, whichever models the config names then.
+    assert container["readinessProbe"]["grpc"] == {"port": 8500}
+    assert container["livenessProbe"]["httpGet"] == {
+        "path": "/monitoring/prometheus/metrics", "port": 8501}
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == "8501"
+    assert [p["port"] for p in service["spec"]["ports"]] == [8500, 8501]
+
+
+def test_the_ports_given_are_the_pods_and_the_services(tmp_path):
+    docs = by_kind(generate(*BASE, "--port", 9000, "--rest_api_port", 9001))
+    container = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--port=9000" in container["command"] and "--rest_api_port=9001" in container["command"]
+    assert [p["containerPort"] for p in container["ports"]] == [9000, 9001]
+    assert container["readinessProbe"]["grpc"]["port"] == 9000
+    assert container["livenessProbe"]["httpGet"]["port"] == 9001
+    assert docs["Deployment"]["spec"]["template"]["metadata"]["annotations"][
+        "prometheus.io/port"] == "9001"
+    assert [(p["port"], p["targetPort"]) for p in docs["Service"]["spec"]["ports"]] == [
+        (9000, "grpc"), (9001, "http")]
+
+
+@pytest.mark.parametrize("models, split, extra, problem", [
+    (MODELS.replace("/checkpoints/export/mlp", "export/mlp"), None, [],
+     "model 'mlp': its base path must be a path in the pod, absolute"),
+    (MODELS.replace("/checkpoints/export/mlp", "/models/mlp"), None, [],
+     "with --pvc, model 'mlp': its base path must be under /checkpoints"),
+    (MODELS, "ctr: {stable: 1, beta: 1}\n", [], "has no version label 'beta'"),
+    (MODELS, "rank: {stable: 1}\n", [], "model 'rank' is not served"),
+    (MODELS.replace('name: "mlp"', 'name: "ctr"'), None, [], "names a model twice"),
+    (MODELS, None, ["--model_base_path", "/checkpoints/x"], "give either --model_config_file"),
+    (MODELS, None, ["--port", "0"], "--port must be a port from 1 to 65535"),
+    (MODELS, None, ["--rest_api_port", "8500"], "--port and --rest_api_port are both 8500"),
+])
+def test_bad_model_files_for_k8s_are_one_line_errors_before_any_manifest(
+        tmp_path, capsys, models, split, extra, problem):
+    assert main([*SEVERAL, *map(str, _model_files(tmp_path, models, split)), *extra]) == 2
+    captured = capsys.readouterr()
+    assert problem in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert captured.out == ""
+
+
+def test_a_split_naming_labels_of_a_single_model_is_refused(tmp_path, capsys):
+    (tmp_path / "split.yaml").write_text("ctr: {stable: 1}\n")
+    assert main([*BASE, "--traffic_split_file", str(tmp_path / "split.yaml")]) == 2
+    assert "has no version label 'stable'" in capsys.readouterr().err
+
+
+def _pod_command(container, mounts):
+    """The container's command as this machine runs it: each mount path replaced by the
+    folder standing for it."""
+    command = [sys.executable if part == "python" else part for part in container["command"]]
+    for mount, folder in mounts.items():
+        command = [part.replace(mount, str(folder)) for part in command]
+    return command
+
+
+def _health(port, service):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=5).status)
+        except grpc.RpcError:
+            return "DOWN"
+
+
+@pytest.mark.cluster
+def test_the_pod_command_serves_every_model_of_the_config_and_is_ready_when_all_are(tmp_path):
+    """The Deployment's command, run here with the ConfigMap's files and the claim as local
+    folders: ready only once both models have a version, predicts both, splits the traffic,
+    and answers the metrics where the scrape annotations point."""
+    import json
+    import signal
+    import urllib.request
+
+    from psflow.launcher.resources import free_ports
+    import live_predictor
+    from test_serving_retries import _export
+    from waiting import wait_for
+    grpc_port, rest_port = free_ports("127.0.0.1", 2)
+    docs = by_kind(generate(*SEVERAL, *_model_files(tmp_path), "--port", grpc_port,
+                            "--rest_api_port", rest_port, "--file_system_poll_wait_seconds",
+                            0.2))
+    claim, config_folder = tmp_path / "claim", tmp_path / "configmap"
+    config_folder.mkdir()
+    for key, text in docs["ConfigMap"]["data"].items():
+        (config_folder / key).write_text(text.replace("/checkpoints", str(claim)))
+    _export(claim / "export" / "ctr" / "1", seed=1)
+    _export(claim / "export" / "ctr" / "2", seed=2)
+    template = docs["Deployment"]["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    command = _pod_command(container, {"/etc/psflow-serve": config_folder,
+                                       "/checkpoints": claim})
+    log = open(tmp_path / "serve.log", "w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    readiness = container["readinessProbe"]["grpc"].get("service", "")
+
+    def post(model, body):
+        request = urllib.request.Request(f"http://127.0.0.1:{rest_port}/v1/models/{model}"
+                                         ":predict", data=json.dumps(body).encode())
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())
+
+    try:
+        wait_for(lambda: _health(grpc_port, "ctr") == "SERVING", 60, "ctr available")
+        assert _health(grpc_port, readiness) == "NOT_SERVING"  # mlp has no version yet
+        _export(claim / "export" / "mlp" / "1", seed=3)
+        wait_for(lambda: _health(grpc_port, readiness) == "SERVING", 60, "every model")
+        x, ids = np.ones((1, 3), np.float32), np.array([4])
+        body = {"inputs": {"x": x.tolist(), "ids": ids.tolist()}}
+        np.testing.assert_allclose(post("mlp", body)["outputs"],
+                                   live_predictor.expected(3, x, ids)["scores"], atol=1e-6)
+        want = {seed: live_predictor.expected(seed, x, ids)["scores"] for seed in (1, 2)}
+        outputs = [post("ctr", body)["outputs"] for _ in range(4)]
+        seeds = [[seed for seed in want if np.allclose(got, want[seed], atol=1e-6)]
+                 for got in outputs]
+        # The split (stable 1 : canary 1) alternates between versions 1 and 2.
+        assert seeds in ([[1], [2], [1], [2]], [[2], [1], [2], [1]]), seeds
+        annotations = template["metadata"]["annotations"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{annotations['prometheus.io/port']}"
+                                    f"{annotations['prometheus.io/path']}", timeout=30) as got:
+            metrics = got.read().decode()
+        for model, version, count in (("ctr", 1, 2), ("ctr", 2, 2), ("mlp", 1, 1)):
+            assert (f'psflow_serving_requests_total{{model="{model}",version="{version}"}} '
+                    f'{count}.0') in metrics
+        liveness = container["livenessProbe"]["httpGet"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{liveness['port']}{liveness['path']}",
+                                    timeout=30) as alive:
+            assert alive.status == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
