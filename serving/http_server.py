@@ -98,7 +98,7 @@ class HttpProtocol(asyncio.Protocol):
                 return
             method, target, headers, body, close = request
             app = self.server.app
-            if app.runs_inline(method, len(body)):
+            if app.runs_inline(method, target, len(body)):
                 self._send(*app.respond(method, target, headers, body), close=close)
             else:
                 self.busy = True

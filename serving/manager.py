@@ -18,6 +18,8 @@ from psflow.serving.error_mapping import code_name_of
 
 log = logging.getLogger(__name__)
 
+QUICK_SECONDS = 0.002
+
 # TF Serving's ModelVersionStatus.State names.
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 
@@ -204,6 +206,15 @@ class ModelManager:
     @property
     def available(self):
         return self._available
+
+    @property
+    def quick(self):
+        """True when every available version's warm-up predict took under QUICK_SECONDS:
+        its requests may be answered in the front's loop (front_loop.py)."""
+        records = [r for r in list(self._records.values()) if r.state == AVAILABLE]
+        return bool(records) and all(
+            r.servable is not None and r.servable.warmup_seconds is not None and
+            r.servable.warmup_seconds < QUICK_SECONDS for r in records)
 
     def handle(self, version=None, label=None):
         """A handle on the version a request names: a number, a label, or neither (the

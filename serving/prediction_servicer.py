@@ -43,17 +43,21 @@ def _parsed(message_class, data):
 def _handler(core, front, method, request_class, response_class):
     """A gRPC handler on the front loop that parses the request itself, so a malformed
     message is answered INVALID_ARGUMENT (gRPC's own parsing would answer INTERNAL), and that
-    turns any error into its status code and message. A small request is answered in the
-    loop, a large one in the worker pool (front_loop.py)."""
-    def answer(data):
+    turns any error into its status code and message. A small request to a quick model is
+    answered in the loop, any other in the worker pool (front_loop.py)."""
+    predicts = request_class is predict_pb2.PredictRequest
+
+    def answer(request):
         with core.request():
-            return method(_parsed(request_class, data), None)
+            return method(request, None)
 
     async def handle(data, context):
         try:
-            if front.runs_inline(len(data)):
-                return answer(data)
-            return await front.offload(answer, data)
+            request = _parsed(request_class, data)
+            if not predicts or (front.runs_inline(len(data)) and
+                                core.quick(request.model_spec.name)):
+                return answer(request)
+            return await front.offload(answer, request)
         except Exception as exc:  # every failure becomes a status, never a dead server
             code = grpc_code_of(exc)
             if code == grpc.StatusCode.INTERNAL:

@@ -63,8 +63,13 @@ class RestApi:
     def max_body_bytes(self):
         return MAX_BODY_BYTES
 
-    def runs_inline(self, method, size):
-        return method != "POST" or self.front.runs_inline(size)
+    def runs_inline(self, method, target, size):
+        """A predict is answered in the loop when it is small and its model quick; anything
+        else a REST client asks is."""
+        if method != "POST":
+            return True
+        match = _PATH.match(target.split("?", 1)[0])
+        return match is None or (self.front.runs_inline(size) and self.core.quick(match["name"]))
 
     def respond(self, method, target, headers, body):
         path = target.split("?", 1)[0]

@@ -31,6 +31,12 @@ class ServerCore:
         manager = self.managers.get(name)
         return manager.labels if manager is not None else None
 
+    def quick(self, name):
+        """Whether a model's requests are quick to predict (ModelManager.quick); False for a
+        model not served (its error is answered wherever)."""
+        manager = self.managers.get(name)
+        return manager is not None and manager.quick
+
     def manager(self, name):
         manager = self.managers.get(name)
         if manager is None:

@@ -38,6 +38,7 @@ class Servable:
         self._default = predictor
         self._by_signature = {predictor_signature_name(predictor): predictor}
         self._lock = threading.Lock()
+        self.warmup_seconds = None  # how long its warm-up request took to predict
 
     @property
     def signatures(self):
@@ -114,7 +115,10 @@ class Loader:
         predictor = self.load_fn(export_dir, signature=DEFAULT_SIGNATURE)
         servable = Servable(version, export_dir, predictor, self.load_fn)
         if self.warmup:
-            outputs = predictor.predict(warmup_inputs(predictor.signature))
+            inputs = warmup_inputs(predictor.signature)
+            warmup_started = time.perf_counter()
+            outputs = predictor.predict(inputs)
+            servable.warmup_seconds = time.perf_counter() - warmup_started
             missing = set(predictor.signature.outputs) - set(outputs)
             if missing:
                 raise InvalidArgumentError(

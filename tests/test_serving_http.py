@@ -66,7 +66,8 @@ def test_pipelined_requests_on_one_connection_are_answered_in_order(server):
         sock.sendall(_post() + _post(bad) + b"GET /v1/models/ctr HTTP/1.1\r\nHost: x\r\n\r\n")
         answers = _read_answers(sock, 3)
     assert [a[0] for a in answers] == [200, 400, 200]
-    assert np.asarray(json.loads(answers[0][2])["outputs"]["y"]).shape == (1, 2)
+    want = live_predictor.expected(1, [[0.5, -1.0, 2.0]], [3])["scores"]
+    np.testing.assert_allclose(json.loads(answers[0][2])["outputs"]["scores"], want, atol=1e-6)
     assert "shape" in json.loads(answers[1][2])["error"]
     assert json.loads(answers[2][2])["model_version_status"][0]["state"] == "AVAILABLE"
 
