@@ -34,10 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import serve_model as model
-from serve_processes import (Processes, grpc_load, predict_rest, rss_bytes, wait_available,
-                             wrk)
+from serve_processes import Processes, grpc_load, predict_rest, rss_bytes, wait_available, wrk
 
 import psflow as tf
 

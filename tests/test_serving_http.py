@@ -92,7 +92,8 @@ def test_expect_100_continue_is_answered_before_the_body(server):
     assert status == 200 and "outputs" in json.loads(body)
 
 
-@pytest.mark.parametrize("version, extra", [("HTTP/1.0", ""), ("HTTP/1.1", "Connection: close\r\n")])
+@pytest.mark.parametrize("version, extra", [("HTTP/1.0", ""),
+                                            ("HTTP/1.1", "Connection: close\r\n")])
 def test_a_connection_asked_to_close_is_closed_after_its_answer(server, version, extra):
     with _connect(server) as sock:
         sock.sendall(_post(version=version, extra=extra))
