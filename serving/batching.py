@@ -13,6 +13,7 @@ than `max_batch_size` is refused with InvalidArgumentError (INVALID_ARGUMENT, 40
 Serving refuses it without large batch splitting.
 """
 
+import asyncio
 import collections
 import logging
 import threading
@@ -28,16 +29,19 @@ log = logging.getLogger(__name__)
 class _Task:
     """One request waiting in a batch."""
 
-    def __init__(self, inputs, size):
+    def __init__(self, inputs, size, on_finish=None):
         self.inputs = inputs
         self.size = size
         self.done = threading.Event()
         self.outputs = None
         self.error = None
+        self.on_finish = on_finish  # called in the batch thread once it is finished
 
     def finish(self, outputs=None, error=None):
         self.outputs, self.error = outputs, error
         self.done.set()
+        if self.on_finish is not None:
+            self.on_finish(self)
 
 
 class _Batch:
@@ -45,6 +49,7 @@ class _Batch:
         self.queue = queue
         self.key = key
         self.deadline = deadline
+        self.timer = None  # a batch on the front loop: the call that closes it
         self.tasks = []
         self.size = 0
 
@@ -150,6 +155,7 @@ class BatchingPredictor:
         self.predictor = predictor
         self.scheduler = scheduler
         self.enqueued = 0  # batches of this queue open or waiting; guarded by the scheduler
+        self._loop_batches = {}  # batch key -> the _Batch open on the front loop
 
     @property
     def signatures(self):
@@ -162,24 +168,88 @@ class BatchingPredictor:
     def __getattr__(self, name):
         return getattr(self.predictor, name)
 
-    def predict(self, inputs):
-        """{output key: array} for `inputs`, as the wrapped Predictor answers them."""
+    def _task(self, inputs, on_finish=None):
+        """The task of a request, or None when it has nothing to batch with (it runs alone);
+        InvalidArgumentError for one no batch could hold (TF Serving's refusal: no large
+        batch splitting)."""
         arrays = {key: np.asarray(value) for key, value in inputs.items()}
         key = batch_key(arrays) if arrays else None
         size = next(iter(arrays.values())).shape[0] if key is not None else 0
         if size > self.scheduler.options.max_batch_size:
-            # TF Serving's refusal (no large batch splitting): no batch could hold it.
             raise InvalidArgumentError(
                 f"Task size {size} is larger than maximum input batch size "
                 f"{self.scheduler.options.max_batch_size}")
         if key is None or size == 0:
-            return self.predictor.predict(inputs)  # nothing to batch with: run alone
-        task = _Task(arrays, size)
+            return None
+        task = _Task(arrays, size, on_finish)
         self.scheduler.submit(self, key, task)
+        return task
+
+    def predict(self, inputs):
+        """{output key: array} for `inputs`, as the wrapped Predictor answers them."""
+        task = self._task(inputs)
+        if task is None:
+            return self.predictor.predict(inputs)
         task.done.wait()
         if task.error is not None:
             raise task.error
         return task.outputs
+
+    async def predict_async(self, inputs, in_loop=False):
+        """`predict` for a caller on an event loop: it waits for its batch without holding a
+        thread. With `in_loop` (a quick model) the batches are gathered and run in the loop
+        itself, no thread involved: the requests that arrive together (within
+        `batch_timeout_micros`) run as one."""
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+
+        def settle(task):
+            if not answer.done():
+                if task.error is not None:
+                    answer.set_exception(task.error)
+                else:
+                    answer.set_result(task.outputs)
+
+        if in_loop:
+            task = self._loop_task(inputs, settle, loop)
+        else:
+            task = self._task(inputs, lambda t: loop.call_soon_threadsafe(settle, t))
+        if task is None:
+            return self.predictor.predict(inputs) if in_loop else await loop.run_in_executor(
+                None, self.predictor.predict, inputs)
+        return await answer
+
+    def _loop_task(self, inputs, settle, loop):
+        """A task in this predictor's open batch on the loop (None: it runs alone)."""
+        arrays = {key: np.asarray(value) for key, value in inputs.items()}
+        key = batch_key(arrays) if arrays else None
+        size = next(iter(arrays.values())).shape[0] if key is not None else 0
+        limit = self.scheduler.options.max_batch_size
+        if size > limit:
+            raise InvalidArgumentError(
+                f"Task size {size} is larger than maximum input batch size {limit}")
+        if key is None or size == 0:
+            return None
+        batch = self._loop_batches.get(key)
+        if batch is not None and batch.size + size > limit:
+            self._run_in_loop(batch)
+            batch = None
+        if batch is None:
+            batch = self._loop_batches[key] = _Batch(self, key, None)
+            batch.timer = loop.call_later(self.scheduler.options.batch_timeout_seconds,
+                                          self._run_in_loop, batch)
+        task = _Task(arrays, size, settle)
+        batch.tasks.append(task)
+        batch.size += size
+        if batch.size >= limit:
+            self._run_in_loop(batch)
+        return task
+
+    def _run_in_loop(self, batch):
+        if self._loop_batches.get(batch.key) is batch:
+            del self._loop_batches[batch.key]
+            batch.timer.cancel()
+            self.run(batch.tasks)
 
     def run(self, tasks):
         """Runs one batch and hands every task its rows; called by a scheduler thread."""

@@ -10,15 +10,17 @@ import asyncio
 import concurrent.futures
 import threading
 
-INLINE_BYTES = 64 << 10  # a request body up to this size is answered in the loop
+INLINE_BYTES = 1 << 20  # a request body up to this size is answered in the loop
 
 
 class FrontLoop:
     """An asyncio loop running in a daemon thread; `call` runs a coroutine in it and waits;
     `offload` runs a function in the worker pool."""
 
-    def __init__(self, workers=16, inline=True):
-        self.inline = inline  # False: every predict goes to the pool (batching)
+    def __init__(self, workers=16, batching=False):
+        # With batching a predict waits for its batch: never in the loop, and over REST in
+        # the pool (gRPC awaits it in the loop: prediction_servicer.py).
+        self.batching = batching
         self.loop = asyncio.new_event_loop()
         self.pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="predict")
         self._thread = threading.Thread(target=self._run, name="serving-loop", daemon=True)
@@ -43,7 +45,7 @@ class FrontLoop:
 
     def runs_inline(self, size):
         """Whether a request of `size` bytes is answered in the loop itself."""
-        return self.inline and size <= INLINE_BYTES
+        return not self.batching and size <= INLINE_BYTES
 
     async def offload(self, function, *args):
         return await self.loop.run_in_executor(self.pool, function, *args)

@@ -32,8 +32,7 @@ class ModelServer:
     def __init__(self, models, port, rest_port=None, poll_wait_seconds=1.0, load_fn=None,
                  host="0.0.0.0", threads=16, traffic_split_file=None, model_config_file=None,
                  config_poll_wait_seconds=0.0, batching=None):
-        # With batching a predict waits for its batch, so it never runs in the loop.
-        self.front = FrontLoop(threads, inline=batching is None)
+        self.front = FrontLoop(threads, batching=batching is not None)
         self.batch_scheduler = BatchScheduler(batching) if batching is not None else None
         if self.batch_scheduler is not None:
             load_fn = batching_load_fn(load_fn or load_predictor, self.batch_scheduler)

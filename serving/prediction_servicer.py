@@ -46,6 +46,7 @@ def _handler(core, front, method, request_class, response_class):
     turns any error into its status code and message. A small request to a quick model is
     answered in the loop, any other in the worker pool (front_loop.py)."""
     predicts = request_class is predict_pb2.PredictRequest
+    batched = getattr(method.__self__, "predict_async", None) if predicts else None
 
     def answer(request):
         with core.request():
@@ -54,6 +55,9 @@ def _handler(core, front, method, request_class, response_class):
     async def handle(data, context):
         try:
             request = _parsed(request_class, data)
+            if predicts and front.batching:  # waits for its batch in the loop, no thread held
+                with core.request():
+                    return await batched(request, core.quick(request.model_spec.name))
             if not predicts or (front.runs_inline(len(data)) and
                                 core.quick(request.model_spec.name)):
                 return answer(request)
@@ -123,6 +127,15 @@ def status_response(core, spec):
     return response
 
 
+def _predict_arguments(request):
+    """ServerCore.predict's arguments for a PredictRequest."""
+    spec = request.model_spec
+    version, label = version_choice(spec)
+    inputs = {key: tensor_proto.to_numpy(value, key) for key, value in request.inputs.items()}
+    return (spec.name, inputs, version, label, spec.signature_name,
+            tuple(request.output_filter))
+
+
 class PredictionServicer:
     """tensorflow.serving.PredictionService."""
 
@@ -130,14 +143,18 @@ class PredictionServicer:
         self.core = core
 
     def Predict(self, request, context):
-        spec = request.model_spec
-        version, label = version_choice(spec)
-        inputs = {key: tensor_proto.to_numpy(value, key) for key, value in request.inputs.items()}
-        served, signature, outputs = self.core.predict(
-            spec.name, inputs, version=version, label=label,
-            signature_name=spec.signature_name, output_filter=tuple(request.output_filter))
+        return self._response(request, self.core.predict(*_predict_arguments(request)))
+
+    async def predict_async(self, request, in_loop=False):
+        """Predict on the front loop, for batching predictors (ServerCore.predict_async)."""
+        return self._response(request, await self.core.predict_async(
+            *_predict_arguments(request), in_loop=in_loop))
+
+    @staticmethod
+    def _response(request, answer):
+        served, signature, outputs = answer
         response = predict_pb2.PredictResponse()
-        response.model_spec.name = spec.name
+        response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = served
         response.model_spec.signature_name = signature
         for key, value in outputs.items():

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 
+import orjson
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -129,6 +130,13 @@ class RestApi:
 
 
 def _parsed_json(body):
+    """The JSON of a request body: orjson's fast reading, else the standard reader's, which
+    also takes what TF Serving's takes beyond strict JSON (NaN, Infinity) and names where a
+    malformed body goes wrong."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:

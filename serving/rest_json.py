@@ -45,16 +45,18 @@ def array_of(value, dtype, key):
         if array.dtype != object or any(not isinstance(v, bytes) for v in array.reshape(-1)):
             raise InvalidArgumentError(f"input '{key}' is not a rectangular list of strings")
         return array
-    if _has_b64(value):
-        raise InvalidArgumentError(f"input '{key}' expects {dtype}, got an object")
     try:
         array = np.array(value)
     except ValueError as exc:  # ragged lists
+        if _has_b64(value):
+            raise InvalidArgumentError(f"input '{key}' expects {dtype}, got an object") from None
         raise InvalidArgumentError(f"input '{key}' is not a rectangular list: {exc}") from None
     kind = array.dtype.kind
     if array.size == 0 and kind == "f":
         return array.astype(dtype)
     if kind not in "biuf":
+        if kind == "O" and _has_b64(value):  # only numbers make a numeric array
+            raise InvalidArgumentError(f"input '{key}' expects {dtype}, got an object")
         raise InvalidArgumentError(f"input '{key}' expects {dtype}: "
                                    "values must be numbers in a rectangular list")
     if dtype.kind == "b" and kind != "b":

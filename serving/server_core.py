@@ -87,18 +87,40 @@ class ServerCore:
         a function of the signature that returns them (the REST front reads JSON values by the
         signature's dtypes). A request naming no version and no label goes where the traffic
         split sends it. Every call is counted in `stats`, answered or failed."""
-        start = time.perf_counter()
-        where = ["", ""]  # (model, version) the request reached, for the metrics
+        start, where = time.perf_counter(), ["", ""]  # (model, version) reached, for metrics
+        steps = self._steps(where, name, inputs, version, label, signature_name, output_filter)
         try:
-            answer = self._predict(where, name, inputs, version, label, signature_name,
-                                   output_filter)
+            predictor, feed = next(steps)
+            answer = _finished(steps, predictor.predict(feed))
         except Exception as exc:  # counted by its code, then answered by the front
+            steps.close()
             self.stats.record(*where, time.perf_counter() - start, code_name_of(exc))
             raise
         self.stats.record(*where, time.perf_counter() - start)
         return answer
 
-    def _predict(self, where, name, inputs, version, label, signature_name, output_filter):
+    async def predict_async(self, name, inputs, version=None, label=None, signature_name="",
+                            output_filter=(), in_loop=False):
+        """`predict` on an event loop, for predictors that batch (`predict_async`): the
+        request waits for its batch without holding a thread; with `in_loop` the batch runs
+        in the loop itself."""
+        start, where = time.perf_counter(), ["", ""]
+        steps = self._steps(where, name, inputs, version, label, signature_name, output_filter)
+        try:
+            predictor, feed = next(steps)
+            batched = getattr(predictor, "predict_async", None)
+            outputs = await batched(feed, in_loop) if batched else predictor.predict(feed)
+            answer = _finished(steps, outputs)
+        except Exception as exc:
+            steps.close()
+            self.stats.record(*where, time.perf_counter() - start, code_name_of(exc))
+            raise
+        self.stats.record(*where, time.perf_counter() - start)
+        return answer
+
+    def _steps(self, where, name, inputs, version, label, signature_name, output_filter):
+        """A predict around its one call of the model: yields (predictor, inputs), takes the
+        outputs back, returns the answer; the version stays held in between."""
         manager = self.manager(name)
         where[0] = name
         if version is None and label is None and self.traffic_split is not None:
@@ -117,7 +139,7 @@ class ServerCore:
             if not inputs:
                 raise InvalidArgumentError(
                     f"the request has no inputs; the signature takes {sorted(signature.inputs)}")
-            outputs = predictor.predict(inputs)
+            outputs = yield predictor, inputs
             if output_filter:
                 outputs = {key: outputs[key] for key in output_filter}
             return handle.version, signature_name or handle.servable.default_signature, outputs
@@ -134,3 +156,12 @@ class ServerCore:
             with manager.handle(label=label) as handle:
                 version = handle.version
         return manager.statuses(version)
+
+
+def _finished(steps, outputs):
+    """The answer a predict's steps return once given the outputs."""
+    try:
+        steps.send(outputs)
+    except StopIteration as stop:
+        return stop.value
+    raise RuntimeError("a predict's steps yielded twice")

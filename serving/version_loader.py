@@ -116,13 +116,16 @@ class Loader:
         servable = Servable(version, export_dir, predictor, self.load_fn)
         if self.warmup:
             inputs = warmup_inputs(predictor.signature)
+            outputs = predictor.predict(inputs)  # the first call also fills caches
             warmup_started = time.perf_counter()
-            outputs = predictor.predict(inputs)
+            predictor.predict(inputs)
             servable.warmup_seconds = time.perf_counter() - warmup_started
             missing = set(predictor.signature.outputs) - set(outputs)
             if missing:
                 raise InvalidArgumentError(
                     f"the warm-up request of {export_dir} answered without {sorted(missing)}")
-        log.info("loaded version %s from %s in %.3f s", version, export_dir,
-                 time.monotonic() - started)
+        log.info("loaded version %s from %s in %.3f s%s", version, export_dir,
+                 time.monotonic() - started,
+                 "" if servable.warmup_seconds is None else
+                 f" (a warm-up predict takes {servable.warmup_seconds * 1e3:.2f} ms)")
         return servable

@@ -2,6 +2,7 @@
 split back exactly, shapes never mixed, a full queue refused; and psflow-serve with
 --enable_batching answering as without it."""
 
+import asyncio
 import json
 import threading
 import time
@@ -361,3 +362,26 @@ def test_the_server_refuses_a_request_over_max_batch_size_with_400_and_invalid_a
     finally:
         channel.close()
         server.stop(grace=2)
+
+
+@pytest.mark.parametrize("in_loop", [True, False])
+def test_requests_awaiting_on_a_loop_are_batched_and_get_their_own_rows(make, in_loop):
+    inner = Recording(row_wise=True)
+    batching = make(inner, max_batch_size=8, batch_timeout_micros=20000)
+    rng = np.random.default_rng(7)
+    requests = [_request(rng, 1 + k % 3) for k in range(5)]  # 1, 2, 3, 1 and 2 rows
+
+    async def main():
+        return await asyncio.gather(*(batching.predict_async(r, in_loop=in_loop)
+                                      for r in requests))
+
+    answers = asyncio.run(main())
+    assert sorted(inner.sizes) == [2, 7]  # the first four fill 7 of 8; the fifth would overflow
+    for request, got in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(got["scores"], inner.model.predict(request)["scores"])
+
+
+def test_a_request_too_large_for_a_loop_batch_is_refused(make):
+    batching = make(Recording(), max_batch_size=2)
+    with pytest.raises(InvalidArgumentError, match="Task size 3 is larger"):
+        asyncio.run(batching.predict_async(_request(np.random.default_rng(8), 3), in_loop=True))

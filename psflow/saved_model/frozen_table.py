@@ -8,6 +8,9 @@ from ..array_ops import RowSource
 from ..graph import Node
 
 
+_FEW = 256  # keys of a lookup searched as they come; more are sorted and deduplicated first
+
+
 class TableRows:
     """Sorted keys and their rows; `read_rows` is what a lookup calls (the store side of
     array_ops.RowSource)."""
@@ -31,12 +34,16 @@ class TableRows:
         if not keys.size or not flat.size:
             out = np.zeros((flat.size, values.shape[1]), dtype=values.dtype)
         else:
+            if flat.size > _FEW:  # search each distinct key once, in order: cache-friendly
+                flat, inverse = np.unique(flat, return_inverse=True)
             at = keys.searchsorted(flat)
             np.minimum(at, keys.size - 1, out=at)
             out = values.take(at, axis=0)
             missing = keys.take(at) != flat
             if missing.any():
                 out[missing] = 0
+            if flat.size != indices.size:
+                out = out.take(inverse.reshape(-1), axis=0)
         return out.reshape(indices.shape + (values.shape[1],))
 
 
