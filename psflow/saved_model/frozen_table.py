@@ -7,7 +7,6 @@ import numpy as np
 from ..array_ops import RowSource
 from ..graph import Node
 
-
 _FEW = 256  # keys of a lookup searched as they come; more are sorted and deduplicated first
 
 
