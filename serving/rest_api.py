@@ -13,6 +13,7 @@ import json
 import logging
 import re
 
+import numpy as np
 import orjson
 from google.protobuf import json_format
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -84,7 +85,7 @@ class RestApi:
                 if match is None:
                     raise NotFoundError(f"no such resource: {method} {target}")
                 answer = self._dispatch(method, match, target, body)
-            return 200, "application/json", json.dumps(answer).encode()
+            return 200, "application/json", _dumps(answer)
         except Exception as exc:  # every failure becomes an error answer, never a dead server
             status = http_status_of(exc)
             if status == 500:
@@ -126,7 +127,10 @@ class RestApi:
         label = spec.version_label or None
         _, _, outputs = self.core.predict(spec.name, inputs, version=version, label=label,
                                           signature_name=signature_name)
-        return rest_json.predict_answer(outputs, rows[0])
+        answer = rest_json.predict_answer(outputs, rows[0])
+        if not all(v.dtype.kind != "f" or np.isfinite(v).all() for v in outputs.values()):
+            answer = _NonFinite(answer)
+        return answer
 
 
 def _parsed_json(body):
@@ -141,6 +145,20 @@ def _parsed_json(body):
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgumentError(f"malformed JSON: {exc}") from None
+
+
+class _NonFinite(dict):
+    """An answer holding NaN or Infinity, which only the standard writer writes as TF
+    Serving does (orjson would write null)."""
+
+
+def _dumps(answer):
+    if isinstance(answer, _NonFinite):
+        return json.dumps(answer).encode()
+    try:
+        return orjson.dumps(answer)
+    except TypeError:  # an integer beyond 64 bits: the standard writer takes any
+        return json.dumps(answer).encode()
 
 
 def _error(status, message):

@@ -130,3 +130,12 @@ def test_an_unknown_method_is_405_and_the_connection_stays_open(server):
         answers = _read_answers(sock, 2)
     assert [a[0] for a in answers] == [405, 200]
     assert "DELETE" in json.loads(answers[0][2])["error"]
+
+
+def test_nan_in_and_out_is_written_as_tf_serving_writes_it(server):
+    body = b'{"inputs": {"x": [[NaN, 0.0, 1.0]], "ids": [3]}}'
+    with _connect(server) as sock:
+        sock.sendall(_post(body))
+        (status, _, answer), = _read_answers(sock, 1)
+    assert status == 200 and b"NaN" in answer and b"null" not in answer
+    assert np.isnan(json.loads(answer)["outputs"]["scores"][0][0])
