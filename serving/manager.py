@@ -13,7 +13,7 @@ version midway.
 import logging
 import threading
 
-from psflow.errors import NotFoundError
+from psflow.errors import InvalidArgumentError, NotFoundError
 from psflow.serving.error_mapping import code_name_of
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,9 @@ class ModelManager:
         with self._lock:
             if label is not None:
                 if label not in self._labels:
-                    raise NotFoundError(f"model {self.name} has no version label '{label}'")
+                    raise InvalidArgumentError(  # TF Serving's code for it
+                        f"Unrecognized servable version label: model {self.name} has no "
+                        f"version label '{label}'")
                 version = self._labels[label]
             if version is None:
                 serving = [r for r in self._records.values() if r.state == AVAILABLE]

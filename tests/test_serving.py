@@ -142,7 +142,7 @@ def test_labels_name_versions(tmp_path):
     manager.aspire({v: live_predictor.write_version(tmp_path, v, seed=v) for v in (1, 2)})
     assert manager.handle(label="stable").version == 1
     assert manager.handle(label="canary").version == 2
-    with pytest.raises(NotFoundError, match="label 'beta'"):
+    with pytest.raises(InvalidArgumentError, match="label 'beta'"):
         manager.handle(label="beta")
 
 

@@ -136,7 +136,7 @@ def _bad_tensor():
     (_bad_tensor, grpc.StatusCode.INVALID_ARGUMENT, "tensor_content"),
     (lambda: _request(name="nope"), grpc.StatusCode.NOT_FOUND, "nope"),
     (lambda: _request(version=9), grpc.StatusCode.NOT_FOUND, "version 9"),
-    (lambda: _request(label="canary"), grpc.StatusCode.NOT_FOUND, "canary"),
+    (lambda: _request(label="canary"), grpc.StatusCode.INVALID_ARGUMENT, "canary"),
     (lambda: _request(signature="other"), grpc.StatusCode.INVALID_ARGUMENT, "other"),
 ])
 def test_grpc_bad_requests_get_their_code_and_the_server_keeps_serving(served, request_of,
@@ -202,7 +202,7 @@ def test_rest_status_and_metadata(served):
      "fractions"),
     ("/v1/models/nope:predict", {"inputs": {}}, None, 404, "nope"),
     ("/v1/models/ctr/versions/7:predict", {"inputs": {}}, None, 404, "version 7"),
-    ("/v1/models/ctr/labels/canary:predict", {"inputs": {}}, None, 404, "canary"),
+    ("/v1/models/ctr/labels/canary:predict", {"inputs": {}}, None, 400, "canary"),
     ("/v1/models/ctr/versions/x:predict", {"inputs": {}}, None, 400, "not a number"),
     ("/v1/models/ctr:classify", {"inputs": {}}, None, 400, "classify"),
     ("/v2/anything", {"inputs": {}}, None, 404, "no such resource"),

@@ -264,7 +264,7 @@ def test_statuses_error_codes_and_health(received):
         codes = {name: error["code"] for name, error in found["errors"].items()}
         assert codes == {
             "unknown_model": "NOT_FOUND", "unknown_version": "NOT_FOUND",
-            "unknown_label": "NOT_FOUND", "metadata_unknown_model": "NOT_FOUND",
+            "unknown_label": "INVALID_ARGUMENT", "metadata_unknown_model": "NOT_FOUND",
             "status_unknown_model": "NOT_FOUND", "wrong_dtype": "INVALID_ARGUMENT",
             "wrong_shape": "INVALID_ARGUMENT", "unsupported_dtype": "INVALID_ARGUMENT",
             "unknown_input": "INVALID_ARGUMENT",
