@@ -23,7 +23,7 @@ from .comparison_ops import (
     where,
 )
 from .config import ConfigProto, GPUOptions
-from .dtypes import as_dtype, bool_, float16, float32, float64, int32, int64
+from .dtypes import as_dtype, bool_, float16, float32, float64, int32, int64, string
 from .embedding_variable import (
     CounterFilter,
     EmbeddingVariableOption,

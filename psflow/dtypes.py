@@ -8,9 +8,12 @@ float64 = np.dtype(np.float64)
 int32 = np.dtype(np.int32)
 int64 = np.dtype(np.int64)
 bool_ = np.dtype(np.bool_)
+# Byte strings, as TensorFlow's tf.string: numpy's fixed-width bytes (an array is S<width>),
+# compact and without a Python object per value.
+string = np.dtype("S")
 
 
-_TF_DTYPE_NAMES = {"float": "float32", "double": "float64", "half": "float16"}
+_TF_DTYPE_NAMES = {"float": "float32", "double": "float64", "half": "float16", "string": "S"}
 
 
 def as_dtype(dtype):
