@@ -18,10 +18,10 @@ import sys
 
 from psflow import settings
 from psflow.argparsing import OneLineParser, non_negative_seconds, port, seconds, whole_number
+from psflow.fileio import default_checkpoint_roots
 from psflow.train.consistency import MODES
 from . import k8s, status
 from .job import run_job
-from .job_folders import default_checkpoint_roots
 from .job_spec import JobSpec
 
 

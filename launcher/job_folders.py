@@ -47,7 +47,3 @@ def new_job_folder():
     return tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-")
 
 
-def default_checkpoint_roots():
-    """Where a local job's parameter servers may write checkpoints by default: the current
-    directory and the system's temporary folder."""
-    return os.pathsep.join([os.getcwd(), tempfile.gettempdir()])

@@ -7,8 +7,8 @@ import os
 import sys
 
 from psflow import settings
+from psflow.fileio import default_checkpoint_roots
 from psflow.train.consistency import Consistency
-from .job_folders import default_checkpoint_roots
 
 
 def _default_ps_command():

@@ -11,12 +11,13 @@ process gone), 1 if it cannot serve (port taken, port file not writable), 2 on b
 """
 
 import logging
+import os
 import signal
 import sys
 
 from psflow import monitoring, settings
 from psflow.argparsing import OneLineParser, one_of, port, whole_number
-from psflow.fileio import atomic_write
+from psflow.fileio import atomic_write, default_checkpoint_roots
 from psflow.train.cluster import task_config_from_env
 from psflow.transport import memory
 from .shard_server import ParameterServer
@@ -50,10 +51,11 @@ def parse_args(argv):
                               "(PSFLOW_AUTH_TOKEN); refused otherwise")
     data = parser.add_argument_group("data")
     data.add_argument("--checkpoint-root", default=settings.CHECKPOINT_ROOT.get() or
-                      settings.CHECKPOINT_DIR.get(), metavar="DIR",
-                      help="the folder SaveShard may write checkpoints in (default: "
-                           "PSFLOW_CHECKPOINT_ROOT or PSFLOW_CHECKPOINT_DIR; without one the "
-                           "server writes no checkpoint)")
+                      settings.CHECKPOINT_DIR.get() or default_checkpoint_roots(), metavar="DIR",
+                      help="the folders SaveShard may write checkpoints in, joined by "
+                           f"'{os.pathsep}' (default: PSFLOW_CHECKPOINT_ROOT or "
+                           "PSFLOW_CHECKPOINT_DIR, else the current directory and the system's "
+                           "temporary folder, as under launch)")
     data.add_argument("--allow-nonfinite", action="store_true",
                       default=settings.ALLOW_NONFINITE.get(),
                       help="apply gradients that hold NaN or Inf (refused by default)")

@@ -62,3 +62,10 @@ class _HashingWriter(io.RawIOBase):
 
     def hexdigest(self):
         return self._hash.hexdigest()
+
+
+def default_checkpoint_roots():
+    """Where a parameter server may write checkpoints unless told otherwise, wherever it
+    starts (under `launch`, by hand, in tf.train.Server.join): the current directory and the
+    system's temporary folder, joined by os.pathsep."""
+    return os.pathsep.join([os.getcwd(), tempfile.gettempdir()])

@@ -79,8 +79,8 @@ class DistributedStore(Initialization, Pulls, Pushes, SaveRestore):
         return self.step.dedups(ids)
 
     def read(self, var):
-        if var is self.global_step_var:
-            return np.int64(self.step.global_step)
+        if var is self.global_step_var:  # counted on shard 0, read in the variable's dtype
+            return np.asarray(self.step.global_step, dtype=var.dtype)[()]
         value = self.step.values.get(var)
         if value is None:
             self.prefetch([var], fresh=False)

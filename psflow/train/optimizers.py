@@ -213,9 +213,10 @@ class AdadeltaOptimizer(Optimizer):
 
 
 def _adopt_global_step(graph, var):
-    """Makes `var` the graph's global step (the one the parameter servers advance)."""
-    if var.shape != () or np.dtype(var.dtype).kind not in "iu":
-        raise TypeError(f"the global step must be an integer scalar variable; "
+    """Makes `var` the graph's global step (the one the parameter servers advance). Any
+    numeric scalar will do, as in TF1 (a float32 one made by get_variable counts 1.0, 2.0...)."""
+    if var.shape != () or np.dtype(var.dtype).kind not in "iuf":
+        raise TypeError(f"the global step must be a numeric scalar variable; "
                         f"{var.name!r} is {np.dtype(var.dtype).name} of shape {var.shape}")
     graph.global_step = var
     return var
@@ -224,13 +225,13 @@ def _adopt_global_step(graph, var):
 def get_global_step(graph=None):
     """The graph's global step variable, or None: the one made by get_or_create_global_step,
     added to the GLOBAL_STEP collection or passed to minimize(global_step=), or else, as in
-    TF1, an integer scalar variable named "global_step"."""
+    TF1, a numeric scalar variable named "global_step"."""
     graph = graph or get_default_graph()
     step = getattr(graph, "global_step", None)
     if step is None:
         for var in graph.variables:
             if var.name == "global_step" and var.shape == () and \
-                    np.dtype(var.dtype).kind in "iu":
+                    np.dtype(var.dtype).kind in "iuf":
                 return _adopt_global_step(graph, var)
     return step
 
