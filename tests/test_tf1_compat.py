@@ -46,9 +46,9 @@ def test_a_variable_named_global_step_is_found_without_being_passed():
     assert tf.train.get_global_step() is step
 
 
-def test_a_float_global_step_is_refused_by_name():
-    step = tf.Variable(0.0, name="counter", trainable=False)
-    with pytest.raises(TypeError, match="'counter' is float32"):
+def test_a_global_step_that_is_not_a_numeric_scalar_is_refused_by_name():
+    step = tf.Variable(np.zeros(2, np.float32), name="counter", trainable=False)
+    with pytest.raises(TypeError, match="a numeric scalar variable; 'counter' is float32"):
         linear_train(step)
 
 
