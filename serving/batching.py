@@ -168,18 +168,23 @@ class BatchingPredictor:
     def __getattr__(self, name):
         return getattr(self.predictor, name)
 
-    def _task(self, inputs, on_finish=None):
-        """The task of a request, or None when it has nothing to batch with (it runs alone);
-        InvalidArgumentError for one no batch could hold (TF Serving's refusal: no large
-        batch splitting)."""
+    def _batchable(self, inputs):
+        """(arrays, batch key, rows) of a request; the key is None when it has nothing to
+        batch with (it runs alone). InvalidArgumentError for one no batch could hold (TF
+        Serving's refusal: no large batch splitting)."""
         arrays = {key: np.asarray(value) for key, value in inputs.items()}
         key = batch_key(arrays) if arrays else None
         size = next(iter(arrays.values())).shape[0] if key is not None else 0
-        if size > self.scheduler.options.max_batch_size:
+        limit = self.scheduler.options.max_batch_size
+        if size > limit:
             raise InvalidArgumentError(
-                f"Task size {size} is larger than maximum input batch size "
-                f"{self.scheduler.options.max_batch_size}")
-        if key is None or size == 0:
+                f"Task size {size} is larger than maximum input batch size {limit}")
+        return arrays, (key if size else None), size
+
+    def _task(self, inputs, on_finish=None):
+        """The task of a request in the batch threads' queue, or None when it runs alone."""
+        arrays, key, size = self._batchable(inputs)
+        if key is None:
             return None
         task = _Task(arrays, size, on_finish)
         self.scheduler.submit(self, key, task)
@@ -221,15 +226,10 @@ class BatchingPredictor:
 
     def _loop_task(self, inputs, settle, loop):
         """A task in this predictor's open batch on the loop (None: it runs alone)."""
-        arrays = {key: np.asarray(value) for key, value in inputs.items()}
-        key = batch_key(arrays) if arrays else None
-        size = next(iter(arrays.values())).shape[0] if key is not None else 0
-        limit = self.scheduler.options.max_batch_size
-        if size > limit:
-            raise InvalidArgumentError(
-                f"Task size {size} is larger than maximum input batch size {limit}")
-        if key is None or size == 0:
+        arrays, key, size = self._batchable(inputs)
+        if key is None:
             return None
+        limit = self.scheduler.options.max_batch_size
         batch = self._loop_batches.get(key)
         if batch is not None and batch.size + size > limit:
             self._run_in_loop(batch)

@@ -2,7 +2,6 @@
 refuses new ones and exits 0; and, with psflow's export format, `python -m psflow.serving`
 serves a model saved by `saved_model.simple_save` over gRPC and REST."""
 
-import json
 import os
 import pathlib
 import signal
@@ -16,6 +15,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from rest_calls import rest as _rest
 
 import psflow as tf
 from psflow.launcher.resources import free_ports
@@ -41,16 +41,6 @@ def _start(command, base, tmp_path):
                                           "--file_system_poll_wait_seconds=0.2"],
                                stdout=log, stderr=subprocess.STDOUT, env=env)
     return process, grpc_port, rest_port
-
-
-def _rest(port, path, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def _available(port):

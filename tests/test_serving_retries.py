@@ -16,6 +16,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from rest_calls import rest as _rest
 
 import psflow as tf
 from psflow.launcher.resources import free_ports
@@ -151,16 +152,6 @@ def test_the_retry_flags_are_tensorflow_model_servers(capsys):
         err = capsys.readouterr().err
         assert flag.split("=")[0] + " must be at least 0" in err
         assert len(err.strip().splitlines()) == 1
-
-
-def _rest(port, path, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 def _predict_request(model="ctr"):
