@@ -14,6 +14,7 @@ import logging
 import threading
 
 from psflow.errors import InvalidArgumentError, NotFoundError
+from psflow.serving import heap
 from psflow.serving.error_mapping import code_name_of
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class ModelManager:
         with self._lock:
             record.servable = servable
             record.state = AVAILABLE
+        heap.loaded()
         log.info("model %s version %s is available", self.name, record.version)
         return True
 
@@ -186,6 +188,7 @@ class ModelManager:
     def _finish_locked(self, record):
         record.servable = None
         record.state = END
+        heap.unloaded()
         log.info("model %s version %s is unloaded", self.name, record.version)
 
     def unload_all(self):

@@ -1,6 +1,8 @@
 """Fixtures shared by the suites that talk to one parameter server over gRPC: each module
 defines its own `server` fixture; `channel` connects to it."""
 
+import sys
+
 import grpc
 import pytest
 
@@ -13,3 +15,14 @@ def channel(server):
                                options=codec.CHANNEL_OPTIONS) as ch:
         grpc.channel_ready_future(ch).result(timeout=10)
         yield ch
+
+
+@pytest.fixture(autouse=True)
+def thawed_heap():
+    """Each test ends with the cycle collector seeing the whole heap again: a served
+    version freezes what is alive (psflow.serving.heap), which must not keep another test's
+    garbage out of reach."""
+    yield
+    heap = sys.modules.get("psflow.serving.heap")
+    if heap is not None:
+        heap.thaw()
