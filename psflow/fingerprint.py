@@ -253,8 +253,9 @@ def fingerprint_cat64(first, second):
     order-dependent, as `sparse_cross_hashed` chains the features of a cross."""
     first = np.asarray(first).astype(_U64, copy=False)
     second = np.asarray(second).astype(_U64, copy=False)
-    result = first ^ _CAT_MUL
-    result = result ^ (_shift_mix(second * _CAT_MUL) * _CAT_MUL)
-    result = result * _CAT_MUL
-    result = _shift_mix(result) * _CAT_MUL
-    return _shift_mix(result)
+    with np.errstate(over="ignore"):  # wrapping is the point; scalars would warn
+        result = first ^ _CAT_MUL
+        result = result ^ (_shift_mix(second * _CAT_MUL) * _CAT_MUL)
+        result = result * _CAT_MUL
+        result = _shift_mix(result) * _CAT_MUL
+        return _shift_mix(result)
