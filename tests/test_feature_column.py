@@ -252,3 +252,45 @@ def test_a_model_on_every_column_type_trains():
     assert last < 0.2 < first
     assert np.mean((predicted > 0) == (label > 0.5)) >= 0.95
     assert table.shape == (6, 2) and np.abs(table).sum() > 0
+
+
+def test_an_exported_model_predicts_from_raw_rows_what_training_computes(tmp_path):
+    tf.set_random_seed(1)
+    rows = {"city": np.array(["paris", "rome", "", "oslo"]),
+            "age": np.array([20.0, 50.0, 30.0, 70.0], np.float32),
+            "tags": np.array([["a", "zz"], ["b", ""], ["", ""], ["c", "a"]]),
+            "uid": np.array([1, 3, 0, 5], np.int64)}
+    features = {k: tf.placeholder(tf.string if v.dtype.kind == "U" else tf.as_dtype(v.dtype),
+                                  (None,) * v.ndim, name=k) for k, v in rows.items()}
+    age = fc.numeric_column("age", normalizer_fn=lambda x: tf.log(x + 1.0))
+    age_b = fc.bucketized_column(age, [25.0, 45.0])
+    city = fc.categorical_column_with_hash_bucket("city", 10)
+    vocab = fc.categorical_column_with_vocabulary_list("tags", ["a", "b", "c"],
+                                                       num_oov_buckets=1)
+    cross = fc.crossed_column([city, age_b], 40)
+    deep = fc.input_layer(features, [
+        age, age_b, fc.embedding_column(city, 3), fc.indicator_column(vocab),
+        fc.embedding_column(fc.categorical_column_with_identity("uid", 6), 2, combiner="sqrtn"),
+        fc.indicator_column(cross)])
+    with tf.variable_scope("dyn"):
+        dynamic = fc.input_layer(features, [
+            fc.embedding_column(fc.categorical_column_with_embedding("city"), 2)])
+    wide = fc.linear_model(features, [age_b, vocab, cross, fc.weighted_categorical_column(
+        fc.categorical_column_with_identity("uid", 6), "age")])
+    out = tf.reduce_sum(deep, axis=1) + tf.reshape(wide, (-1,)) + tf.reduce_sum(dynamic,
+                                                                                axis=1)
+    train = tf.train.AdagradOptimizer(0.1).minimize(tf.reduce_mean(tf.square(out - 1.0)))
+    feed = {features[k]: v for k, v in rows.items()}
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        for _ in range(5):
+            sess.run(train, feed)
+        want = sess.run(out, feed)
+        tf.saved_model.simple_save(sess, str(tmp_path / "1"), inputs=features,
+                                   outputs={"y": out})
+    predictor = tf.saved_model.Predictor.load(str(tmp_path / "1"))
+    assert np.array_equal(predictor.predict(rows)["y"], want)
+    as_bytes = dict(rows, city=np.char.encode(rows["city"]), tags=rows["tags"].astype(object))
+    assert np.array_equal(predictor.predict(as_bytes)["y"], want)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="'city' has dtype float64"):
+        predictor.predict(dict(rows, city=np.array([1.0, 2.0, 3.0, 4.0])))

@@ -16,7 +16,7 @@ SparseIds.__doc__ = """A categorical column's ids for a batch: int64 `indices` (
 
 def ignored_value(dtype):
     """What a dense batch marks as absent, as TF1: '' for strings, -1 for integers."""
-    return b"" if dtype is None or dtype.kind in "SUO" else -1
+    return "" if dtype is None or dtype.kind in "SUO" else -1
 
 
 class Builder:
