@@ -228,7 +228,7 @@ def fingerprint64(strings):
     out = np.empty(flat.shape, dtype=_U64)
     if not flat.size:
         return out.reshape(shape)
-    length = np.strings.str_len(flat).astype(_U64)
+    length = np.char.str_len(flat).astype(_U64)
     words = _Words(flat)
     if flat.dtype.itemsize <= 16:
         out[:] = _len0to16(words, None, length)
