@@ -45,7 +45,10 @@ class Builder:
 
     def sparse_input(self, key):
         """Feature `key` as SparseIds: a SparseTensor as it is, a dense batch ((batch,) or
-        (batch, k)) without its ignored values."""
+        (batch, k)) without its ignored values; made once per key."""
+        return self.get(key, "sparse input", lambda builder: self._sparse_input(key))
+
+    def _sparse_input(self, key):
         value = self.feature(key)
         if isinstance(value, SparseTensor):
             return SparseIds(value.indices, value.values, value.dense_shape, None)
