@@ -294,3 +294,56 @@ def test_an_exported_model_predicts_from_raw_rows_what_training_computes(tmp_pat
     assert np.array_equal(predictor.predict(as_bytes)["y"], want)
     with pytest.raises(tf.errors.InvalidArgumentError, match="'city' has dtype float64"):
         predictor.predict(dict(rows, city=np.array([1.0, 2.0, 3.0, 4.0])))
+
+
+def test_a_model_on_columns_trains_through_parameter_servers_as_locally(graph):
+    from psflow.ps.shard_server import ParameterServer
+    from psflow.train.cluster import ClusterSpec, TaskConfig
+    from psflow.worker.distributed_session import DistributedSession
+
+    tf.set_random_seed(5)
+    rng = np.random.default_rng(1)
+    batches = [{"city": np.array(["paris", "rome", "oslo", "lima", ""])[rng.integers(0, 5, 16)],
+                "age": rng.uniform(10, 70, 16).astype(np.float32),
+                "uid": rng.integers(0, 10**12, 16).astype(np.int64)} for _ in range(4)]
+    labels = [rng.uniform(0, 1, 16).astype(np.float32) for _ in range(4)]
+    features = {"city": tf.placeholder(tf.string, (None,)),
+                "age": tf.placeholder(tf.float32, (None,)),
+                "uid": tf.placeholder(tf.int64, (None,))}
+    age_b = fc.bucketized_column(fc.numeric_column("age"), [30.0, 50.0])
+    city = fc.categorical_column_with_hash_bucket("city", 8)
+    deep = fc.input_layer(features, [
+        fc.embedding_column(city, 3),
+        fc.embedding_column(fc.categorical_column_with_embedding("uid", dtype=tf.int64), 2)])
+    wide = fc.linear_model(features, [age_b, fc.crossed_column([city, age_b], 16)])
+    logits = tf.reduce_sum(deep, axis=1) + tf.reshape(wide, (-1,))
+    y = tf.placeholder(tf.float32, (None,))
+    loss = tf.reduce_mean(tf.square(logits - y))
+    train = tf.train.AdagradOptimizer(0.3).minimize(loss)
+    fixed = [v for v in tf.global_variables() if not v.is_table]
+
+    def feed(i):
+        return {**{features[k]: v for k, v in batches[i].items()}, y: labels[i]}
+
+    with tf.Session() as local:
+        local.run(tf.global_variables_initializer())
+        for i in range(4):
+            local.run(train, feed(i))
+        expected = local.run([logits] + fixed, feed(0))
+    servers = [ParameterServer(shard=i, num_workers=1).start() for i in range(2)]
+    try:
+        cluster = ClusterSpec({"ps": [f"127.0.0.1:{s.port}" for s in servers],
+                               "worker": ["127.0.0.1:0"]})
+        session = DistributedSession(graph, TaskConfig(cluster, "worker", 0))
+        try:
+            for i in range(4):
+                session.run(train, feed(i))
+            got = session.run([logits] + fixed, feed(0))
+        finally:
+            session.close()
+    finally:
+        for server in servers:
+            server.stop(grace=0)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert np.abs(expected[0]).sum() > 0
