@@ -2,6 +2,10 @@
 a crossed column against FarmHash, vocabulary files, and a model on every column type that
 trains in a local Session."""
 
+import json
+import time
+import urllib.request
+
 import numpy as np
 import pytest
 
@@ -254,7 +258,9 @@ def test_a_model_on_every_column_type_trains():
     assert table.shape == (6, 2) and np.abs(table).sum() > 0
 
 
-def test_an_exported_model_predicts_from_raw_rows_what_training_computes(tmp_path):
+def export_columns_model(export_dir):
+    """Trains a model on every column type a few steps, exports it taking the raw features,
+    and returns (raw rows, what the training graph computes for them)."""
     tf.set_random_seed(1)
     rows = {"city": np.array(["paris", "rome", "", "oslo"]),
             "age": np.array([20.0, 50.0, 30.0, 70.0], np.float32),
@@ -286,14 +292,41 @@ def test_an_exported_model_predicts_from_raw_rows_what_training_computes(tmp_pat
         for _ in range(5):
             sess.run(train, feed)
         want = sess.run(out, feed)
-        tf.saved_model.simple_save(sess, str(tmp_path / "1"), inputs=features,
-                                   outputs={"y": out})
+        tf.saved_model.simple_save(sess, export_dir, inputs=features, outputs={"y": out})
+    return rows, want
+
+
+def test_an_exported_model_predicts_from_raw_rows_what_training_computes(tmp_path):
+    rows, want = export_columns_model(str(tmp_path / "1"))
     predictor = tf.saved_model.Predictor.load(str(tmp_path / "1"))
     assert np.array_equal(predictor.predict(rows)["y"], want)
     as_bytes = dict(rows, city=np.char.encode(rows["city"]), tags=rows["tags"].astype(object))
     assert np.array_equal(predictor.predict(as_bytes)["y"], want)
     with pytest.raises(tf.errors.InvalidArgumentError, match="'city' has dtype float64"):
         predictor.predict(dict(rows, city=np.array([1.0, 2.0, 3.0, 4.0])))
+
+
+def test_psflow_serve_answers_raw_rows_as_training_computes(tmp_path):
+    from psflow.serving.model_config import ModelSettings
+    from psflow.serving.model_server import ModelServer
+
+    rows, want = export_columns_model(str(tmp_path / "ctr" / "1"))
+    server = ModelServer([ModelSettings("ctr", str(tmp_path / "ctr"))], port=0, rest_port=0,
+                         poll_wait_seconds=0.05, host="127.0.0.1")
+    server.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.core.available and time.monotonic() < deadline:
+            time.sleep(0.02)
+        body = json.dumps({"inputs": {k: v.tolist() for k, v in rows.items()}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.rest_api_port}/v1/models/ctr:predict", data=body,
+            method="POST")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            got = np.array(json.loads(answer.read())["outputs"], np.float32)
+    finally:
+        server.stop(grace=1)
+    assert np.array_equal(got, want)
 
 
 def test_a_model_on_columns_trains_through_parameter_servers_as_locally(graph):
