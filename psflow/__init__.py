@@ -4,7 +4,19 @@
 `gradients`, `Session`, and the optimizers in `psflow.train`.
 """
 
-from . import app, contrib, errors, layers, metrics, nn, saved_model, summary, train
+from . import (
+    app,
+    contrib,
+    errors,
+    feature_column,
+    layers,
+    metrics,
+    nn,
+    saved_model,
+    strings,
+    summary,
+    train,
+)
 from . import tf_logging as logging
 from .array_ops import concat, gather, one_hot, ones, slice, split, stack, unstack, zeros
 from .checkpoint import load_model, lookup
@@ -96,6 +108,7 @@ from .session import InteractiveSession, Session
 from .shape_ops import expand_dims, reshape, squeeze, tile, transpose
 from .sparse_ops import SparseTensor, SparseTensorValue, sparse_placeholder
 from .state_ops import global_variables_initializer, group, no_op, variables_initializer
+from .string_ops import as_string, string_to_hash_bucket_fast
 from .unimplemented import refuse as _refuse
 from .variables import (
     GraphKeys,

@@ -11,6 +11,7 @@ import numpy as np
 
 from .array_ops import Gather, RowSource
 from .errors import InvalidArgumentError, PsflowError
+from .fingerprint import as_bytes_array
 from .graph import (
     Graph,
     Node,
@@ -285,7 +286,13 @@ def _check_feed(node, value):
     """The fed value as an array of the node's dtype; a clear error if it does not fit."""
     array = np.asarray(value)
     dtype = node.dtype
-    if dtype is not None and array.dtype != dtype:
+    if dtype is not None and dtype.kind == "S":
+        if array.dtype.kind not in "SUO":
+            raise InvalidArgumentError(
+                f"cannot feed a value of dtype {array.dtype.name} to {node.name!r}, which "
+                "holds strings")
+        array = as_bytes_array(array)  # str or object arrays become bytes once, here
+    elif dtype is not None and array.dtype != dtype:
         ok = np.can_cast(array.dtype, dtype, casting="same_kind") or (
             array.dtype.kind in "biu" and dtype.kind in "iuf")
         if not ok:

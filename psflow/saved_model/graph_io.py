@@ -123,7 +123,7 @@ class _Encoder:
                                            issubclass(value, np.generic)):
             return {"$dtype": np.dtype(value).name}
         if isinstance(value, np.ndarray):
-            if value.dtype.kind not in "biufc":
+            if value.dtype.kind not in "biufcS":  # byte strings: a vocabulary
                 self.refuse(value, " (an array of objects)")
             return {"$array": self.arrays.add(value)}
         if isinstance(value, tuple):

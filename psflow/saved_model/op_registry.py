@@ -7,6 +7,7 @@ import sys
 
 from .. import (
     array_ops,
+    categorical_ops,
     clip_ops,
     comparison_ops,
     conv_ops,
@@ -21,6 +22,7 @@ from .. import (
     shape_ops,
     sparse_ops,
     state_ops,
+    string_ops,
     variables,
 )
 from ..errors import DataLossError, InvalidArgumentError
@@ -31,7 +33,8 @@ from . import frozen_table
 # table of this package); runtimes, tests and user code are never searched.
 _OP_MODULES = (graph, elementwise, math_ops, reduction_ops, comparison_ops, shape_ops,
                array_ops, nn_ops, conv_ops, clip_ops, state_ops, sparse_ops, embedding_ops,
-               variables, embedding_variable, initializers, frozen_table)
+               string_ops, categorical_ops, variables, embedding_variable, initializers,
+               frozen_table)
 
 
 @functools.cache

@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from ..errors import DataLossError, InvalidArgumentError, NotFoundError, PsflowError
+from ..fingerprint import as_bytes_array
 from ..graph import Graph, Placeholder
 from ..shapes import format_shape
 from . import format as servable_format
@@ -111,7 +112,15 @@ def checked_input(key, value, info):
     except (ValueError, TypeError) as exc:
         raise InvalidArgumentError(f"input {key!r} is not an array: {exc}") from None
     dtype = info.dtype
-    if array.dtype != dtype:
+    if dtype.kind == "S":
+        if array.dtype.kind not in "SUO":
+            raise InvalidArgumentError(f"input {key!r} has dtype {array.dtype.name}; it takes "
+                                       "strings")
+        try:
+            array = as_bytes_array(array)
+        except (TypeError, UnicodeEncodeError) as exc:
+            raise InvalidArgumentError(f"input {key!r}: {exc}") from None
+    elif array.dtype != dtype:
         kind = array.dtype.kind
         ok = kind in "biuf" and dtype.kind in "biuf" and (
             np.can_cast(array.dtype, dtype, casting="same_kind") or
