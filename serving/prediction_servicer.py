@@ -158,7 +158,7 @@ class PredictionServicer:
         response.model_spec.version.value = served
         response.model_spec.signature_name = signature
         for key, value in outputs.items():
-            response.outputs[key].CopyFrom(tensor_proto.from_numpy(value))
+            tensor_proto.from_numpy(value, response.outputs[key])
         return response
 
     def GetModelMetadata(self, request, context):

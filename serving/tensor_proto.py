@@ -34,6 +34,7 @@ _BY_DATATYPE = {
     DataType.DT_STRING: (np.dtype("object"), "string_val"),
 }
 _BY_NUMPY = {dtype: datatype for datatype, (dtype, _) in _BY_DATATYPE.items()}
+_DT_INVALID = DataType.DT_INVALID
 
 
 def datatype_of(dtype):
@@ -58,8 +59,8 @@ def shape_of(message, what):
     """The shape a TensorShapeProto gives a tensor; unknown sizes are refused."""
     if message.unknown_rank:
         raise InvalidArgumentError(f"{what} has an unknown rank")
-    shape = tuple(dim.size for dim in message.dim)
-    if any(size < 0 for size in shape):
+    shape = tuple([dim.size for dim in message.dim])
+    if shape and min(shape) < 0:
         raise InvalidArgumentError(f"{what} has a negative dimension in shape {list(shape)}")
     return shape
 
@@ -67,12 +68,17 @@ def shape_of(message, what):
 def to_numpy(message, name="tensor"):
     """The array a TensorProto holds; an error naming `name` when it is malformed."""
     what = f"input '{name}'"
-    if message.dtype == DataType.DT_INVALID:
+    datatype = message.dtype
+    known = _BY_DATATYPE.get(datatype)
+    if known is not None:
+        dtype = known[0]
+    elif datatype == _DT_INVALID:
         raise InvalidArgumentError(f"{what} has no dtype")
-    try:
-        dtype = numpy_dtype_of(message.dtype)
-    except InvalidArgumentError as exc:
-        raise InvalidArgumentError(f"{what}: {exc}") from None
+    else:
+        try:
+            dtype = numpy_dtype_of(datatype)
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"{what}: {exc}") from None
     shape = shape_of(message.tensor_shape, what)
     count = math.prod(shape)
     if count * dtype.itemsize > MAX_BYTES:
@@ -117,12 +123,16 @@ def _typed_values(values, datatype, dtype, what):
     return np.asarray(values, dtype=dtype)
 
 
-def from_numpy(array):
-    """A TensorProto holding `array`: raw bytes for numbers, string_val for strings."""
+def from_numpy(array, message=None):
+    """A TensorProto holding `array` (filled into `message` when given): raw bytes for
+    numbers, string_val for strings."""
     array = np.asarray(array)
-    message = tensor_pb2.TensorProto(dtype=datatype_of(array.dtype))
-    message.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=s)
-                                    for s in array.shape)
+    if message is None:
+        message = tensor_pb2.TensorProto()
+    message.dtype = datatype_of(array.dtype)
+    dims = message.tensor_shape.dim
+    for size in array.shape:
+        dims.add(size=size)
     if array.dtype.kind in "OSU":
         message.string_val.extend(v.encode() if isinstance(v, str) else bytes(v)
                                   for v in array.reshape(-1))
