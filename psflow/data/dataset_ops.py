@@ -17,6 +17,15 @@ from .line_origins import Origin
 
 CHUNK_ROWS = 4096  # rows per chunk of a dataset sliced from arrays
 
+# The classes of the modules above this one that Dataset's methods make: "map" (MapDataset),
+# "prefetch" (PrefetchDataset), "iterator" (Iterator). Each module registers its class when
+# imported (the package imports them all), so this module imports none of them.
+_MADE_BY = {}
+
+
+def register(kind, cls):
+    _MADE_BY[kind] = cls
+
 
 class Opening:
     """One opening of a pipeline by an iterator: the values of the tensors its datasets
@@ -87,8 +96,7 @@ class Dataset:
     def map(self, map_func, num_parallel_calls=None):
         """Applies `map_func` to each element; the function is built once into a graph of
         psflow ops (TF1 traces it the same way) and run on each element ahead of the step."""
-        from .map_function import MapDataset
-        return MapDataset(self, map_func)
+        return _MADE_BY["map"](self, map_func)
 
     def batch(self, batch_size, drop_remainder=False):
         """Combines consecutive elements into batches of `batch_size` (the last one smaller,
@@ -110,18 +118,15 @@ class Dataset:
 
     def prefetch(self, buffer_size):
         """Produces elements ahead, in a thread, keeping up to `buffer_size` ready."""
-        from .readahead import PrefetchDataset
-        return PrefetchDataset(self, buffer_size)
+        return _MADE_BY["prefetch"](self, buffer_size)
 
     def make_one_shot_iterator(self):
         """An iterator that starts when first used and runs through the dataset once."""
-        from .iterator_ops import Iterator
-        return Iterator(self, initializable=False)
+        return _MADE_BY["iterator"](self, initializable=False)
 
     def make_initializable_iterator(self, shared_name=None):
         """An iterator that starts (again) each time its `initializer` runs."""
-        from .iterator_ops import Iterator
-        return Iterator(self, initializable=True)
+        return _MADE_BY["iterator"](self, initializable=True)
 
 
 class TensorSlicesDataset(Dataset):

@@ -8,7 +8,7 @@ import threading
 
 from ..errors import FailedPreconditionError, OutOfRangeError
 from ..graph import Constant, Node
-from .dataset_ops import Opening
+from .dataset_ops import Opening, register
 from .element_structure import pack
 from .map_function import skipped_lines
 from .readahead import DEFAULT_DEPTH, PrefetchDataset, ReadAhead
@@ -99,6 +99,9 @@ class Iterator:
                 ahead.reported = True
                 log.warning("the input pipeline skipped %d malformed lines", skipped)
             raise OutOfRangeError("End of sequence") from None
+
+
+register("iterator", Iterator)
 
 
 class IteratorGetNext(Node):

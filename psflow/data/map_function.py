@@ -7,7 +7,7 @@ from ..errors import GraphMismatchError
 from ..graph import Graph, Placeholder, convert_to_tensor
 from ..local_store import LocalVariableStore
 from ..session import Session
-from .dataset_ops import Dataset
+from .dataset_ops import Dataset, register
 from .element_structure import LEAF, flatten, pack, spec_of_node, structure_of
 from .line_origins import SkippedRecord, origin_of_element
 
@@ -70,6 +70,9 @@ class MapDataset(Dataset):
                 except SkippedRecord:
                     continue
             yield result, origin
+
+
+register("map", MapDataset)
 
 
 def skipped_lines(dataset):

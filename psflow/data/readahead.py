@@ -6,7 +6,7 @@ meanwhile in the main thread is not held up by it."""
 import queue
 import threading
 
-from .dataset_ops import Dataset
+from .dataset_ops import Dataset, register
 
 AUTOTUNE = -1  # tf.data.experimental.AUTOTUNE: psflow keeps DEFAULT_DEPTH elements ready
 DEFAULT_DEPTH = 2
@@ -100,3 +100,6 @@ class PrefetchDataset(Dataset):
                     return
         finally:
             ahead.close()
+
+
+register("prefetch", PrefetchDataset)
