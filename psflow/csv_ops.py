@@ -28,6 +28,7 @@ class DecodeCSV(Node):
         self.na_value, self.select_cols = na_value, select_cols
         self.skip_malformed = skip_malformed
         self.skipped_lines = 0
+        self.first_skipped = []  # "where: what" of the first few skipped records
         super().__init__((records,), name=name or "DecodeCSV", shape=records.shape)
 
     def forward(self, records):
@@ -54,7 +55,8 @@ class DecodeCSV(Node):
             raise InvalidArgumentError(f"decode_csv: {where(bad[0].row)}: {bad[0].what}{more}")
         for record in bad:
             if self.skipped_lines < _LOGGED_SKIPS:
-                log.warning("decode_csv skips %s: %s", where(record.row), record.what)
+                self.first_skipped.append(f"{where(record.row)}: {record.what}")
+                log.warning("decode_csv skips %s", self.first_skipped[-1])
             self.skipped_lines += 1
         if records.ndim == 0:
             raise SkippedRecord(f"decode_csv skipped {where(0)}: {bad[0].what}")
@@ -94,7 +96,8 @@ def decode_csv(records, record_defaults, field_delim=",", use_quote_delim=True, 
     a TextLineDataset, else by its index. psflow's `skip_malformed=True` skips such records
     instead (the columns then hold only the well-formed ones, and a skipped single record
     drops its dataset element); each skip is counted in `column.op.skipped_lines`, the first
-    few are logged, and a dataset's iterator logs the count when it reaches the end.
+    few are logged and kept in `column.op.first_skipped`, and a dataset's iterator logs the
+    count when it reaches the end.
     """
     records = convert_to_tensor(records)
     if records.dtype is not None and records.dtype.kind not in "SU":

@@ -21,6 +21,7 @@ _INT_BOUNDS = {np.dtype(np.int32): (-(2 ** 31), 2 ** 31 - 1),
                np.dtype(np.int64): (-(2 ** 63), 2 ** 63 - 1)}
 _MAX_DIGITS = 18  # wider integers overflow int64 digit arithmetic: read one by one
 _PAD = 32
+_FEW_RECORDS = 4
 
 
 class Column:
@@ -55,6 +56,9 @@ def parse(records, columns, delim=b",", use_quote_delim=True, na_value=b"",
     if n == 0:
         return [np.empty(0, dtype=c.dtype if c.dtype.kind != "S" else "S1")
                 for c in columns], []
+    if n <= _FEW_RECORDS:  # a record or a few: field by field costs less than numpy's calls
+        return _finish(records, np.empty(0, dtype=np.int64), {}, range(n), {}, columns,
+                       wanted, delim, use_quote_delim, na_value, total)
     records = np.ascontiguousarray(records)
     width = records.dtype.itemsize
     matrix = records.view(np.uint8).reshape(n, width)
@@ -70,7 +74,7 @@ def parse(records, columns, delim=b",", use_quote_delim=True, na_value=b"",
     if select_cols is not None:
         wrong &= counts < total - 1
         slow |= (counts > total - 1)
-    for row in np.flatnonzero(wrong)[:1000]:
+    for row in np.flatnonzero(wrong):
         bad[int(row)] = f"expected {total} fields but have {int(counts[row]) + 1}"
     fast = np.flatnonzero(~wrong & ~slow)
     fast_all = fast.size == n
@@ -97,8 +101,14 @@ def parse(records, columns, delim=b",", use_quote_delim=True, na_value=b"",
             out.update(block.numbers(numeric))
         if strings:
             out.update(block.strings(strings))
-    arrays = []
-    slow_rows = np.flatnonzero(slow)
+    return _finish(records, fast, out, np.flatnonzero(slow), bad, columns, wanted, delim,
+                   use_quote_delim, na_value, total)
+
+
+def _finish(records, fast, out, slow_rows, bad, columns, wanted, delim, use_quote_delim,
+            na_value, total):
+    """The columns of all records: the rows `fast` read vectorized (`out`), `slow_rows` read
+    here one by one."""
     slow_values = {}
     for row in slow_rows:
         row = int(row)
@@ -107,8 +117,8 @@ def parse(records, columns, delim=b",", use_quote_delim=True, na_value=b"",
                                           use_quote_delim, na_value, total)
         except BadRecord as exc:
             bad[row] = exc.what
-    for k, (index, column) in enumerate(zip(wanted, columns, strict=True)):
-        arrays.append(_assemble(n, fast, out.get(index), slow_values, k, column))
+    arrays = [_assemble(len(records), fast, out.get(index), slow_values, k, column)
+              for k, (index, column) in enumerate(zip(wanted, columns, strict=True))]
     return arrays, [BadRecord(row, what) for row, what in sorted(bad.items())]
 
 
@@ -134,7 +144,7 @@ class _Block:
         return self.flat[start:start + self.widths[index, k]].tobytes()
 
     def _reject(self, ks, index, column):
-        for k in ks[:1000]:
+        for k in ks:
             self.bad.setdefault(int(self.rows[k]), f"field {index} is not a valid "
                                 f"{column.dtype.name}: {self._text(k, index)!r}")
 
@@ -295,7 +305,7 @@ def _float(text):
 
 def _with_default(values, empty, column, index, rows, bad):
     if column.default is None:
-        for k in np.flatnonzero(empty)[:1000]:
+        for k in np.flatnonzero(empty):
             bad.setdefault(int(rows[k]), f"field {index} is required but missing")
         return values
     if column.dtype.kind == "S":
@@ -312,7 +322,7 @@ def _parse_one(record, columns, wanted, delim, use_quote_delim, na_value, total)
         text = bytes(record).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadRecord(0, f"not UTF-8 text ({exc.reason})") from None
-    if use_quote_delim:
+    if use_quote_delim and '"' in text:
         try:
             fields = next(csv.reader([text], delimiter=delim.decode(), quotechar='"',
                                      strict=True), [""])

@@ -33,14 +33,18 @@ def run(tensors, feed=None):
         return sess.run(tensors, feed)
 
 
-def test_values_and_defaults_by_hand():
-    records = tf.constant([b"1,2.5,abc,-7", b"3,,x,", b",1e3,hello world,+12", b"-4,-0.25,,0"])
+# A few records are read field by field, more with numpy over the whole batch: both ways.
+@pytest.mark.parametrize("copies", [1, 5])
+def test_values_and_defaults_by_hand(copies):
+    records = tf.constant([b"1,2.5,abc,-7", b"3,,x,", b",1e3,hello world,+12",
+                           b"-4,-0.25,,0"] * copies)
     a, b, c, d = tf.decode_csv(records, [[9], [-1.0], ["D"], tf.constant([5], tf.int64)])
     got = run([a, b, c, d])
-    assert got[0].dtype == np.int32 and got[0].tolist() == [1, 3, 9, -4]
-    assert got[1].dtype == np.float32 and got[1].tolist() == [2.5, -1.0, 1000.0, -0.25]
-    assert got[2].dtype.kind == "S" and got[2].tolist() == [b"abc", b"x", b"hello world", b"D"]
-    assert got[3].dtype == np.int64 and got[3].tolist() == [-7, 5, 12, 0]
+    assert got[0].dtype == np.int32 and got[0].tolist() == [1, 3, 9, -4] * copies
+    assert got[1].dtype == np.float32 and got[1].tolist() == [2.5, -1.0, 1000.0, -0.25] * copies
+    assert got[2].dtype.kind == "S" and got[2].tolist() == [b"abc", b"x", b"hello world",
+                                                            b"D"] * copies
+    assert got[3].dtype == np.int64 and got[3].tolist() == [-7, 5, 12, 0] * copies
 
 
 def test_random_records_match_a_field_by_field_reading():
@@ -65,11 +69,18 @@ def test_random_records_match_a_field_by_field_reading():
     want = reference(records, [k.replace("I", "i") for k in kinds], defaults)
     record_defaults = [[0], [0.5], ["none"], [-1], [0.0], [""], tf.constant([7], tf.int64)]
     got = run(tf.io.decode_csv(tf.constant(records), record_defaults))
+    one = tf.placeholder(tf.string, ())
+    each = tf.decode_csv(one, record_defaults)
+    with tf.Session() as sess:
+        singles = [sess.run(each, {one: r}) for r in records[:200]]
     for k, kind in enumerate(kinds):
         if kind == "f":
             np.testing.assert_allclose(got[k], np.float32(want[k]), rtol=1e-6)
+            np.testing.assert_allclose([s[k] for s in singles], np.float32(want[k][:200]),
+                                       rtol=1e-6)
         else:
             assert got[k].tolist() == want[k], k
+            assert [s[k].item() for s in singles] == want[k][:200], k
 
 
 def test_record_default_dtypes():
@@ -87,13 +98,13 @@ def test_record_default_dtypes():
 
 
 def test_quotes_select_cols_and_na_value():
-    records = tf.constant([b'"a,b",1,"say ""hi""",2', b"c,NA,d,3"])
+    records = tf.constant([b'"a,b",1,"say ""hi""",2', b"c,NA,d,3"] * 3)
     a, b, c, d = tf.decode_csv(records, [[""], [-1], [""], [0]], na_value="NA")
     assert [v.tolist() for v in run([a, b, c, d])] == [
-        [b"a,b", b"c"], [1, -1], [b'say "hi"', b"d"], [2, 3]]
-    first, third = tf.decode_csv(tf.constant([b"1,x,3.5,y", b"2,z,4,w"]), [[0], [0.0]],
-                                 select_cols=[0, 2])
-    assert [v.tolist() for v in run([first, third])] == [[1, 2], [3.5, 4.0]]
+        [b"a,b", b"c"] * 3, [1, -1] * 3, [b'say "hi"', b"d"] * 3, [2, 3] * 3]
+    first, third = tf.decode_csv(tf.constant([b"1,x,3.5,y", b"2,z,4,w", b"3,a,5,b"] * 2),
+                                 [[0], [0.0]], select_cols=[0, 2])
+    assert [v.tolist() for v in run([first, third])] == [[1, 2, 3] * 2, [3.5, 4.0, 5.0] * 2]
 
 
 def test_shape_of_records_is_kept():
@@ -114,11 +125,12 @@ def test_shape_of_records_is_kept():
     (b"1,2,", "field 2 is required but missing"),
     (b"1,1_0,3", "field 1 is not a valid float32: b'1_0'"),
 ])
-def test_a_malformed_record_is_named_never_defaulted(record, what):
+@pytest.mark.parametrize("after", [1, 10])
+def test_a_malformed_record_is_named_never_defaulted(record, what, after):
     records = tf.placeholder(tf.string, (None,))
     columns = tf.decode_csv(records, [[0], [0.0], tf.constant([], tf.int64)])
     with pytest.raises(tf.errors.InvalidArgumentError, match=f"record 1: {what}"):
-        run(columns, {records: [b"7,8,9", record, b"1,2,3"]})
+        run(columns, {records: [b"7,8,9", record] + [b"1,2,3"] * after})
 
 
 def test_parse_reports_every_malformed_record():
@@ -136,7 +148,8 @@ def write(path, text):
 
 
 DEFAULTS = [[0], [0.0], [""]]
-GOOD_AND_BAD = b"1,0.5,a\n2,0.25,b\n3,oops,c\n4,1.0,d\n5\n6,2.0,f\n"
+GOOD_AND_BAD = b"1,0.5,a\n2,0.25,b\n3,oops,c\n4,1.0,d\n5\n6,2.0,f\n" + b"".join(
+    b"%d,%d.5,g\n" % (i, i) for i in range(7, 13))
 
 
 def iterate(tensors):
@@ -154,7 +167,7 @@ def test_a_malformed_line_is_named_by_file_and_line(tmp_path, batched):
     name = write(tmp_path / "part-0.csv", GOOD_AND_BAD)
     lines = tf.data.TextLineDataset([name])
     if batched:
-        ds = lines.batch(4).map(lambda line: tf.decode_csv(line, DEFAULTS))
+        ds = lines.batch(8).map(lambda line: tf.decode_csv(line, DEFAULTS))
     else:
         ds = lines.map(lambda line: tf.decode_csv(line, DEFAULTS)).batch(4)
     columns = ds.make_one_shot_iterator().get_next()
@@ -168,7 +181,7 @@ def test_skipped_lines_are_dropped_counted_and_logged(tmp_path, caplog, batched)
     name = write(tmp_path / "part-0.csv", GOOD_AND_BAD)
     lines = tf.data.TextLineDataset(name)
     if batched:
-        ds = lines.batch(4).map(lambda line: tf.decode_csv(line, DEFAULTS,
+        ds = lines.batch(8).map(lambda line: tf.decode_csv(line, DEFAULTS,
                                                            skip_malformed=True))
     else:
         ds = lines.map(lambda line: tf.decode_csv(line, DEFAULTS, skip_malformed=True))
@@ -178,7 +191,8 @@ def test_skipped_lines_are_dropped_counted_and_logged(tmp_path, caplog, batched)
         batches = iterate(columns)
     numbers = np.concatenate([b[0] for b in batches]).tolist()
     letters = np.concatenate([b[2] for b in batches]).tolist()
-    assert numbers == [1, 2, 4, 6] and letters == [b"a", b"b", b"d", b"f"]
+    assert numbers == [1, 2, 4, 6] + list(range(7, 13))
+    assert letters == [b"a", b"b", b"d", b"f"] + [b"g"] * 6
     decode = ds._inputs[0] if not batched else ds
     assert decode.function.skipped_lines() == 2
     messages = [r.getMessage() for r in caplog.records]

@@ -10,15 +10,19 @@ from ..errors import FailedPreconditionError, OutOfRangeError
 from ..graph import Constant, Node
 from .dataset_ops import Opening, register
 from .element_structure import pack
-from .map_function import skipped_lines
+from .input_process import ProcessReadAhead, fork_available
+from .map_function import MapDataset, skip_counters
 from .readahead import DEFAULT_DEPTH, PrefetchDataset, ReadAhead
+from .text_lines import TextLineDataset
 
 log = logging.getLogger(__name__)
 
 
 class Iterator:
-    """Reads a dataset's elements ahead of the step in a thread (as many as its last
-    `prefetch` asks, else DEFAULT_DEPTH) and hands them to its `get_next()` nodes."""
+    """Reads a dataset's elements ahead of the step (as many as its last `prefetch` asks,
+    else DEFAULT_DEPTH) and hands them to its `get_next()` nodes. A pipeline that reads files
+    or maps runs in a process of its own (input_process), where fork is available; one that
+    only slices arrays, in a thread."""
 
     def __init__(self, dataset, initializable):
         self.dataset = dataset
@@ -31,6 +35,7 @@ class Iterator:
                                  "which must be fed; use make_initializable_iterator() and feed "
                                  "it when running the initializer")
         self._lock = threading.Lock()
+        self._counters = skip_counters(dataset)
         self._ahead = None
         self._initializer = None
 
@@ -78,7 +83,11 @@ class Iterator:
         depth = dataset.depth if isinstance(dataset, PrefetchDataset) else DEFAULT_DEPTH
         source = dataset._inputs[0] if isinstance(dataset, PrefetchDataset) else dataset
         opening = Opening(bindings)
-        self._ahead = ReadAhead(lambda: source._elements(opening), depth)
+        if fork_available() and _does_work(source):
+            self._ahead = ProcessReadAhead(lambda: source._elements(opening), depth,
+                                           self._counters)
+        else:
+            self._ahead = ReadAhead(lambda: source._elements(opening), depth)
 
     def next_element(self):
         ahead = self._ahead
@@ -94,11 +103,16 @@ class Iterator:
         try:
             return ahead.get()[0]
         except StopIteration:
-            skipped = skipped_lines(self.dataset)
-            if skipped and not getattr(ahead, "reported", False):
-                ahead.reported = True
-                log.warning("the input pipeline skipped %d malformed lines", skipped)
+            self._report_skips(ahead)
             raise OutOfRangeError("End of sequence") from None
+
+    def _report_skips(self, ahead):
+        skipped = sum(c.skipped_lines for c in self._counters)
+        if skipped and not getattr(ahead, "reported", False):
+            ahead.reported = True
+            first = [line for c in self._counters for line in c.first_skipped]
+            log.warning("the input pipeline skipped %d malformed lines (the first: %s)",
+                        skipped, "; ".join(first))
 
 
 register("iterator", Iterator)
@@ -153,3 +167,14 @@ def make_one_shot_iterator(dataset):
 def make_initializable_iterator(dataset, shared_name=None):
     """`tf.data.make_initializable_iterator(dataset)`."""
     return dataset.make_initializable_iterator()
+
+
+def _does_work(dataset):
+    """Whether the pipeline reads files or maps (else it only slices arrays in memory)."""
+    pending = [dataset]
+    while pending:
+        d = pending.pop()
+        if isinstance(d, (MapDataset, TextLineDataset)):
+            return True
+        pending.extend(d._inputs)
+    return False

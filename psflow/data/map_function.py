@@ -75,12 +75,13 @@ class MapDataset(Dataset):
 register("map", MapDataset)
 
 
-def skipped_lines(dataset):
-    """The malformed lines skipped by the map functions of `dataset`'s pipeline."""
-    total, pending = 0, [dataset]
+def skip_counters(dataset):
+    """The decode_csv ops of the map functions of `dataset`'s pipeline: each counts the
+    malformed lines it skipped (`skipped_lines`, `first_skipped`)."""
+    counters, pending = [], [dataset]
     while pending:
         d = pending.pop()
         if isinstance(d, MapDataset):
-            total += d.function.skipped_lines()
+            counters.extend(n for n in d.function.graph.nodes if hasattr(n, "skipped_lines"))
         pending.extend(d._inputs)
-    return total
+    return counters
