@@ -276,3 +276,22 @@ def test_a_small_model_trains_from_a_text_file(tmp_path):
     np.testing.assert_allclose(weights.ravel(), [2.0, -3.0], atol=1e-3)
     np.testing.assert_allclose(b, [1.0], atol=1e-3)
     assert last < 1e-6
+
+
+def test_a_file_pipeline_reads_ahead_in_a_process_that_ends_with_its_data(tmp_path):
+    path = tmp_path / "numbers.txt"
+    path.write_text("".join(f"{i}\n" for i in range(100)))
+    it = tf.data.TextLineDataset(str(path)).batch(10).make_initializable_iterator()
+    batch = it.get_next()
+    with tf.Session() as sess:
+        sess.run(it.initializer)
+        first = it._ahead
+        assert sess.run(batch).tolist() == [str(i).encode() for i in range(10)]
+        sess.run(it.initializer)  # starting over stops the first reader
+        assert not first._process.is_alive()
+        batches = [sess.run(batch) for _ in range(10)]
+        assert [int(x) for b in batches for x in b] == list(range(100))
+        with pytest.raises(tf.errors.OutOfRangeError):
+            sess.run(batch)
+        it._ahead._process.join(timeout=5)
+        assert it._ahead._process.exitcode == 0

@@ -223,3 +223,18 @@ def test_criteo_lines_parse_as_the_generator_wrote_them(tmp_path):
         assert columns[1 + k].tolist() == [float(r[1][k] or 0) for r in rows]
     for k in range(26):
         assert columns[14 + k].tolist() == [r[2][k].encode() for r in rows]
+
+
+def test_skips_are_counted_on_the_op_of_the_columns():
+    records = tf.placeholder(tf.string, (None,))
+    columns = tf.decode_csv(records, [[0], [""]], skip_malformed=True)
+    with tf.Session() as sess:
+        numbers, _ = sess.run(columns, {records: [b"1,a", b"2", b"x,b", b"4,d", b"5,e", b"6,f"]})
+        assert numbers.tolist() == [1, 4, 5, 6]
+        sess.run(columns, {records: [b"7"]})
+    assert columns[0].op.skipped_lines == 3 and columns[1].op is columns[0].op
+    assert columns[0].op.first_skipped == ["record 1: expected 2 fields but have 1",
+                                           "record 2: field 0 is not a valid int32: b'x'",
+                                           "record 0: expected 2 fields but have 1"]
+    with pytest.raises(ValueError, match="skip_malformed needs records of rank 0 or 1"):
+        tf.decode_csv(tf.placeholder(tf.string, (2, 2)), [[0]], skip_malformed=True)
