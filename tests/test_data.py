@@ -2,6 +2,9 @@
 OutOfRangeError as TF1 loops use them, and a model trained from a TextLineDataset."""
 
 import gzip
+import json
+import subprocess
+import sys
 import time
 import zlib
 
@@ -295,3 +298,56 @@ def test_a_file_pipeline_reads_ahead_in_a_process_that_ends_with_its_data(tmp_pa
             sess.run(batch)
         it._ahead._process.join(timeout=5)
         assert it._ahead._process.exitcode == 0
+
+
+TRAINER = '''
+import json, sys
+import psflow as tf
+from psflow.train.cluster import task_config_from_env
+
+task = task_config_from_env()
+shards, index = (task.num_workers, task.worker_index) if task else (1, 0)
+
+
+def parse(lines):
+    target, a, b = tf.decode_csv(lines, [[0.0], [0.0], [0.0]])
+    return tf.stack([a, b], axis=1), tf.reshape(target, (-1, 1))
+
+
+dataset = tf.data.TextLineDataset(sys.argv[1]).shard(shards, index).batch(25).map(parse)
+x, y = dataset.repeat(40).make_one_shot_iterator().get_next()
+w = tf.Variable(tf.zeros((2, 1)), name="w")
+b = tf.Variable(tf.zeros((1,)), name="b")
+loss = tf.reduce_mean(tf.square(tf.matmul(x, w) + b - y))
+step = tf.train.get_or_create_global_step()
+train = tf.train.GradientDescentOptimizer(0.05).minimize(loss, global_step=step)
+runs = 0
+with tf.train.MonitoredTrainingSession() as sess:
+    while not sess.should_stop():
+        _, final_w, final_b = sess.run([train, w, b])
+        runs += 1
+with open(sys.argv[2] + f".{index}", "w") as out:
+    json.dump({"w": final_w.ravel().tolist(), "b": final_b.tolist(), "runs": runs}, out)
+'''
+
+
+@pytest.mark.cluster
+def test_two_workers_train_from_their_shards_of_a_file_until_it_ends(tmp_path):
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(400, 2))
+    targets = features @ np.array([2.0, -3.0]) + 1.0
+    data = tmp_path / "train.csv"
+    data.write_text("".join(f"{t:.6f},{a:.6f},{b:.6f}\n"
+                            for t, (a, b) in zip(targets, features, strict=True)))
+    script = tmp_path / "trainer.py"
+    script.write_text(TRAINER)
+    out = tmp_path / "result"
+    result = subprocess.run([sys.executable, "-m", "psflow.launcher", "--no-progress",
+                             "--workers", "2", "--ps", "1", str(script), str(data), str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for index in range(2):
+        final = json.loads((tmp_path / f"result.{index}").read_text())
+        assert final["runs"] == 8 * 40  # 200 lines a shard in batches of 25, 40 passes
+        np.testing.assert_allclose(final["w"], [2.0, -3.0], atol=1e-2)
+        np.testing.assert_allclose(final["b"], [1.0], atol=1e-2)
