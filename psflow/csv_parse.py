@@ -117,8 +117,13 @@ def _finish(records, fast, out, slow_rows, bad, columns, wanted, delim, use_quot
                                           use_quote_delim, na_value, total)
         except BadRecord as exc:
             bad[row] = exc.what
-    arrays = [_assemble(len(records), fast, out.get(index), slow_values, k, column)
-              for k, (index, column) in enumerate(zip(wanted, columns, strict=True))]
+    if not fast.size and len(slow_values) == len(records):  # all read here: no merging
+        rows = [slow_values[row] for row in range(len(records))]
+        arrays = [np.array([r[k] for r in rows], dtype=column.dtype if column.dtype.kind != "S"
+                           else "S") for k, column in enumerate(columns)]
+    else:
+        arrays = [_assemble(len(records), fast, out.get(index), slow_values, k, column)
+                  for k, (index, column) in enumerate(zip(wanted, columns, strict=True))]
     return arrays, [BadRecord(row, what) for row, what in sorted(bad.items())]
 
 
@@ -297,10 +302,9 @@ def _field_text(flat, base, start, width):
 
 
 def _float(text):
-    value = np.array([text]).astype(np.float64)[0]
     if b"_" in text:  # Python's float() reads 1_000; strtod, as TensorFlow does, does not
         raise ValueError(text)
-    return value
+    return float(text)
 
 
 def _with_default(values, empty, column, index, rows, bad):

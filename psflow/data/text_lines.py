@@ -10,7 +10,7 @@ import numpy as np
 
 from ..csv_parse import strings_at
 from ..errors import NotFoundError
-from ..graph import Node
+from ..graph import Constant, Node
 from .dataset_ops import Dataset
 from .element_structure import LEAF, Spec, as_component
 from .line_origins import Origin
@@ -39,8 +39,8 @@ class TextLineDataset(Dataset):
         if self._filenames.dtype is not None and self._filenames.dtype.kind != "S":
             raise TypeError(f"TextLineDataset: filenames must be strings, got dtype "
                             f"{self._filenames.dtype.name}")
-        captures = [self._filenames] if isinstance(self._filenames, Node) and not hasattr(
-            self._filenames, "value") else []
+        captures = [self._filenames] if isinstance(self._filenames, Node) and not isinstance(
+            self._filenames, Constant) else []
         super().__init__(LEAF, [Spec("S", ())], captures=captures)
 
     def _chunked(self):
