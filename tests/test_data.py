@@ -351,3 +351,22 @@ def test_two_workers_train_from_their_shards_of_a_file_until_it_ends(tmp_path):
         assert final["runs"] == 8 * 40  # 200 lines a shard in batches of 25, 40 passes
         np.testing.assert_allclose(final["w"], [2.0, -3.0], atol=1e-2)
         np.testing.assert_allclose(final["b"], [1.0], atol=1e-2)
+
+
+def test_file_names_fed_to_an_initializable_iterator(tmp_path):
+    for name, text in (("a.txt", b"1\n2\n"), ("b.txt", b"3\n")):
+        (tmp_path / name).write_bytes(text)
+    files = tf.placeholder(tf.string, (None,))
+    it = tf.data.TextLineDataset(files).make_initializable_iterator()
+    line = it.get_next()
+    with tf.Session() as sess:
+        for names, want in (([tmp_path / "a.txt"], [b"1", b"2"]),
+                            ([tmp_path / "b.txt", tmp_path / "a.txt"], [b"3", b"1", b"2"])):
+            sess.run(it.initializer, {files: [str(n).encode() for n in names]})
+            got = []
+            while True:
+                try:
+                    got.append(sess.run(line))
+                except tf.errors.OutOfRangeError:
+                    break
+            assert got == want
