@@ -4,11 +4,15 @@
 `gradients`, `Session`, and the optimizers in `psflow.train`.
 """
 
+import sys as _sys
+
 from . import (
     app,
     contrib,
+    data,
     errors,
     feature_column,
+    io,
     layers,
     metrics,
     nn,
@@ -35,6 +39,7 @@ from .comparison_ops import (
     where,
 )
 from .config import ConfigProto, GPUOptions
+from .csv_ops import decode_csv
 from .dtypes import as_dtype, bool_, float16, float32, float64, int32, int64, string
 from .embedding_variable import (
     CounterFilter,
@@ -124,6 +129,12 @@ from .variables import (
 )
 
 bool = bool_  # noqa: A001 -- TF's name for the boolean dtype
+
+
+class compat:  # noqa: N801 -- TF's name
+    """`tf.compat.v1`: TF1's API, which is psflow's own."""
+
+    v1 = _sys.modules[__name__]
 
 __version__ = "0.1.0"
 

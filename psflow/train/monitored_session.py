@@ -13,6 +13,7 @@ import time
 from .. import checkpoint as files
 from .. import session as session_lib
 from .. import settings, summary
+from ..errors import OutOfRangeError
 from ..graph import Placeholder, get_default_graph, topological_order
 from ..session import Session
 from ..state_ops import global_variables_initializer
@@ -395,8 +396,11 @@ class MonitoredTrainingSession:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.close(failed=exc_type is not None and not issubclass(exc_type, StopIteration))
-        return False
+        # The end of the input (OutOfRangeError, StopIteration) ends training normally, and
+        # the exception stops here, as in TF1.
+        ended = exc_type is not None and issubclass(exc_type, (OutOfRangeError, StopIteration))
+        self.close(failed=exc_type is not None and not ended)
+        return ended and issubclass(exc_type, OutOfRangeError)
 
 
 def cluster_session(target, graph=None):
