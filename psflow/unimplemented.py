@@ -8,7 +8,6 @@ INSTEAD = {
     "FIFOQueue": "feed batches through feed_dict",
     "RandomShuffleQueue": "feed batches through feed_dict",
     "QueueRunner": "feed batches through feed_dict",
-    "data": "read batches in Python and feed them through feed_dict",
     "keras": "build the graph with psflow's ops, tf.nn and get_variable",
 }
 
