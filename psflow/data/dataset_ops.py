@@ -112,6 +112,14 @@ class Dataset:
         """Repeats the dataset `count` times (None or -1: forever)."""
         return RepeatDataset(self, count)
 
+    def take(self, count):
+        """The first `count` elements (-1: all of them)."""
+        return TakeDataset(self, count, skip=False)
+
+    def skip(self, count):
+        """All but the first `count` elements (-1: none of them)."""
+        return TakeDataset(self, count, skip=True)
+
     def shard(self, num_shards, index):
         """Every `num_shards`-th element, starting at `index`."""
         return ShardDataset(self, num_shards, index)
@@ -309,6 +317,50 @@ class ShardDataset(Dataset):
             if first < rows:
                 yield (tuple(v[pick] for v in values),
                        origin.take(pick) if origin is not None else None)
+
+
+class TakeDataset(Dataset):
+    """take(count) or, with `skip`, skip(count): cuts the elements at `count`."""
+
+    def __init__(self, dataset, count, skip):
+        count = int(count)
+        if count < -1:
+            raise ValueError(f"{'skip' if skip else 'take'}: count must be -1 or >= 0, got "
+                             f"{count}")
+        self._count, self._skip = count, skip
+        super().__init__(dataset._structure, dataset._specs, inputs=(dataset,))
+
+    def _elements(self, opening):
+        if self._chunked():
+            yield from Dataset._elements(self, opening)
+            return
+        for k, element in enumerate(self._inputs[0]._elements(opening)):
+            a, b = self._keeps(k, k + 1)
+            if a < b:
+                yield element
+            elif not self._skip and self._count != -1:
+                return
+
+    def _keeps(self, start, end):
+        """The span [a, b) of the elements [start, end) that are kept."""
+        cut = end if self._count == -1 else min(max(self._count, start), end)
+        return (cut, end) if self._skip else (start, cut)
+
+    def _chunked(self):
+        return self._inputs[0]._chunked()
+
+    def _chunks(self, opening):
+        seen = 0
+        for values, origin in self._inputs[0]._chunks(opening):
+            rows = len(values[0])
+            a, b = self._keeps(seen, seen + rows)
+            seen += rows
+            if a < b:
+                pick = slice(a - (seen - rows), b - (seen - rows))
+                yield (tuple(v[pick] for v in values),
+                       origin.take(pick) if origin is not None else None)
+            if not self._skip and self._count != -1 and seen >= self._count:
+                return
 
 
 def _positive(value, what):
