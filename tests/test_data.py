@@ -370,3 +370,31 @@ def test_file_names_fed_to_an_initializable_iterator(tmp_path):
                 except tf.errors.OutOfRangeError:
                     break
             assert got == want
+
+
+@pytest.mark.parametrize("count", [-1, 0, 3, 9, 10, 25])
+def test_take_and_skip_cut_the_elements_as_list_slices(count):
+    values = list(range(25))
+
+    def read(dataset):
+        out = []
+        with tf.Graph().as_default():
+            element = dataset().make_one_shot_iterator().get_next()
+            with tf.Session() as sess:
+                while True:
+                    try:
+                        out.append(sess.run(element).tolist())
+                    except tf.errors.OutOfRangeError:
+                        return out
+
+    n = len(values) if count == -1 else count
+    for batched in (False, True):  # chunks of rows, then element by element
+        def slices(batched=batched):
+            dataset = tf.data.Dataset.from_tensor_slices(np.array(values))
+            return dataset.batch(1) if batched else dataset
+        taken = read(lambda slices=slices: slices().take(count))
+        skipped = read(lambda slices=slices: slices().skip(count))
+        assert np.ravel(taken).tolist() == values[:n]
+        assert np.ravel(skipped).tolist() == values[n:]
+    with pytest.raises(ValueError, match="count must be -1 or >= 0, got -2"):
+        tf.data.Dataset.from_tensor_slices(np.array(values)).take(-2)
