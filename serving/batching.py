@@ -162,6 +162,11 @@ class BatchingPredictor:
         return self.predictor.signatures
 
     @property
+    def unbatched(self):
+        """The predictor it batches for."""
+        return self.predictor
+
+    @property
     def signature(self):
         return self.predictor.signature
 

@@ -117,8 +117,10 @@ class Loader:
         if self.warmup:
             inputs = warmup_inputs(predictor.signature)
             outputs = predictor.predict(inputs)  # the first call also fills caches
+            # The model's own time, not a batch's wait for its timeout.
+            model = getattr(predictor, "unbatched", predictor)
             warmup_started = time.perf_counter()
-            predictor.predict(inputs)
+            model.predict(inputs)
             servable.warmup_seconds = time.perf_counter() - warmup_started
             missing = set(predictor.signature.outputs) - set(outputs)
             if missing:

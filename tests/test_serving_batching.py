@@ -14,7 +14,7 @@ import pytest
 
 from psflow.errors import InvalidArgumentError, ResourceExhaustedError
 from psflow.serving.__main__ import batching_of, build_parser
-from psflow.serving.batching import BatchingPredictor, BatchScheduler
+from psflow.serving.batching import BatchingPredictor, BatchScheduler, batching_load_fn
 from psflow.serving.batching_config import (
     BatchingOptions,
     parse_batching_parameters,
@@ -22,6 +22,7 @@ from psflow.serving.batching_config import (
 )
 from psflow.serving.model_config import ModelSettings
 from psflow.serving.model_server import ModelServer
+from psflow.serving.version_loader import Loader
 import live_predictor
 from waiting import wait_for
 
@@ -385,3 +386,14 @@ def test_a_request_too_large_for_a_loop_batch_is_refused(make):
     batching = make(Recording(), max_batch_size=2)
     with pytest.raises(InvalidArgumentError, match="Task size 3 is larger"):
         asyncio.run(batching.predict_async(_request(np.random.default_rng(8), 3), in_loop=True))
+
+
+def test_a_batching_versions_warm_up_times_the_model_not_the_batch_timeout(tmp_path):
+    live_predictor.write_version(tmp_path, 1, seed=1)
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=8, batch_timeout_micros=200_000))
+    try:
+        loader = Loader(batching_load_fn(live_predictor.load, scheduler))
+        servable = loader.load(1, str(tmp_path / "1"))
+        assert servable.warmup_seconds < 0.1  # a batch of its own would wait 0.2 s
+    finally:
+        scheduler.stop()
