@@ -115,6 +115,7 @@ def make_certificates(folder):
             auth.TLS_CA_ENV: str(folder / "ca.crt")}
 
 
+@pytest.mark.cluster
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
 def test_tls_from_certificate_files(tmp_path, monkeypatch):
     from psflow.errors import UnavailableError

@@ -36,6 +36,7 @@ def clicks(tmp_path_factory):
     return path, truth
 
 
+@pytest.mark.cluster
 def test_generated_logs_are_in_the_criteo_format(clicks):
     path, truth = clicks
     lines = path.read_text().splitlines()
@@ -108,6 +109,7 @@ def test_a_malformed_line_is_named(tmp_path, line, words):
     assert f"at byte {len(good) * 20}" in result.stderr or "from byte" in result.stderr
 
 
+@pytest.mark.cluster
 def test_a_test_file_replaces_the_held_out_tail(clicks, tmp_path):
     path, _ = clicks
     test = tmp_path / "test.tsv"

@@ -221,6 +221,7 @@ def test_an_index_naming_files_outside_its_checkpoint_is_refused(tmp_path):
 
 
 # -- replies that would not fit ---------------------------------------------------------------
+@pytest.mark.cluster
 def test_a_pull_naming_a_variable_many_times_answers_it_once(stub, channel):
     big = 16 * 1024 * 1024  # 64 MiB of float32
     stub.DeclareVariables(pb.DeclareVariablesRequest(variables=[
@@ -251,6 +252,7 @@ def _bench_hostile():
     return module
 
 
+@pytest.mark.cluster
 def test_fuzzed_requests_never_get_internal_and_the_server_keeps_its_variables(channel, stub,
                                                                                server):
     """bench/hostile.py's fuzzer, at 150 requests per method (the bench sends 10k)."""

@@ -103,6 +103,7 @@ def test_never_restart_policy_bounds_each_index_and_a_pvc_holds_checkpoints():
     assert env["PSFLOW_TLS_CA"] == "/etc/psflow/tls/ca.crt"
 
 
+@pytest.mark.cluster
 def test_the_tfjob_flavour_cleans_up_its_pods_and_its_pods_validate():
     docs = generate("--workers", 2, "--ps", 2, "--k8s", "--k8s-flavor", "tfjob", "--name",
                     "digits", "examples/digits.py")
@@ -126,6 +127,7 @@ def test_the_tfjob_flavour_cleans_up_its_pods_and_its_pods_validate():
                   "spec": template["spec"]})
 
 
+@pytest.mark.cluster
 def test_k8s_out_writes_one_file_per_manifest(tmp_path):
     result = subprocess.run([sys.executable, "-m", "psflow.launcher", "--workers", "1", "--ps",
                              "1", "--k8s", "--k8s-out", str(tmp_path), "examples/digits.py"],

@@ -154,6 +154,7 @@ def test_a_bad_metrics_port_is_named():
     assert result.returncode == 2 and "--metrics-port" in result.stderr
 
 
+@pytest.mark.cluster
 def test_a_taken_metrics_port_is_replaced_by_a_free_one(caplog):
     store = ShardStore()
     first, port = monitoring.serve(ShardCollector(store), 0)

@@ -322,6 +322,7 @@ def test_membership_and_stats_over_the_wire(ready, server):
     assert server.stop_reason == "all workers are done"
 
 
+@pytest.mark.cluster
 def test_concurrent_async_pushes_lose_nothing(ready):
     threads, pushes = 8, 200
     size = 10_000
@@ -536,6 +537,7 @@ def test_process_exits_when_reparented(tmp_path):
     assert port_file.exists()
 
 
+@pytest.mark.cluster
 def test_taken_port_fails_or_falls_back(tmp_path):
     holder = ParameterServer(port=0).start()
     try:

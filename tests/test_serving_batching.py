@@ -238,6 +238,7 @@ def _post(server, body):
         return error.code, json.loads(error.read())
 
 
+@pytest.mark.cluster
 def test_the_server_batches_and_a_full_queue_answers_429(tmp_path):
     base = tmp_path / "ctr"
     base.mkdir()

@@ -94,6 +94,7 @@ def _check_still_serving(stub):
     np.testing.assert_allclose(scores, live_predictor.expected(1, X, IDS)["scores"], rtol=1e-6)
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fuzzing_grpc_predict(served, seed):  # noqa: F811 (the fixture)
     server, stub, channel, _ = served
@@ -118,6 +119,7 @@ def test_fuzzing_grpc_predict(served, seed):  # noqa: F811 (the fixture)
     _check_still_serving(stub)
 
 
+@pytest.mark.cluster
 def test_fuzzing_grpc_metadata_and_status(served):  # noqa: F811 (the fixture)
     server, stub, channel, _ = served
     valid = get_model_metadata_pb2.GetModelMetadataRequest(
@@ -197,6 +199,7 @@ def _post(port, path, body, method="POST"):
         connection.close()
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fuzzing_rest_predict(served, seed):  # noqa: F811 (the fixture)
     server, stub, _, _ = served

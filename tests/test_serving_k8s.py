@@ -90,6 +90,7 @@ def test_the_serving_manifests_validate_and_serve_the_claim():
                                                                   ("http", 8501)]
 
 
+@pytest.mark.cluster
 def test_the_training_job_writes_where_the_server_reads():
     training = subprocess.run(
         [sys.executable, "-m", "psflow.launcher", "--workers", "1", "--ps", "1", "--k8s",

@@ -208,6 +208,7 @@ class ScriptedShard:
         pass
 
 
+@pytest.mark.cluster
 def test_progress_poller_notes_a_slow_worker_once_the_rates_span_enough(monkeypatch):
     shards = [
         ScriptedShard(lambda n: shard(0, pushes=11 * n, global_step=11 * n, variables=1,

@@ -192,6 +192,7 @@ def test_ssp_keeps_the_fast_worker_within_the_bound(cluster):
     assert max(gaps) >= 1  # and it did run ahead
 
 
+@pytest.mark.cluster
 def test_a_worker_that_goes_silent_leaves_the_steps(cluster, monkeypatch):
     """A worker that stops pushing and beating (as a killed one does, with nobody to report
     it) is dropped from the membership after DEAD_AFTER_S; the others finish their steps."""
@@ -223,6 +224,7 @@ def test_a_worker_that_goes_silent_leaves_the_steps(cluster, monkeypatch):
     assert servers[0].store.global_step == 10
 
 
+@pytest.mark.cluster
 def test_a_restarted_worker_rejoins_at_the_current_step(cluster, monkeypatch):
     from psflow.ps import membership
     monkeypatch.setattr(membership, "DEAD_AFTER_S", 1.0)

@@ -197,6 +197,7 @@ def test_the_chief_initializes_with_a_scaffold_init_op(fresh_graph, servers):
         session.close()
 
 
+@pytest.mark.cluster
 def test_a_farewell_to_a_frozen_parameter_server_does_not_fail_the_worker(fresh_graph, tmp_path,
                                                                          monkeypatch, caplog):
     """A shard that does not answer WorkerDone (here: stopped with SIGSTOP) is named in a
