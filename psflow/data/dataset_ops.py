@@ -288,20 +288,24 @@ class RepeatDataset(Dataset):
                 return
 
 
-class ShardDataset(Dataset):
-    def __init__(self, dataset, num_shards, index):
-        num_shards, index = int(num_shards), int(index)
-        if num_shards < 1 or not 0 <= index < num_shards:
-            raise ValueError(f"shard: index {index} is out of range for {num_shards} shards")
-        self._shards, self._index = num_shards, index
-        super().__init__(dataset._structure, dataset._specs, inputs=(dataset,))
+class _RowSelection(Dataset):
+    """A dataset keeping some of its input's elements by their positions (`_pick`): whole
+    chunks of rows when its input hands over chunks, else element by element."""
+
+    def _pick(self, start, rows):
+        """The slice of the `rows` elements from position `start` that are kept, or None once
+        no later element will be."""
+        raise NotImplementedError
 
     def _elements(self, opening):
         if self._chunked():
             yield from Dataset._elements(self, opening)
             return
         for k, element in enumerate(self._inputs[0]._elements(opening)):
-            if k % self._shards == self._index:
+            pick = self._pick(k, 1)
+            if pick is None:
+                return
+            if len(range(1)[pick]):
                 yield element
 
     def _chunked(self):
@@ -311,15 +315,28 @@ class ShardDataset(Dataset):
         seen = 0
         for values, origin in self._inputs[0]._chunks(opening):
             rows = len(values[0])
-            first = (self._index - seen) % self._shards
+            pick = self._pick(seen, rows)
             seen += rows
-            pick = slice(first, rows, self._shards)
-            if first < rows:
+            if pick is None:
+                return
+            if len(range(rows)[pick]):
                 yield (tuple(v[pick] for v in values),
                        origin.take(pick) if origin is not None else None)
 
 
-class TakeDataset(Dataset):
+class ShardDataset(_RowSelection):
+    def __init__(self, dataset, num_shards, index):
+        num_shards, index = int(num_shards), int(index)
+        if num_shards < 1 or not 0 <= index < num_shards:
+            raise ValueError(f"shard: index {index} is out of range for {num_shards} shards")
+        self._shards, self._index = num_shards, index
+        super().__init__(dataset._structure, dataset._specs, inputs=(dataset,))
+
+    def _pick(self, start, rows):
+        return slice((self._index - start) % self._shards, rows, self._shards)
+
+
+class TakeDataset(_RowSelection):
     """take(count) or, with `skip`, skip(count): cuts the elements at `count`."""
 
     def __init__(self, dataset, count, skip):
@@ -330,37 +347,12 @@ class TakeDataset(Dataset):
         self._count, self._skip = count, skip
         super().__init__(dataset._structure, dataset._specs, inputs=(dataset,))
 
-    def _elements(self, opening):
-        if self._chunked():
-            yield from Dataset._elements(self, opening)
-            return
-        for k, element in enumerate(self._inputs[0]._elements(opening)):
-            a, b = self._keeps(k, k + 1)
-            if a < b:
-                yield element
-            elif not self._skip and self._count != -1:
-                return
-
-    def _keeps(self, start, end):
-        """The span [a, b) of the elements [start, end) that are kept."""
+    def _pick(self, start, rows):
+        if not self._skip and self._count != -1 and start >= self._count:
+            return None  # taken all
+        end = start + rows
         cut = end if self._count == -1 else min(max(self._count, start), end)
-        return (cut, end) if self._skip else (start, cut)
-
-    def _chunked(self):
-        return self._inputs[0]._chunked()
-
-    def _chunks(self, opening):
-        seen = 0
-        for values, origin in self._inputs[0]._chunks(opening):
-            rows = len(values[0])
-            a, b = self._keeps(seen, seen + rows)
-            seen += rows
-            if a < b:
-                pick = slice(a - (seen - rows), b - (seen - rows))
-                yield (tuple(v[pick] for v in values),
-                       origin.take(pick) if origin is not None else None)
-            if not self._skip and self._count != -1 and seen >= self._count:
-                return
+        return slice(cut - start, rows) if self._skip else slice(0, cut - start)
 
 
 def _positive(value, what):
