@@ -37,16 +37,27 @@ class _Plan:
     `getter(values)` picks the input values (the value itself when arity is 1).
     """
 
-    __slots__ = ("steps", "variables", "lookups", "fed_lookups", "calls")
+    __slots__ = ("steps", "variables", "lookups", "fed_lookups", "computed_lookups",
+                 "early_calls", "calls")
 
-    def __init__(self, steps, variables, lookups=(), fed_lookups=()):
+    def __init__(self, steps, variables, lookups=(), fed_lookups=(), computed_lookups=(),
+                 early=frozenset()):
         self.steps = steps
         self.variables = variables  # read whole
         self.lookups = list(lookups)  # read only through gather, row by row
         # (variable, fed node) of the lookups whose ids are fed: known before the run starts
         self.fed_lookups = list(fed_lookups)
-        self.calls = [(node, fn, operator.itemgetter(*inputs) if inputs else None, len(inputs))
-                      for node, fn, inputs in steps]
+        # (variable, node) of the lookups whose ids are computed from feeds alone (hashed
+        # strings, an iterator's element): the `early` steps compute them first, so that a
+        # distributed session pulls every lookup's rows at once before the rest of the run.
+        self.computed_lookups = list(computed_lookups)
+        self.early_calls = [_call(step) for step in steps if step[0] in early]
+        self.calls = [_call(step) for step in steps if step[0] not in early]
+
+
+def _call(step):
+    node, fn, inputs = step
+    return node, fn, operator.itemgetter(*inputs) if inputs else None, len(inputs)
 
 
 # What a Session needs of psflow.train, which registers it when imported (register_cluster),
@@ -121,15 +132,26 @@ class Session(metaclass=_SessionType):
         start_run = getattr(self.store, "start_run", None)
         if start_run is not None:
             start_run()
-        values = self._execute(plan, feeds)
+        values = self._execute(plan, self._execute_early(plan, feeds))
         results = [_fetched(node, values[node]) for node in flat]
         return _rebuild(structure, iter(results))
 
+    def _execute_early(self, plan, feeds):
+        """The feeds with the values of the plan's early steps (the ids of the lookups that
+        depend on feeds alone) added."""
+        if not plan.early_calls:
+            return feeds
+        return self._run_calls(plan.early_calls, dict(feeds))
+
     def _execute(self, plan, feeds):
-        values = dict(feeds)
+        """The values of the plan's steps after the early ones, `feeds` holding those."""
+        return self._run_calls(plan.calls, dict(feeds))
+
+    @staticmethod
+    def _run_calls(calls, values):
         node = None
         try:
-            for node, fn, getter, arity in plan.calls:
+            for node, fn, getter, arity in calls:
                 if arity == 1:
                     values[node] = fn(getter(values))
                 elif arity:
@@ -171,10 +193,19 @@ class Session(metaclass=_SessionType):
             steps = [(node, (lambda v=node: RowSource(v, store, trains)) if node in lookups
                       else fn, inputs) for node, fn, inputs in steps]
             variables = [v for v in variables if v not in lookups]
-        fed_lookups = [(node.inputs[0], node.inputs[1]) for node in order
-                       if isinstance(node, Gather) and node.inputs[0] in lookups
-                       and node.inputs[1] in feeds]
-        return _Plan(steps, variables, lookups, fed_lookups)
+        gathers = [node for node in order if isinstance(node, Gather)
+                   and node.inputs[0] in lookups]
+        fed_lookups = [(g.inputs[0], g.inputs[1]) for g in gathers if g.inputs[1] in feeds]
+        computed_lookups, early = [], set()
+        for g in gathers:
+            if g.inputs[1] in feeds:
+                continue
+            needs = [n for n in topological_order([g.inputs[1]], stop_at=feeds)
+                     if n not in feeds]
+            if not any(isinstance(n, (Variable, Gather)) for n in needs):
+                computed_lookups.append((g.inputs[0], g.inputs[1]))
+                early.update(needs)
+        return _Plan(steps, variables, lookups, fed_lookups, computed_lookups, early)
 
     # -- fetches and feeds -----------------------------------------------------------------
     def _resolve(self, fetch):

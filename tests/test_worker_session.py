@@ -576,3 +576,31 @@ def test_a_decaying_learning_rate_trains_through_the_servers_as_locally(fresh_gr
         session.close()
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-5)
+
+
+def test_lookups_of_ids_computed_from_feeds_are_pulled_before_the_run(fresh_graph, servers,
+                                                                      calls):
+    words = tf.placeholder(tf.string, shape=(None, 3), name="words")
+    y = tf.placeholder(tf.float32, shape=(None,), name="y")
+    tables = [tf.Variable(np.random.default_rng(k).normal(size=(500, 4)).astype(np.float32),
+                          name=f"table{k}") for k in range(2)]
+    ids = [tf.string_to_hash_bucket_fast(words, 500), tf.string_to_hash_bucket_fast(words, 499)]
+    summed = sum(tf.reduce_sum(tf.reduce_sum(tf.gather(t, i), axis=1), axis=1)
+                 for t, i in zip(tables, ids, strict=True))
+    loss = tf.reduce_mean(tf.square(summed - y))
+    train = tf.train.GradientDescentOptimizer(0.1).minimize(loss)
+    rng = np.random.default_rng(3)
+    data = [(rng.integers(0, 50, size=(8, 3)).astype(str), rng.normal(size=8).astype(np.float32))
+            for _ in range(4)]
+    with tf.Session() as local:
+        local.run(tf.global_variables_initializer())
+        expected = [local.run([train, loss], {words: w, y: t})[1] for w, t in data]
+    session = DistributedSession(fresh_graph, task(servers), partition_bytes=4_000)
+    losses = []
+    for w, t in data:
+        del calls[:]
+        losses.append(session.run([train, loss], {words: w, y: t})[1])
+        # Both tables' rows in one PullRows per shard, none during the run.
+        assert calls.count("PullRows") <= len(servers), calls
+    session.close()
+    np.testing.assert_allclose(losses, expected, rtol=1e-5)

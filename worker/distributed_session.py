@@ -169,7 +169,8 @@ class DistributedSession(Session):
         started = time.perf_counter()
         store.prefetch(plan.variables, reuse=trains, consistency=consistency,
                        lookups=plan.lookups,
-                       rows=[(var, feeds[ids]) for var, ids in plan.fed_lookups],
+                       rows=[(var, feeds[ids]) for var, ids in
+                             plan.fed_lookups + plan.computed_lookups],
                        train=trains)
         store.activity = f"run {store.step.run}: computing"
         pulled = time.perf_counter()

@@ -44,7 +44,8 @@ class MapFunction:
 
     def __call__(self, values):
         feeds = dict(zip(self.inputs, values, strict=True))
-        results = self._session._execute(self._plan, feeds)
+        session, plan = self._session, self._plan
+        results = session._execute(plan, session._execute_early(plan, feeds))
         return tuple(results[n] for n in self.outputs)
 
     def skipped_lines(self):
