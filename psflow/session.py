@@ -202,7 +202,7 @@ class Session(metaclass=_SessionType):
                 continue
             needs = [n for n in topological_order([g.inputs[1]], stop_at=feeds)
                      if n not in feeds]
-            if not any(isinstance(n, (Variable, Gather)) for n in needs):
+            if not any(isinstance(n, Variable) for n in needs):  # no value read from a store
                 computed_lookups.append((g.inputs[0], g.inputs[1]))
                 early.update(needs)
         return _Plan(steps, variables, lookups, fed_lookups, computed_lookups, early)
