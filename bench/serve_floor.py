@@ -17,11 +17,14 @@ import grpc
 SERVICE, METHOD = "tensorflow.serving.PredictionService", "Predict"
 
 
-def handlers(response):
+def handlers(response, aio=False):
     def answer(request, context):
         return response
+
+    async def answer_async(request, context):
+        return response
     return grpc.method_handlers_generic_handler(SERVICE, {
-        METHOD: grpc.unary_unary_rpc_method_handler(answer)})
+        METHOD: grpc.unary_unary_rpc_method_handler(answer_async if aio else answer)})
 
 
 def serve_threads(port, response, threads):
@@ -34,11 +37,8 @@ def serve_threads(port, response, threads):
 
 
 async def serve_aio(port, response):
-    async def answer(request, context):
-        return response
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
-        METHOD: grpc.unary_unary_rpc_method_handler(answer)}),))
+    server.add_generic_rpc_handlers((handlers(response, aio=True),))
     port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"port {port}", flush=True)

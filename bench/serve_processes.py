@@ -17,15 +17,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from psflow.launcher.resources import free_ports
+
 HERE = Path(__file__).resolve().parent
 ONE_MATH_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 
 
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports("127.0.0.1", 1)[0]
 
 
 def rss_bytes(pid):

@@ -9,6 +9,7 @@ JSON to the ServerCore's calls.
 An error is answered `{"error": "..."}` with its HTTP status; the server keeps serving.
 """
 
+import functools
 import json
 import logging
 import re
@@ -33,6 +34,8 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 _PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)"
                    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
                    r"(?P<verb>:[a-zA-Z]+|/metadata)?/?$")
+# Both the choice of where a request runs and its answer read its path: one match per path.
+_route = functools.lru_cache(maxsize=1024)(_PATH.match)
 
 
 def _spec(match):
@@ -70,7 +73,7 @@ class RestApi:
         else a REST client asks is."""
         if method != "POST":
             return True
-        match = _PATH.match(target.split("?", 1)[0])
+        match = _route(target.split("?", 1)[0])
         return match is None or (self.front.runs_inline(size) and self.core.quick(match["name"]))
 
     def respond(self, method, target, headers, body):
@@ -81,7 +84,7 @@ class RestApi:
             return _error(405, f"method {method} is not allowed on {path}")
         try:
             with self.core.request():
-                match = _PATH.match(path)
+                match = _route(path)
                 if match is None:
                     raise NotFoundError(f"no such resource: {method} {target}")
                 answer = self._dispatch(method, match, target, body)

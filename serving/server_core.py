@@ -87,36 +87,33 @@ class ServerCore:
         a function of the signature that returns them (the REST front reads JSON values by the
         signature's dtypes). A request naming no version and no label goes where the traffic
         split sends it. Every call is counted in `stats`, answered or failed."""
-        start, where = time.perf_counter(), ["", ""]  # (model, version) reached, for metrics
-        steps = self._steps(where, name, inputs, version, label, signature_name, output_filter)
-        try:
+        with self._counted(name, inputs, version, label, signature_name, output_filter) as steps:
             predictor, feed = next(steps)
-            answer = _finished(steps, predictor.predict(feed))
-        except Exception as exc:  # counted by its code, then answered by the front
-            steps.close()
-            self.stats.record(*where, time.perf_counter() - start, code_name_of(exc))
-            raise
-        self.stats.record(*where, time.perf_counter() - start)
-        return answer
+            return _finished(steps, predictor.predict(feed))
 
     async def predict_async(self, name, inputs, version=None, label=None, signature_name="",
                             output_filter=(), in_loop=False):
         """`predict` on an event loop, for predictors that batch (`predict_async`): the
         request waits for its batch without holding a thread; with `in_loop` the batch runs
         in the loop itself."""
-        start, where = time.perf_counter(), ["", ""]
-        steps = self._steps(where, name, inputs, version, label, signature_name, output_filter)
-        try:
+        with self._counted(name, inputs, version, label, signature_name, output_filter) as steps:
             predictor, feed = next(steps)
             batched = getattr(predictor, "predict_async", None)
             outputs = await batched(feed, in_loop) if batched else predictor.predict(feed)
-            answer = _finished(steps, outputs)
-        except Exception as exc:
+            return _finished(steps, outputs)
+
+    @contextlib.contextmanager
+    def _counted(self, *request):
+        """A predict's steps (`_steps`), the request counted in `stats` by its outcome."""
+        start, where = time.perf_counter(), ["", ""]  # (model, version) reached, for metrics
+        steps = self._steps(where, *request)
+        try:
+            yield steps
+        except Exception as exc:  # counted by its code, then answered by the front
             steps.close()
             self.stats.record(*where, time.perf_counter() - start, code_name_of(exc))
             raise
         self.stats.record(*where, time.perf_counter() - start)
-        return answer
 
     def _steps(self, where, name, inputs, version, label, signature_name, output_filter):
         """A predict around its one call of the model: yields (predictor, inputs), takes the

@@ -3,7 +3,6 @@ with get_variable, and TensorFlow's distributed how-to started by hand (a ps tas
 join()s, a worker whose MonitoredTrainingSession checkpoints into the temporary folder)."""
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 import psflow as tf
+from psflow.launcher.resources import free_ports
 
 SCRIPTS = Path(__file__).resolve().parent / "tf1_scripts"
 
@@ -53,19 +53,9 @@ def test_a_float32_global_step_stops_a_monitored_session_at_its_last_step(tmp_pa
     assert runs == 5
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 @pytest.mark.cluster
 def test_the_distributed_howto_started_by_hand_checkpoints_into_the_temporary_folder(tmp_path):
-    ps_port, worker_port = _free_ports(2)
+    ps_port, worker_port = free_ports("127.0.0.1", 2)
     hosts = [f"--ps_hosts=127.0.0.1:{ps_port}", f"--worker_hosts=127.0.0.1:{worker_port}"]
     logs = tempfile.mkdtemp(prefix="train_logs-")  # the how-to's /tmp/train_logs
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PSFLOW_", "TF_CONFIG"))}
