@@ -185,6 +185,7 @@ def test_the_manifests_train_digits_on_a_simulated_cluster(tmp_path):
     scraped = []
     codes, logs = run_on_simulated_cluster(
         tmp_path, "--workers", "2", "--ps", "2", "examples/digits.py", "--steps", "800",
+        "--learning-rate", "0.02",
         while_running=lambda addresses: scrape_global_step(addresses, scraped))
     assert all(code == 0 for code in codes.values()), explain(codes, logs)
     # The pods' metrics answer on their annotated port while the job trains.
