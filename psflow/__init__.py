@@ -114,6 +114,7 @@ from .shape_ops import expand_dims, reshape, squeeze, tile, transpose
 from .sparse_ops import SparseTensor, SparseTensorValue, sparse_placeholder
 from .state_ops import global_variables_initializer, group, no_op, variables_initializer
 from .string_ops import as_string, string_to_hash_bucket_fast
+from .string_split import string_split
 from .unimplemented import refuse as _refuse
 from .variables import (
     GraphKeys,

@@ -2,9 +2,10 @@
 
 from .string_ops import as_string
 from .string_ops import string_to_hash_bucket_fast as to_hash_bucket_fast
+from .string_split import split
 from .unimplemented import refuse as _refuse
 
-__all__ = ["as_string", "to_hash_bucket_fast"]
+__all__ = ["as_string", "split", "to_hash_bucket_fast"]
 
 
 def __getattr__(name):

@@ -23,6 +23,7 @@ from .. import (
     sparse_ops,
     state_ops,
     string_ops,
+    string_split,
     variables,
 )
 from ..errors import DataLossError, InvalidArgumentError
@@ -33,8 +34,8 @@ from . import frozen_table
 # table of this package); runtimes, tests and user code are never searched.
 _OP_MODULES = (graph, elementwise, math_ops, reduction_ops, comparison_ops, shape_ops,
                array_ops, nn_ops, conv_ops, clip_ops, state_ops, sparse_ops, embedding_ops,
-               string_ops, categorical_ops, variables, embedding_variable, initializers,
-               frozen_table)
+               string_ops, string_split, categorical_ops, variables, embedding_variable,
+               initializers, frozen_table)
 
 
 @functools.cache
