@@ -86,6 +86,9 @@ class Membership:
         self.check(index)
         with self._lock:
             worker = self._worker(index)
+            # A worker that beats has joined, even if it registered with this shard before a
+            # restart of it and never since.
+            worker.registered = True
             worker.local_step = local_step
             worker.loss = loss
             worker.activity = activity

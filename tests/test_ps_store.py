@@ -547,3 +547,13 @@ def test_shared_values_are_built_once_per_version_and_never_stale():
     # Without `share` nothing is kept or reused.
     store.with_values(["w"], build)
     assert built == [0, 1, 1, 1]
+
+
+def test_a_worker_that_beats_has_joined_a_restarted_shard():
+    # A restarted shard never sees the registration of workers that were already running;
+    # their heartbeats tell it they joined.
+    store = ShardStore(num_workers=2)
+    store.register(0)
+    store.heartbeat(1, local_step=600, loss=0.5)
+    workers = {w[0]: w for w in store.stats()["workers"]}
+    assert workers[0][1] and workers[1][1] and workers[1][3] == 600
