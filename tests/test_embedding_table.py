@@ -1,6 +1,8 @@
 """The hash-keyed embedding table's store: the key index against a dict, creation, admission,
 eviction, update rules on rows, state round trips and memory per row."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -222,3 +224,25 @@ def test_a_chunked_copy_equals_the_state_and_updates_may_come_between_chunks():
     assert table.evict(global_step=100) == 0
     table._copying = 0
     assert table.evict(global_step=100) == 1000
+
+
+def test_large_arrays_have_pages_of_their_own_written_pages_only_resident():
+    from psflow.key_index import MAP_BYTES, Growable, mapped_zeros
+
+    def resident():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    before = resident()
+    big = mapped_zeros((16 << 20,), np.float32)  # 64 MiB, never touched
+    assert resident() - before < 8 << 20
+    big[:1000] = 1.0
+    assert big.flags.writeable and big.sum() == 1000 and not big[1000:].any()
+    small = mapped_zeros((3, 4), np.int32)
+    assert small.shape == (3, 4) and small.nbytes < MAP_BYTES and not small.any()
+    grown = Growable((2,), np.int64)
+    for start in range(0, 300_000, 50_000):  # grows past MAP_BYTES onto its own pages
+        grown.append(np.arange(start, start + 50_000, dtype=np.int64)[:, None] * [1, -1])
+    assert grown.array.nbytes >= MAP_BYTES
+    assert np.array_equal(grown.view()[:, 0], np.arange(300_000))
+    assert np.array_equal(grown.view()[:, 1], -np.arange(300_000))
