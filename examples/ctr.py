@@ -92,7 +92,9 @@ def log_count(x):
 
 
 def columns(table, buckets, numeric, dim):
-    """(the deep part's columns, the wide part's)."""
+    """(the counts' columns, the fields' embedding columns, the wide part's columns). A
+    field's table row holds its value's embedding (`dim` wide) and, last, its wide weight:
+    one lookup per field serves both parts."""
     counts = [fc.numeric_column(key, normalizer_fn=log_count) for key in INTEGERS]
     if numeric == "buckets":
         counts = [fc.bucketized_column(c, COUNT_BOUNDARIES) for c in counts]
@@ -100,18 +102,22 @@ def columns(table, buckets, numeric, dim):
         fields = [fc.categorical_column_with_embedding(key) for key in CATEGORICALS]
     else:
         fields = [fc.categorical_column_with_hash_bucket(key, buckets) for key in CATEGORICALS]
-    embeddings = [fc.embedding_column(f, dim, initializer=tf.random_normal_initializer(
+    embeddings = [fc.embedding_column(f, dim + 1, initializer=tf.random_normal_initializer(
         stddev=0.01, seed=1 + k)) for k, f in enumerate(fields)]
     crosses = [fc.crossed_column(pair, buckets) for pair in CROSSES]
-    wide = fields + crosses + (counts if numeric == "buckets" else [])
-    return counts + embeddings, wide
+    return counts, embeddings, crosses + (counts if numeric == "buckets" else [])
 
 
 def logits_of(features, args):
     """The model's logits for a batch of features; the variables are shared by every call."""
-    deep_columns, wide_columns = columns(args.table, args.buckets, args.numeric, args.dim)
+    counts, embeddings, wide_columns = columns(args.table, args.buckets, args.numeric,
+                                               args.dim)
+    fields = len(CATEGORICALS)
     with tf.variable_scope("ctr", reuse=tf.AUTO_REUSE):
-        h = fc.input_layer(features, deep_columns)
+        rows = tf.reshape(fc.input_layer(features, embeddings), (-1, fields, args.dim + 1))
+        h = tf.concat([fc.input_layer(features, counts),
+                       tf.reshape(tf.slice(rows, [0, 0, 0], [-1, -1, args.dim]),
+                                  (-1, fields * args.dim))], axis=1)
         width_in = h.shape[1]
         for i, width in enumerate(args.hidden):
             w = tf.get_variable(f"dnn/w{i}", shape=(width_in, width),
@@ -120,8 +126,8 @@ def logits_of(features, args):
             h, width_in = tf.nn.relu(h @ w + b), width
         out = tf.get_variable("dnn/out", shape=(width_in, 1),
                               initializer=tf.glorot_uniform_initializer(seed=99))
-        wide = fc.linear_model(features, wide_columns)
-        return tf.reshape(h @ out + wide, (-1,))
+        wide = tf.reduce_sum(tf.slice(rows, [0, 0, args.dim], [-1, -1, 1]), axis=[1, 2])
+        return tf.reshape(h @ out + fc.linear_model(features, wide_columns), (-1,)) + wide
 
 
 def build(args, train_data, test_data):
