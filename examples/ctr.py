@@ -209,6 +209,8 @@ def parse_args(argv=None):
     for path in filter(None, (args.data, args.test)):
         if not os.path.isfile(path):
             parser.error(f"no such file: {path}")
+        if os.path.getsize(path) == 0:
+            parser.error(f"{path} is empty")
     try:
         args.hidden = [int(w) for w in args.hidden.split(",") if w.strip()]
     except ValueError:

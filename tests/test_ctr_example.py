@@ -170,10 +170,13 @@ def test_the_servable_answers_raw_fields_as_training_computes(clicks, tmp_path, 
 def test_take_and_skip_cut_the_elements_as_list_slices(count):
     values = list(range(25))
 
-    def read(dataset):
+    def read(batched, cut):
         out = []
         with tf.Graph().as_default():
-            element = dataset().make_one_shot_iterator().get_next()
+            dataset = tf.data.Dataset.from_tensor_slices(np.array(values))
+            if batched:  # element by element; the slices alone come in chunks
+                dataset = dataset.batch(1)
+            element = cut(dataset).make_one_shot_iterator().get_next()
             with tf.Session() as sess:
                 while True:
                     try:
@@ -182,10 +185,9 @@ def test_take_and_skip_cut_the_elements_as_list_slices(count):
                         return out
 
     n = len(values) if count == -1 else count
-    for slices in (lambda: tf.data.Dataset.from_tensor_slices(np.array(values)),  # chunks
-                   lambda: tf.data.Dataset.from_tensor_slices(np.array(values)).batch(1)):
-        taken = read(lambda: slices().take(count))
-        skipped = read(lambda: slices().skip(count))
+    for batched in (False, True):
+        taken = read(batched, lambda d: d.take(count))
+        skipped = read(batched, lambda d: d.skip(count))
         assert np.ravel(taken).tolist() == values[:n]
         assert np.ravel(skipped).tolist() == values[n:]
     with pytest.raises(ValueError, match="count must be -1 or >= 0, got -2"):
