@@ -6,8 +6,9 @@ categorical values (hex strings in the public Criteo logs; any string works); an
 may be empty. `TextLineDataset` reads the lines and `decode_csv` parses each batch of them
 ahead of the step (an empty count reads as 0, an empty categorical as no value). The columns
 do the rest in the graph: each count is `numeric_column` with log1p of its non-negative value
-(or, with --numeric buckets, `bucketized_column` over powers of two); each categorical field
-is a hash-keyed table with a row per value (`categorical_column_with_embedding`, --table
+(or, with --numeric buckets, `bucketized_column` over powers of two); the 26 categorical
+fields share one table (`shared_embedding_columns`, looked up once a step for all of them):
+a hash-keyed table with a row per value (`categorical_column_with_embedding`, --table
 dynamic, the default) or a fixed table of --buckets rows its Fingerprint64 picks from
 (`categorical_column_with_hash_bucket`, --table buckets). The deep part (`input_layer`)
 concatenates the counts with the fields' embeddings and runs a DNN (--hidden); the wide part
@@ -92,9 +93,9 @@ def log_count(x):
 
 
 def columns(table, buckets, numeric, dim):
-    """(the counts' columns, the fields' embedding columns, the wide part's columns). A
-    field's table row holds its value's embedding (`dim` wide) and, last, its wide weight:
-    one lookup per field serves both parts."""
+    """(the counts' columns, the fields' embedding columns, the wide part's columns). The
+    fields share one table, as Criteo's fields have values of their own; a value's row holds
+    its embedding (`dim` wide) and, last, its wide weight: one lookup serves both parts."""
     counts = [fc.numeric_column(key, normalizer_fn=log_count) for key in INTEGERS]
     if numeric == "buckets":
         counts = [fc.bucketized_column(c, COUNT_BOUNDARIES) for c in counts]
@@ -102,8 +103,8 @@ def columns(table, buckets, numeric, dim):
         fields = [fc.categorical_column_with_embedding(key) for key in CATEGORICALS]
     else:
         fields = [fc.categorical_column_with_hash_bucket(key, buckets) for key in CATEGORICALS]
-    embeddings = [fc.embedding_column(f, dim + 1, initializer=tf.random_normal_initializer(
-        stddev=0.01, seed=1 + k)) for k, f in enumerate(fields)]
+    embeddings = fc.shared_embedding_columns(
+        fields, dim + 1, initializer=tf.random_normal_initializer(stddev=0.01, seed=1))
     crosses = [fc.crossed_column(pair, buckets) for pair in CROSSES]
     return counts, embeddings, crosses + (counts if numeric == "buckets" else [])
 
