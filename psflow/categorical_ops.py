@@ -234,3 +234,32 @@ class IndicatorDense(Node):
         amounts = None if weights is None else np.asarray(weights, np.float64)[keep]
         counts = np.bincount(flat, weights=amounts, minlength=batch * self.num_buckets)
         return counts.reshape(batch, self.num_buckets).astype(np.float32)
+
+
+class FusedIndices(Node):
+    """The entries of k sparse id batches of one batch size as one batch of batch * k rows:
+    entry (r, p) of batch j becomes (r * k + j, p), batch after batch, so that a combine of
+    all of them reshaped to (batch, k * dim) holds batch j's combination in block j."""
+
+    def __init__(self, indices):
+        self.count = len(indices)
+        super().__init__(tuple(indices), name="FusedIndices", shape=(None, 2), dtype=int64)
+
+    def forward(self, *indices):
+        parts = []
+        for j, part in enumerate(indices):
+            part = np.array(part, dtype=np.int64).reshape(-1, 2)
+            part[:, 0] = part[:, 0] * self.count + j
+            parts.append(part)
+        return np.concatenate(parts)
+
+
+class FusedShape(Node):
+    """(batch * k, 1): the dense shape FusedIndices' entries index."""
+
+    def __init__(self, dense_shape, count):
+        self.count = int(count)
+        super().__init__((dense_shape,), name="FusedShape", shape=(2,), dtype=int64)
+
+    def forward(self, dense_shape):
+        return np.array([int(dense_shape[0]) * self.count, 1], dtype=np.int64)

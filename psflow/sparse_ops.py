@@ -65,12 +65,15 @@ class SparseCombine(Node):
         super().__init__(inputs, shape=shape, dtype=embeddings.dtype)
 
     def scales(self, rows, weights, count, dtype):
-        """Each entry's factor: its weight over its row's denominator."""
+        """Each entry's factor: its weight over its row's denominator; None when every factor
+        is 1 (an unweighted sum, or no row with more than one entry)."""
+        if weights is None and (self.combiner == "sum" or _one_per_row(rows, count)):
+            return None
         weights = np.ones(len(rows), dtype) if weights is None else weights.astype(dtype)
         if self.combiner == "sum":
             return weights
-        totals = np.zeros(count, dtype)
-        np.add.at(totals, rows, weights if self.combiner == "mean" else weights * weights)
+        totals = np.bincount(rows, weights if self.combiner == "mean" else weights * weights,
+                             minlength=count).astype(dtype)
         if self.combiner == "sqrtn":
             totals = np.sqrt(totals)
         return weights / np.where(totals == 0, 1, totals)[rows]
@@ -78,9 +81,32 @@ class SparseCombine(Node):
     def forward(self, embeddings, rows, dense_shape, weights=None):
         count = int(dense_shape[0])
         factors = self.scales(rows, weights, count, embeddings.dtype)
-        out = np.zeros((count,) + embeddings.shape[1:], dtype=embeddings.dtype)
-        np.add.at(out, rows, embeddings * factors.reshape((-1,) + (1,) * (embeddings.ndim - 1)))
+        if factors is not None:
+            embeddings = embeddings * factors.reshape((-1,) + (1,) * (embeddings.ndim - 1))
+        return segment_sum(embeddings, rows, count)
+
+
+def _one_per_row(rows, count):
+    """Whether no row index repeats (checked once per run for a batch of rows)."""
+    return len(rows) <= count and (len(rows) < 2 or np.bincount(rows, minlength=count).max() <= 1)
+
+
+def segment_sum(values, rows, count):
+    """(count, ...) whose row r is the sum of `values` whose row index is r: a scatter when no
+    index repeats, else one sum per run of equal indices after a stable sort (no np.add.at,
+    whose per-element loop is the slow part of a combine)."""
+    out = np.zeros((count,) + values.shape[1:], dtype=values.dtype)
+    if len(rows) == 0:
         return out
+    if np.all(rows[1:] > rows[:-1]) or _one_per_row(rows, count):
+        out[rows] = values
+        return out
+    order = None if np.all(rows[1:] >= rows[:-1]) else np.argsort(rows, kind="stable")
+    if order is not None:
+        rows, values = rows[order], values[order]
+    starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+    out[rows[starts]] = np.add.reduceat(values, starts, axis=0)
+    return out
 
 
 class SparseCombineGrad(Node):
@@ -91,7 +117,10 @@ class SparseCombineGrad(Node):
 
     def forward(self, grad, rows, dense_shape, weights=None):
         factors = self.op.scales(rows, weights, int(dense_shape[0]), grad.dtype)
-        return grad[rows] * factors.reshape((-1,) + (1,) * (grad.ndim - 1))
+        picked = grad[rows]
+        if factors is None:
+            return picked
+        return picked * factors.reshape((-1,) + (1,) * (grad.ndim - 1))
 
 
 @register_gradient(SparseCombine)

@@ -14,13 +14,14 @@ from .categorical_columns import (
 from .column_layers import input_layer, linear_model
 from .dense_columns import embedding_column, indicator_column
 from .numeric_columns import bucketized_column, numeric_column
+from .shared_columns import shared_embedding_columns
 
 __all__ = [
     "bucketized_column", "categorical_column_with_embedding",
     "categorical_column_with_hash_bucket", "categorical_column_with_identity",
     "categorical_column_with_vocabulary_file", "categorical_column_with_vocabulary_list",
     "crossed_column", "embedding_column", "indicator_column", "input_layer", "linear_model",
-    "numeric_column", "weighted_categorical_column",
+    "numeric_column", "shared_embedding_columns", "weighted_categorical_column",
 ]
 
 

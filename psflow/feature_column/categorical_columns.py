@@ -38,6 +38,9 @@ class CategoricalColumn:
     is_dense = False
     is_categorical = True
     ids_are_keys = False  # True: ids are keys of a hash-keyed table, any int64
+    # Columns with equal (not None) `transform_key`s make ids with the same transform of
+    # their raw values, so a shared embedding transforms their values in one call.
+    transform_key = None
 
     @property
     def name(self):
@@ -63,6 +66,7 @@ class CategoricalColumn:
 class HashedColumn(CategoricalColumn):
     def __init__(self, key, hash_bucket_size, dtype):
         self.key, self.num_buckets, self.dtype = key, hash_bucket_size, dtype
+        self.transform_key = ("hash", hash_bucket_size, dtype.str)
 
     def transform(self, values):
         strings = values if self.dtype.kind == "S" else AsString(values)
@@ -174,6 +178,7 @@ class EmbeddingKeyColumn(CategoricalColumn):
 
     def __init__(self, key, dtype, ev_option):
         self.key, self.dtype, self.ev_option = key, dtype, ev_option
+        self.transform_key = ("key", dtype.str)
 
     def transform(self, values):
         return KeyFingerprint(values) if self.dtype.kind == "S" else cast(values, np.int64)

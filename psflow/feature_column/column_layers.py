@@ -36,8 +36,22 @@ def input_layer(features, feature_columns, weight_collections=None, trainable=Tr
     columns = _sorted_columns("input_layer", feature_columns, dense_only=True)
     builder = Builder(features)
     with variable_scope("input_layer", reuse=AUTO_REUSE):
-        parts = [column.dense_tensor(builder) for column in columns]
+        parts = [run[0].shared_group.dense_tensor(builder, run) if len(run) > 1
+                 else run[0].dense_tensor(builder) for run in _shared_runs(columns)]
         return parts[0] if len(parts) == 1 else concat(parts, axis=1)
+
+
+def _shared_runs(columns):
+    """The columns in order, adjacent ones of the same shared embedding group together (one
+    lookup for them all), every other column alone."""
+    runs = []
+    for column in columns:
+        group = getattr(column, "shared_group", None)
+        if runs and group is not None and getattr(runs[-1][0], "shared_group", None) is group:
+            runs[-1].append(column)
+        else:
+            runs.append([column])
+    return runs
 
 
 def linear_model(features, feature_columns, units=1, sparse_combiner="sum",
