@@ -5,6 +5,8 @@ loopback and stops them once the chief has printed its figure."""
 import argparse
 import os
 import re
+import resource
+import selectors
 import socket
 import subprocess
 import sys
@@ -57,46 +59,72 @@ def single_thread_env():
             "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
+PATTERNS = {"throughput": r"throughput: ([0-9.]+) examples/s", "auc": r"test auc: ([0-9.]+)"}
+
+
 def run(commands, timeout=900):
     """Starts one process per (role, command, env); waits for a line `throughput: X` from any
     of them, then stops them all (a peer's processes need not exit by themselves: TF's ps
     tasks never do). Returns X."""
-    processes = []
+    return run_job(commands, ("throughput",), timeout=timeout, grace=0)["throughput"]
+
+
+def run_job(commands, wanted=("throughput", "auc"), timeout=1800, grace=60):
+    """Starts one process per (role, command, env) and reads their output until each of the
+    `wanted` figures (keys of PATTERNS) was printed; then gives the processes whose role does
+    not start with "ps" `grace` seconds to exit by themselves and stops the rest (TF's ps tasks
+    serve on forever). Returns the figures and `cpu_seconds`, the CPU time (user and system)
+    every process of the job used, with the processes they waited for (a launcher's
+    children), from the rusage of reaped children."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    processes, figures, tail = [], {}, []
     try:
         for role, command, env in commands:
             processes.append((role, subprocess.Popen(
                 command, env={**os.environ, **single_thread_env(), **env},
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
         deadline = time.monotonic() + timeout
-        import selectors
         selector = selectors.DefaultSelector()
         for role, process in processes:
             selector.register(process.stdout, selectors.EVENT_READ, role)
-        tail = []
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and len(figures) < len(wanted):
             for key, _ in selector.select(timeout=1.0):
                 line = key.fileobj.readline()
                 if not line:
                     selector.unregister(key.fileobj)
                     continue
                 tail = (tail + [f"[{key.data}] {line.rstrip()}"])[-40:]
-                found = re.search(r"throughput: ([0-9.]+) examples/s", line)
-                if found:
-                    return float(found.group(1))
-            # The workers are done once they exited and their output is read to its end;
-            # the ps tasks of a peer may serve on forever.
+                for name in wanted:
+                    found = re.search(PATTERNS[name], line)
+                    if found and name not in figures:
+                        figures[name] = float(found.group(1))
+            # The workers are done once they exited and their output is read to its end.
             reading = {key.data for key in selector.get_map().values()}
             if all(p.poll() is not None and role not in reading
-                   for role, p in processes if role.startswith("worker")):
+                   for role, p in processes if not role.startswith("ps")):
                 break
-        raise RuntimeError("the peer job printed no throughput (exit codes "
-                           f"{[p.poll() for _, p in processes]}):\n" + "\n".join(tail))
+        if len(figures) < len(wanted):
+            raise RuntimeError(f"the job printed no {' or '.join(set(wanted) - set(figures))} "
+                               f"(exit codes {[p.poll() for _, p in processes]}):\n"
+                               + "\n".join(tail))
+        stop_at = time.monotonic() + grace
+        for role, process in processes:
+            if not role.startswith("ps"):
+                try:
+                    process.wait(timeout=max(0.0, stop_at - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
     finally:
         for _, process in processes:
             if process.poll() is None:
                 process.kill()
         for _, process in processes:
             process.wait()
+            process.stdout.close()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    figures["cpu_seconds"] = (after.ru_utime - before.ru_utime) + \
+        (after.ru_stime - before.ru_stime)
+    return figures
 
 
 def python():
