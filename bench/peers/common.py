@@ -5,7 +5,6 @@ loopback and stops them once the chief has printed its figure."""
 import argparse
 import os
 import re
-import resource
 import selectors
 import socket
 import subprocess
@@ -59,7 +58,9 @@ def single_thread_env():
             "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
+SAMPLE_S = 0.25
 PATTERNS = {"throughput": r"throughput: ([0-9.]+) examples/s", "auc": r"test auc: ([0-9.]+)"}
+TIMED_SECONDS = r"throughput: .* in ([0-9.]+) s\)"  # the timed window the throughput covers
 
 
 def run(commands, timeout=900):
@@ -69,26 +70,86 @@ def run(commands, timeout=900):
     return run_job(commands, ("throughput",), timeout=timeout, grace=0)["throughput"]
 
 
-def run_job(commands, wanted=("throughput", "auc"), timeout=1800, grace=60):
+class CpuMeter:
+    """The CPU seconds (user and system) a set of processes and all their descendants used,
+    read from /proc at each sample(): a process counts with its last sampled time, so one
+    that exits between samples loses at most the time since the last one. Descendants stay
+    counted when their parent dies first (a forked input reader, a launcher's children)."""
+
+    def __init__(self, pids):
+        self.roots = set(pids)
+        self.ticks = {}  # (pid, start time) -> utime + stime
+        self.history = []  # (monotonic time, seconds()) at each sample
+
+    def sample(self):
+        stats = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()  # fields[0] is field 3, state
+            stats[int(entry.name)] = (int(fields[1]), int(fields[19]),
+                                      int(fields[11]) + int(fields[12]))
+        children = {}
+        for pid, (ppid, _, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = [pid for pid in self.roots if pid in stats]
+        todo += [pid for pid, start in self.ticks if stats.get(pid, (0, None))[1] == start]
+        seen = set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            _, start, ticks = stats[pid]
+            self.ticks[(pid, start)] = max(ticks, self.ticks.get((pid, start), 0))
+            todo.extend(children.get(pid, ()))
+        self.roots -= {pid for pid, _ in self.ticks}
+        self.history.append((time.monotonic(), self.seconds()))
+
+    def seconds(self):
+        return sum(self.ticks.values()) / os.sysconf("SC_CLK_TCK")
+
+    def seconds_at(self, when):
+        """The CPU seconds used up to the monotonic time `when`, interpolated between
+        samples."""
+        before = [(t, c) for t, c in self.history if t <= when] or self.history[:1]
+        after = [(t, c) for t, c in self.history if t >= when] or self.history[-1:]
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        return c0 if t1 <= t0 else c0 + (c1 - c0) * (when - t0) / (t1 - t0)
+
+
+def run_job(commands, wanted=("throughput", "auc"), timeout=1800, grace=60, env=None):
     """Starts one process per (role, command, env) and reads their output until each of the
     `wanted` figures (keys of PATTERNS) was printed; then gives the processes whose role does
     not start with "ps" `grace` seconds to exit by themselves and stops the rest (TF's ps tasks
-    serve on forever). Returns the figures and `cpu_seconds`, the CPU time (user and system)
-    every process of the job used, with the processes they waited for (a launcher's
-    children), from the rusage of reaped children."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    processes, figures, tail = [], {}, []
+    serve on forever). Returns the figures, `cpu_seconds`, the CPU time every process of the
+    job and every process they started used (CpuMeter, sampled every SAMPLE_S), and, when the
+    throughput line names its timed seconds S, `timed_cpu_seconds` (the CPU time of the S
+    seconds before that line) and `timed_examples` (X times S). `env` is added to each
+    process's environment (default: single_thread_env())."""
+    processes, figures, tail, timed = [], {}, [], None
     try:
-        for role, command, env in commands:
+        for role, command, own_env in commands:
             processes.append((role, subprocess.Popen(
-                command, env={**os.environ, **single_thread_env(), **env},
+                command, env={**os.environ, **(single_thread_env() if env is None else env),
+                              **own_env},
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+        meter = CpuMeter(p.pid for _, p in processes)
+        meter.sample()
         deadline = time.monotonic() + timeout
+        found_at = None
         selector = selectors.DefaultSelector()
         for role, process in processes:
             selector.register(process.stdout, selectors.EVENT_READ, role)
-        while time.monotonic() < deadline and len(figures) < len(wanted):
-            for key, _ in selector.select(timeout=1.0):
+        while time.monotonic() < deadline:
+            if found_at is not None and time.monotonic() >= found_at + grace:
+                break
+            for key, _ in selector.select(timeout=SAMPLE_S):
                 line = key.fileobj.readline()
                 if not line:
                     selector.unregister(key.fileobj)
@@ -98,6 +159,13 @@ def run_job(commands, wanted=("throughput", "auc"), timeout=1800, grace=60):
                     found = re.search(PATTERNS[name], line)
                     if found and name not in figures:
                         figures[name] = float(found.group(1))
+                        window = re.search(TIMED_SECONDS, line)
+                        if name == "throughput" and window:
+                            meter.sample()
+                            timed = (time.monotonic(), float(window.group(1)))
+            meter.sample()
+            if found_at is None and len(figures) == len(wanted):
+                found_at = time.monotonic()
             # The workers are done once they exited and their output is read to its end.
             reading = {key.data for key in selector.get_map().values()}
             if all(p.poll() is not None and role not in reading
@@ -107,13 +175,13 @@ def run_job(commands, wanted=("throughput", "auc"), timeout=1800, grace=60):
             raise RuntimeError(f"the job printed no {' or '.join(set(wanted) - set(figures))} "
                                f"(exit codes {[p.poll() for _, p in processes]}):\n"
                                + "\n".join(tail))
-        stop_at = time.monotonic() + grace
-        for role, process in processes:
-            if not role.startswith("ps"):
-                try:
-                    process.wait(timeout=max(0.0, stop_at - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
+        meter.sample()
+        figures["cpu_seconds"] = meter.seconds()
+        if timed:
+            end, seconds = timed
+            figures["timed_cpu_seconds"] = meter.seconds_at(end) - meter.seconds_at(end - seconds)
+            figures["timed_examples"] = figures["throughput"] * seconds
+        return figures
     finally:
         for _, process in processes:
             if process.poll() is None:
@@ -121,10 +189,6 @@ def run_job(commands, wanted=("throughput", "auc"), timeout=1800, grace=60):
         for _, process in processes:
             process.wait()
             process.stdout.close()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    figures["cpu_seconds"] = (after.ru_utime - before.ru_utime) + \
-        (after.ru_stime - before.ru_stime)
-    return figures
 
 
 def python():
