@@ -168,7 +168,7 @@ def psflow_job(path, steps, table):
     command = [sys.executable, "-m", "psflow.launcher", "--no-progress", "--workers", "2",
                "--ps", "2", str(ROOT / "examples" / "ctr.py"), "--data", path, "--steps",
                str(steps), "--table", table]
-    # the launcher exits once its job is done: its children's CPU time is counted with it
+    # the launcher exits once its job is done; until then the meter samples its children
     return common.run_job([("launcher", command, {})], env={"PYTHONUNBUFFERED": "1"},
                           grace=300)
 
