@@ -14,8 +14,20 @@ categoricals, tab-separated, any field may be empty). Figures, each printed:
 3. critical path: a training step (an MLP on the 13 transformed counts, one math thread) fed
    by `get_next()` against the same step fed one fixed batch by feed_dict, and the time
    `get_next()` takes for a batch that is ready: what input costs the step.
+4. end to end, input included on both sides: examples/ctr.py under the launcher (2 workers,
+   2 parameter servers, reading the TSV with its TextLineDataset + decode_csv pipeline), with
+   fixed tables (--table buckets) and with hash-keyed ones (--table dynamic), against the
+   same job in TensorFlow's TF1 PS runtime reading the same file with TextLineDataset +
+   decode_csv (bench/peers/tf_ctr.py --input tsv), run alternately, best of --e2e-rounds:
+   examples/s, test AUC, and CPU seconds per 1,000 examples trained, summed over every
+   process of the job (read from /proc: bench/peers/common.py's CpuMeter) in the timed steps
+   and over the whole job (start-up, table initialisation and the test pass included), with
+   psflow/TensorFlow against the target of 1.3x. The peer needs PSFLOW_PEERS_PYTHON naming
+   an interpreter with tensorflow.
 
-    python bench/input.py [--rows 200000] [--batch 2048]
+    python bench/input.py [--rows 200000] [--batch 2048] [--e2e-rows 600000] [--e2e-steps 800]
+
+--rows 0 skips parts 1-3; --e2e-rows 0 skips part 4.
 """
 
 import argparse
@@ -31,13 +43,18 @@ from threadpoolctl import threadpool_limits
 
 import psflow as tf
 
-TARGET_ROWS_PER_S = 300_000
-DEFAULTS = [[0]] + [[0.0]] * 13 + [[""]] * 26
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench" / "peers"))
+import common  # noqa: E402
+import tf_ctr  # noqa: E402
+
+TARGET_ROWS_PER_S = 300_000
+TARGET_E2E = 1.3
+DEFAULTS = [[0]] + [[0.0]] * 13 + [[""]] * 26
 
 
-def make_data(rows, folder):
-    path = os.path.join(folder, "criteo.tsv")
+def make_data(rows, folder, name="criteo.tsv"):
+    path = os.path.join(folder, name)
     subprocess.run([sys.executable, str(ROOT / "examples" / "make_ctr_data.py"), path,
                     "--rows", str(rows)], check=True, stdout=subprocess.DEVNULL)
     return path
@@ -147,6 +164,71 @@ def time_steps(path, batch, steps):
     return figures
 
 
+def psflow_job(path, steps, table):
+    command = [sys.executable, "-m", "psflow.launcher", "--no-progress", "--workers", "2",
+               "--ps", "2", str(ROOT / "examples" / "ctr.py"), "--data", path, "--steps",
+               str(steps), "--table", table]
+    # the launcher exits once its job is done; until then the meter samples its children
+    return common.run_job([("launcher", command, {})], env={"PYTHONUNBUFFERED": "1"},
+                          grace=300)
+
+
+def peer_missing():
+    """Why the TensorFlow peer cannot run here, or None."""
+    if not os.environ.get("PSFLOW_PEERS_PYTHON"):
+        return "PSFLOW_PEERS_PYTHON is unset"
+    found = subprocess.run([common.python(), "-c", "import tensorflow"],
+                           capture_output=True)
+    if found.returncode != 0:
+        return f"{common.python()} has no tensorflow"
+    return None
+
+
+def describe(name, figures):
+    return (f"{name:26}: {figures['throughput']:>8,.0f} examples/s  test auc "
+            f"{figures['auc']:.4f}  CPU s per 1,000 examples {figures['timed_cpu_per_1000']:.3f}"
+            f" timed, {figures['cpu_per_1000']:.3f} whole job")
+
+
+def end_to_end(rows, steps, rounds, folder):
+    """Part 4: {job: best figures} of psflow's two table kinds and the TensorFlow peer, run
+    alternately, each job's best round by examples/s."""
+    path = make_data(rows, folder, "clicks.tsv")
+    examples = steps * tf_ctr.BATCH / 1000
+    jobs = {"psflow, fixed tables": lambda: psflow_job(path, steps, "buckets"),
+            "psflow, hash-keyed tables": lambda: psflow_job(path, steps, "dynamic")}
+    missing = peer_missing()
+    if missing:
+        print(f"  TensorFlow peer skipped: {missing}", flush=True)
+    else:
+        jobs["TensorFlow TF1 PS runtime"] = lambda: tf_ctr.job(path, steps, 2, 2, "tsv")
+    print(f"end to end on {rows:,} rows, 2 workers / 2 PS, batch {tf_ctr.BATCH}, {steps} "
+          f"steps, input included, best of {rounds}:", flush=True)
+    best = {}
+    for round_ in range(rounds):
+        for name, run in jobs.items():
+            figures = run()
+            figures["cpu_per_1000"] = figures["cpu_seconds"] / examples
+            figures["timed_cpu_per_1000"] = figures["timed_cpu_seconds"] / \
+                (figures["timed_examples"] / 1000)
+            print(f"  round {round_ + 1}, {describe(name, figures)}", flush=True)
+            if name not in best or figures["throughput"] > best[name]["throughput"]:
+                best[name] = figures
+    for name, figures in best.items():
+        print(f"  best,    {describe(name, figures)}", flush=True)
+    peer = best.get("TensorFlow TF1 PS runtime")
+    if peer:
+        for name in ("psflow, fixed tables", "psflow, hash-keyed tables"):
+            ratio = best[name]["throughput"] / peer["throughput"]
+            verdict = "met" if ratio >= TARGET_E2E else "not met"
+            print(f"  {name} / TensorFlow: {ratio:.2f}x examples/s (target >= {TARGET_E2E}x: "
+                  f"{verdict}); CPU per example "
+                  f"{best[name]['timed_cpu_per_1000'] / peer['timed_cpu_per_1000']:.2f}x timed, "
+                  f"{best[name]['cpu_per_1000'] / peer['cpu_per_1000']:.2f}x whole job",
+                  flush=True)
+    return best
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000)
@@ -155,31 +237,43 @@ def main(argv=None):
     parser.add_argument("--line-rows", type=int, default=20_000,
                         help="rows read a line at a time (.map(parse).batch(B))")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--e2e-rows", type=int, default=600_000,
+                        help="rows of the end-to-end comparison's click log (0 skips it)")
+    parser.add_argument("--e2e-steps", type=int, default=800)
+    parser.add_argument("--e2e-rounds", type=int, default=2)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
-        path = make_data(args.rows, folder)
-        size = os.path.getsize(path)
-        print(f"{args.rows} Criteo-format rows ({size / args.rows:.0f} bytes a line), "
-              f"batches of {args.batch}")
-        alone, transformed, check = time_parse(path, args.batch, args.rounds)
-        print(f"  decode_csv alone (40 columns; the 26 strings as S arrays, not hashed): "
-              f"{alone:,.0f} rows/s")
-        verdict = "met" if transformed >= TARGET_ROWS_PER_S else "NOT met"
-        print(f"  decode_csv + log normalisation of the 13 counts: {transformed:,.0f} rows/s "
-              f"(target >= {TARGET_ROWS_PER_S:,}: {verdict})")
-        print(f"    first rows: labels {check['label'].tolist()}, "
-              f"dense[0] {np.round(check['dense'][0], 3).tolist()}, "
-              f"C1 {[c.decode() for c in check['categorical'][0]]}")
-        batched, by_line = time_pipeline(path, args.batch, args.line_rows)
-        print(f"  TextLineDataset.batch(B).map(parse) through get_next: {batched:,.0f} rows/s")
-        print(f"  TextLineDataset.map(parse).batch(B), a line at a time: {by_line:,.0f} rows/s "
-              f"({batched / by_line:.0f}x slower)")
-        from_input, handover, from_feed = time_steps(path, args.batch, args.steps)
-        print(f"  a training step (MLP 13-512-512-1, batch {args.batch}, one math thread) fed by "
-              f"get_next: {from_input * 1e3:.1f} ms; fed one batch by feed_dict: "
-              f"{from_feed * 1e3:.1f} ms ({(from_input / from_feed - 1) * 100:+.1f}% with the "
-              f"input pipeline running beside it)")
-        print(f"  taking a batch that is ready (get_next's hand-over): {handover * 1e3:.2f} ms")
+        if args.rows:
+            parts_1_to_3(args, folder)
+        if args.e2e_rows:
+            end_to_end(args.e2e_rows, args.e2e_steps, args.e2e_rounds, folder)
+
+
+def parts_1_to_3(args, folder):
+    """Parts 1-3 on a file of --rows rows."""
+    path = make_data(args.rows, folder)
+    size = os.path.getsize(path)
+    print(f"{args.rows} Criteo-format rows ({size / args.rows:.0f} bytes a line), "
+          f"batches of {args.batch}")
+    alone, transformed, check = time_parse(path, args.batch, args.rounds)
+    print(f"  decode_csv alone (40 columns; the 26 strings as S arrays, not hashed): "
+          f"{alone:,.0f} rows/s")
+    verdict = "met" if transformed >= TARGET_ROWS_PER_S else "NOT met"
+    print(f"  decode_csv + log normalisation of the 13 counts: {transformed:,.0f} rows/s "
+          f"(target >= {TARGET_ROWS_PER_S:,}: {verdict})")
+    print(f"    first rows: labels {check['label'].tolist()}, "
+          f"dense[0] {np.round(check['dense'][0], 3).tolist()}, "
+          f"C1 {[c.decode() for c in check['categorical'][0]]}")
+    batched, by_line = time_pipeline(path, args.batch, args.line_rows)
+    print(f"  TextLineDataset.batch(B).map(parse) through get_next: {batched:,.0f} rows/s")
+    print(f"  TextLineDataset.map(parse).batch(B), a line at a time: {by_line:,.0f} rows/s "
+          f"({batched / by_line:.0f}x slower)")
+    from_input, handover, from_feed = time_steps(path, args.batch, args.steps)
+    print(f"  a training step (MLP 13-512-512-1, batch {args.batch}, one math thread) fed by "
+          f"get_next: {from_input * 1e3:.1f} ms; fed one batch by feed_dict: "
+          f"{from_feed * 1e3:.1f} ms ({(from_input / from_feed - 1) * 100:+.1f}% with the "
+          f"input pipeline running beside it)")
+    print(f"  taking a batch that is ready (get_next's hand-over): {handover * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":

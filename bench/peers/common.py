@@ -5,6 +5,7 @@ loopback and stops them once the chief has printed its figure."""
 import argparse
 import os
 import re
+import selectors
 import socket
 import subprocess
 import sys
@@ -57,46 +58,137 @@ def single_thread_env():
             "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
+SAMPLE_S = 0.25
+PATTERNS = {"throughput": r"throughput: ([0-9.]+) examples/s", "auc": r"test auc: ([0-9.]+)"}
+TIMED_SECONDS = r"throughput: .* in ([0-9.]+) s\)"  # the timed window the throughput covers
+
+
 def run(commands, timeout=900):
     """Starts one process per (role, command, env); waits for a line `throughput: X` from any
     of them, then stops them all (a peer's processes need not exit by themselves: TF's ps
     tasks never do). Returns X."""
-    processes = []
+    return run_job(commands, ("throughput",), timeout=timeout, grace=0)["throughput"]
+
+
+class CpuMeter:
+    """The CPU seconds (user and system) a set of processes and all their descendants used,
+    read from /proc at each sample(): a process counts with its last sampled time, so one
+    that exits between samples loses at most the time since the last one. Descendants stay
+    counted when their parent dies first (a forked input reader, a launcher's children)."""
+
+    def __init__(self, pids):
+        self.roots = set(pids)
+        self.ticks = {}  # (pid, start time) -> utime + stime
+        self.history = []  # (monotonic time, seconds()) at each sample
+
+    def sample(self):
+        stats = {}
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()  # fields[0] is field 3, state
+            stats[int(entry.name)] = (int(fields[1]), int(fields[19]),
+                                      int(fields[11]) + int(fields[12]))
+        children = {}
+        for pid, (ppid, _, _) in stats.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = [pid for pid in self.roots if pid in stats]
+        todo += [pid for pid, start in self.ticks if stats.get(pid, (0, None))[1] == start]
+        seen = set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            _, start, ticks = stats[pid]
+            self.ticks[(pid, start)] = max(ticks, self.ticks.get((pid, start), 0))
+            todo.extend(children.get(pid, ()))
+        self.roots -= {pid for pid, _ in self.ticks}
+        self.history.append((time.monotonic(), self.seconds()))
+
+    def seconds(self):
+        return sum(self.ticks.values()) / os.sysconf("SC_CLK_TCK")
+
+    def seconds_at(self, when):
+        """The CPU seconds used up to the monotonic time `when`, interpolated between
+        samples."""
+        before = [(t, c) for t, c in self.history if t <= when] or self.history[:1]
+        after = [(t, c) for t, c in self.history if t >= when] or self.history[-1:]
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        return c0 if t1 <= t0 else c0 + (c1 - c0) * (when - t0) / (t1 - t0)
+
+
+def run_job(commands, wanted=("throughput", "auc"), timeout=1800, grace=60, env=None):
+    """Starts one process per (role, command, env) and reads their output until each of the
+    `wanted` figures (keys of PATTERNS) was printed; then gives the processes whose role does
+    not start with "ps" `grace` seconds to exit by themselves and stops the rest (TF's ps tasks
+    serve on forever). Returns the figures, `cpu_seconds`, the CPU time every process of the
+    job and every process they started used (CpuMeter, sampled every SAMPLE_S), and, when the
+    throughput line names its timed seconds S, `timed_cpu_seconds` (the CPU time of the S
+    seconds before that line) and `timed_examples` (X times S). `env` is added to each
+    process's environment (default: single_thread_env())."""
+    processes, figures, tail, timed = [], {}, [], None
     try:
-        for role, command, env in commands:
+        for role, command, own_env in commands:
             processes.append((role, subprocess.Popen(
-                command, env={**os.environ, **single_thread_env(), **env},
+                command, env={**os.environ, **(single_thread_env() if env is None else env),
+                              **own_env},
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+        meter = CpuMeter(p.pid for _, p in processes)
+        meter.sample()
         deadline = time.monotonic() + timeout
-        import selectors
+        found_at = None
         selector = selectors.DefaultSelector()
         for role, process in processes:
             selector.register(process.stdout, selectors.EVENT_READ, role)
-        tail = []
         while time.monotonic() < deadline:
-            for key, _ in selector.select(timeout=1.0):
+            if found_at is not None and time.monotonic() >= found_at + grace:
+                break
+            for key, _ in selector.select(timeout=SAMPLE_S):
                 line = key.fileobj.readline()
                 if not line:
                     selector.unregister(key.fileobj)
                     continue
                 tail = (tail + [f"[{key.data}] {line.rstrip()}"])[-40:]
-                found = re.search(r"throughput: ([0-9.]+) examples/s", line)
-                if found:
-                    return float(found.group(1))
-            # The workers are done once they exited and their output is read to its end;
-            # the ps tasks of a peer may serve on forever.
+                for name in wanted:
+                    found = re.search(PATTERNS[name], line)
+                    if found and name not in figures:
+                        figures[name] = float(found.group(1))
+                        window = re.search(TIMED_SECONDS, line)
+                        if name == "throughput" and window:
+                            meter.sample()
+                            timed = (time.monotonic(), float(window.group(1)))
+            meter.sample()
+            if found_at is None and len(figures) == len(wanted):
+                found_at = time.monotonic()
+            # The workers are done once they exited and their output is read to its end.
             reading = {key.data for key in selector.get_map().values()}
             if all(p.poll() is not None and role not in reading
-                   for role, p in processes if role.startswith("worker")):
+                   for role, p in processes if not role.startswith("ps")):
                 break
-        raise RuntimeError("the peer job printed no throughput (exit codes "
-                           f"{[p.poll() for _, p in processes]}):\n" + "\n".join(tail))
+        if len(figures) < len(wanted):
+            raise RuntimeError(f"the job printed no {' or '.join(set(wanted) - set(figures))} "
+                               f"(exit codes {[p.poll() for _, p in processes]}):\n"
+                               + "\n".join(tail))
+        meter.sample()
+        figures["cpu_seconds"] = meter.seconds()
+        if timed:
+            end, seconds = timed
+            figures["timed_cpu_seconds"] = meter.seconds_at(end) - meter.seconds_at(end - seconds)
+            figures["timed_examples"] = figures["throughput"] * seconds
+        return figures
     finally:
         for _, process in processes:
             if process.poll() is None:
                 process.kill()
         for _, process in processes:
             process.wait()
+            process.stdout.close()
 
 
 def python():
