@@ -175,7 +175,11 @@ class ParameterServer:
                 self._stopped.set()
                 return
             self.stop_reason = reason
-            log.info("shard %d stopping: %s", self.shard, reason)
+            if self.store.holds_global_step:  # the job's last word on how far it got
+                log.info("shard %d stopping at global step %d: %s", self.shard,
+                         self.store.global_step, reason)
+            else:
+                log.info("shard %d stopping: %s", self.shard, reason)
             self._health.enter_graceful_shutdown()
             self.store.close()
             if self._lane is not None:
