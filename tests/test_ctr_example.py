@@ -165,30 +165,3 @@ def test_the_servable_answers_raw_fields_as_training_computes(clicks, tmp_path, 
     assert np.max(np.abs(served - trained)) <= 1e-6
     assert np.std(trained) > 0.01  # the rows' predictions differ: the check is not vacuous
 
-
-@pytest.mark.parametrize("count", [-1, 0, 3, 9, 10, 25])
-def test_take_and_skip_cut_the_elements_as_list_slices(count):
-    values = list(range(25))
-
-    def read(batched, cut):
-        out = []
-        with tf.Graph().as_default():
-            dataset = tf.data.Dataset.from_tensor_slices(np.array(values))
-            if batched:  # element by element; the slices alone come in chunks
-                dataset = dataset.batch(1)
-            element = cut(dataset).make_one_shot_iterator().get_next()
-            with tf.Session() as sess:
-                while True:
-                    try:
-                        out.append(sess.run(element).tolist())
-                    except tf.errors.OutOfRangeError:
-                        return out
-
-    n = len(values) if count == -1 else count
-    for batched in (False, True):
-        taken = read(batched, lambda d: d.take(count))
-        skipped = read(batched, lambda d: d.skip(count))
-        assert np.ravel(taken).tolist() == values[:n]
-        assert np.ravel(skipped).tolist() == values[n:]
-    with pytest.raises(ValueError, match="count must be -1 or >= 0, got -2"):
-        tf.data.Dataset.from_tensor_slices(np.array(values)).take(-2)
