@@ -18,11 +18,28 @@ Input, --input tsv: each worker reads the file with TextLineDataset(f).take(trai
 does (the last tenth of the lines is held out). --input parsed: each worker parses its shard
 before the clock and feeds the same batches, in the same order, by feed_dict.
 
+--table dynamic (TensorFlow Recommenders-Addons, run by PSFLOW_TFRA_PYTHON: TF 2.16.2 with
+tensorflow-recommenders-addons 0.8.1): the 26 fields share one TFRA hash table instead
+(`dynamic_embedding.get_variable`, int64 keys -> 17 floats, normal(0.01) init, sharded over the
+ps tasks by key), as psflow's shared_embedding_columns over categorical_column_with_embedding:
+a value's key is its string hashed to int64 (to_hash_bucket_fast(s, 2**63 - 1)), an empty
+string is no value, and one lookup of all the fields' values (safe_embedding_lookup_sparse,
+mean combiner: a field's one value's row, zeros when empty; it looks key 0 up for an empty
+field and zeroes that row) gives the rows. The rest of the model is the same;
+DynamicEmbeddingOptimizer wraps the same Adagrad, so that it updates the looked-up rows (each
+worker's own TrainableWrapper, which TFRA's patch of replica_device_setter keeps off the ps
+tasks) and writes them and their accumulators (a dynamic table beside the rows) back to the ps
+tasks. TFRA 0.8.1's slot patch names
+`variables.RefVariable`, which TF 2.14 moved to `ref_variable`: the task sets it back before
+building the graph; nothing else differs from the bucket table's job.
+
 The chief prints `throughput: X examples/s (N global steps in S s)` (global steps x batch /
 seconds, after a warm-up of a tenth of the steps; every worker waits until all have joined)
 and `test auc: A` over the held-out lines (tf.metrics.auc, 2000 thresholds).
 
     python bench/peers/tf_ctr.py --data clicks.tsv --input tsv --steps 800   # runs a job
+    PSFLOW_TFRA_PYTHON=/path/to/tfra/python python bench/peers/tf_ctr.py --data clicks.tsv \
+        --table dynamic
 """
 
 import argparse
