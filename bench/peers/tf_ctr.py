@@ -29,9 +29,11 @@ field and zeroes that row) gives the rows. The rest of the model is the same;
 DynamicEmbeddingOptimizer wraps the same Adagrad, so that it updates the looked-up rows (each
 worker's own TrainableWrapper, which TFRA's patch of replica_device_setter keeps off the ps
 tasks) and writes them and their accumulators (a dynamic table beside the rows) back to the ps
-tasks. TFRA 0.8.1's slot patch names
-`variables.RefVariable`, which TF 2.14 moved to `ref_variable`: the task sets it back before
-building the graph; nothing else differs from the bucket table's job.
+tasks whole (get_variable's bp_v2=False, TFRA's default): of two workers' updates of one row at
+once, the later write keeps only its own (bp_v2=True would add each update's difference).
+TFRA 0.8.1's slot patch names `variables.RefVariable`, which TF 2.14 moved to `ref_variable`:
+the task sets it back before building the graph; nothing else differs from the bucket table's
+job.
 
 The chief prints `throughput: X examples/s (N global steps in S s)` (global steps x batch /
 seconds, after a warm-up of a tenth of the steps; every worker waits until all have joined)
