@@ -52,3 +52,30 @@ def test_run_job_names_the_missing_figure(common):
     with pytest.raises(RuntimeError, match="no auc"):
         common.run_job(commands, timeout=30)
     assert common.run(commands, timeout=30) == 5.0
+
+
+@pytest.fixture
+def tf_ctr():
+    spec = importlib.util.spec_from_file_location("peers_tf_ctr",
+                                                  ROOT / "bench" / "peers" / "tf_ctr.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_dynamic_table_runs_with_the_tfra_interpreter(tf_ctr, monkeypatch):
+    monkeypatch.setenv("PSFLOW_PEERS_PYTHON", "/peers/python")
+    monkeypatch.delenv("PSFLOW_TFRA_PYTHON", raising=False)
+    assert tf_ctr.interpreter("buckets") == "/peers/python"
+    with pytest.raises(tf_ctr.common.MissingPeer, match="PSFLOW_TFRA_PYTHON is not set"):
+        tf_ctr.interpreter("dynamic")  # this interpreter has no TFRA
+    monkeypatch.setenv("PSFLOW_TFRA_PYTHON", "/no/such/python")
+    with pytest.raises(tf_ctr.common.MissingPeer, match="/no/such/python has no tensorflow_rec"):
+        tf_ctr.job("clicks.tsv", table="dynamic")
+
+
+def test_an_interpreter_must_find_the_named_library(common, monkeypatch):
+    monkeypatch.setenv("PSFLOW_TFRA_PYTHON", sys.executable)
+    assert common.python("PSFLOW_TFRA_PYTHON", "json") == sys.executable
+    with pytest.raises(common.MissingPeer, match=f"PSFLOW_TFRA_PYTHON={sys.executable} has no"):
+        common.python("PSFLOW_TFRA_PYTHON", "no_such_library_anywhere")

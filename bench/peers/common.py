@@ -191,9 +191,29 @@ def run_job(commands, wanted=("throughput", "auc"), timeout=1800, grace=60, env=
             process.stdout.close()
 
 
-def python():
-    """The interpreter with the peers' libraries: PSFLOW_PEERS_PYTHON, else this one."""
-    return os.environ.get("PSFLOW_PEERS_PYTHON") or sys.executable
+class MissingPeer(RuntimeError):
+    """A peer's interpreter lacks the peer's library (a bench script may skip that peer)."""
+
+
+def python(variable="PSFLOW_PEERS_PYTHON", module=None):
+    """The interpreter with the peers' libraries: the one the environment variable `variable`
+    names, else this one. With `module`, that interpreter must find the module, else
+    MissingPeer says which variable to set."""
+    interpreter = os.environ.get(variable) or sys.executable
+    if module is None:
+        return interpreter
+    check = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    try:
+        found = subprocess.run([interpreter, "-c", check], capture_output=True,
+                               timeout=60).returncode == 0
+    except OSError:
+        found = False
+    if not found:
+        named = f"{variable}={os.environ[variable]}" if os.environ.get(variable) else \
+            f"{variable} is not set and {interpreter}"
+        raise MissingPeer(f"{named} has no {module}: set {variable} to an interpreter "
+                          f"with {module}")
+    return interpreter
 
 
 def task_parser():

@@ -18,11 +18,30 @@ Input, --input tsv: each worker reads the file with TextLineDataset(f).take(trai
 does (the last tenth of the lines is held out). --input parsed: each worker parses its shard
 before the clock and feeds the same batches, in the same order, by feed_dict.
 
+--table dynamic (TensorFlow Recommenders-Addons, run by PSFLOW_TFRA_PYTHON: TF 2.16.2 with
+tensorflow-recommenders-addons 0.8.1): the 26 fields share one TFRA hash table instead
+(`dynamic_embedding.get_variable`, int64 keys -> 17 floats, normal(0.01) init, sharded over the
+ps tasks by key), as psflow's shared_embedding_columns over categorical_column_with_embedding:
+a value's key is its string hashed to int64 (to_hash_bucket_fast(s, 2**63 - 1)), an empty
+string is no value, and one lookup of all the fields' values (safe_embedding_lookup_sparse,
+mean combiner: a field's one value's row, zeros when empty; it looks key 0 up for an empty
+field and zeroes that row) gives the rows. The rest of the model is the same;
+DynamicEmbeddingOptimizer wraps the same Adagrad, so that it updates the looked-up rows (each
+worker's own TrainableWrapper, which TFRA's patch of replica_device_setter keeps off the ps
+tasks) and writes them and their accumulators (a dynamic table beside the rows) back to the ps
+tasks whole (get_variable's bp_v2=False, TFRA's default): of two workers' updates of one row at
+once, the later write keeps only its own (bp_v2=True would add each update's difference).
+TFRA 0.8.1's slot patch names `variables.RefVariable`, which TF 2.14 moved to `ref_variable`:
+the task sets it back before building the graph; nothing else differs from the bucket table's
+job.
+
 The chief prints `throughput: X examples/s (N global steps in S s)` (global steps x batch /
 seconds, after a warm-up of a tenth of the steps; every worker waits until all have joined)
 and `test auc: A` over the held-out lines (tf.metrics.auc, 2000 thresholds).
 
     python bench/peers/tf_ctr.py --data clicks.tsv --input tsv --steps 800   # runs a job
+    PSFLOW_TFRA_PYTHON=/path/to/tfra/python python bench/peers/tf_ctr.py --data clicks.tsv \
+        --table dynamic
 """
 
 import argparse
@@ -97,17 +116,41 @@ def batches(labels, columns, size):
         k += 1
 
 
-def model(tf, features, num_ps):
-    """The logits of a batch of raw features; builds the variables (call once)."""
+def bucket_rows(tf, features):
+    """The fields' rows (batch, 26, 17) from one table of 2**20 hash buckets; builds it."""
     fc = tf.feature_column
     fields = [fc.categorical_column_with_hash_bucket(key, BUCKETS) for key in CATEGORICALS]
     shared = fc.shared_embedding_columns(
         fields, DIM + 1, combiner="mean", initializer=tf.random_normal_initializer(stddev=0.01))
+    return tf.reshape(fc.input_layer(features, shared), (-1, len(CATEGORICALS), DIM + 1))
+
+
+def dynamic_rows(tf, de, features, num_ps):
+    """The fields' rows (batch, 26, 17) from one TFRA hash table of the fields' strings (as
+    int64 keys) over the ps tasks, in one lookup: a field's row is the mean of its values'
+    rows (with one value, that row), zeros when it is empty; builds the table."""
+    table = de.get_variable("fields", key_dtype=tf.int64, value_dtype=tf.float32, dim=DIM + 1,
+                            devices=[f"/job:ps/task:{i}" for i in range(num_ps)],
+                            initializer=tf.random_normal_initializer(stddev=0.01))
+    strings = tf.stack([features[key] for key in CATEGORICALS], axis=1)
+    present = tf.where(tf.not_equal(strings, ""))  # (values, 2): row, field
+    keys = tf.strings.to_hash_bucket_fast(tf.gather_nd(strings, present), 2**63 - 1)
+    ids = tf.SparseTensor(tf.concat([present, tf.zeros_like(present[:, :1])], axis=1), keys,
+                          tf.cast(tf.concat([tf.shape(strings), [1]], axis=0), tf.int64))
+    rows = de.safe_embedding_lookup_sparse(table, ids, combiner="mean", name="fields_lookup")
+    return tf.reshape(rows, (-1, len(CATEGORICALS), DIM + 1))
+
+
+def model(tf, features, num_ps, de=None):
+    """The logits of a batch of raw features; builds the variables (call once). With TFRA's
+    dynamic_embedding module `de`, the fields' table is a dynamic one."""
+    fc = tf.feature_column
     counts = [fc.numeric_column(key, normalizer_fn=lambda x: tf.log(tf.maximum(x, 0.0) + 1.0))
               for key in INTEGERS]
     crosses = [fc.crossed_column(list(pair), BUCKETS) for pair in CROSSES]
     with tf.variable_scope("tables", partitioner=tf.fixed_size_partitioner(num_ps)):
-        rows = tf.reshape(fc.input_layer(features, shared), (-1, len(CATEGORICALS), DIM + 1))
+        rows = bucket_rows(tf, features) if de is None else dynamic_rows(tf, de, features,
+                                                                           num_ps)
         linear = fc.linear_model(features, crosses)
     with tf.variable_scope("dnn"):
         h = tf.concat([fc.input_layer(features, counts),
@@ -137,6 +180,14 @@ def tsv_input(tf, path, rows, workers, index):
 def task(args):
     import tensorflow.compat.v1 as tf
     tf.disable_v2_behavior()
+    de = None
+    if args.table == "dynamic":
+        from tensorflow.python.ops import ref_variable, variables
+        from tensorflow_recommenders_addons import dynamic_embedding as de
+        # TFRA 0.8.1 creates the optimizer's slots through a patch that still names
+        # variables.RefVariable, which TF 2.14 moved to ref_variable.
+        if not hasattr(variables, "RefVariable"):
+            variables.RefVariable = ref_variable.RefVariable
     tf.logging.set_verbosity(tf.logging.ERROR)
     cluster = tf.train.ClusterSpec(json.loads(args.cluster))
     config = tf.ConfigProto(device_filters=["/job:ps", f"/job:worker/task:{args.index}"])
@@ -158,7 +209,7 @@ def task(args):
             features.update({key: tf.placeholder(tf.string, (None,), key)
                              for key in CATEGORICALS})
             labels = tf.placeholder(tf.float32, (None,), "label")
-        logits = model(tf, features, num_ps)
+        logits = model(tf, features, num_ps, de)
         loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels,
                                                                       logits=logits))
         step = tf.train.get_or_create_global_step()
@@ -166,6 +217,8 @@ def task(args):
                                 initializer=tf.zeros_initializer(), trainable=False)
         mark_running = ready.assign_add(1)
         opt = tf.train.AdagradOptimizer(LEARNING_RATE, initial_accumulator_value=0.1)
+        if de is not None:  # updates the dynamic table's rows and its own accumulators
+            opt = de.DynamicEmbeddingOptimizer(opt)
         train = opt.minimize(loss, global_step=step)
     with tf.device(worker_device):  # the test's counters stay in this task
         auc, auc_update = tf.metrics.auc(labels, tf.sigmoid(logits), num_thresholds=2000)
@@ -215,18 +268,28 @@ def task(args):
               flush=True)
 
 
-def job(data, steps=800, workers=2, ps=2, input="tsv", timeout=1800):
-    """Runs a job on loopback; returns common.run_job's figures (throughput, auc, cpu)."""
+def interpreter(table):
+    """The interpreter of a job: PSFLOW_PEERS_PYTHON's with the bucket table, PSFLOW_TFRA_PYTHON's
+    (which must have TFRA, else common.MissingPeer) with the dynamic one."""
+    if table == "dynamic":
+        return common.python("PSFLOW_TFRA_PYTHON", "tensorflow_recommenders_addons")
+    return common.python()
+
+
+def job(data, steps=800, workers=2, ps=2, input="tsv", timeout=1800, table="buckets"):
+    """Runs a job on loopback; returns common.run_job's figures (throughput, auc, cpu).
+    Raises common.MissingPeer when table="dynamic" and PSFLOW_TFRA_PYTHON has no TFRA."""
+    python = interpreter(table)
     ports = common.free_ports(ps + workers)
     cluster = {"ps": [f"127.0.0.1:{p}" for p in ports[:ps]],
                "worker": [f"127.0.0.1:{p}" for p in ports[ps:]]}
     commands = []
     for role, count in (("ps", ps), ("worker", workers)):
         for i in range(count):
-            commands.append((f"{role}{i}", [common.python(), __file__, "--task", role,
-                                             "--index", str(i), "--cluster",
-                                             json.dumps(cluster), "--data", str(data),
-                                             "--steps", str(steps), "--input", input], {}))
+            commands.append((f"{role}{i}", [python, __file__, "--task", role, "--index", str(i),
+                                             "--cluster", json.dumps(cluster), "--data",
+                                             str(data), "--steps", str(steps), "--input", input,
+                                             "--table", table], {}))
     return common.run_job(commands, ("throughput", "auc"), timeout=timeout)
 
 
@@ -238,6 +301,9 @@ def main():
     parser.add_argument("--ps", type=int, default=2)
     parser.add_argument("--input", choices=("tsv", "parsed"), default="tsv",
                         help="read the TSV in the job (tsv), or parse it before the clock")
+    parser.add_argument("--table", choices=("buckets", "dynamic"), default="buckets",
+                        help="the fields' table: 2**20 hash buckets, or a TFRA dynamic table "
+                             "(run by PSFLOW_TFRA_PYTHON)")
     parser.add_argument("--task", dest="role", choices=["ps", "worker"])
     parser.add_argument("--index", type=int, default=0)
     parser.add_argument("--cluster")
@@ -245,7 +311,10 @@ def main():
     if args.role:
         task(args)
         return
-    figures = job(args.data, args.steps, args.workers, args.ps, args.input)
+    try:
+        figures = job(args.data, args.steps, args.workers, args.ps, args.input, table=args.table)
+    except common.MissingPeer as error:
+        sys.exit(f"tf_ctr.py: {error}")
     timed = figures["timed_cpu_seconds"] / (figures["timed_examples"] / 1000)
     whole = figures["cpu_seconds"] / (args.steps * BATCH / 1000)
     print(f"throughput: {figures['throughput']:.1f} examples/s  test auc: {figures['auc']:.4f}"
