@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parent / "examples"
 sys.path.insert(0, str(HERE / "peers"))
 import tf_ctr  # noqa: E402
-from ctr_jobs import best_of, make_data, peer_missing, peers_python, psflow_job  # noqa: E402
+from ctr_jobs import best_of, make_data, peer_missing, psflow_job  # noqa: E402
 
 FIXED, HASHED = "psflow, fixed tables", "psflow, hash-keyed tables"
 TENSORFLOW, TFRA = "TensorFlow TF1 PS runtime", "TFRA dynamic_embedding"
@@ -118,11 +118,9 @@ def peer_jobs(path, steps, workers, ps):
     missing = peer_missing("PSFLOW_TFRA_PYTHON", "tensorflow_recommenders_addons")
     if missing:
         print(f"  {TFRA} skipped: {missing}", flush=True)
-    else:
-        def tfra():
-            with peers_python(os.environ["PSFLOW_TFRA_PYTHON"]):
-                return tf_ctr.job(path, steps, workers, ps, input="parsed", table="dynamic")
-        jobs[TFRA] = tfra
+    else:  # tf_ctr.py runs its hash-keyed tables with PSFLOW_TFRA_PYTHON
+        jobs[TFRA] = lambda: tf_ctr.job(path, steps, workers, ps, input="parsed",
+                                        table="dynamic")
     return jobs
 
 

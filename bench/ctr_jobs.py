@@ -2,7 +2,6 @@
 each measured by bench/peers/common.py's run_job (examples/s, test AUC and the CPU seconds of
 every process of the job, read from /proc), run alternately, each job's best round kept."""
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -41,20 +40,6 @@ def peer_missing(variable="PSFLOW_PEERS_PYTHON", module="tensorflow"):
     if subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode:
         return f"{python} has no {module}"
     return None
-
-
-@contextlib.contextmanager
-def peers_python(python):
-    """The peers' jobs started inside run with this interpreter (common.python())."""
-    before = os.environ.get("PSFLOW_PEERS_PYTHON")
-    os.environ["PSFLOW_PEERS_PYTHON"] = python
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["PSFLOW_PEERS_PYTHON"]
-        else:
-            os.environ["PSFLOW_PEERS_PYTHON"] = before
 
 
 def describe(name, figures):
