@@ -162,7 +162,7 @@ def peers(rows, steps, rounds, sizes):
     with tempfile.TemporaryDirectory() as folder:
         path = make_data(rows, folder, "clicks.tsv")
         for workers, ps in sizes:
-            print(f"{rows:,} rows parsed before the clock, {workers} workers / {ps} PS, batch "
+            print(f"{rows:,} rows parsed before the clock, {workers}x{ps} (workers x PS), batch "
                   f"{tf_ctr.BATCH}, {steps} steps, best of {rounds}:", flush=True)
             best = best_of(peer_jobs(path, steps, workers, ps), rounds, steps, optional={TFRA})
             print_ratios(best)
