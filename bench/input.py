@@ -33,7 +33,6 @@ categoricals, tab-separated, any field may be empty). Figures, each printed:
 import argparse
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,19 +44,12 @@ import psflow as tf
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench" / "peers"))
-import common  # noqa: E402
 import tf_ctr  # noqa: E402
+from ctr_jobs import best_of, make_data, peer_missing, psflow_job  # noqa: E402
 
 TARGET_ROWS_PER_S = 300_000
 TARGET_E2E = 1.3
 DEFAULTS = [[0]] + [[0.0]] * 13 + [[""]] * 26
-
-
-def make_data(rows, folder, name="criteo.tsv"):
-    path = os.path.join(folder, name)
-    subprocess.run([sys.executable, str(ROOT / "examples" / "make_ctr_data.py"), path,
-                    "--rows", str(rows)], check=True, stdout=subprocess.DEVNULL)
-    return path
 
 
 def parse(lines):
@@ -164,39 +156,13 @@ def time_steps(path, batch, steps):
     return figures
 
 
-def psflow_job(path, steps, table):
-    command = [sys.executable, "-m", "psflow.launcher", "--no-progress", "--workers", "2",
-               "--ps", "2", str(ROOT / "examples" / "ctr.py"), "--data", path, "--steps",
-               str(steps), "--table", table]
-    # the launcher exits once its job is done; until then the meter samples its children
-    return common.run_job([("launcher", command, {})], env={"PYTHONUNBUFFERED": "1"},
-                          grace=300)
-
-
-def peer_missing():
-    """Why the TensorFlow peer cannot run here, or None."""
-    if not os.environ.get("PSFLOW_PEERS_PYTHON"):
-        return "PSFLOW_PEERS_PYTHON is unset"
-    found = subprocess.run([common.python(), "-c", "import tensorflow"],
-                           capture_output=True)
-    if found.returncode != 0:
-        return f"{common.python()} has no tensorflow"
-    return None
-
-
-def describe(name, figures):
-    return (f"{name:26}: {figures['throughput']:>8,.0f} examples/s  test auc "
-            f"{figures['auc']:.4f}  CPU s per 1,000 examples {figures['timed_cpu_per_1000']:.3f}"
-            f" timed, {figures['cpu_per_1000']:.3f} whole job")
-
-
 def end_to_end(rows, steps, rounds, folder):
     """Part 4: {job: best figures} of psflow's two table kinds and the TensorFlow peer, run
     alternately, each job's best round by examples/s."""
     path = make_data(rows, folder, "clicks.tsv")
-    examples = steps * tf_ctr.BATCH / 1000
-    jobs = {"psflow, fixed tables": lambda: psflow_job(path, steps, "buckets"),
-            "psflow, hash-keyed tables": lambda: psflow_job(path, steps, "dynamic")}
+    script = ROOT / "examples" / "ctr.py"
+    jobs = {"psflow, fixed tables": lambda: psflow_job(script, path, steps, "buckets"),
+            "psflow, hash-keyed tables": lambda: psflow_job(script, path, steps, "dynamic")}
     missing = peer_missing()
     if missing:
         print(f"  TensorFlow peer skipped: {missing}", flush=True)
@@ -204,18 +170,7 @@ def end_to_end(rows, steps, rounds, folder):
         jobs["TensorFlow TF1 PS runtime"] = lambda: tf_ctr.job(path, steps, 2, 2, "tsv")
     print(f"end to end on {rows:,} rows, 2 workers / 2 PS, batch {tf_ctr.BATCH}, {steps} "
           f"steps, input included, best of {rounds}:", flush=True)
-    best = {}
-    for round_ in range(rounds):
-        for name, run in jobs.items():
-            figures = run()
-            figures["cpu_per_1000"] = figures["cpu_seconds"] / examples
-            figures["timed_cpu_per_1000"] = figures["timed_cpu_seconds"] / \
-                (figures["timed_examples"] / 1000)
-            print(f"  round {round_ + 1}, {describe(name, figures)}", flush=True)
-            if name not in best or figures["throughput"] > best[name]["throughput"]:
-                best[name] = figures
-    for name, figures in best.items():
-        print(f"  best,    {describe(name, figures)}", flush=True)
+    best = best_of(jobs, rounds, steps)
     peer = best.get("TensorFlow TF1 PS runtime")
     if peer:
         for name in ("psflow, fixed tables", "psflow, hash-keyed tables"):
