@@ -3,6 +3,7 @@ batches and the way throughput is measured, and a runner that starts a job's pro
 loopback and stops them once the chief has printed its figure."""
 
 import argparse
+import json
 import os
 import re
 import selectors
@@ -226,3 +227,26 @@ def task_parser():
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--ps", type=int, default=1)
     return parser
+
+
+def tf_cluster_commands(script, python, workers, ps, *args):
+    """The (role, command, env) of every task of a TensorFlow job on loopback: `script` run by
+    `python` with --task, --index, --cluster (a ClusterSpec's JSON) and `args`."""
+    ports = free_ports(ps + workers)
+    cluster = json.dumps({"ps": [f"127.0.0.1:{p}" for p in ports[:ps]],
+                          "worker": [f"127.0.0.1:{p}" for p in ports[ps:]]})
+    return [(f"{role}{i}", [python, str(script), "--task", role, "--index", str(i), "--cluster",
+                            cluster, *map(str, args)], {})
+            for role, count in (("ps", ps), ("worker", workers)) for i in range(count)]
+
+
+def tf_server(tf, args):
+    """This task's (ClusterSpec, ConfigProto, Server) for TF1's PS runtime; a ps task serves
+    until it is stopped and gets None."""
+    cluster = tf.train.ClusterSpec(json.loads(args.cluster))
+    config = tf.ConfigProto(device_filters=["/job:ps", f"/job:worker/task:{args.index}"])
+    server = tf.train.Server(cluster, job_name=args.role, task_index=args.index, config=config)
+    if args.role == "ps":
+        server.join()
+        return None
+    return cluster, config, server

@@ -47,7 +47,6 @@ and `test auc: A` over the held-out lines (tf.metrics.auc, 2000 thresholds).
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -192,12 +191,10 @@ def task(args):
         if not hasattr(variables, "RefVariable"):
             variables.RefVariable = ref_variable.RefVariable
     tf.logging.set_verbosity(tf.logging.ERROR)
-    cluster = tf.train.ClusterSpec(json.loads(args.cluster))
-    config = tf.ConfigProto(device_filters=["/job:ps", f"/job:worker/task:{args.index}"])
-    server = tf.train.Server(cluster, job_name=args.role, task_index=args.index, config=config)
-    if args.role == "ps":
-        server.join()
+    started = common.tf_server(tf, args)
+    if started is None:
         return
+    cluster, config, server = started
     workers, num_ps = cluster.num_tasks("worker"), cluster.num_tasks("ps")
     is_chief = args.index == 0
     lines = count_lines(args.data)
@@ -282,17 +279,9 @@ def interpreter(table):
 def job(data, steps=800, workers=2, ps=2, input="tsv", timeout=1800, table="buckets"):
     """Runs a job on loopback; returns common.run_job's figures (throughput, auc, cpu).
     Raises common.MissingPeer when table="dynamic" and PSFLOW_TFRA_PYTHON has no TFRA."""
-    python = interpreter(table)
-    ports = common.free_ports(ps + workers)
-    cluster = {"ps": [f"127.0.0.1:{p}" for p in ports[:ps]],
-               "worker": [f"127.0.0.1:{p}" for p in ports[ps:]]}
-    commands = []
-    for role, count in (("ps", ps), ("worker", workers)):
-        for i in range(count):
-            commands.append((f"{role}{i}", [python, __file__, "--task", role, "--index", str(i),
-                                             "--cluster", json.dumps(cluster), "--data",
-                                             str(data), "--steps", str(steps), "--input", input,
-                                             "--table", table], {}))
+    commands = common.tf_cluster_commands(__file__, interpreter(table), workers, ps, "--data",
+                                          data, "--steps", steps, "--input", input, "--table",
+                                          table)
     return common.run_job(commands, ("throughput", "auc"), timeout=timeout)
 
 

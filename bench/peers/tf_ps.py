@@ -7,7 +7,6 @@ every worker waits until all have joined before its first step.
     python bench/peers/tf_ps.py --model mlp --mode async --workers 2 --ps 1   # runs a job
 """
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,12 +18,10 @@ import common  # noqa: E402
 def task(args):
     import tensorflow.compat.v1 as tf
     tf.disable_v2_behavior()
-    cluster = tf.train.ClusterSpec(json.loads(args.cluster))
-    config = tf.ConfigProto(device_filters=["/job:ps", f"/job:worker/task:{args.index}"])
-    server = tf.train.Server(cluster, job_name=args.role, task_index=args.index, config=config)
-    if args.role == "ps":
-        server.join()
+    started = common.tf_server(tf, args)
+    if started is None:
         return
+    cluster, config, server = started
     workers = cluster.num_tasks("worker")
     is_chief = args.index == 0
     sizes = common.MODELS[args.model]
@@ -86,17 +83,8 @@ def task(args):
 
 
 def job(model, mode="async", workers=2, ps=1):
-    ports = common.free_ports(ps + workers)
-    cluster = {"ps": [f"127.0.0.1:{p}" for p in ports[:ps]],
-               "worker": [f"127.0.0.1:{p}" for p in ports[ps:]]}
-    commands = []
-    for role, count in (("ps", ps), ("worker", workers)):
-        for i in range(count):
-            commands.append((f"{role}{i}", [common.python(), __file__, "--task", role,
-                                             "--index", str(i), "--cluster",
-                                             json.dumps(cluster), "--model", model,
-                                             "--mode", mode], {}))
-    return common.run(commands)
+    return common.run(common.tf_cluster_commands(__file__, common.python(), workers, ps,
+                                                 "--model", model, "--mode", mode))
 
 
 def main():
