@@ -164,7 +164,7 @@ def peers(rows, steps, rounds, sizes):
         for workers, ps in sizes:
             print(f"{rows:,} rows parsed before the clock, {workers}x{ps} (workers x PS), batch "
                   f"{tf_ctr.BATCH}, {steps} steps, best of {rounds}:", flush=True)
-            best = best_of(peer_jobs(path, steps, workers, ps), rounds, steps, optional={TFRA})
+            best = best_of(peer_jobs(path, steps, workers, ps), rounds, steps)
             print_ratios(best)
 
 

@@ -34,11 +34,10 @@ def psflow_job(script, path, steps, table, workers=2, ps=2):
 
 def peer_missing(variable="PSFLOW_PEERS_PYTHON", module="tensorflow"):
     """Why the interpreter the environment variable names cannot run a peer, or None."""
-    python = os.environ.get(variable)
-    if not python:
-        return f"{variable} is unset"
-    if subprocess.run([python, "-c", f"import {module}"], capture_output=True).returncode:
-        return f"{python} has no {module}"
+    try:
+        common.python(variable, module)
+    except common.MissingPeer as missing:
+        return str(missing)
     return None
 
 
@@ -48,26 +47,16 @@ def describe(name, figures):
             f" timed, {figures['cpu_per_1000']:.3f} whole job")
 
 
-def best_of(jobs, rounds, steps, optional=()):
+def best_of(jobs, rounds, steps):
     """Runs the jobs ({name: function returning run_job's figures}) alternately, `rounds`
     times; returns {name: the figures of its round with the most examples/s}, each with its
-    CPU seconds per 1,000 examples over the timed steps and over the whole job. A job named
-    in `optional` that raises TypeError or RuntimeError is dropped with a printed line."""
-    examples = steps * tf_ctr.BATCH / 1000
-    jobs, best = dict(jobs), {}
+    CPU seconds per 1,000 examples over the timed steps and over the whole job."""
+    best = {}
     for round_ in range(rounds):
-        for name, run in list(jobs.items()):
-            try:
-                figures = run()
-            except (TypeError, RuntimeError) as exc:
-                if name not in optional:
-                    raise
-                print(f"  {name} skipped: {str(exc).splitlines()[0]}", flush=True)
-                del jobs[name]
-                continue
-            figures["cpu_per_1000"] = figures["cpu_seconds"] / examples
-            figures["timed_cpu_per_1000"] = figures["timed_cpu_seconds"] / \
-                (figures["timed_examples"] / 1000)
+        for name, run in jobs.items():
+            figures = run()
+            figures["timed_cpu_per_1000"], figures["cpu_per_1000"] = common.cpu_per_1000(
+                figures, steps * tf_ctr.BATCH)
             print(f"  round {round_ + 1}, {describe(name, figures)}", flush=True)
             if name not in best or figures["throughput"] > best[name]["throughput"]:
                 best[name] = figures

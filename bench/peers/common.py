@@ -192,6 +192,13 @@ def run_job(commands, wanted=("throughput", "auc"), timeout=1800, grace=60, env=
             process.stdout.close()
 
 
+def cpu_per_1000(figures, examples):
+    """(timed, whole job): run_job's CPU seconds per 1,000 examples over the timed steps, and
+    over the whole job of `examples` trained."""
+    return (figures["timed_cpu_seconds"] / (figures["timed_examples"] / 1000),
+            figures["cpu_seconds"] / (examples / 1000))
+
+
 class MissingPeer(RuntimeError):
     """A peer's interpreter lacks the peer's library (a bench script may skip that peer)."""
 

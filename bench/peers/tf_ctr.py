@@ -307,10 +307,10 @@ def main():
         figures = job(args.data, args.steps, args.workers, args.ps, args.input, table=args.table)
     except common.MissingPeer as error:
         sys.exit(f"tf_ctr.py: {error}")
-    timed = figures["timed_cpu_seconds"] / (figures["timed_examples"] / 1000)
-    whole = figures["cpu_seconds"] / (args.steps * BATCH / 1000)
+    timed, whole = common.cpu_per_1000(figures, args.steps * BATCH)
     print(f"throughput: {figures['throughput']:.1f} examples/s  test auc: {figures['auc']:.4f}"
           f"  CPU s per 1,000 examples: {timed:.3f} timed, {whole:.3f} whole job")
+
 
 if __name__ == "__main__":
     main()
