@@ -14,16 +14,15 @@ from .graph import Node, convert_to_tensor
 from .sparse_ops import SparseTensor
 
 
-class _Split(Node):
-    """One part of the split of a batch of strings: (entries' (row, position), their tokens,
-    the dense shape) with `part` 0, 1 or 2."""
+class _Tokens(Node):
+    """A batch of strings split once: (tokens per string, the tokens in order), read by the
+    three _SplitPart nodes of the SparseTensor."""
 
-    def __init__(self, x, part, sep, maxsplit, delimiters, skip_empty):
+    def __init__(self, x, sep, maxsplit, delimiters, skip_empty):
         # sep and delimiters are str (a servable stores str, not bytes), split as UTF-8
-        self.part, self.sep, self.maxsplit = part, sep, maxsplit
+        self.sep, self.maxsplit = sep, maxsplit
         self.delimiters, self.skip_empty = delimiters, skip_empty
-        shape, dtype = [((None, 2), int64), ((None,), string), ((2,), int64)][part]
-        super().__init__((x,), name="StringSplit", shape=shape, dtype=dtype)
+        super().__init__((x,), name="StringSplit")
 
     def tokens(self, text):
         if self.delimiters == "":
@@ -41,12 +40,26 @@ class _Split(Node):
                              f"shape {x.shape}")
         split = [self.tokens(bytes(s)) for s in x]
         counts = np.fromiter(map(len, split), np.int64, len(split))
-        if self.part == 2:
-            return np.array([len(x), counts.max(initial=0)], np.int64)
+        flat = [t for row in split for t in row]
+        return counts, (np.array(flat, dtype="S") if flat else np.zeros(0, "S1"))
+
+
+class _SplitPart(Node):
+    """Part `part` of a split's SparseTensor: its entries' (row, position) (0), their tokens
+    (1) or its dense shape (2)."""
+
+    def __init__(self, tokens, part):
+        self.part = part
+        shape, dtype = [((None, 2), int64), ((None,), string), ((2,), int64)][part]
+        super().__init__((tokens,), name="StringSplit", shape=shape, dtype=dtype)
+
+    def forward(self, tokens):
+        counts, values = tokens
         if self.part == 1:
-            flat = [t for row in split for t in row]
-            return np.array(flat, dtype="S") if flat else np.zeros(0, "S1")
-        rows = np.repeat(np.arange(len(x), dtype=np.int64), counts)
+            return values
+        if self.part == 2:
+            return np.array([len(counts), counts.max(initial=0)], np.int64)
+        rows = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
         positions = np.arange(len(rows), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts,
                                                                       counts)
         return np.stack([rows, positions], axis=1)
@@ -59,8 +72,8 @@ def _sparse_split(function, source, sep, maxsplit, delimiters, skip_empty):
     if x.shape is not None and len(x.shape) != 1:
         raise ValueError(f"{function}: input must be a batch of strings of rank 1, got shape "
                          f"{x.shape}")
-    parts = [_Split(x, k, sep, maxsplit, delimiters, skip_empty) for k in range(3)]
-    return SparseTensor(*parts)
+    tokens = _Tokens(x, sep, maxsplit, delimiters, skip_empty)
+    return SparseTensor(*(_SplitPart(tokens, k) for k in range(3)))
 
 
 def _as_text(function, name, value):
