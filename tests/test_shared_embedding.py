@@ -155,3 +155,23 @@ def test_segment_sum_equals_add_at(case):
     want = np.zeros((count, 3), np.float32)
     np.add.at(want, rows, values)
     assert np.allclose(segment_sum(values, rows, count), want, atol=1e-6)
+
+
+def test_a_weighted_column_in_a_shared_run_combines_as_alone():
+    rows = {"a": ROWS["a"], "b": ROWS["b"],
+            "w": np.array([[2.0, 1.0], [1.0, 1.0], [0.5, 3.0], [1.0, 0.0]], np.float32)}
+    features = placeholders(rows)
+    weighted = fc.weighted_categorical_column(fc.categorical_column_with_hash_bucket("a", 7),
+                                              "w")
+    shared = fc.shared_embedding_columns([weighted, fc.categorical_column_with_hash_bucket(
+        "b", 7)], 3, initializer=tf.random_normal_initializer(seed=4))
+    fused = fc.input_layer(features, shared)
+    alone = tf.concat([fc.input_layer(features, [c]) for c in shared], axis=1)
+    with tf.Session() as sess:
+        sess.run(tf.global_variables_initializer())
+        table = sess.run(tf.global_variables()[0])
+        fused_v, alone_v = sess.run([fused, alone], {features[k]: v for k, v in rows.items()})
+    # Row 0 of a: ids of "x" and "y" weighted 2 and 1, their weighted mean.
+    ids = (fingerprint64(np.array(["x", "y"], "S")).astype(np.uint64) % 7).astype(np.int64)
+    assert np.allclose(fused_v[0, :3], (2 * table[ids[0]] + table[ids[1]]) / 3, atol=1e-6)
+    assert np.allclose(fused_v, alone_v, atol=1e-6)
