@@ -38,7 +38,7 @@ class DeclareVariablesRequest(_message.Message):
     def __init__(self, variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ...) -> None: ...
 
 class TableSpec(_message.Message):
-    __slots__ = ("name", "dim", "dtype", "initializer", "initializer_params", "filter_freq", "steps_to_live")
+    __slots__ = ("name", "dim", "dtype", "initializer", "initializer_params", "filter_freq", "steps_to_live", "max_rows")
     class InitializerParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +53,7 @@ class TableSpec(_message.Message):
     INITIALIZER_PARAMS_FIELD_NUMBER: _ClassVar[int]
     FILTER_FREQ_FIELD_NUMBER: _ClassVar[int]
     STEPS_TO_LIVE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     dtype: str
@@ -60,7 +61,8 @@ class TableSpec(_message.Message):
     initializer_params: _containers.ScalarMap[str, float]
     filter_freq: int
     steps_to_live: int
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., initializer: _Optional[str] = ..., initializer_params: _Optional[_Mapping[str, float]] = ..., filter_freq: _Optional[int] = ..., steps_to_live: _Optional[int] = ...) -> None: ...
+    max_rows: int
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., initializer: _Optional[str] = ..., initializer_params: _Optional[_Mapping[str, float]] = ..., filter_freq: _Optional[int] = ..., steps_to_live: _Optional[int] = ..., max_rows: _Optional[int] = ...) -> None: ...
 
 class DeclareVariablesResponse(_message.Message):
     __slots__ = ("initialized",)

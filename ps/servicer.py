@@ -148,7 +148,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             self.store.declare_tables([{
                 "name": t.name, "dim": t.dim, "dtype": t.dtype,
                 "initializer": {"kind": t.initializer, **dict(t.initializer_params)},
-                "filter_freq": t.filter_freq, "steps_to_live": t.steps_to_live}
+                "filter_freq": t.filter_freq, "steps_to_live": t.steps_to_live,
+                "max_rows": t.max_rows}
                 for t in request.tables])
         return pb.DeclareVariablesResponse(initialized=initialized)
 
