@@ -3,6 +3,7 @@
     python -m psflow.ps --task-index I --num-workers N [--host 127.0.0.1] [--port 0]
         [--port-fallback] [--port-file PATH] [--insecure] [--checkpoint-root DIR]
         [--allow-nonfinite] [--metrics-port PORT] [--metrics-host HOST] [--parent-pid PID]
+        [--publish-period 0.2] [--dense-period 5] [--follower-buffer-bytes N]
         [--log-level INFO]
 
 Exits 0 when the shard's lifecycle ends normally (every worker done, SIGTERM/SIGINT, the parent
@@ -16,7 +17,7 @@ import signal
 import sys
 
 from psflow import monitoring, settings
-from psflow.argparsing import OneLineParser, one_of, port, whole_number
+from psflow.argparsing import OneLineParser, one_of, port, seconds, whole_number
 from psflow.fileio import atomic_write, default_checkpoint_roots
 from psflow.train.cluster import task_config_from_env
 from psflow.transport import memory
@@ -59,6 +60,18 @@ def parse_args(argv):
     data.add_argument("--allow-nonfinite", action="store_true",
                       default=settings.ALLOW_NONFINITE.get(),
                       help="apply gradients that hold NaN or Inf (refused by default)")
+    publishing = parser.add_argument_group("publishing to serving (the Follow rpc)")
+    publishing.add_argument("--publish-period", type=seconds, default=0.2,
+                            metavar="SECONDS",
+                            help="how often the tables' changes go to followers (default 0.2)")
+    publishing.add_argument("--dense-period", type=seconds, default=5.0,
+                            metavar="SECONDS",
+                            help="how often the dense variables' values go to followers "
+                                 "(default 5)")
+    publishing.add_argument("--follower-buffer-bytes", type=whole_number(1),
+                            default=256 << 20, metavar="BYTES",
+                            help="the most bytes kept for one follower; one further behind "
+                                 "is dropped and resyncs (default 256 MiB)")
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument("--metrics-port", type=port, metavar="PORT",
                          help="serve Prometheus metrics on http://HOST:PORT/metrics (0 picks a "
@@ -119,7 +132,10 @@ def main(argv=None):
                                  host=args.host, port=args.port,
                                  port_fallback=args.port_fallback, parent_pid=args.parent_pid,
                                  checkpoint_root=args.checkpoint_root,
-                                 allow_nonfinite=args.allow_nonfinite, insecure=args.insecure)
+                                 allow_nonfinite=args.allow_nonfinite, insecure=args.insecure,
+                                 publish_period=args.publish_period,
+                                 dense_period=args.dense_period,
+                                 follower_buffer_bytes=args.follower_buffer_bytes)
     except ValueError as exc:  # e.g. TLS files that cannot be read
         log.error("%s", exc)
         return 2
