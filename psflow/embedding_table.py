@@ -290,15 +290,17 @@ class EmbeddingTable(TableState):
         return int(rows.size)
 
     # -- changes ------------------------------------------------------------------------------
-    def changes_since(self, seq):
-        """"Rows changed since X": a Changes(keys, values, removed, upto) of what changed after
-        sequence `seq` (0: everything, as a full copy): the keys and current values of the
-        rows changed after it, the keys whose rows were removed after it and have none now,
-        and `upto`, the sequence all of the table's changes are in them up to. The one way
-        anything follows a table (the parameter stream, replica catch-up, incremental
-        checkpoints); the caller holds the table's lock, as for any read. Costs the rows
-        changed and one look per block of rows, not a pass over the table; ChangesLost when
-        `seq` is older than the removals the table still knows."""
+    def changes_since(self, seq, with_state=False):
+        """"Rows changed since X": a Changes(keys, values, removed, upto, state) of what changed
+        after sequence `seq` (0: everything, as a full copy): the keys and current values of
+        the rows changed after it, the keys whose rows were removed after it and have none
+        now, and `upto`, the sequence all of the table's changes are in them up to; with
+        `with_state`, `state` holds those rows' fields as state() gives them (their last
+        steps and optimizer slots too), which `load` sets on another table. The one way
+        anything follows a table (the parameter stream reads values, replica catch-up and
+        incremental checkpoints the state); the caller holds the table's lock, as for any
+        read. Costs the rows changed and one look per block of rows, not a copy of the table;
+        ChangesLost when `seq` is older than the removals the table still knows."""
         seq = int(seq)
         upto = self.clock.value
         if seq <= 0:
@@ -311,7 +313,14 @@ class EmbeddingTable(TableState):
         values = self.values.view()[rows]
         if removed.size and keys.size:  # removed, then created again: a row now
             removed = removed[~np.isin(removed, keys)]
-        return Changes(keys, values, removed, upto)
+        state = None
+        if with_state:
+            state = {"keys": keys, "values": values, "last_step": self.last_step.view()[rows]}
+            for rule, rule_slots in self.slots.items():
+                for name, slot in rule_slots.items():
+                    state[f"slot/{rule}/{name}"] = slot.view()[rows] \
+                        if isinstance(slot, Growable) else slot.copy()
+        return Changes(keys, values, removed, upto, state)
 
     # -- state ----------------------------------------------------------------------------------
     def export(self):

@@ -31,8 +31,10 @@ TOMBSTONE_LIMIT = 1 << 20  # keys a table's tombstone log keeps
 
 # A table's changes after `since`: rows (int64 keys [n], values [n, dim]) changed after it with
 # their values now, keys [m] whose rows were removed after it and have none now, and `upto`:
-# every change up to that sequence is in them (later ones may be too).
-Changes = collections.namedtuple("Changes", "keys values removed upto")
+# every change up to that sequence is in them (later ones may be too). `state`, when asked
+# for, is everything else a copy of the table needs of those rows, in EmbeddingTable.state()'s
+# fields (keys, values, last_step, slots): what `load` takes.
+Changes = collections.namedtuple("Changes", "keys values removed upto state")
 
 
 class ChangesLost(FailedPreconditionError):

@@ -109,6 +109,12 @@ class ShardFollower:
                     if not self._stopping.is_set():
                         log.info("following %s: %s", self.address, self.last_error)
                         self.stats["resyncs"] += 1
+                except Exception as exc:  # noqa: BLE001 -- an update it cannot apply
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("following %s: an update could not be applied; resyncing",
+                                  self.address)
+                    self.seq = 0
+                    self.stats["resyncs"] += 1
                 finally:
                     if self._call is not None:
                         self._call.cancel()

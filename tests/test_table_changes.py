@@ -171,3 +171,28 @@ def test_a_local_session_keeps_a_capped_table_at_its_cap():
                 sess.run(train, {ids: np.arange(start, start + 2)})
             keys, _ = sess.store.tables[ev].export()
             assert len(keys) <= 3 and {8, 9} <= set(keys.tolist())
+
+
+def test_changes_with_state_bring_a_copy_up_to_date_slots_and_all():
+    adagrad = UpdateRule("adagrad", learning_rate=0.5, initial_accumulator_value=0.1)
+    rng = np.random.default_rng(5)
+    source, copy = table(steps_to_live=2), table()
+    seen = 0
+    for step in range(12):
+        keys = np.unique(rng.integers(0, 60, size=15))
+        source.lookup(keys, global_step=step)
+        source.apply(adagrad, keys, rng.normal(size=(keys.size, 2)).astype(np.float32), step)
+        source.evict(step)
+        if step % 4 == 3:  # an incremental copy every few steps
+            changes = source.changes_since(seen, with_state=True)
+            copy.remove_keys(changes.removed)
+            copy.load(changes.state, rules={"adagrad": adagrad})
+            seen = changes.upto
+    changes = source.changes_since(seen, with_state=True)
+    copy.remove_keys(changes.removed)
+    copy.load(changes.state, rules={"adagrad": adagrad})
+    mine, theirs = source.state(), copy.state()
+    order_a, order_b = np.argsort(mine["keys"]), np.argsort(theirs["keys"])
+    for field in ("keys", "values", "last_step", "slot/adagrad/accumulator"):
+        assert np.array_equal(np.asarray(mine[field])[order_a],
+                              np.asarray(theirs[field])[order_b]), field
