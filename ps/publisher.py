@@ -128,9 +128,10 @@ class Publisher:
 
     # -- joining -----------------------------------------------------------------------------
     def follow(self, after_seq=0, incarnation=0):
-        """A new Follower, and the messages of its catch-up to send before its queue: a delta
-        from `after_seq` when the shard can continue from there, a snapshot otherwise. Every
-        delta published after this call is in its queue."""
+        """A new Follower, and the messages of its catch-up to send before its queue (an
+        iterable; a snapshot's are read and made as they are sent): a delta from `after_seq`
+        when the shard can continue from there, a snapshot otherwise. Every delta published
+        after this call is in its queue."""
         follower = Follower(self.buffer_bytes)
         with self._lock:
             if self._stopped:
@@ -142,8 +143,8 @@ class Publisher:
             self._wake.notify_all()
         catch_up = None
         if incarnation == self.incarnation and 0 < after_seq <= start:
-            try:
-                catch_up = self._update(after_seq, start, dense=True, snapshot=False)
+            try:  # read now: ChangesLost turns it into a snapshot
+                catch_up = list(self._update(after_seq, start, dense=True, snapshot=False))
                 self.stats["catch_ups"] += 1
             except ChangesLost:
                 catch_up = None
@@ -184,7 +185,8 @@ class Publisher:
             if upto == self.published and not dense:
                 return []
             try:
-                messages = self._update(self.published, upto, dense=dense, snapshot=False)
+                messages = list(self._update(self.published, upto, dense=dense,
+                                             snapshot=False))
             except ChangesLost as exc:
                 self._drop_locked(f"{exc}; resync")
                 return []
@@ -214,52 +216,48 @@ class Publisher:
 
     # -- building updates --------------------------------------------------------------------
     def _update(self, since, upto, dense, snapshot):
-        """The serialized messages of an update from `since` to `upto` (see ParameterUpdate):
-        each table's changes since `since` (read under its lock), then the dense values."""
+        """The serialized messages of an update from `since` to `upto` (see ParameterUpdate),
+        made as they are consumed: each table's changes since `since` (a snapshot's a chunk of
+        rows at a time, see EmbeddingTable.changes_in_chunks), then the dense values."""
         header = dict(incarnation=self.incarnation, shard=self.store.shard, from_seq=since,
                       to_seq=upto, snapshot=snapshot)
-        parts = []  # (TableUpdate or NamedTensor field name, filler, bytes)
+        current, size = pb.ParameterUpdate(**header), 0
+        for field, part, nbytes in self._parts(since, dense, snapshot):
+            if size and size + nbytes > self.chunk_bytes:
+                yield current.SerializeToString()
+                current, size = pb.ParameterUpdate(**header), 0
+            getattr(current, field).append(part)
+            size += nbytes
+        current.last = True
+        yield current.SerializeToString()
+
+    def _parts(self, since, dense, snapshot):
+        """(ParameterUpdate field, TableUpdate or NamedTensor, bytes) of an update."""
         for name, held in sorted(self.store.tables.held.items()):
-            with held.lock:
-                changes = held.table.changes_since(since)
-            if not snapshot and not changes.keys.size and not changes.removed.size:
-                continue
             row_bytes = held.dim * held.dtype.itemsize + 8
             step = max(1, self.chunk_bytes // row_bytes)
-            for start in range(0, max(changes.keys.size, 1), step):
-                parts.append(("tables", _table_part(
-                    name, held, changes.keys[start:start + step],
-                    changes.values[start:start + step],
-                    changes.removed if start == 0 else None),
-                    min(step, changes.keys.size) * row_bytes + changes.removed.size * 8))
+            sent = False
+            for changes in held.table.changes_in_chunks(held.lock, since, step):
+                for start in range(0, changes.keys.size, step):
+                    keys = changes.keys[start:start + step]
+                    removed = changes.removed if start == 0 else None
+                    yield "tables", _table_part(name, held, keys,
+                                                changes.values[start:start + step],
+                                                removed), keys.size * row_bytes
+                    sent = True
+                if not sent and (snapshot or changes.removed.size):
+                    yield "tables", _table_part(name, held, changes.keys, changes.values,
+                                                changes.removed), changes.removed.size * 8
+                    sent = True
         if dense:
-            for name, value in self._dense_values():
-                parts.append(("dense", (name, value), value.nbytes))
-        return self._messages(header, parts)
-
-    def _dense_values(self):
-        out = []
-        for name, var in sorted(self.store.variables.held.items()):
-            with var.lock:
-                if var.value is not None:
-                    out.append((name, np.array(var.value, copy=True)))
-        return out
-
-    def _messages(self, header, parts):
-        messages, current, size = [], pb.ParameterUpdate(**header), 0
-        for field, part, nbytes in parts:
-            if size and size + nbytes > self.chunk_bytes:
-                messages.append(current)
-                current, size = pb.ParameterUpdate(**header), 0
-            if field == "tables":
-                current.tables.append(part)
-            else:
-                name, value = part
-                codec.encode(value, current.dense.add(name=name).tensor)
-            size += nbytes
-        messages.append(current)
-        messages[-1].last = True
-        return [m.SerializeToString() for m in messages]
+            for name, var in sorted(self.store.variables.held.items()):
+                with var.lock:
+                    if var.value is None:
+                        continue
+                    value = pb.NamedTensor(name=name)
+                    codec.encode(var.value, value.tensor)
+                    nbytes = var.value.nbytes
+                yield "dense", value, nbytes
 
 
 def _table_part(name, held, keys, values, removed):

@@ -66,7 +66,7 @@ class EmbeddingTable(TableState):
         # (the usual case) finds them without probing the index again.
         self._recent = collections.OrderedDict()
         self._pending = {}  # rule name -> [(slot name, rows, array)] loaded before use
-        self._copying = 0  # copies for a checkpoint under way (see copy_state)
+        self._copying = 0  # copies under way (see copy_state, changes_in_chunks)
         self.stats = {"created": 0, "filtered": 0, "evicted": 0, "dropped_gradients": 0}
 
     def __len__(self):
@@ -321,6 +321,32 @@ class EmbeddingTable(TableState):
                     state[f"slot/{rule}/{name}"] = slot.view()[rows] \
                         if isinstance(slot, Growable) else slot.copy()
         return Changes(keys, values, removed, upto, state)
+
+    def changes_in_chunks(self, lock, seq, chunk_rows=1 << 16):
+        """changes_since(seq) as a series of Changes of at most `chunk_rows` rows each,
+        holding `lock` (the table's) for one at a time so that training goes on in between:
+        a full copy (`seq` 0) reads the rows a range at a time while they keep their places
+        (eviction and the cap wait, as for a checkpoint's copy); rows created or changed
+        meanwhile are newer than the first chunk's `upto` and so in the changes after it.
+        Later changes are read at once (they cost the rows changed)."""
+        if seq > 0:
+            with lock:
+                yield self.changes_since(seq)
+            return
+        with lock:
+            self._copying += 1
+            rows, upto = self.values.size, self.clock.value
+        try:
+            empty = np.zeros(0, dtype=np.int64)
+            for start in range(0, max(rows, 1), chunk_rows):
+                stop = min(start + chunk_rows, rows)
+                with lock:
+                    chunk = Changes(self.row_keys.array[start:stop].copy(),
+                                    self.values.array[start:stop].copy(), empty, upto, None)
+                yield chunk
+        finally:
+            with lock:
+                self._copying -= 1
 
     # -- state ----------------------------------------------------------------------------------
     def export(self):

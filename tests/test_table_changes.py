@@ -196,3 +196,22 @@ def test_changes_with_state_bring_a_copy_up_to_date_slots_and_all():
     for field in ("keys", "values", "last_step", "slot/adagrad/accumulator"):
         assert np.array_equal(np.asarray(mine[field])[order_a],
                               np.asarray(theirs[field])[order_b]), field
+
+
+def test_a_full_copy_in_chunks_lets_training_go_on_and_misses_nothing():
+    import threading
+    lock = threading.Lock()
+    t = table(steps_to_live=1)
+    t.lookup(np.arange(10), global_step=0)
+    copied, upto = {}, None
+    for chunk in t.changes_in_chunks(lock, 0, chunk_rows=4):
+        upto = chunk.upto if upto is None else upto
+        follow(copied, chunk)
+        with lock:  # training between chunks: rows created, updated; eviction waits
+            t.lookup(np.array([100 + len(copied)]), global_step=5)
+            t.apply(SGD, np.array([0]), np.ones((1, 2), np.float32), global_step=5)
+            assert t.evict(5) == 0
+    assert sorted(copied) == list(range(10))
+    follow(copied, t.changes_since(upto))
+    assert copied == rows_of(t)
+    assert t.evict(5) > 0  # once the copy is done
