@@ -326,3 +326,39 @@ def test_a_job_follower_reads_keys_and_parts_from_the_shards_that_own_them(tmp_p
             channel.close()
         for server in servers:
             server.stop(grace=0)
+
+
+def test_following_needs_the_jobs_token():
+    server = ParameterServer(port=0, token="job-secret").start()
+    address = f"127.0.0.1:{server.port}"
+    right = ShardFollower(address, token="job-secret").start()
+    wrong = ShardFollower(address, token="guess", retry_s=0.05).start()
+    try:
+        assert right.wait_synced(TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while wrong.last_error is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "UNAUTHENTICATED" in wrong.last_error
+        assert not wrong.wait_synced(0.1)
+    finally:
+        right.stop()
+        wrong.stop()
+        server.stop(grace=0)
+
+
+def test_a_bad_follow_request_is_refused_and_the_server_serves_on():
+    server = ParameterServer(port=0).start()
+    channel, stub = connect(f"127.0.0.1:{server.port}")
+    try:
+        follow = channel.unary_stream("/psflow.ParameterServer/Follow")
+        with pytest.raises(grpc.RpcError) as caught:
+            list(follow(b"\xff\xff\xff", timeout=TIMEOUT))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "FollowRequest" in caught.value.details()
+        stream = stub.Follow(pb.FollowRequest(after_seq=12345, incarnation=7), timeout=TIMEOUT)
+        first = next(stream)  # a position it cannot continue from: a snapshot
+        assert first.snapshot and first.last and first.from_seq == 0
+        stream.cancel()
+    finally:
+        channel.close()
+        server.stop(grace=0)
