@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
+import psflow as tf
 from psflow.checkpoint import read_shard_tables
 from psflow.key_index import shard_of_keys
 from psflow.proto import codec
@@ -20,6 +21,8 @@ from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 from psflow.ps.shard_server import ParameterServer
 from psflow.serving.param_follower import JobFollower, ShardFollower
+from psflow.train.cluster import ClusterSpec, TaskConfig
+from psflow.worker.distributed_session import DistributedSession
 
 SGD = pb.UpdateRule(name="sgd", hyper={"learning_rate": 0.1})
 TIMEOUT = 20
@@ -362,3 +365,42 @@ def test_a_bad_follow_request_is_refused_and_the_server_serves_on():
     finally:
         channel.close()
         server.stop(grace=0)
+
+
+def test_a_capped_table_trained_by_a_session_is_what_a_job_follower_reads(tmp_path):
+    servers = [ParameterServer(shard=k, num_workers=1, publish_period=0.02,
+                               dense_period=0.1).start() for k in range(2)]
+    addresses = [f"127.0.0.1:{s.port}" for s in servers]
+    job = JobFollower(addresses).start()
+    try:
+        with tf.Graph().as_default() as graph:
+            keys = tf.placeholder(tf.int64, shape=(None,), name="keys")
+            table = tf.get_embedding_variable("emb", embedding_dim=3, max_rows=30)
+            w = tf.Variable(np.ones((2, 3), np.float32), name="w")
+            rows = tf.nn.embedding_lookup(table, keys)
+            loss = tf.reduce_sum(tf.square(rows)) + tf.reduce_sum(tf.square(w))
+            train = tf.train.GradientDescentOptimizer(0.1).minimize(
+                loss, global_step=tf.train.get_or_create_global_step())
+            session = DistributedSession(graph, TaskConfig(ClusterSpec(
+                {"ps": addresses, "worker": ["127.0.0.1:0"]}), "worker", 0))
+            try:
+                for step in range(12):  # 10 new keys a step: the cap of 15 per shard holds
+                    session.run(train, {keys: np.arange(step * 10, step * 10 + 10)})
+                probe = np.arange(0, 120)
+                held = [len(s.store.tables.held["emb"].table) for s in servers]
+                assert all(0 < n <= 15 for n in held), held
+                assert job.wait_synced(TIMEOUT)
+                expected = session.run(rows, {keys: probe})
+                deadline = time.monotonic() + TIMEOUT
+                while not (np.array_equal(job.lookup("emb", probe), expected) and
+                           np.array_equal(job.dense("w"), session.run(w))):
+                    assert time.monotonic() < deadline, "the job follower did not converge"
+                    time.sleep(0.05)
+                assert np.count_nonzero(expected.any(axis=1)) == sum(held)
+                assert set(np.flatnonzero(expected.any(axis=1))) >= set(range(110, 120))
+            finally:
+                session.close()
+    finally:
+        job.stop()
+        for server in servers:
+            server.stop(grace=0)
