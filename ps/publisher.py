@@ -99,6 +99,7 @@ class Publisher:
         self._lock = threading.Lock()  # publishing and joining, one at a time
         self._wake = threading.Condition(self._lock)
         self._dense_due = 0.0
+        self._dense_sent = {}  # dense variable -> the _dense_stamp the last delta carried
         self._stopped = False
         self._thread = None
 
@@ -144,7 +145,8 @@ class Publisher:
         catch_up = None
         if incarnation == self.incarnation and 0 < after_seq <= start:
             try:  # read now: ChangesLost turns it into a snapshot
-                catch_up = list(self._update(after_seq, start, dense=True, snapshot=False))
+                catch_up = list(self._update(after_seq, start, dense=True,
+                                             snapshot=False))
                 self.stats["catch_ups"] += 1
             except ChangesLost:
                 catch_up = None
@@ -180,7 +182,12 @@ class Publisher:
             if not self._followers:
                 return []
             now = time.monotonic()
-            dense = now >= self._dense_due
+            dense = set()
+            if now >= self._dense_due:  # the variables changed since the last time
+                self._dense_due = now + self.dense_period
+                dense = {name for name, var in list(self.store.variables.held.items())
+                         if var.value is not None and
+                         self._dense_sent.get(name) != self._dense_stamp(var)}
             upto = self.clock.value
             if upto == self.published and not dense:
                 return []
@@ -190,8 +197,6 @@ class Publisher:
             except ChangesLost as exc:
                 self._drop_locked(f"{exc}; resync")
                 return []
-            if dense:
-                self._dense_due = now + self.dense_period
             self.published = upto
             self.stats["deltas"] += 1
             self.stats["bytes"] += sum(len(m) for m in messages)
@@ -231,8 +236,13 @@ class Publisher:
         current.last = True
         yield current.SerializeToString()
 
+    def _dense_stamp(self, var):
+        """What tells a dense variable's value from its last: its updates, and assignments."""
+        return var.version, self.store.variables.writes
+
     def _parts(self, since, dense, snapshot):
-        """(ParameterUpdate field, TableUpdate or NamedTensor, bytes) of an update."""
+        """(ParameterUpdate field, TableUpdate or NamedTensor, bytes) of an update; `dense`:
+        True for every dense variable, else the names of those to send."""
         for name, held in sorted(self.store.tables.held.items()):
             row_bytes = held.dim * held.dtype.itemsize + 8
             step = max(1, self.chunk_bytes // row_bytes)
@@ -249,15 +259,19 @@ class Publisher:
                     yield "tables", _table_part(name, held, changes.keys, changes.values,
                                                 changes.removed), changes.removed.size * 8
                     sent = True
-        if dense:
-            for name, var in sorted(self.store.variables.held.items()):
-                with var.lock:
-                    if var.value is None:
-                        continue
-                    value = pb.NamedTensor(name=name)
-                    codec.encode(var.value, value.tensor)
-                    nbytes = var.value.nbytes
-                yield "dense", value, nbytes
+        for name, var in sorted(self.store.variables.held.items()):
+            if dense is not True and name not in dense:
+                continue
+            with var.lock:
+                if var.value is None:
+                    continue
+                value = pb.NamedTensor(name=name, version=var.version)
+                codec.encode(var.value, value.tensor)
+                nbytes = var.value.nbytes
+                stamp = self._dense_stamp(var)
+            if dense is not True:
+                self._dense_sent[name] = stamp
+            yield "dense", value, nbytes
 
 
 def _table_part(name, held, keys, values, removed):
