@@ -159,7 +159,8 @@ def main(argv=None):
     if args.metrics_port is not None:
         from .shard_exporter import ShardCollector  # prometheus_client only when asked for
         try:
-            monitoring.serve(ShardCollector(server.store), args.metrics_port, args.metrics_host,
+            monitoring.serve(ShardCollector(server.store, server.publisher),
+                             args.metrics_port, args.metrics_host,
                              what=f"shard {args.task_index}'s metrics")
         except OSError as exc:  # the job goes on without them
             log.error("%s; shard %d serves no metrics", exc, args.task_index)
