@@ -404,3 +404,39 @@ def test_a_capped_table_trained_by_a_session_is_what_a_job_follower_reads(tmp_pa
         job.stop()
         for server in servers:
             server.stop(grace=0)
+
+
+@pytest.mark.cluster  # a concurrency run of a few seconds
+def test_a_follower_converges_under_concurrent_pushes(tmp_path):
+    import threading
+    server = ParameterServer(port=0, publish_period=0.01, dense_period=0.05,
+                             checkpoint_root=str(tmp_path)).start()
+    address = f"127.0.0.1:{server.port}"
+    channel, stub = connect(address)
+    declare(stub)
+    followers = [ShardFollower(address, retry_s=0.05).start() for _ in range(2)]
+    errors = []
+
+    def pusher(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for step in range(40):
+                train(stub, 1, rng, first=step, key_range=300)
+                if seed == 1 and step % 10 == 5:
+                    followers[1].drop_connection()
+        except Exception as exc:  # noqa: BLE001 -- reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=pusher, args=(seed,)) for seed in range(3)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors
+        for follower in followers:
+            assert_converges(follower, stub, tmp_path)
+    finally:
+        for follower in followers:
+            follower.stop()
+        channel.close()
+        server.stop(grace=0)
