@@ -162,10 +162,19 @@ class EmbeddingTable(TableState):
         self._remember(keys, entries)
         return entries
 
-    def _rows_of_entries(self, entries):
+    def find_rows(self, keys):
+        """The row number of each of `keys` (int64), -1 for keys without a row; row numbers
+        hold until rows are removed."""
+        return self._row_numbers(self.index.find(self.check_keys(keys, "finding keys in")))
+
+    def _row_numbers(self, entries):
         rows = np.full(entries.size, -1, dtype=np.int64)
         known = entries >= 0
         rows[known] = self.row_of.view()[entries[known]]
+        return rows
+
+    def _rows_of_entries(self, entries):
+        rows = self._row_numbers(entries)
         out = np.zeros((entries.size, self.dim), dtype=self.dtype)
         has = rows >= 0
         out[has] = self.values.array[rows[has]]
@@ -282,8 +291,7 @@ class EmbeddingTable(TableState):
 
     def remove_keys(self, keys):
         """Removes the rows of `keys` (keys without one are ignored); returns how many."""
-        entries = self.index.find(self.check_keys(keys, "removing from"))
-        rows = self.row_of.view()[entries[entries >= 0]]
+        rows = self.find_rows(self.check_keys(keys, "removing from"))
         rows = rows[rows >= 0]
         if rows.size:
             self.remove_rows(rows)

@@ -6,7 +6,7 @@ under its lock, so a reader sees the state before or after a delta, never half o
 (a delta that does not start where the mirror is, another incarnation of the shard, a stream
 that ends or breaks) makes it follow again from its position; the shard answers with a
 catch-up or, when it cannot continue from there, a snapshot that replaces the mirror at once.
-Tables are kept in psflow's own table storage (psflow.embedding_table), dense variables as
+Tables are kept in psflow's own table storage (serving.mirror_table), dense variables as
 arrays.
 
 `JobFollower` follows every shard of a job and answers `lookup(table, keys)` (each key from
@@ -22,12 +22,12 @@ import time
 import grpc
 import numpy as np
 
-from psflow.embedding_table import EmbeddingTable
 from psflow.errors import NotFoundError
 from psflow.key_index import shard_of_keys
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.transport import auth
+from .mirror_table import MirrorTable
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class ShardFollower:
         self.seq = 0  # the sequence the mirror is complete up to
         self.shard = None
         self.stats = {"snapshots": 0, "deltas": 0, "resyncs": 0, "messages": 0}
-        self._tables = {}  # name -> EmbeddingTable
+        self._tables = {}  # name -> MirrorTable
         self._dense = {}  # name -> array
         self._lock = threading.Lock()  # an update is applied whole under it; reads take it
         self._synced = threading.Event()
@@ -170,14 +170,13 @@ class ShardFollower:
         for part in message.tables:
             table = tables.get(part.name)
             if table is None:
-                table = tables[part.name] = EmbeddingTable(part.name, part.dim, part.dtype)
+                table = tables[part.name] = MirrorTable(part.name, part.dim, part.dtype)
             removed = codec.decode(part.removed, f"removed keys of {part.name!r}")
             if removed.size:
-                table.remove_keys(removed)
+                table.remove(removed)
             keys = codec.decode(part.keys, f"keys of {part.name!r}")
             if keys.size:
-                table.load({"keys": keys, "values": codec.decode(
-                    part.values, f"rows of {part.name!r}")})
+                table.set(keys, codec.decode(part.values, f"rows of {part.name!r}"))
         for item in message.dense:
             dense[item.name] = np.array(codec.decode(item.tensor, f"value of {item.name!r}"))
 
@@ -188,7 +187,7 @@ class ShardFollower:
         keys = np.asarray(keys)
         with self._lock:
             held = self._held(table)
-            rows = held.lookup(keys.reshape(-1), train=False)
+            rows = held.lookup(keys.reshape(-1))
         return rows.reshape(keys.shape + (held.dim,))
 
     def has_table(self, table):
