@@ -98,3 +98,4 @@ def test_an_update_larger_than_a_chunk_spans_messages_with_the_same_sequences():
     assert len(updates) > 5 and [u.last for u in updates] == [False] * (len(updates) - 1) + [True]
     assert {(u.from_seq, u.to_seq, u.snapshot) for u in updates} == {(0, updates[0].to_seq, True)}
     assert sum(len(rows(u)) for u in updates) == 1000
+
