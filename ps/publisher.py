@@ -227,11 +227,11 @@ class Publisher:
         header = dict(incarnation=self.incarnation, shard=self.store.shard, from_seq=since,
                       to_seq=upto, snapshot=snapshot)
         current, size = pb.ParameterUpdate(**header), 0
-        for field, part, nbytes in self._parts(since, dense, snapshot):
+        for nbytes, fill in self._parts(since, dense, snapshot):
             if size and size + nbytes > self.chunk_bytes:
                 yield current.SerializeToString()
                 current, size = pb.ParameterUpdate(**header), 0
-            getattr(current, field).append(part)
+            fill(current)
             size += nbytes
         current.last = True
         yield current.SerializeToString()
@@ -241,8 +241,9 @@ class Publisher:
         return var.version, self.store.variables.writes
 
     def _parts(self, since, dense, snapshot):
-        """(ParameterUpdate field, TableUpdate or NamedTensor, bytes) of an update; `dense`:
-        True for every dense variable, else the names of those to send."""
+        """(bytes, a function that adds a TableUpdate or a NamedTensor to a ParameterUpdate in
+        place) of each part of an update; `dense`: True for every dense variable, else the
+        names of those to send."""
         for name, held in sorted(self.store.tables.held.items()):
             row_bytes = held.dim * held.dtype.itemsize + 8
             step = max(1, self.chunk_bytes // row_bytes)
@@ -250,14 +251,13 @@ class Publisher:
             for changes in held.table.changes_in_chunks(held.lock, since, step):
                 for start in range(0, changes.keys.size, step):
                     keys = changes.keys[start:start + step]
-                    removed = changes.removed if start == 0 else None
-                    yield "tables", _table_part(name, held, keys,
-                                                changes.values[start:start + step],
-                                                removed), keys.size * row_bytes
+                    yield keys.size * row_bytes, _table_part(
+                        name, held, keys, changes.values[start:start + step],
+                        changes.removed if start == 0 else None)
                     sent = True
                 if not sent and (snapshot or changes.removed.size):
-                    yield "tables", _table_part(name, held, changes.keys, changes.values,
-                                                changes.removed), changes.removed.size * 8
+                    yield changes.removed.size * 8, _table_part(
+                        name, held, changes.keys, changes.values, changes.removed)
                     sent = True
         for name, var in sorted(self.store.variables.held.items()):
             if dense is not True and name not in dense:
@@ -265,18 +265,23 @@ class Publisher:
             with var.lock:
                 if var.value is None:
                     continue
-                value = pb.NamedTensor(name=name, version=var.version)
-                codec.encode(var.value, value.tensor)
-                nbytes = var.value.nbytes
+                value, version = var.value.copy(), var.version
                 stamp = self._dense_stamp(var)
             if dense is not True:
                 self._dense_sent[name] = stamp
-            yield "dense", value, nbytes
+            yield value.nbytes, _dense_part(name, version, value)
 
 
 def _table_part(name, held, keys, values, removed):
-    part = pb.TableUpdate(name=name, dim=held.dim, dtype=held.dtype.name)
-    codec.encode(np.ascontiguousarray(keys, dtype=np.int64), part.keys)
-    codec.encode(np.ascontiguousarray(values), part.values)
-    codec.encode(np.zeros(0, np.int64) if removed is None else removed, part.removed)
-    return part
+    def fill(update):
+        part = update.tables.add(name=name, dim=held.dim, dtype=held.dtype.name)
+        codec.encode(np.ascontiguousarray(keys, dtype=np.int64), part.keys)
+        codec.encode(np.ascontiguousarray(values), part.values)
+        codec.encode(np.zeros(0, np.int64) if removed is None else removed, part.removed)
+    return fill
+
+
+def _dense_part(name, version, value):
+    def fill(update):
+        codec.encode(value, update.dense.add(name=name, version=version).tensor)
+    return fill
