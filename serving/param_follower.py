@@ -54,6 +54,7 @@ class ShardFollower:
         self.seq = 0  # the sequence the mirror is complete up to
         self.shard = None
         self.stats = {"snapshots": 0, "deltas": 0, "resyncs": 0, "messages": 0}
+        self.applied_at = None  # time.time() when the last update was applied
         self._tables = {}  # name -> MirrorTable
         self._dense = {}  # name -> array
         self._lock = threading.Lock()  # an update is applied whole under it; reads take it
@@ -164,6 +165,7 @@ class ShardFollower:
 
     def _set_position(self, update):
         self.incarnation, self.seq, self.shard = update.incarnation, update.to_seq, update.shard
+        self.applied_at = time.time()
 
     @staticmethod
     def _apply_message(message, tables, dense):
