@@ -18,6 +18,7 @@ from psflow.serving.remote_params import RemoteParams
 from psflow.worker.client import ShardClient
 
 DIM = 3
+TABLE = "items"
 
 
 @pytest.fixture
@@ -37,24 +38,24 @@ def free_port():
 
 def declare(client):
     client.call("DeclareVariables", pb.DeclareVariablesRequest(tables=[pb.TableSpec(
-        name="items", dim=DIM, dtype="float32", initializer="zeros")]))
+        name=TABLE, dim=DIM, dtype="float32", initializer="zeros")]))
 
 
-def set_rows(clients, keys, values):
-    """Rows of `keys` set to `values` on their shards (a training lookup makes them, an SGD
-    step of -values sets them)."""
+def set_rows(clients, keys, values, table=TABLE):
+    """`values` added to the rows of `keys` on their shards (a training lookup makes them, an
+    SGD step of -values adds to them)."""
     owner = shard_of_keys(keys, len(clients))
     for i, client in enumerate(clients):
         mine = owner == i
         if not mine.any():
             continue
         request = pb.PullRowsRequest()
-        codec.encode(keys[mine], request.keys.add(name="items", train=True).keys)
+        codec.encode(keys[mine], request.keys.add(name=table, train=True).keys)
         client.call("PullRows", request)
         push = wire.PushBuilder(worker=0)
         push.rule.name = "sgd"
         push.rule.hyper["learning_rate"] = 1.0
-        push.add_gradient("items", 0, -values[mine], keys[mine], keyed=True)
+        push.add_gradient(table, 0, -values[mine], keys[mine], keyed=True)
         client.call("Push", push)
 
 
