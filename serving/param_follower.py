@@ -9,9 +9,10 @@ catch-up or, when it cannot continue from there, a snapshot that replaces the mi
 Tables are kept in psflow's own table storage (serving.mirror_table), dense variables as
 arrays.
 
-`JobFollower` follows every shard of a job and answers `lookup(table, keys)` (each key from
-the shard its hash picks, as workers place them) and `dense(name)` (a variable split into
-"<name>/part_<k>" parts is put back together).
+`JobFollower` follows every shard of a job and answers what a served model asks of its
+parameters (serving.live_params): `lookup(table, keys)` (each key from the shard its hash
+picks, as workers place them), `dense(name)` (a variable split into "<name>/part_<k>" parts is
+put back together) and `on_dense(callback)` (called after dense values arrived).
 """
 
 import logging
@@ -42,9 +43,10 @@ class ShardFollower:
     """A mirror of one parameter-server shard at `address` (see the module's docstring).
     `start()` follows in a thread; `wait_synced()` waits for the first snapshot. `token`:
     the job's token (default: PSFLOW_AUTH_TOKEN); `retry_s`: the pause before following
-    again after the stream ended or failed."""
+    again after the stream ended or failed; `on_dense`: called (in the following thread)
+    after an update that carried dense values was applied."""
 
-    def __init__(self, address, token=None, retry_s=0.2, channel_options=None):
+    def __init__(self, address, token=None, retry_s=0.2, channel_options=None, on_dense=None):
         self.address = address
         self.token = auth.token_from_env() if token is None else token
         self.retry_s = float(retry_s)
@@ -55,6 +57,7 @@ class ShardFollower:
         self.shard = None
         self.stats = {"snapshots": 0, "deltas": 0, "resyncs": 0, "messages": 0}
         self.applied_at = None  # time.time() when the last update was applied
+        self.on_dense = on_dense
         self._tables = {}  # name -> MirrorTable
         self._dense = {}  # name -> array
         self._lock = threading.Lock()  # an update is applied whole under it; reads take it
@@ -66,9 +69,11 @@ class ShardFollower:
 
     # -- following ---------------------------------------------------------------------------
     def start(self):
-        self._thread = threading.Thread(target=self._run, name=f"follow-{self.address}",
-                                        daemon=True)
-        self._thread.start()
+        """Starts following (once; again does nothing); returns self."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"follow-{self.address}",
+                                            daemon=True)
+            self._thread.start()
         return self
 
     def stop(self):
@@ -155,13 +160,15 @@ class ShardFollower:
                 self._set_position(first)
             self.stats["snapshots"] += 1
             self._synced.set()
-            return
-        with self._lock:
-            tables, dense = self._tables, self._dense
-            for message in messages:
-                self._apply_message(message, tables, dense)
-            self._set_position(first)
-        self.stats["deltas"] += 1
+        else:
+            with self._lock:
+                tables, dense = self._tables, self._dense
+                for message in messages:
+                    self._apply_message(message, tables, dense)
+                self._set_position(first)
+            self.stats["deltas"] += 1
+        if self.on_dense is not None and any(m.dense for m in messages):
+            self.on_dense()
 
     def _set_position(self, update):
         self.incarnation, self.seq, self.shard = update.incarnation, update.to_seq, update.shard
@@ -237,13 +244,19 @@ _PART = re.compile(r"^(.*)/part_(\d+)$")
 
 
 class JobFollower:
-    """Mirrors of every shard of a job, `addresses` in task-index order (see the module's
-    docstring). `start()`, `wait_synced(timeout)`, then `lookup` and `dense`."""
+    """Mirrors of every shard of a job, `addresses` in task-index order, following from the
+    moment it is made (see the module's docstring); `options` go to each ShardFollower.
+    `wait_synced(timeout)` waits for every shard's first snapshot; `close()` stops."""
 
-    def __init__(self, addresses, **options):
+    def __init__(self, addresses, start=True, **options):
         if not addresses:
             raise ValueError("a job has at least one parameter server to follow")
-        self.shards = [ShardFollower(address, **options) for address in addresses]
+        self.shards = [ShardFollower(address, on_dense=self._dense_arrived, **options)
+                       for address in addresses]
+        self._callbacks = []
+        self._callbacks_lock = threading.Lock()
+        if start:
+            self.start()
 
     def start(self):
         for shard in self.shards:
@@ -253,6 +266,8 @@ class JobFollower:
     def stop(self):
         for shard in self.shards:
             shard.stop()
+
+    close = stop
 
     def wait_synced(self, timeout=None):
         """Whether every shard's mirror holds a snapshot within `timeout` seconds."""
@@ -265,14 +280,14 @@ class JobFollower:
 
     def lookup(self, table, keys):
         """The rows of int64 `keys` in `table`, shape keys.shape + (dim,), each from the shard
-        that owns the key (zeros for keys without a row); each shard's part is read from one
-        state of its mirror."""
+        that owns the key (zeros for keys without a row), each shard's part read from one
+        state of its mirror; None while some shard's mirror has no such table (not synced
+        yet, or the job has none)."""
         keys = np.asarray(keys, dtype=np.int64)
         flat = keys.reshape(-1)
-        holders = [s for s in self.shards if s.has_table(table)]
-        if not holders:
-            raise NotFoundError(f"no embedding table {table!r} in the followed job")
-        dim, dtype = holders[0].table_dim(table)
+        if not all(s.has_table(table) for s in self.shards):
+            return None
+        dim, dtype = self.shards[0].table_dim(table)
         out = np.zeros((flat.size, dim), dtype=dtype)
         owner = shard_of_keys(flat, len(self.shards))
         for index in np.unique(owner).tolist():
@@ -281,7 +296,9 @@ class JobFollower:
         return out.reshape(keys.shape + (dim,))
 
     def dense(self, name):
-        """The value of dense variable `name`, its parts put back together by row."""
+        """The value of dense variable `name` (its parts "<name>/part_<k>" put back together
+        by row), or None when the followed shards hold no such variable (or not all of its
+        parts)."""
         for shard in self.shards:
             if name in shard.dense_names():
                 return shard.dense(name)
@@ -292,6 +309,25 @@ class JobFollower:
                 if match and match.group(1) == name:
                     parts[int(match.group(2))] = shard.dense(held)
         if not parts or sorted(parts) != list(range(len(parts))):
-            raise NotFoundError(f"no dense variable {name!r} (or all of its parts) in the "
-                                "followed job")
+            return None
         return np.concatenate([parts[k] for k in sorted(parts)], axis=0)
+
+    def on_dense(self, callback):
+        """Calls `callback()` after dense values arrived from a shard; dropped once it returns
+        False."""
+        with self._callbacks_lock:
+            self._callbacks.append(callback)
+
+    def _dense_arrived(self):
+        with self._callbacks_lock:
+            callbacks = list(self._callbacks)
+        dropped = []
+        for callback in callbacks:
+            try:
+                if callback() is False:
+                    dropped.append(callback)
+            except Exception:  # noqa: BLE001 -- one model's refresh must not stop following
+                log.exception("a dense-update callback failed")
+        if dropped:
+            with self._callbacks_lock:
+                self._callbacks = [c for c in self._callbacks if c not in dropped]

@@ -284,7 +284,8 @@ def test_a_restarted_server_is_a_new_incarnation_and_forces_a_resync(tmp_path):
 
 
 def test_a_job_follower_reads_keys_and_parts_from_the_shards_that_own_them(tmp_path):
-    servers = [ParameterServer(shard=k, port=0, publish_period=0.02).start() for k in range(2)]
+    servers = [ParameterServer(shard=k, port=0, publish_period=0.02, dense_period=0.05).start()
+               for k in range(2)]
     addresses = [f"127.0.0.1:{s.port}" for s in servers]
     stubs = [connect(a) for a in addresses]
     keys = np.arange(20, dtype=np.int64)
@@ -306,7 +307,7 @@ def test_a_job_follower_reads_keys_and_parts_from_the_shards_that_own_them(tmp_p
             codec.encode(np.stack([mine, -mine], axis=1).astype(np.float32),
                          rows.fields.add(name="values").tensor)
             stub.InitializeVariables(request, timeout=TIMEOUT)
-        job = JobFollower(addresses).start()
+        job = JobFollower(addresses)
         try:
             assert job.wait_synced(TIMEOUT)
             wanted = np.array([[3, 17], [99, 0]], dtype=np.int64)
@@ -320,8 +321,20 @@ def test_a_job_follower_reads_keys_and_parts_from_the_shards_that_own_them(tmp_p
             assert rows[0].tolist() == [[3, -3], [17, -17]]
             assert rows[1].tolist() == [[0, 0], [0, 0]]  # 99: no row; 0: a row of zeros
             assert job.dense("big").tolist() == [[0, 0], [0, 0], [1, 1], [1, 1]]
-            with pytest.raises(Exception, match="no dense variable 'nothing'"):
-                job.dense("nothing")
+            assert job.dense("nothing") is None and job.lookup("nothing", [1]) is None
+            arrived = []
+            job.on_dense(lambda: arrived.append(1) or False)  # dropped after its first call
+            _, stub = stubs[0]
+            request = pb.InitializeVariablesRequest(overwrite=True)
+            codec.encode(np.full((2, 2), 5, np.float32),
+                         request.values.add(name="big/part_0").tensor)
+            stub.InitializeVariables(request, timeout=TIMEOUT)
+            deadline = time.monotonic() + TIMEOUT
+            while job.dense("big")[0, 0] != 5:
+                assert time.monotonic() < deadline, "the new value did not arrive"
+                time.sleep(0.02)
+            assert job.dense("big").tolist() == [[5, 5], [5, 5], [1, 1], [1, 1]]
+            assert arrived == [1]
         finally:
             job.stop()
     finally:
@@ -371,7 +384,7 @@ def test_a_capped_table_trained_by_a_session_is_what_a_job_follower_reads(tmp_pa
     servers = [ParameterServer(shard=k, num_workers=1, publish_period=0.02,
                                dense_period=0.1).start() for k in range(2)]
     addresses = [f"127.0.0.1:{s.port}" for s in servers]
-    job = JobFollower(addresses).start()
+    job = JobFollower(addresses)
     try:
         with tf.Graph().as_default() as graph:
             keys = tf.placeholder(tf.int64, shape=(None,), name="keys")
