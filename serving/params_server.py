@@ -140,13 +140,19 @@ class ParamsServer:
             server.stop(grace).wait()
 
 
-def main(argv=None):
+def build_parser():
+    """psflow-params' command line."""
     parser = argparse.ArgumentParser(prog="psflow-params", description=__doc__.splitlines()[0])
     parser.add_argument("--follow", required=True, metavar="HOST:PORT",
                         help="the training parameter server (one shard) to mirror")
     parser.add_argument("--host", default="0.0.0.0", help="address to serve on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port to serve on (default {DEFAULT_PORT}; 0 picks one)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not 0 <= args.port < 65536:
         parser.error(f"--port must be a port number from 0 to 65535, got {args.port}")

@@ -115,3 +115,35 @@ def test_a_params_server_is_not_ready_before_its_first_snapshot():
     finally:
         channel.close()
         server.stop(grace=0)
+
+
+@pytest.mark.cluster  # a server process started and stopped
+def test_the_psflow_params_process_serves_a_shard_and_exits_0_on_sigterm(tier):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from test_remote_params import free_port
+    clients, params = tier
+    set_variable(clients[0], "w", np.arange(4.0).reshape(2, 2))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PSFLOW_AUTH_TOKEN"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "psflow.serving.params_server",
+         f"--follow={params[0].follower.address}", "--host=127.0.0.1", f"--port={port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
+        until(lambda: health(channel) == health_pb2.HealthCheckResponse.SERVING, "readiness")
+        reply = pb_grpc.ParameterServerStub(channel).Pull(pb.PullRequest(names=["w"]),
+                                                           timeout=TIMEOUT)
+        assert codec.decode(reply.values[0].tensor).tolist() == [[0, 1], [2, 3]]
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(TIMEOUT) == 0
+    finally:
+        channel.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
