@@ -1,7 +1,8 @@
 """What following a parameter server costs: `changes_since` on a table of --rows rows (dim 16
 float32) with 1% of them changed (scattered over the table, and in one run of rows), and a
 parameter server's CPU per push with no follower and with one (serving.param_follower),
-under pushes of --keys keys per step for --seconds seconds.
+under pushes of --keys keys per step for --seconds seconds; then how fresh a follower is
+(from a push's answer to the follower holding its row) under the same pushes.
 
     python bench/stream_costs.py [--rows 2000000] [--seconds 10] [--keys 4096]
 """
@@ -11,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import grpc
@@ -104,6 +106,7 @@ def publisher_costs(seconds, keys_per_step):
                       f"(followers at sequence {lag})")
                 return used / pushes
 
+            freshness(address, stub, keys_per_step, seconds)
             run(0)  # warm up: the table's first rows
             ratios = []
             for _ in range(2):  # alternated: the machine's load drifts
@@ -114,6 +117,51 @@ def publisher_costs(seconds, keys_per_step):
         finally:
             ps.terminate()
             ps.wait(timeout=30)
+
+
+def push_rows(stub, keys, values, step=0):
+    request = pb.PullRowsRequest(global_step=step)
+    codec.encode(keys, request.keys.add(name="t", train=True).keys)
+    stub.PullRows(request, timeout=30)
+    push = pb.PushRequest(rule=pb.UpdateRule(name="sgd", hyper={"learning_rate": 1.0}),
+                          global_step=step)
+    gradient = push.gradients.add(name="t", keyed=True)
+    codec.encode(values, gradient.values)
+    codec.encode(keys, gradient.indices)
+    stub.Push(push, timeout=30)
+
+
+def freshness(address, stub, keys_per_step, seconds):
+    """Seconds from a push's answer to a follower holding the row it changed, while another
+    thread pushes --keys keys at a time."""
+    follower = ShardFollower(address).start()
+    follower.wait_synced(30)
+    stop = threading.Event()
+
+    def load():
+        rng = np.random.default_rng(2)
+        while not stop.is_set():
+            keys = np.unique(rng.integers(0, 1_000_000, size=keys_per_step))
+            push_rows(stub, keys, np.ones((keys.size, DIM), np.float32) * 1e-3)
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    marker = np.array([-7], dtype=np.int64)
+    lags = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        before = follower.lookup("t", marker)[0, 0]
+        push_rows(stub, marker, -np.ones((1, DIM), np.float32))  # the row grows by one
+        pushed = time.monotonic()
+        while follower.lookup("t", marker)[0, 0] < before + 0.5:
+            time.sleep(0.002)
+        lags.append(time.monotonic() - pushed)
+    stop.set()
+    thread.join()
+    follower.stop()
+    lags = np.sort(lags)
+    print(f"freshness of a row under pushes (publish period 0.2 s): p50 "
+          f"{np.percentile(lags, 50):.3f} s, p99 {np.percentile(lags, 99):.3f} s, max "
+          f"{lags[-1]:.3f} s over {lags.size} updates")
 
 
 def main():
