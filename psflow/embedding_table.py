@@ -52,6 +52,7 @@ class EmbeddingTable(TableState):
         self.max_rows = int(max_rows) if max_rows else None
         self.clock = clock if clock is not None else ChangeClock()
         self.row_seq = RowSequences()  # row -> sequence of its last change
+        self.entry_seq = RowSequences()  # entry -> sequence of its last sighting counted
         self.tombstones = Tombstones(tombstone_limit)
         self.index = KeyIndex()
         # per entry (a key seen): its sightings and its row (-1 before admission)
@@ -128,9 +129,11 @@ class EmbeddingTable(TableState):
         if fresh:
             self.freq.append(np.zeros(fresh, dtype=np.int32))
             self.row_of.append(np.full(fresh, -1, dtype=np.int32))
+            self.entry_seq.append(fresh, 0)
         freq = self.freq.view()
         if policies.counts_sightings(self.filter_freq):
             policies.count_sightings(freq, entries, counts)
+            self.entry_seq.mark(entries, self.clock.advance())
         row_of = self.row_of.view()
         waiting = row_of[entries] < 0
         if waiting.any():
@@ -255,8 +258,9 @@ class EmbeddingTable(TableState):
             self.stats["evicted"] += count
         return count
 
-    def remove_rows(self, rows):
-        """Removes rows (and their keys' entries); the others keep their values and slots."""
+    def remove_rows(self, rows, entry_keys_too=None):
+        """Removes rows (and their keys' entries, and those of `entry_keys_too`); the others
+        keep their values and slots."""
         self._recent.clear()  # entries are renumbered
         keep_rows = np.ones(self.values.size, dtype=bool)
         keep_rows[rows] = False
@@ -278,6 +282,8 @@ class EmbeddingTable(TableState):
                     slot.keep(positions)
         # entries: drop the evicted keys', renumber rows
         entry_keys = self.index.keys_by_entry()
+        if entry_keys_too is not None:
+            gone_keys = np.concatenate([gone_keys, entry_keys_too])
         entries_kept = ~np.isin(entry_keys, gone_keys)
         new_row = np.full(keep_rows.size, -1, dtype=np.int64)
         new_row[positions] = np.arange(positions.size)
@@ -285,16 +291,20 @@ class EmbeddingTable(TableState):
         row_of = np.where(row_of >= 0, new_row[np.maximum(row_of, 0)], -1)
         entry_positions = np.flatnonzero(entries_kept)
         self.freq.keep(entry_positions)
+        self.entry_seq.keep(entry_positions)
         self.row_of = Growable((), np.int32)
         self.row_of.append(row_of)
         self.index.rebuild(entry_keys[entry_positions])
 
     def remove_keys(self, keys):
-        """Removes the rows of `keys` (keys without one are ignored); returns how many."""
-        rows = self.find_rows(self.check_keys(keys, "removing from"))
+        """Removes the rows of `keys` and the keys' entries (their sightings are forgotten, as
+        an eviction forgets them; keys never seen are ignored); returns how many rows."""
+        keys = self.check_keys(keys, "removing from")
+        entries = self.index.find(keys)
+        rows = self._row_numbers(entries)
+        if (entries >= 0).any():
+            self.remove_rows(rows[rows >= 0], keys[(entries >= 0) & (rows < 0)])
         rows = rows[rows >= 0]
-        if rows.size:
-            self.remove_rows(rows)
         return int(rows.size)
 
     # -- changes ------------------------------------------------------------------------------
@@ -304,7 +314,8 @@ class EmbeddingTable(TableState):
         the rows changed after it, the keys whose rows were removed after it and have none
         now, and `upto`, the sequence all of the table's changes are in them up to; with
         `with_state`, `state` holds those rows' fields as state() gives them (their last
-        steps and optimizer slots too), which `load` sets on another table. The one way
+        steps and optimizer slots too, and the sighting counts changed since), which `load`
+        sets on another table. The one way
         anything follows a table (the parameter stream reads values, replica catch-up and
         incremental checkpoints the state); the caller holds the table's lock, as for any
         read. Costs the rows changed and one look per block of rows, not a copy of the table;
@@ -323,7 +334,11 @@ class EmbeddingTable(TableState):
             removed = removed[~np.isin(removed, keys)]
         state = None
         if with_state:
-            state = {"keys": keys, "values": values, "last_step": self.last_step.view()[rows]}
+            entries = np.arange(self.index.size) if seq <= 0 else \
+                self.entry_seq.changed_since(seq)
+            state = {"keys": keys, "values": values, "last_step": self.last_step.view()[rows],
+                     "entry_keys": self.index.keys_by_entry()[entries],
+                     "entry_freq": self.freq.view()[entries]}
             for rule, rule_slots in self.slots.items():
                 for name, slot in rule_slots.items():
                     state[f"slot/{rule}/{name}"] = slot.view()[rows] \

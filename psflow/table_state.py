@@ -134,11 +134,14 @@ class TableState:
             slot_arrays.append((parts[1], parts[2], array))
         # entries: every key seen, with its count when the checkpoint has them
         entries, new = self.index.insert(np.concatenate([entry_keys, keys]))
+        seq = self.clock.advance()
         if new.any():
             self.freq.append(np.zeros(int(new.sum()), dtype=np.int32))
             self.row_of.append(np.full(int(new.sum()), -1, dtype=np.int32))
+            self.entry_seq.append(int(new.sum()), seq)
         if entry_freq is not None:
             self.freq.view()[entries[:entry_keys.size]] = policies.saturated(entry_freq)
+            self.entry_seq.mark(entries[:entry_keys.size], seq)
         row_entries = entries[entry_keys.size:]
         rows = self.row_of.view()[row_entries].astype(np.int64)
         fresh = rows < 0
@@ -147,7 +150,6 @@ class TableState:
         self.values.append(values[fresh])
         self.row_keys.append(keys[fresh])
         self.last_step.append(last_step[fresh])
-        seq = self.clock.advance()
         self.row_seq.append(int(fresh.sum()), seq)
         self.values.array[rows[~fresh]] = values[~fresh]
         self.last_step.array[rows[~fresh]] = last_step[~fresh]

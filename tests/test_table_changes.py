@@ -176,7 +176,7 @@ def test_a_local_session_keeps_a_capped_table_at_its_cap():
 def test_changes_with_state_bring_a_copy_up_to_date_slots_and_all():
     adagrad = UpdateRule("adagrad", learning_rate=0.5, initial_accumulator_value=0.1)
     rng = np.random.default_rng(5)
-    source, copy = table(steps_to_live=2), table()
+    source, copy = table(steps_to_live=2, filter_freq=2), table(filter_freq=2)
     seen = 0
     for step in range(12):
         keys = np.unique(rng.integers(0, 60, size=15))
@@ -196,6 +196,11 @@ def test_changes_with_state_bring_a_copy_up_to_date_slots_and_all():
     for field in ("keys", "values", "last_step", "slot/adagrad/accumulator"):
         assert np.array_equal(np.asarray(mine[field])[order_a],
                               np.asarray(theirs[field])[order_b]), field
+    entries_a, entries_b = np.argsort(mine["entry_keys"]), np.argsort(theirs["entry_keys"])
+    for field in ("entry_keys", "entry_freq"):  # keys seen, admitted or not, and their counts
+        assert np.array_equal(np.asarray(mine[field])[entries_a],
+                              np.asarray(theirs[field])[entries_b]), field
+    assert (np.asarray(mine["entry_freq"]) == 1).any()  # some still waiting for admission
 
 
 def test_a_full_copy_in_chunks_lets_training_go_on_and_misses_nothing():
