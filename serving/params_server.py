@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from psflow.errors import InvalidArgumentError, NotFoundError
+from psflow.fileio import atomic_write
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.transport import auth
@@ -116,7 +117,10 @@ class ParamsServer:
         self._health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         address = f"[{self.host}]" if ":" in self.host else self.host
-        self.port = server.add_insecure_port(f"{address}:{self.requested_port}")
+        credentials = auth.server_credentials()  # TLS as the training shards serve it
+        address = f"{address}:{self.requested_port}"
+        self.port = server.add_secure_port(address, credentials) if credentials \
+            else server.add_insecure_port(address)
         if not self.port:
             raise OSError(f"cannot bind {self.host}:{self.requested_port}")
         server.start()
@@ -148,6 +152,8 @@ def build_parser():
     parser.add_argument("--host", default="0.0.0.0", help="address to serve on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port to serve on (default {DEFAULT_PORT}; 0 picks one)")
+    parser.add_argument("--port-file", default="", metavar="PATH",
+                        help="write the port served on to PATH (whole, once serving)")
     return parser
 
 
@@ -166,6 +172,8 @@ def main(argv=None):
     except OSError as exc:
         log.error("%s", exc)
         return 1
+    if args.port_file:
+        atomic_write(args.port_file, f"{server.port}\n".encode())
     stop.wait()
     server.stop()
     return 0
