@@ -147,3 +147,27 @@ def test_the_psflow_params_process_serves_a_shard_and_exits_0_on_sigterm(tier):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_dead_training_shard_leaves_the_tier_answering_with_its_last_state():
+    server = ParameterServer(shard=0, num_workers=1, port=0, publish_period=0.02).start()
+    client = ShardClient(0, f"127.0.0.1:{server.port}", token="")
+    client.call("DeclareVariables", pb.DeclareVariablesRequest(tables=[pb.TableSpec(
+        name="items", dim=3, dtype="float32", initializer="zeros")]))
+    params = ParamsServer(f"127.0.0.1:{server.port}", host="127.0.0.1", port=0,
+                          token="").start()
+    remote = RemoteParams([[f"127.0.0.1:{params.port}"]], cache_ttl=0)
+    try:
+        keys = np.array([4, 8, 15], np.int64)
+        rows = np.arange(9, dtype=np.float32).reshape(3, 3)
+        set_rows([client], keys, rows, table="items")
+        until(lambda: np.array_equal(remote.lookup("items", keys), rows), "the rows")
+        server.stop(grace=0)  # training fails; serving goes on with what it had
+        for _ in range(5):
+            np.testing.assert_array_equal(remote.lookup("items", keys), rows)
+            time.sleep(0.1)
+        assert params.follower.last_error is not None  # it noticed, and keeps trying
+    finally:
+        remote.close()
+        params.stop(grace=0)
+        server.stop(grace=0)
