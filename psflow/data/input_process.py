@@ -52,7 +52,9 @@ class ProcessReadAhead:
                                               os.getpid()), daemon=True)
         self._process.start()
 
-    def get(self):
+    def get(self, stopped=None):
+        """The next element; with `stopped` (a callable), StopIteration as soon as it
+        returns True while no element is ready."""
         if self._done is not None:
             raise self._done
         while True:
@@ -60,6 +62,8 @@ class ProcessReadAhead:
                 kind, item, counts = self._queue.get(timeout=_POLL_S)
                 break
             except queue.Empty:
+                if stopped is not None and stopped():
+                    raise StopIteration from None
                 if not self._process.is_alive():
                     self._done = RuntimeError(
                         f"the input pipeline's process exited with code "

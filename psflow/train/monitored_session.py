@@ -13,6 +13,7 @@ import time
 from .. import checkpoint as files
 from .. import session as session_lib
 from .. import settings, summary
+from ..data import stream_state
 from ..errors import OutOfRangeError
 from ..graph import Placeholder, get_default_graph, topological_order
 from ..session import Session
@@ -353,7 +354,9 @@ class MonitoredTrainingSession:
         self._stop = True
 
     def should_stop(self):
-        return self._stop or self._closed
+        """True once a hook or the script asked to stop, or the process was asked to stop
+        (online training: see psflow.data.stream_state)."""
+        return self._stop or self._closed or stream_state.stop_requested()
 
     def run(self, fetches, feed_dict=None):
         """Runs `fetches` like Session.run, with the hooks' fetches and feeds added."""
