@@ -89,6 +89,11 @@ class ParameterServerStub:
                 request_serializer=psflow__pb2.SaveShardRequest.SerializeToString,
                 response_deserializer=psflow__pb2.SaveShardResponse.FromString,
                 _registered_method=True)
+        self.GetInputPositions = channel.unary_unary(
+                '/psflow.ParameterServer/GetInputPositions',
+                request_serializer=psflow__pb2.InputPositionsRequest.SerializeToString,
+                response_deserializer=psflow__pb2.InputPositionsResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -182,6 +187,14 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetInputPositions(self, request, context):
+        """Shard 0: the input positions of the job's followed datasets (how far the pushes applied
+        so far consumed each share of each followed directory), for a worker that starts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -239,6 +252,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.SaveShard,
                     request_deserializer=psflow__pb2.SaveShardRequest.FromString,
                     response_serializer=psflow__pb2.SaveShardResponse.SerializeToString,
+            ),
+            'GetInputPositions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInputPositions,
+                    request_deserializer=psflow__pb2.InputPositionsRequest.FromString,
+                    response_serializer=psflow__pb2.InputPositionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -538,6 +556,33 @@ class ParameterServer:
             '/psflow.ParameterServer/SaveShard',
             psflow__pb2.SaveShardRequest.SerializeToString,
             psflow__pb2.SaveShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInputPositions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/psflow.ParameterServer/GetInputPositions',
+            psflow__pb2.InputPositionsRequest.SerializeToString,
+            psflow__pb2.InputPositionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

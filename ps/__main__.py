@@ -3,11 +3,12 @@
     python -m psflow.ps --task-index I --num-workers N [--host 127.0.0.1] [--port 0]
         [--port-fallback] [--port-file PATH] [--insecure] [--checkpoint-root DIR]
         [--allow-nonfinite] [--metrics-port PORT] [--metrics-host HOST] [--parent-pid PID]
-        [--log-level INFO]
+        [--online] [--log-level INFO]
 
-Exits 0 when the shard's lifecycle ends normally (every worker done, SIGTERM/SIGINT, the parent
-process gone), 1 if it cannot serve (port taken, port file not writable), 2 on bad arguments
-(including a non-loopback address without a job token and without --insecure).
+Exits 0 when the shard's lifecycle ends normally (every worker done unless --online,
+SIGTERM/SIGINT, the parent process gone), 1 if it cannot serve (port taken, port file not
+writable), 2 on bad arguments (including a non-loopback address without a job token and
+without --insecure).
 """
 
 import logging
@@ -69,6 +70,9 @@ def parse_args(argv):
     lifecycle = parser.add_argument_group("lifecycle")
     lifecycle.add_argument("--parent-pid", type=whole_number(1),
                            help="exit when this process is gone")
+    lifecycle.add_argument("--online", action="store_true", default=settings.ONLINE.get(),
+                           help="online training: keep serving when every worker is done; "
+                                "stop on SIGTERM/SIGINT (default: PSFLOW_ONLINE)")
     lifecycle.add_argument("--log-level", type=one_of(LOG_LEVELS), default="INFO",
                            help=f"one of {', '.join(LOG_LEVELS)} (default INFO)")
     args = parser.parse_args(argv)
@@ -119,7 +123,8 @@ def main(argv=None):
                                  host=args.host, port=args.port,
                                  port_fallback=args.port_fallback, parent_pid=args.parent_pid,
                                  checkpoint_root=args.checkpoint_root,
-                                 allow_nonfinite=args.allow_nonfinite, insecure=args.insecure)
+                                 allow_nonfinite=args.allow_nonfinite, insecure=args.insecure,
+                                 online=args.online)
     except ValueError as exc:  # e.g. TLS files that cannot be read
         log.error("%s", exc)
         return 2

@@ -6,7 +6,8 @@ altered file is refused with an error that names it.
 Layout of `checkpoint_dir`:
 
     checkpoint                      {"latest": "ckpt-000000001200"}  (the pointer)
-    ckpt-000000001200/index.json    global step, variables, shard files with their parts
+    ckpt-000000001200/index.json    global step, variables, shard files with their parts,
+                                    input positions of followed datasets (if any)
     ckpt-000000001200/shard-0.npz   values and optimizer slots of shard 0's parts
     model.npz                       the final model: one array per variable (load_model)
 
@@ -223,14 +224,15 @@ def read_tables(checkpoint):
 def write_checkpoint(checkpoint_dir, write, max_to_keep):
     """Writes one checkpoint: `write(directory)` fills a fresh temporary directory with the
     shard files and returns (global step, shards, variable specs) for its index (see
-    write_index); the directory is then renamed into place, the pointer moved to it, and old
-    checkpoints pruned. Returns the checkpoint's directory."""
+    write_index), or those and the input positions; the directory is then renamed into
+    place, the pointer moved to it, and old checkpoints pruned. Returns the checkpoint's
+    directory."""
     os.makedirs(checkpoint_dir, exist_ok=True)
     tmp = os.path.join(checkpoint_dir, f".tmp-ckpt-{uuid.uuid4().hex}")
     os.mkdir(tmp)
     try:
-        step, shards, variables = write(tmp)
-        write_index(tmp, step, shards, variables)
+        step, shards, variables, *positions = write(tmp)
+        write_index(tmp, step, shards, variables, positions[0] if positions else ())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -246,11 +248,17 @@ def write_checkpoint(checkpoint_dir, write, max_to_keep):
     return final
 
 
-def write_index(directory, global_step, shards, variables):
+def write_index(directory, global_step, shards, variables, input_positions=()):
     """The index of a checkpoint in `directory`: `shards` [{"file", "sha256", "parts":
-    {part name: [variable, start row, stop row]}}], `variables` {name: {"shape", "dtype"}}."""
+    {part name: [variable, start row, stop row]}}], `variables` {name: {"shape", "dtype"}},
+    `input_positions` [(dataset, shard, num_shards, file, lines)]: how far the data of the
+    followed datasets was consumed (see psflow.data.followed_files)."""
     index = {"format": FORMAT, "global_step": int(global_step), "shards": shards,
              "variables": variables}
+    if input_positions:
+        index["input_positions"] = [
+            {"dataset": d, "shard": int(s), "num_shards": int(n), "file": f, "lines": int(k)}
+            for d, s, n, f, k in input_positions]
     return atomic_write(os.path.join(directory, INDEX),
                          lambda out: out.write(json.dumps(index, indent=1).encode()))
 
@@ -313,6 +321,26 @@ def read_index(checkpoint):
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise DataLossError(f"{path} is not a {FORMAT} index")
     return index
+
+
+def read_input_positions(checkpoint):
+    """[(dataset, shard, num_shards, file, lines)] of a checkpoint's index (see write_index);
+    [] for a checkpoint without followed datasets."""
+    index = read_index(checkpoint)
+    positions = []
+    try:
+        for entry in index.get("input_positions", []):
+            position = (entry["dataset"], entry["shard"], entry["num_shards"], entry["file"],
+                        entry["lines"])
+            kinds = (str, int, int, str, int)
+            if not all(isinstance(v, k) and not isinstance(v, bool)
+                       for v, k in zip(position, kinds, strict=True)):
+                raise ValueError(f"input position {entry!r} has a field of the wrong type")
+            positions.append(position)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataLossError(f"checkpoint {checkpoint} has malformed input positions: "
+                            f"{exc!r}") from None
+    return positions
 
 
 def read_checkpoint(checkpoint):

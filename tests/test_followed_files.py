@@ -96,6 +96,7 @@ def test_shards_split_the_files_disjointly_by_name(tmp_path):
                                           idle_timeout=0.1, poll_interval=0.05)
         shares.append(sorted(int(x) for x in read_all(ds)))
     assert sorted(sum(shares, [])) == list(range(12))
+    assert all(shares)  # names that differ in a digit spread over every shard
     for index, share in enumerate(shares):
         assert share == [k for k, n in enumerate(names) if shard_of_file(n, 3) == index]
 

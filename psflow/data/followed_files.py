@@ -8,16 +8,17 @@ name order, line by line as TextLineDataset reads it; when no new file is there 
 waits, polling the directory, and it ends only when its process is asked to stop (or after
 `idle_timeout` seconds without a new file, or `max_files` files).
 
-Each worker reads its own share of the files: file F goes to shard crc32(F) % num_shards, so
-the shares are disjoint and the same on every run. How far the steps have consumed each share
+Each worker reads its own share of the files: file F goes to shard hash(F) % num_shards (the
+first 8 bytes of F's BLAKE2b digest, little-endian), so the shares are disjoint and the same
+on every run. How far the steps have consumed each share
 (a file name and a line count) is kept by stream_state; a restarted job resumes after it.
 """
 
 import fnmatch
+import hashlib
 import logging
 import os
 import time
-import zlib
 
 import numpy as np
 
@@ -41,8 +42,11 @@ def is_temporary(name):
 
 
 def shard_of_file(name, num_shards):
-    """The shard that reads the file named `name` (its name in the directory)."""
-    return zlib.crc32(os.fsencode(name)) % num_shards
+    """The shard that reads the file named `name` (its name in the directory). A digest, not a
+    CRC: a CRC's low bits are linear in the name's bits, so names that differ in a digit
+    could all land on one shard."""
+    digest = hashlib.blake2b(os.fsencode(name), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % num_shards
 
 
 class FollowedFilesDataset(TextLineDataset):
@@ -52,12 +56,12 @@ class FollowedFilesDataset(TextLineDataset):
     ".partial" or "._COPYING_") are left alone until renamed; a file whose name sorts before
     one already read arrived too late for the order and is skipped, with a warning.
 
-    `num_shards` and `index`: this reader takes the files with crc32(name) % num_shards ==
-    index (default: the worker's index and the number of workers from TF_CONFIG, or every
-    file without a cluster). `poll_interval`: seconds between looks at the directory.
-    `idle_timeout`: end after this many seconds without a new file (default: never).
-    `max_files`: end after reading this many files (default: no bound). `name`: the key of
-    the dataset's position in checkpoints (default: the directory's absolute path).
+    `num_shards` and `index`: this reader takes the files with hash(name) % num_shards ==
+    index, see shard_of_file (default: the worker's index and the number of workers from
+    TF_CONFIG, or every file without a cluster). `poll_interval`: seconds between looks at
+    the directory. `idle_timeout`: end after this many seconds without a new file (default:
+    never). `max_files`: end after reading this many files (default: no bound). `name`: the
+    key of the dataset's position in checkpoints (default: the directory's absolute path).
     `compression_type`: None or "" (plain text), "GZIP" or "ZLIB", as TextLineDataset."""
 
     def __init__(self, directory, pattern="*", poll_interval=DEFAULT_POLL_INTERVAL_S,
@@ -126,18 +130,19 @@ class FollowedFilesDataset(TextLineDataset):
     # -- reading -------------------------------------------------------------------------------
     def _chunks(self, opening):
         last, skip = self._start()
-        late = set()
+        listed = None  # the names of the last listing: a late file is one not among them
         files_read = 0
         idle_since = time.monotonic()
         while not stream_state.stop_requested():
             names = self._listing()
             fresh = [n for n in names if last is None or n > last or (n == last and skip)]
             for name in names:
-                if last is not None and name < last and name not in late:
-                    late.add(name)
+                if last is not None and name < last and listed is not None and \
+                        name not in listed:
                     log.warning("FollowedFilesDataset %s: %s arrived after %s was read and is "
                                 "skipped (file names must sort in the order files arrive)",
                                 self.directory, name, last)
+            listed = set(names)
             for name in fresh:
                 lines_before = skip if name == last else 0
                 yield from self._file(name, lines_before)

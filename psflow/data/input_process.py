@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import signal
 
 _POLL_S = 0.5
 
@@ -91,6 +92,10 @@ class ProcessReadAhead:
 
 
 def _produce(open_elements, out, counters, parent):
+    # The training process may have its own SIGTERM handler (online training's stop); the
+    # child ends on SIGTERM, as the iterator's close() and the interpreter's exit expect.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     def counts():
         return [(c.skipped_lines, list(c.first_skipped)) for c in counters]
 

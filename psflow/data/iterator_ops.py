@@ -39,6 +39,8 @@ class Iterator:
         self._lock = threading.Lock()
         self._counters = skip_counters(dataset)
         self._followed = _followed(dataset)
+        if self._followed is not None:
+            stream_state.mark_following()
         self._ahead = None
         self._initializer = None
 

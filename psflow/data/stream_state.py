@@ -16,6 +16,7 @@ _resumed = {}   # (dataset, shard) -> Position the job resumed from
 _consumed = {}  # (dataset, shard) -> Position of the elements handed to steps
 _version = 0    # counts the changes of _consumed
 _stop = threading.Event()
+_following = threading.Event()  # an iterator of this process reads a followed dataset
 
 
 class Position(tuple):
@@ -92,6 +93,15 @@ def consumed(since=None):
                           sorted(_consumed.items())]
 
 
+def mark_following():
+    """An iterator of this process reads a followed dataset."""
+    _following.set()
+
+
+def following():
+    return _following.is_set()
+
+
 def request_stop():
     """Asks the followed datasets of this process to end (and training loops to stop)."""
     _stop.set()
@@ -109,3 +119,4 @@ def reset():
         _consumed.clear()
         _version += 1
     _stop.clear()
+    _following.clear()

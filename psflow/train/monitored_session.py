@@ -389,11 +389,20 @@ class MonitoredTrainingSession:
         done = False
         try:
             if not failed:
+                self._await_other_workers()
                 for hook in self._hooks:
                     hook.end(self._session)
                 done = True  # a chief whose final save failed has not finished its work
         finally:
             self._session.finish(done=done)
+
+    def _await_other_workers(self):
+        """A chief that trained on a followed stream waits for the other workers to end
+        before its final checkpoint, so that it holds their last steps and input positions
+        (a distributed session only; see DistributedSession.await_other_workers)."""
+        wait = getattr(self._session, "await_other_workers", None)
+        if self.is_chief and wait is not None and stream_state.following():
+            wait()
 
     def __enter__(self):
         return self

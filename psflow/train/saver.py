@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 def latest_state(checkpoint_dir, variables):
     """(global step, {Variable: value}, {(Variable, rule, slot): value}, {table: {field:
-    array}}) of the latest checkpoint in `checkpoint_dir`, or None when it has none. Every
-    variable and embedding table of the graph must be in it."""
+    array}}, [input position]) of the latest checkpoint in `checkpoint_dir`, or None when it
+    has none. Every variable and embedding table of the graph must be in it."""
     if not checkpoint_dir:
         return None
     checkpoint = files.latest(checkpoint_dir)
@@ -50,7 +50,8 @@ def checkpoint_state(checkpoint, variables):
     log.info("restoring %s (global step %d)", checkpoint, step)
     return (step, {by_name[n]: v for n, v in values.items() if n in by_name},
             {(by_name[n], rule, slot): v for (n, rule, slot), v in slots.items() if n in by_name},
-            {table_vars[n]: fields for n, fields in tables.items() if n in table_vars})
+            {table_vars[n]: fields for n, fields in tables.items() if n in table_vars},
+            files.read_input_positions(checkpoint))
 
 
 class CheckpointSaver:
