@@ -1,7 +1,8 @@
 """The parameter server's side of online training: shard 0 keeps the input positions pushes
 carry, hands them out, writes them with its checkpoint file and takes them back on a restore;
 a bad position is INVALID_ARGUMENT and the server serves on; an `--online` server keeps
-serving when every worker is done and exits 0 on SIGTERM."""
+serving when every worker is done, and on SIGTERM serves until the workers at work are done,
+then exits 0."""
 
 import signal
 import subprocess
@@ -126,10 +127,17 @@ def test_an_online_server_outlives_its_workers_and_exits_0_on_sigterm(tmp_path):
             time.sleep(1.5)
             assert process.poll() is None  # every worker is done, and it serves on
             stub.RegisterWorker(pb.WorkerRequest(task_index=0), timeout=TIMEOUT)
-        process.send_signal(signal.SIGTERM)
+            # Stopped while a worker is at work, it serves until the worker is done.
+            process.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert process.poll() is None
+            stub.GetStats(pb.StatsRequest(), timeout=TIMEOUT)
+            stub.WorkerDone(pb.WorkerRequest(task_index=0), timeout=TIMEOUT)
+            started = time.monotonic()
         _, err = process.communicate(timeout=10)
         assert process.returncode == 0, err
-        assert "SIGTERM" in err
+        assert time.monotonic() - started < 2.0
+        assert "serving until the workers at work end" in err and "SIGTERM" in err
     finally:
         if process.poll() is None:
             process.kill()
