@@ -323,26 +323,6 @@ def read_index(checkpoint):
     return index
 
 
-def read_input_positions(checkpoint):
-    """[(dataset, shard, num_shards, file, lines)] of a checkpoint's index (see write_index);
-    [] for a checkpoint without followed datasets."""
-    index = read_index(checkpoint)
-    positions = []
-    try:
-        for entry in index.get("input_positions", []):
-            position = (entry["dataset"], entry["shard"], entry["num_shards"], entry["file"],
-                        entry["lines"])
-            kinds = (str, int, int, str, int)
-            if not all(isinstance(v, k) and not isinstance(v, bool)
-                       for v, k in zip(position, kinds, strict=True)):
-                raise ValueError(f"input position {entry!r} has a field of the wrong type")
-            positions.append(position)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise DataLossError(f"checkpoint {checkpoint} has malformed input positions: "
-                            f"{exc!r}") from None
-    return positions
-
-
 def read_checkpoint(checkpoint):
     """(global step, {variable: full value}, {(variable, rule, slot): full value}) of a
     checkpoint directory, whatever the number of shards it was written with."""

@@ -18,6 +18,7 @@ from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 from psflow.ps.shard_server import ParameterServer
+from psflow.train.saver import read_input_positions
 
 SGD = pb.UpdateRule(name="sgd", hyper={"learning_rate": 1.0})
 TIMEOUT = 30
@@ -89,7 +90,7 @@ def test_save_shard_returns_the_positions_and_a_restore_replaces_them(stub, tmp_
     assert saved == [("/logs", 0, 1, "f-002", 7)]
     # the index keeps them, and reads them back
     checkpoint.write_index(str(tmp_path), 1, [], {}, saved)
-    assert checkpoint.read_input_positions(str(tmp_path)) == saved
+    assert read_input_positions(str(tmp_path)) == saved
     push(stub, ("/logs", 0, 1, "f-009", 1))
     request = pb.InitializeVariablesRequest(set_global_step=True, global_step=1)
     request.input_positions.add(dataset="/logs", shard=0, num_shards=1, file="f-002", lines=7)
@@ -105,7 +106,7 @@ def test_malformed_positions_in_an_index_are_data_loss(tmp_path):
     index = (tmp_path / checkpoint.INDEX).read_text().replace('"lines": 2', '"lines": "2"')
     (tmp_path / checkpoint.INDEX).write_text(index)
     with pytest.raises(checkpoint.DataLossError, match="malformed input positions"):
-        checkpoint.read_input_positions(str(tmp_path))
+        read_input_positions(str(tmp_path))
 
 
 @pytest.mark.cluster  # a server process's life and death, seconds long

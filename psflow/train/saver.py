@@ -51,7 +51,28 @@ def checkpoint_state(checkpoint, variables):
     return (step, {by_name[n]: v for n, v in values.items() if n in by_name},
             {(by_name[n], rule, slot): v for (n, rule, slot), v in slots.items() if n in by_name},
             {table_vars[n]: fields for n, fields in tables.items() if n in table_vars},
-            files.read_input_positions(checkpoint))
+            read_input_positions(checkpoint))
+
+
+_POSITION_FIELDS, _POSITION_TYPES = ("dataset", "shard", "num_shards", "file", "lines"), \
+    (str, int, int, str, int)
+
+
+def read_input_positions(checkpoint):
+    """[(dataset, shard, num_shards, file, lines)] of a checkpoint's index (see
+    psflow.checkpoint.write_index); [] for a checkpoint without followed datasets."""
+    index = files.read_index(checkpoint)
+    positions = []
+    try:
+        for entry in index.get("input_positions", []):
+            position = tuple(entry[k] for k in _POSITION_FIELDS)
+            if not all(type(v) is k for v, k in zip(position, _POSITION_TYPES, strict=True)):
+                raise ValueError(f"input position {entry!r} has a field of the wrong type")
+            positions.append(position)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataLossError(f"checkpoint {checkpoint} has malformed input positions: "
+                            f"{exc!r}") from None
+    return positions
 
 
 class CheckpointSaver:
