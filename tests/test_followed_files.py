@@ -163,3 +163,36 @@ def test_position_of_an_element_spanning_files():
     assert position_of(merged) == ("x-2", 1)
     assert position_of(Origin.concatenate([second.take(np.array([0])), first])) == ("x-2", 1)
     assert position_of(None) is None
+
+
+def count_lines_model(directory, **kwargs):
+    """A model whose step subtracts 1 from row `id` of `counts` per id line of its batch."""
+    ids = tf.data.FollowedFilesDataset(str(directory), poll_interval=0.05, **kwargs).map(
+        lambda line: tf.decode_csv(line, [[0]])[0]).batch(2)
+    batch = ids.make_one_shot_iterator().get_next()
+    counts = tf.Variable(np.zeros(10, np.float32), name="counts")
+    step = tf.train.get_or_create_global_step()
+    train = tf.train.GradientDescentOptimizer(1.0).minimize(
+        tf.reduce_sum(tf.gather(counts, batch)), global_step=step)
+    return counts, train
+
+
+def test_a_local_checkpoint_keeps_the_position_and_a_resumed_job_reads_the_rest(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    ship(data, "x-1", ["0", "1", "2"])
+    ship(data, "x-2", ["3", "4", "5"])
+    with tf.Graph().as_default():
+        counts, train = count_lines_model(data)
+        with tf.train.MonitoredTrainingSession(checkpoint_dir=str(tmp_path / "ckpt")) as sess:
+            sess.run(train)
+            sess.run(train)  # ids 0 to 3; the rest was read ahead, not trained on
+    stream_state.reset()  # a new process
+    ship(data, "x-3", ["6"])
+    with tf.Graph().as_default():
+        counts, train = count_lines_model(data, idle_timeout=0.3)
+        with tf.train.MonitoredTrainingSession(checkpoint_dir=str(tmp_path / "ckpt")) as sess:
+            while not sess.should_stop():
+                sess.run(train)  # ends with the dataset's idle timeout, and a final save
+    final = tf.load_model(str(tmp_path / "ckpt" / "model.npz"))["counts"]
+    np.testing.assert_array_equal(final, [-1] * 7 + [0] * 3)

@@ -41,10 +41,6 @@ class Position(tuple):
     def lines(self):
         return self[2]
 
-    def covers(self, file, lines):
-        """Whether (file, lines) is at or before this position."""
-        return (file, lines) <= (self.file, self.lines)
-
 
 def resume_from(positions):
     """The positions the job resumes from: [(dataset, shard, num_shards, file, lines)]. They
