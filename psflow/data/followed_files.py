@@ -41,6 +41,16 @@ def is_temporary(name):
     return name.startswith(TEMPORARY_PREFIXES) or name.endswith(TEMPORARY_SUFFIXES)
 
 
+def _utf8(name):
+    """Whether `name` is valid UTF-8 (a position names its file in checkpoints and on the
+    wire, which take text)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def shard_of_file(name, num_shards):
     """The shard that reads the file named `name` (its name in the directory). A digest, not a
     CRC: a CRC's low bits are linear in the name's bits, so names that differ in a digit
@@ -53,8 +63,9 @@ class FollowedFilesDataset(TextLineDataset):
     """The lines of the files appearing in `directory` whose names match `pattern` (fnmatch),
     each an `S` string without its line ending, file after file in name order, waiting for
     new files forever. Files with temporary names (leading "." or "_", suffix ".tmp",
-    ".partial" or "._COPYING_") are left alone until renamed; a file whose name sorts before
-    one already read arrived too late for the order and is skipped, with a warning.
+    ".partial" or "._COPYING_") are left alone until renamed, as are names that are not
+    UTF-8; a file whose name sorts before one already read arrived too late for the order and
+    is skipped, with a warning.
 
     `num_shards` and `index`: this reader takes the files with hash(name) % num_shards ==
     index, see shard_of_file (default: the worker's index and the number of workers from
@@ -104,7 +115,7 @@ class FollowedFilesDataset(TextLineDataset):
     # -- which files -------------------------------------------------------------------------
     def _mine(self, name):
         return not is_temporary(name) and fnmatch.fnmatchcase(name, self.pattern) and \
-            shard_of_file(name, self.num_shards) == self.index
+            _utf8(name) and shard_of_file(name, self.num_shards) == self.index
 
     def _listing(self):
         """The names of this share's complete files in the directory, sorted."""
