@@ -1,6 +1,6 @@
 """`launch --online`: whole jobs on localhost training on a followed directory. A stop (SIGTERM)
 gives a final checkpoint and exit 0; a job restarted from it trains on every line exactly once
-across the two runs; a worker that fails is restarted (after a backoff) and resumes where its
+across the two runs; a worker killed is restarted (after a backoff) and resumes where its
 applied pushes left off. Also the CLI's online options and the backoff."""
 
 import os
@@ -89,15 +89,15 @@ def test_a_stop_checkpoints_and_a_restart_trains_on_every_line_once(tmp_path):
 
 
 @pytest.mark.cluster
-def test_a_failed_worker_is_restarted_and_resumes_after_its_applied_pushes(tmp_path):
+def test_a_killed_worker_is_restarted_and_resumes_after_its_applied_pushes(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     for k in range(6):
         ship(data, f"part-{k:03d}.csv", range(10 * k, 10 * k + 10))
-    code, out, err = run(tmp_path, "--idle-timeout", 2, "--fail-once", tmp_path / "failed")
+    code, out, err = run(tmp_path, "--idle-timeout", 2, "--kill-once", tmp_path / "killed")
     assert code == 0, explain(code, out, err)
-    assert (tmp_path / "failed").exists()
-    assert "worker 1 failed with exit code 3; restarting it in 1 s (online job)" in out + err, \
+    assert (tmp_path / "killed").exists()
+    assert "worker 1 was killed by SIGKILL; restarting it in 1 s (online job)" in out + err, \
         explain(code, out, err)
     final = counts(tmp_path)
     np.testing.assert_array_equal(final[:60], -1.0)

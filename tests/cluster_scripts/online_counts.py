@@ -1,12 +1,12 @@
 """Online training on a followed directory whose lines are ids: each step subtracts 1 from row
 `id` of `counts` for every id of its batch, so once every line was trained on exactly once,
 `counts` is -1 at each id the files hold and 0 elsewhere. Checkpoints every 3 steps to
---checkpoint-dir. With --fail-once FILE, worker 1 exits 3 after its third step the first time
-(when FILE does not exist yet, which it then creates)."""
+--checkpoint-dir. With --kill-once FILE, worker 1 kills itself (SIGKILL) after its third step
+the first time (when FILE does not exist yet, which it then creates)."""
 
 import argparse
 import os
-import sys
+import signal
 import time
 
 import numpy as np
@@ -20,7 +20,7 @@ parser.add_argument("--checkpoint-dir", required=True)
 parser.add_argument("--rows", type=int, default=1000)
 parser.add_argument("--step-sleep", type=float, default=0.0)
 parser.add_argument("--idle-timeout", type=float, default=None)
-parser.add_argument("--fail-once", default=None)
+parser.add_argument("--kill-once", default=None)
 args = parser.parse_args()
 
 lines = tf.data.experimental.follow_files(args.data, "*.csv", poll_interval=0.05,
@@ -39,8 +39,8 @@ with tf.train.MonitoredTrainingSession(checkpoint_dir=args.checkpoint_dir,
     while not sess.should_stop():
         sess.run(train)
         steps += 1
-        if args.fail_once and index == 1 and steps == 3 and not os.path.exists(args.fail_once):
-            open(args.fail_once, "w").close()
-            sys.exit(3)
+        if args.kill_once and index == 1 and steps == 3 and not os.path.exists(args.kill_once):
+            open(args.kill_once, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(args.step_sleep)
 print(f"trained {steps} steps", flush=True)
