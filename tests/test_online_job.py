@@ -4,6 +4,7 @@ across the two runs; a worker killed is restarted (after a backoff) and resumes 
 applied pushes left off. Also the CLI's online options and the backoff."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,3 +125,38 @@ def test_online_does_not_go_with_script_ps(capsys):
 def test_the_restart_backoff_doubles_to_its_bound():
     assert [restart_delay(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
     assert restart_delay(30) == BACKOFF_MAX_S
+
+
+@pytest.mark.cluster
+def test_a_killed_parameter_server_is_restarted_restored_and_the_job_stops_cleanly(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(20):
+        ship(data, f"part-{k:03d}.csv", range(10 * k, 10 * k + 10))
+    log = tmp_path / "launch.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(command(tmp_path, "--step-sleep", 0.1), stdout=out,
+                                   stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "ckpt" / "checkpoint").exists():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        # shard 0 holds the variable, the global step and the input positions
+        ps_0 = int(re.search(r"started ps 0 \(pid (\d+)\)", log.read_text()).group(1))
+        os.kill(ps_0, signal.SIGKILL)
+        while "restored parameter server(s) 0" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        time.sleep(0.5)  # training goes on
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log.read_text()
+    assert process.returncode == 0, text
+    assert "ps 0 was killed by SIGKILL; restarting it (online job)" in text
+    assert "the chief wrote its final checkpoint" in text
+    assert set(np.unique(counts(tmp_path))) <= {0.0, -1.0}
