@@ -158,5 +158,6 @@ def test_a_killed_parameter_server_is_restarted_restored_and_the_job_stops_clean
     text = log.read_text()
     assert process.returncode == 0, text
     assert "ps 0 was killed by SIGKILL; restarting it (online job)" in text
+    assert "worker 1 failed" not in text  # it waited for the chief's restore, and went on
     assert "the chief wrote its final checkpoint" in text
     assert set(np.unique(counts(tmp_path))) <= {0.0, -1.0}

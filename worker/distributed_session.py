@@ -148,7 +148,10 @@ class DistributedSession(Session):
         log.warning("%s; checking the parameter servers", error)
         lost = store.lost_shards(RECOVERY_TIMEOUT_S)
         if not lost:
-            return isinstance(error, UnavailableError)
+            # A shard that restarted may have been restored by the chief between the failed
+            # call and this look: every variable is back, so the run is tried once more (a
+            # failure that has nothing to do with a restart fails again, and stands).
+            return isinstance(error, (UnavailableError, FailedPreconditionError, NotFoundError))
         names = _shard_names(store, lost)
         if not self.task.is_chief:
             log.warning("parameter server(s) %s restarted; waiting for the chief to restore "
