@@ -62,7 +62,7 @@ class DeclareVariablesRequest(_message.Message):
     def __init__(self, variables: _Optional[_Iterable[_Union[VariableSpec, _Mapping]]] = ..., tables: _Optional[_Iterable[_Union[TableSpec, _Mapping]]] = ...) -> None: ...
 
 class TableSpec(_message.Message):
-    __slots__ = ("name", "dim", "dtype", "initializer", "initializer_params", "filter_freq", "steps_to_live")
+    __slots__ = ("name", "dim", "dtype", "initializer", "initializer_params", "filter_freq", "steps_to_live", "max_rows")
     class InitializerParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class TableSpec(_message.Message):
     INITIALIZER_PARAMS_FIELD_NUMBER: _ClassVar[int]
     FILTER_FREQ_FIELD_NUMBER: _ClassVar[int]
     STEPS_TO_LIVE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ROWS_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     dtype: str
@@ -84,7 +85,8 @@ class TableSpec(_message.Message):
     initializer_params: _containers.ScalarMap[str, float]
     filter_freq: int
     steps_to_live: int
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., initializer: _Optional[str] = ..., initializer_params: _Optional[_Mapping[str, float]] = ..., filter_freq: _Optional[int] = ..., steps_to_live: _Optional[int] = ...) -> None: ...
+    max_rows: int
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., initializer: _Optional[str] = ..., initializer_params: _Optional[_Mapping[str, float]] = ..., filter_freq: _Optional[int] = ..., steps_to_live: _Optional[int] = ..., max_rows: _Optional[int] = ...) -> None: ...
 
 class DeclareVariablesResponse(_message.Message):
     __slots__ = ("initialized",)
@@ -442,3 +444,47 @@ class TableStats(_message.Message):
     evicted: int
     dropped_gradients: int
     def __init__(self, name: _Optional[str] = ..., rows: _Optional[int] = ..., bytes: _Optional[int] = ..., created: _Optional[int] = ..., filtered: _Optional[int] = ..., evicted: _Optional[int] = ..., dropped_gradients: _Optional[int] = ...) -> None: ...
+
+class FollowRequest(_message.Message):
+    __slots__ = ("after_seq", "incarnation")
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    after_seq: int
+    incarnation: int
+    def __init__(self, after_seq: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
+
+class TableUpdate(_message.Message):
+    __slots__ = ("name", "dim", "dtype", "keys", "values", "removed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dim: int
+    dtype: str
+    keys: Tensor
+    values: Tensor
+    removed: Tensor
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., dtype: _Optional[str] = ..., keys: _Optional[_Union[Tensor, _Mapping]] = ..., values: _Optional[_Union[Tensor, _Mapping]] = ..., removed: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ParameterUpdate(_message.Message):
+    __slots__ = ("incarnation", "shard", "from_seq", "to_seq", "snapshot", "last", "tables", "dense")
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TO_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    TABLES_FIELD_NUMBER: _ClassVar[int]
+    DENSE_FIELD_NUMBER: _ClassVar[int]
+    incarnation: int
+    shard: int
+    from_seq: int
+    to_seq: int
+    snapshot: bool
+    last: bool
+    tables: _containers.RepeatedCompositeFieldContainer[TableUpdate]
+    dense: _containers.RepeatedCompositeFieldContainer[NamedTensor]
+    def __init__(self, incarnation: _Optional[int] = ..., shard: _Optional[int] = ..., from_seq: _Optional[int] = ..., to_seq: _Optional[int] = ..., snapshot: _Optional[bool] = ..., last: _Optional[bool] = ..., tables: _Optional[_Iterable[_Union[TableUpdate, _Mapping]]] = ..., dense: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ...) -> None: ...

@@ -89,6 +89,11 @@ class ParameterServerStub:
                 request_serializer=psflow__pb2.SaveShardRequest.SerializeToString,
                 response_deserializer=psflow__pb2.SaveShardResponse.FromString,
                 _registered_method=True)
+        self.Follow = channel.unary_stream(
+                '/psflow.ParameterServer/Follow',
+                request_serializer=psflow__pb2.FollowRequest.SerializeToString,
+                response_deserializer=psflow__pb2.ParameterUpdate.FromString,
+                _registered_method=True)
         self.GetInputPositions = channel.unary_unary(
                 '/psflow.ParameterServer/GetInputPositions',
                 request_serializer=psflow__pb2.InputPositionsRequest.SerializeToString,
@@ -187,6 +192,19 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Follow(self, request, context):
+        """Streams what the shard changes, for a serving process to mirror it: first a catch-up from
+        the follower's position (a snapshot when the shard cannot continue from it: position 0,
+        another incarnation, or older than the shard still knows), then, every publish period,
+        one delta of the rows changed and removed since the last (values only, no optimizer
+        slots) and, every dense period, the dense variables' values. A follower that falls
+        behind by more than the shard buffers for it is dropped: the stream ends with ABORTED,
+        "... resync", and it follows again from its position. Training never waits for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetInputPositions(self, request, context):
         """Shard 0: the input positions of the job's followed datasets (how far the pushes applied
         so far consumed each share of each followed directory), for a worker that starts.
@@ -252,6 +270,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.SaveShard,
                     request_deserializer=psflow__pb2.SaveShardRequest.FromString,
                     response_serializer=psflow__pb2.SaveShardResponse.SerializeToString,
+            ),
+            'Follow': grpc.unary_stream_rpc_method_handler(
+                    servicer.Follow,
+                    request_deserializer=psflow__pb2.FollowRequest.FromString,
+                    response_serializer=psflow__pb2.ParameterUpdate.SerializeToString,
             ),
             'GetInputPositions': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInputPositions,
@@ -556,6 +579,33 @@ class ParameterServer:
             '/psflow.ParameterServer/SaveShard',
             psflow__pb2.SaveShardRequest.SerializeToString,
             psflow__pb2.SaveShardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Follow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/psflow.ParameterServer/Follow',
+            psflow__pb2.FollowRequest.SerializeToString,
+            psflow__pb2.ParameterUpdate.FromString,
             options,
             channel_credentials,
             insecure,

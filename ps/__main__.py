@@ -3,6 +3,7 @@
     python -m psflow.ps --task-index I --num-workers N [--host 127.0.0.1] [--port 0]
         [--port-fallback] [--port-file PATH] [--insecure] [--checkpoint-root DIR]
         [--allow-nonfinite] [--metrics-port PORT] [--metrics-host HOST] [--parent-pid PID]
+        [--publish-period 0.2] [--dense-period 5] [--follower-buffer-bytes N]
         [--online] [--log-level INFO]
 
 Exits 0 when the shard's lifecycle ends normally (every worker done unless --online,
@@ -61,6 +62,18 @@ def parse_args(argv):
     data.add_argument("--allow-nonfinite", action="store_true",
                       default=settings.ALLOW_NONFINITE.get(),
                       help="apply gradients that hold NaN or Inf (refused by default)")
+    publishing = parser.add_argument_group("publishing to serving (the Follow rpc)")
+    publishing.add_argument("--publish-period", type=seconds, default=0.2,
+                            metavar="SECONDS",
+                            help="how often the tables' changes go to followers (default 0.2)")
+    publishing.add_argument("--dense-period", type=seconds, default=5.0,
+                            metavar="SECONDS",
+                            help="how often the dense variables' values go to followers "
+                                 "(default 5)")
+    publishing.add_argument("--follower-buffer-bytes", type=whole_number(1),
+                            default=256 << 20, metavar="BYTES",
+                            help="the most bytes kept for one follower; one further behind "
+                                 "is dropped and resyncs (default 256 MiB)")
     metrics = parser.add_argument_group("metrics")
     metrics.add_argument("--metrics-port", type=port, metavar="PORT",
                          help="serve Prometheus metrics on http://HOST:PORT/metrics (0 picks a "
@@ -131,6 +144,9 @@ def main(argv=None):
                                  port_fallback=args.port_fallback, parent_pid=args.parent_pid,
                                  checkpoint_root=args.checkpoint_root,
                                  allow_nonfinite=args.allow_nonfinite, insecure=args.insecure,
+                                 publish_period=args.publish_period,
+                                 dense_period=args.dense_period,
+                                 follower_buffer_bytes=args.follower_buffer_bytes,
                                  online=args.online)
     except ValueError as exc:  # e.g. TLS files that cannot be read
         log.error("%s", exc)
@@ -155,7 +171,8 @@ def main(argv=None):
     if args.metrics_port is not None:
         from .shard_exporter import ShardCollector  # prometheus_client only when asked for
         try:
-            monitoring.serve(ShardCollector(server.store), args.metrics_port, args.metrics_host,
+            monitoring.serve(ShardCollector(server.store, server.publisher),
+                             args.metrics_port, args.metrics_host,
                              what=f"shard {args.task_index}'s metrics")
         except OSError as exc:  # the job goes on without them
             log.error("%s; shard %d serves no metrics", exc, args.task_index)

@@ -128,7 +128,8 @@ def add_to_server(servicer, server):
     replies that may be ready-made bytes."""
     service = pb.DESCRIPTOR.services_by_name["ParameterServer"]
     handlers = {
-        method.name: grpc.unary_unary_rpc_method_handler(
+        method.name: (grpc.unary_stream_rpc_method_handler if method.server_streaming
+                      else grpc.unary_unary_rpc_method_handler)(
             getattr(servicer, method.name),
             # Each handler parses its own request (see _handler).
             request_deserializer=None,
@@ -142,8 +143,9 @@ def add_to_server(servicer, server):
 class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     """The ParameterServer service over a ShardStore (see psflow.proto's psflow.proto)."""
 
-    def __init__(self, store):
+    def __init__(self, store, publisher=None):
         self.store = store
+        self.publisher = publisher  # a psflow.ps.publisher.Publisher, for Follow
         self.lane = ""  # the name of the same-host lane offered to workers (transport.lane)
 
     @_handler
@@ -158,7 +160,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             self.store.declare_tables([{
                 "name": t.name, "dim": t.dim, "dtype": t.dtype,
                 "initializer": {"kind": t.initializer, **dict(t.initializer_params)},
-                "filter_freq": t.filter_freq, "steps_to_live": t.steps_to_live}
+                "filter_freq": t.filter_freq, "steps_to_live": t.steps_to_live,
+                "max_rows": t.max_rows}
                 for t in request.tables])
         return pb.DeclareVariablesResponse(initialized=initialized)
 
@@ -301,6 +304,38 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         for name, table in sorted(self.store.table_stats().items()):
             reply.tables.add(name=name, **table)
         return reply
+
+    def Follow(self, request, context):
+        """Streams the shard's updates (see psflow.ps.publisher): the catch-up, then the
+        deltas as they are published, until the follower goes away, falls behind (ABORTED,
+        "... resync") or the server stops (UNAVAILABLE)."""
+        try:
+            request = pb.FollowRequest.FromString(request)
+        except DecodeError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"Follow: the request is not a FollowRequest: {exc}")
+        if self.publisher is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"parameter server {self.store.shard} publishes no updates")
+        try:
+            follower, catch_up = self.publisher.follow(request.after_seq, request.incarnation)
+        except RuntimeError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        context.add_callback(follower.close)
+        try:
+            yield from catch_up
+            del catch_up
+            while context.is_active():
+                message = follower.take(timeout=1.0)
+                if message is not None:
+                    yield message
+                elif follower.dropped is not None:
+                    context.abort(grpc.StatusCode.ABORTED, follower.dropped)
+                elif follower.closed:
+                    context.abort(grpc.StatusCode.UNAVAILABLE,
+                                  f"parameter server {self.store.shard} is stopping")
+        finally:
+            self.publisher.leave(follower)
 
     def _membership(self, membership):
         num_workers, done = membership

@@ -22,10 +22,12 @@ STALENESS_BOUNDS = (0, 1, 2, 4, 8, 16)
 
 
 class ShardCollector:
-    """A prometheus_client collector over one shard's store."""
+    """A prometheus_client collector over one shard's store (and its publisher, when given:
+    the parameter stream to serving)."""
 
-    def __init__(self, store):
+    def __init__(self, store, publisher=None):
         self.store = store
+        self.publisher = publisher
 
     def describe(self):
         return []  # families are known only when collected (variables come and go)
@@ -145,5 +147,28 @@ class ShardCollector:
                 ("last_checkpoint_seconds", "Time the last checkpoint file took", last[0]),
                 ("last_checkpoint_bytes", "Size of the last checkpoint file", last[1])):
             metric = family(GaugeMetricFamily, name, text)
+            metric.add_metric([shard], value)
+            yield metric
+        if self.publisher is not None:
+            yield from self._publishing(family, shard)
+
+    def _publishing(self, family, shard):
+        publisher = self.publisher
+        published = dict(publisher.stats)
+        for kind, name, text, value in (
+                (GaugeMetricFamily, "followers", "Serving processes following this shard",
+                 publisher.followers),
+                (GaugeMetricFamily, "change_sequence",
+                 "The sequence number of this shard's last table change",
+                 publisher.clock.value),
+                (CounterMetricFamily, "published_deltas", "Deltas published to followers",
+                 published["deltas"]),
+                (CounterMetricFamily, "published_bytes", "Bytes of the deltas published",
+                 published["bytes"]),
+                (CounterMetricFamily, "follower_snapshots", "Snapshots sent to followers",
+                 published["snapshots"]),
+                (CounterMetricFamily, "followers_dropped",
+                 "Followers dropped for falling behind (they resync)", published["dropped"])):
+            metric = family(kind, name, text)
             metric.add_metric([shard], value)
             yield metric

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from psflow.parent import WATCH_INTERVAL_S, ParentWatch
 from psflow.proto import codec
 from psflow.transport import auth, lane, memory
+from .publisher import Publisher
 from .servicer import ParameterServerServicer, add_to_server
 from .shard_store import ShardStore
 
@@ -49,15 +50,18 @@ class ParameterServer:
     def __init__(self, shard=0, num_workers=1, host="127.0.0.1", port=0, port_fallback=False,
                  parent_pid=None, threads=64, done_grace_s=0.5, stop_grace_s=2.0,
                  token=None, credentials=None, checkpoint_root=None, allow_nonfinite=False,
-                 insecure=False, online=False):
+                 insecure=False, publish_period=0.2, dense_period=5.0,
+                 follower_buffer_bytes=256 << 20, online=False):
         """`token`: refuse calls without it (default: PSFLOW_AUTH_TOKEN, if set).
         `credentials`: gRPC server credentials to serve TLS (default: from PSFLOW_TLS_CERT
         and PSFLOW_TLS_KEY, if set). `checkpoint_root`: the folder SaveShard may write in
         (none: no SaveShard). `allow_nonfinite`: apply NaN/Inf gradients instead of refusing
         them. Without a token the server binds only a loopback address, unless `insecure`
-        (ValueError otherwise). `online`: the job trains on an unbounded stream, so the
-        server keeps serving when every worker is done (it stops when told to, or when its
-        parent process is gone)."""
+        (ValueError otherwise). `publish_period`, `dense_period`, `follower_buffer_bytes`:
+        how often the shard publishes its tables' changes and its dense values to the serving
+        processes that follow it, and how many bytes it keeps for each (see publisher).
+        `online`: the job trains on an unbounded stream, so the server keeps serving when
+        every worker is done (it stops when told to, or when its parent process is gone)."""
         self.token = auth.token_from_env() if token is None else token
         if not self.token and not insecure and not _is_loopback(host):
             raise ValueError(f"refusing to serve on {host} without a job token: anyone who "
@@ -65,6 +69,8 @@ class ParameterServer:
                              "PSFLOW_AUTH_TOKEN, or pass --insecure to serve anyway")
         self.store = ShardStore(shard=shard, num_workers=num_workers,
                                 allow_nonfinite=allow_nonfinite, checkpoint_root=checkpoint_root)
+        self.publisher = Publisher(self.store, publish_period, dense_period,
+                                   follower_buffer_bytes)
         self.credentials = auth.server_credentials() if credentials is None else credentials
         self.host = host
         self.requested_port = port
@@ -100,7 +106,7 @@ class ParameterServer:
                                                     thread_name_prefix=f"ps{self.shard}")
         interceptors = [auth.TokenInterceptor(self.token)] if self.token else []
         server = grpc.server(self._executor, options=SERVER_OPTIONS, interceptors=interceptors)
-        servicer = ParameterServerServicer(self.store)
+        servicer = ParameterServerServicer(self.store, self.publisher)
         add_to_server(servicer, server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -111,6 +117,7 @@ class ParameterServer:
             raise
         server.start()
         self._server = server
+        self.publisher.start()
         if lane.enabled():
             try:
                 self._lane = lane.LaneServer(servicer, self.token,
@@ -187,6 +194,7 @@ class ParameterServer:
                 log.info("shard %d stopping: %s", self.shard, reason)
             self._health.enter_graceful_shutdown()
             self.store.close()
+            self.publisher.stop()
             if self._lane is not None:
                 self._lane.stop()
             self._server.stop(grace).wait()

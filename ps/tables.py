@@ -10,6 +10,7 @@ from psflow.embedding_table import EmbeddingTable
 from psflow.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError
 from psflow.graph import format_shape as _shape_text
 from psflow.row_init import INITIALIZERS
+from psflow.table_changes import ChangeClock
 from psflow.table_policies import eviction_due
 from .dense_variables import MAX_REPLY_BYTES
 
@@ -17,16 +18,16 @@ from .dense_variables import MAX_REPLY_BYTES
 class _Table:
     """An embedding table as this shard holds it: the rows of the keys that hash here, under
     `lock`. `spec` is what it was declared with (name, dim, dtype, initializer, filter_freq,
-    steps_to_live)."""
+    steps_to_live, max_rows); `clock` the shard's ChangeClock."""
 
-    def __init__(self, spec):
-        name, dim, dtype, initializer, filter_freq, steps_to_live = spec
+    def __init__(self, spec, clock):
+        name, dim, dtype, initializer, filter_freq, steps_to_live, max_rows = spec
         self.spec = spec
         self.name = name
         self.dim = dim
         self.dtype = np.dtype(dtype)
         self.table = EmbeddingTable(name, dim, dtype, dict(initializer), filter_freq,
-                                    steps_to_live or None)
+                                    steps_to_live or None, max_rows or None, clock)
         self.lock = threading.Lock()
         self.version = 0
         self.evicted_at = 0  # the global step of the last eviction pass
@@ -48,10 +49,12 @@ class _Table:
 
 class ShardTables:
     """The shard's tables by name, and the newest global step a worker told the shard (`step`:
-    rows are created, updated and evicted by it)."""
+    rows are created, updated and evicted by it). Every change to any of them takes the next
+    sequence number of `clock` (see psflow.table_changes)."""
 
     def __init__(self, shard, registry_lock, counters):
         self.shard = shard
+        self.clock = ChangeClock()
         self.counters = counters
         self.held = {}  # name -> _Table
         self.step = 0
@@ -70,8 +73,8 @@ class ShardTables:
 
     def declare(self, specs, variables):
         """Declares embedding tables, dicts with name, dim, dtype, initializer ({"kind": ...,
-        parameters}), filter_freq, steps_to_live; `variables` holds the names of the shard's
-        variables, which no table may take. Re-declaring alike is a no-op; differently, an
+        parameters}), filter_freq, steps_to_live, max_rows; `variables` holds the names of the
+        shard's variables, which no table may take. Re-declaring alike is a no-op; differently, an
         InvalidArgumentError naming the table (and nothing of the call is declared)."""
         checked = {}
         for spec in specs:
@@ -95,8 +98,13 @@ class ShardTables:
                 raise InvalidArgumentError(f"embedding table {name!r}: unknown initializer "
                                            f"{initializer.get('kind')!r}; known: "
                                            f"{', '.join(INITIALIZERS)}")
+            max_rows = int(spec.get("max_rows") or 0)
+            if max_rows < 0:
+                raise InvalidArgumentError(f"embedding table {name!r}: max_rows {max_rows}; "
+                                           "it must be positive (0: no cap)")
             key = (name, dim, dtype.name, tuple(sorted(initializer.items())),
-                   int(spec.get("filter_freq") or 0), int(spec.get("steps_to_live") or 0))
+                   int(spec.get("filter_freq") or 0), int(spec.get("steps_to_live") or 0),
+                   max_rows)
             if name in checked and checked[name] != key:
                 raise InvalidArgumentError(f"embedding table {name!r} declared twice, "
                                            "differently, in one call")
@@ -111,12 +119,14 @@ class ShardTables:
                     raise InvalidArgumentError(
                         f"embedding table {name!r} is already declared as dim {held.dim} "
                         f"{held.dtype.name} with {dict(held.spec[3])}, filter_freq "
-                        f"{held.spec[4]}, steps_to_live {held.spec[5]}; it cannot be "
-                        f"redeclared as dim {key[1]} {key[2]} with {dict(key[3])}, filter_freq "
-                        f"{key[4]}, steps_to_live {key[5]}")
+                        f"{held.spec[4]}, steps_to_live {held.spec[5]}, max_rows "
+                        f"{held.spec[6]}; it cannot be redeclared as dim {key[1]} "
+                        f"{key[2]} "
+                        f"with {dict(key[3])}, filter_freq {key[4]}, steps_to_live {key[5]}, "
+                        f"max_rows {key[6]}")
             for name, key in checked.items():
                 if name not in self.held:
-                    self.held[name] = _Table(key)
+                    self.held[name] = _Table(key, self.clock)
 
     def lookup_keys(self, selections, global_step=0):
         """[(name, version, rows)] for selections [(table name, int64 keys, counts or None,

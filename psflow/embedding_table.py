@@ -6,10 +6,13 @@ parameter servers and in a local session alike.
 and how often it was seen, and per row (once admitted) its values, the global step it was last
 updated at and its optimizer slots, in contiguous growable arrays. A new row's values come
 from psflow.row_init; admission and eviction are decided by psflow.table_policies.
+
+Every change takes a sequence number from the table's ChangeClock (its shard's), kept per row
+and, for removed rows, in a log of tombstones: `changes_since` reads them (psflow.table_changes).
+What a checkpoint keeps, and loading it, are in psflow.table_state.
 """
 
 import collections
-import time
 
 import numpy as np
 
@@ -18,18 +21,24 @@ from .errors import InvalidArgumentError
 from .indexed_slices import IndexedSlices
 from .key_index import Dedup, Growable, KeyIndex
 from .row_init import INITIALIZERS, initial_rows
+from .table_changes import TOMBSTONE_LIMIT, ChangeClock, Changes, RowSequences, Tombstones
+from .table_state import TableState
 
 
-class EmbeddingTable:
+class EmbeddingTable(TableState):
     """One table (or one shard's share of it): entries for every key seen, rows for the
     admitted ones.
 
     `filter_freq`: a key gets a row once it has been seen that many times (0 or 1: at once);
     until then it reads as zeros and its gradients are dropped. `steps_to_live`: rows not
-    updated within that many global steps are removed by `evict` (None: never)."""
+    updated within that many global steps are removed by `evict` (None: never). `max_rows`:
+    a training lookup that would give the table more rows removes the least recently updated
+    ones first (see `_cap`; None: no cap). `clock`: the ChangeClock the table's changes take
+    their sequence numbers from (a shard's, shared by its tables; default: its own);
+    `tombstone_limit`: how many removed keys `changes_since` can report (about)."""
 
     def __init__(self, name, dim, dtype=np.float32, initializer=None, filter_freq=0,
-                 steps_to_live=None):
+                 steps_to_live=None, max_rows=None, clock=None, tombstone_limit=TOMBSTONE_LIMIT):
         self.name, self.dim, self.dtype = name, int(dim), np.dtype(dtype)
         self.initializer = dict(initializer or {"kind": "zeros"})
         if self.initializer["kind"] not in INITIALIZERS:
@@ -37,6 +46,14 @@ class EmbeddingTable:
                                        f"{self.initializer['kind']!r}")
         self.filter_freq = int(filter_freq or 0)
         self.steps_to_live = int(steps_to_live) if steps_to_live else None
+        if max_rows is not None and int(max_rows) < 1:
+            raise InvalidArgumentError(f"table {name!r}: max_rows must be positive, got "
+                                       f"{max_rows}")
+        self.max_rows = int(max_rows) if max_rows else None
+        self.clock = clock if clock is not None else ChangeClock()
+        self.row_seq = RowSequences()  # row -> sequence of its last change
+        self.entry_seq = RowSequences()  # entry -> sequence of its last sighting counted
+        self.tombstones = Tombstones(tombstone_limit)
         self.index = KeyIndex()
         # per entry (a key seen): its sightings and its row (-1 before admission)
         self.freq = Growable((), np.int32)
@@ -50,7 +67,7 @@ class EmbeddingTable:
         # (the usual case) finds them without probing the index again.
         self._recent = collections.OrderedDict()
         self._pending = {}  # rule name -> [(slot name, rows, array)] loaded before use
-        self._copying = 0  # copies for a checkpoint under way (see copy_state)
+        self._copying = 0  # copies under way (see copy_state, changes_in_chunks)
         self.stats = {"created": 0, "filtered": 0, "evicted": 0, "dropped_gradients": 0}
 
     def __len__(self):
@@ -112,22 +129,55 @@ class EmbeddingTable:
         if fresh:
             self.freq.append(np.zeros(fresh, dtype=np.int32))
             self.row_of.append(np.full(fresh, -1, dtype=np.int32))
+            self.entry_seq.append(fresh, 0)
         freq = self.freq.view()
         if policies.counts_sightings(self.filter_freq):
             policies.count_sightings(freq, entries, counts)
+            self.entry_seq.mark(entries, self.clock.advance())
         row_of = self.row_of.view()
         waiting = row_of[entries] < 0
         if waiting.any():
             admit = waiting & policies.admitted(freq[entries], self.filter_freq)
             if admit.any():
                 self._admit(entries[admit], keys[admit], global_step)
+                if self.max_rows is not None and self.values.size > self.max_rows:
+                    entries = self._cap(keys, entries)
             self.stats["filtered"] += int((waiting & ~admit).sum())
         return self._rows_of_entries(entries)
 
-    def _rows_of_entries(self, entries):
+    def _cap(self, keys, entries):
+        """Brings the table back within max_rows after a lookup of `keys` (at `entries`)
+        created rows: removes the least recently updated rows, never those of `keys`; returns
+        the keys' entries as renumbered. While a copy for a checkpoint is under way, rows keep
+        their places and the cap waits for the next lookup."""
+        count = policies.rows_over_cap(self.values.size, self.max_rows)
+        if not count or self._copying:
+            return entries
+        row_of = self.row_of.view()
+        batch_rows = row_of[entries[entries >= 0]]
+        gone = policies.least_recent_rows(self.last_step.view(), self.row_seq.rows.view(),
+                                          count, batch_rows[batch_rows >= 0])
+        if not gone.size:
+            return entries
+        self.remove_rows(gone)
+        self.stats["evicted"] += int(gone.size)
+        entries = self.index.find(keys)
+        self._remember(keys, entries)
+        return entries
+
+    def find_rows(self, keys):
+        """The row number of each of `keys` (int64), -1 for keys without a row; row numbers
+        hold until rows are removed."""
+        return self._row_numbers(self.index.find(self.check_keys(keys, "finding keys in")))
+
+    def _row_numbers(self, entries):
         rows = np.full(entries.size, -1, dtype=np.int64)
         known = entries >= 0
         rows[known] = self.row_of.view()[entries[known]]
+        return rows
+
+    def _rows_of_entries(self, entries):
+        rows = self._row_numbers(entries)
         out = np.zeros((entries.size, self.dim), dtype=self.dtype)
         has = rows >= 0
         out[has] = self.values.array[rows[has]]
@@ -138,6 +188,7 @@ class EmbeddingTable:
         self.values.append(initial_rows(self.initializer, keys, self.dim, self.dtype))
         self.row_keys.append(keys)
         self.last_step.append(np.full(keys.size, global_step, dtype=np.int64))
+        self.row_seq.append(keys.size, self.clock.advance())
         self.row_of.view()[entries] = np.arange(start, start + keys.size)
         for rule_name, rule_slots in self.slots.items():
             for name, slot in rule_slots.items():
@@ -173,6 +224,7 @@ class EmbeddingTable:
         rule.apply(value, IndexedSlices(grads.astype(self.dtype, copy=False), rows,
                                         value.shape), views)
         self.last_step.view()[rows] = global_step
+        self.row_seq.mark(rows, self.clock.advance())
 
     def _slots_for(self, rule):
         slots = self.slots.get(rule.name)
@@ -206,8 +258,9 @@ class EmbeddingTable:
             self.stats["evicted"] += count
         return count
 
-    def remove_rows(self, rows):
-        """Removes rows (and their keys' entries); the others keep their values and slots."""
+    def remove_rows(self, rows, entry_keys_too=None):
+        """Removes rows (and their keys' entries, and those of `entry_keys_too`); the others
+        keep their values and slots."""
         self._recent.clear()  # entries are renumbered
         keep_rows = np.ones(self.values.size, dtype=bool)
         keep_rows[rows] = False
@@ -221,12 +274,16 @@ class EmbeddingTable:
                 for slot_name, rows, array in pending]
         for grown in (self.values, self.row_keys, self.last_step):
             grown.keep(positions)
+        self.row_seq.keep(positions)
+        self.tombstones.add(gone_keys, self.clock.advance())
         for rule_slots in self.slots.values():
             for slot in rule_slots.values():
                 if isinstance(slot, Growable):
                     slot.keep(positions)
         # entries: drop the evicted keys', renumber rows
         entry_keys = self.index.keys_by_entry()
+        if entry_keys_too is not None:
+            gone_keys = np.concatenate([gone_keys, entry_keys_too])
         entries_kept = ~np.isin(entry_keys, gone_keys)
         new_row = np.full(keep_rows.size, -1, dtype=np.int64)
         new_row[positions] = np.arange(positions.size)
@@ -234,172 +291,90 @@ class EmbeddingTable:
         row_of = np.where(row_of >= 0, new_row[np.maximum(row_of, 0)], -1)
         entry_positions = np.flatnonzero(entries_kept)
         self.freq.keep(entry_positions)
+        self.entry_seq.keep(entry_positions)
         self.row_of = Growable((), np.int32)
         self.row_of.append(row_of)
         self.index.rebuild(entry_keys[entry_positions])
+
+    def remove_keys(self, keys):
+        """Removes the rows of `keys` and the keys' entries (their sightings are forgotten, as
+        an eviction forgets them; keys never seen are ignored); returns how many rows."""
+        keys = self.check_keys(keys, "removing from")
+        entries = self.index.find(keys)
+        rows = self._row_numbers(entries)
+        if (entries >= 0).any():
+            self.remove_rows(rows[rows >= 0], keys[(entries >= 0) & (rows < 0)])
+        rows = rows[rows >= 0]
+        return int(rows.size)
+
+    # -- changes ------------------------------------------------------------------------------
+    def changes_since(self, seq, with_state=False):
+        """"Rows changed since X": a Changes(keys, values, removed, upto, state) of what changed
+        after sequence `seq` (0: everything, as a full copy): the keys and current values of
+        the rows changed after it, the keys whose rows were removed after it and have none
+        now, and `upto`, the sequence all of the table's changes are in them up to; with
+        `with_state`, `state` holds those rows' fields as state() gives them (their last
+        steps and optimizer slots too, and the sighting counts changed since), which `load`
+        sets on another table. The one way
+        anything follows a table (the parameter stream reads values, replica catch-up and
+        incremental checkpoints the state); the caller holds the table's lock, as for any
+        read. Costs the rows changed and one look per block of rows, not a copy of the table;
+        ChangesLost when `seq` is older than the removals the table still knows."""
+        seq = int(seq)
+        upto = self.clock.value
+        if seq <= 0:
+            removed = np.zeros(0, dtype=np.int64)
+            rows = np.arange(self.values.size)
+        else:
+            removed = self.tombstones.since(seq)
+            rows = self.row_seq.changed_since(seq)
+        keys = self.row_keys.view()[rows]
+        values = self.values.view()[rows]
+        if removed.size and keys.size:  # removed, then created again: a row now
+            removed = removed[~np.isin(removed, keys)]
+        state = None
+        if with_state:
+            entries = np.arange(self.index.size) if seq <= 0 else \
+                self.entry_seq.changed_since(seq)
+            state = {"keys": keys, "values": values, "last_step": self.last_step.view()[rows],
+                     "entry_keys": self.index.keys_by_entry()[entries],
+                     "entry_freq": self.freq.view()[entries]}
+            for rule, rule_slots in self.slots.items():
+                for name, slot in rule_slots.items():
+                    state[f"slot/{rule}/{name}"] = slot.view()[rows] \
+                        if isinstance(slot, Growable) else slot.copy()
+        return Changes(keys, values, removed, upto, state)
+
+    def changes_in_chunks(self, lock, seq, chunk_rows=1 << 16):
+        """changes_since(seq) as a series of Changes of at most `chunk_rows` rows each,
+        holding `lock` (the table's) for one at a time so that training goes on in between:
+        a full copy (`seq` 0) reads the rows a range at a time while they keep their places
+        (eviction and the cap wait, as for a checkpoint's copy); rows created or changed
+        meanwhile are newer than the first chunk's `upto` and so in the changes after it.
+        Later changes are read at once (they cost the rows changed)."""
+        if seq > 0:
+            with lock:
+                yield self.changes_since(seq)
+            return
+        with lock:
+            self._copying += 1
+            rows, upto = self.values.size, self.clock.value
+        try:
+            empty = np.zeros(0, dtype=np.int64)
+            for start in range(0, max(rows, 1), chunk_rows):
+                stop = min(start + chunk_rows, rows)
+                with lock:
+                    chunk = Changes(self.row_keys.array[start:stop].copy(),
+                                    self.values.array[start:stop].copy(), empty, upto, None)
+                yield chunk
+        finally:
+            with lock:
+                self._copying -= 1
 
     # -- state ----------------------------------------------------------------------------------
     def export(self):
         """(keys, values) of the rows, as arrays."""
         return self.row_keys.view().copy(), self.values.view().copy()
-
-    def state(self):
-        """Everything a checkpoint keeps: {name: array}."""
-        out = {"keys": self.row_keys.view(), "values": self.values.view(),
-               "last_step": self.last_step.view(),
-               "entry_keys": self.index.keys_by_entry(), "entry_freq": self.freq.view()}
-        for rule, rule_slots in self.slots.items():
-            for name, slot in rule_slots.items():
-                out[f"slot/{rule}/{name}"] = slot.view() if isinstance(slot, Growable) \
-                    else slot
-        return out
-
-    def copy_state(self, lock, chunk_rows=1 << 16):
-        """A copy of state() taken a chunk of rows at a time, holding `lock` (the table's) for
-        one chunk at a time so that training goes on in between; returns (state, the longest
-        hold in seconds). Rows added meanwhile are left for the next copy, and eviction waits
-        until the copy is done; each row is copied whole (values, step and slots at once)."""
-        longest = 0.0
-
-        def held(fn):
-            nonlocal longest
-            with lock:
-                started = time.monotonic()
-                result = fn()
-                longest = max(longest, time.monotonic() - started)
-            return result
-
-        def begin():
-            self._copying += 1
-            fields = self.state_layout()
-            rows, entries = self.values.size, self.index.size
-            return fields, rows, entries
-
-        fields, rows, entries = held(begin)
-        try:
-            out = {name: np.empty((entries if per == "entry" else rows,) + shape, dtype)
-                   for name, (per, shape, dtype) in fields.items() if per != "scalar"}
-            for start in range(0, max(rows, entries), chunk_rows):
-                def copy(start=start):
-                    for name, (per, _, _) in fields.items():
-                        if per == "scalar":
-                            continue
-                        stop = min(start + chunk_rows, entries if per == "entry" else rows)
-                        if stop > start:
-                            out[name][start:stop] = self._field(name)[start:stop]
-                held(copy)
-            for name, (per, _, _) in fields.items():
-                if per == "scalar":
-                    out[name] = held(lambda name=name: np.array(self._field(name), copy=True))
-        finally:
-            held(lambda: setattr(self, "_copying", self._copying - 1))
-        return out, longest
-
-    def state_layout(self):
-        """{field: ("row" | "entry" | "scalar", row shape, dtype)} of state()."""
-        layout = {"keys": ("row", (), np.dtype(np.int64)),
-                  "values": ("row", (self.dim,), self.dtype),
-                  "last_step": ("row", (), self.last_step.dtype),
-                  "entry_keys": ("entry", (), np.dtype(np.int64)),
-                  "entry_freq": ("entry", (), self.freq.dtype)}
-        for rule, rule_slots in self.slots.items():
-            for name, slot in rule_slots.items():
-                if isinstance(slot, Growable):
-                    layout[f"slot/{rule}/{name}"] = ("row", slot.row_shape, slot.dtype)
-                else:
-                    layout[f"slot/{rule}/{name}"] = ("scalar", slot.shape, slot.dtype)
-        return layout
-
-    def _field(self, name):
-        if name == "keys":
-            return self.row_keys.array
-        if name == "values":
-            return self.values.array
-        if name == "last_step":
-            return self.last_step.array
-        if name == "entry_freq":
-            return self.freq.array
-        if name == "entry_keys":
-            return self.index._keys.array
-        _, rule, slot = name.split("/", 2)
-        found = self.slots[rule][slot]
-        return found.array if isinstance(found, Growable) else found
-
-    def load(self, state, rules=None):
-        """Sets the rows of a checkpoint's `state` (as from state(), possibly a selection of
-        another shard's rows): a key that has a row already takes the checkpoint's (so loading
-        again is harmless). `rules` {name: UpdateRule} makes the slots now; otherwise they
-        are set when their rule first applies. Everything is checked before anything
-        changes."""
-        keys = np.asarray(state["keys"], dtype=np.int64).reshape(-1)
-        values = np.asarray(state["values"])
-        if values.ndim != 2 or values.shape[1] != self.dim:
-            raise InvalidArgumentError(f"table {self.name!r} has dimension {self.dim}, but "
-                                       f"the checkpoint's rows have shape {values.shape}")
-        if values.shape[0] != keys.size or np.unique(keys).size != keys.size:
-            raise InvalidArgumentError(f"table {self.name!r}: the checkpoint has "
-                                       f"{keys.size} keys (each once) for {values.shape[0]} "
-                                       "rows")
-        last_step = np.asarray(state.get("last_step", np.zeros(keys.size)), dtype=np.int64)
-        entry_keys = np.asarray(state.get("entry_keys", keys), dtype=np.int64).reshape(-1)
-        entry_freq = state.get("entry_freq")
-        if last_step.shape != keys.shape or (entry_freq is not None and
-                                             np.shape(entry_freq) != entry_keys.shape):
-            raise InvalidArgumentError(f"table {self.name!r}: the checkpoint's steps or "
-                                       "counts do not match its keys")
-        slot_arrays = []
-        for key, array in state.items():
-            if not key.startswith("slot/"):
-                continue
-            parts = key.split("/")
-            if len(parts) != 3:
-                raise InvalidArgumentError(f"table {self.name!r}: unknown field {key!r}")
-            array = np.asarray(array)
-            if array.ndim and array.shape != (keys.size, self.dim):
-                raise InvalidArgumentError(f"table {self.name!r}: slot {parts[1]}/{parts[2]} "
-                                           f"has shape {array.shape}, expected "
-                                           f"({keys.size}, {self.dim})")
-            slot_arrays.append((parts[1], parts[2], array))
-        # entries: every key seen, with its count when the checkpoint has them
-        entries, new = self.index.insert(np.concatenate([entry_keys, keys]))
-        if new.any():
-            self.freq.append(np.zeros(int(new.sum()), dtype=np.int32))
-            self.row_of.append(np.full(int(new.sum()), -1, dtype=np.int32))
-        if entry_freq is not None:
-            self.freq.view()[entries[:entry_keys.size]] = policies.saturated(entry_freq)
-        row_entries = entries[entry_keys.size:]
-        rows = self.row_of.view()[row_entries].astype(np.int64)
-        fresh = rows < 0
-        start = self.values.size
-        rows[fresh] = np.arange(start, start + int(fresh.sum()))
-        self.values.append(values[fresh])
-        self.row_keys.append(keys[fresh])
-        self.last_step.append(last_step[fresh])
-        self.values.array[rows[~fresh]] = values[~fresh]
-        self.last_step.array[rows[~fresh]] = last_step[~fresh]
-        self.row_of.view()[row_entries] = rows
-        for rule_slots in self.slots.values():  # slots of rules the checkpoint lacks
-            for name, slot in rule_slots.items():
-                if isinstance(slot, Growable) and slot.size < self.values.size:
-                    rule = next(r for r, s in self.slots.items() if s is rule_slots)
-                    slot.append(np.broadcast_to(self._slot_rows[(rule, name)],
-                                                (self.values.size - slot.size, self.dim)))
-        for rule_name, slot_name, array in slot_arrays:
-            if rules is not None and rule_name in rules:
-                self._slots_for(rules[rule_name])
-            slots = self.slots.get(rule_name)
-            if slots is None:  # the rule is not known yet: set when it first applies
-                self._pending.setdefault(rule_name, []).append((slot_name, rows, array))
-                continue
-            self._set_slot(slots, slot_name, rows, array)
-
-    @staticmethod
-    def _set_slot(slots, slot_name, rows, array):
-        slot = slots.get(slot_name)
-        if isinstance(slot, Growable):
-            slot.array[rows] = array
-        elif slot is not None:
-            slots[slot_name] = np.array(array, dtype=slot.dtype)
 
     def nbytes(self):
         """Bytes held: the index, the entries, the rows and their slots."""
@@ -407,4 +382,4 @@ class EmbeddingTable:
             self.freq, self.row_of, self.values, self.row_keys, self.last_step))
         for rule_slots in self.slots.values():
             total += sum(s.nbytes for s in rule_slots.values())
-        return total
+        return total + self.row_seq.rows.nbytes + self.tombstones.nbytes()

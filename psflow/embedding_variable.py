@@ -2,7 +2,8 @@
 EmbeddingVariable API. Keys are any int64; a key's row is created the first time a training
 step looks it up (from the initializer, as a function of the table and the key), admitted
 after `CounterFilter(filter_freq)` sightings, and evicted after `GlobalStepEvict(steps_to_live)`
-global steps without an update. Read it with `nn.embedding_lookup` or
+global steps without an update, or, with `max_rows`, when a lookup would make the table larger
+than that (least recently updated rows first). Read it with `nn.embedding_lookup` or
 `nn.embedding_lookup_sparse`; train it with any optimizer. Its rows live in the session's
 store: in this process, or on every parameter server, each key on the shard its hash picks."""
 
@@ -35,13 +36,25 @@ class CounterFilter:
 
 class GlobalStepEvict:
     """Eviction: rows not updated within `steps_to_live` global steps are removed (at each
-    checkpoint, and every `steps_to_live` steps on the parameter servers)."""
+    checkpoint, and every `steps_to_live` steps on the parameter servers). `max_rows` caps the
+    rows of the table (each of M parameter servers keeps up to max_rows / M of them, rounded
+    up): a lookup that would create more removes the least recently updated rows first."""
 
-    def __init__(self, steps_to_live=None):
+    def __init__(self, steps_to_live=None, max_rows=None):
         if steps_to_live is not None and int(steps_to_live) < 1:
             raise ValueError(f"GlobalStepEvict: steps_to_live must be >= 1, got "
                              f"{steps_to_live}")
         self.steps_to_live = None if steps_to_live is None else int(steps_to_live)
+        self.max_rows = check_max_rows(max_rows, "GlobalStepEvict")
+
+
+def check_max_rows(max_rows, what):
+    """`max_rows` as an int (None: no cap); ValueError naming `what` if not positive."""
+    if max_rows is None:
+        return None
+    if int(max_rows) != max_rows or int(max_rows) < 1:
+        raise ValueError(f"{what}: max_rows must be a positive integer, got {max_rows!r}")
+    return int(max_rows)
 
 
 class InitializerOption:
@@ -111,13 +124,14 @@ class EmbeddingVariable(Variable):
     is_table = True
 
     def __init__(self, name, embedding_dim, dtype, initializer, filter_freq, steps_to_live,
-                 trainable=True):
+                 trainable=True, max_rows=None):
         graph = get_default_graph()
         name = graph.unique_name(name)
         self.embedding_dim = int(embedding_dim)
         self.initializer_spec = initializer_spec(initializer, name, self.embedding_dim, graph)
         self.filter_freq = int(filter_freq or 0)
         self.steps_to_live = steps_to_live
+        self.max_rows = max_rows
         self.local = False
         self.trainable = bool(trainable)
         self.initial_value = None
@@ -147,18 +161,21 @@ class EmbeddingVariable(Variable):
         """What a store needs to hold the table."""
         return {"name": self.name, "dim": self.embedding_dim, "dtype": self.dtype.name,
                 "initializer": dict(self.initializer_spec), "filter_freq": self.filter_freq,
-                "steps_to_live": self.steps_to_live}
+                "steps_to_live": self.steps_to_live, "max_rows": self.max_rows}
 
 
 def get_embedding_variable(name, embedding_dim, key_dtype=int64, value_dtype=None,
                            initializer=None, regularizer=None, trainable=True, collections=None,
                            caching_device=None, partitioner=None, validate_shape=True,
                            custom_getter=None, constraint=None, steps_to_live=None,
-                           init_data_source=None, ev_option=None):
+                           init_data_source=None, ev_option=None, max_rows=None):
     """A hash-keyed embedding table named `name` with rows of `embedding_dim` values, as
     DeepRec's tf.get_embedding_variable. `initializer` (default truncated normal with
     stddev 1/sqrt(embedding_dim)) draws each key's first row, the same for a key on any shard
-    and in any run; `ev_option` takes a CounterFilter and a GlobalStepEvict. A `partitioner`
+    and in any run; `ev_option` takes a CounterFilter and a GlobalStepEvict. `max_rows` (or
+    the GlobalStepEvict's) caps the rows of the table (each of M parameter servers keeps up to
+    max_rows / M, rounded up, of the keys that hash to it), evicting the least recently
+    updated rows first. A `partitioner`
     is accepted: the rows are spread over every parameter server by key hash anyway."""
     if int(embedding_dim) < 1:
         raise ValueError(f"get_embedding_variable({name!r}): embedding_dim must be positive, "
@@ -182,11 +199,14 @@ def get_embedding_variable(name, embedding_dim, key_dtype=int64, value_dtype=Non
     if initializer is None and ev_option.init_option is not None:
         initializer = ev_option.init_option.initializer
     filter_freq = ev_option.filter_option.filter_freq if ev_option.filter_option else 0
-    if ev_option.evict_option is not None and ev_option.evict_option.steps_to_live:
-        steps_to_live = ev_option.evict_option.steps_to_live
+    max_rows = check_max_rows(max_rows, f"get_embedding_variable({name!r})")
+    if ev_option.evict_option is not None:
+        if ev_option.evict_option.steps_to_live:
+            steps_to_live = ev_option.evict_option.steps_to_live
+        max_rows = ev_option.evict_option.max_rows or max_rows
     dtype = value_dtype if value_dtype is not None else float32
     if as_dtype(dtype).kind != "f":
         raise ValueError(f"get_embedding_variable({name!r}): value_dtype must be a float "
                          f"type, got {as_dtype(dtype).name}")
     return EmbeddingVariable(name, embedding_dim, dtype, initializer, filter_freq,
-                             steps_to_live, trainable)
+                             steps_to_live, trainable, max_rows)

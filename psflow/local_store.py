@@ -61,7 +61,7 @@ class LocalVariableStore:
         spec = var.spec()
         self.tables[var] = EmbeddingTable(spec["name"], spec["dim"], spec["dtype"],
                                           spec["initializer"], spec["filter_freq"],
-                                          spec["steps_to_live"])
+                                          spec["steps_to_live"], spec.get("max_rows"))
 
     def _table(self, var):
         table = self.tables.get(var)

@@ -45,3 +45,34 @@ def eviction_due(steps_to_live, global_step, last_pass):
     gradients, the last pass having run at `last_pass`: once every `steps_to_live` steps (a
     checkpoint evicts too, whatever the step)."""
     return bool(steps_to_live) and global_step - last_pass >= steps_to_live
+
+
+def rows_over_cap(rows, max_rows):
+    """How many rows a table holding `rows` removes to respect `max_rows` (0 within it): the
+    excess and 1/64 of the cap besides, so that a table at its cap under ever-new keys pays
+    for a pass over its rows once every max_rows/64 new rows, not on every lookup."""
+    if max_rows is None or rows <= max_rows:
+        return 0
+    return rows - max_rows + max_rows // 64
+
+
+def least_recent_rows(last_step, row_seq, count, protected=None):
+    """The `count` rows (sorted indices) that go first when a table is over its cap: the least
+    recently updated (lowest `last_step`), ties broken by the older last change (`row_seq`),
+    then the lower row; never the rows in `protected` (fewer than `count` if too few
+    others). One partition over the rows, a sort of the tied ones only."""
+    candidates = np.ones(last_step.size, dtype=bool)
+    if protected is not None:
+        candidates[protected] = False
+    rows = np.flatnonzero(candidates)
+    count = min(int(count), rows.size)
+    if count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if count == rows.size:
+        return rows
+    steps = last_step[rows].astype(np.int64)
+    kth = np.partition(steps, count - 1)[count - 1]
+    sure = rows[steps < kth]
+    tied = rows[steps == kth]
+    order = np.lexsort((tied, row_seq[tied]))
+    return np.sort(np.concatenate([sure, tied[order[:count - sure.size]]]))

@@ -3,6 +3,9 @@ Serving's gRPC and REST APIs, with tensorflow_model_server's flags.
 
     psflow-serve --port=8500 --rest_api_port=8501 --model_name=ctr --model_base_path=/models/ctr
     psflow-serve --port=8500 --model_config_file=/models/models.config
+    psflow-serve --model_name=ctr --model_base_path=/models/ctr --follow=ps0:2222,ps1:2222
+    psflow-serve --model_name=ctr --model_base_path=/models/ctr \
+        --params_shard=params-0-0:2300,params-0-1:2300 --params_shard=params-1-0:2300,...
     psflow-serve --k8s --image=IMAGE --model_name=ctr --model_base_path=/checkpoints/export \
         --pvc=CLAIM      # prints the Kubernetes manifests that serve it instead
 
@@ -20,9 +23,14 @@ from threadpoolctl import threadpool_limits
 from psflow.errors import InvalidArgumentError
 from psflow.serving import k8s_manifests
 from psflow.serving.batching_config import BatchingOptions, read_batching_parameters
+from psflow.serving.live_params import live_load_fn
 from psflow.serving.model_config import ModelSettings, read_model_config
 from psflow.serving.model_server import ModelServer
-from psflow.serving.version_loader import LOAD_RETRY_INTERVAL_SECONDS, MAX_NUM_LOAD_RETRIES
+from psflow.serving.version_loader import (
+    LOAD_RETRY_INTERVAL_SECONDS,
+    MAX_NUM_LOAD_RETRIES,
+    load_predictor,
+)
 
 log = logging.getLogger("psflow.serving")
 
@@ -71,6 +79,26 @@ def build_parser():
                         help="threads one op (a matrix product) may use; requests run side by "
                              "side, so 1 (the default) keeps them from fighting over the cores")
     parser.add_argument("--verbose", action="store_true", help="log every request")
+    live = parser.add_argument_group(
+        "live parameters", "serve the rows and variables a training job is changing now, "
+        "instead of those frozen in the export")
+    live.add_argument("--follow", default="", metavar="HOST:PORT,...",
+                      help="the training job's parameter servers, in shard order: keep a "
+                           "copy of every shard here, updated as the job trains")
+    live.add_argument("--params_shard", action="append", default=[], metavar="HOST:PORT,...",
+                      help="the replicas of one shard of the serving parameter tier "
+                           "(psflow-params); once per shard, in shard order: rows are read "
+                           "from it at each request")
+    live.add_argument("--params_deadline_ms", type=float, default=100.0,
+                      help="how long a request's row lookup may take, replicas retried "
+                           "included")
+    live.add_argument("--params_cache_ttl_ms", type=float, default=250.0,
+                      help="how long a row read from the tier is kept for other requests; "
+                           "0 keeps none")
+    live.add_argument("--params_cache_rows", type=int, default=100_000,
+                      help="rows kept per table at most")
+    live.add_argument("--dense_poll_seconds", type=float, default=1.0,
+                      help="how often variables are read again from the tier")
     k8s_manifests.add_arguments(parser)
     return parser
 
@@ -108,6 +136,29 @@ def batching_of(args):
     return BatchingOptions()
 
 
+def follower_of(args):
+    """What the served versions read their parameters from (--follow or --params_shard), or
+    None: the values frozen in each export."""
+    if args.follow and args.params_shard:
+        raise InvalidArgumentError("give either --follow or --params_shard")
+    if args.follow:
+        from psflow.serving.param_follower import JobFollower
+        return JobFollower([a for a in args.follow.split(",") if a])
+    if args.params_shard:
+        from psflow.serving.remote_params import RemoteParams
+        for name, value in (("--params_deadline_ms", args.params_deadline_ms),
+                            ("--params_cache_ttl_ms", args.params_cache_ttl_ms),
+                            ("--params_cache_rows", args.params_cache_rows)):
+            if value < 0:
+                raise InvalidArgumentError(f"{name} must be at least 0, got {value}")
+        return RemoteParams([[a for a in shard.split(",") if a] for shard in args.params_shard],
+                            deadline=args.params_deadline_ms / 1e3,
+                            cache_rows=args.params_cache_rows,
+                            cache_ttl=args.params_cache_ttl_ms / 1e3,
+                            dense_period=args.dense_poll_seconds)
+    return None
+
+
 def main(argv=None, load_fn=None):
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -118,6 +169,9 @@ def main(argv=None, load_fn=None):
             return k8s_manifests.main(args)
         models = models_of(args)
         batching = batching_of(args)
+        follower = follower_of(args)
+        if follower is not None:
+            load_fn = live_load_fn(load_fn or load_predictor, follower)
         server = ModelServer(models, args.port,
                              args.rest_api_port if args.rest_api_port > 0 else None,
                              args.file_system_poll_wait_seconds, load_fn=load_fn,
@@ -144,6 +198,8 @@ def main(argv=None, load_fn=None):
         pass
     log.info("stopping: finishing the requests in flight")
     server.stop(args.shutdown_grace_seconds)
+    if follower is not None:
+        follower.close()
     return 0
 
 

@@ -26,6 +26,7 @@ from google.protobuf import text_format
 
 from psflow.errors import InvalidArgumentError
 from psflow.proto.tfserving import model_server_config_pb2
+from psflow.serving import k8s_params_tier
 from psflow.serving.batching_config import parse_batching_parameters
 from psflow.serving.model_config import parse_model_config
 from psflow.serving.rest_api import METRICS_PATH
@@ -63,6 +64,7 @@ def add_arguments(parser):
     kube.add_argument("--memory", default="1Gi", help="memory request of a pod (default: 1Gi)")
     kube.add_argument("--cpu-limit", default="", help="CPU limit of a pod")
     kube.add_argument("--memory-limit", default="", help="memory limit of a pod")
+    k8s_params_tier.add_arguments(kube)
 
 
 def _name(args):
@@ -220,11 +222,12 @@ def manifests(args):
     def meta(suffix=""):
         return {"name": name + suffix, "namespace": args.namespace, "labels": labels()}
     readiness, liveness = _probes(args, grpc_port, rest_port)
+    tier, live_flags = k8s_params_tier.tier(args, name, args.namespace)
     container = {
         "name": "serve",
         "image": args.image,
-        "command": _command(args, files, grpc_port, rest_port),
-        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "command": _command(args, files, grpc_port, rest_port) + live_flags,
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}] + k8s_params_tier.token_env(args),
         "ports": [{"name": "grpc", "containerPort": grpc_port},
                   {"name": "http", "containerPort": rest_port}],
         "resources": _resources(args),
@@ -274,7 +277,7 @@ def manifests(args):
                  "ports": [{"name": "grpc", "port": grpc_port, "targetPort": "grpc"},
                            {"name": "http", "port": rest_port, "targetPort": "http"}]},
     }
-    return documents + [deployment, service]
+    return documents + tier + [deployment, service]
 
 
 def to_yaml(documents):

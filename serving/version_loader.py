@@ -115,8 +115,26 @@ class Loader:
         predictor = self.load_fn(export_dir, signature=DEFAULT_SIGNATURE)
         servable = Servable(version, export_dir, predictor, self.load_fn)
         if self.warmup:
-            inputs = warmup_inputs(predictor.signature)
-            outputs = predictor.predict(inputs)  # the first call also fills caches
+            self._warm_up(servable, predictor, export_dir)
+        log.info("loaded version %s from %s in %.3f s%s", version, export_dir,
+                 time.monotonic() - started,
+                 "" if servable.warmup_seconds is None else
+                 f" (a warm-up predict takes {servable.warmup_seconds * 1e3:.2f} ms)")
+        return servable
+
+    @staticmethod
+    def _warm_up(servable, predictor, export_dir):
+        """Predicts a request of zeros (batch 1, else batch 0) and times it. A model whose
+        inputs cannot all be zeros (a SparseTensor's indices beyond its zero dense shape)
+        refuses both: it serves without a warm-up, as a model too slow to run in the loop."""
+        failures = []
+        for batch in (1, 0):
+            inputs = warmup_inputs(predictor.signature, batch)
+            try:
+                outputs = predictor.predict(inputs)  # the first call also fills caches
+            except InvalidArgumentError as exc:
+                failures.append(f"batch {batch}: {exc}")
+                continue
             # The model's own time, not a batch's wait for its timeout.
             model = getattr(predictor, "unbatched", predictor)
             warmup_started = time.perf_counter()
@@ -126,8 +144,6 @@ class Loader:
             if missing:
                 raise InvalidArgumentError(
                     f"the warm-up request of {export_dir} answered without {sorted(missing)}")
-        log.info("loaded version %s from %s in %.3f s%s", version, export_dir,
-                 time.monotonic() - started,
-                 "" if servable.warmup_seconds is None else
-                 f" (a warm-up predict takes {servable.warmup_seconds * 1e3:.2f} ms)")
-        return servable
+            return
+        log.warning("%s serves without a warm-up: a request of zeros is not one it takes (%s)",
+                    export_dir, "; ".join(failures))

@@ -74,7 +74,7 @@ def test_a_shard_and_a_worker_report_what_training_did(fresh_graph, servers, tmp
         digest, _, size, _ = servers[0].store.save(str(tmp_path / "shard-0.npz"))
         collector = WorkerCollector()
         collector.session = session
-        for collect in [ShardCollector(s.store) for s in servers] + [collector]:
+        for collect in [ShardCollector(s.store, s.publisher) for s in servers] + [collector]:
             served.append(monitoring.serve(collect, 0))
         shards = [scrape(port) for _, port in served[:2]]
         worker = scrape(served[2][1])
@@ -84,6 +84,8 @@ def test_a_shard_and_a_worker_report_what_training_did(fresh_graph, servers, tmp
         session.close()
 
     assert value(shards[0], "psflow_ps_global_step", shard=0) == 20
+    assert value(shards[0], "psflow_ps_followers", shard=0) == 0  # the parameter stream's
+    assert value(shards[0], "psflow_ps_published_deltas_total", shard=0) == 0
     assert ("psflow_ps_global_step", frozenset({("shard", "1")})) not in shards[1]
     received = {name: sum(s.get(("psflow_ps_gradients_received_total",
                                  frozenset({("shard", str(i)), ("variable", name)})), 0)

@@ -567,6 +567,11 @@ def test_taken_port_fails_or_falls_back(tmp_path):
     (["--task-index", "x", "--num-workers", "2"], ["--task-index", "'x'"]),
     (["--num-workers", "2"], ["--task-index"]),
     (["--task-index", "0", "--num-workers", "2", "--log-level", "LOUD"], ["--log-level"]),
+    (["--task-index", "0", "--num-workers", "2", "--publish-period", "0"],
+     ["--publish-period", "more than 0"]),
+    (["--task-index", "0", "--num-workers", "2", "--dense-period", "x"], ["--dense-period"]),
+    (["--task-index", "0", "--num-workers", "2", "--follower-buffer-bytes", "0"],
+     ["--follower-buffer-bytes"]),
 ])
 def test_bad_cli_exits_2_with_one_line(args, words):
     result = subprocess.run(PS + args, capture_output=True, text=True, timeout=20)

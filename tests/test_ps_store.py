@@ -557,3 +557,19 @@ def test_a_worker_that_beats_has_joined_a_restarted_shard():
     store.heartbeat(1, local_step=600, loss=0.5)
     workers = {w[0]: w for w in store.stats()["workers"]}
     assert workers[0][1] and workers[1][1] and workers[1][3] == 600
+
+
+def test_a_table_cap_is_checked_and_kept_on_the_shard():
+    store = ShardStore()
+    spec = {"name": "t", "dim": 2, "dtype": "float32", "initializer": {"kind": "zeros"},
+            "max_rows": 5}
+    with pytest.raises(InvalidArgumentError, match="'t': max_rows -1"):
+        store.declare_tables([dict(spec, max_rows=-1)])
+    store.declare_tables([spec])
+    store.declare_tables([spec])  # alike: a no-op
+    with pytest.raises(InvalidArgumentError, match="max_rows 5; it cannot be .* max_rows 6"):
+        store.declare_tables([dict(spec, max_rows=6)])
+    for step in range(4):
+        store.lookup_keys([("t", np.arange(step * 3, step * 3 + 3), None, True)], step)
+    assert len(store.tables.held["t"].table) <= 5
+    assert store.table_stats()["t"]["evicted"] == 7

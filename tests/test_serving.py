@@ -152,6 +152,31 @@ def test_warmup_inputs_follow_the_signature():
     assert inputs["ids"].shape == (1,) and inputs["ids"].dtype == np.int64
 
 
+class _Refusing:
+    """A predictor that takes no request of zeros, of any batch (as a model with a
+    SparseTensor input whose dense shape must cover its indices refuses batch 1)."""
+
+    def __init__(self, signature, refuse_batches):
+        self.signature, self.signatures = signature, {"serving_default": signature}
+        self.refuse_batches, self.batches = refuse_batches, []
+
+    def predict(self, inputs):
+        batch = len(inputs["ids"])
+        self.batches.append(batch)
+        if batch in self.refuse_batches:
+            raise InvalidArgumentError(f"cannot take batch {batch}")
+        return {key: np.zeros(batch) for key in self.signature.outputs}
+
+
+@pytest.mark.parametrize("refused,timed", [((1,), True), ((0, 1), False)])
+def test_a_model_that_refuses_zeros_is_warmed_with_batch_0_or_not_at_all(refused, timed):
+    signature = live_predictor.small_ctr_model(0).signature
+    predictor = _Refusing(signature, refused)
+    servable = Loader(lambda path, signature: predictor).load(1, "/models/ctr/1")
+    assert predictor.batches[:2] == [1, 0]
+    assert (servable.warmup_seconds is not None) == timed
+
+
 CONFIG = """
 model_config_list {
   config {

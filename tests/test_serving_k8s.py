@@ -144,6 +144,10 @@ def test_batching_parameters_travel_in_a_config_map(tmp_path):
     (["--model_name", "ctr_v2"], "--name (or psflow-serve-MODEL_NAME)"),
     (["--replicas", "0"], "--replicas must be at least 1"),
     (["--pvc", "No"], "--pvc must be a DNS label"),
+    (["--serving-replicas", "2"], "give --follow"),
+    (["--serving-replicas", "-1", "--follow", "ps:2222"], "at least 0"),
+    (["--follow", "ps-0"], "HOST:PORT"),
+    (["--follow", "ps:2222", "--params_shard", "p:2300"], "either --follow or --params_shard"),
 ])
 def test_bad_k8s_flags_are_one_line_errors(args, problem, capsys):
     assert main([*BASE, *args]) == 2
@@ -409,3 +413,52 @@ def test_the_pod_command_serves_every_model_of_the_config_and_is_ready_when_all_
             process.kill()
             process.wait()
         log.close()
+
+
+FOLLOWED = ["--follow", "ctr-ps-0.ctr.ml.svc.cluster.local:2222,"
+            "ctr-ps-1.ctr.ml.svc.cluster.local:2222", "--auth-secret", "ctr-auth",
+            "--namespace", "ml"]
+
+
+def test_a_serving_parameter_tier_follows_each_training_shard_on_r_replicas():
+    from psflow.serving.params_server import build_parser as params_parser
+    docs = generate(*BASE, *FOLLOWED, "--serving-replicas", 3)
+    for doc in docs:
+        validate(doc)
+    sets = [d for d in docs if d["kind"] == "StatefulSet"]
+    assert [s["metadata"]["name"] for s in sets] == ["psflow-serve-ctr-params-0",
+                                                     "psflow-serve-ctr-params-1"]
+    serve = next(d for d in docs if d["kind"] == "Deployment")
+    container = serve["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args(container["command"][4:])
+    for k, stateful in enumerate(sets):
+        spec = stateful["spec"]
+        assert spec["replicas"] == 3 and spec["serviceName"] == stateful["metadata"]["name"]
+        pod = spec["template"]["spec"]["containers"][0]
+        followed = params_parser().parse_args(pod["command"][4:])
+        assert followed.follow == f"ctr-ps-{k}.ctr.ml.svc.cluster.local:2222"
+        assert pod["readinessProbe"]["grpc"]["port"] == followed.port == 2300
+        assert {"name": "PSFLOW_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {
+            "name": "ctr-auth", "key": "token"}}} in pod["env"]
+        headless = next(d for d in docs if d["kind"] == "Service"
+                        and d["metadata"]["name"] == stateful["metadata"]["name"])
+        assert headless["spec"]["clusterIP"] == "None"
+        assert args.params_shard[k] == ",".join(
+            f"psflow-serve-ctr-params-{k}-{r}.psflow-serve-ctr-params-{k}.ml.svc.cluster.local"
+            f":2300" for r in range(3))
+    assert args.follow == ""
+    # the serving Service never selects a params pod
+    selector = next(d for d in docs if d["kind"] == "Service"
+                    and d["metadata"]["name"] == "psflow-serve-ctr")["spec"]["selector"]
+    for stateful in sets:
+        labels = stateful["spec"]["template"]["metadata"]["labels"]
+        assert not all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_without_a_tier_each_serving_pod_follows_the_job_itself():
+    docs = generate(*BASE, *FOLLOWED)
+    assert {d["kind"] for d in docs} == {"Deployment", "Service"}
+    container = by_kind(docs)["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    args = build_parser().parse_args(container["command"][4:])
+    assert args.follow == FOLLOWED[1] and args.params_shard == []
+    assert container["env"][-1]["valueFrom"]["secretKeyRef"]["name"] == "ctr-auth"

@@ -52,7 +52,7 @@ class Initialization:
         """Declares every variable part on its shard; returns the set of parts that already
         have values."""
         initialized = set()
-        tables = [table_spec(t) for t in self.tables]
+        tables = [table_spec(t, len(self.clients)) for t in self.tables]
         for client in self.clients:
             specs = self._variable_specs(client.index)
             if specs or tables:
@@ -131,13 +131,17 @@ class Initialization:
         return lost
 
 
-def table_spec(table):
-    """The TableSpec that declares EmbeddingVariable `table` on a shard."""
+def table_spec(table, num_shards=1):
+    """The TableSpec that declares EmbeddingVariable `table` on each of `num_shards` shards (a
+    cap of max_rows is split among them)."""
     spec = table.spec()
+    max_rows = spec.get("max_rows") or 0
+    if max_rows:
+        max_rows = -(-max_rows // num_shards)
     initializer = dict(spec["initializer"])
     kind = initializer.pop("kind")
     return pb.TableSpec(name=spec["name"], dim=spec["dim"], dtype=spec["dtype"],
                         initializer=kind,
                         initializer_params={k: float(v) for k, v in initializer.items()},
                         filter_freq=spec["filter_freq"],
-                        steps_to_live=spec["steps_to_live"] or 0)
+                        steps_to_live=spec["steps_to_live"] or 0, max_rows=max_rows)

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from ..array_ops import RowSource
 from ..errors import DataLossError, InvalidArgumentError, NotFoundError, PsflowError
 from ..fingerprint import as_bytes_array
 from ..graph import Graph, Placeholder
@@ -21,9 +22,12 @@ class Predictor:
     {output key: array}. `signatures` {key: SignatureDef}, `signature` the chosen one,
     `version` (the export folder's number, or None) and `export_dir`."""
 
-    def __init__(self, export_dir, nodes, signatures, signature_key, version=None):
+    def __init__(self, export_dir, nodes, signatures, signature_key, version=None,
+                 variables=()):
+        """`variables`: the names of the nodes that hold a frozen Variable's value."""
         self.export_dir = export_dir
         self._nodes = {node.name: node for node in nodes}
+        self._variable_names = frozenset(variables)
         self.signatures = signatures
         self.signature_key = signature_key
         self.signature = signatures[signature_key]
@@ -45,7 +49,7 @@ class Predictor:
                                 f"{', '.join(sorted(signatures)) or 'none'}")
         name = os.path.basename(servable.export_dir)
         return cls(servable.export_dir, nodes, signatures, signature,
-                   int(name) if name.isdigit() else None)
+                   int(name) if name.isdigit() else None, servable.variables)
 
     def _plan(self):
         signature, nodes = self.signature, self._nodes
@@ -57,6 +61,7 @@ class Predictor:
         fed = set(inputs.values())
         template = [None] * len(order)
         steps = []
+        self._frozen = {}  # name -> (slot, node) of the Variables and tables the pass reads
         for node in order:
             if node in fed:
                 continue
@@ -65,6 +70,8 @@ class Predictor:
                                     f"needs placeholder {node.name!r}, which it does not take")
             if not node.inputs:  # constants and tables: computed once, shared by every call
                 template[slot[node]] = node.forward()
+                if getattr(node, "is_table", False) or node.name in self._variable_names:
+                    self._frozen[node.name] = (slot[node], node)
                 continue
             steps.append((slot[node], node, node.forward, tuple(slot[i] for i in node.inputs)))
         self._template = template
@@ -72,6 +79,49 @@ class Predictor:
         self._inputs = [(key, slot[node], signature.inputs[key])
                         for key, node in inputs.items()]
         self._outputs = [(key, slot[node]) for key, node in outputs.items()]
+
+    def parameters(self):
+        """What the forward pass reads that training made: ({Variable name: its value},
+        {table name: its row store}), as frozen at export or as `rebind` last set them."""
+        template = self._template
+        variables, tables = {}, {}
+        for name, (position, node) in self._frozen.items():
+            if getattr(node, "is_table", False):
+                tables[name] = template[position].store
+            else:
+                variables[name] = template[position]
+        return variables, tables
+
+    def rebind(self, variables=None, tables=None):
+        """Sets the values of Variables ({name: array of the same shape, cast to its dtype})
+        and the row stores of tables ({name: an object with `read_rows(var, keys, train)`,
+        as psflow.saved_model.frozen_table.TableRows}) that the forward pass reads, all at
+        once: a predict running meanwhile reads all the old ones or all the new ones.
+        InvalidArgumentError for a name the pass does not read or a value of another shape;
+        then nothing changes."""
+        template = list(self._template)
+        for name, value in (variables or {}).items():
+            position, node = self._parameter(name, table=False)
+            value = np.asarray(value, dtype=template[position].dtype)
+            if value.shape != np.shape(template[position]):
+                raise InvalidArgumentError(
+                    f"variable {name!r} has shape {format_shape(np.shape(template[position]))};"
+                    f" a value of shape {format_shape(value.shape)} cannot replace it")
+            template[position] = value
+        for name, store in (tables or {}).items():
+            position, node = self._parameter(name, table=True)
+            template[position] = RowSource(node, store, False)
+        self._template = template  # one assignment: a call copies the old list or the new
+
+    def _parameter(self, name, table):
+        found = self._frozen.get(name)
+        if found is None or bool(getattr(found[1], "is_table", False)) != table:
+            kind = "table" if table else "variable"
+            known = sorted(n for n, (_, node) in self._frozen.items()
+                           if bool(getattr(node, "is_table", False)) == table)
+            raise InvalidArgumentError(f"signature {self.signature_key!r} reads no {kind} "
+                                       f"{name!r}; it reads {known}")
+        return found
 
     def predict(self, inputs):
         """{output key: array} for {input key: array-like}; InvalidArgumentError names an
