@@ -3,13 +3,14 @@
     launch --workers N --ps M [--mode async|sync|ssp] [--staleness S]
            [--replicas-to-aggregate K] [--ps-port BASE] [--max-restarts K]
            [--grace-period SECONDS] [--no-progress] [--export-dir BASE]
-           script.py [script args...]
+           [--online [--stop-timeout SECONDS]] script.py [script args...]
     launch --status [ADDRESS[,ADDRESS...]] [--interval SECONDS] [--timeout SECONDS]
 
 Everything after the script's path goes to the script, options that look like launch's
 included. `python -m psflow.launcher` is the same command. Exit codes: 0 when every worker
 succeeded, 1 when a process of the job failed, 2 on bad arguments, 128 + N after signal N
-(130 for Ctrl-C).
+(130 for Ctrl-C). An --online job runs until stopped: SIGTERM or Ctrl-C stops it with a final
+checkpoint, and the exit code is then 0 (see docs/online-training.md).
 """
 
 import argparse
@@ -52,6 +53,11 @@ def build_parser():
                      default=None, metavar="K",
                      help="sync: gradients averaged per step; workers beyond K are backups "
                           "(default: every worker)")
+    job.add_argument("--online", action="store_true",
+                     help="online training on an unbounded stream: the parameter servers never "
+                          "exit on their own, failed workers are restarted (with a backoff, "
+                          "without bound), and SIGTERM or Ctrl-C stops the job with a final "
+                          "checkpoint by the chief, exit code 0")
     job.add_argument("--tf-flags", action="store_true",
                      help="pass each worker TF1's classic flags: --ps_hosts, --worker_hosts, "
                           "--job_name=worker and --task_index=I (TF_CONFIG is set too)")
@@ -75,11 +81,15 @@ def build_parser():
                              metavar="SECONDS",
                              help="stop the job if it runs longer than this (default: 0, no "
                                   "bound)")
-    supervision.add_argument("--idle-timeout", type=non_negative_seconds, default=600,
+    supervision.add_argument("--idle-timeout", type=non_negative_seconds, default=None,
                              metavar="SECONDS",
                              help="stop the job when a running worker has made no step for "
-                                  "this long, naming it and what it was doing (default: 600; "
-                                  "0: no bound)")
+                                  "this long, naming it and what it was doing (default: 600, "
+                                  "0 with --online, where workers wait for data; 0: no bound)")
+    supervision.add_argument("--stop-timeout", type=seconds, default=120.0, metavar="SECONDS",
+                             help="--online: how long the workers get to end their step, and "
+                                  "then the chief to write its final checkpoint, when the job "
+                                  "is stopped (default: 120)")
     supervision.add_argument("--no-progress", action="store_true",
                              help="do not show the job's progress (step, steps/s, loss)")
     supervision.add_argument("--metrics", action="store_true",
@@ -150,12 +160,17 @@ def _parse(argv):
         parser.error("--staleness applies to --mode ssp")
     if args.replicas_to_aggregate is not None and args.mode != "sync":
         parser.error("--replicas-to-aggregate applies to --mode sync")
+    if args.online and args.script_ps:
+        parser.error("--online runs psflow's own parameter servers; it does not go with "
+                     "--script-ps")
     spec = JobSpec(script=args.script, script_args=list(args.script_args),
                    workers=args.workers, ps=args.ps, mode=args.mode,
                    staleness=args.staleness or 0,
                    replicas_to_aggregate=args.replicas_to_aggregate or 0, ps_port=args.ps_port,
                    max_restarts=args.max_restarts, timeout=args.timeout,
-                   idle_timeout=args.idle_timeout,
+                   idle_timeout=args.idle_timeout if args.idle_timeout is not None else
+                   0 if args.online else 600,
+                   online=args.online, stop_timeout=args.stop_timeout,
                    checkpoint_root=os.pathsep.join(
                        os.path.abspath(root) for root in
                        (args.checkpoint_root or default_checkpoint_roots()).split(os.pathsep)

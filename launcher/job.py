@@ -10,6 +10,8 @@ How a job ends:
   workers run: the job stops and the process is named. Exit code 1.
 - SIGINT, SIGTERM or SIGHUP to the launcher: one stop event; the job stops. Exit code 128 +
   the signal's number (130 for SIGINT, 143 for SIGTERM). A second signal skips the grace period.
+- online (`launch --online`): only a stop ends the job, with a final checkpoint, exit code 0;
+  see launcher.online.
 Stopping sends SIGTERM to every child's group, then SIGKILL to whatever is left after the
 grace period, and reaps every child: nothing the launcher started outlives `run_job`.
 If the launcher itself is killed (even with SIGKILL), nothing of the job stays: the kernel
@@ -31,6 +33,7 @@ from psflow.fileio import atomic_write
 from psflow.transport import auth
 from .job_folders import JOB_FILE, new_job_folder, remove_leftovers
 from .job_processes import POLL_S, JobProcesses
+from .online import OnlineSupervision
 from .output import Output
 from .process import Watchdog, describe_exit
 from .progress import ProgressPoller, report_worker_done
@@ -41,7 +44,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 WORKERS_AFTER_PS_EXIT_S = 10.0
 
 
-class Job(JobProcesses):
+class Job(JobProcesses, OnlineSupervision):
     """One run of a JobSpec. `run()` once; `stop()` from any thread ends it early."""
 
     def __init__(self, spec, stdout=None, stderr=None):
@@ -112,7 +115,7 @@ class Job(JobProcesses):
         self._start_workers()
         self.progress = ProgressPoller(list(self.ps_addresses), self.output, token=self.token,
                                        show=self.spec.progress).start()
-        return self._supervise()
+        return self._supervise_online() if self.spec.online else self._supervise()
 
     def _supervise(self):
         """Watches the workers until all have exited 0 or something ends the job early."""

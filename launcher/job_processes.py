@@ -96,7 +96,8 @@ class JobProcesses:
                        str(spec.workers), "--host", spec.host, "--port", str(port),
                        "--port-file", port_file, "--checkpoint-root", spec.checkpoint_root,
                        "--parent-pid", str(os.getpid())] + (["--port-fallback"] if fallback
-                                                            else [])
+                                                            else []) + \
+                (["--online"] if spec.online else [])
             return Child("ps", index, command, self._child_env("ps", index, 1), self.output,
                          self.watchdog)
         addresses = [f"{spec.host}:{p}" for p in self._script_ps_ports]
@@ -120,8 +121,8 @@ class JobProcesses:
         fresh = self._ps_child(index, port, port_file)
         self.ps[index] = fresh
         self.output.launcher(f"started {fresh.name} (pid {fresh.pid}) on "
-                             f"{self.ps_addresses[index]}, restart {self.ps_restarts[index]} "
-                             f"of {self.spec.max_restarts}")
+                             f"{self.ps_addresses[index]}, "
+                             f"{self._restart_count(self.ps_restarts[index])}")
         deadline = time.monotonic() + self.spec.ps_start_timeout
         while time.monotonic() < deadline:
             try:
@@ -159,8 +160,13 @@ class JobProcesses:
         fresh = Child("worker", index, command, env, self.output, self.watchdog)
         self._moved[index] = (None, time.monotonic())
         self.workers[index] = fresh
-        self.output.launcher(f"started {fresh.name} (pid {fresh.pid}), restart "
-                             f"{self.restarts[index]} of {self.spec.max_restarts}")
+        self.output.launcher(f"started {fresh.name} (pid {fresh.pid}), "
+                             f"{self._restart_count(self.restarts[index])}")
+
+    def _restart_count(self, count):
+        """"restart 2 of 3" (online jobs restart without bound: "restart 2")."""
+        return f"restart {count}" if self.spec.online else \
+            f"restart {count} of {self.spec.max_restarts}"
 
 
 def _read_port(path):

@@ -57,10 +57,16 @@ class JobSpec:
     # (PSFLOW_EXPORT_DIR), every export_every_n_checkpoints checkpoints if set, and at the end.
     export_dir: str = ""
     export_every_n_checkpoints: int = 0
+    # Online training (an unbounded input stream): the parameter servers never exit on their
+    # own, failed workers are restarted without bound (with a backoff), and a stop gives the
+    # workers `stop_timeout` seconds to end their step and the chief to write a final
+    # checkpoint (see launcher.online).
+    online: bool = False
+    stop_timeout: float = 120.0
 
     def export_env(self):
-        """The settings that hand the workers the export base path."""
-        env = {}
+        """The settings that hand the workers the export base path (and online mode)."""
+        env = {settings.ONLINE.name: "1"} if self.online else {}
         if self.export_dir:
             env[settings.EXPORT_DIR.name] = self.export_dir
             if self.export_every_n_checkpoints:
@@ -115,7 +121,7 @@ class JobSpec:
         if self.ps_port and self.ps_port + self.ps - 1 > 65535:
             raise ValueError(f"PS ports {self.ps_port}..{self.ps_port + self.ps - 1} go past "
                              "65535")
-        for what in ("grace_period", "ps_start_timeout", "ps_exit_timeout"):
+        for what in ("grace_period", "ps_start_timeout", "ps_exit_timeout", "stop_timeout"):
             value = getattr(self, what)
             if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
                 raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")

@@ -17,6 +17,15 @@ The parameter servers exit 0 once every worker is done, so both Jobs complete, a
 
 `tfjob` flavour: one Kubeflow TFJob (kubeflow.org/v1) with PS and Worker replicas and
 `cleanPodPolicy: All`; the operator injects TF_CONFIG.
+
+Online jobs (`launch --online --k8s`) never complete, so the parameter servers and the workers
+are StatefulSets instead of Jobs (same pod names and DNS names, the index from the pod's
+`apps.kubernetes.io/pod-index` label), with `restartPolicy: Always`: the kubelet restarts a
+failed container with its exponential backoff, without bound. Deleting them stops the job:
+every pod gets SIGTERM, the workers end their step, the chief writes the final checkpoint while
+the parameter servers serve on until the workers are done (`--online` servers do), within
+`terminationGracePeriodSeconds` (the stop timeout and a margin). With the tfjob flavour the
+replicas restart Always and the TFJob has no backoff limit.
 """
 
 import dataclasses
@@ -108,24 +117,36 @@ def _address(k8s, role, index):
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 INDEX_ANNOTATION = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+# StatefulSets (online jobs) label each pod with its ordinal.
+POD_INDEX_ENV = "POD_INDEX"
+POD_INDEX_LABEL = "metadata.labels['apps.kubernetes.io/pod-index']"
+# Seconds beyond the stop timeout that a stopping pod gets before it is killed.
+STOP_MARGIN_S = 30
+
+
+def _index_env(job):
+    """(the variable holding a pod's index, where it comes from): a Job's completion index,
+    or a StatefulSet's pod index (online jobs)."""
+    return (POD_INDEX_ENV, POD_INDEX_LABEL) if job.online else (INDEX_ENV, INDEX_ANNOTATION)
 
 
 def tf_config(job, k8s, role):
     """TF_CONFIG for every pod of `role` ("ps" or "worker"). Its task index is
-    `$(JOB_COMPLETION_INDEX)`, which the kubelet replaces with the pod's index."""
+    `$(JOB_COMPLETION_INDEX)` (online: `$(POD_INDEX)`), which the kubelet replaces with the
+    pod's index."""
     cluster = {"ps": [_address(k8s, "ps", i) for i in range(job.ps)],
                "worker": [_address(k8s, "worker", i) for i in range(job.workers)]}
     text = json.dumps({"cluster": cluster, "task": {"type": role, "index": -1}},
                       separators=(",", ":"))
-    return text.replace('"index":-1', f'"index":$({INDEX_ENV})')
+    return text.replace('"index":-1', f'"index":$({_index_env(job)[0]})')
 
 
 def _env(job, k8s, role, with_tf_config=True):
     env = []
     if with_tf_config:
         # Defined before TF_CONFIG, so that the kubelet expands it there.
-        env.append({"name": INDEX_ENV,
-                    "valueFrom": {"fieldRef": {"fieldPath": INDEX_ANNOTATION}}})
+        name, path = _index_env(job)
+        env.append({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
         env.append({"name": "TF_CONFIG", "value": tf_config(job, k8s, role)})
     env += [{"name": settings.AUTH_TOKEN.name, "valueFrom": {"secretKeyRef": {
                 "name": f"{k8s.name}-auth", "key": "token"}}},
@@ -135,6 +156,8 @@ def _env(job, k8s, role, with_tf_config=True):
     if role == "worker":
         env += [{"name": name, "value": value}
                 for name, value in {**job.consistency.to_env(), **job.export_env()}.items()]
+    elif job.online:
+        env.append({"name": settings.ONLINE.name, "value": "1"})
     if k8s.checkpoint_pvc:
         env.append({"name": settings.CHECKPOINT_DIR.name, "value": CHECKPOINT_MOUNT})
     if k8s.tls_secret:
@@ -149,6 +172,8 @@ def _container(job, k8s, role, name, with_tf_config=True):
         # -P: the image's working directory holds psflow's source tree, which must not shadow
         # the installed package.
         command = ["python", "-P", "-m", "psflow.ps", "--host", "0.0.0.0", "--port", str(PORT)]
+        if job.online:
+            command += ["--online", "--stop-timeout", f"{job.stop_timeout:g}"]
     else:
         command = ["python", _script_path(job.script), *job.script_args]
     container = {
@@ -182,12 +207,14 @@ def _container(job, k8s, role, name, with_tf_config=True):
 
 def _pod_spec(job, k8s, role, container_name="main", with_tf_config=True):
     spec = {
-        "restartPolicy": k8s.restart_policy,
+        "restartPolicy": "Always" if job.online else k8s.restart_policy,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
         "containers": [_container(job, k8s, role, container_name, with_tf_config)],
     }
-    if k8s.flavor == "jobs":
+    if k8s.flavor == "jobs" and not job.online:  # a StatefulSet names its pods' hosts itself
         spec["subdomain"] = k8s.name
+    if job.online:
+        spec["terminationGracePeriodSeconds"] = int(job.stop_timeout) + STOP_MARGIN_S
     volumes = []
     if k8s.checkpoint_pvc:
         volumes.append({"name": "checkpoints",
@@ -235,9 +262,25 @@ def _indexed_job(job, k8s, role, count, max_restarts):
             "spec": spec}
 
 
+def _stateful_set(job, k8s, role, count):
+    """An online job's `role` pods: `count` of them, started together, restarted always."""
+    return {"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": f"{k8s.name}-{role}", "namespace": k8s.namespace,
+                         "labels": _labels(k8s, role)},
+            "spec": {"serviceName": k8s.name, "replicas": count,
+                     "podManagementPolicy": "Parallel",
+                     "selector": {"matchLabels": _labels(k8s, role)},
+                     "template": {"metadata": {"labels": _labels(k8s, role),
+                                               "annotations": dict(SCRAPE_ANNOTATIONS)},
+                                  "spec": _pod_spec(job, k8s, role)}}}
+
+
 def manifests(job, k8s, max_restarts=3):
     """The list of manifests (dicts) for JobSpec `job` deployed as `k8s` describes."""
     k8s.validate()
+    if job.online and k8s.restart_policy == "Never":
+        raise ValueError("--online restarts every pod that stops (restartPolicy Always); it "
+                         "does not go with --k8s-restart-policy Never")
     if not k8s.token:
         k8s.token = secrets.token_urlsafe(32)
     if k8s.flavor == "tfjob":
@@ -249,22 +292,27 @@ def manifests(job, k8s, max_restarts=3):
                  "selector": _labels(k8s),
                  "ports": [{"name": "grpc", "port": PORT, "targetPort": PORT}]},
     }
+    if job.online:
+        return [_secret(k8s), service, _stateful_set(job, k8s, "ps", job.ps),
+                _stateful_set(job, k8s, "worker", job.workers)]
     return [_secret(k8s), service, _indexed_job(job, k8s, "ps", job.ps, max_restarts),
             _indexed_job(job, k8s, "worker", job.workers, max_restarts)]
 
 
 def _tfjob(job, k8s, max_restarts):
     def replica(role, count):
-        return {"replicas": count, "restartPolicy": k8s.restart_policy,
+        return {"replicas": count,
+                "restartPolicy": "Always" if job.online else k8s.restart_policy,
                 "template": {"metadata": {"labels": _labels(k8s, role),
                                           "annotations": dict(SCRAPE_ANNOTATIONS)},
                              "spec": _pod_spec(job, k8s, role, container_name="tensorflow",
                                                with_tf_config=False)}}
+    run_policy = {"cleanPodPolicy": "All", "ttlSecondsAfterFinished": k8s.ttl_seconds}
+    if not job.online:  # an online job restarts its pods without bound
+        run_policy["backoffLimit"] = max_restarts * (job.ps + job.workers)
     return {"apiVersion": "kubeflow.org/v1", "kind": "TFJob",
             "metadata": {"name": k8s.name, "namespace": k8s.namespace, "labels": _labels(k8s)},
-            "spec": {"runPolicy": {"cleanPodPolicy": "All",
-                                   "ttlSecondsAfterFinished": k8s.ttl_seconds,
-                                   "backoffLimit": max_restarts * (job.ps + job.workers)},
+            "spec": {"runPolicy": run_policy,
                      "tfReplicaSpecs": {"PS": replica("ps", job.ps),
                                         "Worker": replica("worker", job.workers)}}}
 

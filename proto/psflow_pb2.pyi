@@ -7,6 +7,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class InputPosition(_message.Message):
+    __slots__ = ("dataset", "shard", "num_shards", "file", "lines")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    NUM_SHARDS_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    shard: int
+    num_shards: int
+    file: str
+    lines: int
+    def __init__(self, dataset: _Optional[str] = ..., shard: _Optional[int] = ..., num_shards: _Optional[int] = ..., file: _Optional[str] = ..., lines: _Optional[int] = ...) -> None: ...
+
+class InputPositionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class InputPositionsResponse(_message.Message):
+    __slots__ = ("positions",)
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    positions: _containers.RepeatedCompositeFieldContainer[InputPosition]
+    def __init__(self, positions: _Optional[_Iterable[_Union[InputPosition, _Mapping]]] = ...) -> None: ...
+
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "content", "padding")
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -81,20 +105,22 @@ class NamedTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class InitializeVariablesRequest(_message.Message):
-    __slots__ = ("values", "overwrite", "slots", "set_global_step", "global_step", "table_rows")
+    __slots__ = ("values", "overwrite", "slots", "set_global_step", "global_step", "table_rows", "input_positions")
     VALUES_FIELD_NUMBER: _ClassVar[int]
     OVERWRITE_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     SET_GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     TABLE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedCompositeFieldContainer[NamedTensor]
     overwrite: bool
     slots: _containers.RepeatedCompositeFieldContainer[SlotValue]
     set_global_step: bool
     global_step: int
     table_rows: _containers.RepeatedCompositeFieldContainer[TableRows]
-    def __init__(self, values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., overwrite: _Optional[bool] = ..., slots: _Optional[_Iterable[_Union[SlotValue, _Mapping]]] = ..., set_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., table_rows: _Optional[_Iterable[_Union[TableRows, _Mapping]]] = ...) -> None: ...
+    input_positions: _containers.RepeatedCompositeFieldContainer[InputPosition]
+    def __init__(self, values: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., overwrite: _Optional[bool] = ..., slots: _Optional[_Iterable[_Union[SlotValue, _Mapping]]] = ..., set_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., table_rows: _Optional[_Iterable[_Union[TableRows, _Mapping]]] = ..., input_positions: _Optional[_Iterable[_Union[InputPosition, _Mapping]]] = ...) -> None: ...
 
 class TableRows(_message.Message):
     __slots__ = ("name", "fields")
@@ -123,16 +149,18 @@ class SaveShardRequest(_message.Message):
     def __init__(self, path: _Optional[str] = ...) -> None: ...
 
 class SaveShardResponse(_message.Message):
-    __slots__ = ("sha256", "global_step", "bytes", "variables")
+    __slots__ = ("sha256", "global_step", "bytes", "variables", "input_positions")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     global_step: int
     bytes: int
     variables: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sha256: _Optional[str] = ..., global_step: _Optional[int] = ..., bytes: _Optional[int] = ..., variables: _Optional[_Iterable[str]] = ...) -> None: ...
+    input_positions: _containers.RepeatedCompositeFieldContainer[InputPosition]
+    def __init__(self, sha256: _Optional[str] = ..., global_step: _Optional[int] = ..., bytes: _Optional[int] = ..., variables: _Optional[_Iterable[str]] = ..., input_positions: _Optional[_Iterable[_Union[InputPosition, _Mapping]]] = ...) -> None: ...
 
 class InitializeVariablesResponse(_message.Message):
     __slots__ = ("assigned",)
@@ -262,7 +290,7 @@ class UpdateRule(_message.Message):
     def __init__(self, name: _Optional[str] = ..., hyper: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class PushRequest(_message.Message):
-    __slots__ = ("gradients", "rule", "worker", "increment_global_step", "global_step", "pull", "consistency", "id")
+    __slots__ = ("gradients", "rule", "worker", "increment_global_step", "global_step", "pull", "consistency", "id", "input_positions")
     GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     WORKER_FIELD_NUMBER: _ClassVar[int]
@@ -271,6 +299,7 @@ class PushRequest(_message.Message):
     PULL_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     gradients: _containers.RepeatedCompositeFieldContainer[Gradient]
     rule: UpdateRule
     worker: int
@@ -279,7 +308,8 @@ class PushRequest(_message.Message):
     pull: _containers.RepeatedScalarFieldContainer[str]
     consistency: Consistency
     id: PushId
-    def __init__(self, gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., rule: _Optional[_Union[UpdateRule, _Mapping]] = ..., worker: _Optional[int] = ..., increment_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ..., consistency: _Optional[_Union[Consistency, _Mapping]] = ..., id: _Optional[_Union[PushId, _Mapping]] = ...) -> None: ...
+    input_positions: _containers.RepeatedCompositeFieldContainer[InputPosition]
+    def __init__(self, gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ..., rule: _Optional[_Union[UpdateRule, _Mapping]] = ..., worker: _Optional[int] = ..., increment_global_step: _Optional[bool] = ..., global_step: _Optional[int] = ..., pull: _Optional[_Iterable[str]] = ..., consistency: _Optional[_Union[Consistency, _Mapping]] = ..., id: _Optional[_Union[PushId, _Mapping]] = ..., input_positions: _Optional[_Iterable[_Union[InputPosition, _Mapping]]] = ...) -> None: ...
 
 class PushId(_message.Message):
     __slots__ = ("incarnation", "sequence", "index")

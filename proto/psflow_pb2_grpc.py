@@ -94,6 +94,11 @@ class ParameterServerStub:
                 request_serializer=psflow__pb2.FollowRequest.SerializeToString,
                 response_deserializer=psflow__pb2.ParameterUpdate.FromString,
                 _registered_method=True)
+        self.GetInputPositions = channel.unary_unary(
+                '/psflow.ParameterServer/GetInputPositions',
+                request_serializer=psflow__pb2.InputPositionsRequest.SerializeToString,
+                response_deserializer=psflow__pb2.InputPositionsResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -200,6 +205,14 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetInputPositions(self, request, context):
+        """Shard 0: the input positions of the job's followed datasets (how far the pushes applied
+        so far consumed each share of each followed directory), for a worker that starts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -262,6 +275,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Follow,
                     request_deserializer=psflow__pb2.FollowRequest.FromString,
                     response_serializer=psflow__pb2.ParameterUpdate.SerializeToString,
+            ),
+            'GetInputPositions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInputPositions,
+                    request_deserializer=psflow__pb2.InputPositionsRequest.FromString,
+                    response_serializer=psflow__pb2.InputPositionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -588,6 +606,33 @@ class ParameterServer:
             '/psflow.ParameterServer/Follow',
             psflow__pb2.FollowRequest.SerializeToString,
             psflow__pb2.ParameterUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInputPositions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/psflow.ParameterServer/GetInputPositions',
+            psflow__pb2.InputPositionsRequest.SerializeToString,
+            psflow__pb2.InputPositionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

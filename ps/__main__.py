@@ -4,17 +4,19 @@
         [--port-fallback] [--port-file PATH] [--insecure] [--checkpoint-root DIR]
         [--allow-nonfinite] [--metrics-port PORT] [--metrics-host HOST] [--parent-pid PID]
         [--publish-period 0.2] [--dense-period 5] [--follower-buffer-bytes N]
-        [--log-level INFO]
+        [--online] [--log-level INFO]
 
-Exits 0 when the shard's lifecycle ends normally (every worker done, SIGTERM/SIGINT, the parent
-process gone), 1 if it cannot serve (port taken, port file not writable), 2 on bad arguments
-(including a non-loopback address without a job token and without --insecure).
+Exits 0 when the shard's lifecycle ends normally (every worker done unless --online,
+SIGTERM/SIGINT, the parent process gone), 1 if it cannot serve (port taken, port file not
+writable), 2 on bad arguments (including a non-loopback address without a job token and
+without --insecure).
 """
 
 import logging
 import os
 import signal
 import sys
+import time
 
 from psflow import monitoring, settings
 from psflow.argparsing import OneLineParser, one_of, port, seconds, whole_number
@@ -82,6 +84,15 @@ def parse_args(argv):
     lifecycle = parser.add_argument_group("lifecycle")
     lifecycle.add_argument("--parent-pid", type=whole_number(1),
                            help="exit when this process is gone")
+    lifecycle.add_argument("--online", action="store_true", default=settings.ONLINE.get(),
+                           help="online training: keep serving when every worker is done; on "
+                                "SIGTERM/SIGINT, first wait (up to --stop-timeout) for the "
+                                "workers at work to end, so the chief's final checkpoint can "
+                                "be written; a second signal stops at once (default: "
+                                "PSFLOW_ONLINE)")
+    lifecycle.add_argument("--stop-timeout", type=seconds, default=120.0, metavar="SECONDS",
+                           help="--online: the longest wait for the workers after a signal "
+                                "(default: 120)")
     lifecycle.add_argument("--log-level", type=one_of(LOG_LEVELS), default="INFO",
                            help=f"one of {', '.join(LOG_LEVELS)} (default INFO)")
     args = parser.parse_args(argv)
@@ -135,7 +146,8 @@ def main(argv=None):
                                  allow_nonfinite=args.allow_nonfinite, insecure=args.insecure,
                                  publish_period=args.publish_period,
                                  dense_period=args.dense_period,
-                                 follower_buffer_bytes=args.follower_buffer_bytes)
+                                 follower_buffer_bytes=args.follower_buffer_bytes,
+                                 online=args.online)
     except ValueError as exc:  # e.g. TLS files that cannot be read
         log.error("%s", exc)
         return 2
@@ -164,8 +176,18 @@ def main(argv=None):
                              what=f"shard {args.task_index}'s metrics")
         except OSError as exc:  # the job goes on without them
             log.error("%s; shard %d serves no metrics", exc, args.task_index)
+    draining_until = None
     while not server.wait_for_termination(0.2):
-        if signalled:
+        if not signalled:
+            continue
+        if args.online and draining_until is None:
+            # Workers stopped at the same moment (a Kubernetes delete) end their step, and the
+            # chief writes its final checkpoint through this server: serve them till then.
+            draining_until = time.monotonic() + args.stop_timeout
+            log.info("shard %d got %s: serving until the workers at work end (at most %g s)",
+                     args.task_index, signalled[0], args.stop_timeout)
+        running = server.store.members.running() if args.online else []
+        if not running or len(signalled) > 1 or time.monotonic() >= draining_until:
             server.stop(reason=f"got {signalled[0]}")
     log.info("shard %d exiting: %s", args.task_index, server.stop_reason)
     return 0

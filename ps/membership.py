@@ -124,6 +124,15 @@ class Membership:
                     live.append(index)
         return live
 
+    def running(self):
+        """Indices of the workers that registered and are still at work: not done, and heard
+        from within DEAD_AFTER_S."""
+        now = time.monotonic()
+        with self._lock:
+            return [index for index, w in sorted(self._workers.items())
+                    if w.registered and not w.done and w.last_seen is not None
+                    and now - w.last_seen <= DEAD_AFTER_S]
+
     def rows(self):
         """(task_index, registered, done, local_step, loss, last_seen_s, pushes, activity,
         examples) of every worker heard of, by index."""

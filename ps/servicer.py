@@ -104,6 +104,16 @@ def _parse_consistency(request):
         raise InvalidArgumentError(str(exc)) from None
 
 
+def _positions(messages):
+    """[(dataset, shard, num_shards, file, lines)] of InputPosition messages."""
+    return [(p.dataset, p.shard, p.num_shards, p.file, p.lines) for p in messages]
+
+
+def _add_positions(field, positions):
+    for dataset, shard, num_shards, file, lines in positions:
+        field.add(dataset=dataset, shard=shard, num_shards=num_shards, file=file, lines=lines)
+
+
 def _serialize(reply):
     """A reply message's bytes; replies built as bytes already pass as they are."""
     if isinstance(reply, bytes):
@@ -167,6 +177,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         if slots or request.set_global_step:
             self.store.restore_slots(slots, request.global_step if request.set_global_step
                                      else None)
+        if request.set_global_step and self.store.holds_global_step:
+            self.store.input_positions.replace(_positions(request.input_positions))
         for rows in request.table_rows:
             self.store.load_table(rows.name, {
                 f.name: codec.decode(f.tensor, f"{f.name} of table {rows.name!r}")
@@ -231,7 +243,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             consistency, worker=request.worker,
             global_step=request.global_step,
             increment_global_step=request.increment_global_step,
-            push_id=wire.push_id_of(request.header), returns=request.pull)
+            push_id=wire.push_id_of(request.header), returns=request.pull,
+            input_positions=_positions(request.header.input_positions))
         header = pb.PushResponse(staleness=result.staleness, global_step=result.global_step,
                                  dropped=result.dropped)
         if result.decision is not None:
@@ -247,9 +260,17 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_handler
     def SaveShard(self, request, context):
-        digest, step, size, names = self.store.save(request.path)
-        return pb.SaveShardResponse(sha256=digest, global_step=-1 if step is None else step,
-                                    bytes=size, variables=names)
+        digest, step, size, names, positions = self.store.save_with_positions(request.path)
+        reply = pb.SaveShardResponse(sha256=digest, global_step=-1 if step is None else step,
+                                     bytes=size, variables=names)
+        _add_positions(reply.input_positions, positions)
+        return reply
+
+    @_handler
+    def GetInputPositions(self, request, context):
+        reply = pb.InputPositionsResponse()
+        _add_positions(reply.positions, self.store.input_positions.all())
+        return reply
 
     @_handler
     def RegisterWorker(self, request, context):

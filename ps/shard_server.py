@@ -51,7 +51,7 @@ class ParameterServer:
                  parent_pid=None, threads=64, done_grace_s=0.5, stop_grace_s=2.0,
                  token=None, credentials=None, checkpoint_root=None, allow_nonfinite=False,
                  insecure=False, publish_period=0.2, dense_period=5.0,
-                 follower_buffer_bytes=256 << 20):
+                 follower_buffer_bytes=256 << 20, online=False):
         """`token`: refuse calls without it (default: PSFLOW_AUTH_TOKEN, if set).
         `credentials`: gRPC server credentials to serve TLS (default: from PSFLOW_TLS_CERT
         and PSFLOW_TLS_KEY, if set). `checkpoint_root`: the folder SaveShard may write in
@@ -59,7 +59,9 @@ class ParameterServer:
         them. Without a token the server binds only a loopback address, unless `insecure`
         (ValueError otherwise). `publish_period`, `dense_period`, `follower_buffer_bytes`:
         how often the shard publishes its tables' changes and its dense values to the serving
-        processes that follow it, and how many bytes it keeps for each (see publisher)."""
+        processes that follow it, and how many bytes it keeps for each (see publisher).
+        `online`: the job trains on an unbounded stream, so the server keeps serving when
+        every worker is done (it stops when told to, or when its parent process is gone)."""
         self.token = auth.token_from_env() if token is None else token
         if not self.token and not insecure and not _is_loopback(host):
             raise ValueError(f"refusing to serve on {host} without a job token: anyone who "
@@ -74,6 +76,7 @@ class ParameterServer:
         self.requested_port = port
         self.port_fallback = port_fallback
         self.parent_pid = parent_pid
+        self.online = online
         self.threads = threads
         self.done_grace_s = done_grace_s
         self.stop_grace_s = stop_grace_s
@@ -154,15 +157,17 @@ class ParameterServer:
         return port
 
     def _watch(self):
-        """Ends the server when all workers are done or the parent process is gone; gives
-        memory that calls freed back to the system."""
+        """Ends the server when all workers are done (unless online) or the parent process
+        is gone; gives memory that calls freed back to the system."""
         moved = 0
         while not self._stopped.is_set():
             traffic = self.store.counters.traffic
             if traffic - moved >= RELEASE_AFTER_BYTES:
                 moved = traffic
                 memory.release_free_memory()
-            if self.store.all_done.wait(WATCH_INTERVAL_S):
+            if self.online:
+                self._stopped.wait(WATCH_INTERVAL_S)
+            elif self.store.all_done.wait(WATCH_INTERVAL_S):
                 time.sleep(self.done_grace_s)  # let the last WorkerDone answer reach its caller
                 if self.store.all_done.is_set():  # unless a restarted worker came back
                     self.stop(reason="all workers are done")

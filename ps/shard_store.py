@@ -17,6 +17,7 @@ import time
 from psflow.errors import FailedPreconditionError
 from .dense_variables import DenseVariables
 from .gradient_checks import check_gradients
+from .input_positions import InputPositions
 from .membership import Membership
 from .push_dedup import PushDedup
 from .rule_cache import RuleCache
@@ -54,6 +55,8 @@ class ShardStore:
         self._step_lock = threading.Lock()
         self.global_step = 0
         self.sync = SyncState(self)
+        # Shard 0: how far the applied pushes consumed the job's followed datasets.
+        self.input_positions = InputPositions()
 
     @property
     def checkpoint_root(self):
@@ -111,6 +114,13 @@ class ShardStore:
             path, self.variables, self.tables,
             lambda: self.global_step if self.holds_global_step else None)
 
+    def save_with_positions(self, path):
+        """As `save`, with the input positions (shard 0; else []) read just before the
+        snapshot, so a push applied meanwhile has its data read again after a restore rather
+        than skipped: (sha256, global step or None, bytes, variable names, positions)."""
+        positions = self.input_positions.all() if self.holds_global_step else []
+        return (*self.save(path), positions)
+
     def missing(self, names):
         """The names among `names` that have no value yet (NotFoundError if one is unknown)."""
         return self.variables.missing(names)
@@ -158,13 +168,16 @@ class ShardStore:
         return self._rules.rule(name, hyper)
 
     def push_step(self, gradients, rule, consistency, worker=-1, global_step=0,
-                  increment_global_step=False, push_id=None, returns=()):
+                  increment_global_step=False, push_id=None, returns=(),
+                  input_positions=()):
         """A worker's push in any mode (a psflow.train.consistency.Consistency as it runs):
         async applies it now; sync holds it for the step's decision (shard 0 waits for the
         decision); ssp applies it and, on shard 0, waits at the staleness bound. `returns`
         names variables whose values the caller will read afterwards: they are checked to be
         initialized before anything is applied. `push_id`, a hashable, makes a repeated push
-        get the first one's answer instead of being applied again (see push_dedup). Returns a
+        get the first one's answer instead of being applied again (see push_dedup).
+        `input_positions` [(dataset, shard, num_shards, file, lines)]: how far the data the
+        pushing worker trained on goes, recorded once the push is applied. Returns a
         PushResult."""
         not_ready = self.missing(returns)
         if not_ready:
@@ -172,8 +185,11 @@ class ShardStore:
                                           "is not initialized yet")
 
         def step():
-            return self._push_step(gradients, rule, consistency, worker, global_step,
-                                   increment_global_step)
+            result = self._push_step(gradients, rule, consistency, worker, global_step,
+                                     increment_global_step)
+            if input_positions:
+                self.input_positions.record(input_positions)
+            return result
         return step() if push_id is None else self._push_ids.once(worker, push_id, step)
 
     def _push_step(self, gradients, rule, consistency, worker, global_step,

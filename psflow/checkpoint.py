@@ -6,7 +6,8 @@ altered file is refused with an error that names it.
 Layout of `checkpoint_dir`:
 
     checkpoint                      {"latest": "ckpt-000000001200"}  (the pointer)
-    ckpt-000000001200/index.json    global step, variables, shard files with their parts
+    ckpt-000000001200/index.json    global step, variables, shard files with their parts,
+                                    input positions of followed datasets (if any)
     ckpt-000000001200/shard-0.npz   values and optimizer slots of shard 0's parts
     model.npz                       the final model: one array per variable (load_model)
 
@@ -223,14 +224,15 @@ def read_tables(checkpoint):
 def write_checkpoint(checkpoint_dir, write, max_to_keep):
     """Writes one checkpoint: `write(directory)` fills a fresh temporary directory with the
     shard files and returns (global step, shards, variable specs) for its index (see
-    write_index); the directory is then renamed into place, the pointer moved to it, and old
-    checkpoints pruned. Returns the checkpoint's directory."""
+    write_index), or those and the input positions; the directory is then renamed into
+    place, the pointer moved to it, and old checkpoints pruned. Returns the checkpoint's
+    directory."""
     os.makedirs(checkpoint_dir, exist_ok=True)
     tmp = os.path.join(checkpoint_dir, f".tmp-ckpt-{uuid.uuid4().hex}")
     os.mkdir(tmp)
     try:
-        step, shards, variables = write(tmp)
-        write_index(tmp, step, shards, variables)
+        step, shards, variables, *positions = write(tmp)
+        write_index(tmp, step, shards, variables, positions[0] if positions else ())
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -246,11 +248,17 @@ def write_checkpoint(checkpoint_dir, write, max_to_keep):
     return final
 
 
-def write_index(directory, global_step, shards, variables):
+def write_index(directory, global_step, shards, variables, input_positions=()):
     """The index of a checkpoint in `directory`: `shards` [{"file", "sha256", "parts":
-    {part name: [variable, start row, stop row]}}], `variables` {name: {"shape", "dtype"}}."""
+    {part name: [variable, start row, stop row]}}], `variables` {name: {"shape", "dtype"}},
+    `input_positions` [(dataset, shard, num_shards, file, lines)]: how far the data of the
+    followed datasets was consumed (see psflow.data.followed_files)."""
     index = {"format": FORMAT, "global_step": int(global_step), "shards": shards,
              "variables": variables}
+    if input_positions:
+        index["input_positions"] = [
+            {"dataset": d, "shard": int(s), "num_shards": int(n), "file": f, "lines": int(k)}
+            for d, s, n, f, k in input_positions]
     return atomic_write(os.path.join(directory, INDEX),
                          lambda out: out.write(json.dumps(index, indent=1).encode()))
 

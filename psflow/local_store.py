@@ -137,17 +137,24 @@ class LocalVariableStore:
                     table = self.tables[var]
                     table.evict(step)  # stale rows go at checkpoint time
                     contents.tables[var.name] = table.state()
+            from .data import stream_state  # here: psflow.data imports this module's users
+            positions = stream_state.consumed()[1]  # before the values: see followed_files
             digest = contents.write(os.path.join(directory, "shard-0.npz"), step)
             shards = [{"file": "shard-0.npz", "sha256": digest, "parts": parts}]
             return step, shards, checkpoint.variable_specs(
-                [v for v in variables if v.name in contents.values or v.name in contents.tables])
+                [v for v in variables if v.name in contents.values or v.name in contents.tables]
+            ), positions
 
         return checkpoint.write_checkpoint(checkpoint_dir, write, max_to_keep)
 
     def restore(self, state, global_step):
         """Sets a checkpoint's state: (global step, {Variable: value},
-        {(Variable, rule, slot): value}) (see psflow.train.saver.latest_state)."""
+        {(Variable, rule, slot): value}, tables, input positions) (see
+        psflow.train.saver.latest_state)."""
         step, values, slots = state[:3]
+        if len(state) > 4:
+            from .data import stream_state
+            stream_state.resume_from(state[4])
         for var, fields in (state[3] if len(state) > 3 else {}).items():
             self.init_table(var)
             self.tables[var].load(fields)

@@ -28,6 +28,7 @@ process that changes its environment (a test, `launch` preparing a child's) is s
     PSFLOW_LANE                     flag (0 = off)      on     the same-host lane
     PSFLOW_LANE_SHARED              flag (0 = off)      on     the lane's shared memory
     PSFLOW_ALLOW_NONFINITE          flag (1 = on)       off    shards take NaN/inf gradients
+    PSFLOW_ONLINE                   flag (1 = on)       off    online job: SIGTERM stops cleanly
     PSFLOW_MODE                     async|sync|ssp      async  the job's consistency mode
     PSFLOW_REPLICAS_TO_AGGREGATE    integer >= 0        0      sync: workers per step
     PSFLOW_STALENESS                integer >= 0        0      ssp: steps ahead at most
@@ -95,6 +96,7 @@ PARENT_PID = Setting("PSFLOW_PARENT_PID", whole_number(1), None)
 LANE = Setting("PSFLOW_LANE", _flag, True)
 LANE_SHARED = Setting("PSFLOW_LANE_SHARED", _flag, True)
 ALLOW_NONFINITE = Setting("PSFLOW_ALLOW_NONFINITE", _flag, False)
+ONLINE = Setting("PSFLOW_ONLINE", _flag, False)
 MODE = Setting("PSFLOW_MODE", one_of(("async", "sync", "ssp")), "async")
 REPLICAS_TO_AGGREGATE = Setting("PSFLOW_REPLICAS_TO_AGGREGATE", whole_number(0), 0)
 STALENESS = Setting("PSFLOW_STALENESS", whole_number(0), 0)

@@ -174,3 +174,56 @@ def test_every_manifest_round_trips_through_yaml(flavor, extras):
     assert list(yaml.safe_load_all(k8s.to_yaml(documents))) == documents
     for k, document in enumerate(documents):
         assert yaml.safe_load(k8s.to_yaml([document])) == document, k
+
+
+def test_online_manifests_keep_every_pod_running_and_validate():
+    from psflow.launcher.job_spec import JobSpec
+    job = JobSpec(script="examples/digits.py", workers=3, ps=2, online=True, stop_timeout=90)
+    docs = k8s.manifests(job, k8s.K8sSpec(name="live", namespace="ml"))
+    for doc in docs:
+        validate(doc)
+    kinds = by_kind(docs)
+    assert set(kinds) == {("Secret", "live-auth"), ("Service", "live"),
+                          ("StatefulSet", "live-ps"), ("StatefulSet", "live-worker")}
+    for role, count in (("ps", 2), ("worker", 3)):
+        spec = kinds[("StatefulSet", f"live-{role}")]["spec"]
+        # pods live-ps-0.live.ml.svc.cluster.local...: the addresses TF_CONFIG names
+        assert spec["serviceName"] == "live" and spec["replicas"] == count
+        assert spec["podManagementPolicy"] == "Parallel"
+        assert spec["selector"]["matchLabels"] == spec["template"]["metadata"]["labels"]
+        pod = spec["template"]["spec"]
+        assert pod["restartPolicy"] == "Always" and "subdomain" not in pod
+        assert pod["terminationGracePeriodSeconds"] == 90 + k8s.STOP_MARGIN_S
+        container = pod["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        names = [e["name"] for e in container["env"]]
+        assert names.index("POD_INDEX") < names.index("TF_CONFIG")
+        assert env["POD_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == \
+            "metadata.labels['apps.kubernetes.io/pod-index']"
+        config = json.loads(env["TF_CONFIG"]["value"].replace("$(POD_INDEX)", "1"))
+        assert config["task"] == {"type": role, "index": 1}
+        assert config["cluster"]["ps"] == [
+            f"live-ps-{i}.live.ml.svc.cluster.local:2222" for i in range(2)]
+        assert env["PSFLOW_ONLINE"]["value"] == "1"
+    ps = kinds[("StatefulSet", "live-ps")]["spec"]["template"]["spec"]["containers"][0]
+    assert ps["command"][-3:] == ["--online", "--stop-timeout", "90"]
+
+
+def test_online_tfjob_restarts_always_without_a_backoff_limit():
+    from psflow.launcher.job_spec import JobSpec
+    job = JobSpec(script="examples/digits.py", workers=2, ps=1, online=True)
+    tfjob = by_kind(k8s.manifests(job, k8s.K8sSpec(name="live", flavor="tfjob")))[
+        ("TFJob", "live")]
+    assert "backoffLimit" not in tfjob["spec"]["runPolicy"]
+    for replica in tfjob["spec"]["tfReplicaSpecs"].values():
+        assert replica["restartPolicy"] == "Always"
+        validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
+                  "spec": replica["template"]["spec"]})
+
+
+def test_online_refuses_the_never_restart_policy(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--workers", "1", "--ps", "1", "--online", "--k8s", "--k8s-restart-policy",
+                  "Never", str(ROOT / "examples" / "digits.py")])
+    assert info.value.code == 2
+    assert "does not go with --k8s-restart-policy Never" in capsys.readouterr().err

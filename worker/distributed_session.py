@@ -8,15 +8,18 @@ is restored from the latest checkpoint and the step runs again.
 
 import logging
 import math
+import signal
 import threading
 import time
 
 import numpy as np
 
 from psflow import settings
-from psflow.errors import FailedPreconditionError, NotFoundError, UnavailableError
+from psflow.data import stream_state
+from psflow.errors import FailedPreconditionError, NotFoundError, PsflowError, UnavailableError
 from psflow.local_store import LocalVariableStore
 from psflow.parent import exit_with_parent
+from psflow.proto import psflow_pb2 as pb
 from psflow.session import Session, at_exit
 from psflow.state_ops import variables_initializer
 from psflow.train import consistency as modes
@@ -31,6 +34,10 @@ from .worker_exporter import watch
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 1.0
+# How long the chief's final checkpoint of a followed stream waits for the other workers to end,
+# and how often it looks.
+OTHERS_TIMEOUT_S = 120.0
+OTHERS_POLL_S = 0.1
 # How long a worker waits for a parameter server that went away to come back.
 RECOVERY_TIMEOUT_S = settings.RECOVERY_TIMEOUT.get()
 
@@ -78,6 +85,9 @@ class DistributedSession(Session):
             self._initialize(graph, initialized, restore, initializer)
         else:
             store.wait_initialized()
+        store.resume_input_positions()
+        if settings.ONLINE.get():
+            _stop_on_sigterm()
         store.activity = "in the script's own code before its first run"
         self._heartbeat = threading.Thread(target=self._beat, name="psflow-heartbeat",
                                            daemon=True)
@@ -138,7 +148,10 @@ class DistributedSession(Session):
         log.warning("%s; checking the parameter servers", error)
         lost = store.lost_shards(RECOVERY_TIMEOUT_S)
         if not lost:
-            return isinstance(error, UnavailableError)
+            # A shard that restarted may have been restored by the chief between the failed
+            # call and this look: every variable is back, so the run is tried once more (a
+            # failure that has nothing to do with a restart fails again, and stands).
+            return isinstance(error, (UnavailableError, FailedPreconditionError, NotFoundError))
         names = _shard_names(store, lost)
         if not self.task.is_chief:
             log.warning("parameter server(s) %s restarted; waiting for the chief to restore "
@@ -204,6 +217,30 @@ class DistributedSession(Session):
         return self.with_recovery(super().save_checkpoint, checkpoint_dir, variables,
                                   global_step, max_to_keep)
 
+    def await_other_workers(self, timeout=OTHERS_TIMEOUT_S):
+        """Waits (up to `timeout` seconds) until every other worker that is running has
+        reported done or left, so that the chief's final checkpoint of a followed stream holds
+        their last steps and input positions. Returns whether they all did."""
+        deadline = time.monotonic() + timeout
+        dead_after = settings.DEAD_AFTER.get()
+        while True:
+            try:
+                stats = self.store.clients[0].call("GetStats", pb.StatsRequest(), timeout=5.0)
+            except PsflowError as exc:
+                log.warning("cannot ask parameter server 0 about the other workers (%s); "
+                            "writing the final checkpoint now", exc)
+                return False
+            running = [w.task_index for w in stats.workers
+                       if w.task_index != self.task.worker_index and w.registered
+                       and not w.done and w.last_seen_s <= dead_after]
+            if not running:
+                return True
+            if time.monotonic() >= deadline:
+                log.warning("workers %s still running after %.0f s; writing the final "
+                            "checkpoint without their last steps", running, timeout)
+                return False
+            time.sleep(OTHERS_POLL_S)
+
     def finish(self, done=True):
         """Stops the heartbeat; reports this worker done to every shard if `done`."""
         if self._closed:
@@ -231,6 +268,20 @@ class DistributedSession(Session):
         process exits, it finishes, reporting this worker done unless an exception ended the
         script."""
         at_exit(lambda failed: self.finish(done=not failed))
+
+
+def _stop_on_sigterm():
+    """Online training: SIGTERM (the launcher's or Kubernetes' stop) ends the followed
+    datasets and the training loop, so the session closes normally (the chief writing its
+    final checkpoint); a second SIGTERM ends the process at once."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_sigterm(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        log.info("got SIGTERM: stopping after the current step")
+        stream_state.request_stop()
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _shard_names(store, shards):

@@ -61,6 +61,7 @@ class DistributedStore(Initialization, Pulls, Pushes, SaveRestore):
         self.incarnation = secrets.randbits(64) or 1
         self._runs = itertools.count(1)
         self.dropped = 0  # steps whose gradients came too late (sync)
+        self.positions_sent = None  # the input positions' version shard 0 has (pushes)
         self.checkpoint_roots = {}  # shard -> the folder it writes checkpoints in ("": none)
         # What this worker is doing, in words, for the heartbeats (a stuck job names it).
         self.activity = "starting its session"

@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from psflow import settings
+from psflow.data import stream_state
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import wire
 from .gradient_split import split_gradient
@@ -28,7 +29,8 @@ RULE_PROTOS_KEPT = 256
 class Pushes:
     """DistributedStore's pushes; they use the store's `clients`, `fanout`, `placement`,
     `step`, `worker`, `incarnation`, `consistency`, `_rule_protos` and `_pull_calls` (a
-    sync step's values), and set `last_global_step`, `dropped` and `activity`."""
+    sync step's values), and set `last_global_step`, `dropped`, `activity` and
+    `positions_sent` (the version of the input positions shard 0 has, see stream_state)."""
 
     def apply_gradients(self, rule, grads_and_vars, global_step=None, consistency=None):
         """Pushes each gradient to the shards owning its variable (all shards at once); the
@@ -77,16 +79,24 @@ class Pushes:
                     part.name, step.versions.get(part.name, 0), values, indices)
         if global_step is not None:
             request_for(0).increment_global_step = True
+        version, positions = stream_state.consumed(since=self.positions_sent)
+        if positions:  # shard 0 keeps them beside the gradients they come with
+            for dataset, shard, num_shards, file, lines in positions:
+                request_for(0).input_positions.add(dataset=dataset, shard=shard,
+                                                   num_shards=num_shards, file=file,
+                                                   lines=lines)
         if consistency.mode != "async":
             self.activity = (f"run {step.run}: in Push, waiting for the other workers' "
                              f"gradients of global step {step.global_step}")
             self._push_in_step(requests, request_for(0), consistency)
+            self.positions_sent = version
             return
         self.activity = f"run {step.run}: pushing gradients"
         for shard, request in requests.items():  # the next step's values come back
             request.pull.extend(dict.fromkeys(p.name for p in step.read.get(shard, ())))
         calls = [(self.clients[s], "Push", r) for s, r in requests.items()]
         replies = self.fanout.call(calls)
+        self.positions_sent = version
         for (client, _, _), reply in zip(calls, replies, strict=True):
             if client.index == 0:
                 step.returned_step = reply.global_step

@@ -7,6 +7,7 @@ import os
 import numpy as np
 
 from psflow import checkpoint
+from psflow.data import stream_state
 from psflow.errors import FailedPreconditionError
 from psflow.key_index import shard_of_keys
 from psflow.proto import codec
@@ -39,7 +40,7 @@ class SaveRestore:
             calls = [(client, "SaveShard", pb.SaveShardRequest(
                 path=os.path.join(os.path.abspath(directory), f"shard-{client.index}.npz")))
                 for client in self.clients]
-            shards, step = [], 0
+            shards, step, positions = [], 0, []
             for client, reply in zip(self.clients, self.fanout.call(calls), strict=True):
                 saved = set(reply.variables)
                 parts = {p.name: [p.variable.name, p.start, p.stop]
@@ -48,15 +49,20 @@ class SaveRestore:
                                "parts": parts})
                 if client.index == 0:
                     step = reply.global_step
-            return step, shards, checkpoint.variable_specs(self.variables + self.tables)
+                    positions = [(p.dataset, p.shard, p.num_shards, p.file, p.lines)
+                                 for p in reply.input_positions]
+            return step, shards, checkpoint.variable_specs(self.variables + self.tables), \
+                positions
 
         return checkpoint.write_checkpoint(checkpoint_dir, write, max_to_keep)
 
     def restore(self, state, global_step=None, shards=None):
         """Sets a checkpoint's state, split by this placement (on `shards` only, when given):
-        the slots and the global step first, then the values (which wake the workers waiting
-        for them). The global step lives on shard 0 whatever `global_step` names."""
+        the slots, the global step and the input positions first, then the values (which
+        wake the workers waiting for them). The global step and the input positions live on
+        shard 0 whatever `global_step` names."""
         step, values, slots = state[:3]
+        positions = state[4] if len(state) > 4 else []
         shards = set(range(len(self.clients))) if shards is None else set(shards)
         for table, fields in (state[3] if len(state) > 3 else {}).items():
             self._restore_table(table, fields, shards)
@@ -78,11 +84,23 @@ class SaveRestore:
                 if k == 0:
                     request.set_global_step = True
                     request.global_step = int(step)
+                    if shard == 0:
+                        for dataset, part, num_shards, file, lines in positions:
+                            request.input_positions.add(dataset=dataset, shard=part,
+                                                        num_shards=num_shards, file=file,
+                                                        lines=lines)
                 for part, rule, slot, data in batch:
                     item = request.slots.add(variable=part.name, rule=rule, slot=slot)
                     codec.encode(data, item.tensor)
                 self.clients[shard].call("InitializeVariables", request)
         self.initialize(values, overwrite=True, shards=shards)
+
+    def resume_input_positions(self):
+        """Hands the followed datasets of this process the input positions shard 0 has (a
+        checkpoint's after a restore, else those of the pushes applied so far)."""
+        reply = self.clients[0].call("GetInputPositions", pb.InputPositionsRequest())
+        stream_state.resume_from([(p.dataset, p.shard, p.num_shards, p.file, p.lines)
+                                  for p in reply.positions])
 
     def _restore_table(self, table, fields, shards):
         """Sends a checkpoint's rows of `table` to the shards (of `shards`) their keys hash to

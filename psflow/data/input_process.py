@@ -12,6 +12,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import signal
 
 _POLL_S = 0.5
 
@@ -52,7 +53,9 @@ class ProcessReadAhead:
                                               os.getpid()), daemon=True)
         self._process.start()
 
-    def get(self):
+    def get(self, stopped=None):
+        """The next element; with `stopped` (a callable), StopIteration as soon as it
+        returns True while no element is ready."""
         if self._done is not None:
             raise self._done
         while True:
@@ -60,6 +63,8 @@ class ProcessReadAhead:
                 kind, item, counts = self._queue.get(timeout=_POLL_S)
                 break
             except queue.Empty:
+                if stopped is not None and stopped():
+                    raise StopIteration from None
                 if not self._process.is_alive():
                     self._done = RuntimeError(
                         f"the input pipeline's process exited with code "
@@ -87,6 +92,10 @@ class ProcessReadAhead:
 
 
 def _produce(open_elements, out, counters, parent):
+    # The training process may have its own SIGTERM handler (online training's stop); the
+    # child ends on SIGTERM, as the iterator's close() and the interpreter's exit expect.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     def counts():
         return [(c.skipped_lines, list(c.first_skipped)) for c in counters]
 

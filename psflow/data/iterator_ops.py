@@ -8,8 +8,10 @@ import threading
 
 from ..errors import FailedPreconditionError, OutOfRangeError
 from ..graph import Constant, Node
+from . import stream_state
 from .dataset_ops import Opening, register
 from .element_structure import pack
+from .followed_files import FollowedFilesDataset, position_of
 from .input_process import ProcessReadAhead, fork_available
 from .map_function import MapDataset, skip_counters
 from .readahead import DEFAULT_DEPTH, PrefetchDataset, ReadAhead
@@ -36,6 +38,9 @@ class Iterator:
                                  "it when running the initializer")
         self._lock = threading.Lock()
         self._counters = skip_counters(dataset)
+        self._followed = _followed(dataset)
+        if self._followed is not None:
+            stream_state.mark_following()
         self._ahead = None
         self._initializer = None
 
@@ -100,11 +105,27 @@ class Iterator:
                 if self._ahead is None:
                     self._open(None)
                 ahead = self._ahead
+        followed = self._followed
+        if followed is None:
+            try:
+                return ahead.get()[0]
+            except StopIteration:
+                self._report_skips(ahead)
+                raise OutOfRangeError("End of sequence") from None
+        # A followed directory ends when the process is asked to stop; an element handed
+        # over moves the dataset's consumed position.
         try:
-            return ahead.get()[0]
+            if stream_state.stop_requested():
+                raise StopIteration
+            values, origin = ahead.get(stream_state.stop_requested)
         except StopIteration:
             self._report_skips(ahead)
             raise OutOfRangeError("End of sequence") from None
+        position = position_of(origin)
+        if position is not None:
+            stream_state.consume(followed.name, followed.index,
+                                 stream_state.Position(followed.num_shards, *position))
+        return values
 
     def _report_skips(self, ahead):
         skipped = sum(c.skipped_lines for c in self._counters)
@@ -167,6 +188,17 @@ def make_one_shot_iterator(dataset):
 def make_initializable_iterator(dataset, shared_name=None):
     """`tf.data.make_initializable_iterator(dataset)`."""
     return dataset.make_initializable_iterator()
+
+
+def _followed(dataset):
+    """The FollowedFilesDataset `dataset`'s pipeline reads, or None."""
+    pending = [dataset]
+    while pending:
+        d = pending.pop()
+        if isinstance(d, FollowedFilesDataset):
+            return d
+        pending.extend(d._inputs)
+    return None
 
 
 def _does_work(dataset):

@@ -39,15 +39,25 @@ class Origin:
 
     @staticmethod
     def concatenate(origins):
-        """One origin for elements stacked in order; None unless every part has one (the
-        file lists of one dataset's origins are one tuple)."""
+        """One origin for elements stacked in order; None unless every part has one. Parts
+        with different file lists (a followed directory's files, one list per file) get one
+        list of them all."""
         if not origins or any(o is None for o in origins):
             return None
         files = origins[0].files
-        if any(o.files is not files for o in origins):
-            return None
-        return Origin(files, np.concatenate([o.file_ids for o in origins]),
-                      np.concatenate([o.lines for o in origins]))
+        lines = np.concatenate([o.lines for o in origins])
+        if all(o.files is files for o in origins):
+            return Origin(files, np.concatenate([o.file_ids for o in origins]), lines)
+        merged, where = [], {}
+        for o in origins:
+            for name in o.files:
+                if name not in where:
+                    where[name] = len(merged)
+                    merged.append(name)
+        file_ids = np.concatenate([
+            np.asarray([where[name] for name in o.files], dtype=np.int32)[o.file_ids]
+            for o in origins])
+        return Origin(tuple(merged), file_ids, lines)
 
 
 class SkippedRecord(InvalidArgumentError):

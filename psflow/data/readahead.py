@@ -28,10 +28,18 @@ class ReadAhead:
                                                             self._stop), name=name, daemon=True)
         self._thread.start()
 
-    def get(self):
+    def get(self, stopped=None):
+        """The next element; with `stopped` (a callable), StopIteration as soon as it
+        returns True while no element is ready."""
         if self._done is not None:
             raise self._done
-        kind, item = self._queue.get()
+        while True:
+            try:
+                kind, item = self._queue.get(timeout=None if stopped is None else _POLL_S)
+                break
+            except queue.Empty:
+                if stopped():
+                    raise StopIteration from None
         if kind == "element":
             return item
         self._done = StopIteration() if kind == "end" else item

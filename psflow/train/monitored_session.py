@@ -13,6 +13,7 @@ import time
 from .. import checkpoint as files
 from .. import session as session_lib
 from .. import settings, summary
+from ..data import stream_state
 from ..errors import OutOfRangeError
 from ..graph import Placeholder, get_default_graph, topological_order
 from ..session import Session
@@ -353,7 +354,9 @@ class MonitoredTrainingSession:
         self._stop = True
 
     def should_stop(self):
-        return self._stop or self._closed
+        """True once a hook or the script asked to stop, or the process was asked to stop
+        (online training: see psflow.data.stream_state)."""
+        return self._stop or self._closed or stream_state.stop_requested()
 
     def run(self, fetches, feed_dict=None):
         """Runs `fetches` like Session.run, with the hooks' fetches and feeds added."""
@@ -386,11 +389,20 @@ class MonitoredTrainingSession:
         done = False
         try:
             if not failed:
+                self._await_other_workers()
                 for hook in self._hooks:
                     hook.end(self._session)
                 done = True  # a chief whose final save failed has not finished its work
         finally:
             self._session.finish(done=done)
+
+    def _await_other_workers(self):
+        """A chief that trained on a followed stream waits for the other workers to end
+        before its final checkpoint, so that it holds their last steps and input positions
+        (a distributed session only; see DistributedSession.await_other_workers)."""
+        wait = getattr(self._session, "await_other_workers", None)
+        if self.is_chief and wait is not None and stream_state.following():
+            wait()
 
     def __enter__(self):
         return self

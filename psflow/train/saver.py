@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 
 def latest_state(checkpoint_dir, variables):
     """(global step, {Variable: value}, {(Variable, rule, slot): value}, {table: {field:
-    array}}) of the latest checkpoint in `checkpoint_dir`, or None when it has none. Every
-    variable and embedding table of the graph must be in it."""
+    array}}, [input position]) of the latest checkpoint in `checkpoint_dir`, or None when it
+    has none. Every variable and embedding table of the graph must be in it."""
     if not checkpoint_dir:
         return None
     checkpoint = files.latest(checkpoint_dir)
@@ -50,7 +50,29 @@ def checkpoint_state(checkpoint, variables):
     log.info("restoring %s (global step %d)", checkpoint, step)
     return (step, {by_name[n]: v for n, v in values.items() if n in by_name},
             {(by_name[n], rule, slot): v for (n, rule, slot), v in slots.items() if n in by_name},
-            {table_vars[n]: fields for n, fields in tables.items() if n in table_vars})
+            {table_vars[n]: fields for n, fields in tables.items() if n in table_vars},
+            read_input_positions(checkpoint))
+
+
+_POSITION_FIELDS, _POSITION_TYPES = ("dataset", "shard", "num_shards", "file", "lines"), \
+    (str, int, int, str, int)
+
+
+def read_input_positions(checkpoint):
+    """[(dataset, shard, num_shards, file, lines)] of a checkpoint's index (see
+    psflow.checkpoint.write_index); [] for a checkpoint without followed datasets."""
+    index = files.read_index(checkpoint)
+    positions = []
+    try:
+        for entry in index.get("input_positions", []):
+            position = tuple(entry[k] for k in _POSITION_FIELDS)
+            if not all(type(v) is k for v, k in zip(position, _POSITION_TYPES, strict=True)):
+                raise ValueError(f"input position {entry!r} has a field of the wrong type")
+            positions.append(position)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DataLossError(f"checkpoint {checkpoint} has malformed input positions: "
+                            f"{exc!r}") from None
+    return positions
 
 
 class CheckpointSaver:
