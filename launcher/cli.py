@@ -102,6 +102,10 @@ def build_parser():
                            f"separated by '{os.pathsep}' (default: the current directory and "
                            "the system's temporary folder, where scripts make train dirs "
                            "with tempfile.mkdtemp())")
+    data.add_argument("--serving-replicas", type=whole_number(0), default=0, metavar="R",
+                      help="a serving parameter tier: R psflow-params per parameter server, "
+                           "following its shard while the job trains; the launcher prints the "
+                           "psflow-serve --params_shard flags that read it")
     data.add_argument("--export-dir", default="", metavar="BASE",
                       help="the chief exports servables (psflow.saved_model) as BASE/1, "
                            "BASE/2, ... at the end of training, for psflow-serve "
@@ -180,12 +184,17 @@ def _parse(argv):
                    metrics=args.metrics,
                    export_dir=args.export_dir if args.k8s or not args.export_dir
                    else os.path.abspath(args.export_dir),
-                   export_every_n_checkpoints=args.export_every_n_checkpoints)
+                   export_every_n_checkpoints=args.export_every_n_checkpoints,
+                   serving_replicas=args.serving_replicas)
     try:
         spec.validate()  # what argparse cannot see: the script file, the port range's end
     except ValueError as exc:
         parser.error(str(exc))
     kube = None
+    if args.k8s and args.serving_replicas:
+        parser.error("on Kubernetes the serving tier comes with the serving manifests: "
+                     "psflow-serve --k8s --follow=<the job's parameter servers> "
+                     "--serving-replicas R")
     if args.k8s and args.export_dir and not args.export_dir.startswith("/"):
         parser.error(f"with --k8s, --export-dir is a path in the pods, absolute; got "
                      f"{args.export_dir!r}")

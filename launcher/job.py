@@ -37,6 +37,7 @@ from .online import OnlineSupervision
 from .output import Output
 from .process import Watchdog, describe_exit
 from .progress import ProgressPoller, report_worker_done
+from .serving_tier import ServingTier
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # How long the workers get to exit once a parameter server has ended normally (it does so when
@@ -44,7 +45,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 WORKERS_AFTER_PS_EXIT_S = 10.0
 
 
-class Job(JobProcesses, OnlineSupervision):
+class Job(JobProcesses, OnlineSupervision, ServingTier):
     """One run of a JobSpec. `run()` once; `stop()` from any thread ends it early."""
 
     def __init__(self, spec, stdout=None, stderr=None):
@@ -112,6 +113,8 @@ class Job(JobProcesses, OnlineSupervision):
         atomic_write(os.path.join(self._tmp, JOB_FILE), json.dumps(
             {"ps": self.ps_addresses, "token": self.token}).encode())
         self.output.launcher(f"job status: launch --status {','.join(self.ps_addresses)}")
+        if self.spec.serving_replicas and not self._start_tier():
+            return self._stopped_by_signal() if self._stop.is_set() else 1
         self._start_workers()
         self.progress = ProgressPoller(list(self.ps_addresses), self.output, token=self.token,
                                        show=self.spec.progress).start()
@@ -124,6 +127,7 @@ class Job(JobProcesses, OnlineSupervision):
         while True:
             if self._stop.is_set():
                 return self._stopped_by_signal()
+            self._watch_tier()
             # A parameter server that crashed is the likelier cause of a worker's failure
             # seen in the same round, so it is named first.
             for child in list(self.ps):
@@ -303,7 +307,7 @@ class Job(JobProcesses, OnlineSupervision):
         """Stops whatever still runs and reaps every child."""
         if self.progress:
             self.progress.stop()
-        children = self.workers + self.ps
+        children = self.workers + self.ps + self._tier_children()
         if any(c.running for c in children):
             self._terminate(children)
         for child in children:

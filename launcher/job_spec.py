@@ -63,6 +63,9 @@ class JobSpec:
     # checkpoint (see launcher.online).
     online: bool = False
     stop_timeout: float = 120.0
+    # A serving parameter tier: this many psflow-params per parameter server, each following
+    # its shard (see launcher.serving_tier); 0: none.
+    serving_replicas: int = 0
 
     def export_env(self):
         """The settings that hand the workers the export base path (and online mode)."""
@@ -129,6 +132,12 @@ class JobSpec:
             value = getattr(self, what)
             if not (isinstance(value, (int, float)) and 0 <= value < float("inf")):
                 raise ValueError(f"{what} must be 0 or more seconds, got {value!r}")
+        if not isinstance(self.serving_replicas, int) or self.serving_replicas < 0:
+            raise ValueError(f"serving_replicas must be a whole number >= 0, got "
+                             f"{self.serving_replicas!r}")
+        if self.serving_replicas and self.script_ps:
+            raise ValueError("a serving tier follows psflow's own parameter servers; it does "
+                             "not go with --script-ps")
         if self.export_every_n_checkpoints and not self.export_dir:
             raise ValueError("--export-every-n-checkpoints goes with --export-dir")
         script = str(self.script)

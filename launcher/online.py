@@ -45,6 +45,7 @@ class OnlineSupervision:
         while True:
             if self._stop.is_set():
                 return self._stop_online(due)
+            self._watch_tier()
             for child in list(self.ps):
                 code = child.exit_code()
                 if code is None:

@@ -201,6 +201,12 @@ def out_dir(tmp_path):
      "--replicas-to-aggregate applies to --mode sync"),
     (["--workers", "2", "--ps", "1", "--mode", "sync", "--replicas-to-aggregate", "3", "SCRIPT"],
      "replicas_to_aggregate (3) is more than the 2 workers"),
+    (["--workers", "1", "--ps", "1", "--serving-replicas", "-1", "SCRIPT"],
+     "argument --serving-replicas: must be at least 0, got -1"),
+    (["--workers", "1", "--ps", "1", "--serving-replicas", "2", "--script-ps", "SCRIPT"],
+     "does not go with --script-ps"),
+    (["--workers", "1", "--ps", "1", "--serving-replicas", "2", "--k8s", "SCRIPT"],
+     "psflow-serve --k8s --follow"),
 ])
 def test_bad_input_is_one_line_naming_the_problem_and_exit_2(args, problem, capsys,
                                                              monkeypatch, tmp_path):
@@ -612,3 +618,60 @@ def test_ps_still_running_after_the_workers_is_stopped_and_named(private_tempdir
     assert "[worker:1] worker 1 done" in out.splitlines()
     assert_nothing_left(all_pids(err, out_dir))
     assert os.listdir(private_tempdir) == []
+
+
+@pytest.mark.cluster
+def test_a_serving_tier_follows_the_job_and_a_killed_replica_comes_back(tmp_path):
+    import numpy as np
+
+    from psflow.serving.remote_params import RemoteParams
+    stop = tmp_path / "stop"
+    token = "tier-test-token"
+    launcher = subprocess.Popen(
+        launcher_command("--no-progress", "--workers", 1, "--ps", 2, "--serving-replicas", 2,
+                         ROOT / "tests" / "cluster_scripts" / "table_until_told.py", stop),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env=dict(job_env(tmp_path), PSFLOW_AUTH_TOKEN=token))
+    lines = []
+    try:
+        line = ""
+        while "serving tier:" not in line:
+            line = launcher.stdout.readline()
+            assert line, "the launcher ended before printing the tier:\n" + "".join(lines)
+            lines.append(line)
+        shards = [flag.split("=", 1)[1].split(",") for flag in line.split()
+                  if flag.startswith("--params_shard=")]
+        assert len(shards) == 2 and all(len(replicas) == 2 for replicas in shards)
+        pid = int(re.search(r"started params 0\.0 \(pid (\d+)\)", "".join(lines)).group(1))
+        tier = RemoteParams(shards, token=token, cache_ttl=0, deadline=2.0)
+        keys = np.arange(1, 21)
+        wait_until(lambda: _answers(tier, keys), 30, "the tier to hold the trained rows")
+        first = tier.lookup("items", keys)
+        wait_until(lambda: not np.array_equal(tier.lookup("items", keys), first), 30,
+                   "the rows to move on as the job trains")
+        os.kill(pid, signal.SIGKILL)
+        assert tier.lookup("items", keys).any()  # the other replica of shard 0 answers
+        alone = RemoteParams([[shards[0][0]], [shards[1][0]]], token=token, cache_ttl=0,
+                             deadline=2.0)
+        wait_until(lambda: _answers(alone, keys), 30, "the killed replica to serve again")
+        tier.close()
+        alone.close()
+    finally:
+        stop.touch()
+        out, _ = launcher.communicate(timeout=JOB_TIMEOUT_S)
+        lines.append(out)
+    text = "".join(lines)
+    assert launcher.returncode == 0, text
+    assert re.search(r"params 0\.0 was killed by SIGKILL; starting it again on port "
+                     + shards[0][0].rsplit(":", 1)[1], text), text
+    pids = [int(p) for p in re.findall(r"started params \d\.\d \(pid (\d+)\)", text)]
+    assert len(pids) == 5
+    wait_until(lambda: not any(alive(p) for p in pids), 10, "the tier to be gone")
+
+
+def _answers(params, keys):
+    try:
+        rows = params.lookup("items", keys)
+    except Exception:  # noqa: BLE001 -- not serving yet
+        return False
+    return rows is not None and rows.any()
