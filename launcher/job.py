@@ -113,8 +113,13 @@ class Job(JobProcesses, OnlineSupervision, ServingTier):
         atomic_write(os.path.join(self._tmp, JOB_FILE), json.dumps(
             {"ps": self.ps_addresses, "token": self.token}).encode())
         self.output.launcher(f"job status: launch --status {','.join(self.ps_addresses)}")
-        if self.spec.serving_replicas and not self._start_tier():
-            return self._stopped_by_signal() if self._stop.is_set() else 1
+        if self.spec.serving_replicas:
+            if not self._start_tier():
+                return self._stopped_by_signal() if self._stop.is_set() else 1
+            # psflow-serve on this machine finds the job's token by the tier's addresses too
+            atomic_write(os.path.join(self._tmp, JOB_FILE), json.dumps(
+                {"ps": self.ps_addresses, "token": self.token,
+                 "params": self.params_addresses}).encode())
         self._start_workers()
         self.progress = ProgressPoller(list(self.ps_addresses), self.output, token=self.token,
                                        show=self.spec.progress).start()

@@ -8,11 +8,9 @@ import shutil
 import tempfile
 
 from psflow.parent import alive
+from psflow.transport.auth import JOB_FILE, JOB_FOLDER_PREFIX  # noqa: F401 -- re-exported
 
-# The job's folder: TMP_PREFIX<launcher pid>-<random>.
-TMP_PREFIX = "psflow-launch-"
-# In the job's folder: the parameter servers' addresses and the job's token.
-JOB_FILE = "job.json"
+TMP_PREFIX = JOB_FOLDER_PREFIX  # the job's folder: TMP_PREFIX<launcher pid>-<random>
 
 
 def job_folders(folder=None):

@@ -31,6 +31,7 @@ from psflow.serving.version_loader import (
     MAX_NUM_LOAD_RETRIES,
     load_predictor,
 )
+from psflow.transport import auth
 
 log = logging.getLogger("psflow.serving")
 
@@ -141,9 +142,13 @@ def follower_of(args):
     None: the values frozen in each export."""
     if args.follow and args.params_shard:
         raise InvalidArgumentError("give either --follow or --params_shard")
+    # the job's token: PSFLOW_AUTH_TOKEN, else that of the job `launch` runs here on them
+    addresses = [a for a in args.follow.split(",") if a] + [
+        a for shard in args.params_shard for a in shard.split(",") if a]
+    token = auth.token_from_env() or auth.local_job_token(addresses) or ""
     if args.follow:
         from psflow.serving.param_follower import JobFollower
-        return JobFollower([a for a in args.follow.split(",") if a])
+        return JobFollower([a for a in args.follow.split(",") if a], token=token)
     if args.params_shard:
         from psflow.serving.remote_params import RemoteParams
         for name, value in (("--params_deadline_ms", args.params_deadline_ms),
@@ -152,7 +157,7 @@ def follower_of(args):
             if value < 0:
                 raise InvalidArgumentError(f"{name} must be at least 0, got {value}")
         return RemoteParams([[a for a in shard.split(",") if a] for shard in args.params_shard],
-                            deadline=args.params_deadline_ms / 1e3,
+                            token=token, deadline=args.params_deadline_ms / 1e3,
                             cache_rows=args.params_cache_rows,
                             cache_ttl=args.params_cache_ttl_ms / 1e3,
                             dense_period=args.dense_poll_seconds)

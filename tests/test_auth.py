@@ -146,3 +146,20 @@ def test_tls_needs_both_the_certificate_and_the_key(tmp_path):
     with pytest.raises(ValueError, match="cannot read the TLS key .*none.key"):
         auth.server_credentials({auth.TLS_CERT_ENV: str(tmp_path / "none.crt"),
                                  auth.TLS_KEY_ENV: str(tmp_path / "none.key")})
+
+
+def test_a_local_jobs_token_is_found_by_its_servers_or_its_serving_tier(tmp_path):
+    import json
+
+    from psflow.transport.auth import JOB_FILE, JOB_FOLDER_PREFIX, local_job_token
+    job = tmp_path / f"{JOB_FOLDER_PREFIX}123-abc"
+    job.mkdir()
+    (job / JOB_FILE).write_text(json.dumps({"ps": ["127.0.0.1:1", "127.0.0.1:2"],
+                                            "token": "t0k", "params": [["127.0.0.1:7"]]}))
+    broken = tmp_path / f"{JOB_FOLDER_PREFIX}124-def"
+    broken.mkdir()
+    (broken / JOB_FILE).write_text("{not json")
+    assert local_job_token(["127.0.0.1:2"], tmp_path) == "t0k"
+    assert local_job_token(["elsewhere:1", "127.0.0.1:7"], tmp_path) == "t0k"
+    assert local_job_token(["127.0.0.1:9"], tmp_path) is None
+    assert local_job_token(["127.0.0.1:1"], tmp_path / "missing") is None

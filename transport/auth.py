@@ -11,6 +11,9 @@ client given `PSFLOW_TLS_CA` (the CA that signed the servers' certificates) conn
 """
 
 import hmac
+import json
+import os
+import tempfile
 
 import grpc
 
@@ -20,11 +23,36 @@ TOKEN_ENV = settings.AUTH_TOKEN.name
 TLS_CERT_ENV, TLS_KEY_ENV, TLS_CA_ENV = (settings.TLS_CERT.name, settings.TLS_KEY.name,
                                          settings.TLS_CA.name)
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+# Where `launch` keeps a local job's addresses and token: a folder JOB_FOLDER_PREFIX<launcher
+# pid>-<random> in the temporary folder, holding JOB_FILE, readable by its user alone.
+JOB_FOLDER_PREFIX = "psflow-launch-"
+JOB_FILE = "job.json"
 
 
 def token_from_env(environ=None):
     """The job's token, or None when the job has none."""
     return settings.AUTH_TOKEN.get(environ)
+
+
+def local_job_token(addresses, folder=None):
+    """The token of a job `launch` runs on this machine whose parameter servers or serving
+    tier serve at one of `addresses` (read from its job file), or None when none does."""
+    folder = folder or tempfile.gettempdir()
+    wanted = set(addresses)
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.startswith(JOB_FOLDER_PREFIX))
+    except OSError:
+        return None
+    for name in names:
+        try:
+            with open(os.path.join(folder, name, JOB_FILE)) as f:
+                job = json.load(f)
+            held = set(job.get("ps", ())) | {a for row in job.get("params", ()) for a in row}
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+        if held & wanted:
+            return job.get("token") or None
+    return None
 
 
 def call_metadata(token):
