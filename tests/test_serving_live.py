@@ -1,7 +1,8 @@
-"""psflow-serve as a real process reading live parameters: with --params_shard its versions'
-table rows and variables come from parameter servers at request time (here training
-parameter servers, which answer the same reads as psflow-params), and a change there is in
-the next answer (rows) or after the next dense poll (variables)."""
+"""psflow-serve as a real process reading live parameters: its versions' table rows and
+variables come from the training job's parameter servers, either through mirrors kept in the
+server (--follow: the servers' parameter stream) or read at request time (--params_shard: here
+from training parameter servers, which answer the same reads as psflow-params); a change
+there is in the answers within a publish (or dense poll) period."""
 
 import os
 import pathlib
@@ -37,11 +38,21 @@ def predict(port, users):
     return {k: np.asarray(v) for k, v in answer["outputs"].items()}
 
 
-def test_a_served_version_reads_rows_and_variables_from_the_parameter_servers(tmp_path):
+def live_flags(mode, servers):
+    addresses = [f"127.0.0.1:{s.port}" for s in servers]
+    if mode == "follow":
+        return ["--follow=" + ",".join(addresses)]
+    return ["--params_cache_ttl_ms=0", "--dense_poll_seconds=0.1"] + [
+        f"--params_shard={a}" for a in addresses]
+
+
+@pytest.mark.parametrize("mode", ["follow", "params_shard"])
+def test_a_served_version_reads_the_training_jobs_rows_and_variables(tmp_path, mode):
     _, sess, inputs, outputs = trained(ctr, ctr_feeds, steps=2)
     tf.saved_model.simple_save(sess, str(tmp_path / "ctr" / "1"), serving_inputs(inputs),
                                outputs)
-    servers = [ParameterServer(shard=i, num_workers=1, port=0).start() for i in range(2)]
+    servers = [ParameterServer(shard=i, num_workers=1, port=0, publish_period=0.05,
+                               dense_period=0.1).start() for i in range(2)]
     clients = [ShardClient(i, f"127.0.0.1:{s.port}", token="") for i, s in enumerate(servers)]
     rest_port = free_port()
     process = None
@@ -61,22 +72,21 @@ def test_a_served_version_reads_rows_and_variables_from_the_parameter_servers(tm
         process = subprocess.Popen(
             [sys.executable, "-m", "psflow.serving", f"--port={free_port()}",
              f"--rest_api_port={rest_port}", "--model_name=ctr",
-             f"--model_base_path={tmp_path / 'ctr'}", "--params_cache_ttl_ms=0",
-             "--dense_poll_seconds=0.1"]
-            + [f"--params_shard=127.0.0.1:{s.port}" for s in servers],
+             f"--model_base_path={tmp_path / 'ctr'}", *live_flags(mode, servers)],
             stdout=open(tmp_path / "serve.log", "w"), stderr=subprocess.STDOUT, env=env)
         wait_for(lambda: _serving(rest_port), 60, "psflow-serve to serve version 1")
-        got = predict(rest_port, [3, 1000])
-        np.testing.assert_allclose(got["user_embedding"], [rows[2], np.zeros(EMBEDDING)],
-                                   atol=1e-6)
-        assert got["ctr"][0] == pytest.approx(by_hand(rows[2], w, [0.3]), abs=1e-5)
+
+        def answers(row, b):
+            got = predict(rest_port, [3, 1000])
+            return (np.allclose(got["user_embedding"], [row, np.zeros(EMBEDDING)], atol=1e-6)
+                    and abs(got["ctr"][0] - by_hand(row, w, b)) < 1e-5)
+        wait_for(lambda: answers(rows[2], [0.3]), 20, "the job's rows in the answers")
         set_rows(clients, keys[2:3], rows[2:3], table="features")  # row 3 now twice its value
         set_variable(clients[0], "tower/b", np.array([-2.0]), declare_it=False)
-        np.testing.assert_allclose(predict(rest_port, [3])["user_embedding"][0], 2 * rows[2],
-                                   atol=1e-6)
-        wait_for(lambda: abs(predict(rest_port, [3])["ctr"][0]
-                             - by_hand(2 * rows[2], w, [-2.0])) < 1e-5, 10,
-                 "the new variable value in the answers")
+        if mode == "params_shard":  # read at request time: in the very next answer
+            np.testing.assert_allclose(predict(rest_port, [3])["user_embedding"][0],
+                                       2 * rows[2], atol=1e-6)
+        wait_for(lambda: answers(2 * rows[2], [-2.0]), 10, "the new row and variable")
     finally:
         if process is not None:
             process.terminate()
