@@ -12,7 +12,8 @@ its target, met or not:
 - a tier replica cut off (SIGSTOP) for --cutoff seconds, then resumed: how long until it
   answers with a value pushed after it resumed;
 - kill -9 one tier replica of each shard under --rate predict requests/s to psflow-serve
-  (gRPC, open loop, bench/serve_load.py): 0 failed predictions;
+  (gRPC, open loop, bench/serve_load.py; its row cache at --cache-ms), once the job has
+  stopped (the tier serves on with the last state it had): 0 failed predictions;
 - the cost of following: the job's CPU seconds per 1,000 examples with 1 and 4 followers
   (psflow-params processes) per shard against none: <= 1.05x.
 
@@ -193,6 +194,9 @@ def freshness(args, folder):
             report(f"dense variable -> {name}: slowest of {len(got)}", worst, "s",
                    f"<= {DENSE_PERIOD:g} + 1 s", ok)
         cutoff(args, probe, processes[1], tier[0][1])
+        # Training ends here: the tier serves on with the last state it had.
+        job.send_signal(signal.SIGTERM)
+        job.wait(120)
         kill_under_load(args, folder, tier, processes)
         follower.stop()
         params.close()
@@ -235,28 +239,40 @@ def kill_under_load(args, folder, tier, processes):
     serve = subprocess.Popen(
         [sys.executable, "-m", "psflow.serving", f"--port={grpc_port}",
          f"--rest_api_port={rest_port}", "--model_name=ctr", f"--model_base_path={base}",
-         "--params_deadline_ms=200", "--params_cache_ttl_ms=0"]
+         "--params_deadline_ms=200", f"--params_cache_ttl_ms={args.cache_ms:g}"]
         + [f"--params_shard={','.join(s)}" for s in tier],
         stdout=log, stderr=subprocess.STDOUT,
         env={**os.environ, **common.single_thread_env()})
     try:
         wait_available(rest_port, timeout=120, process=serve)
-        request_file = Path(folder) / "request.bin"
-        ids, dense = model.rows_of(args.rows, 1, seed=3)
-        request_file.write_bytes(model.predict_request(ids, dense).SerializeToString())
-        load = subprocess.Popen(
-            [sys.executable, str(HERE / "serve_load.py"), "--target",
-             f"127.0.0.1:{grpc_port}", "--request", str(request_file), "--seconds",
-             str(args.load_seconds), "--rate", str(args.rate)],
-            stdout=subprocess.PIPE, text=True)
+        # Requests of one row each, Zipf-drawn ids: hot keys come from the row cache, the
+        # others from the tier.
+        requests = []
+        ids, dense = model.rows_of(args.rows, args.requests, seed=3)
+        for k in range(args.requests):
+            requests += ["--request", str(Path(folder) / f"request-{k}.bin")]
+            Path(requests[-1]).write_bytes(
+                model.predict_request(ids[k:k + 1], dense[k:k + 1]).SerializeToString())
+        load_command = [sys.executable, str(HERE / "serve_load.py"), "--target",
+                        f"127.0.0.1:{grpc_port}", *requests, "--seconds"]
+        capacity = json.loads(subprocess.run(
+            load_command + ["5", "--concurrency", "16"], capture_output=True, text=True,
+            check=True).stdout.strip().splitlines()[-1])
+        report("psflow-serve reading the tier, 16 requests in flight", capacity["rps"],
+               "req/s")
+        load = subprocess.Popen(load_command + [str(args.load_seconds), "--rate",
+                                                str(args.rate)], stdout=subprocess.PIPE,
+                                text=True)
         time.sleep(args.load_seconds / 2)
         for process in (processes[0], processes[2]):  # replica 0 of each shard
             process.kill()
         out, _ = load.communicate(timeout=args.load_seconds + 60)
         figures = json.loads(out.strip().splitlines()[-1])
         failed = sum(figures.get("errors", {}).values())
-        report(f"kill -9 a replica of each shard at {args.rate}/s: failed predictions", failed,
-               f"of {figures['requests'] + failed}", "0", failed == 0)
+        report(f"kill -9 a replica of each shard at {args.rate:g}/s: failed predictions",
+               failed, f"of {figures['requests'] + failed}", "0", failed == 0)
+        if failed:
+            print(f"  errors by code: {figures['errors']}", flush=True)
         report("  predict p99 around the kills", figures["p99_ms"], "ms")
     finally:
         serve.send_signal(signal.SIGTERM)
@@ -305,6 +321,10 @@ def main():
                         help="seconds a tier replica is stopped")
     parser.add_argument("--rate", type=float, default=500.0, help="predict requests/s")
     parser.add_argument("--load-seconds", type=float, default=10.0)
+    parser.add_argument("--requests", type=int, default=1000,
+                        help="different predict requests the load takes in turn")
+    parser.add_argument("--cache-ms", type=float, default=250.0,
+                        help="psflow-serve's --params_cache_ttl_ms under load (its default)")
     parser.add_argument("--cost-seconds", type=float, default=30.0,
                         help="training seconds of each job of the cost figure")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the cost figure")

@@ -1,6 +1,6 @@
 """The gRPC load generator of bench/serve.py, a process of its own: the same serialized
-PredictRequest sent again and again to one method, timed per call, raw bytes on both sides so
-the client spends no time encoding or decoding.
+PredictRequest (or several, taken in turn) sent again and again to one method, timed per call,
+raw bytes on both sides so the client spends no time encoding or decoding.
 
     python bench/serve_load.py --target 127.0.0.1:8500 --request FILE --seconds 5 \
         --concurrency 64            # closed loop: 64 calls always in flight
@@ -33,33 +33,34 @@ def summary(latencies, errors, seconds):
             "p99_ms": pct(99), "max_ms": float(ms.max()) if ms.size else float("nan")}
 
 
-async def closed_loop(call, request, seconds, concurrency):
+async def closed_loop(call, requests, seconds, concurrency):
     latencies, errors = [], {}
     deadline = time.perf_counter() + seconds
 
-    async def caller():
+    async def caller(k):
         while time.perf_counter() < deadline:
             start = time.perf_counter()
+            k += 1
             try:
-                await call(request, timeout=10)
+                await call(requests[k % len(requests)], timeout=10)
             except grpc.RpcError as exc:
                 errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
                 continue
             latencies.append(time.perf_counter() - start)
 
     start = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    await asyncio.gather(*(caller(k) for k in range(concurrency)))
     return summary(latencies, errors, time.perf_counter() - start), []
 
 
-async def open_loop(call, request, seconds, rate, versions):
+async def open_loop(call, requests, seconds, rate, versions):
     latencies, errors, calls = [], {}, []
     parse = None
     if versions:
         from psflow.proto.tfserving import predict_pb2
         parse = predict_pb2.PredictResponse.FromString
 
-    async def one(scheduled):
+    async def one(scheduled, request):
         try:
             answer = await call(request, timeout=10)
         except grpc.RpcError as exc:
@@ -81,23 +82,26 @@ async def open_loop(call, request, seconds, rate, versions):
         delay = scheduled - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(one(scheduled)))
+        tasks.append(asyncio.ensure_future(one(scheduled, requests[i % len(requests)])))
         i += 1
     await asyncio.gather(*tasks)
     return {**summary(latencies, errors, time.perf_counter() - start), "start_epoch": epoch}, calls
 
 
 async def run(args):
-    with open(args.request, "rb") as f:
-        request = f.read()
+    requests = []
+    for path in args.request:
+        with open(path, "rb") as f:
+            requests.append(f.read())
     async with grpc.aio.insecure_channel(args.target) as channel:
         call = channel.unary_unary(args.method)
-        for _ in range(args.warmup):
-            await call(request, timeout=10)
+        for k in range(args.warmup):
+            await call(requests[k % len(requests)], timeout=10)
         if args.rate:
-            result, calls = await open_loop(call, request, args.seconds, args.rate, args.versions)
+            result, calls = await open_loop(call, requests, args.seconds, args.rate,
+                                            args.versions)
         else:
-            result, calls = await closed_loop(call, request, args.seconds, args.concurrency)
+            result, calls = await closed_loop(call, requests, args.seconds, args.concurrency)
     if args.versions:
         result["calls"] = calls
     print(json.dumps(result), flush=True)
@@ -106,7 +110,9 @@ async def run(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", required=True)
-    parser.add_argument("--request", required=True, help="a file of one serialized request")
+    parser.add_argument("--request", required=True, action="append",
+                        help="a file of one serialized request; given several times, the "
+                             "calls take them in turn")
     parser.add_argument("--method", default=METHOD)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=1)

@@ -4,7 +4,7 @@ service that answers PullRows and Pull: a training parameter server too), one sh
 time, each shard on R replicas.
 
 - A request's lookup of a table is one PullRows per shard holding its keys (keys go to shards
-  as workers place them: psflow.key_index.shard_of_keys), sent to all those shards at once.
+  as workers place them: psflow.key_index.shard_of_keys).
 - A replica that fails (down, refusing, or slower than its share of the deadline) is set aside
   for `retry_after` seconds and the call goes to the shard's next replica, within the
   request's `deadline`; a lookup fails (UnavailableError naming the shard) only when every
@@ -23,7 +23,7 @@ import time
 import grpc
 import numpy as np
 
-from psflow.errors import DeadlineExceededError, NotFoundError, UnavailableError
+from psflow.errors import DeadlineExceededError, NotFoundError, PsflowError, UnavailableError
 from psflow.key_index import shard_of_keys
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
@@ -76,26 +76,18 @@ class Shard:
         ring = [self.replicas[(self._next + i) % n] for i in range(n)]
         return [r for r in ring if r.down_until <= now] + [r for r in ring if r.down_until > now]
 
-    def start(self, method, request, deadline):
-        """The first attempt, sent now: (replica, future)."""
-        replica = self._order()[0]
-        return replica, self._send(replica, method, request, deadline, len(self.replicas))
-
-    def _send(self, replica, method, request, deadline, left):
-        share = max((deadline - time.monotonic()) / max(left, 1), 0.001)
-        return getattr(replica, method).future(request, timeout=share,
-                                               metadata=replica.metadata)
-
-    def finish(self, method, request, deadline, first):
-        """The answer of an attempt started with `start`, trying the other replicas in turn
-        when it fails with a status worth retrying."""
-        replica, future = first
-        tried = [replica]
-        while True:
+    def call(self, method, request, deadline):
+        """The answer of the first replica to answer within `deadline`: each gets its share
+        of the time left; one that fails with a status worth retrying is set aside and the
+        next is tried."""
+        tried = []
+        for replica in self._order():
+            left = len(self.replicas) - len(tried)
+            share = max((deadline - time.monotonic()) / left, 0.001)
+            tried.append(replica)
             try:
-                reply = future.result()
-                self._next = self.replicas.index(replica)
-                return reply
+                reply = getattr(replica, method)(request, timeout=share,
+                                                 metadata=replica.metadata)
             except grpc.RpcError as exc:
                 code = exc.code()
                 if code == grpc.StatusCode.NOT_FOUND:
@@ -106,17 +98,101 @@ class Shard:
                 replica.down_until = time.monotonic() + self.retry_after
                 log.info("shard %d replica %s failed (%s); trying another", self.index,
                          replica.address, code.name)
-            remaining = [r for r in self._order() if r not in tried]
-            if not remaining or time.monotonic() >= deadline:
-                raise UnavailableError(f"no replica of shard {self.index} answered within the "
-                                       f"deadline; tried {[r.address for r in tried]}")
-            replica = remaining[0]
-            tried.append(replica)
-            self.failovers += 1
-            future = self._send(replica, method, request, deadline, len(remaining))
+                if time.monotonic() >= deadline:
+                    break
+                self.failovers += 1
+                continue
+            self._next = self.replicas.index(replica)
+            return reply
+        raise UnavailableError(f"no replica of shard {self.index} answered within the "
+                               f"deadline; tried {[r.address for r in tried]}")
 
-    def call(self, method, request, deadline):
-        return self.finish(method, request, deadline, self.start(method, request, deadline))
+
+
+class _Lookup:
+    """One request's lookup of one table on one shard, waiting to go in a call."""
+
+    __slots__ = ("name", "keys", "rows", "error", "state", "wake")
+
+    def __init__(self, name, keys):
+        self.name, self.keys = name, keys
+        self.rows = self.error = None
+        self.state = "waiting"  # -> "sent", "done" or "lead" (it sends the next call)
+        self.wake = threading.Event()
+
+    def answer(self):
+        if self.error is not None:
+            raise self.error
+        return self.rows
+
+
+class Coalescer:
+    """The lookups of one shard by concurrent requests, sent together: while a call to the
+    shard is under way, the lookups that arrive wait, and the first of them sends the next
+    call with all of them (PullRows carries a KeySelection each), so a loaded predict server
+    makes far fewer calls than it has lookups."""
+
+    def __init__(self, shard):
+        self.shard = shard
+        self._lock = threading.Lock()
+        self._waiting = []
+        self._busy = False
+        self.calls = self.lookups = 0
+
+    def rows(self, name, keys, deadline):
+        lookup = _Lookup(name, keys)
+        with self._lock:
+            self._waiting.append(lookup)
+            if not self._busy:
+                self._busy = True
+                lookup.state = "lead"
+        while lookup.state != "lead":
+            if not lookup.wake.wait(max(deadline - time.monotonic(), 0)):
+                with self._lock:
+                    if lookup.state == "waiting":
+                        self._waiting.remove(lookup)
+                        raise UnavailableError(f"shard {self.shard.index} did not answer "
+                                               "within the deadline")
+                lookup.wake.wait()  # sent meanwhile: its call ends within the deadline
+            lookup.wake.clear()
+            if lookup.state == "done":
+                return lookup.answer()
+        with self._lock:
+            batch, self._waiting = self._waiting, []
+            for sent in batch:
+                sent.state = "sent"
+        self._send(batch, deadline)
+        with self._lock:
+            if self._waiting:  # the first of those who came meanwhile sends the next call
+                self._waiting[0].state = "lead"
+                self._waiting[0].wake.set()
+            else:
+                self._busy = False
+        return lookup.answer()
+
+    def _send(self, batch, deadline):
+        self.calls += 1
+        self.lookups += len(batch)
+        request = pb.PullRowsRequest(keys=[pb.KeySelection(
+            name=b.name, keys=codec.encode(b.keys), train=False) for b in batch])
+        try:
+            values = self.shard.call("pull_rows", request, deadline).values
+            for b, value in zip(batch, values, strict=True):
+                b.rows = value.array
+        except NotFoundError as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:  # a table some lookup names is not there: each on its own
+                for b in batch:
+                    b.state = "sent"
+                    self._send([b], deadline)
+                return
+        except PsflowError as exc:
+            for b in batch:
+                b.error = exc
+        for b in batch:
+            b.state = "done"
+            b.wake.set()
 
 
 class RemoteParams:
@@ -127,6 +203,7 @@ class RemoteParams:
                  dense_period=1.0, retry_after=2.0):
         token = auth.token_from_env() if token is None else token
         self.shards = [Shard(i, list(a), token, retry_after) for i, a in enumerate(shards)]
+        self._coalescers = [Coalescer(shard) for shard in self.shards]
         self.deadline = float(deadline)
         self.cache = RowCache(cache_rows, cache_ttl)
         self.dense_period = float(dense_period)
@@ -163,20 +240,17 @@ class RemoteParams:
         return rows[inverse.reshape(-1)]
 
     def _fetch(self, name, keys):
+        """Rows of distinct `keys` from their shards, one shard after the other (a blocking
+        call costs a predict server far less CPU than a future does), each lookup in a call
+        with the lookups of other requests to the same shard (Coalescer)."""
         deadline = time.monotonic() + self.deadline
         owner = shard_of_keys(keys, len(self.shards))
-        started = []
+        rows = None
         for shard in self.shards:
             mine = np.flatnonzero(owner == shard.index)
             if not mine.size:
                 continue
-            request = pb.PullRowsRequest(keys=[pb.KeySelection(
-                name=name, keys=codec.encode(keys[mine]), train=False)])
-            started.append((shard, mine, request, shard.start("pull_rows", request, deadline)))
-        rows = None
-        for shard, mine, request, first in started:
-            reply = shard.finish("pull_rows", request, deadline, first)
-            part = reply.values[0].array
+            part = self._coalescers[shard.index].rows(name, keys[mine], deadline)
             if rows is None:
                 rows = np.zeros((keys.size,) + part.shape[1:], part.dtype)
             rows[mine] = part

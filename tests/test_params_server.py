@@ -61,6 +61,8 @@ def test_a_tier_answers_rows_and_variables_as_the_training_shards(tier):
         until(lambda: np.array_equal(remote.lookup("items", keys), rows), "the rows")
         assert not remote.lookup("items", np.array([999])).any()
         assert remote.lookup("nothing", np.array([1])) is None
+        # (the variables reach the tier with the shards' next dense values)
+        until(lambda: remote.dense("big") is not None, "the variable's parts")
         assert remote.dense("big").tolist() == [[1, 1], [1, 1], [2, 2]]
         set_rows(clients, keys[:1], rows[:1], table="items")  # row of key 1 doubled
         until(lambda: np.array_equal(remote.lookup("items", keys[:1]), 2 * rows[:1]),

@@ -145,3 +145,34 @@ def test_hot_rows_are_cached_for_their_ttl_only(shards):
     time.sleep(0.35)
     np.testing.assert_array_equal(params.lookup("items", keys), np.full((3, DIM), 2.0))
     params.close()
+
+
+def test_concurrent_lookups_share_calls_and_each_gets_its_own_rows(shards):
+    import threading
+    servers, clients = shards
+    for client in clients:
+        declare(client)
+    keys = np.arange(1, 200, dtype=np.int64)
+    values = np.repeat(keys[:, None], DIM, axis=1).astype(np.float32)
+    set_rows(clients, keys, values)
+    params = RemoteParams(addresses(servers), token="", cache_ttl=0, deadline=5.0)
+    wrong, missing = [], []
+
+    def requests(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(30):
+            asked = rng.choice(keys, 12)
+            if not np.array_equal(params.lookup(TABLE, asked), values[asked - 1]):
+                wrong.append(asked)
+            if params.lookup("nothing", asked[:2]) is not None:  # in a call with the others
+                missing.append(asked)
+    threads = [threading.Thread(target=requests, args=(k,)) for k in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not wrong and not missing
+    calls = sum(c.calls for c in params._coalescers)
+    lookups = sum(c.lookups for c in params._coalescers)
+    assert lookups >= 16 * 30 and calls < lookups
+    params.close()
