@@ -272,7 +272,9 @@ def kill_under_load(args, folder, tier, processes):
         report(f"kill -9 a replica of each shard at {args.rate:g}/s: failed predictions",
                failed, f"of {figures['requests'] + failed}", "0", failed == 0)
         if failed:
-            print(f"  errors by code: {figures['errors']}", flush=True)
+            print(f"  errors by code: {figures['errors']}; the server's last lines:", flush=True)
+            log.flush()
+            print("".join(open(log.name).readlines()[-12:]), flush=True)
         report("  predict p99 around the kills", figures["p99_ms"], "ms")
     finally:
         serve.send_signal(signal.SIGTERM)

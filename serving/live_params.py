@@ -43,6 +43,9 @@ class LiveModel:
     def __init__(self, predictor, follower):
         self.model = getattr(predictor, "unbatched", predictor)  # under a batching wrapper
         self.follower = follower
+        # Rows read over the network: a request may wait on a call, so it must never run in
+        # the front's event loop (serving/front_loop.py), however quick the warm-up was.
+        self.model.blocks = bool(getattr(follower, "remote", False))
         variables, tables = self.model.parameters()
         self.variable_names = sorted(variables)
         self.model.rebind(tables={name: LiveRows(name, follower, frozen)

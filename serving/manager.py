@@ -212,12 +212,14 @@ class ModelManager:
 
     @property
     def quick(self):
-        """True when every available version's warm-up predict took under QUICK_SECONDS:
-        its requests may be answered in the front's loop (front_loop.py)."""
+        """True when every available version's warm-up predict took under QUICK_SECONDS
+        and none waits on other servers: its requests may be answered in the front's loop
+        (front_loop.py)."""
         records = [r for r in list(self._records.values()) if r.state == AVAILABLE]
         return bool(records) and all(
             r.servable is not None and r.servable.warmup_seconds is not None and
-            r.servable.warmup_seconds < QUICK_SECONDS for r in records)
+            r.servable.warmup_seconds < QUICK_SECONDS and not r.servable.blocks
+            for r in records)
 
     def handle(self, version=None, label=None):
         """A handle on the version a request names: a number, a label, or neither (the

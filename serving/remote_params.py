@@ -199,6 +199,8 @@ class RemoteParams:
     """Rows and Variables of a model from the serving parameter tier (see the module
     docstring). `shards`: per shard, its replicas' addresses, in the job's shard order."""
 
+    remote = True  # its lookups make calls (serving/live_params.py)
+
     def __init__(self, shards, token=None, deadline=0.1, cache_rows=100_000, cache_ttl=0.25,
                  dense_period=1.0, retry_after=2.0):
         token = auth.token_from_env() if token is None else token

@@ -39,6 +39,9 @@ class Servable:
         self._by_signature = {predictor_signature_name(predictor): predictor}
         self._lock = threading.Lock()
         self.warmup_seconds = None  # how long its warm-up request took to predict
+        # Whether a predict may wait on calls to other servers (live parameters read over the
+        # network): then it is never run in the front's loop, however quick its warm-up.
+        self.blocks = bool(getattr(getattr(predictor, "unbatched", predictor), "blocks", False))
 
     @property
     def signatures(self):

@@ -111,3 +111,14 @@ def test_rebind_refuses_what_the_model_does_not_read(export):
         predictor.rebind(tables={"tower/w": object()})
     after = predictor.predict(request([1, 2]))  # nothing of the refused calls was taken
     np.testing.assert_array_equal(before["ctr"], after["ctr"])
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_version_reading_rows_over_the_network_never_runs_in_the_loop(export, remote):
+    from psflow.serving.version_loader import Loader
+    follower = Follower()
+    follower.remote = remote
+    load_fn = live_load_fn(lambda path, signature: Predictor.load(path, signature=signature),
+                           follower)
+    servable = Loader(load_fn).load(1, export)
+    assert servable.blocks == remote and servable.warmup_seconds is not None
