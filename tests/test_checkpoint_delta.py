@@ -216,3 +216,28 @@ def test_keeping_checkpoints_keeps_the_files_a_kept_delta_extends(tmp_path):
         [names[3], names[4]]
     files.read_tables(ckpt / names[5])  # whole
     assert_same_rows(sorted_rows(files.read_tables(ckpt / names[6])["emb"]), rows)
+
+
+@pytest.mark.cluster
+def test_a_job_resumes_from_a_chain_of_deltas(tmp_path):
+    from test_cluster import SCRIPTS, explain, launch, start_step
+
+    script = str(SCRIPTS / "resumable.py")
+    first = launch("--workers", "2", "--ps", "2", "--checkpoint-root", tmp_path,
+                   "--checkpoint-full-every", "100", script, "--checkpoint-dir", str(tmp_path),
+                   "--last-step", "30")
+    assert first.returncode == 0, explain(first)
+    latest = files.latest(str(tmp_path))
+    links = [shard["base"] for shard in index_of(tmp_path / latest.rsplit("/", 1)[-1])["shards"]]
+    assert all(links) and len({tuple(link["checkpoint"] for link in s) for s in links}) == 1
+    assert (tmp_path / links[0][0]["checkpoint"]).is_dir()  # the base outlived max_to_keep
+    model = tf.load_model(str(tmp_path / "model.npz"))
+    # Nothing left to train: the model comes back from base + deltas on one server.
+    again = launch("--workers", "1", "--ps", "1", "--checkpoint-root", tmp_path, script,
+                   "--checkpoint-dir", str(tmp_path), "--last-step", "30")
+    assert again.returncode == 0, explain(again)
+    assert start_step(again) >= 30, explain(again)
+    again_model = tf.load_model(str(tmp_path / "model.npz"))
+    assert model["ids/emb/keys"].size > 0 and sorted(again_model) == sorted(model)
+    for name, value in again_model.items():
+        np.testing.assert_array_equal(value, model[name], err_msg=name)
