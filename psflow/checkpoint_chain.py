@@ -103,6 +103,16 @@ def needed_checkpoints(checkpoint):
         return set()
 
 
+def _among(keys, chosen):
+    """Whether each of `keys` is one of `chosen` (a few, beside a table's keys): a search in
+    the sorted `chosen`, which costs the table's keys once, not a sort of them."""
+    chosen = np.sort(chosen)
+    if not chosen.size:
+        return np.zeros(keys.size, dtype=bool)
+    at = np.minimum(np.searchsorted(chosen, keys), chosen.size - 1)
+    return chosen[at] == keys
+
+
 def _row_field(field, array):
     return field in ("values", "last_step") or (field.startswith("slot/") and
                                                 np.ndim(array) == 2)
@@ -113,10 +123,12 @@ def apply_delta(table, fields, delta, path):
     from `path`) on `fields` (the table as of the delta's base): removed keys go (rows and
     sightings), changed rows and sightings replace or join the others, per-table scalars are
     the delta's."""
+    if not fields:  # the full file a chain starts from
+        return {field: array for field, array in delta.items() if field != "removed"}
     removed = np.asarray(delta.get("removed", np.zeros(0, np.int64)), dtype=np.int64)
     keys = np.asarray(fields.get("keys", np.zeros(0, np.int64)), dtype=np.int64)
     new_keys = np.asarray(delta.get("keys", np.zeros(0, np.int64)), dtype=np.int64)
-    kept = ~np.isin(keys, np.concatenate([removed, new_keys]))
+    kept = ~_among(keys, np.concatenate([removed, new_keys]))
     out = {"keys": np.concatenate([keys[kept], new_keys])}
     names = (set(fields) | set(delta)) - {"keys", "removed", *_ENTRY_FIELDS}
     for field in sorted(names):
@@ -133,7 +145,7 @@ def apply_delta(table, fields, delta, path):
     if "entry_keys" in fields or "entry_keys" in delta:
         entry_keys = np.asarray(fields.get("entry_keys", np.zeros(0, np.int64)), np.int64)
         new_entries = np.asarray(delta.get("entry_keys", np.zeros(0, np.int64)), np.int64)
-        entry_kept = ~np.isin(entry_keys, np.concatenate([removed, new_entries]))
+        entry_kept = ~_among(entry_keys, np.concatenate([removed, new_entries]))
         out["entry_keys"] = np.concatenate([entry_keys[entry_kept], new_entries])
         if "entry_freq" in fields or "entry_freq" in delta:
             old = np.asarray(fields.get("entry_freq", np.zeros(entry_keys.size, np.int32)))
