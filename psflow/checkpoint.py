@@ -295,7 +295,11 @@ def prune(checkpoint_dir, max_to_keep):
     if current:
         keep.add(os.path.basename(current))
     for name in list(keep):  # and the files their deltas extend
-        keep |= checkpoint_chain.needed_checkpoints(os.path.join(checkpoint_dir, name))
+        try:
+            keep |= checkpoint_chain.needed_checkpoints(
+                read_index(os.path.join(checkpoint_dir, name)))
+        except DataLossError:
+            pass  # an unreadable checkpoint extends nothing
     for name in names:
         if name not in keep:
             shutil.rmtree(os.path.join(checkpoint_dir, name), ignore_errors=True)

@@ -30,19 +30,17 @@ DEFAULT_FULL_EVERY = 10
 _ENTRY_FIELDS = ("entry_keys", "entry_freq")
 
 
-def delta_bases(previous, num_shards, full_every):
+def delta_bases(previous, index, num_shards, full_every):
     """What each of `num_shards` shards may write a delta against: a list (by shard) of
-    (since sequence, incarnation, links) or None (a full file), from the index of the
-    `previous` checkpoint (its directory, or None). One checkpoint in `full_every` is full
-    (0 or 1: all of them)."""
-    from .checkpoint import read_index  # psflow.checkpoint imports this module
-
+    (since sequence, incarnation, links) or None (a full file), from the `index` of the
+    `previous` checkpoint (its directory; None for none). One checkpoint in `full_every` is
+    full (0 or 1: all of them)."""
     none = [None] * num_shards
-    if previous is None or not full_every or int(full_every) <= 1:
+    if previous is None or index is None or not full_every or int(full_every) <= 1:
         return none
     try:
-        records = read_index(previous)["shards"]
-    except (DataLossError, KeyError, TypeError):
+        records = index["shards"]
+    except (KeyError, TypeError):
         return none
     if not isinstance(records, list) or len(records) != num_shards:
         return none
@@ -90,16 +88,14 @@ def link_paths(checkpoint, record):
     return out
 
 
-def needed_checkpoints(checkpoint):
-    """The names of the checkpoints whose files `checkpoint`'s deltas extend (an unreadable
-    index needs none)."""
-    from .checkpoint import read_index
-
+def needed_checkpoints(index):
+    """The names of the checkpoints whose files the deltas of a checkpoint (its `index`)
+    extend (a malformed index needs none)."""
     try:
-        records = read_index(checkpoint)["shards"]
+        records = index["shards"]
         return {link["checkpoint"] for record in records for link in record.get("base", [])
                 if isinstance(link, dict) and isinstance(link.get("checkpoint"), str)}
-    except (DataLossError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         return set()
 
 

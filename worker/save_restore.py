@@ -8,7 +8,7 @@ import numpy as np
 
 from psflow import checkpoint, checkpoint_chain, settings
 from psflow.data import stream_state
-from psflow.errors import FailedPreconditionError
+from psflow.errors import DataLossError, FailedPreconditionError
 from psflow.key_index import shard_of_keys
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
@@ -40,8 +40,12 @@ class SaveRestore:
         `full_every` (None: PSFLOW_CHECKPOINT_FULL_EVERY; 0 or 1: every one)."""
         if full_every is None:
             full_every = settings.CHECKPOINT_FULL_EVERY.get()
-        bases = checkpoint_chain.delta_bases(checkpoint.latest(checkpoint_dir),
-                                             len(self.clients), full_every)
+        try:
+            previous = checkpoint.latest(checkpoint_dir)
+            index = checkpoint.read_index(previous) if previous else None
+        except DataLossError:
+            previous = index = None  # a damaged latest checkpoint: every file full
+        bases = checkpoint_chain.delta_bases(previous, index, len(self.clients), full_every)
 
         def write(directory):
             calls = []

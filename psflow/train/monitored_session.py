@@ -86,9 +86,8 @@ class CheckpointSaverHook(SessionRunHook):
     """Saves checkpoints to `checkpoint_dir` every `save_secs` seconds or `save_steps`
     global steps and at the end, keeping the last `max_to_keep`; at the end it also exports
     the model file (`model.npz`, see psflow.load_model). Each of `listeners` has its
-    `after_save(session, checkpoint directory)` called after every checkpoint. On a cluster
-    one checkpoint in `full_every` holds every table row, the others the rows changed since
-    the previous one (None: PSFLOW_CHECKPOINT_FULL_EVERY; see psflow.checkpoint_chain)."""
+    `after_save(session, checkpoint directory)` called after every checkpoint; one in
+    `full_every` holds every table row (see MonitoredTrainingSession)."""
 
     def __init__(self, checkpoint_dir, save_secs=None, save_steps=None, max_to_keep=5,
                  listeners=(), full_every=None):
@@ -246,11 +245,8 @@ class MonitoredTrainingSession:
     return, (inputs, outputs) as two {key: tensor} dicts, or a signature_def_map. Without
     `export_dir`, PSFLOW_EXPORT_DIR (set by `launch --export-dir`) names it, and
     PSFLOW_EXPORT_EVERY_N_CHECKPOINTS the default of `export_every_n_checkpoints`.
-
-    On a cluster the parameter servers write in one checkpoint of `checkpoint_full_every`
-    every row of their embedding tables, and in the others only the rows changed or removed
-    since the previous one (None: PSFLOW_CHECKPOINT_FULL_EVERY, 10 by default, which `launch
-    --checkpoint-full-every` sets; 0 or 1: every checkpoint full).
+    One checkpoint in `checkpoint_full_every` holds every table row, the others the rows
+    changed since (None: PSFLOW_CHECKPOINT_FULL_EVERY, see psflow.checkpoint_chain).
 
     TensorFlow's `config`, `stop_grace_period_secs`, `log_step_count_steps`, `max_wait_secs`
     and `save_graph_def` are accepted and have no effect here (they tune TF's own runtime).
@@ -299,8 +295,7 @@ class MonitoredTrainingSession:
                 self._hooks.append(CheckpointSaverHook(
                     checkpoint_dir, save_secs=save_checkpoint_secs,
                     save_steps=save_checkpoint_steps, max_to_keep=max_to_keep,
-                    listeners=[exporter] if exporter else [],
-                    full_every=checkpoint_full_every))
+                    listeners=[exporter] if exporter else [], full_every=checkpoint_full_every))
             summary_dir = summary_dir or checkpoint_dir
             if save_summaries_steps is None and save_summaries_secs is None:
                 save_summaries_steps = 100  # TensorFlow's default
