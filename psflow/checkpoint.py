@@ -16,7 +16,8 @@ only after the whole checkpoint is written, so a crash at any moment leaves the 
 checkpoint as the latest one.
 
 A shard file holds arrays named `a0, a1, ...` and a `manifest` (JSON as uint8) that says what
-each one is: a part's value or one of its optimizer slots (rule, slot name).
+each one is: a part's value or one of its optimizer slots (rule, slot name). Its tables may be
+a delta of the files the index names as its base (see psflow.checkpoint_chain).
 """
 
 import hashlib

@@ -10,7 +10,9 @@ import pytest
 import psflow as tf
 from psflow import checkpoint as files
 from psflow.errors import DataLossError
+from psflow.launcher.job_spec import JobSpec
 from psflow.ps.shard_server import ParameterServer
+from psflow.ps.shard_store import ShardStore
 from psflow.train import saver
 from psflow.train.cluster import ClusterSpec, TaskConfig
 from psflow.worker.distributed_session import DistributedSession
@@ -184,11 +186,60 @@ def test_a_damaged_delta_or_a_missing_base_is_refused_naming_the_file(chain):
         files.read_tables(saved[-1])
     delta.write_bytes(original)
     middle = saved[1] / "shard-0.npz"
+    kept = middle.read_bytes()
     middle.unlink()
     with pytest.raises(DataLossError, match=f"{middle} is missing"):
         files.read_tables(saved[-1])
     with pytest.raises(DataLossError, match=str(middle)):
         files.load_model(str(saved[-1].parent))
+    middle.write_bytes(kept)
+    files.read_tables(saved[-1])
+    base = saved[0] / "shard-1.npz"
+    base.unlink()
+    with pytest.raises(DataLossError, match=f"{base} is missing"):
+        files.read_tables(saved[-1])
+
+
+def test_a_base_outside_the_checkpoints_is_refused(chain):
+    _, saved, _, _, _ = chain
+    index = index_of(saved[-1])
+    index["shards"][0]["base"][0]["checkpoint"] = "../../etc"
+    (saved[-1] / files.INDEX).write_text(json.dumps(index))
+    with pytest.raises(DataLossError, match="not a shard file of a checkpoint beside it"):
+        files.read_tables(saved[-1])
+
+
+def test_a_shard_writes_a_full_file_when_a_delta_cannot_be_exact(tmp_path):
+    """Against another incarnation, a sequence it has not reached, or removals older than its
+    log of them, a shard writes every row."""
+    store = ShardStore(shard=0, checkpoint_root=str(tmp_path))
+    store.declare_tables([{"name": "t", "dim": 2, "dtype": "float32",
+                           "initializer": {"kind": "zeros"}}])
+    table = store.tables.get("t").table
+    table.lookup(np.arange(100, dtype=np.int64))
+    *_, (delta, seq, incarnation) = store.save_incremental(str(tmp_path / "a.npz"))
+    assert not delta and seq > 0
+    table.lookup(np.arange(100, 110, dtype=np.int64))
+
+    def save(since, of):
+        *_, (delta, _, _) = store.save_incremental(str(tmp_path / "b.npz"), since, of)
+        rows = files.read_shard_tables(str(tmp_path / "b.npz"))["t"]["keys"].size
+        return delta, rows
+
+    assert save(seq, incarnation) == (True, 10)
+    assert save(seq, incarnation ^ 1) == (False, 110)
+    assert save(seq + 1000, incarnation) == (False, 110)
+    table.tombstones.limit = 2
+    for key in range(5):
+        table.remove_keys(np.array([key]))
+    assert save(seq, incarnation) == (False, 105)
+
+
+def test_launch_hands_the_workers_how_often_a_checkpoint_is_full():
+    spec = JobSpec(script="train.py", workers=1, ps=1, checkpoint_full_every=3)
+    assert spec.export_env()["PSFLOW_CHECKPOINT_FULL_EVERY"] == "3"
+    assert "PSFLOW_CHECKPOINT_FULL_EVERY" not in JobSpec(script="train.py", workers=1,
+                                                         ps=1).export_env()
 
 
 def test_keeping_checkpoints_keeps_the_files_a_kept_delta_extends(tmp_path):
