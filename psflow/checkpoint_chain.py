@@ -45,13 +45,15 @@ def delta_bases(previous, index, num_shards, full_every):
     if not isinstance(records, list) or len(records) != num_shards:
         return none
     out = []
-    for record in records:
+    for shard, record in enumerate(records):
         try:
+            if record["file"] != f"shard-{shard}.npz":
+                raise ValueError(f"shard {shard} wrote {record['file']!r}")
             seq, incarnation = int(record["table_seq"]), int(record["incarnation"], 16)
             links = list(record.get("base", []))
             link = {"checkpoint": os.path.basename(previous), "file": record["file"],
                     "sha256": record["sha256"]}
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             out.append(None)
             continue
         out.append((seq, incarnation, links + [link])
@@ -78,13 +80,14 @@ def link_paths(checkpoint, record):
     parent = os.path.dirname(os.path.abspath(checkpoint))
     out = []
     for link in links:
-        name, file = link.get("checkpoint"), link.get("file")
+        name, file, sha256 = (link.get(k) for k in ("checkpoint", "file", "sha256")) \
+            if isinstance(link, dict) else (None, None, None)
         if not isinstance(name, str) or not _NAME.match(name) or not isinstance(file, str) \
-                or not _SHARD_FILE.match(file):
+                or not _SHARD_FILE.match(file) or not isinstance(sha256, str):
             raise DataLossError(f"checkpoint {checkpoint}: the base {link!r} of "
                                 f"{record.get('file')!r} is not a shard file of a checkpoint "
-                                "beside it")
-        out.append((os.path.join(parent, name, file), link.get("sha256")))
+                                "beside it with its SHA-256")
+        out.append((os.path.join(parent, name, file), sha256))
     return out
 
 

@@ -200,13 +200,15 @@ def test_a_damaged_delta_or_a_missing_base_is_refused_naming_the_file(chain):
         files.read_tables(saved[-1])
 
 
-def test_a_base_outside_the_checkpoints_is_refused(chain):
+def test_a_base_outside_the_checkpoints_or_without_its_checksum_is_refused(chain):
     _, saved, _, _, _ = chain
-    index = index_of(saved[-1])
-    index["shards"][0]["base"][0]["checkpoint"] = "../../etc"
-    (saved[-1] / files.INDEX).write_text(json.dumps(index))
-    with pytest.raises(DataLossError, match="not a shard file of a checkpoint beside it"):
-        files.read_tables(saved[-1])
+    original = index_of(saved[-1])
+    for change in ({"checkpoint": "../../etc"}, {"file": "/etc/passwd"}, {"sha256": None}):
+        index = json.loads(json.dumps(original))
+        index["shards"][0]["base"][0].update(change)
+        (saved[-1] / files.INDEX).write_text(json.dumps(index))
+        with pytest.raises(DataLossError, match="not a shard file of a checkpoint beside it"):
+            files.read_tables(saved[-1])
 
 
 def test_a_shard_writes_a_full_file_when_a_delta_cannot_be_exact(tmp_path):
