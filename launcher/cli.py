@@ -102,6 +102,10 @@ def build_parser():
                            f"separated by '{os.pathsep}' (default: the current directory and "
                            "the system's temporary folder, where scripts make train dirs "
                            "with tempfile.mkdtemp())")
+    data.add_argument("--checkpoint-full-every", type=whole_number(0), default=None,
+                      metavar="K", help="one checkpoint in K holds every row of the "
+                      "embedding tables, the others only the rows changed or removed since "
+                      "the previous one (default 10; 0 or 1: every checkpoint whole)")
     data.add_argument("--serving-replicas", type=whole_number(0), default=0, metavar="R",
                       help="a serving parameter tier: R psflow-params per parameter server, "
                            "following its shard while the job trains; the launcher prints the "
@@ -185,6 +189,7 @@ def _parse(argv):
                    export_dir=args.export_dir if args.k8s or not args.export_dir
                    else os.path.abspath(args.export_dir),
                    export_every_n_checkpoints=args.export_every_n_checkpoints,
+                   checkpoint_full_every=args.checkpoint_full_every,
                    serving_replicas=args.serving_replicas)
     try:
         spec.validate()  # what argparse cannot see: the script file, the port range's end

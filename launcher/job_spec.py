@@ -57,6 +57,9 @@ class JobSpec:
     # (PSFLOW_EXPORT_DIR), every export_every_n_checkpoints checkpoints if set, and at the end.
     export_dir: str = ""
     export_every_n_checkpoints: int = 0
+    # One checkpoint in this many holds every table row, the others deltas
+    # (PSFLOW_CHECKPOINT_FULL_EVERY); None: the workers' default.
+    checkpoint_full_every: int | None = None
     # Online training (an unbounded input stream): the parameter servers never exit on their
     # own, failed workers are restarted without bound (with a backoff), and a stop gives the
     # workers `stop_timeout` seconds to end their step and the chief to write a final
@@ -68,8 +71,11 @@ class JobSpec:
     serving_replicas: int = 0
 
     def export_env(self):
-        """The settings that hand the workers the export base path (and online mode)."""
+        """The settings that hand the workers the export base path (and online mode, and
+        how often a checkpoint is full)."""
         env = {settings.ONLINE.name: "1"} if self.online else {}
+        if self.checkpoint_full_every is not None:
+            env[settings.CHECKPOINT_FULL_EVERY.name] = str(self.checkpoint_full_every)
         if self.export_dir:
             env[settings.EXPORT_DIR.name] = self.export_dir
             if self.export_every_n_checkpoints:

@@ -143,24 +143,34 @@ class SlotValue(_message.Message):
     def __init__(self, variable: _Optional[str] = ..., rule: _Optional[str] = ..., slot: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SaveShardRequest(_message.Message):
-    __slots__ = ("path",)
+    __slots__ = ("path", "since_seq", "since_incarnation")
     PATH_FIELD_NUMBER: _ClassVar[int]
+    SINCE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    SINCE_INCARNATION_FIELD_NUMBER: _ClassVar[int]
     path: str
-    def __init__(self, path: _Optional[str] = ...) -> None: ...
+    since_seq: int
+    since_incarnation: int
+    def __init__(self, path: _Optional[str] = ..., since_seq: _Optional[int] = ..., since_incarnation: _Optional[int] = ...) -> None: ...
 
 class SaveShardResponse(_message.Message):
-    __slots__ = ("sha256", "global_step", "bytes", "variables", "input_positions")
+    __slots__ = ("sha256", "global_step", "bytes", "variables", "input_positions", "delta", "table_seq", "incarnation")
     SHA256_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     INPUT_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    TABLE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     sha256: str
     global_step: int
     bytes: int
     variables: _containers.RepeatedScalarFieldContainer[str]
     input_positions: _containers.RepeatedCompositeFieldContainer[InputPosition]
-    def __init__(self, sha256: _Optional[str] = ..., global_step: _Optional[int] = ..., bytes: _Optional[int] = ..., variables: _Optional[_Iterable[str]] = ..., input_positions: _Optional[_Iterable[_Union[InputPosition, _Mapping]]] = ...) -> None: ...
+    delta: bool
+    table_seq: int
+    incarnation: int
+    def __init__(self, sha256: _Optional[str] = ..., global_step: _Optional[int] = ..., bytes: _Optional[int] = ..., variables: _Optional[_Iterable[str]] = ..., input_positions: _Optional[_Iterable[_Union[InputPosition, _Mapping]]] = ..., delta: _Optional[bool] = ..., table_seq: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class InitializeVariablesResponse(_message.Message):
     __slots__ = ("assigned",)

@@ -260,9 +260,12 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_handler
     def SaveShard(self, request, context):
-        digest, step, size, names, positions = self.store.save_with_positions(request.path)
+        digest, step, size, names, positions, (delta, seq, incarnation) = \
+            self.store.save_incremental(request.path, request.since_seq,
+                                        request.since_incarnation)
         reply = pb.SaveShardResponse(sha256=digest, global_step=-1 if step is None else step,
-                                     bytes=size, variables=names)
+                                     bytes=size, variables=names, delta=delta, table_seq=seq,
+                                     incarnation=incarnation)
         _add_positions(reply.input_positions, positions)
         return reply
 

@@ -121,6 +121,17 @@ class ShardStore:
         positions = self.input_positions.all() if self.holds_global_step else []
         return (*self.save(path), positions)
 
+    def save_incremental(self, path, since_seq=0, since_incarnation=0):
+        """As `save_with_positions`, a delta of the tables when it can (see
+        ShardSnapshots.save_incremental): (sha256, global step or None, bytes, variable
+        names, positions, (delta, table sequence, incarnation))."""
+        positions = self.input_positions.all() if self.holds_global_step else []
+        *saved, chain = self.snapshots.save_incremental(
+            path, self.variables, self.tables,
+            lambda: self.global_step if self.holds_global_step else None,
+            since_seq, since_incarnation)
+        return (*saved, positions, chain)
+
     def missing(self, names):
         """The names among `names` that have no value yet (NotFoundError if one is unknown)."""
         return self.variables.missing(names)

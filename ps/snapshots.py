@@ -14,6 +14,7 @@ from psflow.errors import (
     PermissionDeniedError,
     ResourceExhaustedError,
 )
+from psflow.table_changes import ChangesLost
 
 log = logging.getLogger(__name__)
 
@@ -35,22 +36,43 @@ class ShardSnapshots:
         and `global_step()` (None on shards that do not hold it) to the shard file `path`,
         which must lie below the checkpoint root; returns (sha256, global step or None,
         bytes, variable names)."""
+        return self.save_incremental(path, variables, tables, global_step)[:4]
+
+    def save_incremental(self, path, variables, tables, global_step, since_seq=0,
+                         since_incarnation=0):
+        """As `save`, writing only the tables' rows changed or removed after sequence
+        `since_seq` (a delta) when it belongs to the tables' incarnation `since_incarnation`
+        and they still know their changes since then; every row otherwise. Returns (sha256,
+        global step or None, bytes, variable names, (delta, table sequence, incarnation)):
+        whether a delta was written, and the sequence the file's tables are complete up to
+        (the base of the next delta)."""
         real = self._checked(path)
         started = time.perf_counter()
         contents = checkpoint.ShardContents()
         variables.add_to(contents)
         step = global_step()
-        pause = tables.add_to(contents)
+        seq = tables.clock.value  # every change after it is in the next delta
+        delta = 0 < int(since_seq) <= seq and int(since_incarnation) == tables.incarnation
+        if delta:
+            try:
+                pause = tables.add_changes_to(contents, int(since_seq))
+            except ChangesLost as exc:
+                log.info("shard %d: a full checkpoint instead of a delta: %s", self.shard, exc)
+                contents.tables.clear()
+                delta = False
+        if not delta:
+            pause = tables.add_to(contents)
         if contents.tables:
-            log.info("shard %d: tables %s copied for the checkpoint; each held for at most "
-                     "%.3f s", self.shard, ", ".join(sorted(contents.tables)), pause)
+            log.info("shard %d: tables %s copied for the %s checkpoint; each held for at "
+                     "most %.3f s", self.shard, ", ".join(sorted(contents.tables)),
+                     "incremental" if delta else "full", pause)
         try:
             digest = contents.write(real, step)
         except OSError as exc:
             raise _file_error(exc, real) from exc
         size = os.path.getsize(real)
         self.counters.count_checkpoint(time.perf_counter() - started, size)
-        return digest, step, size, sorted(contents.values)
+        return digest, step, size, sorted(contents.values), (delta, seq, tables.incarnation)
 
     def _checked(self, path):
         """The real path of `path`, a shard file below the checkpoint root."""

@@ -2,7 +2,9 @@
 psflow.embedding_table.EmbeddingTable (the storage a local session uses too) under its own
 lock, with a version and the shard's counters."""
 
+import secrets
 import threading
+import time
 
 import numpy as np
 
@@ -55,6 +57,9 @@ class ShardTables:
     def __init__(self, shard, registry_lock, counters):
         self.shard = shard
         self.clock = ChangeClock()
+        # Names this process's sequence numbers: a delta is taken only against a checkpoint
+        # of the same incarnation (a restarted shard counts from 1 again).
+        self.incarnation = secrets.randbits(64) or 1
         self.counters = counters
         self.held = {}  # name -> _Table
         self.step = 0
@@ -183,6 +188,21 @@ class ShardTables:
                 held.table.evict(self.step)
             contents.tables[name], longest = held.table.copy_state(held.lock)
             pause = max(pause, longest)
+        return pause
+
+    def add_changes_to(self, contents, since):
+        """Adds to `contents` each table's rows changed or removed after sequence `since`
+        (EmbeddingTable.changes_since with their state, and the removed keys as the field
+        "removed"), after evicting its stale rows; returns the longest a table was held.
+        ChangesLost when a table no longer knows its removals back to `since`."""
+        pause = 0.0
+        for name, held in list(self.held.items()):
+            with held.lock:
+                started = time.monotonic()
+                held.table.evict(self.step)
+                changes = held.table.changes_since(since, with_state=True)
+                pause = max(pause, time.monotonic() - started)
+            contents.tables[name] = dict(changes.state, removed=changes.removed)
         return pause
 
     def stats(self):

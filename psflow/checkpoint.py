@@ -16,7 +16,8 @@ only after the whole checkpoint is written, so a crash at any moment leaves the 
 checkpoint as the latest one.
 
 A shard file holds arrays named `a0, a1, ...` and a `manifest` (JSON as uint8) that says what
-each one is: a part's value or one of its optimizer slots (rule, slot name).
+each one is: a part's value or one of its optimizer slots (rule, slot name). Its tables may be
+a delta of the files the index names as its base (see psflow.checkpoint_chain).
 """
 
 import hashlib
@@ -29,6 +30,7 @@ import zipfile
 
 import numpy as np
 
+from . import checkpoint_chain
 from .errors import DataLossError, InvalidArgumentError, NotFoundError
 from .fileio import atomic_write, fsync_dir
 
@@ -181,8 +183,8 @@ def variable_specs(variables):
 
 def read_tables(checkpoint):
     """{table name: {field: array}} of a checkpoint: every shard's rows of each table the
-    index names, concatenated (a per-table scalar slot, as Adam's step count, is the
-    largest of the shards')."""
+    index names (a delta applied to the files it extends), concatenated (a per-table scalar
+    slot, as Adam's step count, is the largest of the shards')."""
     index = read_index(checkpoint)
     try:
         names = {name: spec for name, spec in index["variables"].items() if "table" in spec}
@@ -193,8 +195,7 @@ def read_tables(checkpoint):
             if not isinstance(shard["file"], str) or not _SHARD_FILE.match(shard["file"]):
                 raise DataLossError(f"checkpoint {checkpoint}: shard file {shard['file']!r} is "
                                     "not a file name inside the checkpoint")
-            tables = read_shard_tables(os.path.join(checkpoint, shard["file"]),
-                                       shard["sha256"])
+            tables = checkpoint_chain.read_chain_tables(checkpoint, shard, read_shard_tables)
             for name, fields in tables.items():
                 if name in gathered:
                     for field, array in fields.items():
@@ -286,13 +287,20 @@ def latest(checkpoint_dir):
 
 
 def prune(checkpoint_dir, max_to_keep):
-    """Removes all but the newest `max_to_keep` checkpoints and whatever an interrupted save
-    left behind. The latest is always kept."""
+    """Removes all but the newest `max_to_keep` checkpoints (and those whose files their
+    deltas extend, see psflow.checkpoint_chain) and whatever an interrupted save left
+    behind. The latest is always kept."""
     current = latest(checkpoint_dir)
     names = sorted(n for n in os.listdir(checkpoint_dir) if _NAME.match(n))
     keep = set(names[-max_to_keep:]) if max_to_keep and max_to_keep > 0 else set(names)
     if current:
         keep.add(os.path.basename(current))
+    for name in list(keep):  # and the files their deltas extend
+        try:
+            keep |= checkpoint_chain.needed_checkpoints(
+                read_index(os.path.join(checkpoint_dir, name)))
+        except DataLossError:
+            pass  # an unreadable checkpoint extends nothing
     for name in names:
         if name not in keep:
             shutil.rmtree(os.path.join(checkpoint_dir, name), ignore_errors=True)

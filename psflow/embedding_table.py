@@ -243,6 +243,9 @@ class EmbeddingTable(TableState):
             self.slots[rule.name] = slots
             for slot_name, rows, array in self._pending.pop(rule.name, []):
                 self._set_slot(slots, slot_name, rows, array)
+            if self.values.size and any(isinstance(s, Growable) for s in slots.values()):
+                # every row has new slots: changed (a delta of the table carries them)
+                self.row_seq.mark(np.arange(self.values.size), self.clock.advance())
         return slots
 
     # -- eviction -----------------------------------------------------------------------------

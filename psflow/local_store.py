@@ -117,9 +117,10 @@ class LocalVariableStore:
                                global_step=self.step)
 
     # -- checkpoints: the same interface as the distributed store's ------------------------
-    def save(self, checkpoint_dir, variables, global_step, max_to_keep):
+    def save(self, checkpoint_dir, variables, global_step, max_to_keep, full_every=None):
         """Writes a checkpoint of `variables` (their values and slots) and the value of the
-        `global_step` Variable as one shard file; returns its directory."""
+        `global_step` Variable as one shard file, every row of its tables (`full_every` is
+        for the distributed store's deltas); returns its directory."""
 
         def write(directory):
             contents, parts = checkpoint.ShardContents(), {}

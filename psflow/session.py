@@ -244,10 +244,13 @@ class Session(metaclass=_SessionType):
         return feeds
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def save_checkpoint(self, checkpoint_dir, variables, global_step, max_to_keep=5):
+    def save_checkpoint(self, checkpoint_dir, variables, global_step, max_to_keep=5,
+                        full_every=None):
         """Writes a checkpoint of `variables` and the `global_step` Variable through the
-        session's store; returns its directory (see psflow.checkpoint)."""
-        return self.store.save(checkpoint_dir, variables, global_step, max_to_keep)
+        session's store (one in `full_every` with every table row, the others with the rows
+        changed since, see psflow.checkpoint_chain); returns its directory (see
+        psflow.checkpoint)."""
+        return self.store.save(checkpoint_dir, variables, global_step, max_to_keep, full_every)
 
     # -- lifetime ----------------------------------------------------------------------------
     def close(self):

@@ -21,6 +21,7 @@ process that changes its environment (a test, `launch` preparing a child's) is s
     PSFLOW_TLS_CERT, _KEY, _CA      path                unset  TLS for the servers, clients
     PSFLOW_CHECKPOINT_DIR           path                unset  where the chief checkpoints
     PSFLOW_CHECKPOINT_ROOT          path                unset  where a shard may restore from
+    PSFLOW_CHECKPOINT_FULL_EVERY    integer >= 0        10     one checkpoint in N is full
     PSFLOW_EXPORT_DIR               path                unset  where the chief exports versions
     PSFLOW_EXPORT_EVERY_N_CHECKPOINTS integer >= 1      unset  exports every N checkpoints
     PSFLOW_PS_PORT_FILE             path                unset  a ps task writes its port there
@@ -89,6 +90,7 @@ TLS_KEY = Setting("PSFLOW_TLS_KEY", _text, None)
 TLS_CA = Setting("PSFLOW_TLS_CA", _text, None)
 CHECKPOINT_DIR = Setting("PSFLOW_CHECKPOINT_DIR", _text, None)
 CHECKPOINT_ROOT = Setting("PSFLOW_CHECKPOINT_ROOT", _text, None)
+CHECKPOINT_FULL_EVERY = Setting("PSFLOW_CHECKPOINT_FULL_EVERY", whole_number(0), 10)
 EXPORT_DIR = Setting("PSFLOW_EXPORT_DIR", _text, None)
 EXPORT_EVERY_N_CHECKPOINTS = Setting("PSFLOW_EXPORT_EVERY_N_CHECKPOINTS", whole_number(1), None)
 PS_PORT_FILE = Setting("PSFLOW_PS_PORT_FILE", _text, None)

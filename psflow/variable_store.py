@@ -49,10 +49,12 @@ class VariableStore(Protocol):
         mode (psflow.train.consistency), None for the session's."""
 
     def save(self, checkpoint_dir: str, variables: Any, global_step: Any,
-             max_to_keep: int) -> str:
+             max_to_keep: int, full_every: Any = None) -> str:
         """Writes a checkpoint of `variables` (values, slots and tables) at the step held by
         the `global_step` Variable (or given as an int) into `checkpoint_dir`, keeping the
-        newest `max_to_keep`; returns the checkpoint's directory (see psflow.checkpoint)."""
+        newest `max_to_keep`; returns the checkpoint's directory (see psflow.checkpoint). A
+        distributed store writes a table's changes since the latest checkpoint (a delta) in
+        all but one checkpoint of `full_every` (None: PSFLOW_CHECKPOINT_FULL_EVERY)."""
 
     def restore(self, state: Any, global_step: Any) -> None:
         """Sets a checkpoint's state: (global step, {Variable: value}, {(Variable, rule,

@@ -211,11 +211,12 @@ class DistributedSession(Session):
             except Exception as exc:  # a missed beat is not fatal; the next one may pass
                 log.debug("heartbeat failed: %s", exc)
 
-    def save_checkpoint(self, checkpoint_dir, variables, global_step, max_to_keep=5):
+    def save_checkpoint(self, checkpoint_dir, variables, global_step, max_to_keep=5,
+                        full_every=None):
         """As Session.save_checkpoint; a parameter server that restarted meanwhile is
         restored first and the save is tried once more."""
         return self.with_recovery(super().save_checkpoint, checkpoint_dir, variables,
-                                  global_step, max_to_keep)
+                                  global_step, max_to_keep, full_every)
 
     def await_other_workers(self, timeout=OTHERS_TIMEOUT_S):
         """Waits (up to `timeout` seconds) until every other worker that is running has

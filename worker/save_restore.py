@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 
-from psflow import checkpoint
+from psflow import checkpoint, checkpoint_chain, settings
 from psflow.data import stream_state
-from psflow.errors import FailedPreconditionError
+from psflow.errors import DataLossError, FailedPreconditionError
 from psflow.key_index import shard_of_keys
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
@@ -32,21 +32,38 @@ class SaveRestore:
                     f"{shard} ({self.clients[shard].address}): {where} (launch "
                     "--checkpoint-root DIR, python -m psflow.ps --checkpoint-root DIR)")
 
-    def save(self, checkpoint_dir, variables, global_step, max_to_keep):
+    def save(self, checkpoint_dir, variables, global_step, max_to_keep, full_every=None):
         """A checkpoint in which every shard writes its own file (SaveShard); returns its
-        directory. The shards hold exactly this store's variables and the global step."""
+        directory. The shards hold exactly this store's variables and the global step. A
+        shard writes only its tables' changes since its file of the latest checkpoint (a
+        delta, see psflow.checkpoint_chain) when it can, and every row in one checkpoint of
+        `full_every` (None: PSFLOW_CHECKPOINT_FULL_EVERY; 0 or 1: every one)."""
+        if full_every is None:
+            full_every = settings.CHECKPOINT_FULL_EVERY.get()
+        try:
+            previous = checkpoint.latest(checkpoint_dir)
+            index = checkpoint.read_index(previous) if previous else None
+        except DataLossError:
+            previous = index = None  # a damaged latest checkpoint: every file full
+        bases = checkpoint_chain.delta_bases(previous, index, len(self.clients), full_every)
 
         def write(directory):
-            calls = [(client, "SaveShard", pb.SaveShardRequest(
-                path=os.path.join(os.path.abspath(directory), f"shard-{client.index}.npz")))
-                for client in self.clients]
+            calls = []
+            for client in self.clients:
+                base = bases[client.index]
+                calls.append((client, "SaveShard", pb.SaveShardRequest(
+                    path=os.path.join(os.path.abspath(directory), f"shard-{client.index}.npz"),
+                    since_seq=base[0] if base else 0, since_incarnation=base[1] if base else 0)))
             shards, step, positions = [], 0, []
             for client, reply in zip(self.clients, self.fanout.call(calls), strict=True):
                 saved = set(reply.variables)
                 parts = {p.name: [p.variable.name, p.start, p.stop]
                          for p in self.placement.shard_parts(client.index) if p.name in saved}
-                shards.append({"file": f"shard-{client.index}.npz", "sha256": reply.sha256,
-                               "parts": parts})
+                base = bases[client.index]
+                shards.append(checkpoint_chain.shard_record(
+                    {"file": f"shard-{client.index}.npz", "sha256": reply.sha256,
+                     "parts": parts}, reply.delta, reply.table_seq, reply.incarnation,
+                    base[2] if base else []))
                 if client.index == 0:
                     step = reply.global_step
                     positions = [(p.dataset, p.shard, p.num_shards, p.file, p.lines)

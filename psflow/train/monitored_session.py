@@ -86,14 +86,16 @@ class CheckpointSaverHook(SessionRunHook):
     """Saves checkpoints to `checkpoint_dir` every `save_secs` seconds or `save_steps`
     global steps and at the end, keeping the last `max_to_keep`; at the end it also exports
     the model file (`model.npz`, see psflow.load_model). Each of `listeners` has its
-    `after_save(session, checkpoint directory)` called after every checkpoint."""
+    `after_save(session, checkpoint directory)` called after every checkpoint; one in
+    `full_every` holds every table row (see MonitoredTrainingSession)."""
 
     def __init__(self, checkpoint_dir, save_secs=None, save_steps=None, max_to_keep=5,
-                 listeners=()):
+                 listeners=(), full_every=None):
         if save_secs is not None and save_steps is not None:
             raise ValueError("give save_secs or save_steps, not both")
         self.checkpoint_dir = checkpoint_dir
         self.max_to_keep = max_to_keep
+        self.full_every = full_every
         self._saver = None
         self._save_secs, self._save_steps = save_secs, save_steps
         self.listeners = list(listeners)
@@ -108,7 +110,7 @@ class CheckpointSaverHook(SessionRunHook):
 
         def save():
             path = session.save_checkpoint(self.checkpoint_dir, self._variables, step_var,
-                                           self.max_to_keep)
+                                           self.max_to_keep, self.full_every)
             for listener in self.listeners:
                 listener.after_save(session, path)
             return path
@@ -243,6 +245,8 @@ class MonitoredTrainingSession:
     return, (inputs, outputs) as two {key: tensor} dicts, or a signature_def_map. Without
     `export_dir`, PSFLOW_EXPORT_DIR (set by `launch --export-dir`) names it, and
     PSFLOW_EXPORT_EVERY_N_CHECKPOINTS the default of `export_every_n_checkpoints`.
+    One checkpoint in `checkpoint_full_every` holds every table row, the others the rows
+    changed since (None: PSFLOW_CHECKPOINT_FULL_EVERY, see psflow.checkpoint_chain).
 
     TensorFlow's `config`, `stop_grace_period_secs`, `log_step_count_steps`, `max_wait_secs`
     and `save_graph_def` are accepted and have no effect here (they tune TF's own runtime).
@@ -255,7 +259,7 @@ class MonitoredTrainingSession:
                  stop_grace_period_secs=120, log_step_count_steps=100, max_wait_secs=7200,
                  save_checkpoint_steps=None, summary_dir=None, save_graph_def=True,
                  max_to_keep=5, export_dir=None, export_signature=None,
-                 export_every_n_checkpoints=None):
+                 export_every_n_checkpoints=None, checkpoint_full_every=None):
         scaffold = scaffold if scaffold is not None else Scaffold()
         if not isinstance(scaffold, Scaffold):
             raise TypeError(f"scaffold must be a psflow.train.Scaffold, got {scaffold!r}")
@@ -291,7 +295,7 @@ class MonitoredTrainingSession:
                 self._hooks.append(CheckpointSaverHook(
                     checkpoint_dir, save_secs=save_checkpoint_secs,
                     save_steps=save_checkpoint_steps, max_to_keep=max_to_keep,
-                    listeners=[exporter] if exporter else []))
+                    listeners=[exporter] if exporter else [], full_every=checkpoint_full_every))
             summary_dir = summary_dir or checkpoint_dir
             if save_summaries_steps is None and save_summaries_secs is None:
                 save_summaries_steps = 100  # TensorFlow's default

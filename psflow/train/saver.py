@@ -108,7 +108,9 @@ class Saver:
     global_step=step)` writes a checkpoint of the variables (and their optimizer slots) into
     `dir` as `ckpt-STEP` and returns its path; `restore(sess, path)` sets them from the
     checkpoint at `path`, or from the latest one in the folder of a TF-style path such as
-    "dir/model.ckpt". On a cluster the parameter servers write and read their own shards.
+    "dir/model.ckpt". On a cluster the parameter servers write and read their own shards,
+    and in all but one checkpoint of `full_every` (None: PSFLOW_CHECKPOINT_FULL_EVERY, 10 by
+    default; 0 or 1: every one) only the table rows changed since the previous one.
     `var_list` (a list, or a dict of name -> variable) picks the variables; the rest of TF1's
     arguments are accepted and change nothing."""
 
@@ -116,12 +118,13 @@ class Saver:
                  keep_checkpoint_every_n_hours=10000.0, name=None, restore_sequentially=False,
                  saver_def=None, builder=None, defer_build=False, allow_empty=False,
                  write_version=None, pad_step_numbers=False, save_relative_paths=False,
-                 filename=None):
+                 filename=None, full_every=None):
         self._graph = get_default_graph()
         if isinstance(var_list, dict):
             var_list = list(var_list.values())
         self._var_list = None if var_list is None else list(var_list)
         self.max_to_keep = max_to_keep if max_to_keep else 1_000_000
+        self.full_every = full_every
         self.last_checkpoints = []
 
     def _variables(self):
@@ -137,7 +140,8 @@ class Saver:
         directory = os.path.dirname(os.path.abspath(str(save_path)))
         if step is None:
             step = int(global_step) if global_step is not None else 0
-        path = session.save_checkpoint(directory, variables, step, self.max_to_keep)
+        path = session.save_checkpoint(directory, variables, step, self.max_to_keep,
+                                       self.full_every)
         self.last_checkpoints = [p for p in self.last_checkpoints if p != path] + [path]
         return path
 
