@@ -5,6 +5,7 @@ Usage: export_from_settings.py OUT"""
 
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -31,5 +32,10 @@ with tf.train.MonitoredTrainingSession(
     while not sess.should_stop():
         sess.run(train, {x: features, y: targets})
     if sess.is_chief:
+        # the other worker's last push may still be on its way: read once the step holds
+        seen = None
+        while seen != sess.run(step):
+            seen = sess.run(step)
+            time.sleep(0.3)
         final_w, final_b = sess.run([w, b])
         np.savez(os.path.join(out, "weights.npz"), w=final_w, b=final_b)
