@@ -1,0 +1,259 @@
+"""A shard run as a chain of replicas (psflow.ps.replication) over real gRPC on 127.0.0.1:
+every replica ends with the values, slots and table rows a lone server would hold, a write is
+answered only once the tail applied it, a stale epoch is refused and a repeated push is
+applied once, also after the head changed."""
+
+import threading
+
+import grpc
+import numpy as np
+import pytest
+
+from psflow.checkpoint import ShardContents
+from psflow.proto import codec
+from psflow.proto import psflow_pb2 as pb
+from psflow.proto import psflow_pb2_grpc as pb_grpc
+from psflow.ps import chain, faults
+from psflow.ps.shard_server import ParameterServer
+
+ADAGRAD = pb.UpdateRule(name="adagrad", hyper={"learning_rate": 0.1})
+TIMEOUT = 30
+
+
+class Chain:
+    """`replicas` servers of shard `shard` (each its own ParameterServer), and a stub to
+    each."""
+
+    def __init__(self, replicas, shard=0):
+        self.servers = [ParameterServer(shard=shard, num_workers=1).start()
+                        for _ in range(replicas)]
+        self.channels = [grpc.insecure_channel(s.address, options=codec.CHANNEL_OPTIONS)
+                         for s in self.servers]
+        self.stubs = [pb_grpc.ParameterServerStub(c) for c in self.channels]
+
+    def install(self, epoch, order=None):
+        """Makes the servers (in `order` of their indices, head first) a chain at `epoch`."""
+        order = list(range(len(self.servers))) if order is None else order
+        addresses = [self.servers[i].address for i in order]
+        for place, i in enumerate(order):
+            self.stubs[i].InstallChain(pb.ChainConfig(epoch=epoch, replicas=addresses,
+                                                      index=place), timeout=TIMEOUT)
+        return self
+
+    @property
+    def head(self):
+        return self.stubs[0]
+
+    def close(self):
+        for c in self.channels:
+            c.close()
+        for s in self.servers:
+            s.stop(grace=0)
+
+
+@pytest.fixture
+def chains():
+    """chains(R, epoch): a chain of R replicas at `epoch`; chains(1) is a lone server."""
+    made = []
+
+    def make(replicas, epoch=1):
+        made.append(Chain(replicas))
+        return made[-1].install(epoch) if replicas > 1 else made[-1]
+    yield make
+    faults.clear()
+    for c in made:
+        c.close()
+
+
+def declare(stub):
+    stub.DeclareVariables(pb.DeclareVariablesRequest(
+        variables=[pb.VariableSpec(name="w", dtype="float32", shape=[4, 3])],
+        tables=[pb.TableSpec(name="t", dim=4, dtype="float32", initializer="random_normal",
+                             initializer_params={"stddev": 0.1, "seed": 7})]),
+        timeout=TIMEOUT)
+    request = pb.InitializeVariablesRequest()
+    codec.encode(np.ones((4, 3), np.float32), request.values.add(name="w").tensor)
+    stub.InitializeVariables(request, timeout=TIMEOUT)
+
+
+def step_requests(step, rng, incarnation=1):
+    """A training step's two writes: a training lookup of some keys of "t" (creating their
+    rows), and the push of their gradients and of w's (dense), advancing the global step."""
+    keys = np.unique(rng.integers(0, 50, size=12)).astype(np.int64)
+    lookup = pb.PullRowsRequest(global_step=step)
+    codec.encode(keys, lookup.keys.add(name="t", train=True).keys)
+    push = pb.PushRequest(rule=ADAGRAD, increment_global_step=True, global_step=step,
+                          worker=0, id=pb.PushId(incarnation=incarnation, sequence=step + 1))
+    gradient = push.gradients.add(name="t", keyed=True)
+    codec.encode(rng.normal(size=(keys.size, 4)).astype(np.float32), gradient.values)
+    codec.encode(keys, gradient.indices)
+    codec.encode(rng.normal(size=(4, 3)).astype(np.float32), push.gradients.add(name="w").values)
+    return lookup, push
+
+
+def train(stub, steps, seed=0):
+    rng = np.random.default_rng(seed)
+    for step in range(steps):
+        lookup, push = step_requests(step, rng, incarnation=seed + 1)
+        stub.PullRows(lookup, timeout=TIMEOUT)
+        stub.Push(push, timeout=TIMEOUT)
+
+
+def state(server):
+    """(values, slots, tables by key, global step) a server holds."""
+    contents = ShardContents()
+    server.store.variables.add_to(contents)
+    server.store.tables.add_to(contents)
+    tables = {}
+    for name, fields in contents.tables.items():
+        order = np.argsort(fields["keys"])
+        tables[name] = {f: np.asarray(a)[order] for f, a in fields.items()
+                        if np.ndim(a) and len(a) == len(order)}
+    return contents.values, contents.slots, tables, server.store.global_step
+
+
+def assert_same_state(a, b):
+    values_a, slots_a, tables_a, step_a = a
+    values_b, slots_b, tables_b, step_b = b
+    assert step_a == step_b
+    assert values_a.keys() == values_b.keys() and slots_a.keys() == slots_b.keys()
+    for name in values_a:
+        np.testing.assert_array_equal(values_a[name], values_b[name], err_msg=name)
+    for key in slots_a:
+        np.testing.assert_array_equal(slots_a[key], slots_b[key], err_msg=str(key))
+    assert tables_a.keys() == tables_b.keys()
+    for name in tables_a:
+        assert tables_a[name].keys() == tables_b[name].keys()
+        for field in tables_a[name]:
+            np.testing.assert_array_equal(tables_a[name][field], tables_b[name][field],
+                                          err_msg=f"{name}/{field}")
+
+
+def code_of(call):
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code(), info.value.details()
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_every_replica_holds_what_a_lone_server_holds(chains, replicas):
+    lone, replicated = chains(1), chains(replicas)
+    for c in (lone, replicated):
+        declare(c.head)
+        train(c.head, 25)
+    expected = state(lone.servers[0])
+    assert expected[3] == 25 and len(expected[2]["t"]["keys"]) > 20
+    assert any(rule == "adagrad" for _, rule, _ in expected[1])  # slots are compared too
+    for server in replicated.servers:
+        assert_same_state(state(server), expected)
+
+
+def test_concurrent_pushes_leave_every_replica_equal(chains):
+    c = chains(3)
+    declare(c.head)
+    threads = [threading.Thread(target=train, args=(c.head, 15, seed)) for seed in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    head = state(c.servers[0])
+    assert head[3] == 60
+    for server in c.servers[1:]:
+        assert_same_state(state(server), head)
+
+
+def test_a_push_is_answered_only_once_the_tail_applied_it(chains):
+    c = chains(3)
+    declare(c.head)
+    stall = faults.install(faults.Fault("stall", "before-apply", shard=0, replica=2))
+    rng = np.random.default_rng(1)
+    push = pb.PushRequest(rule=ADAGRAD, gradients=[pb.Gradient(name="w")])
+    codec.encode(rng.normal(size=(4, 3)).astype(np.float32), push.gradients[0].values)
+    answer = c.head.Push.future(push, timeout=TIMEOUT)
+    assert stall.reached.wait(TIMEOUT)
+    assert not answer.done()
+    changed = [not np.array_equal(s.store.variables.get("w").value, np.ones((4, 3)))
+               for s in c.servers]
+    assert changed == [True, True, False]  # head and middle applied it; the tail has not
+    stall.release()
+    answer.result(timeout=TIMEOUT)
+    for server in c.servers[1:]:
+        assert_same_state(state(server), state(c.servers[0]))
+
+
+def test_a_stale_epoch_is_refused_naming_both_epochs(chains):
+    c = chains(2, epoch=3)
+    declare(c.head)
+    for stale in ("2", "4"):
+        code, details = code_of(lambda e=stale: c.head.Pull(
+            pb.PullRequest(names=["w"]), timeout=TIMEOUT, metadata=[(chain.EPOCH_METADATA, e)]))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "epoch 3" in details and f"epoch {stale}" in details
+    c.head.Pull(pb.PullRequest(names=["w"]), timeout=TIMEOUT,
+                metadata=[(chain.EPOCH_METADATA, "3")])
+    # A forwarded write of another epoch is refused by the replica, which keeps serving.
+    code, details = code_of(lambda: c.stubs[1].Forward(pb.ForwardRequest(
+        epoch=2, seq=1, method="Push", request=b""), timeout=TIMEOUT))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "epoch 2" in details
+    # So is an older chain, and a write sent past the head.
+    code, details = code_of(lambda: c.stubs[1].InstallChain(pb.ChainConfig(
+        epoch=2, replicas=[c.servers[1].address], index=0), timeout=TIMEOUT))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "epoch 3" in details
+    code, details = code_of(lambda: c.stubs[1].Push(pb.PushRequest(), timeout=TIMEOUT))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "not the head" in details
+    train(c.head, 3)
+    assert_same_state(state(c.servers[1]), state(c.servers[0]))
+
+
+def test_a_repeated_push_is_applied_once_also_by_a_new_head(chains):
+    c = chains(3)
+    declare(c.head)
+    rng = np.random.default_rng(2)
+    lookup, push = step_requests(0, rng)
+    c.head.PullRows(lookup, timeout=TIMEOUT)
+    first = c.head.Push(push, timeout=TIMEOUT)
+    again = c.head.Push(push, timeout=TIMEOUT)
+    assert again == first
+    after = state(c.servers[0])
+    # The head is gone: the middle replica heads the chain at epoch 2, and the worker's
+    # retry reaches it with the same push id.
+    c.servers[0].stop(grace=0)
+    c.stubs[1].InstallChain(pb.ChainConfig(epoch=2, replicas=[
+        c.servers[1].address, c.servers[2].address], index=0), timeout=TIMEOUT)
+    c.stubs[2].InstallChain(pb.ChainConfig(epoch=2, replicas=[
+        c.servers[1].address, c.servers[2].address], index=1), timeout=TIMEOUT)
+    retried = c.stubs[1].Push(push, timeout=TIMEOUT, metadata=[(chain.EPOCH_METADATA, "2")])
+    assert retried == first and retried.global_step == 1
+    for server in c.servers[1:]:
+        assert_same_state(state(server), after)
+
+
+def test_bad_chains_and_faults_are_refused_with_what_is_wrong(chains):
+    c = chains(1)
+    for (epoch, replicas, index), words in [
+            ((0, ["a:1"], 0), "positive"), ((1, [], 0), "address"),
+            ((1, ["a:1", "a:1"], 1), "twice"), ((1, ["a:1"], 3), "index 3")]:
+        config = pb.ChainConfig(epoch=epoch, replicas=replicas, index=index)
+        code, details = code_of(lambda config=config: c.head.InstallChain(config,
+                                                                          timeout=TIMEOUT))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and words in details
+    code, details = code_of(lambda: c.head.Forward(pb.ForwardRequest(
+        epoch=0, seq=1, method="Push"), timeout=TIMEOUT))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    for text, words in [("stall:nowhere:0:0", "nowhere"), ("kill:before-apply:0", "ACTION"),
+                        ("pause:before-apply:0:1", "pause"), ("stall:before-apply:a:1", "numbers")]:
+        with pytest.raises(ValueError, match=words):
+            faults.parse(text)
+    assert [repr(f) for f in faults.parse("kill:before-ack:1:0:2,stall:before-forward:0:1")] \
+        == ["kill:before-ack:1:0:2", "stall:before-forward:0:1:1"]
+
+
+def test_a_replicated_shard_refuses_synchronous_steps(chains):
+    c = chains(2)
+    declare(c.head)
+    push = pb.PushRequest(rule=ADAGRAD, consistency=pb.Consistency(mode=pb.Consistency.SYNC))
+    code, details = code_of(lambda: c.head.Push(push, timeout=TIMEOUT))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "asynchronous" in details
+    code, details = code_of(lambda: c.head.Pull(pb.PullRequest(
+        names=["w"], commit=pb.StepDecision(step=0)), timeout=TIMEOUT))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
