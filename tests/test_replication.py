@@ -15,6 +15,7 @@ from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 from psflow.ps import chain, faults
 from psflow.ps.shard_server import ParameterServer
+from psflow.worker import client
 
 ADAGRAD = pb.UpdateRule(name="adagrad", hyper={"learning_rate": 0.1})
 TIMEOUT = 30
@@ -190,7 +191,7 @@ def test_a_stale_epoch_is_refused_naming_both_epochs(chains):
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         assert "epoch 3" in details and f"epoch {stale}" in details
     c.head.Pull(pb.PullRequest(names=["w"]), timeout=TIMEOUT,
-                metadata=[(chain.EPOCH_METADATA, "3")])
+                metadata=[(client.EPOCH_METADATA, "3")])
     # A forwarded write of another epoch is refused by the replica, which keeps serving.
     code, details = code_of(lambda: c.stubs[1].Forward(pb.ForwardRequest(
         epoch=2, seq=1, method="Push", request=b""), timeout=TIMEOUT))
@@ -203,6 +204,20 @@ def test_a_stale_epoch_is_refused_naming_both_epochs(chains):
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "not the head" in details
     train(c.head, 3)
     assert_same_state(state(c.servers[1]), state(c.servers[0]))
+
+
+def test_a_client_with_an_epoch_reaches_its_head_and_is_refused_after_a_change(chains):
+    c = chains(2)
+    shard = client.ShardClient(0, c.servers[0].address, timeout=TIMEOUT, token="")
+    try:
+        shard.set_epoch(1)
+        declare(shard.stub)
+        assert shard.call("Pull", pb.PullRequest(names=["w"])).global_step == 0
+        c.install(2, order=[0, 1])
+        with pytest.raises(client.FailedPreconditionError, match="stale epoch"):
+            shard.call("Pull", pb.PullRequest(names=["w"]))
+    finally:
+        shard.close()
 
 
 def test_a_repeated_push_is_applied_once_also_by_a_new_head(chains):
@@ -246,6 +261,7 @@ def test_bad_chains_and_faults_are_refused_with_what_is_wrong(chains):
             faults.parse(text)
     assert [repr(f) for f in faults.parse("kill:before-ack:1:0:2,stall:before-forward:0:1")] \
         == ["kill:before-ack:1:0:2", "stall:before-forward:0:1:1"]
+    assert chain.EPOCH_METADATA == client.EPOCH_METADATA
 
 
 def test_a_replicated_shard_refuses_synchronous_steps(chains):
