@@ -30,8 +30,10 @@ from .chain import ChainState, epoch_of
 log = logging.getLogger(__name__)
 
 # The rpcs that change a shard (PullRows only when a selection trains: it creates rows and
-# counts sightings).
-WRITES = ("Push", "PullRows", "DeclareVariables", "InitializeVariables")
+# counts sightings). Worker membership is one of them, so that every replica knows when the
+# job's workers are done (and stops then, as a lone server does).
+WRITES = ("Push", "PullRows", "DeclareVariables", "InitializeVariables", "RegisterWorker",
+          "Heartbeat", "WorkerDone")
 # A write that waits this long for an earlier one of the log has lost it.
 ORDER_TIMEOUT_S = 30.0
 # The bound on forwarding one write down the rest of the chain.
@@ -101,11 +103,41 @@ class Replication:
                     self._successor.close()
                 self._successor = None if config.successor is None \
                     else _Successor(config.successor, self._metadata)
+            if self._successor is None:
+                self._unacked.clear()  # the tail's writes are acknowledged once applied
             applied = self.applied_seq
+            resend = self._successor is not None and config.epoch != previous.epoch and \
+                bool(self._unacked)
         if config != previous:
             log.info("shard %d: replica %d of %d at epoch %d (%s)", self.shard, config.index,
                      len(config.replicas), config.epoch, ", ".join(config.replicas))
+        if resend:
+            threading.Thread(target=self._resend, args=(config,), daemon=True,
+                             name=f"ps{self.shard}-resend").start()
         return config, applied
+
+    def _resend(self, config):
+        """Passes the writes not acknowledged yet down the chain of `config` again, in log
+        order: a replica that applied one already passes it on without applying it again.
+        A chain is installed from its tail up to its head, so the successor knows the epoch
+        by now; a write that fails stays unacknowledged for the next configuration."""
+        for seq, method, data in self.unacked():
+            if self.chain.config != config:
+                return
+            successor = self._pass_on_again(seq)
+            try:
+                self._forward(successor, config, seq, method, data)
+            except (FailedPreconditionError, UnavailableError) as exc:
+                log.warning("shard %d: write %d not passed on again at epoch %d: %s",
+                            self.shard, seq, config.epoch, exc)
+                return
+
+    def _pass_on_again(self, seq):
+        with self._order:
+            successor = self._successor
+            if successor is not None:
+                self._in_flight.acquire()
+            return successor
 
     def handle(self, method, raw, request, context, call):
         """A worker's call `method` (its parsed `request`, and `raw`, its bytes): checks its
@@ -153,6 +185,8 @@ class Replication:
         """Passes write `seq` on and waits for the rest of the chain to apply it."""
         faults.hit("before-forward", self.shard, config.index)
         if successor is None:
+            with self._order:
+                self._unacked.pop(seq, None)
             return
         try:
             successor.forward(pb.ForwardRequest(epoch=config.epoch, seq=seq, method=method,
@@ -163,6 +197,9 @@ class Replication:
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else UnavailableError
             raise kind(f"shard {self.shard}: replica {successor.address} did not apply write "
                        f"{seq} ({method}): {exc.code().name}: {exc.details()}") from None
+        except ValueError:  # gRPC's word for a closed channel: this replica is stopping
+            raise UnavailableError(f"shard {self.shard}: replica {config.index} is stopping; "
+                                   f"write {seq} ({method}) was not passed on") from None
         finally:
             self._in_flight.release()
         with self._order:

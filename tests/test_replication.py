@@ -16,6 +16,7 @@ from psflow.proto import psflow_pb2_grpc as pb_grpc
 from psflow.ps import chain, faults
 from psflow.ps.shard_server import ParameterServer
 from psflow.worker import client
+from waiting import wait_for
 
 ADAGRAD = pb.UpdateRule(name="adagrad", hyper={"learning_rate": 0.1})
 TIMEOUT = 30
@@ -273,3 +274,43 @@ def test_a_replicated_shard_refuses_synchronous_steps(chains):
     code, details = code_of(lambda: c.head.Pull(pb.PullRequest(
         names=["w"], commit=pb.StepDecision(step=0)), timeout=TIMEOUT))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_worker_membership_reaches_every_replica(chains):
+    c = chains(3)
+    c.head.RegisterWorker(pb.WorkerRequest(task_index=0), timeout=TIMEOUT)
+    c.head.Heartbeat(pb.HeartbeatRequest(task_index=0, local_step=4, loss=0.5),
+                     timeout=TIMEOUT)
+    assert [s.store.members.rows()[0][3] for s in c.servers] == [4, 4, 4]  # local step
+    assert c.head.WorkerDone(pb.WorkerRequest(task_index=0), timeout=TIMEOUT).done == 1
+    assert all(s.store.all_done.is_set() for s in c.servers)
+
+
+def test_a_write_the_lost_middle_replica_held_reaches_the_tail_of_the_new_chain(chains):
+    c = chains(3)
+    declare(c.head)
+    stall = faults.install(faults.Fault("stall", "before-forward", shard=0, replica=1))
+    lookup, push = step_requests(0, np.random.default_rng(3))
+    # Write 3 (the lookup): the middle applies it and stalls before passing it on; write 4
+    # (the push) waits behind it at the tail.
+    looked_up = c.head.PullRows.future(lookup, timeout=TIMEOUT)
+    assert stall.reached.wait(TIMEOUT)
+    answer = c.head.Push.future(push, timeout=TIMEOUT)
+    wait_for(lambda: c.servers[1].servicer.replication.applied_seq == 4, TIMEOUT,
+             "the middle to apply the push")
+    c.servers[1].stop(grace=0)  # the middle is gone: the head is told the writes failed
+    for call in (looked_up, answer):
+        assert call.exception(timeout=TIMEOUT).code() == grpc.StatusCode.UNAVAILABLE
+    assert c.servers[2].store.global_step == 0 and c.servers[0].store.global_step == 1
+    # The new chain (head, tail), installed from the tail up: the head passes its writes not
+    # acknowledged yet on again, and the worker's retry of the push is answered once.
+    addresses = [c.servers[0].address, c.servers[2].address]
+    c.stubs[2].InstallChain(pb.ChainConfig(epoch=2, replicas=addresses, index=1),
+                            timeout=TIMEOUT)
+    c.stubs[0].InstallChain(pb.ChainConfig(epoch=2, replicas=addresses, index=0),
+                            timeout=TIMEOUT)
+    retried = c.head.Push(push, timeout=TIMEOUT, metadata=[(chain.EPOCH_METADATA, "2")])
+    assert retried.global_step == 1
+    wait_for(lambda: c.servers[0].servicer.replication.unacked() == [], TIMEOUT,
+             "the head to hear that the tail applied what it passed on again")
+    assert_same_state(state(c.servers[2]), state(c.servers[0]))
