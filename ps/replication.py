@@ -160,13 +160,13 @@ class Replication:
         return self._write(method, raw, call)
 
     def _write(self, method, raw, call):
+        data = bytes(raw)
         with self._order:
             config = self.chain.config
             result = call()
             self.applied_seq += 1
             seq = self.applied_seq
             self._order.notify_all()
-            data = bytes(raw)
             successor = self._pass_on(seq, method, data)
         self._forward(successor, config, seq, method, data)
         return result
