@@ -314,3 +314,27 @@ def test_a_write_the_lost_middle_replica_held_reaches_the_tail_of_the_new_chain(
     wait_for(lambda: c.servers[0].servicer.replication.unacked() == [], TIMEOUT,
              "the head to hear that the tail applied what it passed on again")
     assert_same_state(state(c.servers[2]), state(c.servers[0]))
+
+
+def test_a_chain_with_a_job_token_forwards_its_writes_with_it():
+    servers = [ParameterServer(shard=1, num_workers=1, token="s3cret").start() for _ in range(2)]
+    addresses = [s.address for s in servers]
+    metadata = [("authorization", "Bearer s3cret")]
+    try:
+        for index in (1, 0):
+            with grpc.insecure_channel(addresses[index]) as channel:
+                pb_grpc.ParameterServerStub(channel).InstallChain(pb.ChainConfig(
+                    epoch=1, replicas=addresses, index=index), timeout=TIMEOUT,
+                    metadata=metadata)
+        with grpc.insecure_channel(addresses[0]) as channel:
+            stub = pb_grpc.ParameterServerStub(channel)
+            stub.DeclareVariables(pb.DeclareVariablesRequest(variables=[
+                pb.VariableSpec(name="v", dtype="float32", shape=[3])]), timeout=TIMEOUT,
+                metadata=metadata)
+            code, _ = code_of(lambda: stub.DeclareVariables(pb.DeclareVariablesRequest(),
+                                                            timeout=TIMEOUT))
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+        assert servers[1].store.missing(["v"]) == ["v"]  # declared on the tail too
+    finally:
+        for s in servers:
+            s.stop(grace=0)
