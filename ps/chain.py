@@ -70,6 +70,10 @@ class ChainState:
         if not replicas or any(not r for r in replicas):
             raise InvalidArgumentError(f"chain of shard {self.shard} at epoch {epoch}: every "
                                        f"replica needs an address, got {replicas}")
+        malformed = [r for r in replicas if not _is_address(r)]
+        if malformed:
+            raise InvalidArgumentError(f"chain of shard {self.shard} at epoch {epoch}: "
+                                       f"{malformed[0]!r} is not a host:port address")
         if len(set(replicas)) != len(replicas):
             raise InvalidArgumentError(f"chain of shard {self.shard} at epoch {epoch}: an "
                                        f"address appears twice in {replicas}")
@@ -96,6 +100,16 @@ class ChainState:
                 f"stale epoch: shard {self.shard} replica {config.index} is at epoch "
                 f"{config.epoch}; {what} is of epoch {epoch} (head: {config.head or 'this'})")
         return config
+
+
+def _is_address(text):
+    """Whether `text` reads as host:port (an IPv6 host in brackets), port 1..65535."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    if host.startswith("["):
+        return host.endswith("]") and len(host) > 2
+    return ":" not in host and all(c.isalnum() or c in "-._" for c in host)
 
 
 def epoch_of(context):

@@ -3,6 +3,7 @@ every replica ends with the values, slots and table rows a lone server would hol
 answered only once the tail applied it, a stale epoch is refused and a repeated push is
 applied once, also after the head changed."""
 
+import random
 import threading
 
 import grpc
@@ -248,7 +249,9 @@ def test_bad_chains_and_faults_are_refused_with_what_is_wrong(chains):
     c = chains(1)
     for (epoch, replicas, index), words in [
             ((0, ["a:1"], 0), "positive"), ((1, [], 0), "address"),
-            ((1, ["a:1", "a:1"], 1), "twice"), ((1, ["a:1"], 3), "index 3")]:
+            ((1, ["a:1", "a:1"], 1), "twice"), ((1, ["a:1"], 3), "index 3"),
+            ((1, ["a:1", "b:0"], 0), "'b:0'"), ((1, ["a\x00:1"], 0), "host:port"),
+            ((1, ["[::1]:5", "a"], 0), "'a'")]:
         config = pb.ChainConfig(epoch=epoch, replicas=replicas, index=index)
         code, details = code_of(lambda config=config: c.head.InstallChain(config,
                                                                           timeout=TIMEOUT))
@@ -338,3 +341,26 @@ def test_a_chain_with_a_job_token_forwards_its_writes_with_it():
     finally:
         for s in servers:
             s.stop(grace=0)
+
+
+def test_mutated_chain_configurations_never_fail_inside_the_server(chains):
+    c = chains(1)
+    install = c.channels[0].unary_unary("/psflow.ParameterServer/InstallChain",
+                                        request_serializer=None, response_deserializer=None)
+    valid = pb.ChainConfig(epoch=1, replicas=["127.0.0.1:5", "[::1]:6"],
+                           index=1).SerializeToString()
+    rng = random.Random(0)
+    codes = set()
+    for _ in range(300):
+        data = bytearray(valid)
+        for _ in range(rng.randint(1, 3)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            install(bytes(data), timeout=TIMEOUT)
+            codes.add(grpc.StatusCode.OK)
+        except grpc.RpcError as exc:
+            codes.add(exc.code())
+    assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT,
+                     grpc.StatusCode.FAILED_PRECONDITION}
+    assert grpc.StatusCode.INVALID_ARGUMENT in codes
+    c.head.GetStats(pb.StatsRequest(), timeout=TIMEOUT)
