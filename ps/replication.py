@@ -144,7 +144,8 @@ class Replication:
         epoch, refuses a write anywhere but at the head, and runs `call()`, for a write in
         the chain's order and passed down the chain."""
         write = is_write(method, request)
-        config = self.chain.check_epoch(epoch_of(context), f"the {method} call")
+        epoch = epoch_of(context)
+        config = self.chain.check_epoch(epoch, f"the {method} call")
         if config.epoch == 0 or (config.is_head and config.is_tail):
             return call()
         if method in ("Pull", "PullRows") and request.HasField("commit"):
@@ -153,16 +154,23 @@ class Replication:
                 "applies asynchronous training only: a synchronous step's commit is refused")
         if not write:
             return call()
+        self._check_head(config, method)
+        return self._write(method, raw, call, epoch)
+
+    def _check_head(self, config, method):
         if not config.is_head:
             raise FailedPreconditionError(
                 f"shard {self.shard} replica {config.index} is not the head of its chain at "
                 f"epoch {config.epoch}: send {method} to the head, {config.head}")
-        return self._write(method, raw, call)
 
-    def _write(self, method, raw, call):
+    def _write(self, method, raw, call, epoch):
         data = bytes(raw)
         with self._order:
-            config = self.chain.config
+            # Checked again under the order lock: a new chain may have come meanwhile.
+            config = self.chain.check_epoch(epoch, f"the {method} call")
+            self._check_head(config, method)
+            if config.is_tail:  # now a chain of one: nobody to pass it on to
+                return call()
             result = call()
             self.applied_seq += 1
             seq = self.applied_seq
