@@ -49,6 +49,10 @@ def valid_requests():
         "WorkerDone": pb.WorkerRequest(task_index=5),
         "GetStats": pb.StatsRequest(),
         "SaveShard": pb.SaveShardRequest(path="/nowhere/x.npz"),
+        # A lone server takes no forwarded write. (InstallChain is left out: a chain it
+        # accepted would make the server refuse the writes of the figures below.)
+        "Forward": pb.ForwardRequest(epoch=1, seq=1, method="Push",
+                                     request=push.SerializeToString()),
     }
 
 

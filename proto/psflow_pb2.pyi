@@ -7,6 +7,42 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ChainConfig(_message.Message):
+    __slots__ = ("epoch", "replicas", "index")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    replicas: _containers.RepeatedScalarFieldContainer[str]
+    index: int
+    def __init__(self, epoch: _Optional[int] = ..., replicas: _Optional[_Iterable[str]] = ..., index: _Optional[int] = ...) -> None: ...
+
+class ChainConfigResponse(_message.Message):
+    __slots__ = ("epoch", "applied_seq")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    applied_seq: int
+    def __init__(self, epoch: _Optional[int] = ..., applied_seq: _Optional[int] = ...) -> None: ...
+
+class ForwardRequest(_message.Message):
+    __slots__ = ("epoch", "seq", "method", "request")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    seq: int
+    method: str
+    request: bytes
+    def __init__(self, epoch: _Optional[int] = ..., seq: _Optional[int] = ..., method: _Optional[str] = ..., request: _Optional[bytes] = ...) -> None: ...
+
+class ForwardResponse(_message.Message):
+    __slots__ = ("applied_seq",)
+    APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    applied_seq: int
+    def __init__(self, applied_seq: _Optional[int] = ...) -> None: ...
+
 class InputPosition(_message.Message):
     __slots__ = ("dataset", "shard", "num_shards", "file", "lines")
     DATASET_FIELD_NUMBER: _ClassVar[int]

@@ -99,6 +99,16 @@ class ParameterServerStub:
                 request_serializer=psflow__pb2.InputPositionsRequest.SerializeToString,
                 response_deserializer=psflow__pb2.InputPositionsResponse.FromString,
                 _registered_method=True)
+        self.InstallChain = channel.unary_unary(
+                '/psflow.ParameterServer/InstallChain',
+                request_serializer=psflow__pb2.ChainConfig.SerializeToString,
+                response_deserializer=psflow__pb2.ChainConfigResponse.FromString,
+                _registered_method=True)
+        self.Forward = channel.unary_unary(
+                '/psflow.ParameterServer/Forward',
+                request_serializer=psflow__pb2.ForwardRequest.SerializeToString,
+                response_deserializer=psflow__pb2.ForwardResponse.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -213,6 +223,29 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InstallChain(self, request, context):
+        """Replication: a shard may run as a chain of replicas [head, ..., tail]. Workers send every
+        call to the head; the head applies each write (Push, a training PullRows, DeclareVariables,
+        InitializeVariables) in the order of its log, passes it down the chain with Forward and
+        answers once the tail has applied it. Every call may carry the metadata "psflow-epoch":
+        a replica refuses one of another epoch than its own (FAILED_PRECONDITION naming both).
+
+        Makes this server one replica of its shard's chain at `epoch`. Refused
+        (FAILED_PRECONDITION) when the server holds a newer epoch; the same epoch again must
+        name the same chain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Forward(self, request, context):
+        """A write its predecessor in the chain applied as number `seq` of the shard's log, for this
+        replica to apply in log order and pass on; answered once the tail has applied it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -280,6 +313,16 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.GetInputPositions,
                     request_deserializer=psflow__pb2.InputPositionsRequest.FromString,
                     response_serializer=psflow__pb2.InputPositionsResponse.SerializeToString,
+            ),
+            'InstallChain': grpc.unary_unary_rpc_method_handler(
+                    servicer.InstallChain,
+                    request_deserializer=psflow__pb2.ChainConfig.FromString,
+                    response_serializer=psflow__pb2.ChainConfigResponse.SerializeToString,
+            ),
+            'Forward': grpc.unary_unary_rpc_method_handler(
+                    servicer.Forward,
+                    request_deserializer=psflow__pb2.ForwardRequest.FromString,
+                    response_serializer=psflow__pb2.ForwardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -633,6 +676,60 @@ class ParameterServer:
             '/psflow.ParameterServer/GetInputPositions',
             psflow__pb2.InputPositionsRequest.SerializeToString,
             psflow__pb2.InputPositionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallChain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/psflow.ParameterServer/InstallChain',
+            psflow__pb2.ChainConfig.SerializeToString,
+            psflow__pb2.ChainConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/psflow.ParameterServer/Forward',
+            psflow__pb2.ForwardRequest.SerializeToString,
+            psflow__pb2.ForwardResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,7 +9,7 @@
 Exits 0 when the shard's lifecycle ends normally (every worker done unless --online,
 SIGTERM/SIGINT, the parent process gone), 1 if it cannot serve (port taken, port file not
 writable), 2 on bad arguments (including a non-loopback address without a job token and
-without --insecure).
+without --insecure, and a malformed PSFLOW_FAULT: see psflow.ps.faults).
 """
 
 import logging
@@ -23,6 +23,7 @@ from psflow.argparsing import OneLineParser, one_of, port, seconds, whole_number
 from psflow.fileio import atomic_write, default_checkpoint_roots
 from psflow.train.cluster import task_config_from_env
 from psflow.transport import memory
+from . import faults
 from .shard_server import ParameterServer
 
 log = logging.getLogger("psflow.ps")
@@ -148,7 +149,8 @@ def main(argv=None):
                                  dense_period=args.dense_period,
                                  follower_buffer_bytes=args.follower_buffer_bytes,
                                  online=args.online)
-    except ValueError as exc:  # e.g. TLS files that cannot be read
+        faults.install_from_env()
+    except ValueError as exc:  # e.g. TLS files that cannot be read, a malformed PSFLOW_FAULT
         log.error("%s", exc)
         return 2
     # The handlers only note the signal; the loop below stops the server outside the

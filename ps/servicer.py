@@ -14,11 +14,13 @@ from psflow.errors import (
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    UnavailableError,
 )
 from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 from psflow.train.consistency import Consistency
+from .replication import Replication
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ _STATUS = [
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
 ]
 
 
@@ -48,19 +51,26 @@ def _handler(method):
     """Parses the request (it arrives as bytes: a malformed one is INVALID_ARGUMENT, not
     gRPC's INTERNAL "Exception deserializing request!") and turns exceptions from the store
     into gRPC status codes with their messages; anything unexpected becomes INTERNAL (logged
-    with its traceback) and the server carries on. Push parses its own bytes (proto.wire)."""
-    request_type = None if method.__name__ == "Push" else _REQUEST_TYPES[method.__name__]
+    with its traceback) and the server carries on. Push parses its own bytes (proto.wire).
+    A worker's call goes through the shard's chain (see replication): its epoch is checked
+    and a write is applied in the chain's order and passed down it."""
+    name = method.__name__
+    request_type = None if name == "Push" else _REQUEST_TYPES[name]
 
     @functools.wraps(method)
     def handle(self, request, context):
         try:
+            raw = request
             if request_type is not None and isinstance(request, bytes):
                 try:
                     request = request_type.FromString(request)
                 except DecodeError as exc:
-                    raise codec.CodecError(f"{method.__name__}: the request is not a "
+                    raise codec.CodecError(f"{name}: the request is not a "
                                            f"{request_type.__name__}: {exc}") from None
-            return method(self, request, context)
+            if name in _CHAIN_METHODS:
+                return method(self, request, context)
+            return self.replication.handle(name, raw, request, context,
+                                           lambda: method(self, request, context))
         except Exception as exc:  # noqa: BLE001 -- every failure must become a status
             code = _status_of(exc)
             if code is None:
@@ -73,6 +83,9 @@ def _handler(method):
         context.abort(code, message)
     return handle
 
+
+# The rpcs that configure and feed the chain itself: they carry their own epoch.
+_CHAIN_METHODS = ("InstallChain", "Forward")
 
 _MODES = {}  # (mode, replicas, staleness) of a message -> Consistency, made once
 
@@ -143,10 +156,28 @@ def add_to_server(servicer, server):
 class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     """The ParameterServer service over a ShardStore (see psflow.proto's psflow.proto)."""
 
-    def __init__(self, store, publisher=None):
+    def __init__(self, store, publisher=None, token=None):
+        """`token`: the job's, sent on the writes this replica forwards down its chain."""
         self.store = store
         self.publisher = publisher  # a psflow.ps.publisher.Publisher, for Follow
         self.lane = ""  # the name of the same-host lane offered to workers (transport.lane)
+        self.replication = Replication(store.shard, self._apply_forwarded, token)
+
+    def _apply_forwarded(self, method, data):
+        """Applies a write forwarded down the chain as the handler `method` applies a
+        worker's (its answer is the head's business)."""
+        request = data if method == "Push" else _REQUEST_TYPES[method].FromString(data)
+        getattr(type(self), method).__wrapped__(self, request, None)
+
+    @_handler
+    def InstallChain(self, request, context):
+        config, applied = self.replication.install(request.epoch, list(request.replicas),
+                                                   request.index)
+        return pb.ChainConfigResponse(epoch=config.epoch, applied_seq=applied)
+
+    @_handler
+    def Forward(self, request, context):
+        return pb.ForwardResponse(applied_seq=self.replication.forwarded(request))
 
     @_handler
     def DeclareVariables(self, request, context):
@@ -237,6 +268,10 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         # The request arrives as bytes; the gradients are read in place (see proto.wire).
         request = wire.Push(request)
         consistency = _consistency(request.header)
+        if consistency.mode != "async" and len(self.replication.config.replicas) > 1:
+            raise FailedPreconditionError(
+                f"shard {self.store.shard} runs as a chain of replicas, which applies "
+                f"asynchronous pushes only; this push is {consistency.mode}")
         result = self.store.push_step(
             [(g.name, g.values, g.indices, g.version, g.keyed) for g in request.gradients],
             self.store.rule(request.rule.name, dict(request.rule.hyper)),

@@ -83,6 +83,7 @@ class ParameterServer:
         self.port = None
         self.stop_reason = None
         self._server = None
+        self.servicer = None
         self._executor = None
         self._health = None
         self._lane = None
@@ -106,7 +107,8 @@ class ParameterServer:
                                                     thread_name_prefix=f"ps{self.shard}")
         interceptors = [auth.TokenInterceptor(self.token)] if self.token else []
         server = grpc.server(self._executor, options=SERVER_OPTIONS, interceptors=interceptors)
-        servicer = ParameterServerServicer(self.store, self.publisher)
+        servicer = ParameterServerServicer(self.store, self.publisher, self.token)
+        self.servicer = servicer
         add_to_server(servicer, server)
         self._health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -195,6 +197,8 @@ class ParameterServer:
             self._health.enter_graceful_shutdown()
             self.store.close()
             self.publisher.stop()
+            if self.servicer is not None:
+                self.servicer.replication.close()
             if self._lane is not None:
                 self._lane.stop()
             self._server.stop(grace).wait()

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # Bound on any single call, so that nothing waits forever on a server that is gone.
 CALL_TIMEOUT_S = 120.0
+# The metadata key that names the epoch of the shard's chain a call is meant for (the key
+# psflow.ps.chain reads).
+EPOCH_METADATA = "psflow-epoch"
 
 
 class ShardClient:
@@ -50,6 +53,7 @@ class ShardClient:
         self.timeout = timeout
         self.token = auth.token_from_env() if token is None else token
         self.metadata = auth.call_metadata(self.token)
+        self.epoch = None
         self.lane = None  # the shard's same-host lane, once RegisterWorker offered one
         self.channel = auth.open_channel(address, codec.CHANNEL_OPTIONS + [
             # A restarted server is found again within a second or two.
@@ -69,6 +73,15 @@ class ShardClient:
             "/psflow.ParameterServer/PullRows", request_serializer=self._counted_request,
             response_deserializer=self._counted(wire.pull_reply))
 
+    def set_epoch(self, epoch):
+        """Sends `epoch`, the epoch of the shard's chain of replicas this client calls the
+        head of, with every call from now on, so that a replica at another epoch refuses it
+        (None: no epoch, as to a lone server). Calls with an epoch do not use the lane,
+        which carries no metadata."""
+        self.epoch = None if epoch is None else int(epoch)
+        self.metadata = auth.call_metadata(self.token) + (
+            () if epoch is None else ((EPOCH_METADATA, str(self.epoch)),))
+
     def _counted_request(self, request):
         data = request.SerializeToString()
         self.sent += len(data)
@@ -84,7 +97,7 @@ class ShardClient:
         """The call's answer. By default a call waits (within its timeout) for a server that
         is not reachable yet, e.g. one that is restarting, rather than failing at once.
         Pull, PullRows and Push go through the shard's same-host lane when there is one."""
-        same_host = self.lane
+        same_host = self.lane if self.epoch is None else None
         if same_host is not None and method in lane.METHODS:
             reply = self._lane_call(same_host, method, request, timeout or self.timeout)
             if reply is not None:

@@ -1,0 +1,259 @@
+"""Chain replication of a shard's writes (see docs/replication.md).
+
+The head applies each write (Push, a training PullRows, DeclareVariables,
+InitializeVariables) under the shard's order lock, numbering it in the shard's log (`seq`),
+and passes the worker's request bytes down the chain with Forward(epoch, seq). Every replica
+applies the writes in log order (one that arrives early waits for its predecessors), passes
+each on, and answers once its successor did: the tail's answer travels back up, so the head
+answers the worker only once every replica has applied the write. Applying the same requests
+in the same order gives the same values everywhere: row initialization is a function of the
+table's spec and the key, and the update rules depend only on the order. A push keeps its id
+on the way, so every replica remembers its answer: a retry sent to another head later is
+answered, not applied again.
+
+Reads are answered by the head, which holds every acknowledged write. A lone server (no chain
+installed, or a chain of one) applies its writes as it always did, without the order lock.
+"""
+
+import logging
+import threading
+
+import grpc
+
+from psflow.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from psflow.proto import codec
+from psflow.proto import psflow_pb2 as pb
+from psflow.transport import auth
+from . import faults
+from .chain import ChainState, epoch_of
+
+log = logging.getLogger(__name__)
+
+# The rpcs that change a shard (PullRows only when a selection trains: it creates rows and
+# counts sightings). Worker membership is one of them, so that every replica knows when the
+# job's workers are done (and stops then, as a lone server does).
+WRITES = ("Push", "PullRows", "DeclareVariables", "InitializeVariables", "RegisterWorker",
+          "Heartbeat", "WorkerDone")
+# A write that waits this long for an earlier one of the log has lost it.
+ORDER_TIMEOUT_S = 30.0
+# The bound on forwarding one write down the rest of the chain.
+FORWARD_TIMEOUT_S = 60.0
+# Writes passed on and not acknowledged yet, at most: each holds a thread on every replica
+# below, so it stays under a server's threads (ParameterServer(threads=64)).
+MAX_IN_FLIGHT = 32
+
+
+def is_write(method, request):
+    """Whether the call `method` with its parsed `request` (Push: its bytes) changes the
+    shard."""
+    if method == "PullRows":
+        return any(k.train for k in request.keys)
+    return method in WRITES
+
+
+class _Successor:
+    """The channel a replica forwards its writes on."""
+
+    def __init__(self, address, metadata):
+        self.address = address
+        self.metadata = metadata
+        self.channel = auth.open_channel(address, codec.CHANNEL_OPTIONS)
+        self.forward = self.channel.unary_unary(
+            "/psflow.ParameterServer/Forward",
+            request_serializer=pb.ForwardRequest.SerializeToString,
+            response_deserializer=pb.ForwardResponse.FromString)
+
+    def close(self):
+        self.channel.close()
+
+
+class Replication:
+    """Replica side of a shard's chain. `apply_op(method, request bytes)` applies a forwarded
+    write as the servicer applies a worker's; `token` is the job's, sent on Forward."""
+
+    def __init__(self, shard, apply_op, token=None, max_in_flight=MAX_IN_FLIGHT):
+        self.shard = shard
+        self.chain = ChainState(shard)
+        self._apply_op = apply_op
+        self._order = threading.Condition()  # the order lock: one write applied at a time
+        self.applied_seq = 0  # the last write of the log applied here
+        self._unacked = {}  # seq -> (method, request bytes): passed on, not acknowledged yet
+        self._in_flight = threading.Semaphore(max_in_flight)
+        self._successor = None
+        self._metadata = auth.call_metadata(token)
+
+    @property
+    def config(self):
+        """The current chain.ChainConfig."""
+        return self.chain.config
+
+    def unacked(self):
+        """[(seq, method, request bytes)] of the writes passed on and not acknowledged yet,
+        in log order: what a new configuration of the chain must pass on again."""
+        with self._order:
+            return [(seq, *op) for seq, op in sorted(self._unacked.items())]
+
+    def install(self, epoch, replicas, index):
+        """Makes this server replica `index` of `replicas` at `epoch` (see ChainState.install);
+        returns (the ChainConfig, the last log sequence applied here)."""
+        with self._order:
+            previous, config = self.chain.install(epoch, replicas, index)
+            if config.successor != previous.successor:
+                if self._successor is not None:
+                    self._successor.close()
+                self._successor = None if config.successor is None \
+                    else _Successor(config.successor, self._metadata)
+            if self._successor is None:
+                self._unacked.clear()  # the tail's writes are acknowledged once applied
+            applied = self.applied_seq
+            resend = self._successor is not None and config.epoch != previous.epoch and \
+                bool(self._unacked)
+        if config != previous:
+            log.info("shard %d: replica %d of %d at epoch %d (%s)", self.shard, config.index,
+                     len(config.replicas), config.epoch, ", ".join(config.replicas))
+        if resend:
+            threading.Thread(target=self._resend, args=(config,), daemon=True,
+                             name=f"ps{self.shard}-resend").start()
+        return config, applied
+
+    def _resend(self, config):
+        """Passes the writes not acknowledged yet down the chain of `config` again, in log
+        order: a replica that applied one already passes it on without applying it again.
+        A chain is installed from its tail up to its head, so the successor knows the epoch
+        by now; a write that fails stays unacknowledged for the next configuration."""
+        for seq, method, data in self.unacked():
+            if self.chain.config != config:
+                return
+            successor = self._pass_on_again(seq)
+            try:
+                self._forward(successor, config, seq, method, data)
+            except (FailedPreconditionError, UnavailableError) as exc:
+                log.warning("shard %d: write %d not passed on again at epoch %d: %s",
+                            self.shard, seq, config.epoch, exc)
+                return
+
+    def _pass_on_again(self, seq):
+        with self._order:
+            successor = self._successor
+            if successor is not None:
+                self._in_flight.acquire()
+            return successor
+
+    def handle(self, method, raw, request, context, call):
+        """A worker's call `method` (its parsed `request`, and `raw`, its bytes): checks its
+        epoch, refuses a write anywhere but at the head, and runs `call()`, for a write in
+        the chain's order and passed down the chain."""
+        write = is_write(method, request)
+        epoch = epoch_of(context)
+        config = self.chain.check_epoch(epoch, f"the {method} call")
+        if config.epoch == 0 or (config.is_head and config.is_tail):
+            return call()
+        if method in ("Pull", "PullRows") and request.HasField("commit"):
+            raise FailedPreconditionError(
+                f"shard {self.shard} runs as a chain of {len(config.replicas)} replicas, which "
+                "applies asynchronous training only: a synchronous step's commit is refused")
+        if not write:
+            return call()
+        self._check_head(config, method)
+        return self._write(method, raw, call, epoch)
+
+    def _check_head(self, config, method):
+        if not config.is_head:
+            raise FailedPreconditionError(
+                f"shard {self.shard} replica {config.index} is not the head of its chain at "
+                f"epoch {config.epoch}: send {method} to the head, {config.head}")
+
+    def _write(self, method, raw, call, epoch):
+        data = bytes(raw)
+        with self._order:
+            # Checked again under the order lock: a new chain may have come meanwhile.
+            config = self.chain.check_epoch(epoch, f"the {method} call")
+            self._check_head(config, method)
+            if config.is_tail:  # now a chain of one: nobody to pass it on to
+                return call()
+            result = call()
+            self.applied_seq += 1
+            seq = self.applied_seq
+            self._order.notify_all()
+            successor = self._pass_on(seq, method, data)
+        self._forward(successor, config, seq, method, data)
+        return result
+
+    def _pass_on(self, seq, method, data):
+        """Under the order lock: the successor to forward write `seq` to (None at the tail),
+        with a place among the writes in flight taken (in log order, so the earliest write
+        not acknowledged is always on its way)."""
+        successor = self._successor
+        if successor is not None:
+            self._unacked[seq] = (method, data)
+            self._in_flight.acquire()
+        return successor
+
+    def _forward(self, successor, config, seq, method, data):
+        """Passes write `seq` on and waits for the rest of the chain to apply it."""
+        faults.hit("before-forward", self.shard, config.index)
+        if successor is None:
+            with self._order:
+                self._unacked.pop(seq, None)
+            return
+        try:
+            successor.forward(pb.ForwardRequest(epoch=config.epoch, seq=seq, method=method,
+                                                request=data),
+                              timeout=FORWARD_TIMEOUT_S, metadata=successor.metadata)
+        except grpc.RpcError as exc:
+            kind = FailedPreconditionError \
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else UnavailableError
+            raise kind(f"shard {self.shard}: replica {successor.address} did not apply write "
+                       f"{seq} ({method}): {exc.code().name}: {exc.details()}") from None
+        except ValueError:  # gRPC's word for a closed channel: this replica is stopping
+            raise UnavailableError(f"shard {self.shard}: replica {config.index} is stopping; "
+                                   f"write {seq} ({method}) was not passed on") from None
+        finally:
+            self._in_flight.release()
+        with self._order:
+            self._unacked.pop(seq, None)
+        faults.hit("before-ack", self.shard, config.index)
+
+    def forwarded(self, request):
+        """Applies the ForwardRequest `request` in log order and passes it on; returns the
+        last log sequence applied here once the rest of the chain applied it."""
+        what = f"forwarded write {request.seq}"
+        config = self.chain.check_epoch(request.epoch, what)
+        if config.epoch == 0 or config.is_head:
+            raise FailedPreconditionError(f"shard {self.shard}: the head of a chain (or a lone "
+                                          f"server) takes no {what}")
+        if request.seq < 1 or request.method not in WRITES:
+            raise InvalidArgumentError(f"{what}: expected a sequence from 1 and one of "
+                                       f"{', '.join(WRITES)}, got {request.method!r}")
+        failure = None
+        with self._order:
+            if not self._order.wait_for(lambda: self.applied_seq >= request.seq - 1,
+                                        ORDER_TIMEOUT_S):
+                raise FailedPreconditionError(
+                    f"shard {self.shard} replica {config.index}: {what} arrived, but write "
+                    f"{self.applied_seq + 1} has not in {ORDER_TIMEOUT_S:g} s")
+            config = self.chain.check_epoch(request.epoch, what)
+            if self.applied_seq == request.seq - 1:
+                faults.hit("before-apply", self.shard, config.index)
+                try:
+                    self._apply_op(request.method, request.request)
+                except Exception as exc:  # noqa: BLE001 -- the log goes on; the head is told
+                    log.exception("shard %d replica %d: %s (%s) failed where the head applied "
+                                  "it", self.shard, config.index, what, request.method)
+                    failure = exc
+                self.applied_seq = request.seq
+                self._order.notify_all()
+            successor = self._pass_on(request.seq, request.method, request.request)
+            applied = self.applied_seq
+        self._forward(successor, config, request.seq, request.method, request.request)
+        if failure is not None:
+            raise FailedPreconditionError(
+                f"shard {self.shard} replica {config.index} could not apply {what} "
+                f"({request.method}): {type(failure).__name__}: {failure}")
+        return applied
+
+    def close(self):
+        with self._order:
+            if self._successor is not None:
+                self._successor.close()
+                self._successor = None
