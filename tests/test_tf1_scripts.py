@@ -139,7 +139,9 @@ DISTRIBUTED = [
     ("distributed_howto.py", ("--script-ps",), ("--checkpoint_dir", "{tmp}/logs"), 0.93),
     ("mnist_replica.py", ("--tf-flags",), (), 0.93),
     ("supervisor_managed.py", ("--script-ps",), ("--logdir", "{tmp}/logs"), 0.93),
-    ("tf_config_session.py", (), (), 0.9),
+    # plain SGD at learning rate 0.5, read after its last async step: typically 0.96-0.98,
+    # one run in several hundred dips below 0.9
+    ("tf_config_session.py", (), (), 0.85),
 ]
 
 
