@@ -573,11 +573,22 @@ def test_taken_port_fails_or_falls_back(tmp_path):
     (["--task-index", "0", "--num-workers", "2", "--follower-buffer-bytes", "0"],
      ["--follower-buffer-bytes"]),
 ])
-def test_bad_cli_exits_2_with_one_line(args, words):
-    result = subprocess.run(PS + args, capture_output=True, text=True, timeout=20)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+def test_bad_cli_exits_2_with_one_line(args, words, capsys):
+    from psflow.ps.__main__ import parse_args
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(args)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
     assert lines[0].startswith("python -m psflow.ps: error:")
     for word in words:
         assert word in lines[0]
+
+
+def test_the_process_itself_refuses_a_bad_command_line():
+    result = subprocess.run(PS + ["--task-index", "0", "--num-workers", "0"],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m psflow.ps: error:"), lines
+    assert "--num-workers" in lines[0]
