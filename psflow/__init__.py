@@ -4,7 +4,14 @@
 `gradients`, `Session`, and the optimizers in `psflow.train`.
 """
 
+import os as _os
 import sys as _sys
+
+# An input pipeline runs in a process forked from the training process (data/input_process.py),
+# which never calls gRPC. gRPC's own fork handlers, when a thread of the training process is
+# inside a gRPC call at the fork, skip their preparation and then crash that child (SIGSEGV):
+# they stay off unless GRPC_ENABLE_FORK_SUPPORT says otherwise, set before gRPC starts.
+_os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 from . import (
     app,

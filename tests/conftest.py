@@ -3,6 +3,9 @@ defines its own `server` fixture; `channel` connects to it."""
 
 import sys
 
+# isort: off
+import psflow  # noqa: F401 -- first, as scripts import it: it turns gRPC's fork handlers off
+# isort: on
 import grpc
 import pytest
 
