@@ -7,6 +7,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReplicaHeartbeatRequest(_message.Message):
+    __slots__ = ("shard", "address", "epoch")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    address: str
+    epoch: int
+    def __init__(self, shard: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class ReplicaHeartbeatResponse(_message.Message):
+    __slots__ = ("chain", "lease_s")
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    LEASE_S_FIELD_NUMBER: _ClassVar[int]
+    chain: ChainConfig
+    lease_s: float
+    def __init__(self, chain: _Optional[_Union[ChainConfig, _Mapping]] = ..., lease_s: _Optional[float] = ...) -> None: ...
+
+class GetChainRequest(_message.Message):
+    __slots__ = ("shard",)
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    def __init__(self, shard: _Optional[int] = ...) -> None: ...
+
 class ChainConfig(_message.Message):
     __slots__ = ("epoch", "replicas", "index")
     EPOCH_FIELD_NUMBER: _ClassVar[int]

@@ -739,3 +739,129 @@ class ParameterServer:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ChainMasterStub:
+    """The chain master: holds each shard's chain (epoch, replicas). Replicas heartbeat to it and
+    get a lease; a replica whose heartbeats stop for longer than a lease is declared dead, and
+    the master installs the next epoch without it, from the tail up.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReplicaHeartbeat = channel.unary_unary(
+                '/psflow.ChainMaster/ReplicaHeartbeat',
+                request_serializer=psflow__pb2.ReplicaHeartbeatRequest.SerializeToString,
+                response_deserializer=psflow__pb2.ReplicaHeartbeatResponse.FromString,
+                _registered_method=True)
+        self.GetChain = channel.unary_unary(
+                '/psflow.ChainMaster/GetChain',
+                request_serializer=psflow__pb2.GetChainRequest.SerializeToString,
+                response_deserializer=psflow__pb2.ChainConfig.FromString,
+                _registered_method=True)
+
+
+class ChainMasterServicer:
+    """The chain master: holds each shard's chain (epoch, replicas). Replicas heartbeat to it and
+    get a lease; a replica whose heartbeats stop for longer than a lease is declared dead, and
+    the master installs the next epoch without it, from the tail up.
+    """
+
+    def ReplicaHeartbeat(self, request, context):
+        """A replica's heartbeat: answered with its shard's current chain and the lease granted.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChain(self, request, context):
+        """A shard's current chain (for workers: the head to send their calls to).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ChainMasterServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReplicaHeartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplicaHeartbeat,
+                    request_deserializer=psflow__pb2.ReplicaHeartbeatRequest.FromString,
+                    response_serializer=psflow__pb2.ReplicaHeartbeatResponse.SerializeToString,
+            ),
+            'GetChain': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChain,
+                    request_deserializer=psflow__pb2.GetChainRequest.FromString,
+                    response_serializer=psflow__pb2.ChainConfig.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'psflow.ChainMaster', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('psflow.ChainMaster', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ChainMaster:
+    """The chain master: holds each shard's chain (epoch, replicas). Replicas heartbeat to it and
+    get a lease; a replica whose heartbeats stop for longer than a lease is declared dead, and
+    the master installs the next epoch without it, from the tail up.
+    """
+
+    @staticmethod
+    def ReplicaHeartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/psflow.ChainMaster/ReplicaHeartbeat',
+            psflow__pb2.ReplicaHeartbeatRequest.SerializeToString,
+            psflow__pb2.ReplicaHeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/psflow.ChainMaster/GetChain',
+            psflow__pb2.GetChainRequest.SerializeToString,
+            psflow__pb2.ChainConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -53,6 +53,9 @@ def parse_args(argv):
     network.add_argument("--insecure", action="store_true",
                          help="serve a non-loopback address without a job token "
                               "(PSFLOW_AUTH_TOKEN); refused otherwise")
+    network.add_argument("--chain-master", metavar="HOST:PORT",
+                         help="the chain master to heartbeat to, as one replica of the shard's "
+                              "chain (writes are refused whenever its lease ran out)")
     data = parser.add_argument_group("data")
     data.add_argument("--checkpoint-root", default=settings.CHECKPOINT_ROOT.get() or
                       settings.CHECKPOINT_DIR.get() or default_checkpoint_roots(), metavar="DIR",
@@ -148,7 +151,7 @@ def main(argv=None):
                                  publish_period=args.publish_period,
                                  dense_period=args.dense_period,
                                  follower_buffer_bytes=args.follower_buffer_bytes,
-                                 online=args.online)
+                                 online=args.online, chain_master=args.chain_master)
         faults.install_from_env()
     except ValueError as exc:  # e.g. TLS files that cannot be read, a malformed PSFLOW_FAULT
         log.error("%s", exc)

@@ -19,6 +19,8 @@ POINTS = {
     "before-apply": "a replica received a forwarded write and has not applied it yet",
     "before-ack": "the rest of the chain acknowledged a write; this replica has not answered "
                   "it yet",
+    "heartbeat": "a replica is about to heartbeat to the chain master (stalled: it goes "
+                 "silent, as a replica cut off from the master)",
 }
 ACTIONS = ("kill", "stall")
 STALL_S = 3600.0

@@ -26,6 +26,7 @@ from psflow.proto import psflow_pb2 as pb
 from psflow.transport import auth
 from . import faults
 from .chain import ChainState, epoch_of
+from .lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class Replication:
         self._in_flight = threading.Semaphore(max_in_flight)
         self._successor = None
         self._metadata = auth.call_metadata(token)
+        self.lease = Lease()  # required once the replica heartbeats to a chain master
 
     @property
     def config(self):
@@ -146,7 +148,11 @@ class Replication:
         write = is_write(method, request)
         epoch = epoch_of(context)
         config = self.chain.check_epoch(epoch, f"the {method} call")
-        if config.epoch == 0 or (config.is_head and config.is_tail):
+        if config.epoch == 0:
+            return call()
+        if config.is_head and config.is_tail:
+            if write:
+                self.lease.check(self.shard, f"the {method} call")
             return call()
         if method in ("Pull", "PullRows") and request.HasField("commit"):
             raise FailedPreconditionError(
@@ -155,6 +161,7 @@ class Replication:
         if not write:
             return call()
         self._check_head(config, method)
+        self.lease.check(self.shard, f"the {method} call")
         return self._write(method, raw, call, epoch)
 
     def _check_head(self, config, method):
@@ -201,18 +208,31 @@ class Replication:
                                                 request=data),
                               timeout=FORWARD_TIMEOUT_S, metadata=successor.metadata)
         except grpc.RpcError as exc:
-            kind = FailedPreconditionError \
-                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else UnavailableError
-            raise kind(f"shard {self.shard}: replica {successor.address} did not apply write "
-                       f"{seq} ({method}): {exc.code().name}: {exc.details()}") from None
-        except ValueError:  # gRPC's word for a closed channel: this replica is stopping
-            raise UnavailableError(f"shard {self.shard}: replica {config.index} is stopping; "
-                                   f"write {seq} ({method}) was not passed on") from None
-        finally:
+            self._in_flight.release()
+            if not self._now_tail(config, seq):
+                kind = FailedPreconditionError \
+                    if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else UnavailableError
+                raise kind(f"shard {self.shard}: replica {successor.address} did not apply "
+                           f"write {seq} ({method}): {exc.code().name}: "
+                           f"{exc.details()}") from None
+        except ValueError:  # gRPC's word for a closed channel: stopping, or a new chain
+            self._in_flight.release()
+            if not self._now_tail(config, seq):
+                raise UnavailableError(f"shard {self.shard}: replica {config.index} is stopping "
+                                       f"or left epoch {config.epoch}; write {seq} ({method}) "
+                                       "was not passed on") from None
+        else:
             self._in_flight.release()
         with self._order:
             self._unacked.pop(seq, None)
         faults.hit("before-ack", self.shard, config.index)
+
+    def _now_tail(self, config, seq):
+        """Whether a write `seq` this replica applied at `config` is acknowledged after all:
+        a newer chain made this replica its tail (every replica after it was removed), so
+        every replica of the shard's chain holds it."""
+        current = self.chain.config
+        return current.epoch > config.epoch and current.is_tail and self.applied_seq >= seq
 
     def forwarded(self, request):
         """Applies the ForwardRequest `request` in log order and passes it on; returns the
@@ -225,6 +245,7 @@ class Replication:
         if request.seq < 1 or request.method not in WRITES:
             raise InvalidArgumentError(f"{what}: expected a sequence from 1 and one of "
                                        f"{', '.join(WRITES)}, got {request.method!r}")
+        self.lease.check(self.shard, what)
         failure = None
         with self._order:
             if not self._order.wait_for(lambda: self.applied_seq >= request.seq - 1,

@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from psflow.parent import WATCH_INTERVAL_S, ParentWatch
 from psflow.proto import codec
 from psflow.transport import auth, lane, memory
+from .lease import HEARTBEAT_S, LeaseKeeper
 from .publisher import Publisher
 from .servicer import ParameterServerServicer, add_to_server
 from .shard_store import ShardStore
@@ -51,7 +52,8 @@ class ParameterServer:
                  parent_pid=None, threads=64, done_grace_s=0.5, stop_grace_s=2.0,
                  token=None, credentials=None, checkpoint_root=None, allow_nonfinite=False,
                  insecure=False, publish_period=0.2, dense_period=5.0,
-                 follower_buffer_bytes=256 << 20, online=False):
+                 follower_buffer_bytes=256 << 20, online=False, chain_master=None,
+                 heartbeat_s=HEARTBEAT_S):
         """`token`: refuse calls without it (default: PSFLOW_AUTH_TOKEN, if set).
         `credentials`: gRPC server credentials to serve TLS (default: from PSFLOW_TLS_CERT
         and PSFLOW_TLS_KEY, if set). `checkpoint_root`: the folder SaveShard may write in
@@ -61,7 +63,9 @@ class ParameterServer:
         how often the shard publishes its tables' changes and its dense values to the serving
         processes that follow it, and how many bytes it keeps for each (see publisher).
         `online`: the job trains on an unbounded stream, so the server keeps serving when
-        every worker is done (it stops when told to, or when its parent process is gone)."""
+        every worker is done (it stops when told to, or when its parent process is gone).
+        `chain_master`: the address of the chain master this replica heartbeats to every
+        `heartbeat_s` (ps/lease.py); it then refuses writes whenever its lease has run out."""
         self.token = auth.token_from_env() if token is None else token
         if not self.token and not insecure and not _is_loopback(host):
             raise ValueError(f"refusing to serve on {host} without a job token: anyone who "
@@ -77,6 +81,8 @@ class ParameterServer:
         self.port_fallback = port_fallback
         self.parent_pid = parent_pid
         self.online = online
+        self.chain_master, self.heartbeat_s = chain_master, heartbeat_s
+        self._lease_keeper = None
         self.threads = threads
         self.done_grace_s = done_grace_s
         self.stop_grace_s = stop_grace_s
@@ -127,6 +133,8 @@ class ParameterServer:
                 servicer.lane = self._lane.name
             except OSError as exc:
                 log.warning("shard %d offers no same-host lane: %s", self.shard, exc)
+        if self.chain_master:
+            self.heartbeat_to(self.chain_master)
         for service in ("", SERVICE_NAME):
             self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         threading.Thread(target=self._watch, name=f"ps{self.shard}-lifecycle",
@@ -136,6 +144,16 @@ class ParameterServer:
                         "reaches %s may call it", self.shard, self.address)
         log.info("serving shard %d on %s for %d workers", self.shard, self.address,
                  self.store.num_workers)
+        return self
+
+    def heartbeat_to(self, chain_master):
+        """Starts heartbeating to the chain master at `chain_master` (ps/lease.py): from now on
+        the server refuses writes whenever its lease has run out."""
+        if self._lease_keeper is None:
+            self.chain_master = chain_master
+            self._lease_keeper = LeaseKeeper(chain_master, self.shard, self.address,
+                                             self.servicer.replication, self.token,
+                                             self.heartbeat_s).start()
         return self
 
     def _add_port(self, server, address):
@@ -197,6 +215,8 @@ class ParameterServer:
             self._health.enter_graceful_shutdown()
             self.store.close()
             self.publisher.stop()
+            if self._lease_keeper is not None:
+                self._lease_keeper.stop()
             if self.servicer is not None:
                 self.servicer.replication.close()
             if self._lane is not None:
