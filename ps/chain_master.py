@@ -34,6 +34,7 @@ class _Shard:
         ChainState(shard).install(1, replicas, 0)  # checks the addresses: ValueError if bad
         self.shard, self.epoch, self.replicas = shard, 0, list(replicas)
         self.heard = {}  # address -> time.monotonic() of its last heartbeat
+        self.installed = (0, [])  # the last (epoch, replicas) every replica of took
 
 
 class ChainMaster:
@@ -59,10 +60,11 @@ class ChainMaster:
         return f"{self.host}:{self.port}"
 
     def chain(self, shard):
-        """(epoch, [replica addresses, head first]) of `shard`; KeyError if unknown."""
+        """(epoch, [replica addresses, head first]) of the last chain of `shard` installed on
+        every replica of it; KeyError if unknown."""
         with self._lock:
-            s = self.shards[shard]
-            return s.epoch, list(s.replicas)
+            epoch, replicas = self.shards[shard].installed
+            return epoch, list(replicas)
 
     def start(self):
         interceptors = [auth.TokenInterceptor(self.token)] if self.token else []
@@ -109,7 +111,8 @@ class ChainMaster:
             s = self.shards.get(request.shard)
             if s is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no shard {request.shard} here")
-            return pb.ChainConfig(epoch=s.epoch, replicas=s.replicas, index=0)
+            epoch, replicas = s.installed
+            return pb.ChainConfig(epoch=epoch, replicas=replicas, index=0)
 
     def _watch(self):
         while not self._stopped.wait(self.check_s):
@@ -146,6 +149,8 @@ class ChainMaster:
                     failed = replicas[index]
                     break
             if failed is None:
+                with self._lock:
+                    s.installed = (epoch, list(replicas))
                 log.info("shard %d at epoch %d: %s", s.shard, epoch, ", ".join(replicas))
                 return
             replicas = [r for r in replicas if r != failed]

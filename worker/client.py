@@ -2,6 +2,8 @@
 psflow's exceptions (each naming the shard and carrying the server's message)."""
 
 import logging
+import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -21,6 +23,7 @@ from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 from psflow.transport import auth, lane
+from .failover import ChainLookup, chain_changed
 
 _ERRORS = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -47,7 +50,11 @@ class ShardClient:
     calls carry the job's token (`token`, default PSFLOW_AUTH_TOKEN) and use TLS when
     PSFLOW_TLS_CA is set."""
 
-    def __init__(self, index, address, timeout=CALL_TIMEOUT_S, token=None):
+    def __init__(self, index, address, timeout=CALL_TIMEOUT_S, token=None, chain_master=None):
+        """`chain_master`: the address of the chain master of a replicated shard. The client
+        then calls the head of the shard's chain at its epoch, and a call that fails because
+        the chain changed (its head died, its epoch moved on) is sent again, the same request
+        (a push keeps its id, so it is applied once), to the head of the new chain."""
         self.index = index
         self.address = address
         self.timeout = timeout
@@ -55,6 +62,22 @@ class ShardClient:
         self.metadata = auth.call_metadata(self.token)
         self.epoch = None
         self.lane = None  # the shard's same-host lane, once RegisterWorker offered one
+        # Bytes of the Pull, PullRows and Push messages sent and received (the step's traffic).
+        self.sent = self.received = 0
+        self._old_channels = []
+        self._switch = threading.Lock()
+        self._connect(address)
+        self.chains = None if not chain_master else ChainLookup(chain_master, index,
+                                                                self.token)
+        if self.chains is not None:
+            found = self.chains.newer(0, time.monotonic() + timeout)
+            if found is None:
+                raise UnavailableError(f"parameter server {index}: the chain master at "
+                                       f"{chain_master} did not answer within {timeout:g} s")
+            self._follow(*found)
+
+    def _connect(self, address):
+        self.address = address
         self.channel = auth.open_channel(address, codec.CHANNEL_OPTIONS + [
             # A restarted server is found again within a second or two.
             ("grpc.initial_reconnect_backoff_ms", 200),
@@ -63,8 +86,6 @@ class ShardClient:
         ])
         self.stub = pb_grpc.ParameterServerStub(self.channel)
         self._raw_calls = {}
-        # Bytes of the Pull, PullRows and Push messages sent and received (the step's traffic).
-        self.sent = self.received = 0
         # Replies with values are read without copying the values (see proto.wire).
         self._pull = self.channel.unary_unary(
             "/psflow.ParameterServer/Pull", request_serializer=self._counted_request,
@@ -72,6 +93,19 @@ class ShardClient:
         self._pull_rows = self.channel.unary_unary(
             "/psflow.ParameterServer/PullRows", request_serializer=self._counted_request,
             response_deserializer=self._counted(wire.pull_reply))
+
+    def _follow(self, epoch, head):
+        """Calls the head `head` of the chain at `epoch` from now on (calls in flight on the
+        old channel finish there; it is closed with the client)."""
+        with self._switch:
+            if self.epoch is not None and epoch <= self.epoch:
+                return
+            if head != self.address:
+                log.warning("parameter server %d: its chain is at epoch %d; calling its head "
+                            "%s (was %s)", self.index, epoch, head, self.address)
+                self._old_channels.append(self.channel)
+                self._connect(head)
+            self.set_epoch(epoch)
 
     def set_epoch(self, epoch):
         """Sends `epoch`, the epoch of the shard's chain of replicas this client calls the
@@ -96,7 +130,26 @@ class ShardClient:
     def call(self, method, request, timeout=None, wait_for_ready=True):
         """The call's answer. By default a call waits (within its timeout) for a server that
         is not reachable yet, e.g. one that is restarting, rather than failing at once.
-        Pull, PullRows and Push go through the shard's same-host lane when there is one."""
+        Pull, PullRows and Push go through the shard's same-host lane when there is one.
+        With a chain master, a call the chain's change failed goes to the new head (within
+        the call's timeout), the same request again."""
+        if self.chains is None:
+            return self._call(method, request, timeout, wait_for_ready)
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            epoch = self.epoch
+            try:
+                return self._call(method, request, timeout, wait_for_ready=False)
+            except PsflowError as exc:
+                if not chain_changed(exc) or time.monotonic() > deadline:
+                    raise
+                log.info("parameter server %d: %s failed (%s); asking the chain master",
+                         self.index, method, exc)
+                found = self.chains.newer(epoch or 0, deadline)
+                if found is not None:
+                    self._follow(*found)
+
+    def _call(self, method, request, timeout, wait_for_ready):
         same_host = self.lane if self.epoch is None else None
         if same_host is not None and method in lane.METHODS:
             reply = self._lane_call(same_host, method, request, timeout or self.timeout)
@@ -185,7 +238,10 @@ class ShardClient:
     def close(self):
         if self.lane is not None:
             self.lane.close()
-        self.channel.close()
+        if self.chains is not None:
+            self.chains.close()
+        for channel in self._old_channels + [self.channel]:
+            channel.close()
 
 
 class Fanout:
@@ -218,7 +274,8 @@ def worker_request(task_index):
     return pb.WorkerRequest(task_index=task_index)
 
 
-def shard_clients(addresses, timeout=CALL_TIMEOUT_S, token=None):
-    """A ShardClient for each of the parameter servers at `addresses`, shard 0 first."""
-    return [ShardClient(shard, address, timeout, token)
+def shard_clients(addresses, timeout=CALL_TIMEOUT_S, token=None, chain_master=None):
+    """A ShardClient for each of the parameter servers at `addresses`, shard 0 first (with
+    `chain_master`, the heads of the shards' chains at the start)."""
+    return [ShardClient(shard, address, timeout, token, chain_master)
             for shard, address in enumerate(addresses)]

@@ -46,7 +46,8 @@ class DistributedStore(Initialization, Pulls, Pushes, SaveRestore):
         memory.tune_allocator()
         self.task = task
         self.worker = task.worker_index
-        self.clients = shard_clients(task.ps_addresses)
+        self.clients = shard_clients(task.ps_addresses,
+                                     chain_master=getattr(task, "chain_master", None))
         self.fanout = Fanout(len(self.clients))
         self.global_step_var = get_global_step(graph)
         self.tables = [v for v in graph.variables if v.is_table]

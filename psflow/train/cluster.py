@@ -60,10 +60,13 @@ class ClusterSpec:
 class TaskConfig:
     """This process's place in the cluster, as read from `TF_CONFIG`."""
 
-    def __init__(self, cluster, task_type, task_index):
+    def __init__(self, cluster, task_type, task_index, chain_master=None):
+        """`chain_master`: the address of the chain master of a job whose shards run as chains
+        of replicas (TF_CONFIG's "psflow": {"chain_master": ...}), or None."""
         self.cluster = cluster
         self.task_type = task_type
         self.task_index = task_index
+        self.chain_master = chain_master
 
     @property
     def num_workers(self):
@@ -118,7 +121,19 @@ def task_config_from_env(environ=None):
     if not isinstance(task_index, int) or not 0 <= task_index < len(cluster[task_type]):
         raise ValueError(f"TF_CONFIG task index {task_index!r} is out of range for job "
                          f"{task_type!r} with {len(cluster[task_type])} tasks")
-    return TaskConfig(ClusterSpec(cluster), task_type, task_index)
+    return TaskConfig(ClusterSpec(cluster), task_type, task_index, _chain_master(config))
+
+
+def _chain_master(config):
+    """The chain master's address in TF_CONFIG's own "psflow" key (beside the cluster, so a
+    plain TF_CONFIG stays valid), or None; ValueError naming a malformed one."""
+    extra = config.get("psflow") or {}
+    if not isinstance(extra, dict):
+        raise ValueError("TF_CONFIG's 'psflow' must be a JSON object")
+    master = extra.get("chain_master")
+    if master is not None and (not isinstance(master, str) or ":" not in master):
+        raise ValueError(f"TF_CONFIG psflow.chain_master {master!r} is not a host:port address")
+    return master or None
 
 
 def replica_device_setter(ps_tasks=0, ps_device="/job:ps", worker_device="/job:worker",
