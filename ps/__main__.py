@@ -24,6 +24,7 @@ from psflow.fileio import atomic_write, default_checkpoint_roots
 from psflow.train.cluster import task_config_from_env
 from psflow.transport import memory
 from . import faults
+from .lease import HEARTBEAT_S
 from .shard_server import ParameterServer
 
 log = logging.getLogger("psflow.ps")
@@ -56,6 +57,8 @@ def parse_args(argv):
     network.add_argument("--chain-master", metavar="HOST:PORT",
                          help="the chain master to heartbeat to, as one replica of the shard's "
                               "chain (writes are refused whenever its lease ran out)")
+    network.add_argument("--heartbeat-interval", type=seconds, default=HEARTBEAT_S,
+                         metavar="SECONDS", help="how often to heartbeat to the chain master")
     data = parser.add_argument_group("data")
     data.add_argument("--checkpoint-root", default=settings.CHECKPOINT_ROOT.get() or
                       settings.CHECKPOINT_DIR.get() or default_checkpoint_roots(), metavar="DIR",
@@ -151,7 +154,8 @@ def main(argv=None):
                                  publish_period=args.publish_period,
                                  dense_period=args.dense_period,
                                  follower_buffer_bytes=args.follower_buffer_bytes,
-                                 online=args.online, chain_master=args.chain_master)
+                                 online=args.online, chain_master=args.chain_master,
+                                 heartbeat_s=args.heartbeat_interval)
         faults.install_from_env()
     except ValueError as exc:  # e.g. TLS files that cannot be read, a malformed PSFLOW_FAULT
         log.error("%s", exc)

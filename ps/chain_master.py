@@ -84,10 +84,12 @@ class ChainMaster:
         if self.port == 0:
             raise OSError(f"cannot bind {self.host}:{self.requested_port}")
         self._server.start()
+        for s in self.shards.values():  # the replicas may still be starting: wait for them
+            self._install_next(s, s.replicas, wait_for_ready=True)
         now = time.monotonic()
-        for s in self.shards.values():
-            s.heard = {r: now for r in s.replicas}
-            self._install_next(s, s.replicas)
+        with self._lock:
+            for s in self.shards.values():
+                s.heard = {r: max(now, s.heard.get(r, now)) for r in s.replicas}
         threading.Thread(target=self._watch, daemon=True, name="chain-master").start()
         log.info("chain master on %s for %d shards", self.address, len(self.shards))
         return self
@@ -129,7 +131,7 @@ class ChainMaster:
                     log.error("shard %d: no replica heartbeats; the chain stays %s", s.shard,
                               s.replicas)
 
-    def _install_next(self, s, replicas):
+    def _install_next(self, s, replicas, wait_for_ready=False):
         """Installs `replicas` as the next epoch of shard `s`'s chain, tail first; a replica
         that refuses or cannot be reached is left out and the next epoch tried."""
         while replicas and not self._stopped.is_set():
@@ -142,7 +144,8 @@ class ChainMaster:
                 try:
                     self._stub(replicas[index])(
                         pb.ChainConfig(epoch=epoch, replicas=replicas, index=index),
-                        timeout=INSTALL_TIMEOUT_S, metadata=self._metadata)
+                        timeout=INSTALL_TIMEOUT_S, metadata=self._metadata,
+                        wait_for_ready=wait_for_ready)
                 except grpc.RpcError as exc:
                     log.warning("shard %d: replica %s refused epoch %d: %s: %s", s.shard,
                                 replicas[index], epoch, exc.code().name, exc.details())

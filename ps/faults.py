@@ -1,11 +1,13 @@
 """Fault injection at named points of a replica's work, so that tests make failures happen
-where they mean them rather than by timing. PSFLOW_FAULT="ACTION:POINT:SHARD:REPLICA[:COUNT]"
+where they mean them rather than by timing.
+PSFLOW_FAULT="ACTION:POINT:SHARD:REPLICA[:COUNT[:AFTER]]"
 (several separated by ","), read when a server starts; tests in one process `install` them.
 
 ACTION is `kill` (the process exits at once, status 137, as under kill -9) or `stall` (the
 thread waits there until the fault is released, or STALL_S seconds). POINT is one of POINTS;
 SHARD and REPLICA (the place in the chain, 0 the head) pick the replica; COUNT is how many
-times the fault fires (default 1)."""
+times the fault fires (default 1), AFTER how many times the point is passed first without it
+firing (default 0)."""
 
 import logging
 import os
@@ -32,13 +34,14 @@ _lock = threading.Lock()
 class Fault:
     """One fault: `reached` is set when a thread stalls at it; `release()` lets it go on."""
 
-    def __init__(self, action, point, shard, replica, count=1):
+    def __init__(self, action, point, shard, replica, count=1, after=0):
         if action not in ACTIONS:
             raise ValueError(f"fault action {action!r} is not one of {', '.join(ACTIONS)}")
         if point not in POINTS:
             raise ValueError(f"fault point {point!r} is not one of {', '.join(POINTS)}")
         self.action, self.point = action, point
         self.shard, self.replica, self.count = int(shard), int(replica), int(count)
+        self.after = int(after)
         self.reached = threading.Event()
         self._released = threading.Event()
 
@@ -54,13 +57,13 @@ def parse(text):
     faults = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         parts = item.split(":")
-        if len(parts) not in (4, 5):
+        if len(parts) not in (4, 5, 6):
             raise ValueError(f"PSFLOW_FAULT {item!r}: expected ACTION:POINT:SHARD:REPLICA"
-                             "[:COUNT]")
+                             "[:COUNT[:AFTER]]")
         try:
             numbers = [int(p) for p in parts[2:]]
         except ValueError:
-            raise ValueError(f"PSFLOW_FAULT {item!r}: SHARD, REPLICA and COUNT are "
+            raise ValueError(f"PSFLOW_FAULT {item!r}: SHARD, REPLICA, COUNT and AFTER are "
                              "numbers") from None
         faults.append(Fault(parts[0], parts[1], *numbers))
     return faults
@@ -96,6 +99,9 @@ def hit(point, shard, replica):
         fault = next((f for f in _faults if f.point == point and f.shard == shard
                       and f.replica == replica and f.count > 0), None)
         if fault is None:
+            return
+        if fault.after > 0:
+            fault.after -= 1
             return
         fault.count -= 1
     log.warning("fault %s: %s replica %d of shard %d at %s", fault, fault.action, replica,

@@ -23,7 +23,7 @@ from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 from psflow.transport import auth, lane
-from .failover import ChainLookup, chain_changed
+from .failover import SAME_HEAD_AGAIN_S, ChainLookup, chain_changed
 
 _ERRORS = {
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -145,7 +145,8 @@ class ShardClient:
                     raise
                 log.info("parameter server %d: %s failed (%s); asking the chain master",
                          self.index, method, exc)
-                found = self.chains.newer(epoch or 0, deadline)
+                found = self.chains.newer(
+                    epoch or 0, min(deadline, time.monotonic() + SAME_HEAD_AGAIN_S))
                 if found is not None:
                     self._follow(*found)
 

@@ -12,6 +12,9 @@ from psflow.transport import auth
 
 # How often a client whose call failed asks the master whether the chain changed.
 POLL_S = 0.05
+# How long it asks before calling the same head again (it may have been unreachable for a
+# moment only, e.g. still starting).
+SAME_HEAD_AGAIN_S = 0.5
 # Words of a FAILED_PRECONDITION refusal that a new chain (or the same call at the new head)
 # answers: the caller's epoch is stale, it called a replica that is not the head, or the
 # head's successor was at another epoch.
