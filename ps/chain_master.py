@@ -35,6 +35,7 @@ class _Shard:
         self.shard, self.epoch, self.replicas = shard, 0, list(replicas)
         self.heard = {}  # address -> time.monotonic() of its last heartbeat
         self.installed = (0, [])  # the last (epoch, replicas) every replica of took
+        self.silent = False  # no replica's heartbeats arrive (logged once)
 
 
 class ChainMaster:
@@ -122,14 +123,17 @@ class ChainMaster:
                 now = time.monotonic()
                 with self._lock:
                     live = [r for r in s.replicas if now - s.heard[r] <= self.lease_s]
-                if live and len(live) < len(s.replicas):
                     dead = sorted(set(s.replicas) - set(live))
+                    if live and dead:  # from now on their heartbeats renew no lease
+                        s.replicas = live
+                if live and dead:
                     log.warning("shard %d: replicas %s missed their heartbeats for %.1f s: "
                                 "removed from the chain", s.shard, ", ".join(dead), self.lease_s)
                     self._install_next(s, live)
-                elif not live:
+                elif not live and not s.silent:
                     log.error("shard %d: no replica heartbeats; the chain stays %s", s.shard,
                               s.replicas)
+                s.silent = not live
 
     def _install_next(self, s, replicas, wait_for_ready=False):
         """Installs `replicas` as the next epoch of shard `s`'s chain, tail first; a replica
