@@ -101,11 +101,17 @@ class JobSpec:
         """The command that runs the script (unbuffered) with its arguments and `flags`."""
         return [sys.executable, "-u", str(self.script), *self.script_args, *flags]
 
-    def tf_config(self, ps_addresses, task_type, index):
+    def tf_config(self, ps_addresses, task_type, index, ps_replicas=None, chain_master=None):
         """TF_CONFIG of task (`task_type`, `index`) with the parameter servers at
-        `ps_addresses`, as JSON."""
-        return json.dumps({"cluster": {"ps": list(ps_addresses), "worker": self.worker_hosts},
-                           "task": {"type": task_type, "index": index}})
+        `ps_addresses`, as JSON. For shards run as chains, `ps_replicas` ([shard][replica]
+        addresses, head first) and `chain_master` go in a key of their own, "psflow", so that
+        the cluster stays a plain TF_CONFIG (its `ps` list names the heads at the start)."""
+        config = {"cluster": {"ps": list(ps_addresses), "worker": self.worker_hosts},
+                  "task": {"type": task_type, "index": index}}
+        if ps_replicas is not None or chain_master is not None:
+            config["psflow"] = {"ps_replicas": [list(r) for r in ps_replicas or ()],
+                                "chain_master": chain_master}
+        return json.dumps(config)
 
     @property
     def consistency(self):

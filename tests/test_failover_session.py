@@ -4,12 +4,14 @@ push (a fault stalls it after the chain applied the push, then it stops), and th
 finishes without an error, every acknowledged update applied once: the result equals the run
 without the failure."""
 
+import json
 import threading
 
 import numpy as np
 import pytest
 
 import psflow as tf
+from launcher.job_spec import JobSpec
 from psflow.ps import chain_master, faults
 from psflow.ps.shard_server import ParameterServer
 from psflow.train.cluster import ClusterSpec, TaskConfig, task_config_from_env
@@ -106,3 +108,13 @@ def test_tf_config_names_the_chain_master_in_a_key_of_its_own():
     assert task.chain_master == "m:9"
     with pytest.raises(ValueError, match="chain_master"):
         task_config_from_env({"TF_CONFIG": "{" + cluster + ', "psflow": {"chain_master": 9}}'})
+
+
+def test_the_launchers_tf_config_carries_the_replicas_beside_the_cluster():
+    spec = JobSpec(script="train.py", workers=1, ps=1)
+    assert "psflow" not in json.loads(spec.tf_config(["a:1"], "worker", 0))
+    text = spec.tf_config(["a:1"], "worker", 0, ps_replicas=[["a:1", "b:1"]],
+                          chain_master="m:9")
+    assert json.loads(text)["psflow"] == {"ps_replicas": [["a:1", "b:1"]], "chain_master": "m:9"}
+    task = task_config_from_env({"TF_CONFIG": text})
+    assert task.ps_addresses == ["a:1"] and task.chain_master == "m:9"
