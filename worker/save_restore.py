@@ -57,8 +57,14 @@ class SaveRestore:
             shards, step, positions = [], 0, []
             for client, reply in zip(self.clients, self.fanout.call(calls), strict=True):
                 saved = set(reply.variables)
-                parts = {p.name: [p.variable.name, p.start, p.stop]
-                         for p in self.placement.shard_parts(client.index) if p.name in saved}
+                placed = self.placement.shard_parts(client.index)
+                unset = [p.name for p in placed if p.name not in saved]
+                if unset:  # a restarted shard not restored yet: this checkpoint would lack them
+                    raise FailedPreconditionError(
+                        f"parameter server {client.index} holds no value for {unset[0]!r} "
+                        f"(and {len(unset) - 1} more) yet: it restarted and is not restored; "
+                        "no checkpoint is written without them")
+                parts = {p.name: [p.variable.name, p.start, p.stop] for p in placed}
                 base = bases[client.index]
                 shards.append(checkpoint_chain.shard_record(
                     {"file": f"shard-{client.index}.npz", "sha256": reply.sha256,
