@@ -242,9 +242,9 @@ class RemoteParams:
         return rows[inverse.reshape(-1)]
 
     def _fetch(self, name, keys):
-        """Rows of distinct `keys` from their shards, one shard after the other (a blocking
-        call costs a predict server far less CPU than a future does), each lookup in a call
-        with the lookups of other requests to the same shard (Coalescer)."""
+        """Rows of distinct `keys` from their shards, one shard after the other (blocking
+        calls, no futures), each lookup in a call with the lookups of other requests to the
+        same shard (Coalescer)."""
         deadline = time.monotonic() + self.deadline
         owner = shard_of_keys(keys, len(self.shards))
         rows = None
