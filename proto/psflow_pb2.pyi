@@ -7,6 +7,104 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class JoinChainRequest(_message.Message):
+    __slots__ = ("shard", "address", "ready", "copied_from", "epoch")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    COPIED_FROM_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    address: str
+    ready: bool
+    copied_from: str
+    epoch: int
+    def __init__(self, shard: _Optional[int] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., copied_from: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class JoinChainResponse(_message.Message):
+    __slots__ = ("action", "chain")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        COPY: _ClassVar[JoinChainResponse.Action]
+        FOUNDER: _ClassVar[JoinChainResponse.Action]
+        ALONE: _ClassVar[JoinChainResponse.Action]
+        JOINED: _ClassVar[JoinChainResponse.Action]
+    COPY: JoinChainResponse.Action
+    FOUNDER: JoinChainResponse.Action
+    ALONE: JoinChainResponse.Action
+    JOINED: JoinChainResponse.Action
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    action: JoinChainResponse.Action
+    chain: ChainConfig
+    def __init__(self, action: _Optional[_Union[JoinChainResponse.Action, str]] = ..., chain: _Optional[_Union[ChainConfig, _Mapping]] = ...) -> None: ...
+
+class CopyShardRequest(_message.Message):
+    __slots__ = ("epoch", "since", "incarnation", "final")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    since: int
+    incarnation: int
+    final: bool
+    def __init__(self, epoch: _Optional[int] = ..., since: _Optional[int] = ..., incarnation: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
+
+class ShardPiece(_message.Message):
+    __slots__ = ("method", "request", "removed", "end")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    request: bytes
+    removed: TableRemovals
+    end: ShardCopyEnd
+    def __init__(self, method: _Optional[str] = ..., request: _Optional[bytes] = ..., removed: _Optional[_Union[TableRemovals, _Mapping]] = ..., end: _Optional[_Union[ShardCopyEnd, _Mapping]] = ...) -> None: ...
+
+class TableRemovals(_message.Message):
+    __slots__ = ("table", "keys")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    keys: Tensor
+    def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
+class ShardCopyEnd(_message.Message):
+    __slots__ = ("upto", "incarnation", "applied_seq", "registered", "done", "push_answers", "global_step", "input_positions", "table_step")
+    UPTO_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    PUSH_ANSWERS_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    INPUT_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    TABLE_STEP_FIELD_NUMBER: _ClassVar[int]
+    upto: int
+    incarnation: int
+    applied_seq: int
+    registered: _containers.RepeatedScalarFieldContainer[int]
+    done: _containers.RepeatedScalarFieldContainer[int]
+    push_answers: _containers.RepeatedCompositeFieldContainer[PushAnswer]
+    global_step: int
+    input_positions: _containers.RepeatedCompositeFieldContainer[InputPosition]
+    table_step: int
+    def __init__(self, upto: _Optional[int] = ..., incarnation: _Optional[int] = ..., applied_seq: _Optional[int] = ..., registered: _Optional[_Iterable[int]] = ..., done: _Optional[_Iterable[int]] = ..., push_answers: _Optional[_Iterable[_Union[PushAnswer, _Mapping]]] = ..., global_step: _Optional[int] = ..., input_positions: _Optional[_Iterable[_Union[InputPosition, _Mapping]]] = ..., table_step: _Optional[int] = ...) -> None: ...
+
+class PushAnswer(_message.Message):
+    __slots__ = ("worker", "id", "staleness", "global_step")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STALENESS_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    worker: int
+    id: PushId
+    staleness: _containers.RepeatedScalarFieldContainer[int]
+    global_step: int
+    def __init__(self, worker: _Optional[int] = ..., id: _Optional[_Union[PushId, _Mapping]] = ..., staleness: _Optional[_Iterable[int]] = ..., global_step: _Optional[int] = ...) -> None: ...
+
 class ReplicaHeartbeatRequest(_message.Message):
     __slots__ = ("shard", "address", "epoch")
     SHARD_FIELD_NUMBER: _ClassVar[int]

@@ -109,6 +109,11 @@ class ParameterServerStub:
                 request_serializer=psflow__pb2.ForwardRequest.SerializeToString,
                 response_deserializer=psflow__pb2.ForwardResponse.FromString,
                 _registered_method=True)
+        self.CopyShard = channel.unary_stream(
+                '/psflow.ParameterServer/CopyShard',
+                request_serializer=psflow__pb2.CopyShardRequest.SerializeToString,
+                response_deserializer=psflow__pb2.ShardPiece.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
@@ -246,6 +251,19 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CopyShard(self, request, context):
+        """A copy of this replica's state for a replica joining its chain, as writes to apply in
+        order: declarations, then the dense variables and table rows a chunk at a time (training
+        goes on meanwhile), then the end, which says up to which table sequence the copy is
+        complete. With `since`, only the rows changed or removed after that sequence (of the
+        same table incarnation); ChangesLost is FAILED_PRECONDITION. With `final` (the joiner is
+        this replica's successor by now) the copy is taken under the order of the shard's log
+        and its end names the last write it holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -323,6 +341,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Forward,
                     request_deserializer=psflow__pb2.ForwardRequest.FromString,
                     response_serializer=psflow__pb2.ForwardResponse.SerializeToString,
+            ),
+            'CopyShard': grpc.unary_stream_rpc_method_handler(
+                    servicer.CopyShard,
+                    request_deserializer=psflow__pb2.CopyShardRequest.FromString,
+                    response_serializer=psflow__pb2.ShardPiece.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -740,6 +763,33 @@ class ParameterServer:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def CopyShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/psflow.ParameterServer/CopyShard',
+            psflow__pb2.CopyShardRequest.SerializeToString,
+            psflow__pb2.ShardPiece.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class ChainMasterStub:
     """The chain master: holds each shard's chain (epoch, replicas). Replicas heartbeat to it and
@@ -763,6 +813,11 @@ class ChainMasterStub:
                 request_serializer=psflow__pb2.GetChainRequest.SerializeToString,
                 response_deserializer=psflow__pb2.ChainConfig.FromString,
                 _registered_method=True)
+        self.JoinChain = channel.unary_unary(
+                '/psflow.ChainMaster/JoinChain',
+                request_serializer=psflow__pb2.JoinChainRequest.SerializeToString,
+                response_deserializer=psflow__pb2.JoinChainResponse.FromString,
+                _registered_method=True)
 
 
 class ChainMasterServicer:
@@ -785,6 +840,15 @@ class ChainMasterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinChain(self, request, context):
+        """A replica started with --join: where to copy the shard's state from (COPY), or that it
+        founds the chain (FOUNDER) or is the shard's only replica (ALONE); once it copied
+        (`ready`), the master appends it to the chain as its tail (JOINED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChainMasterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -797,6 +861,11 @@ def add_ChainMasterServicer_to_server(servicer, server):
                     servicer.GetChain,
                     request_deserializer=psflow__pb2.GetChainRequest.FromString,
                     response_serializer=psflow__pb2.ChainConfig.SerializeToString,
+            ),
+            'JoinChain': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinChain,
+                    request_deserializer=psflow__pb2.JoinChainRequest.FromString,
+                    response_serializer=psflow__pb2.JoinChainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -856,6 +925,33 @@ class ChainMaster:
             '/psflow.ChainMaster/GetChain',
             psflow__pb2.GetChainRequest.SerializeToString,
             psflow__pb2.ChainConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinChain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/psflow.ChainMaster/JoinChain',
+            psflow__pb2.JoinChainRequest.SerializeToString,
+            psflow__pb2.JoinChainResponse.FromString,
             options,
             channel_credentials,
             insecure,

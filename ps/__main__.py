@@ -4,18 +4,21 @@
         [--port-fallback] [--port-file PATH] [--insecure] [--checkpoint-root DIR]
         [--allow-nonfinite] [--metrics-port PORT] [--metrics-host HOST] [--parent-pid PID]
         [--publish-period 0.2] [--dense-period 5] [--follower-buffer-bytes N]
-        [--online] [--log-level INFO]
+        [--online] [--chain-master HOST:PORT [--join] [--advertise-address HOST:PORT]]
+        [--log-level INFO]
 
 Exits 0 when the shard's lifecycle ends normally (every worker done unless --online,
 SIGTERM/SIGINT, the parent process gone), 1 if it cannot serve (port taken, port file not
-writable), 2 on bad arguments (including a non-loopback address without a job token and
-without --insecure, and a malformed PSFLOW_FAULT: see psflow.ps.faults).
+writable, a --join that failed), 2 on bad arguments (including a non-loopback address
+without a job token and without --insecure, and a malformed PSFLOW_FAULT: see
+psflow.ps.faults).
 """
 
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 from psflow import monitoring, settings
@@ -24,6 +27,7 @@ from psflow.fileio import atomic_write, default_checkpoint_roots
 from psflow.train.cluster import task_config_from_env
 from psflow.transport import memory
 from . import faults
+from .join import Joiner, JoinFailed
 from .lease import HEARTBEAT_S
 from .shard_server import ParameterServer
 
@@ -59,6 +63,14 @@ def parse_args(argv):
                               "chain (writes are refused whenever its lease ran out)")
     network.add_argument("--heartbeat-interval", type=seconds, default=HEARTBEAT_S,
                          metavar="SECONDS", help="how often to heartbeat to the chain master")
+    network.add_argument("--join", action="store_true",
+                         help="with --chain-master: join the shard's running chain, copying "
+                              "its state from the chain while training goes on (a replica "
+                              "named among the chain's founders before it runs takes its "
+                              "place); a join that fails exits 1")
+    network.add_argument("--advertise-address", metavar="HOST:PORT",
+                         help="the address the chain master and the other replicas know this "
+                              "replica by (default: --host and the bound port)")
     data = parser.add_argument_group("data")
     data.add_argument("--checkpoint-root", default=settings.CHECKPOINT_ROOT.get() or
                       settings.CHECKPOINT_DIR.get() or default_checkpoint_roots(), metavar="DIR",
@@ -103,6 +115,8 @@ def parse_args(argv):
     lifecycle.add_argument("--log-level", type=one_of(LOG_LEVELS), default="INFO",
                            help=f"one of {', '.join(LOG_LEVELS)} (default INFO)")
     args = parser.parse_args(argv)
+    if args.join and not args.chain_master:
+        parser.error("--join goes with --chain-master")
     try:
         settings.check()  # a bad PSFLOW_* variable stops here, before anything starts
     except settings.SettingError as exc:
@@ -155,7 +169,8 @@ def main(argv=None):
                                  dense_period=args.dense_period,
                                  follower_buffer_bytes=args.follower_buffer_bytes,
                                  online=args.online, chain_master=args.chain_master,
-                                 heartbeat_s=args.heartbeat_interval)
+                                 heartbeat_s=args.heartbeat_interval,
+                                 advertise=args.advertise_address)
         faults.install_from_env()
     except ValueError as exc:  # e.g. TLS files that cannot be read, a malformed PSFLOW_FAULT
         log.error("%s", exc)
@@ -185,6 +200,7 @@ def main(argv=None):
                              what=f"shard {args.task_index}'s metrics")
         except OSError as exc:  # the job goes on without them
             log.error("%s; shard %d serves no metrics", exc, args.task_index)
+    joining = _start_join(server) if args.join else None
     draining_until = None
     while not server.wait_for_termination(0.2):
         if not signalled:
@@ -199,7 +215,30 @@ def main(argv=None):
         if not running or len(signalled) > 1 or time.monotonic() >= draining_until:
             server.stop(reason=f"got {signalled[0]}")
     log.info("shard %d exiting: %s", args.task_index, server.stop_reason)
-    return 0
+    return 1 if joining and joining.failed else 0
+
+
+class _Joining:
+    """The thread that joins the server to its chain (ps/join.py); a join that fails stops
+    the server (`failed`)."""
+
+    def __init__(self, server):
+        self.server, self.failed = server, False
+        self.joiner = Joiner(server, server.chain_master, server.chain_address, server.token)
+
+    def run(self):
+        try:
+            self.joiner.run()
+        except JoinFailed as exc:
+            log.error("shard %d: %s", self.server.shard, exc)
+            self.failed = True
+            self.server.stop(grace=0, reason=f"it could not join its chain: {exc}")
+
+
+def _start_join(server):
+    joining = _Joining(server)
+    threading.Thread(target=joining.run, name=f"ps{server.shard}-join", daemon=True).start()
+    return joining
 
 
 if __name__ == "__main__":

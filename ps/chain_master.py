@@ -36,6 +36,7 @@ class _Shard:
         self.heard = {}  # address -> time.monotonic() of its last heartbeat
         self.installed = (0, [])  # the last (epoch, replicas) every replica of took
         self.silent = False  # no replica's heartbeats arrive (logged once)
+        self.installing = threading.Lock()  # one new chain of the shard at a time
 
 
 class ChainMaster:
@@ -43,7 +44,9 @@ class ChainMaster:
     epoch 1 of every chain."""
 
     def __init__(self, chains, host="127.0.0.1", port=0, lease_s=LEASE_S, check_s=CHECK_S,
-                 token=None):
+                 token=None, exit_after_silence_s=0.0):
+        """`exit_after_silence_s` > 0: stop once no replica of any shard has heartbeated for
+        that long, after some did (the job is over: its replicas exit with its workers)."""
         if not chains:
             raise ValueError("the chain master needs at least one shard's chain")
         self.shards = {int(s): _Shard(int(s), r) for s, r in chains.items()}
@@ -55,6 +58,8 @@ class ChainMaster:
         self._stopped = threading.Event()
         self._channels = {}
         self._server = None
+        self.exit_after_silence_s = float(exit_after_silence_s)
+        self._last_heard = None  # time.monotonic() of the last heartbeat of any replica
 
     @property
     def address(self):
@@ -78,6 +83,9 @@ class ChainMaster:
             "GetChain": grpc.unary_unary_rpc_method_handler(
                 self._get_chain, pb.GetChainRequest.FromString,
                 pb.ChainConfig.SerializeToString),
+            "JoinChain": grpc.unary_unary_rpc_method_handler(
+                self._join_chain, pb.JoinChainRequest.FromString,
+                pb.JoinChainResponse.SerializeToString),
         }
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("psflow.ChainMaster", handlers),))
@@ -86,7 +94,8 @@ class ChainMaster:
             raise OSError(f"cannot bind {self.host}:{self.requested_port}")
         self._server.start()
         for s in self.shards.values():  # the replicas may still be starting: wait for them
-            self._install_next(s, s.replicas, wait_for_ready=True)
+            with s.installing:
+                self._install_next(s, s.replicas, wait_for_ready=True)
         now = time.monotonic()
         with self._lock:
             for s in self.shards.values():
@@ -105,7 +114,7 @@ class ChainMaster:
             if s is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no shard {request.shard} here")
             if request.address in s.replicas:
-                s.heard[request.address] = time.monotonic()
+                s.heard[request.address] = self._last_heard = time.monotonic()
             return pb.ReplicaHeartbeatResponse(chain=self._config(s, request.address),
                                                lease_s=self.lease_s)
 
@@ -120,20 +129,106 @@ class ChainMaster:
     def _watch(self):
         while not self._stopped.wait(self.check_s):
             for s in self.shards.values():
-                now = time.monotonic()
-                with self._lock:
-                    live = [r for r in s.replicas if now - s.heard[r] <= self.lease_s]
-                    dead = sorted(set(s.replicas) - set(live))
-                    if live and dead:  # from now on their heartbeats renew no lease
-                        s.replicas = live
-                if live and dead:
-                    log.warning("shard %d: replicas %s missed their heartbeats for %.1f s: "
-                                "removed from the chain", s.shard, ", ".join(dead), self.lease_s)
-                    self._install_next(s, live)
-                elif not live and not s.silent:
-                    log.error("shard %d: no replica heartbeats; the chain stays %s", s.shard,
-                              s.replicas)
-                s.silent = not live
+                if s.installing.acquire(blocking=False):  # else a join is installing a chain
+                    try:
+                        self._check(s)
+                    finally:
+                        s.installing.release()
+            if self.exit_after_silence_s and self._last_heard is not None and \
+                    time.monotonic() - self._last_heard > self.exit_after_silence_s:
+                log.info("no replica heartbeated for %.0f s: the job is over",
+                         self.exit_after_silence_s)
+                self._stopped.set()
+
+    def _check(self, s):
+        """Removes the replicas of shard `s` whose heartbeats stopped (under s.installing)."""
+        now = time.monotonic()
+        with self._lock:
+            live = [r for r in s.replicas if now - s.heard[r] <= self.lease_s]
+            dead = sorted(set(s.replicas) - set(live))
+            if live and dead:  # from now on their heartbeats renew no lease
+                s.replicas = live
+        if live and dead:
+            log.warning("shard %d: replicas %s missed their heartbeats for %.1f s: "
+                        "removed from the chain", s.shard, ", ".join(dead), self.lease_s)
+            self._install_next(s, live)
+        elif not live and not s.silent:
+            log.error("shard %d: no replica heartbeats; the chain stays %s", s.shard,
+                      s.replicas)
+        s.silent = not live
+
+    def _join_chain(self, request, context):
+        """JoinChain (see join.py): where a joining replica copies from, and, once it copied
+        (`ready`), the chain with it appended as the tail."""
+        s = self.shards.get(request.shard)
+        if s is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no shard {request.shard} here")
+        address = request.address
+        with s.installing:
+            epoch, replicas = s.installed
+            if epoch == 0:
+                if address in s.replicas:
+                    return pb.JoinChainResponse(action=pb.JoinChainResponse.FOUNDER,
+                                                chain=pb.ChainConfig(replicas=s.replicas))
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"shard {s.shard}'s chain is not "
+                              "installed yet")
+            if not request.ready:
+                if address in replicas and request.epoch == epoch:
+                    return pb.JoinChainResponse(action=pb.JoinChainResponse.FOUNDER,
+                                                chain=self._installed_config(s))
+                return self._copy_from(s, address, replicas)
+            if replicas[-1] != request.copied_from or address in replicas:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"shard {s.shard}'s chain is now {replicas}: {address} copied "
+                              f"from {request.copied_from}, no longer its tail; copy again")
+            if not self._heard_from(s, address):
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"{address} sent no heartbeat within {self.lease_s:g} s of "
+                              "joining; start again")
+            self._install_next(s, replicas + [address])
+            epoch, replicas = s.installed
+            if address not in replicas:
+                context.abort(grpc.StatusCode.ABORTED, f"shard {s.shard}: {address} could "
+                              f"not be appended to the chain (now {replicas}); start again")
+            log.info("shard %d: %s joined the chain at epoch %d", s.shard, address, epoch)
+            return pb.JoinChainResponse(action=pb.JoinChainResponse.JOINED,
+                                        chain=pb.ChainConfig(epoch=epoch, replicas=replicas,
+                                                             index=len(replicas) - 1))
+
+    def _copy_from(self, s, address, replicas):
+        """A replica asks to join: a restarted one at the address of a replica of the chain
+        has lost its state, so that replica is removed first."""
+        if address in replicas:
+            rest = [r for r in replicas if r != address]
+            log.warning("shard %d: %s started again and lost its state: removed from the "
+                        "chain", s.shard, address)
+            self._install_next(s, rest or [address])
+            if not rest:
+                return pb.JoinChainResponse(action=pb.JoinChainResponse.ALONE,
+                                            chain=self._installed_config(s))
+        return pb.JoinChainResponse(action=pb.JoinChainResponse.COPY,
+                                    chain=self._installed_config(s))
+
+    def _installed_config(self, s):
+        epoch, replicas = s.installed
+        return pb.ChainConfig(epoch=epoch, replicas=replicas, index=-1)
+
+    def _heard_from(self, s, address):
+        """Adds `address` to the replicas whose heartbeats renew a lease and waits (up to a
+        lease) for one of them: the joiner must hold a lease before it is installed."""
+        with self._lock:
+            added = time.monotonic()
+            s.heard[address] = added
+            s.replicas = s.replicas + [address]
+        deadline = added + self.lease_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if s.heard[address] > added:
+                    return True
+            time.sleep(0.02)
+        with self._lock:
+            s.replicas = [r for r in s.replicas if r != address]
+        return False
 
     def _install_next(self, s, replicas, wait_for_ready=False):
         """Installs `replicas` as the next epoch of shard `s`'s chain, tail first; a replica
@@ -201,10 +296,14 @@ def main(argv=None):
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--lease", type=float, default=LEASE_S, help="lease in seconds")
+    parser.add_argument("--exit-after-silence", type=float, default=0.0, metavar="SECONDS",
+                        help="exit 0 once no replica has heartbeated for this long, after "
+                             "some did (0, the default: serve until stopped)")
     args = parser.parse_args(argv)
     try:
         chains = parse_chains(args.chain)
-        master = ChainMaster(chains, args.host, args.port, args.lease).start()
+        master = ChainMaster(chains, args.host, args.port, args.lease,
+                             exit_after_silence_s=args.exit_after_silence).start()
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     print(f"chain master on {master.address}", flush=True)

@@ -60,6 +60,23 @@ class PushDedup:
         finally:
             answer.ready.set()
 
+    def answers(self):
+        """[((worker, push id), answer)] of the pushes applied, oldest first."""
+        with self._lock:
+            return [(key, answer.result) for key, answer in self._answers.items()
+                    if answer.ready.is_set() and answer.result is not None]
+
+    def remember(self, answers):
+        """Takes [((worker, push id), answer)] as answers of pushes applied (a copy of another
+        replica's), so that a retry of one is answered, not applied."""
+        with self._lock:
+            for key, result in answers:
+                answer = self._answers[key] = _Answer()
+                answer.result = result
+                answer.ready.set()
+            while len(self._answers) > PUSH_IDS_KEPT:
+                self._answers.popitem(last=False)
+
     def clear(self):
         """Forgets every id (the state their pushes changed is gone)."""
         with self._lock:

@@ -83,6 +83,9 @@ class Replication:
         self._successor = None
         self._metadata = auth.call_metadata(token)
         self.lease = Lease()  # required once the replica heartbeats to a chain master
+        # A replica joining a running chain: "copying" the shard's state, then "installed"
+        # as the tail, taking no forwarded write until the last copy came (finish_join).
+        self.joining = None
 
     @property
     def config(self):
@@ -99,7 +102,10 @@ class Replication:
         """Makes this server replica `index` of `replicas` at `epoch` (see ChainState.install);
         returns (the ChainConfig, the last log sequence applied here)."""
         with self._order:
+            self._check_joining(epoch, replicas, index)
             previous, config = self.chain.install(epoch, replicas, index)
+            if self.joining == "copying":
+                self.joining = "installed"
             if config.successor != previous.successor:
                 if self._successor is not None:
                     self._successor.close()
@@ -117,6 +123,37 @@ class Replication:
             threading.Thread(target=self._resend, args=(config,), daemon=True,
                              name=f"ps{self.shard}-resend").start()
         return config, applied
+
+    def _check_joining(self, epoch, replicas, index):
+        if self.joining == "copying" and index != len(replicas) - 1:
+            raise FailedPreconditionError(
+                f"shard {self.shard}: this replica is copying the shard's state to join its "
+                f"chain; it can only be appended as the tail, not at place {index} of epoch "
+                f"{epoch}")
+        if self.joining == "installed":
+            raise FailedPreconditionError(
+                f"shard {self.shard}: this replica was appended to the chain and has not "
+                f"caught up with it yet; refusing epoch {epoch}")
+
+    def begin_join(self):
+        """The replica starts copying the shard's state to join a running chain: until
+        finish_join it holds no write of the log, and can only be installed as a tail."""
+        with self._order:
+            self.joining = "copying"
+
+    def finish_join(self, applied_seq):
+        """The replica holds the shard's state after write `applied_seq` of the log (the last
+        copy, taken in the log's order): the writes forwarded to it after that go ahead."""
+        with self._order:
+            self.applied_seq = int(applied_seq)
+            self.joining = None
+            self._order.notify_all()
+
+    def in_order(self, read):
+        """read(applied_seq) while no write of the log is applied here: what it reads is the
+        state after exactly the writes up to applied_seq."""
+        with self._order:
+            return read(self.applied_seq)
 
     def _resend(self, config):
         """Passes the writes not acknowledged yet down the chain of `config` again, in log
@@ -150,14 +187,10 @@ class Replication:
         config = self.chain.check_epoch(epoch, f"the {method} call")
         if config.epoch == 0:
             return call()
-        if config.is_head and config.is_tail:
-            if write:
-                self.lease.check(self.shard, f"the {method} call")
-            return call()
         if method in ("Pull", "PullRows") and request.HasField("commit"):
             raise FailedPreconditionError(
-                f"shard {self.shard} runs as a chain of {len(config.replicas)} replicas, which "
-                "applies asynchronous training only: a synchronous step's commit is refused")
+                f"shard {self.shard} runs as a chain of replicas, which applies asynchronous "
+                "training only: a synchronous step's commit is refused")
         if not write:
             return call()
         self._check_head(config, method)
@@ -176,9 +209,11 @@ class Replication:
             # Checked again under the order lock: a new chain may have come meanwhile.
             config = self.chain.check_epoch(epoch, f"the {method} call")
             self._check_head(config, method)
-            if config.is_tail:  # now a chain of one: nobody to pass it on to
-                return call()
             result = call()
+            if config.is_tail:  # a chain of one: nobody to pass it on to
+                self.applied_seq += 1
+                self._order.notify_all()
+                return result
             self.applied_seq += 1
             seq = self.applied_seq
             self._order.notify_all()
@@ -248,11 +283,13 @@ class Replication:
         self.lease.check(self.shard, what)
         failure = None
         with self._order:
-            if not self._order.wait_for(lambda: self.applied_seq >= request.seq - 1,
-                                        ORDER_TIMEOUT_S):
+            if not self._order.wait_for(lambda: self.joining is None and
+                                        self.applied_seq >= request.seq - 1, ORDER_TIMEOUT_S):
+                waiting = "its copy of the shard's state" if self.joining else \
+                    f"write {self.applied_seq + 1}"
                 raise FailedPreconditionError(
-                    f"shard {self.shard} replica {config.index}: {what} arrived, but write "
-                    f"{self.applied_seq + 1} has not in {ORDER_TIMEOUT_S:g} s")
+                    f"shard {self.shard} replica {config.index}: {what} arrived, but "
+                    f"{waiting} has not in {ORDER_TIMEOUT_S:g} s")
             config = self.chain.check_epoch(request.epoch, what)
             if self.applied_seq == request.seq - 1:
                 faults.hit("before-apply", self.shard, config.index)

@@ -20,6 +20,7 @@ from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 from psflow.train.consistency import Consistency
+from . import shard_copy
 from .replication import Replication
 
 log = logging.getLogger(__name__)
@@ -161,11 +162,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         self.store = store
         self.publisher = publisher  # a psflow.ps.publisher.Publisher, for Follow
         self.lane = ""  # the name of the same-host lane offered to workers (transport.lane)
-        self.replication = Replication(store.shard, self._apply_forwarded, token)
+        self.replication = Replication(store.shard, self.apply_write, token)
 
-    def _apply_forwarded(self, method, data):
-        """Applies a write forwarded down the chain as the handler `method` applies a
-        worker's (its answer is the head's business)."""
+    def apply_write(self, method, data):
+        """Applies a write forwarded down the chain (or a piece of a shard's copy) as the
+        handler `method` applies a worker's (its answer is the caller's business)."""
         request = data if method == "Push" else _REQUEST_TYPES[method].FromString(data)
         getattr(type(self), method).__wrapped__(self, request, None)
 
@@ -268,7 +269,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         # The request arrives as bytes; the gradients are read in place (see proto.wire).
         request = wire.Push(request)
         consistency = _consistency(request.header)
-        if consistency.mode != "async" and len(self.replication.config.replicas) > 1:
+        if consistency.mode != "async" and self.replication.config.epoch >= 1:
             raise FailedPreconditionError(
                 f"shard {self.store.shard} runs as a chain of replicas, which applies "
                 f"asynchronous pushes only; this push is {consistency.mode}")
@@ -374,6 +375,23 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
                                   f"parameter server {self.store.shard} is stopping")
         finally:
             self.publisher.leave(follower)
+
+    def CopyShard(self, request, context):
+        """Streams a copy of the shard's state to a replica joining its chain (see
+        psflow.ps.shard_copy)."""
+        try:
+            request = pb.CopyShardRequest.FromString(request)
+        except DecodeError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"CopyShard: the request is not a CopyShardRequest: {exc}")
+        try:
+            yield from shard_copy.serve(self.store, self.replication, request)
+        except Exception as exc:  # noqa: BLE001 -- every failure must become a status
+            code = _status_of(exc)
+            if code is None:
+                log.exception("CopyShard failed")
+                context.abort(grpc.StatusCode.INTERNAL, f"CopyShard: {type(exc).__name__}: {exc}")
+            context.abort(code, str(exc))
 
     def _membership(self, membership):
         num_workers, done = membership

@@ -53,7 +53,7 @@ class ParameterServer:
                  token=None, credentials=None, checkpoint_root=None, allow_nonfinite=False,
                  insecure=False, publish_period=0.2, dense_period=5.0,
                  follower_buffer_bytes=256 << 20, online=False, chain_master=None,
-                 heartbeat_s=HEARTBEAT_S):
+                 heartbeat_s=HEARTBEAT_S, advertise=None):
         """`token`: refuse calls without it (default: PSFLOW_AUTH_TOKEN, if set).
         `credentials`: gRPC server credentials to serve TLS (default: from PSFLOW_TLS_CERT
         and PSFLOW_TLS_KEY, if set). `checkpoint_root`: the folder SaveShard may write in
@@ -65,7 +65,9 @@ class ParameterServer:
         `online`: the job trains on an unbounded stream, so the server keeps serving when
         every worker is done (it stops when told to, or when its parent process is gone).
         `chain_master`: the address of the chain master this replica heartbeats to every
-        `heartbeat_s` (ps/lease.py); it then refuses writes whenever its lease has run out."""
+        `heartbeat_s` (ps/lease.py); it then refuses writes whenever its lease has run out.
+        `advertise`: the address the chain master and the other replicas know this server by
+        (default: host:port)."""
         self.token = auth.token_from_env() if token is None else token
         if not self.token and not insecure and not _is_loopback(host):
             raise ValueError(f"refusing to serve on {host} without a job token: anyone who "
@@ -82,6 +84,7 @@ class ParameterServer:
         self.parent_pid = parent_pid
         self.online = online
         self.chain_master, self.heartbeat_s = chain_master, heartbeat_s
+        self.advertise = advertise
         self._lease_keeper = None
         self.threads = threads
         self.done_grace_s = done_grace_s
@@ -104,6 +107,11 @@ class ParameterServer:
     @property
     def address(self):
         return host_port(self.host, self.port)
+
+    @property
+    def chain_address(self):
+        """The address the chain master and the other replicas know this server by."""
+        return self.advertise or self.address
 
     def start(self):
         """Binds, starts serving and starts the lifecycle thread; OSError if the port cannot
@@ -151,7 +159,7 @@ class ParameterServer:
         the server refuses writes whenever its lease has run out."""
         if self._lease_keeper is None:
             self.chain_master = chain_master
-            self._lease_keeper = LeaseKeeper(chain_master, self.shard, self.address,
+            self._lease_keeper = LeaseKeeper(chain_master, self.shard, self.chain_address,
                                              self.servicer.replication, self.token,
                                              self.heartbeat_s).start()
         return self

@@ -108,6 +108,15 @@ class ShardStore:
         """Adds a checkpoint's rows (fields as EmbeddingTable.state gives them) to a table."""
         self.tables.load(name, fields)
 
+    def push_answers(self):
+        """[((worker, push id), PushResult)] of the pushes remembered (see push_dedup)."""
+        return self._push_ids.answers()
+
+    def remember_push_answers(self, answers):
+        """Remembers [(worker, push id, staleness, global step)] as pushes applied (async)."""
+        self._push_ids.remember([((worker, push_id), PushResult(staleness, step, False, None))
+                                 for worker, push_id, staleness, step in answers])
+
     def save(self, path):
         """Writes the shard's snapshot to the shard file `path` (see ShardSnapshots.save)."""
         return self.snapshots.save(

@@ -177,6 +177,13 @@ class ShardTables:
             held.table.load(fields)
             held.version += 1
 
+    def remove_keys(self, name, keys):
+        """Removes the rows of `keys` from table `name` (a copy's removed keys)."""
+        held = self.get(name)
+        with held.lock:
+            held.table.remove_keys(keys)
+            held.version += 1
+
     def add_to(self, contents):
         """Adds each table's state to `contents` (a psflow.checkpoint.ShardContents), copied a
         chunk of rows at a time under its table's lock (training goes on between chunks), after

@@ -67,6 +67,32 @@ class TableState:
             held(lambda: setattr(self, "_copying", self._copying - 1))
         return out, longest
 
+    def state_chunks(self, lock, chunk_rows=1 << 15):
+        """state() as a series of dicts of at most `chunk_rows` rows and entries each (a range
+        of the rows' fields and of the entries' fields, every scalar slot whole), each taken
+        holding `lock` (the table's) so that training goes on in between; `load` takes each.
+        As for copy_state, the rows keep their places meanwhile (eviction and the cap wait)
+        and rows added meanwhile are left out: a reader takes the changes after the clock's
+        value read before the first chunk to catch up."""
+        with lock:
+            self._copying += 1
+            rows, entries = self.values.size, self.index.size
+        try:
+            for start in range(0, max(rows, entries, 1), chunk_rows):
+                with lock:
+                    chunk = {}
+                    for name, (per, _, _) in self.state_layout().items():
+                        field = self._field(name)
+                        if per == "scalar":
+                            chunk[name] = np.array(field, copy=True)
+                            continue
+                        stop = min(start + chunk_rows, entries if per == "entry" else rows)
+                        chunk[name] = field[start:max(stop, start)].copy()
+                yield chunk
+        finally:
+            with lock:
+                self._copying -= 1
+
     def state_layout(self):
         """{field: ("row" | "entry" | "scalar", row shape, dtype)} of state()."""
         layout = {"keys": ("row", (), np.dtype(np.int64)),
