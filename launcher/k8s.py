@@ -15,6 +15,10 @@ Default flavour, plain Kubernetes with no operator:
 The parameter servers exit 0 once every worker is done, so both Jobs complete, and
 `ttlSecondsAfterFinished` removes them and their pods.
 
+With `--ps-replicas R` > 1 each shard is an Indexed Job of its own, `<name>-ps-<s>`, of R
+replicas, beside a chain master `<name>-chain`, and TF_CONFIG names the replicas and the master
+in its own "psflow" key: see launcher.k8s_replicas.
+
 `tfjob` flavour: one Kubeflow TFJob (kubeflow.org/v1) with PS and Worker replicas and
 `cleanPodPolicy: All`; the operator injects TF_CONFIG.
 
