@@ -283,10 +283,10 @@ def _secret(k8s):
             "type": "Opaque", "stringData": {"token": k8s.token}}
 
 
-def template(job, k8s, role, labels=None, annotations=SCRAPE_ANNOTATIONS):
+def template(job, k8s, role, labels=None):
     """The pod template of `role`'s pods (labels: `_labels(k8s, role)` unless given)."""
     return {"metadata": {"labels": labels or _labels(k8s, role),
-                         "annotations": dict(annotations)},
+                         "annotations": dict(SCRAPE_ANNOTATIONS)},
             "spec": _pod_spec(job, k8s, role)}
 
 
