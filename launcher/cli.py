@@ -41,6 +41,9 @@ def build_parser():
                      metavar="N", help="worker processes, each running the script")
     job.add_argument("--ps", type=whole_number(1), required=True, metavar="M",
                      help="parameter-server processes (shards of the variables)")
+    job.add_argument("--ps-replicas", type=whole_number(1), default=1, metavar="R",
+                     help="run each parameter-server shard as a chain of R replicas (see "
+                          "docs/replication.md)")
     job.add_argument("--mode", choices=MODES, default="async",
                      help="how the workers' gradients are applied: async (on arrival), sync "
                           "(averaged per step) or ssp (bounded staleness); a mode the script "
@@ -172,7 +175,8 @@ def _parse(argv):
         parser.error("--online runs psflow's own parameter servers; it does not go with "
                      "--script-ps")
     spec = JobSpec(script=args.script, script_args=list(args.script_args),
-                   workers=args.workers, ps=args.ps, mode=args.mode,
+                   workers=args.workers, ps=args.ps, ps_replicas=args.ps_replicas,
+                   mode=args.mode,
                    staleness=args.staleness or 0,
                    replicas_to_aggregate=args.replicas_to_aggregate or 0, ps_port=args.ps_port,
                    max_restarts=args.max_restarts, timeout=args.timeout,

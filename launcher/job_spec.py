@@ -32,6 +32,8 @@ class JobSpec:
     script_args: list = dataclasses.field(default_factory=list)
     workers: int = 1
     ps: int = 1
+    # Each parameter-server shard runs as a chain of this many replicas (docs/replication.md).
+    ps_replicas: int = 1
     mode: str = "async"
     staleness: int = 0
     replicas_to_aggregate: int = 0

@@ -15,6 +15,10 @@ Default flavour, plain Kubernetes with no operator:
 The parameter servers exit 0 once every worker is done, so both Jobs complete, and
 `ttlSecondsAfterFinished` removes them and their pods.
 
+With `--ps-replicas R` > 1 each shard is an Indexed Job of its own, `<name>-ps-<s>`, of R
+replicas, beside a chain master `<name>-chain`, and TF_CONFIG names the replicas and the master
+in its own "psflow" key: see launcher.k8s_replicas.
+
 `tfjob` flavour: one Kubeflow TFJob (kubeflow.org/v1) with PS and Worker replicas and
 `cleanPodPolicy: All`; the operator injects TF_CONFIG.
 
@@ -48,6 +52,9 @@ APP_DIR = "/app"
 CHECKPOINT_MOUNT = "/checkpoints"
 TLS_MOUNT = "/etc/psflow/tls"
 FLAVORS = ("jobs", "tfjob")
+# The chain master's pods and Job (or StatefulSet) are `<name>-chain`: a StatefulSet's name
+# stays under 53 characters, as its pods' controller-revision-hash label needs.
+CHAIN_MASTER = "chain"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -130,14 +137,43 @@ def _index_env(job):
     return (POD_INDEX_ENV, POD_INDEX_LABEL) if job.online else (INDEX_ENV, INDEX_ANNOTATION)
 
 
-def tf_config(job, k8s, role):
-    """TF_CONFIG for every pod of `role` ("ps" or "worker"). Its task index is
-    `$(JOB_COMPLETION_INDEX)` (online: `$(POD_INDEX)`), which the kubelet replaces with the
-    pod's index."""
-    cluster = {"ps": [_address(k8s, "ps", i) for i in range(job.ps)],
-               "worker": [_address(k8s, "worker", i) for i in range(job.workers)]}
-    text = json.dumps({"cluster": cluster, "task": {"type": role, "index": -1}},
-                      separators=(",", ":"))
+def replica_address(k8s, shard, replica):
+    """The address of replica `replica` of shard `shard` (--ps-replicas > 1): a pod of the
+    shard's own Indexed Job (online: StatefulSet) `<name>-ps-<shard>`."""
+    return _address(k8s, f"ps-{shard}", replica)
+
+
+def chain_master_address(k8s):
+    """The chain master's address (--ps-replicas > 1): the one pod of `<name>-chain`."""
+    return _address(k8s, CHAIN_MASTER, 0)
+
+
+def psflow_config(job, k8s):
+    """TF_CONFIG's own "psflow" key of a job whose shards run as chains, as JobSpec.tf_config
+    writes it: every shard's replicas (head first) and the chain master; None for R = 1."""
+    if job.ps_replicas == 1:
+        return None
+    return {"ps_replicas": [[replica_address(k8s, s, r) for r in range(job.ps_replicas)]
+                            for s in range(job.ps)],
+            "chain_master": chain_master_address(k8s)}
+
+
+def tf_config(job, k8s, role, index=None):
+    """TF_CONFIG for every pod of `role` ("ps" or "worker"). Its task index is `index` if
+    given, else `$(JOB_COMPLETION_INDEX)` (online: `$(POD_INDEX)`), which the kubelet replaces
+    with the pod's index. With --ps-replicas R > 1, `ps` names each shard's first replica (the
+    head at the start) and the "psflow" key every replica and the chain master."""
+    replicated = psflow_config(job, k8s)
+    ps = ([replicas[0] for replicas in replicated["ps_replicas"]] if replicated else
+          [_address(k8s, "ps", i) for i in range(job.ps)])
+    config = {"cluster": {"ps": ps,
+                          "worker": [_address(k8s, "worker", i) for i in range(job.workers)]},
+              "task": {"type": role, "index": -1 if index is None else index}}
+    if replicated:
+        config["psflow"] = replicated
+    text = json.dumps(config, separators=(",", ":"))
+    if index is not None:
+        return text
     return text.replace('"index":-1', f'"index":$({_index_env(job)[0]})')
 
 
@@ -167,13 +203,20 @@ def _env(job, k8s, role, with_tf_config=True):
     return env
 
 
+def ps_command(job, *flags):
+    """The command of a parameter-server pod, with `flags` after the address it serves."""
+    # -P: the image's working directory holds psflow's source tree, which must not shadow the
+    # installed package.
+    command = ["python", "-P", "-m", "psflow.ps", "--host", "0.0.0.0", "--port", str(PORT),
+               *flags]
+    if job.online:
+        command += ["--online", "--stop-timeout", f"{job.stop_timeout:g}"]
+    return command
+
+
 def _container(job, k8s, role, name, with_tf_config=True):
     if role == "ps":
-        # -P: the image's working directory holds psflow's source tree, which must not shadow
-        # the installed package.
-        command = ["python", "-P", "-m", "psflow.ps", "--host", "0.0.0.0", "--port", str(PORT)]
-        if job.online:
-            command += ["--online", "--stop-timeout", f"{job.stop_timeout:g}"]
+        command = ps_command(job)
     else:
         command = ["python", _script_path(job.script), *job.script_args]
     container = {
@@ -240,15 +283,21 @@ def _secret(k8s):
             "type": "Opaque", "stringData": {"token": k8s.token}}
 
 
-def _indexed_job(job, k8s, role, count, max_restarts):
+def template(job, k8s, role, labels=None):
+    """The pod template of `role`'s pods (labels: `_labels(k8s, role)` unless given)."""
+    return {"metadata": {"labels": labels or _labels(k8s, role),
+                         "annotations": dict(SCRAPE_ANNOTATIONS)},
+            "spec": _pod_spec(job, k8s, role)}
+
+
+def indexed_job(k8s, name, pod_template, count, max_restarts):
+    """An Indexed Job `name` of `count` pods, each named `<name>-<index>` in the Service."""
     spec = {
         "completionMode": "Indexed",
         "completions": count,
         "parallelism": count,
         "ttlSecondsAfterFinished": k8s.ttl_seconds,
-        "template": {"metadata": {"labels": _labels(k8s, role),
-                                  "annotations": dict(SCRAPE_ANNOTATIONS)},
-                     "spec": _pod_spec(job, k8s, role)},
+        "template": pod_template,
     }
     if k8s.restart_policy == "Never":
         spec["backoffLimitPerIndex"] = max_restarts  # a new pod per failure, bounded per index
@@ -257,22 +306,21 @@ def _indexed_job(job, k8s, role, count, max_restarts):
         # allows every index its restarts (per-index limits need restartPolicy Never).
         spec["backoffLimit"] = max_restarts * count
     return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": f"{k8s.name}-{role}", "namespace": k8s.namespace,
-                         "labels": _labels(k8s, role)},
+            "metadata": {"name": name, "namespace": k8s.namespace,
+                         "labels": dict(pod_template["metadata"]["labels"])},
             "spec": spec}
 
 
-def _stateful_set(job, k8s, role, count):
-    """An online job's `role` pods: `count` of them, started together, restarted always."""
+def stateful_set(k8s, name, pod_template, count):
+    """An online job's pods `<name>-0`... (`count` of them), started together, restarted
+    always; its selector is the template's labels, which no other StatefulSet's match."""
+    labels = pod_template["metadata"]["labels"]
     return {"apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": {"name": f"{k8s.name}-{role}", "namespace": k8s.namespace,
-                         "labels": _labels(k8s, role)},
+            "metadata": {"name": name, "namespace": k8s.namespace, "labels": dict(labels)},
             "spec": {"serviceName": k8s.name, "replicas": count,
                      "podManagementPolicy": "Parallel",
-                     "selector": {"matchLabels": _labels(k8s, role)},
-                     "template": {"metadata": {"labels": _labels(k8s, role),
-                                               "annotations": dict(SCRAPE_ANNOTATIONS)},
-                                  "spec": _pod_spec(job, k8s, role)}}}
+                     "selector": {"matchLabels": dict(labels)},
+                     "template": pod_template}}
 
 
 def manifests(job, k8s, max_restarts=3):
@@ -281,6 +329,7 @@ def manifests(job, k8s, max_restarts=3):
     if job.online and k8s.restart_policy == "Never":
         raise ValueError("--online restarts every pod that stops (restartPolicy Always); it "
                          "does not go with --k8s-restart-policy Never")
+    _check_replicas(job, k8s)
     if not k8s.token:
         k8s.token = secrets.token_urlsafe(32)
     if k8s.flavor == "tfjob":
@@ -292,11 +341,34 @@ def manifests(job, k8s, max_restarts=3):
                  "selector": _labels(k8s),
                  "ports": [{"name": "grpc", "port": PORT, "targetPort": PORT}]},
     }
+    if job.ps_replicas > 1:
+        from .k8s_replicas import chain_manifests
+        servers = chain_manifests(job, k8s, max_restarts)
+    elif job.online:
+        servers = [stateful_set(k8s, f"{k8s.name}-ps", template(job, k8s, "ps"), job.ps)]
+    else:
+        servers = [indexed_job(k8s, f"{k8s.name}-ps", template(job, k8s, "ps"), job.ps,
+                               max_restarts)]
+    workers = template(job, k8s, "worker")
     if job.online:
-        return [_secret(k8s), service, _stateful_set(job, k8s, "ps", job.ps),
-                _stateful_set(job, k8s, "worker", job.workers)]
-    return [_secret(k8s), service, _indexed_job(job, k8s, "ps", job.ps, max_restarts),
-            _indexed_job(job, k8s, "worker", job.workers, max_restarts)]
+        return [_secret(k8s), service, *servers,
+                stateful_set(k8s, f"{k8s.name}-worker", workers, job.workers)]
+    return [_secret(k8s), service, *servers,
+            indexed_job(k8s, f"{k8s.name}-worker", workers, job.workers, max_restarts)]
+
+
+def _check_replicas(job, k8s):
+    replicas = job.ps_replicas
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+        raise ValueError(f"--ps-replicas must be a whole number >= 1, got {replicas!r}")
+    if replicas == 1:
+        return
+    if k8s.flavor == "tfjob":
+        raise ValueError("--ps-replicas > 1 needs --k8s-flavor jobs: a TFJob runs one pod per "
+                         "parameter-server shard and no chain master")
+    if k8s.tls_secret:
+        raise ValueError("--ps-replicas > 1 does not go with --tls-secret: the chain master "
+                         "serves plain gRPC, which clients given a CA cannot reach")
 
 
 def _tfjob(job, k8s, max_restarts):
