@@ -123,15 +123,13 @@ def test_each_replica_the_master_and_the_workers_are_told_the_same_chains():
         for index in range(2):
             env = kubelet_env(container, index)
             command = [expand(part, env) for part in container["command"]]
-            rest, extra = split_flags(command, "--advertise-address", "--join")
-            assert rest[:4] == ["python", "-P", "-m", "psflow.ps"]
-            args = ps_main.parse_args(rest[4:])  # the flags the server reads today
+            assert command[:4] == ["python", "-P", "-m", "psflow.ps"]
+            args = ps_main.parse_args(command[4:])  # as the server reads them
             assert (args.task_index, args.num_workers) == (shard, 3)
             assert (args.host, args.port) == ("0.0.0.0", 2222)
-            assert args.chain_master == master_address
-            assert extra == {"--advertise-address": pod_dns(job, index, "digits", "ml") +
-                             ":2222", "--join": True}
-            replicas.setdefault(shard, []).append(extra["--advertise-address"])
+            assert args.chain_master == master_address and args.join
+            assert args.advertise_address == pod_dns(job, index, "digits", "ml") + ":2222"
+            replicas.setdefault(shard, []).append(args.advertise_address)
             config = task_config_from_env(env)
             assert (config.task_type, config.task_index) == ("ps", shard)
     # The master knows each replica by the address it heartbeats with, in the chain's order.
@@ -192,11 +190,10 @@ def test_online_replicas_are_stateful_sets_each_selecting_its_own_pods():
             env = kubelet_env(container, index)
             assert env["POD_INDEX"] == str(index)
             command = [expand(part, env) for part in container["command"]]
-            rest, extra = split_flags(command, "--advertise-address", "--join")
-            args = ps_main.parse_args(rest[4:])
-            assert args.online and args.stop_timeout == 60
+            args = ps_main.parse_args(command[4:])
+            assert args.online and args.stop_timeout == 60 and args.join
             assert args.chain_master == master_address and args.task_index == shard
-            assert extra["--advertise-address"] == chains[shard][index] == \
+            assert args.advertise_address == chains[shard][index] == \
                 pod_dns(doc, index, "live", "ml") + ":2222"
 
 
