@@ -17,6 +17,7 @@ installed, or a chain of one) applies its writes as it always did, without the o
 
 import logging
 import threading
+import time
 
 import grpc
 
@@ -39,6 +40,8 @@ WRITES = ("Push", "PullRows", "DeclareVariables", "InitializeVariables", "Regist
 ORDER_TIMEOUT_S = 30.0
 # The bound on forwarding one write down the rest of the chain.
 FORWARD_TIMEOUT_S = 60.0
+# How long a replica waits before passing on again a write its successor refused for a while.
+RESEND_S = 0.05
 # Writes passed on and not acknowledged yet, at most: each holds a thread on every replica
 # below, so it stays under a server's threads (ParameterServer(threads=64)).
 MAX_IN_FLIGHT = 32
@@ -239,28 +242,50 @@ class Replication:
                 self._unacked.pop(seq, None)
             return
         try:
-            successor.forward(pb.ForwardRequest(epoch=config.epoch, seq=seq, method=method,
-                                                request=data),
-                              timeout=FORWARD_TIMEOUT_S, metadata=successor.metadata)
-        except grpc.RpcError as exc:
+            self._send(successor, config, seq, method, data)
+        finally:
             self._in_flight.release()
-            if not self._now_tail(config, seq):
+        with self._order:
+            self._unacked.pop(seq, None)
+        faults.hit("before-ack", self.shard, config.index)
+
+    def _send(self, successor, config, seq, method, data):
+        """Forward(write `seq`) until the successor applied it. A successor that refused it
+        for a while only (its lease ran out for a moment, an earlier write is late) gets it
+        again while the chain stays `config`: giving up would leave a hole in its log, and
+        every later write would wait for it until the chain changes. A successor that cannot
+        be reached is the chain master's business: the caller is told at once. Once the chain
+        changed, the write is acknowledged if this replica became the tail, else the caller
+        is told (the new configuration passes it on again)."""
+        deadline = time.monotonic() + FORWARD_TIMEOUT_S
+        while True:
+            try:
+                successor.forward(pb.ForwardRequest(epoch=config.epoch, seq=seq, method=method,
+                                                    request=data),
+                                  timeout=max(deadline - time.monotonic(), 0.1),
+                                  metadata=successor.metadata)
+                return
+            except grpc.RpcError as exc:
+                details = exc.details() or ""
+                retry = (exc.code() == grpc.StatusCode.UNAVAILABLE and "lease" in details) or \
+                    (exc.code() == grpc.StatusCode.FAILED_PRECONDITION and "has not in" in details)
+                if retry and self.chain.config == config and \
+                        time.monotonic() + RESEND_S < deadline:
+                    time.sleep(RESEND_S)
+                    continue
+                if self._now_tail(config, seq):
+                    return
                 kind = FailedPreconditionError \
                     if exc.code() == grpc.StatusCode.FAILED_PRECONDITION else UnavailableError
                 raise kind(f"shard {self.shard}: replica {successor.address} did not apply "
                            f"write {seq} ({method}): {exc.code().name}: "
                            f"{exc.details()}") from None
-        except ValueError:  # gRPC's word for a closed channel: stopping, or a new chain
-            self._in_flight.release()
-            if not self._now_tail(config, seq):
+            except ValueError:  # gRPC's word for a closed channel: stopping, or a new chain
+                if self._now_tail(config, seq):
+                    return
                 raise UnavailableError(f"shard {self.shard}: replica {config.index} is stopping "
                                        f"or left epoch {config.epoch}; write {seq} ({method}) "
                                        "was not passed on") from None
-        else:
-            self._in_flight.release()
-        with self._order:
-            self._unacked.pop(seq, None)
-        faults.hit("before-ack", self.shard, config.index)
 
     def _now_tail(self, config, seq):
         """Whether a write `seq` this replica applied at `config` is acknowledged after all:
