@@ -21,7 +21,12 @@ import time
 
 import grpc
 
-from psflow.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
+from psflow.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    UnavailableError,
+)
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.transport import auth
@@ -36,6 +41,12 @@ log = logging.getLogger(__name__)
 # job's workers are done (and stops then, as a lone server does).
 WRITES = ("Push", "PullRows", "DeclareVariables", "InitializeVariables", "RegisterWorker",
           "Heartbeat", "WorkerDone")
+# The head's own write of a synchronous step's decision (a StepDecision's bytes; see
+# psflow.ps.sync_chain): no worker sends it.
+SYNC_DECISION = "SyncDecision"
+# What a replica takes forwarded: the writes, a Pull that commits a synchronous step, and the
+# head's own writes.
+FORWARDED = (*WRITES, "Pull", SYNC_DECISION)
 # A write that waits this long for an earlier one of the log has lost it.
 ORDER_TIMEOUT_S = 30.0
 # The bound on forwarding one write down the rest of the chain.
@@ -45,14 +56,28 @@ RESEND_S = 0.05
 # Writes passed on and not acknowledged yet, at most: each holds a thread on every replica
 # below, so it stays under a server's threads (ParameterServer(threads=64)).
 MAX_IN_FLIGHT = 32
+# How often a head waiting for the tail's acknowledgement checks that it still is the head.
+ACK_WAKE_S = 0.1
 
 
 def is_write(method, request):
     """Whether the call `method` with its parsed `request` (Push: its bytes) changes the
-    shard."""
-    if method == "PullRows":
-        return any(k.train for k in request.keys)
+    shard: a pull does when it commits a synchronous step or (PullRows) a selection trains."""
+    if method in ("Pull", "PullRows"):
+        return request.HasField("commit") or \
+            (method == "PullRows" and any(k.train for k in request.keys))
     return method in WRITES
+
+
+class Later:
+    """A write's answer that comes after a wait outside the order lock (a synchronous
+    step's decision): the head calls `finish()` once the write is acknowledged; a replica
+    applying the write forwarded drops it."""
+
+    __slots__ = ("finish",)
+
+    def __init__(self, finish):
+        self.finish = finish
 
 
 class _Successor:
@@ -116,6 +141,7 @@ class Replication:
                     else _Successor(config.successor, self._metadata)
             if self._successor is None:
                 self._unacked.clear()  # the tail's writes are acknowledged once applied
+                self._order.notify_all()
             applied = self.applied_seq
             resend = self._successor is not None and config.epoch != previous.epoch and \
                 bool(self._unacked)
@@ -188,17 +214,13 @@ class Replication:
         write = is_write(method, request)
         epoch = epoch_of(context)
         config = self.chain.check_epoch(epoch, f"the {method} call")
-        if config.epoch == 0:
-            return call()
-        if method in ("Pull", "PullRows") and request.HasField("commit"):
-            raise FailedPreconditionError(
-                f"shard {self.shard} runs as a chain of replicas, which applies asynchronous "
-                "training only: a synchronous step's commit is refused")
-        if not write:
-            return call()
-        self._check_head(config, method)
-        self.lease.check(self.shard, f"the {method} call")
-        return self._write(method, raw, call, epoch)
+        if config.epoch == 0 or not write:
+            result = call()
+        else:
+            self._check_head(config, method)
+            self.lease.check(self.shard, f"the {method} call")
+            result = self._write(method, raw, call, epoch)
+        return result.finish() if isinstance(result, Later) else result
 
     def _check_head(self, config, method):
         if not config.is_head:
@@ -212,17 +234,64 @@ class Replication:
             # Checked again under the order lock: a new chain may have come meanwhile.
             config = self.chain.check_epoch(epoch, f"the {method} call")
             self._check_head(config, method)
+            self._check_open(config, method)
             result = call()
-            if config.is_tail:  # a chain of one: nobody to pass it on to
-                self.applied_seq += 1
-                self._order.notify_all()
-                return result
-            self.applied_seq += 1
-            seq = self.applied_seq
-            self._order.notify_all()
-            successor = self._pass_on(seq, method, data)
-        self._forward(successor, config, seq, method, data)
+            seq, successor = self._number(config, method, data)
+        if seq is not None:
+            self._forward(successor, config, seq, method, data)
         return result
+
+    def _check_open(self, config, what):
+        """Under the order lock, before a write is applied: a replica with a successor that
+        is stopping (close() dropped its channel) must not apply it, since it would
+        acknowledge it alone."""
+        if config.epoch >= 1 and not config.is_tail and self._successor is None:
+            raise UnavailableError(f"shard {self.shard}: replica {config.index} is stopping; "
+                                   f"{what} was not applied")
+
+    def _number(self, config, method, data):
+        """Under the order lock, once the head applied a write: (its sequence, the successor
+        to pass it on to), or (None, None) in a chain of one."""
+        self.applied_seq += 1
+        self._order.notify_all()
+        if config.is_tail:  # a chain of one: nobody to pass it on to
+            return None, None
+        return self.applied_seq, self._pass_on(self.applied_seq, method, data)
+
+    def write_own(self, method, apply):
+        """The head's own write of the log, `method` one of FORWARDED that no worker sends:
+        apply() runs under the order lock and returns the bytes every other replica applies
+        (apply_op(method, bytes)), or None when there is nothing to write after all. Passed
+        down the chain as a worker's write is; returns whether it wrote."""
+        with self._order:
+            config = self.chain.config
+            self._check_head(config, method)
+            self.lease.check(self.shard, f"the head's {method}")
+            self._check_open(config, method)
+            data = apply()
+            if data is None:
+                return False
+            seq, successor = self._number(config, method, data)
+        if seq is not None:
+            self._forward(successor, config, seq, method, data)
+        return True
+
+    def wait_acknowledged(self, deadline):
+        """Waits until the tail acknowledged every write applied here so far (the head
+        answers a pusher waiting for a step's decision only then). Refuses once this replica
+        is no longer the head or its lease ran out (the worker asks for the new chain);
+        DeadlineExceededError at time.monotonic() `deadline`."""
+        with self._order:
+            last = self.applied_seq
+            while any(seq <= last for seq in self._unacked):
+                self._check_head(self.chain.config, "the push")
+                self.lease.check(self.shard, "the push")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceededError(
+                        f"shard {self.shard}: write {min(self._unacked)} was not acknowledged "
+                        "by the chain's tail in time")
+                self._order.wait(min(ACK_WAKE_S, remaining))
 
     def _pass_on(self, seq, method, data):
         """Under the order lock: the successor to forward write `seq` to (None at the tail),
@@ -238,16 +307,19 @@ class Replication:
         """Passes write `seq` on and waits for the rest of the chain to apply it."""
         faults.hit("before-forward", self.shard, config.index)
         if successor is None:
-            with self._order:
-                self._unacked.pop(seq, None)
+            self._acknowledged(seq)
             return
         try:
             self._send(successor, config, seq, method, data)
         finally:
             self._in_flight.release()
+        self._acknowledged(seq)
+        faults.hit("before-ack", self.shard, config.index)
+
+    def _acknowledged(self, seq):
         with self._order:
             self._unacked.pop(seq, None)
-        faults.hit("before-ack", self.shard, config.index)
+            self._order.notify_all()
 
     def _send(self, successor, config, seq, method, data):
         """Forward(write `seq`) until the successor applied it. A successor that refused it
@@ -302,9 +374,9 @@ class Replication:
         if config.epoch == 0 or config.is_head:
             raise FailedPreconditionError(f"shard {self.shard}: the head of a chain (or a lone "
                                           f"server) takes no {what}")
-        if request.seq < 1 or request.method not in WRITES:
+        if request.seq < 1 or request.method not in FORWARDED:
             raise InvalidArgumentError(f"{what}: expected a sequence from 1 and one of "
-                                       f"{', '.join(WRITES)}, got {request.method!r}")
+                                       f"{', '.join(FORWARDED)}, got {request.method!r}")
         self.lease.check(self.shard, what)
         failure = None
         with self._order:
@@ -316,6 +388,7 @@ class Replication:
                     f"shard {self.shard} replica {config.index}: {what} arrived, but "
                     f"{waiting} has not in {ORDER_TIMEOUT_S:g} s")
             config = self.chain.check_epoch(request.epoch, what)
+            self._check_open(config, what)
             if self.applied_seq == request.seq - 1:
                 faults.hit("before-apply", self.shard, config.index)
                 try:
@@ -340,3 +413,4 @@ class Replication:
             if self._successor is not None:
                 self._successor.close()
                 self._successor = None
+

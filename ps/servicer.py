@@ -22,6 +22,7 @@ from psflow.proto import psflow_pb2_grpc as pb_grpc
 from psflow.train.consistency import Consistency
 from . import shard_copy
 from .replication import Replication
+from .sync_chain import SYNC_DECISION, ChainSteps
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +164,14 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         self.publisher = publisher  # a psflow.ps.publisher.Publisher, for Follow
         self.lane = ""  # the name of the same-host lane offered to workers (transport.lane)
         self.replication = Replication(store.shard, self.apply_write, token)
+        self.chain_steps = ChainSteps(store, self.replication)
 
     def apply_write(self, method, data):
         """Applies a write forwarded down the chain (or a piece of a shard's copy) as the
         handler `method` applies a worker's (its answer is the caller's business)."""
+        if method == SYNC_DECISION:
+            self.chain_steps.apply(data)
+            return
         request = data if method == "Push" else _REQUEST_TYPES[method].FromString(data)
         getattr(type(self), method).__wrapped__(self, request, None)
 
@@ -269,10 +274,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         # The request arrives as bytes; the gradients are read in place (see proto.wire).
         request = wire.Push(request)
         consistency = _consistency(request.header)
-        if consistency.mode != "async" and self.replication.config.epoch >= 1:
-            raise FailedPreconditionError(
-                f"shard {self.store.shard} runs as a chain of replicas, which applies "
-                f"asynchronous pushes only; this push is {consistency.mode}")
+        in_chain = self.chain_steps.in_chain(consistency)
         result = self.store.push_step(
             [(g.name, g.values, g.indices, g.version, g.keyed) for g in request.gradients],
             self.store.rule(request.rule.name, dict(request.rule.hyper)),
@@ -280,7 +282,14 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             global_step=request.global_step,
             increment_global_step=request.increment_global_step,
             push_id=wire.push_id_of(request.header), returns=request.pull,
-            input_positions=_positions(request.header.input_positions))
+            input_positions=_positions(request.header.input_positions), wait=not in_chain)
+        if in_chain:  # recorded under the chain's order lock: shard 0's head waits after it
+            return self.chain_steps.later(request.worker, request.global_step, consistency,
+                                          result, lambda r: self._push_reply(request,
+                                                                             consistency, r))
+        return self._push_reply(request, consistency, result)
+
+    def _push_reply(self, request, consistency, result):
         header = pb.PushResponse(staleness=result.staleness, global_step=result.global_step,
                                  dropped=result.dropped)
         if result.decision is not None:
@@ -385,6 +394,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"CopyShard: the request is not a CopyShardRequest: {exc}")
         try:
+            if self.store.sync.in_use():
+                raise FailedPreconditionError(
+                    f"shard {self.store.shard} trained synchronously or with bounded "
+                    "staleness, whose pending steps a copy of the shard does not carry: a "
+                    "replica cannot join its chain")
             yield from shard_copy.serve(self.store, self.replication, request)
         except Exception as exc:  # noqa: BLE001 -- every failure must become a status
             code = _status_of(exc)

@@ -189,7 +189,7 @@ class ShardStore:
 
     def push_step(self, gradients, rule, consistency, worker=-1, global_step=0,
                   increment_global_step=False, push_id=None, returns=(),
-                  input_positions=()):
+                  input_positions=(), wait=True):
         """A worker's push in any mode (a psflow.train.consistency.Consistency as it runs):
         async applies it now; sync holds it for the step's decision (shard 0 waits for the
         decision); ssp applies it and, on shard 0, waits at the staleness bound. `returns`
@@ -197,8 +197,9 @@ class ShardStore:
         initialized before anything is applied. `push_id`, a hashable, makes a repeated push
         get the first one's answer instead of being applied again (see push_dedup).
         `input_positions` [(dataset, shard, num_shards, file, lines)]: how far the data the
-        pushing worker trained on goes, recorded once the push is applied. Returns a
-        PushResult."""
+        pushing worker trained on goes, recorded once the push is applied. `wait` False (a
+        shard run as a chain of replicas) records a sync or ssp push without waiting: shard
+        0's head waits afterwards (see psflow.ps.sync_chain). Returns a PushResult."""
         not_ready = self.missing(returns)
         if not_ready:
             raise FailedPreconditionError(f"cannot return {not_ready[0]!r} with the push: it "
@@ -206,25 +207,28 @@ class ShardStore:
 
         def step():
             result = self._push_step(gradients, rule, consistency, worker, global_step,
-                                     increment_global_step)
+                                     increment_global_step, wait)
             if input_positions:
                 self.input_positions.record(input_positions)
             return result
         return step() if push_id is None else self._push_ids.once(worker, push_id, step)
 
     def _push_step(self, gradients, rule, consistency, worker, global_step,
-                   increment_global_step):
+                   increment_global_step, wait):
         if consistency.mode == "sync":
             self.tables.note_step(global_step)
             checked, received = self.check_gradients(gradients)
             dropped, decision = self.sync.push(worker, global_step, checked, rule, received,
-                                               consistency.replicas_to_aggregate)
+                                               consistency.replicas_to_aggregate, wait)
             return PushResult([], self.reported_global_step(), dropped, decision)
         staleness, step = self.push(gradients, rule, worker=worker,
                                     increment_global_step=increment_global_step,
                                     global_step=global_step)
         if consistency.mode == "ssp" and self.holds_global_step:
-            self.sync.ssp_barrier(worker, consistency.staleness)
+            if wait:
+                self.sync.ssp_barrier(worker, consistency.staleness)
+            else:
+                self.sync.ssp_count(worker)
             step = self.global_step
         return PushResult(staleness, step if self.holds_global_step else -1, False, None)
 

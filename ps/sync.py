@@ -99,9 +99,11 @@ class SyncState:
             self.cond.notify_all()
 
     # -- sync ------------------------------------------------------------------------------
-    def push(self, worker, step, checked, rule, received, replicas):
+    def push(self, worker, step, checked, rule, received, replicas, wait=True):
         """A sync push of gradients computed at `step`. On shard 0 it waits for the step's
-        decision; returns (dropped, (step, workers) of the decision or None)."""
+        decision; returns (dropped, (step, workers) of the decision or None). With `wait`
+        False (a shard run as a chain: see psflow.ps.sync_chain) shard 0 only records the
+        push among the step's arrivals and returns (False, None) unless it is dropped."""
         store = self.store
         store.members.touch(worker)
         with self.cond:
@@ -116,7 +118,8 @@ class SyncState:
                     f"{current}; pull before pushing")
             pending = self.pending.setdefault(step, {})
             # A worker that sends its step again (retrying after a failure) replaces it.
-            if not store.holds_global_step:  # shard 0 answers only once the step is applied
+            if not store.holds_global_step or not wait:
+                # Shard 0 answers only once the step is applied, unless another decides it.
                 checked = [(var, _kept(grad), version) for var, grad, version in checked]
             pending[worker] = (checked, rule)
             store.count_push(worker, received, [0] * len(checked))
@@ -125,6 +128,9 @@ class SyncState:
             arrivals = self.arrivals.setdefault(step, [])
             if worker not in arrivals:
                 arrivals.append(worker)
+            if not wait:
+                self.cond.notify_all()
+                return False, None
             deadline = time.monotonic() + STEP_TIMEOUT_S
             while step not in self.decisions:
                 needed = self._needed(replicas)
@@ -144,6 +150,34 @@ class SyncState:
                 self.dropped += len(checked)
                 return True, (step, workers)
             return False, (step, workers)
+
+    def ready(self, step, replicas):
+        """Shard 0: the workers that make up `step` (the first of its arrivals, as many as
+        needed of the live ones), or None when too few pushed for it yet or it is decided
+        (under self.cond)."""
+        if step in self.decisions or step != self.store.global_step:
+            return None
+        arrivals = self.arrivals.get(step, [])
+        needed = self._needed(replicas)
+        return tuple(arrivals[:needed]) if len(arrivals) >= needed else None
+
+    def apply_decision(self, step, workers):
+        """Shard 0: applies the decision (step, workers) taken elsewhere (by the head of the
+        shard's chain), which must be of the current global step."""
+        with self.cond:
+            if step in self.decisions:
+                return
+            if step != self.store.global_step:
+                raise FailedPreconditionError(
+                    f"the decision of step {step} came at global step {self.store.global_step}")
+            self._decide(step, tuple(workers))
+
+    def in_use(self):
+        """Whether synchronous or bounded-staleness training ran here (state a copy of the
+        shard does not carry)."""
+        with self.cond:
+            return bool(self.steps or self.pending or self.arrivals or
+                        any(self.clocks.values()))
 
     def _decide(self, step, workers):
         """Shard 0: applies the step and advances the global step (under self.cond)."""
@@ -219,10 +253,22 @@ class SyncState:
         slowest live worker is at most `staleness` steps behind this worker's next step."""
         if staleness < 0:
             raise InvalidArgumentError(f"staleness must be >= 0, got {staleness}")
+        return self.ssp_wait(worker, self.ssp_count(worker), staleness)
+
+    def ssp_count(self, worker):
+        """Shard 0: counts an ssp push from `worker`; returns its clock."""
         with self.cond:
             clock = self.clocks.get(worker, 0) + 1
             self.clocks[worker] = clock
             self.cond.notify_all()
+            return clock
+
+    def ssp_wait(self, worker, clock, staleness):
+        """Shard 0: waits until the slowest live worker is at most `staleness` steps behind
+        `clock`, the next step of `worker`; returns `clock`."""
+        if staleness < 0:
+            raise InvalidArgumentError(f"staleness must be >= 0, got {staleness}")
+        with self.cond:
             deadline = time.monotonic() + STEP_TIMEOUT_S
             while True:
                 live = [w for w in self.live_workers() if w != worker]

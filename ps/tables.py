@@ -135,8 +135,11 @@ class ShardTables:
 
     def lookup_keys(self, selections, global_step=0):
         """[(name, version, rows)] for selections [(table name, int64 keys, counts or None,
-        train)] (see EmbeddingTable.lookup)."""
-        self.note_step(global_step)
+        train)] (see EmbeddingTable.lookup). Only a training lookup notes `global_step`: a read
+        changes nothing, so that the replicas of a chain, which apply only the writes, keep
+        the same steps as the head that also answers the reads."""
+        if any(train for _, _, _, train in selections):
+            self.note_step(global_step)
         out, looked = [], []
         size = 0
         for name, keys, counts, train in selections:

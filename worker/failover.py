@@ -23,8 +23,9 @@ _CHAIN_REFUSALS = ("stale epoch", "is not the head", "did not apply write", "lef
 
 def chain_changed(exc):
     """Whether the psflow error `exc` of a call to a shard's head may be cured by asking the
-    chain master for the shard's chain and calling its head again."""
-    if isinstance(exc, UnavailableError):
+    chain master for the shard's chain and calling its head again. A replica that stops
+    cancels the calls it is serving (the worker cancels none of its own)."""
+    if isinstance(exc, UnavailableError) or ": CANCELLED:" in str(exc):
         return True
     return isinstance(exc, FailedPreconditionError) and \
         any(words in str(exc) for words in _CHAIN_REFUSALS)
