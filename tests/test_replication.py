@@ -56,11 +56,12 @@ class Chain:
 
 @pytest.fixture
 def chains():
-    """chains(R, epoch): a chain of R replicas at `epoch`; chains(1) is a lone server."""
+    """chains(R, epoch, shard): a chain of R replicas of `shard` at `epoch`; chains(1) is a
+    lone server."""
     made = []
 
-    def make(replicas, epoch=1):
-        made.append(Chain(replicas))
+    def make(replicas, epoch=1, shard=0):
+        made.append(Chain(replicas, shard))
         return made[-1].install(epoch) if replicas > 1 else made[-1]
     yield make
     faults.clear()
@@ -268,15 +269,47 @@ def test_bad_chains_and_faults_are_refused_with_what_is_wrong(chains):
     assert chain.EPOCH_METADATA == client.EPOCH_METADATA
 
 
-def test_a_replicated_shard_refuses_synchronous_steps(chains):
-    c = chains(2)
+def sync_push(step, seed):
+    rng = np.random.default_rng(seed)
+    push = pb.PushRequest(rule=ADAGRAD, worker=0, global_step=step,
+                          consistency=pb.Consistency(mode=pb.Consistency.SYNC),
+                          id=pb.PushId(incarnation=1, sequence=step + 1))
+    codec.encode(rng.normal(size=(4, 3)).astype(np.float32), push.gradients.add(name="w").values)
+    return push
+
+
+def test_a_synchronous_step_is_decided_at_the_head_and_applied_by_every_replica(chains):
+    c = chains(3)
     declare(c.head)
-    push = pb.PushRequest(rule=ADAGRAD, consistency=pb.Consistency(mode=pb.Consistency.SYNC))
-    code, details = code_of(lambda: c.head.Push(push, timeout=TIMEOUT))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION and "asynchronous" in details
-    code, details = code_of(lambda: c.head.Pull(pb.PullRequest(
-        names=["w"], commit=pb.StepDecision(step=0)), timeout=TIMEOUT))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    for step in range(3):
+        reply = c.head.Push(sync_push(step, step), timeout=TIMEOUT)
+        assert (reply.decision.step, list(reply.decision.workers)) == (step, [0])
+        assert reply.global_step == step + 1 and not reply.dropped
+    again = c.head.Push(sync_push(2, 2), timeout=TIMEOUT)  # a retry: answered, not applied
+    assert (again.decision.step, again.global_step) == (2, 3)
+    head = state(c.servers[0])
+    assert head[3] == 3
+    for server in c.servers:
+        assert_same_state(state(server), head)
+        assert server.store.sync.decisions == {0: (0,), 1: (0,), 2: (0,)}
+    # A replica that trained synchronously is not copied to a joiner: its pending steps are
+    # not part of a copy.
+    code, details = code_of(lambda: list(c.stubs[2].CopyShard(pb.CopyShardRequest(),
+                                                              timeout=TIMEOUT)))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "synchronously" in details
+
+
+def test_a_synchronous_commit_on_another_shard_reaches_every_replica(chains):
+    c = chains(2, shard=1)
+    declare(c.head)
+    c.head.Push(sync_push(0, 5), timeout=TIMEOUT)  # kept aside until the step's commit
+    assert all(s.store.sync.applied == 0 for s in c.servers)
+    commit = pb.PullRequest(names=["w"], commit=pb.StepDecision(step=0, workers=[0]))
+    c.head.Pull(commit, timeout=TIMEOUT)
+    c.head.Pull(commit, timeout=TIMEOUT)  # again: applied once
+    assert [s.store.sync.applied for s in c.servers] == [1, 1]
+    assert_same_state(state(c.servers[1]), state(c.servers[0]))
+    assert not np.array_equal(state(c.servers[0])[0]["w"], np.ones((4, 3)))
 
 
 def test_worker_membership_reaches_every_replica(chains):
