@@ -27,6 +27,9 @@ LEASE_S = 3.0
 # How often the master looks for replicas whose heartbeats stopped.
 CHECK_S = 0.1
 INSTALL_TIMEOUT_S = 10.0
+# How long a starting master gathers the chains the replicas hold (a master that restarted
+# continues from them; the replicas heartbeat every half second).
+RECOVER_S = 1.5
 
 
 class _Shard:
@@ -60,6 +63,10 @@ class ChainMaster:
         self._server = None
         self.exit_after_silence_s = float(exit_after_silence_s)
         self._last_heard = None  # time.monotonic() of the last heartbeat of any replica
+        # While starting: (shard, address) -> (epoch, replicas) a replica's heartbeat said it
+        # holds (see _gather_reports).
+        self._recovering = True
+        self._reports = {}
 
     @property
     def address(self):
@@ -93,9 +100,18 @@ class ChainMaster:
         if self.port == 0:
             raise OSError(f"cannot bind {self.host}:{self.requested_port}")
         self._server.start()
-        for s in self.shards.values():  # the replicas may still be starting: wait for them
+        reports = self._gather_reports()
+        for s in self.shards.values():
             with s.installing:
-                self._install_next(s, s.replicas, wait_for_ready=True)
+                held = reports.get(s.shard)
+                if held:  # the master restarted: the replicas' newest chain goes on
+                    epoch, replicas = max(held)
+                    log.info("shard %d: its replicas hold epoch %d (%s): the chain goes on "
+                             "from there", s.shard, epoch, ", ".join(replicas))
+                    s.epoch = epoch
+                    self._install_next(s, list(replicas))
+                else:  # the replicas may still be starting: wait for them
+                    self._install_next(s, s.replicas, wait_for_ready=True)
         now = time.monotonic()
         with self._lock:
             for s in self.shards.values():
@@ -103,6 +119,27 @@ class ChainMaster:
         threading.Thread(target=self._watch, daemon=True, name="chain-master").start()
         log.info("chain master on %s for %d shards", self.address, len(self.shards))
         return self
+
+    def _gather_reports(self):
+        """{shard: [(epoch, replicas)]} of the chains the replicas' first heartbeats say they
+        hold, gathered for up to RECOVER_S (less once every named replica reported). A
+        master that restarted finds its shards' chains there; a new job's replicas hold
+        none (epoch 0)."""
+        deadline = time.monotonic() + min(RECOVER_S, self.lease_s)
+        named = {(s.shard, r) for s in self.shards.values() for r in s.replicas}
+        while time.monotonic() < deadline and not self._stopped.is_set():
+            with self._lock:
+                heard = set(self._reports)
+            if named <= heard:
+                break
+            time.sleep(0.02)
+        with self._lock:
+            self._recovering = False
+            reports = {}
+            for (shard, _), (epoch, replicas) in self._reports.items():
+                if epoch > 0 and replicas:
+                    reports.setdefault(shard, []).append((epoch, tuple(replicas)))
+            return reports
 
     def _config(self, s, address):
         index = s.replicas.index(address) if address in s.replicas else -1
@@ -113,6 +150,9 @@ class ChainMaster:
             s = self.shards.get(request.shard)
             if s is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no shard {request.shard} here")
+            if self._recovering:
+                self._reports[(s.shard, request.address)] = (request.epoch,
+                                                             list(request.replicas))
             if request.address in s.replicas:
                 s.heard[request.address] = self._last_heard = time.monotonic()
             return pb.ReplicaHeartbeatResponse(chain=self._config(s, request.address),

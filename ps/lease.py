@@ -81,9 +81,11 @@ class LeaseKeeper:
         """One heartbeat; True if the master answered (and the lease was renewed)."""
         faults.hit("heartbeat", self.shard, self.replication.config.index)
         sent = time.monotonic()
+        config = self.replication.config
         try:
             answer = self._heartbeat(pb.ReplicaHeartbeatRequest(
-                shard=self.shard, address=self.address, epoch=self.replication.config.epoch),
+                shard=self.shard, address=self.address, epoch=config.epoch,
+                replicas=list(config.replicas) if config.epoch else []),
                 timeout=max(self.interval_s, 1.0), metadata=self._metadata)
         except grpc.RpcError as exc:
             log.warning("shard %d: no heartbeat answer from the chain master: %s: %s",
