@@ -145,7 +145,8 @@ def test_a_founder_takes_its_place_before_and_after_the_chain_is_installed():
     address = f"127.0.0.1:{port}"
     started = []
     master = threading.Thread(target=lambda: started.append(
-        chain_master.ChainMaster({0: [address]}, check_s=0.02).start()), daemon=True)
+        chain_master.ChainMaster({0: [address]}, lease_s=0.4, check_s=0.02).start()),
+        daemon=True)
     master.start()  # it waits for its replica to install the chain
     server = ParameterServer(shard=0, num_workers=1, heartbeat_s=0.05, port=port).start()
     try:
