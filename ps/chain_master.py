@@ -10,12 +10,16 @@ had not acknowledged. Workers ask it for a shard's chain (GetChain) to find the 
 
 import argparse
 import logging
+import signal
+import sys
 import threading
 import time
 from concurrent import futures
 
 import grpc
 
+from psflow.fileio import atomic_write
+from psflow.parent import ParentWatch
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.transport import auth
@@ -328,7 +332,21 @@ def parse_chains(items):
     return chains
 
 
+def _heartbeats_arrived(master, since, timeout):
+    """Waits (up to `timeout` seconds) until a heartbeat of every replica reached `master`
+    after `since` (time.monotonic()); whether they all did."""
+    deadline = since + timeout
+    while True:
+        heard = [t for s in master.shards.values() for t in list(s.heard.values())]
+        if all(t > since for t in heard):
+            return True
+        if time.monotonic() > deadline or master.wait(CHECK_S):
+            return False
+
+
 def main(argv=None):
+    """Serves until SIGTERM or SIGINT (exit 0), or until the --parent-pid process is gone
+    (exit 1); exit 2 on bad arguments, 1 when it cannot serve or write its port file."""
     parser = argparse.ArgumentParser(prog="python -m psflow.ps.chain_master",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--chain", action="append", required=True,
@@ -339,20 +357,50 @@ def main(argv=None):
     parser.add_argument("--exit-after-silence", type=float, default=0.0, metavar="SECONDS",
                         help="exit 0 once no replica has heartbeated for this long, after "
                              "some did (0, the default: serve until stopped)")
+    parser.add_argument("--port-file",
+                        help="write the bound port to this file (atomically) once epoch 1 of "
+                             "every chain is installed and every replica has heartbeated")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     args = parser.parse_args(argv)
+    if args.parent_pid is not None and args.parent_pid < 1:
+        parser.error(f"--parent-pid must be a process id, got {args.parent_pid}")
     try:
         chains = parse_chains(args.chain)
         master = ChainMaster(chains, args.host, args.port, args.lease,
-                             exit_after_silence_s=args.exit_after_silence).start()
-    except (ValueError, OSError) as exc:
+                             exit_after_silence_s=args.exit_after_silence)
+    except ValueError as exc:
         parser.error(str(exc))
-    print(f"chain master on {master.address}", flush=True)
+    ended = []  # why the master stops: a signal's name, or the parent gone
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # The handler only notes the signal: grpc's stop must not run inside its frame.
+        signal.signal(signum, lambda num, frame: ended.append(signal.Signals(num).name))
+    if args.parent_pid is not None:
+        ParentWatch(args.parent_pid).start(lambda: ended.append("parent gone"),
+                                           name="chain-master-parent")
     try:
-        master.wait()
-    except KeyboardInterrupt:
-        master.stop()
+        master.start()  # returns once epoch 1 is installed on every replica
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    if args.port_file:
+        # Ready for workers once every replica holds a lease, not just its chain.
+        if not _heartbeats_arrived(master, time.monotonic(), master.lease_s):
+            log.warning("not every replica heartbeated within %g s of its chain's install",
+                        master.lease_s)
+        try:
+            atomic_write(args.port_file, f"{master.port}\n".encode())
+        except OSError as exc:
+            log.error("cannot write the port file %s: %s", args.port_file, exc)
+            master.stop()
+            return 1
+    print(f"chain master on {master.address}", flush=True)
+    while not ended and not master.wait(0.2):
+        pass
+    master.stop()
+    log.info("chain master exiting: %s", ended[0] if ended else "stopped")
+    return 1 if ended and ended[0] == "parent gone" else 0
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    main()
+    sys.exit(main())
