@@ -14,6 +14,7 @@ checkpoint, and the exit code is then 0 (see docs/online-training.md).
 """
 
 import argparse
+import logging
 import os
 import sys
 
@@ -230,6 +231,9 @@ def _parse(argv):
 def main(argv=None):
     """The `launch` command; returns its exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    # The launcher's own calls to a shard follow its chain's new head without a word (the
+    # workers and the launcher's supervision say it): no unprefixed lines from its clients.
+    logging.getLogger("psflow.worker.client").addHandler(logging.NullHandler())
     if status.requested(argv):
         return status.main(argv)
     spec, kube = _parse(argv)

@@ -69,6 +69,7 @@ class LeaseKeeper:
             request_serializer=pb.ReplicaHeartbeatRequest.SerializeToString,
             response_deserializer=pb.ReplicaHeartbeatResponse.FromString)
         self._stopped = threading.Event()
+        self._answered = False  # the master answered once (until then it may be starting)
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"ps{shard}-lease")
         replication.lease.require()
@@ -88,11 +89,16 @@ class LeaseKeeper:
                 replicas=list(config.replicas) if config.epoch else []),
                 timeout=max(self.interval_s, 1.0), metadata=self._metadata)
         except grpc.RpcError as exc:
-            log.warning("shard %d: no heartbeat answer from the chain master: %s: %s",
-                        self.shard, exc.code().name, exc.details())
+            if self._answered:
+                log.warning("shard %d: no heartbeat answer from the chain master: %s: %s",
+                            self.shard, exc.code().name, exc.details())
+            else:  # a replica may start before its master (as under launch): no alarm yet
+                log.debug("shard %d: the chain master does not answer yet: %s", self.shard,
+                          exc.code().name)
             return False
         except ValueError:  # the channel is closed: stopping
             return False
+        self._answered = True
         if answer.chain.index >= 0:
             self.replication.lease.renew(sent + answer.lease_s)
         return True

@@ -1,9 +1,11 @@
 """A worker script for shards run as chains: trains an embedding table and a dense layer for
 STEPS steps of fixed data (the same whatever the number of shards or replicas); the chief
-writes the trained rows, the weights and the global step as JSON to the path in argv[1]."""
+writes the trained rows, the weights and the global step as JSON to the path in argv[1].
+argv[2], if given, is a pause in seconds after each step (for a test to act mid-run)."""
 
 import json
 import sys
+import time
 
 import numpy as np
 
@@ -26,6 +28,7 @@ data = [(rng.integers(0, 40, size=(6, 2)), rng.normal(size=6).astype(np.float32)
 with tf.train.MonitoredTrainingSession() as sess:
     for k, t in data:
         sess.run(train, {keys: k, y: t})
+        time.sleep(float(sys.argv[2]) if len(sys.argv) > 2 else 0)
     if sess.is_chief:
         probe = np.arange(40).repeat(2).reshape(-1, 2)
         trained, weights, final_step = sess.run([rows, w, step], {keys: probe})

@@ -1,0 +1,139 @@
+"""`launch --ps-replicas R`: each shard runs as a chain of R replicas under a chain master.
+Whole jobs of real processes: a job of 2 shards x 2 replicas ends as the same job of lone
+shards does, with the same trained values; a head killed mid-run (PSFLOW_FAULT) is replaced
+without the job noticing, the values unchanged; a shard whose every replica died, or a chain
+master that died, stops the job, named; and the flags chains do not go with are refused."""
+
+import json
+import os
+import re
+import signal
+
+import pytest
+
+from psflow.launcher import cli
+from psflow.launcher.job_spec import JobSpec
+from test_launcher import (
+    FAKE_WORKER,
+    SCRIPTS,
+    LaunchInBackground,
+    alive,
+    explain,
+    run_launch,
+    wait_until,
+)
+
+TRAINING = SCRIPTS / "chain_training.py"
+
+
+def trained(tmp_path, *flags):
+    """Runs a job of 1 worker training TRAINING on 2 shards with `flags`; (launch's result,
+    the chief's values)."""
+    out = tmp_path / "values.json"
+    result = run_launch(tmp_path, "--no-progress", "--workers", 1, "--ps", 2, *flags, TRAINING,
+                        out)
+    assert result.returncode == 0, explain(result)
+    return result, json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def lone_shards(tmp_path_factory):
+    """The values the job trains with one parameter server per shard."""
+    return trained(tmp_path_factory.mktemp("lone"))[1]
+
+
+def pids(stderr):
+    """{"ps 0.1": pid, "the chain master": pid, ...} from launch's `started` lines."""
+    return {name: int(pid) for name, pid in
+            re.findall(r"^\[launch\] started (ps \d+\.\d+|the chain master) \(pid (\d+)\)",
+                       stderr, re.M)}
+
+
+# -- the command line ---------------------------------------------------------------------------
+@pytest.mark.parametrize("args, problem", [
+    (["--ps-replicas", "0"], "argument --ps-replicas: must be at least 1, got 0"),
+    (["--ps-replicas", "two"], "argument --ps-replicas: must be a whole number"),
+    (["--ps-replicas", "2", "--mode", "sync"],
+     "chains of replicas apply asynchronous training only for now: --ps-replicas above 1 does "
+     "not go with --mode sync"),
+    (["--ps-replicas", "2", "--mode", "ssp", "--staleness", "1"], "not go with --mode ssp"),
+    (["--ps-replicas", "2", "--script-ps"], "it does not go with --script-ps"),
+    (["--ps-replicas", "2", "--serving-replicas", "1"],
+     "--serving-replicas does not go with --ps-replicas above 1"),
+    (["--ps-replicas", "3", "--ps-port", "65531"], "PS ports 65531..65536 go past 65535"),
+])
+def test_flags_chains_do_not_go_with_are_one_line_and_exit_2(args, problem, capsys,
+                                                             monkeypatch):
+    monkeypatch.setattr(cli, "run_job", lambda spec: pytest.fail("a job was started"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--workers", "1", "--ps", "2", *args, str(FAKE_WORKER)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("launch: error: "), err
+    assert problem in err
+
+
+def test_the_spec_takes_the_replicas_and_places_their_ports():
+    spec = cli.parse_args(["--workers", "1", "--ps", "2", "--ps-replicas", "3", "--ps-port",
+                           "5000", str(FAKE_WORKER)])
+    assert spec.ps_replicas == 3
+    assert [spec.ps_port_of(s, r) for s in range(2) for r in range(3)] == \
+        list(range(5000, 5006))
+    assert cli.parse_args(["--workers", "1", "--ps", "2", str(FAKE_WORKER)]).ps_replicas == 1
+    with pytest.raises(ValueError, match="ps_replicas must be a whole number >= 1, got 0"):
+        JobSpec(script=str(FAKE_WORKER), ps_replicas=0).validate()
+
+
+# -- whole jobs ---------------------------------------------------------------------------------
+@pytest.mark.cluster
+def test_a_job_of_chains_trains_what_lone_shards_train(tmp_path, lone_shards):
+    result, values = trained(tmp_path, "--ps-replicas", 2)
+    assert values == lone_shards and values["step"] == 40
+    started = pids(result.stderr)
+    assert sorted(started) == ["ps 0.0", "ps 0.1", "ps 1.0", "ps 1.1", "the chain master"]
+    assert "[launch] shard 0: a chain of 2 replicas, head first: ps 0.0, ps 0.1" in result.stderr
+    heads = re.search(r"job status: launch --status (\S+)", result.stderr).group(1).split(",")
+    serving = dict(re.findall(r"^\[launch\] (ps \d\.\d) serving on (\S+)", result.stderr, re.M))
+    assert heads == [serving["ps 0.0"], serving["ps 1.0"]]
+    assert "4 of 4 parameter-server replicas exited by themselves" in result.stderr
+    assert "launch:" not in result.stderr, result.stderr  # no failure, no warning
+    assert not [name for name, pid in started.items() if alive(pid)]
+
+
+@pytest.mark.cluster
+def test_a_head_killed_mid_run_is_replaced_and_the_values_are_unchanged(tmp_path, lone_shards,
+                                                                        monkeypatch):
+    # Shard 0's head dies at its 21st write, after the tail applied it, before answering.
+    monkeypatch.setenv("PSFLOW_FAULT", "kill:before-ack:0:0:1:20")
+    result, values = trained(tmp_path, "--ps-replicas", 2)
+    assert values == lone_shards and values["step"] == 40
+    assert "launch: ps 0.0 failed with exit code 137 while the workers were running; shard 0 " \
+           "goes on with ps 0.1; starting a replacement" in result.stderr, result.stderr
+    assert "[launch] started ps 0.2" in result.stderr
+    assert "3 of 3 parameter-server replicas exited by themselves, 1 replica lost on the way" \
+        in result.stderr
+    for line in result.stderr.splitlines():  # every line names its source
+        assert re.match(r"(\[(worker:0|ps:\d\.\d|chain:master|launch)\] |launch: )", line), line
+    assert not [name for name, pid in pids(result.stderr).items() if alive(pid)]
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("victims, message", [
+    (["ps 0.1", "ps 0.0"], "launch: ps 0.0 was killed by SIGKILL while the workers were "
+                           "running, and shard 0 has no other live replica; stopping the job"),
+    (["the chain master"], "launch: the chain master was killed by SIGKILL while the workers "
+                           "were running; stopping the job"),
+])
+def test_a_shard_without_replicas_or_a_dead_master_stops_the_job(victims, message, tmp_path):
+    job = LaunchInBackground(tmp_path, "--no-progress", "--max-restarts", 0, "--workers", 1,
+                             "--ps", 2, "--ps-replicas", 2, TRAINING, tmp_path / "v.json", 0.2)
+    wait_until(lambda: "started worker 0" in job.stderr or job.process.poll() is not None, 30,
+               "the worker to start")
+    started = pids(job.stderr)
+    for victim in victims:
+        os.kill(started[victim], signal.SIGKILL)
+        wait_until(lambda v=victim: f"launch: {v} was killed" in job.stderr, 10,
+                   f"the launcher to notice {victim}")
+    assert job.wait() == 1, job.explain()
+    assert message in job.stderr, job.explain()
+    assert not [name for name, pid in pids(job.stderr).items() if alive(pid)]
