@@ -2,12 +2,14 @@
 Whole jobs of real processes: a job of 2 shards x 2 replicas ends as the same job of lone
 shards does, with the same trained values; a head killed mid-run (PSFLOW_FAULT) is replaced
 without the job noticing, the values unchanged; a shard whose every replica died, or a chain
-master that died, stops the job, named; and the flags chains do not go with are refused."""
+master that died, stops the job, named; `launch --status` reads a chain from its new head; and
+the flags chains do not go with are refused."""
 
 import json
 import os
 import re
 import signal
+import subprocess
 
 import pytest
 
@@ -15,10 +17,13 @@ from psflow.launcher import cli
 from psflow.launcher.job_spec import JobSpec
 from test_launcher import (
     FAKE_WORKER,
+    ROOT,
     SCRIPTS,
     LaunchInBackground,
     alive,
     explain,
+    job_env,
+    launcher_command,
     run_launch,
     wait_until,
 )
@@ -137,3 +142,26 @@ def test_a_shard_without_replicas_or_a_dead_master_stops_the_job(victims, messag
     assert job.wait() == 1, job.explain()
     assert message in job.stderr, job.explain()
     assert not [name for name, pid in pids(job.stderr).items() if alive(pid)]
+
+
+@pytest.mark.cluster
+def test_status_reads_a_chain_from_its_new_head(tmp_path):
+    job = LaunchInBackground(tmp_path, "--no-progress", "--workers", 1, "--ps", 2,
+                             "--ps-replicas", 2, TRAINING, tmp_path / "v.json", 0.1)
+    try:
+        wait_until(lambda: "started worker 0" in job.stderr or job.process.poll() is not None,
+                   30, "the worker to start")
+        os.kill(pids(job.stderr)["ps 0.0"], signal.SIGKILL)
+        wait_until(lambda: "[worker:0] parameter server 0: its chain is at epoch 2" in job.stderr,
+                   15, "the worker to move to shard 0's new head")
+        serving = dict(re.findall(r"^\[launch\] (ps \d\.\d) serving on (\S+)", job.stderr,
+                                  re.M))
+        result = subprocess.run(launcher_command("--status", "--interval", "0.5"),
+                                capture_output=True, text=True, timeout=30, cwd=ROOT,
+                                env=job_env(tmp_path))
+        assert result.returncode == 0, explain(result)
+        rows = [line.split() for line in result.stdout.splitlines()]
+        assert ["0", serving["ps 0.1"]] in [row[:2] for row in rows], result.stdout
+        assert ["1", serving["ps 1.0"]] in [row[:2] for row in rows], result.stdout
+    finally:
+        assert job.wait() == 0, job.explain()
