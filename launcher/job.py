@@ -12,6 +12,8 @@ How a job ends:
   the signal's number (130 for SIGINT, 143 for SIGTERM). A second signal skips the grace period.
 - online (`launch --online`): only a stop ends the job, with a final checkpoint, exit code 0;
   see launcher.online.
+- shards run as chains of replicas (`launch --ps-replicas R`): a replica that dies while its
+  shard has another does not end the job, it is replaced; see launcher.replicated_shards.
 Stopping sends SIGTERM to every child's group, then SIGKILL to whatever is left after the
 grace period, and reaps every child: nothing the launcher started outlives `run_job`.
 If the launcher itself is killed (even with SIGKILL), nothing of the job stays: the kernel

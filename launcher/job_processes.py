@@ -14,7 +14,8 @@ POLL_S = 0.05
 
 class JobProcesses:
     """Job's starts and restarts of its children; they use the job's `spec`, `output`,
-    `watchdog`, `token`, `_tmp` (its folder) and `_stop`, and fill `ps`, `workers`,
+    `watchdog`, `token`, `_tmp` (its folder), `_stop` and `chain_config` (the "psflow" key of
+    the workers' TF_CONFIG, for shards run as chains), and fill `ps`, `workers`,
     `ps_addresses`, `metrics_ports`, `restarts`, `ps_restarts` and `_moved`."""
 
     def _child_env(self, role, index, threads, **extra):
