@@ -345,8 +345,9 @@ def _heartbeats_arrived(master, since, timeout):
 
 
 def main(argv=None):
-    """Serves until SIGTERM or SIGINT (exit 0), or until the --parent-pid process is gone
-    (exit 1); exit 2 on bad arguments, 1 when it cannot serve or write its port file."""
+    """Serves until SIGTERM or SIGINT, or until the --parent-pid process is gone (exit 0, as
+    the parameter servers); exit 2 on bad arguments, 1 when it cannot serve or write its port
+    file."""
     parser = argparse.ArgumentParser(prog="python -m psflow.ps.chain_master",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--chain", action="append", required=True,
@@ -398,7 +399,7 @@ def main(argv=None):
         pass
     master.stop()
     log.info("chain master exiting: %s", ended[0] if ended else "stopped")
-    return 1 if ended and ended[0] == "parent gone" else 0
+    return 0
 
 
 if __name__ == "__main__":
