@@ -33,8 +33,9 @@ from psflow.transport import auth
 from .process import Child, describe_exit
 from .resources import free_ports
 
-# How often the launcher asks the master whether a replacement has joined its chain.
-JOIN_CHECK_S = 0.5
+# How often the launcher asks the master whether a dead replica has left its chain (its
+# replacement then starts) and whether a replacement has joined.
+CHAIN_CHECK_S = 0.2
 GET_CHAIN_TIMEOUT_S = 1.0
 
 
@@ -88,7 +89,8 @@ class ReplicatedShards:
         self._next_replica = [spec.ps_replicas] * spec.ps
         self._failed_replacements = [0] * spec.ps
         self._joining = {}  # replacement Child -> [shard, port file, address or None]
-        self._join_checked_at = 0.0
+        self._leaving = []  # [shard, address]: dead replicas still in their chain
+        self._chains_checked_at = 0.0
         master_port = free_ports(spec.host, 1)[0]
         master_address = f"{spec.host}:{master_port}"
         port_files, wanted = [], []
@@ -139,7 +141,7 @@ class ReplicatedShards:
             code = child.exit_code()
             if code is not None:
                 self._replacement_ended(child, code, replace=not ps_ended)
-        self._look_for_joined()
+        self._look_at_chains()
         for shard, members in enumerate(self.members):
             for child in list(members):
                 code = child.exit_code()
@@ -165,7 +167,9 @@ class ReplicatedShards:
                 self.output.error(f"{child.name} {describe_exit(code)} while the workers were "
                                   f"running; shard {shard} goes on with {', '.join(live)}; "
                                   "starting a replacement")
-                self._start_replacement(shard)
+                # Once the master has removed it from the chain: a replica joins the chain
+                # of the live ones.
+                self._leaving.append((shard, self.addresses[child]))
         return True
 
     def _start_replacement(self, shard):
@@ -200,12 +204,18 @@ class ReplicatedShards:
                               f"{failed} failed replacement{'s' if failed > 1 else ''}: shard "
                               f"{shard} goes on with {live}")
 
-    def _look_for_joined(self):
-        """Moves the replacements the master has appended to their chains into `members`."""
+    def _look_at_chains(self):
+        """Starts the replacement of a dead replica the master has removed from its chain;
+        moves the replacements the master has appended to their chains into `members`."""
         now = time.monotonic()
-        if not self._joining or now - self._join_checked_at < JOIN_CHECK_S:
+        if not (self._joining or self._leaving) or now - self._chains_checked_at < CHAIN_CHECK_S:
             return
-        self._join_checked_at = now
+        self._chains_checked_at = now
+        for shard, address in list(self._leaving):
+            found = self._view.chain(shard)
+            if found is not None and address not in found[1]:
+                self._leaving.remove((shard, address))
+                self._start_replacement(shard)
         for child, place in list(self._joining.items()):
             shard, port_file, address = place
             if address is None:

@@ -1,9 +1,10 @@
 """`launch --ps-replicas R`: each shard runs as a chain of R replicas under a chain master.
 Whole jobs of real processes: a job of 2 shards x 2 replicas ends as the same job of lone
-shards does, with the same trained values; a head killed mid-run (PSFLOW_FAULT) is replaced
-without the job noticing, the values unchanged; a shard whose every replica died, or a chain
-master that died, stops the job, named; `launch --status` reads a chain from its new head; and
-the flags chains do not go with are refused."""
+shards does, with the same trained values; a head killed mid-run (PSFLOW_FAULT, or SIGKILL)
+is replaced without the job noticing, the values unchanged, and its replacement joins the
+chain; a shard whose every replica died, or a chain master that died, stops the job, named;
+`launch --status` reads a chain from its new head; and the flags chains do not go with are
+refused."""
 
 import json
 import os
@@ -114,15 +115,11 @@ def test_a_head_killed_mid_run_is_replaced_and_the_values_are_unchanged(tmp_path
     assert values == lone_shards and values["step"] == 40
     assert "launch: ps 0.0 failed with exit code 137 while the workers were running; shard 0 " \
            "goes on with ps 0.1; starting a replacement" in result.stderr, result.stderr
-    assert "[launch] started ps 0.2 (pid" in result.stderr
-    # The replacement joins the chain, or (a parameter server without --join) fails, is
-    # retried --max-restarts times (3) and given up on.
-    assert "[launch] ps 0.2 joined shard 0's chain" in result.stderr or \
-        "launch: ps 0.5 failed with exit code 2 before joining shard 0's chain; giving up on " \
-        "replacing the replica after 4 failed replacements: shard 0 goes on with ps 0.1" \
-        in result.stderr, result.stderr
-    assert "3 of 3 parameter-server replicas exited by themselves, 1 replica lost on the way" \
-        in result.stderr
+    # Its replacement may join before the job ends (and then, as the head of a chain of two
+    # again, ps 0.1 dies at its own 21st write there, and is replaced in turn).
+    summary = re.search(r"(\d) of (\d) parameter-server replicas exited by themselves, (\d) "
+                        r"replicas? lost on the way", result.stderr)
+    assert summary and summary[1] == summary[2] and int(summary[3]) >= 1, result.stderr
     for line in result.stderr.splitlines():  # every line names its source
         assert re.match(r"(\[(worker:0|ps:\d\.\d|chain:master|launch)\] |launch: )", line), line
     assert not [name for name, pid in pids(result.stderr).items() if alive(pid)]
@@ -151,9 +148,10 @@ def test_a_shard_without_replicas_or_a_dead_master_stops_the_job(victims, messag
 
 
 @pytest.mark.cluster
-def test_status_reads_a_chain_from_its_new_head(tmp_path):
+def test_a_replacement_joins_the_chain_and_status_reads_the_new_head(tmp_path, lone_shards):
+    # 40 steps 0.15 s apart: the job trains on while the head is replaced.
     job = LaunchInBackground(tmp_path, "--no-progress", "--workers", 1, "--ps", 2,
-                             "--ps-replicas", 2, TRAINING, tmp_path / "v.json", 0.1)
+                             "--ps-replicas", 2, TRAINING, tmp_path / "v.json", 0.15)
     try:
         wait_until(lambda: "started worker 0" in job.stderr or job.process.poll() is not None,
                    30, "the worker to start")
@@ -171,3 +169,9 @@ def test_status_reads_a_chain_from_its_new_head(tmp_path):
         assert ["1", serving["ps 1.0"]] in [row[:2] for row in rows], result.stdout
     finally:
         assert job.wait() == 0, job.explain()
+    assert re.search(r"^\[launch\] ps 0\.2 joined shard 0's chain at epoch \d+: ps 0\.1, ps 0\.2$",
+                     job.stderr, re.M), job.explain()
+    assert "4 of 4 parameter-server replicas exited by themselves, 1 replica lost on the way" \
+        in job.stderr, job.explain()
+    assert json.loads((tmp_path / "v.json").read_text()) == lone_shards
+    assert not [name for name, pid in pids(job.stderr).items() if alive(pid)]
