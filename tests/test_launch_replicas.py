@@ -3,8 +3,8 @@ Whole jobs of real processes: a job of 2 shards x 2 replicas ends as the same jo
 shards does, with the same trained values; a head killed mid-run (PSFLOW_FAULT, or SIGKILL)
 is replaced without the job noticing, the values unchanged, and its replacement joins the
 chain; a shard whose every replica died, or a chain master that died, stops the job, named;
-`launch --status` reads a chain from its new head; and the flags chains do not go with are
-refused."""
+`launch --status` reads a chain from its new head; an online job goes on through a replaced
+head; and the flags chains do not go with are refused."""
 
 import json
 import os
@@ -12,8 +12,10 @@ import re
 import signal
 import subprocess
 
+import numpy as np
 import pytest
 
+import psflow
 from psflow.launcher import cli
 from psflow.launcher.job_spec import JobSpec
 from test_launcher import (
@@ -175,3 +177,26 @@ def test_a_replacement_joins_the_chain_and_status_reads_the_new_head(tmp_path, l
         in job.stderr, job.explain()
     assert json.loads((tmp_path / "v.json").read_text()) == lone_shards
     assert not [name for name, pid in pids(job.stderr).items() if alive(pid)]
+
+
+@pytest.mark.cluster
+def test_an_online_job_of_chains_replaces_a_head_and_counts_every_line_once(tmp_path,
+                                                                           monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(6):
+        (data / f"part-{k:03d}.csv").write_text("".join(f"{i}\n" for i in range(10 * k,
+                                                                                10 * k + 10)))
+    monkeypatch.setenv("PSFLOW_FAULT", "kill:before-ack:0:0:1:10")
+    result = run_launch(tmp_path, "--no-progress", "--online", "--workers", 2, "--ps", 2,
+                        "--ps-replicas", 2, "--checkpoint-root", tmp_path,
+                        ROOT / "tests" / "cluster_scripts" / "online_counts.py", "--data", data,
+                        "--checkpoint-dir", tmp_path / "ckpt", "--idle-timeout", 2,
+                        "--step-sleep", 0.05)
+    assert result.returncode == 0, explain(result)
+    assert "launch: ps 0.0 failed with exit code 137 while the workers were running; shard 0 " \
+           "goes on with ps 0.1; starting a replacement" in result.stderr, explain(result)
+    counts = psflow.load_model(str(tmp_path / "ckpt"))["counts"]
+    np.testing.assert_array_equal(counts[:60], -1.0)  # every line once
+    np.testing.assert_array_equal(counts[60:], 0.0)
+    assert not [name for name, pid in pids(result.stderr).items() if alive(pid)]
