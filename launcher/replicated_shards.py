@@ -245,12 +245,12 @@ class ReplicatedShards:
         """SIGTERM to the chain master (once the replicas are done with it), and reaps it."""
         if self.master is None:
             return
+        if getattr(self, "_view", None) is not None:  # closed before the master goes
+            self._view.close()
+            self._view = None
         if self.master.running:
             self._terminate([self.master])
         self.master.reap()
-        if getattr(self, "_view", None) is not None:
-            self._view.close()
-            self._view = None
 
     def _chain_children(self):
         """The master and the replacements still joining, for the teardown."""

@@ -6,17 +6,20 @@ chain; a shard whose every replica died, or a chain master that died, stops the 
 `launch --status` reads a chain from its new head; an online job goes on through a replaced
 head; and the flags chains do not go with are refused."""
 
+import io
 import json
 import os
 import re
 import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import psflow
 from psflow.launcher import cli
+from psflow.launcher.job import run_job
 from psflow.launcher.job_spec import JobSpec
 from test_launcher import (
     FAKE_WORKER,
@@ -200,3 +203,23 @@ def test_an_online_job_of_chains_replaces_a_head_and_counts_every_line_once(tmp_
     np.testing.assert_array_equal(counts[:60], -1.0)  # every line once
     np.testing.assert_array_equal(counts[60:], 0.0)
     assert not [name for name, pid in pids(result.stderr).items() if alive(pid)]
+
+
+@pytest.mark.cluster
+def test_a_replacement_that_fails_is_retried_then_given_up_on(tmp_path, monkeypatch):
+    # Shard 0's head dies at its 41st write: about half way through the steps.
+    monkeypatch.setenv("PSFLOW_FAULT", "kill:before-ack:0:0:1:40")
+    out, err = io.StringIO(), io.StringIO()
+    spec = JobSpec(script=str(TRAINING), script_args=[str(tmp_path / "v.json"), "0.1"],
+                   workers=1, ps=2, ps_replicas=2, max_restarts=1, progress=False,
+                   ps_command=[sys.executable, str(SCRIPTS / "ps_without_join.py")])
+    assert run_job(spec, out, err) == 0, err.getvalue()
+    text = err.getvalue()
+    assert "launch: ps 0.2 failed with exit code 2 before joining shard 0's chain; starting " \
+           "another replacement (retry 1 of 1)" in text, text
+    assert "launch: ps 0.3 failed with exit code 2 before joining shard 0's chain; giving up on " \
+           "replacing the replica after 2 failed replacements: shard 0 goes on with ps 0.1" \
+           in text, text
+    assert "started ps 0.4" not in text
+    assert "3 of 3 parameter-server replicas exited by themselves, 1 replica lost" in text
+    assert json.loads((tmp_path / "v.json").read_text())["step"] == 40
