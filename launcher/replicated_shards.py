@@ -15,6 +15,8 @@ While the workers run:
   the master appends it once it has caught up). A replacement that fails before joining is
   started again, up to --max-restarts times per shard; then the shard goes on with the
   replicas it has.
+- a replica the master removed from its chain while it still runs (its heartbeats stopped:
+  stalled, or cut off from the master) is stopped, and replaced as one that died.
 - every replica of a shard gone, or the chain master gone: the job stops, naming it (a
   restarted master would not know the chains).
 At the end every replica exits by itself (each knows the workers are done: membership is a
@@ -22,6 +24,7 @@ write of the chain), and the launcher stops the master.
 """
 
 import os
+import signal
 import sys
 import time
 
@@ -90,6 +93,7 @@ class ReplicatedShards:
         self._failed_replacements = [0] * spec.ps
         self._joining = {}  # replacement Child -> [shard, port file, address or None]
         self._leaving = []  # [shard, address]: dead replicas still in their chain
+        self._evicted = set()  # replicas stopped because the master removed them
         self._chains_checked_at = 0.0
         master_port = free_ports(spec.host, 1)[0]
         master_address = f"{spec.host}:{master_port}"
@@ -141,7 +145,7 @@ class ReplicatedShards:
             code = child.exit_code()
             if code is not None:
                 self._replacement_ended(child, code, replace=not ps_ended)
-        self._look_at_chains()
+        self._look_at_chains(ending=bool(ps_ended))
         for shard, members in enumerate(self.members):
             for child in list(members):
                 code = child.exit_code()
@@ -204,15 +208,34 @@ class ReplicatedShards:
                               f"{failed} failed replacement{'s' if failed > 1 else ''}: shard "
                               f"{shard} goes on with {live}")
 
-    def _look_at_chains(self):
-        """Starts the replacement of a dead replica the master has removed from its chain;
-        moves the replacements the master has appended to their chains into `members`."""
+    def _look_at_chains(self, ending):
+        """Asks the master for the chains (every CHAIN_CHECK_S): stops a replica it removed
+        from its chain while still running (its heartbeats stopped: it is stalled or cut off),
+        to be replaced as one that died, unless the job is `ending`; starts the replacement of
+        a dead replica once it is out of its chain; moves the replacements appended to their
+        chains into `members`."""
         now = time.monotonic()
-        if not (self._joining or self._leaving) or now - self._chains_checked_at < CHAIN_CHECK_S:
+        if now - self._chains_checked_at < CHAIN_CHECK_S:
             return
         self._chains_checked_at = now
+        chains = {}
+
+        def chain(shard):  # (epoch, addresses) of the shard's chain; None: no answer
+            if shard not in chains:
+                chains[shard] = self._view.chain(shard)
+            return chains[shard]
+
+        for shard, members in enumerate(self.members):
+            for child in members:
+                found = None if ending or child in self._evicted or not child.running \
+                    else chain(shard)
+                if found is not None and self.addresses[child] not in found[1]:
+                    self._evicted.add(child)
+                    self.output.error(f"{child.name} was removed from shard {shard}'s chain by "
+                                      "the chain master (its heartbeats stopped); stopping it")
+                    child.signal_group(signal.SIGKILL)
         for shard, address in list(self._leaving):
-            found = self._view.chain(shard)
+            found = chain(shard)
             if found is not None and address not in found[1]:
                 self._leaving.remove((shard, address))
                 self._start_replacement(shard)
@@ -225,7 +248,7 @@ class ReplicatedShards:
                 place[2] = address = f"{self.spec.host}:{port}"
                 self.output.launcher(f"{child.name} serving on {address}, joining shard "
                                      f"{shard}'s chain")
-            found = self._view.chain(shard)
+            found = chain(shard)
             if found is None or address not in found[1]:
                 continue
             del self._joining[child]

@@ -2,7 +2,7 @@
 Whole jobs of real processes: a job of 2 shards x 2 replicas ends as the same job of lone
 shards does, with the same trained values; a head killed mid-run (PSFLOW_FAULT, or SIGKILL)
 is replaced without the job noticing, the values unchanged, and its replacement joins the
-chain; a shard whose every replica died, or a chain master that died, stops the job, named;
+chain (or, failing, is retried and given up on); a replica gone silent is stopped and replaced; a shard whose every replica died, or a chain master that died, stops the job, named;
 `launch --status` reads a chain from its new head; an online job goes on through a replaced
 head; and the flags chains do not go with are refused."""
 
@@ -37,12 +37,12 @@ from test_launcher import (
 TRAINING = SCRIPTS / "chain_training.py"
 
 
-def trained(tmp_path, *flags):
-    """Runs a job of 1 worker training TRAINING on 2 shards with `flags`; (launch's result,
-    the chief's values)."""
+def trained(tmp_path, *flags, pause=None):
+    """Runs a job of 1 worker training TRAINING on 2 shards with `flags` (and a `pause` after
+    each step); (launch's result, the chief's values)."""
     out = tmp_path / "values.json"
     result = run_launch(tmp_path, "--no-progress", "--workers", 1, "--ps", 2, *flags, TRAINING,
-                        out)
+                        out, *([] if pause is None else [pause]))
     assert result.returncode == 0, explain(result)
     return result, json.loads(out.read_text())
 
@@ -223,3 +223,19 @@ def test_a_replacement_that_fails_is_retried_then_given_up_on(tmp_path, monkeypa
     assert "started ps 0.4" not in text
     assert "3 of 3 parameter-server replicas exited by themselves, 1 replica lost" in text
     assert json.loads((tmp_path / "v.json").read_text())["step"] == 40
+
+
+@pytest.mark.cluster
+def test_a_replica_the_master_removed_is_stopped_and_replaced(tmp_path, lone_shards,
+                                                              monkeypatch):
+    # Shard 0's tail goes silent at its 8th heartbeat (about 2 s after the master serves), as
+    # one cut off from the master would, while the job (40 steps 0.2 s apart) trains on.
+    monkeypatch.setenv("PSFLOW_FAULT", "stall:heartbeat:0:1:1:7")
+    result, values = trained(tmp_path, "--ps-replicas", 2, pause=0.2)
+    assert values == lone_shards
+    assert "launch: ps 0.1 was removed from shard 0's chain by the chain master (its " \
+           "heartbeats stopped); stopping it\n" \
+           "launch: ps 0.1 was killed by SIGKILL while the workers were running; shard 0 goes " \
+           "on with ps 0.0; starting a replacement" in result.stderr, explain(result)
+    assert "[launch] started ps 0.2 (pid" in result.stderr
+    assert not [name for name, pid in pids(result.stderr).items() if alive(pid)]
