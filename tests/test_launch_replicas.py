@@ -2,9 +2,10 @@
 Whole jobs of real processes: a job of 2 shards x 2 replicas ends as the same job of lone
 shards does, with the same trained values; a head killed mid-run (PSFLOW_FAULT, or SIGKILL)
 is replaced without the job noticing, the values unchanged, and its replacement joins the
-chain (or, failing, is retried and given up on); a replica gone silent is stopped and replaced; a shard whose every replica died, or a chain master that died, stops the job, named;
-`launch --status` reads a chain from its new head; an online job goes on through a replaced
-head; and the flags chains do not go with are refused."""
+chain (or, failing, is retried and given up on); a replica gone silent is stopped and
+replaced; a shard whose every replica died, or a chain master that died, stops the job,
+named; `launch --status` reads a chain from its new head; an online job goes on through a
+replaced head; and the flags chains do not go with are refused."""
 
 import io
 import json
