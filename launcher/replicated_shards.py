@@ -17,8 +17,9 @@ While the workers run:
   replicas it has.
 - a replica the master removed from its chain while it still runs (its heartbeats stopped:
   stalled, or cut off from the master) is stopped, and replaced as one that died.
-- every replica of a shard gone, or the chain master gone: the job stops, naming it (a
-  restarted master would not know the chains).
+- the chain master gone: it is started again on its address, within --max-restarts (it goes
+  on with the chains the replicas hold; meanwhile their leases run out and the workers wait).
+- every replica of a shard gone: the job stops, naming the shard.
 At the end every replica exits by itself (each knows the workers are done: membership is a
 write of the chain), and the launcher stops the master.
 """
@@ -32,6 +33,7 @@ import grpc
 
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
+from psflow.ps.lease import RECONNECT_OPTIONS
 from psflow.transport import auth
 from .process import Child, describe_exit
 from .resources import free_ports
@@ -53,7 +55,8 @@ class ChainView:
 
     def __init__(self, address, token):
         self._metadata = auth.call_metadata(token)
-        self._channel = auth.open_channel(address, codec.CHANNEL_OPTIONS)
+        # A master started again on its address is found within a second.
+        self._channel = auth.open_channel(address, codec.CHANNEL_OPTIONS + RECONNECT_OPTIONS)
         self._get = self._channel.unary_unary(
             "/psflow.ChainMaster/GetChain",
             request_serializer=pb.GetChainRequest.SerializeToString,
@@ -95,6 +98,7 @@ class ReplicatedShards:
         self._leaving = []  # [shard, address]: dead replicas still in their chain
         self._evicted = set()  # replicas stopped because the master removed them
         self._chains_checked_at = 0.0
+        self._master_restarts = 0
         master_port = free_ports(spec.host, 1)[0]
         master_address = f"{spec.host}:{master_port}"
         port_files, wanted = [], []
@@ -114,15 +118,7 @@ class ReplicatedShards:
         self.addresses = {child: f"{spec.host}:{port}" for child, port in zip(self.ps, ports,
                                                                                strict=True)}
         chains = [[self.addresses[c] for c in members] for members in self.members]
-        port_file = os.path.join(self._tmp, "chain-master.port")
-        command = [*chain_master_command(), "--host", spec.host, "--port", str(master_port),
-                   "--port-file", port_file, "--parent-pid", str(os.getpid())]
-        for shard, chain in enumerate(chains):
-            command += ["--chain", f"{shard}={','.join(chain)}"]
-        self.master = Child("chain", "master", command, self._child_env("chain", "master", 1),
-                            self.output, self.watchdog)
-        self.output.launcher(f"started the chain master (pid {self.master.pid})")
-        if self._wait_for_ports([self.master], [port_file], [master_port]) is None:
+        if not self._start_master(chains, master_port, "chain-master.port"):
             return None
         for shard, members in enumerate(self.members):
             self.output.launcher(f"shard {shard}: a chain of {len(members)} replicas, head "
@@ -131,15 +127,45 @@ class ReplicatedShards:
         self._view = ChainView(master_address, self.token)
         return [chain[0] for chain in chains]
 
+    def _start_master(self, chains, port, port_file_name, note=""):
+        """Starts the chain master of `chains` on `port` and waits for its port file; False
+        after saying why it did not serve."""
+        port_file = os.path.join(self._tmp, port_file_name)
+        command = [*chain_master_command(), "--host", self.spec.host, "--port", str(port),
+                   "--port-file", port_file, "--parent-pid", str(os.getpid())]
+        for shard, chain in enumerate(chains):
+            command += ["--chain", f"{shard}={','.join(chain)}"]
+        self.master = Child("chain", "master", command, self._child_env("chain", "master", 1),
+                            self.output, self.watchdog)
+        self.output.launcher(f"started the chain master (pid {self.master.pid}){note}")
+        return self._wait_for_ports([self.master], [port_file], [port]) is not None
+
+    def _restart_master(self, code):
+        """The master exited while the workers run: it is started again on its address (the
+        replicas and the workers know it), and goes on with the chains the replicas hold.
+        False, after saying why, when it is not (past --max-restarts, or it did not serve)."""
+        self._master_restarts += 1
+        count, bound = self._master_restarts, self.spec.max_restarts
+        if count > bound:
+            self.output.error(f"the chain master {describe_exit(code)} while the workers were "
+                              "running; stopping the job")
+            return False
+        address = self.chain_config["chain_master"]
+        self.output.error(f"the chain master {describe_exit(code)} while the workers were "
+                          f"running; restarting it on {address}")
+        self.master.reap()
+        # The replicas' heartbeats tell it their chains; these name who to wait for.
+        chains = [[self.addresses[c] for c in members if c.running] for members in self.members]
+        return self._start_master(chains, int(address.rsplit(":", 1)[1]),
+                                  f"chain-master.restart-{count}.port",
+                                  f", {self._restart_count(count)}")
+
     def _watch_chains(self, ps_ended):
         """One look at the chains while the workers run: a replica that exited is replaced
         when its shard goes on; one that exited 0 (every worker is done) is added to
         `ps_ended`. False, after saying why, when the job must stop."""
         code = self.master.exit_code()
-        if code is not None:
-            self.output.error(f"the chain master {describe_exit(code)} while the workers were "
-                              "running; stopping the job (a restarted master would not know "
-                              "the chains)")
+        if code is not None and not ps_ended and not self._restart_master(code):
             return False
         for child in list(self._joining):
             code = child.exit_code()

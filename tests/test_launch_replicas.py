@@ -3,9 +3,10 @@ Whole jobs of real processes: a job of 2 shards x 2 replicas ends as the same jo
 shards does, with the same trained values; a head killed mid-run (PSFLOW_FAULT, or SIGKILL)
 is replaced without the job noticing, the values unchanged, and its replacement joins the
 chain (or, failing, is retried and given up on); a replica gone silent is stopped and
-replaced; a shard whose every replica died, or a chain master that died, stops the job,
-named; `launch --status` reads a chain from its new head; an online job goes on through a
-replaced head; and the flags chains do not go with are refused."""
+replaced; a chain master killed is restarted and the chains go on (past --max-restarts it
+stops the job, as a shard whose every replica died does, named); `launch --status` reads a
+chain from its new head; an online job goes on through a replaced head; and the flags chains
+do not go with are refused."""
 
 import io
 import json
@@ -240,3 +241,24 @@ def test_a_replica_the_master_removed_is_stopped_and_replaced(tmp_path, lone_sha
            "on with ps 0.0; starting a replacement" in result.stderr, explain(result)
     assert "[launch] started ps 0.2 (pid" in result.stderr
     assert not [name for name, pid in pids(result.stderr).items() if alive(pid)]
+
+
+@pytest.mark.cluster
+def test_a_chain_master_killed_mid_run_is_restarted_and_the_chains_go_on(tmp_path,
+                                                                         lone_shards):
+    job = LaunchInBackground(tmp_path, "--no-progress", "--workers", 1, "--ps", 2,
+                             "--ps-replicas", 2, TRAINING, tmp_path / "v.json", 0.1)
+    wait_until(lambda: "started worker 0" in job.stderr or job.process.poll() is not None, 30,
+               "the worker to start")
+    os.kill(pids(job.stderr)["the chain master"], signal.SIGKILL)
+    assert job.wait() == 0, job.explain()
+    address = re.search(r"chain master serving on (\S+)", job.stderr)[1]
+    assert f"launch: the chain master was killed by SIGKILL while the workers were running; " \
+           f"restarting it on {address}\n" in job.stderr, job.explain()
+    assert "(pid" in re.search(r"\[launch\] started the chain master .*restart 1 of 3",
+                               job.stderr)[0]
+    assert json.loads((tmp_path / "v.json").read_text()) == lone_shards
+    assert "4 of 4 parameter-server replicas exited by themselves" in job.stderr
+    started = [int(pid) for pid in re.findall(r"started the chain master \(pid (\d+)\)",
+                                              job.stderr)]
+    assert len(started) == 2 and not any(alive(pid) for pid in started)
