@@ -33,7 +33,6 @@ import grpc
 
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
-from psflow.ps.lease import RECONNECT_OPTIONS
 from psflow.transport import auth
 from .process import Child, describe_exit
 from .resources import free_ports
@@ -56,7 +55,7 @@ class ChainView:
     def __init__(self, address, token):
         self._metadata = auth.call_metadata(token)
         # A master started again on its address is found within a second.
-        self._channel = auth.open_channel(address, codec.CHANNEL_OPTIONS + RECONNECT_OPTIONS)
+        self._channel = auth.open_channel(address, codec.MASTER_CHANNEL_OPTIONS)
         self._get = self._channel.unary_unary(
             "/psflow.ChainMaster/GetChain",
             request_serializer=pb.GetChainRequest.SerializeToString,

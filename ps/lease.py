@@ -22,11 +22,6 @@ from . import faults
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 0.5
-# A master that was not up yet (or restarted) is reached again within a second, not after
-# gRPC's default reconnect backoff (which grows to minutes): meanwhile the lease runs out.
-RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
-                     ("grpc.min_reconnect_backoff_ms", 100),
-                     ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 class Lease:
@@ -63,7 +58,7 @@ class LeaseKeeper:
         self.shard, self.address, self.replication = shard, address, replication
         self.interval_s = interval_s
         self._metadata = auth.call_metadata(token)
-        self._channel = auth.open_channel(master, codec.CHANNEL_OPTIONS + RECONNECT_OPTIONS)
+        self._channel = auth.open_channel(master, codec.MASTER_CHANNEL_OPTIONS)
         self._heartbeat = self._channel.unary_unary(
             "/psflow.ChainMaster/ReplicaHeartbeat",
             request_serializer=pb.ReplicaHeartbeatRequest.SerializeToString,
