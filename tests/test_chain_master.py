@@ -145,6 +145,7 @@ def test_master_refuses_a_bad_chain():
         chain_master.main(["--chain", "x=1"])
 
 
+@pytest.mark.cluster  # a master's death and its successor: over a second
 def test_a_restarted_master_goes_on_with_the_chain_its_replicas_hold(replicas):
     r = replicas(3)
     declare(r.stubs[0])

@@ -94,6 +94,7 @@ def joiner(chain, server):
     return Joiner(server, chain.master.address, server.address)
 
 
+@pytest.mark.cluster  # a concurrency run of a second or more
 def test_a_replica_joins_while_training_goes_on_and_holds_every_write(cluster):
     r = cluster(2)
     declare(r.stubs[0])
@@ -172,6 +173,7 @@ def test_a_lone_replica_restarted_takes_its_place_empty(cluster):
     assert r.master.chain(0) == (2, [address])
 
 
+@pytest.mark.cluster  # a concurrency run of a second or more
 def test_a_join_whose_tail_changed_fails_naming_it(cluster):
     r = cluster(2)
     declare(r.stubs[0])
