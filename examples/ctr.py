@@ -237,11 +237,18 @@ def main(argv=None):
     with tf.train.MonitoredTrainingSession(hooks=hooks, export_dir=args.export_dir,
                                            export_signature=model["signature"]) as sess:
         is_chief = sess.is_chief
+        local_steps, longest = 0, 0.0
         while not sess.should_stop():
+            began = time.perf_counter()
             _, global_step = sess.run([model["train"], model["step"]])
+            local_steps += 1
+            longest = max(longest, time.perf_counter() - began)
             if start is None and global_step >= args.warmup:
                 start = (time.perf_counter(), global_step)
         end = (time.perf_counter(), int(sess.run(model["step"])))
+        # Every step pushed its gradients once: the steps of all workers add up to the
+        # global step, whatever failed over meanwhile.
+        print(f"this worker: {local_steps} steps, the longest {longest:.2f} s", flush=True)
         if is_chief:
             if start is not None and end[1] > start[1]:
                 steps, seconds = end[1] - start[1], end[0] - start[0]

@@ -1,6 +1,6 @@
 """`launch`: run a psflow job as local processes.
 
-    launch --workers N --ps M [--mode async|sync|ssp] [--staleness S]
+    launch --workers N --ps M [--ps-replicas R] [--mode async|sync|ssp] [--staleness S]
            [--replicas-to-aggregate K] [--ps-port BASE] [--max-restarts K]
            [--grace-period SECONDS] [--no-progress] [--export-dir BASE]
            [--online [--stop-timeout SECONDS]] script.py [script args...]
@@ -14,6 +14,7 @@ checkpoint, and the exit code is then 0 (see docs/online-training.md).
 """
 
 import argparse
+import logging
 import os
 import sys
 
@@ -42,8 +43,10 @@ def build_parser():
     job.add_argument("--ps", type=whole_number(1), required=True, metavar="M",
                      help="parameter-server processes (shards of the variables)")
     job.add_argument("--ps-replicas", type=whole_number(1), default=1, metavar="R",
-                     help="run each parameter-server shard as a chain of R replicas (see "
-                          "docs/replication.md)")
+                     help="run each shard as a chain of R replicas under a chain master: a "
+                          "replica that dies is replaced while training goes on, and the "
+                          "workers move to the shard's next replica (async mode only; see "
+                          "docs/replication.md; default: 1)")
     job.add_argument("--mode", choices=MODES, default="async",
                      help="how the workers' gradients are applied: async (on arrival), sync "
                           "(averaged per step) or ssp (bounded staleness); a mode the script "
@@ -228,6 +231,9 @@ def _parse(argv):
 def main(argv=None):
     """The `launch` command; returns its exit code."""
     argv = sys.argv[1:] if argv is None else argv
+    # The launcher's own calls to a shard follow its chain's new head without a word (the
+    # workers and the launcher's supervision say it): no unprefixed lines from its clients.
+    logging.getLogger("psflow.worker.client").addHandler(logging.NullHandler())
     if status.requested(argv):
         return status.main(argv)
     spec, kube = _parse(argv)

@@ -12,6 +12,8 @@ How a job ends:
   the signal's number (130 for SIGINT, 143 for SIGTERM). A second signal skips the grace period.
 - online (`launch --online`): only a stop ends the job, with a final checkpoint, exit code 0;
   see launcher.online.
+- shards run as chains of replicas (`launch --ps-replicas R`): a replica that dies while its
+  shard has another does not end the job, it is replaced; see launcher.replicated_shards.
 Stopping sends SIGTERM to every child's group, then SIGKILL to whatever is left after the
 grace period, and reaps every child: nothing the launcher started outlives `run_job`.
 If the launcher itself is killed (even with SIGKILL), nothing of the job stays: the kernel
@@ -37,6 +39,7 @@ from .online import OnlineSupervision
 from .output import Output
 from .process import Watchdog, describe_exit
 from .progress import ProgressPoller, report_worker_done
+from .replicated_shards import ReplicatedShards
 from .serving_tier import ServingTier
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -45,7 +48,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 WORKERS_AFTER_PS_EXIT_S = 10.0
 
 
-class Job(JobProcesses, OnlineSupervision, ServingTier):
+class Job(JobProcesses, OnlineSupervision, ServingTier, ReplicatedShards):
     """One run of a JobSpec. `run()` once; `stop()` from any thread ends it early."""
 
     def __init__(self, spec, stdout=None, stderr=None):
@@ -63,6 +66,9 @@ class Job(JobProcesses, OnlineSupervision, ServingTier):
         self.ps_restarts = {}  # PS index -> times restarted
         self._worker_start = {}  # worker index -> (command, env)
         self.ps_addresses = []
+        # Shards run as chains (ps_replicas > 1): TF_CONFIG's "psflow" key, the chain master.
+        self.chain_config = {}
+        self.master = None
         self.metrics_ports = {}  # ("ps" or "worker", index) -> its /metrics port
         self.progress = None
         self.stop_signal = None
@@ -107,11 +113,12 @@ class Job(JobProcesses, OnlineSupervision, ServingTier):
     def _run(self):
         if self.spec.metrics:
             self._pick_metrics_ports()
-        self.ps_addresses = self._start_ps()
+        self.ps_addresses = self._start_ps() if self.spec.ps_replicas == 1 else \
+            self._start_chains()
         if self.ps_addresses is None:
             return self._stopped_by_signal() if self._stop.is_set() else 1
         atomic_write(os.path.join(self._tmp, JOB_FILE), json.dumps(
-            {"ps": self.ps_addresses, "token": self.token}).encode())
+            {"ps": self.ps_addresses, "token": self.token, **self.chain_config}).encode())
         self.output.launcher(f"job status: launch --status {','.join(self.ps_addresses)}")
         if self.spec.serving_replicas:
             if not self._start_tier():
@@ -122,7 +129,8 @@ class Job(JobProcesses, OnlineSupervision, ServingTier):
                  "params": self.params_addresses}).encode())
         self._start_workers()
         self.progress = ProgressPoller(list(self.ps_addresses), self.output, token=self.token,
-                                       show=self.spec.progress).start()
+                                       show=self.spec.progress,
+                                       chain_master=self._chain_master).start()
         return self._supervise_online() if self.spec.online else self._supervise()
 
     def _supervise(self):
@@ -135,26 +143,10 @@ class Job(JobProcesses, OnlineSupervision, ServingTier):
             self._watch_tier()
             # A parameter server that crashed is the likelier cause of a worker's failure
             # seen in the same round, so it is named first.
-            for child in list(self.ps):
-                code = child.exit_code()
-                if code is None or child.name in ps_ended:
-                    continue
-                if code != 0:
-                    if self.ps_restarts.get(child.index, 0) < self.spec.max_restarts \
-                            and not ps_ended:
-                        self.output.error(f"{child.name} {describe_exit(code)} while the "
-                                          "workers were running; restarting it")
-                        if self._restart_ps(child):
-                            continue
-                        self.output.error(f"{child.name} could not be restarted on "
-                                          f"{self.ps_addresses[child.index]}; stopping the job")
-                        return 1
-                    self.output.error(f"{child.name} {describe_exit(code)} while the workers "
-                                      "were running; stopping the job")
-                    return 1
-                # A PS ends by itself once every worker has reported done: the workers
-                # should be exiting too. Give them a moment before calling it a failure.
-                ps_ended.append(child.name)
+            if not (self._watch_ps(ps_ended) if self.spec.ps_replicas == 1 else
+                    self._watch_chains(ps_ended)):
+                return 1
+            if ps_ended:
                 ps_ended_at = ps_ended_at or time.monotonic()
             for child in self.workers:
                 code = child.exit_code()
@@ -163,7 +155,8 @@ class Job(JobProcesses, OnlineSupervision, ServingTier):
                     self.output.error(f"{child.name} exited with code 0 without ever joining the "
                                       "job (it never registered with the parameter servers); "
                                       "the job goes on without it")
-                    report_worker_done(self.ps_addresses, child.index, token=self.token)
+                    report_worker_done(self.ps_addresses, child.index, token=self.token,
+                                       chain_master=self._chain_master)
                 if code and child not in self.lost:
                     after = f" (after {', '.join(ps_ended)} exited)" if ps_ended else ""
                     if self.restarts.get(child.index, 0) < self.spec.max_restarts \
@@ -180,7 +173,8 @@ class Job(JobProcesses, OnlineSupervision, ServingTier):
                     self.lost.append(child)
                     self.output.error(f"{child.name} {describe_exit(code)}{after}; the job "
                                       f"goes on with the other workers ({self.spec.mode} mode)")
-                    report_worker_done(self.ps_addresses, child.index, token=self.token)
+                    report_worker_done(self.ps_addresses, child.index, token=self.token,
+                                       chain_master=self._chain_master)
             if all(child.exit_code() is not None for child in self.workers):
                 if len(self.lost) + len(self.never_joined) == len(self.workers):
                     self.output.error("no worker finished its work; stopping the job")
@@ -198,10 +192,37 @@ class Job(JobProcesses, OnlineSupervision, ServingTier):
                 return 1
             self._stop.wait(POLL_S)
 
+    def _watch_ps(self, ps_ended):
+        """One look at the parameter servers while the workers run: one that failed is
+        restarted (within --max-restarts); one that exited 0 (every worker is done) is added
+        to `ps_ended`. False, after saying why, when the job must stop."""
+        for child in list(self.ps):
+            code = child.exit_code()
+            if code is None or child.name in ps_ended:
+                continue
+            if code != 0:
+                if self.ps_restarts.get(child.index, 0) < self.spec.max_restarts \
+                        and not ps_ended:
+                    self.output.error(f"{child.name} {describe_exit(code)} while the "
+                                      "workers were running; restarting it")
+                    if self._restart_ps(child):
+                        continue
+                    self.output.error(f"{child.name} could not be restarted on "
+                                      f"{self.ps_addresses[child.index]}; stopping the job")
+                    return False
+                self.output.error(f"{child.name} {describe_exit(code)} while the workers "
+                                  "were running; stopping the job")
+                return False
+            # A PS ends by itself once every worker has reported done: the workers
+            # should be exiting too. Give them a moment before calling it a failure.
+            ps_ended.append(child.name)
+        return True
+
     def _finish(self):
         """Every worker exited 0: the parameter servers should be exiting by themselves."""
         # Shard 0 may still answer: its final global step makes the summary exact.
         final = self.progress.poll() if self.progress else None
+        self._drop_joining()
         deadline = time.monotonic() + self.spec.ps_exit_timeout
         while any(c.running for c in self.ps) and time.monotonic() < deadline:
             if self._stop.wait(POLL_S):
@@ -218,6 +239,7 @@ class Job(JobProcesses, OnlineSupervision, ServingTier):
                                   "after the workers finished")
         if self.progress:
             self.progress.stop()
+        self._stop_master()
         self.output.launcher(self._summary(lingering, final))
         missing = [f"{c.name} (it {describe_exit(c.exit_code())})" for c in self.lost] + \
             [f"{c.name} (it never joined)" for c in self.never_joined]
@@ -225,6 +247,10 @@ class Job(JobProcesses, OnlineSupervision, ServingTier):
             self.output.error("job finished without " + ", ".join(missing))
             return 1
         return 0
+
+    @property
+    def _chain_master(self):
+        return self.chain_config.get("chain_master")
 
     # -- bounds -----------------------------------------------------------------------------------
     def _rows(self):
@@ -279,7 +305,11 @@ class Job(JobProcesses, OnlineSupervision, ServingTier):
             parts.append(f"{sum(self.restarts.values())} worker restart"
                          f"{'s' if sum(self.restarts.values()) > 1 else ''}")
         on_their_own = len(self.ps) - len(lingering)
-        parts.append(f"{on_their_own} of {len(self.ps)} parameter servers exited by themselves")
+        what = "parameter servers" if self.spec.ps_replicas == 1 else "parameter-server replicas"
+        parts.append(f"{on_their_own} of {len(self.ps)} {what} exited by themselves")
+        if getattr(self, "replicas_lost", 0):
+            parts.append(f"{self.replicas_lost} replica{'s' if self.replicas_lost > 1 else ''} "
+                         "lost on the way")
         if final_stats is not None:
             parts.append(f"global step {final_stats.global_step}")
         elif self.progress and self.progress.last_stats is not None:
@@ -312,7 +342,7 @@ class Job(JobProcesses, OnlineSupervision, ServingTier):
         """Stops whatever still runs and reaps every child."""
         if self.progress:
             self.progress.stop()
-        children = self.workers + self.ps + self._tier_children()
+        children = self.workers + self.ps + self._tier_children() + self._chain_children()
         if any(c.running for c in children):
             self._terminate(children)
         for child in children:

@@ -14,7 +14,8 @@ POLL_S = 0.05
 
 class JobProcesses:
     """Job's starts and restarts of its children; they use the job's `spec`, `output`,
-    `watchdog`, `token`, `_tmp` (its folder) and `_stop`, and fill `ps`, `workers`,
+    `watchdog`, `token`, `_tmp` (its folder), `_stop` and `chain_config` (the "psflow" key of
+    the workers' TF_CONFIG, for shards run as chains), and fill `ps`, `workers`,
     `ps_addresses`, `metrics_ports`, `restarts`, `ps_restarts` and `_moved`."""
 
     def _child_env(self, role, index, threads, **extra):
@@ -36,7 +37,9 @@ class JobProcesses:
     def _pick_metrics_ports(self):
         """Picks a free port for every process's /metrics and says where to scrape."""
         spec = self.spec
-        roles = [("ps", i) for i in range(spec.ps)] + [("worker", i) for i in range(spec.workers)]
+        shards = [i if spec.ps_replicas == 1 else f"{i}.{r}"
+                  for i in range(spec.ps) for r in range(spec.ps_replicas)]
+        roles = [("ps", s) for s in shards] + [("worker", i) for i in range(spec.workers)]
         ports = free_ports(spec.host, len(roles))
         self.metrics_ports = dict(zip(roles, ports, strict=False))
         self.output.launcher("metrics: " + ", ".join(
@@ -47,21 +50,29 @@ class JobProcesses:
         """Starts the parameter servers and waits for their ports; their addresses, or None
         after saying why the job cannot start."""
         spec = self.spec
-        port_files = []
         # The script's own ps tasks must know every address before they start.
         self._script_ps_ports = free_ports(spec.host, spec.ps, spec.ps_port) \
             if spec.script_ps else None
+        port_files = [os.path.join(self._tmp, f"ps-{i}.port") for i in range(spec.ps)]
         for i in range(spec.ps):
-            port_files.append(os.path.join(self._tmp, f"ps-{i}.port"))
             child = self._ps_child(i, spec.ps_port_of(i), port_files[i], fallback=True)
             self.ps.append(child)
             self.output.launcher(f"started {child.name} (pid {child.pid})")
-        ports = [None] * spec.ps
+        ports = self._wait_for_ports(self.ps, port_files,
+                                     [spec.ps_port_of(i) for i in range(spec.ps)])
+        return None if ports is None else [f"{spec.host}:{port}" for port in ports]
+
+    def _wait_for_ports(self, children, port_files, wanted):
+        """Waits (up to ps_start_timeout) for each child to write its port file; the ports,
+        or None after saying why the job cannot start. `wanted`: the port each asked for (0:
+        any), to say when it was taken."""
+        spec = self.spec
+        ports = [None] * len(children)
         deadline = time.monotonic() + spec.ps_start_timeout
         while None in ports:
             if self._stop.is_set():
                 return None
-            for i, child in enumerate(self.ps):
+            for i, child in enumerate(children):
                 if ports[i] is not None:
                     continue
                 try:
@@ -76,20 +87,21 @@ class JobProcesses:
                                       "before reporting its port; stopping the job")
                     return None
                 if ports[i] is not None:
-                    wanted = spec.ps_port_of(i)
-                    note = f" (port {wanted} was taken)" if wanted and wanted != ports[i] else ""
+                    note = f" (port {wanted[i]} was taken)" \
+                        if wanted[i] and wanted[i] != ports[i] else ""
                     self.output.launcher(f"{child.name} serving on {spec.host}:{ports[i]}{note}")
             if None in ports and time.monotonic() > deadline:
-                missing = ", ".join(self.ps[i].name for i, p in enumerate(ports) if p is None)
+                missing = ", ".join(children[i].name for i, p in enumerate(ports) if p is None)
                 self.output.error(f"{missing} did not report a port within "
                                   f"{spec.ps_start_timeout:g} s; stopping the job")
                 return None
             self._stop.wait(POLL_S)
-        return [f"{spec.host}:{port}" for port in ports]
+        return ports
 
-    def _ps_child(self, index, port, port_file, fallback=False):
-        """Starts PS `index`: `python -m psflow.ps`, or with script_ps the script itself as
-        ps task `index` on the address chosen for it."""
+    def _ps_child(self, index, port, port_file, fallback=False, replica=None, extra=()):
+        """Starts PS `index`: `python -m psflow.ps` (with the flags `extra`; as replica
+        `replica` of shard `index`'s chain, named "ps 0.1", when given), or with script_ps the
+        script itself as ps task `index` on the address chosen for it."""
         spec = self.spec
         if not spec.script_ps:
             command = [*spec.ps_command, "--task-index", str(index), "--num-workers",
@@ -97,8 +109,9 @@ class JobProcesses:
                        "--port-file", port_file, "--checkpoint-root", spec.checkpoint_root,
                        "--parent-pid", str(os.getpid())] + (["--port-fallback"] if fallback
                                                             else []) + \
-                (["--online"] if spec.online else [])
-            return Child("ps", index, command, self._child_env("ps", index, 1), self.output,
+                (["--online"] if spec.online else []) + list(extra)
+            label = index if replica is None else f"{index}.{replica}"
+            return Child("ps", label, command, self._child_env("ps", label, 1), self.output,
                          self.watchdog)
         addresses = [f"{spec.host}:{p}" for p in self._script_ps_ports]
         env = self._child_env("ps", index, 1, **{
@@ -143,7 +156,8 @@ class JobProcesses:
             command = spec.script_command(*flags)
             env = self._child_env("worker", i, threads, **spec.consistency.to_env(),
                                   **spec.export_env(), **{
-                "TF_CONFIG": spec.tf_config(self.ps_addresses, "worker", i),
+                "TF_CONFIG": spec.tf_config(self.ps_addresses, "worker", i,
+                                            **self.chain_config),
                 settings.PARENT_PID.name: str(os.getpid())})
             self._worker_start[i] = (command, env)
             child = Child("worker", i, command, env, self.output, self.watchdog)

@@ -32,7 +32,8 @@ class JobSpec:
     script_args: list = dataclasses.field(default_factory=list)
     workers: int = 1
     ps: int = 1
-    # Each parameter-server shard runs as a chain of this many replicas (docs/replication.md).
+    # Each parameter-server shard runs as a chain of this many replicas under a chain master
+    # (docs/replication.md; locally launcher.replicated_shards); 1: one server per shard.
     ps_replicas: int = 1
     mode: str = "async"
     staleness: int = 0
@@ -90,9 +91,10 @@ class JobSpec:
         """The workers' addresses as the cluster names them: they serve nothing (port 0)."""
         return [f"{self.host}:0"] * self.workers
 
-    def ps_port_of(self, index):
-        """The port PS `index` asks for (0: any free one)."""
-        return self.ps_port + index if self.ps_port else 0
+    def ps_port_of(self, index, replica=0):
+        """The port PS `index` (its replica `replica`, in a chain) asks for (0: any free
+        one)."""
+        return self.ps_port + index * self.ps_replicas + replica if self.ps_port else 0
 
     def classic_flags(self, ps_addresses, job_name, index):
         return [f"--ps_hosts={','.join(ps_addresses)}",
@@ -135,9 +137,12 @@ class JobSpec:
                              f"{self.max_restarts!r}")
         if not isinstance(self.ps_port, int) or not 0 <= self.ps_port <= 65535:
             raise ValueError(f"the PS port must be from 0 to 65535, got {self.ps_port!r}")
-        if self.ps_port and self.ps_port + self.ps - 1 > 65535:
-            raise ValueError(f"PS ports {self.ps_port}..{self.ps_port + self.ps - 1} go past "
-                             "65535")
+        if not isinstance(self.ps_replicas, int) or self.ps_replicas < 1:
+            raise ValueError(f"ps_replicas must be a whole number >= 1, got "
+                             f"{self.ps_replicas!r}")
+        last = self.ps_port + self.ps * self.ps_replicas - 1
+        if self.ps_port and last > 65535:
+            raise ValueError(f"PS ports {self.ps_port}..{last} go past 65535")
         for what in ("grace_period", "ps_start_timeout", "ps_exit_timeout", "stop_timeout"):
             value = getattr(self, what)
             if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
@@ -152,9 +157,24 @@ class JobSpec:
         if self.serving_replicas and self.script_ps:
             raise ValueError("a serving tier follows psflow's own parameter servers; it does "
                              "not go with --script-ps")
+        if self.ps_replicas > 1:
+            self._validate_chains()
         if self.export_every_n_checkpoints and not self.export_dir:
             raise ValueError("--export-every-n-checkpoints goes with --export-dir")
         script = str(self.script)
         if not (os.path.isfile(script) or os.path.isfile(os.path.join(script, "__main__.py"))):
             raise ValueError(f"script not found: {script}" if not os.path.exists(script) else
                              f"not a runnable script: {script}")
+
+    def _validate_chains(self):
+        """What does not go with shards run as chains of replicas (ps_replicas > 1)."""
+        if self.script_ps:
+            raise ValueError("--ps-replicas runs psflow's own parameter servers as chains of "
+                             "replicas; it does not go with --script-ps")
+        if self.serving_replicas:
+            raise ValueError("a serving tier does not follow shards run as chains of replicas "
+                             "yet: --serving-replicas does not go with --ps-replicas above 1")
+        if self.mode != "async":
+            raise ValueError(f"shards run as chains of replicas apply asynchronous training "
+                             f"only for now: --ps-replicas above 1 does not go with --mode "
+                             f"{self.mode}")

@@ -2,7 +2,8 @@
 so nothing ends it but a stop.
 
 - The parameter servers run with --online: they never exit on their own. One that exits is
-  started again on its address (the chief restores it from the latest checkpoint).
+  started again on its address (the chief restores it from the latest checkpoint); a replica
+  of a chain (--ps-replicas) is replaced as in any job (see launcher.replicated_shards).
 - A worker that fails is started again after a backoff (1 s, doubling to 60 s; back to 1 s once
   it ran for a minute), without bound: a job that runs for weeks outlives any count.
 - A worker that exits 0 has finished its stream (an idle timeout or a file bound in its
@@ -35,18 +36,22 @@ def restart_delay(failures):
 class OnlineSupervision:
     """Job's supervision in online mode; it uses the job's `spec`, `output`, `ps`, `workers`,
     `_stop`, `_hurry`, `stop_signal`, `progress`, `_restart_ps`, `_restart_worker`,
-    `_terminate` and `_past_a_bound`."""
+    `_terminate`, `_past_a_bound` and, for chains of replicas, `_watch_chains`,
+    `_drop_joining` and `_stop_master`."""
 
     def _supervise_online(self):
         now = time.monotonic()
         started = {child.index: now for child in self.workers}
         failures = {}
         due = {}  # worker index -> when it is started again
+        ended = []  # replicas of chains that exited 0
         while True:
             if self._stop.is_set():
                 return self._stop_online(due)
             self._watch_tier()
-            for child in list(self.ps):
+            if self.spec.ps_replicas > 1 and not self._watch_chains(ended):
+                return 1
+            for child in list(self.ps) if self.spec.ps_replicas == 1 else ():
                 code = child.exit_code()
                 if code is None:
                     continue
@@ -83,7 +88,9 @@ class OnlineSupervision:
     def _finish_online(self):
         """Every worker finished its stream: the parameter servers are stopped."""
         self.output.launcher("every worker finished its stream; stopping the parameter servers")
+        self._drop_joining()
         self._terminate([c for c in self.ps if c.running])
+        self._stop_master()
         if self.progress:
             self.progress.stop()
         return 0
@@ -98,7 +105,9 @@ class OnlineSupervision:
         self._stop_in_turn(others)
         if chief.running:
             self._stop_in_turn([chief])
+        self._drop_joining()
         self._terminate([c for c in self.ps if c.running])
+        self._stop_master()
         if self.progress:
             self.progress.stop()
         if 0 in due:

@@ -91,10 +91,12 @@ class Window:
 class ProgressPoller:
     """Polls every shard (`addresses`, shard 0 first) in a thread and, with `show`, shows the
     progress line on `output`. `last_stats` is shard 0's last StatsResponse, which the
-    launcher's supervision reads (who joined, who moves)."""
+    launcher's supervision reads (who joined, who moves). With `chain_master` (shards run as
+    chains of replicas, `addresses` their heads at the start) it asks each shard's current
+    head."""
 
     def __init__(self, addresses, output, interval=POLL_S, print_every=PRINT_EVERY_S,
-                 token=None, show=True):
+                 token=None, show=True, chain_master=None):
         if isinstance(addresses, str):
             raise TypeError("ProgressPoller takes the list of the parameter servers' "
                             f"addresses, shard 0 first, not one string ({addresses!r})")
@@ -106,7 +108,7 @@ class ProgressPoller:
         self.interval = interval
         self.print_every = print_every
         self.last_stats = None  # shard 0's last StatsResponse, for the job's summary
-        self._clients = [ShardClient(shard, address, timeout=RPC_TIMEOUT_S, token=token or "")
+        self._clients = [_client(shard, address, RPC_TIMEOUT_S, token, chain_master)
                          for shard, address in enumerate(addresses)]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
@@ -165,12 +167,25 @@ class ProgressPoller:
                 self.output.status(text)
 
 
-def report_worker_done(addresses, index, token=None, timeout=5.0):
+def _client(shard, address, timeout, token, chain_master):
+    """A ShardClient of `shard`; with `chain_master`, one that calls the current head of its
+    chain (the one at `address` when the master does not answer)."""
+    if chain_master:
+        try:
+            return ShardClient(shard, address, timeout=timeout, token=token or "",
+                               chain_master=chain_master)
+        except PsflowError:
+            pass
+    return ShardClient(shard, address, timeout=timeout, token=token or "")
+
+
+def report_worker_done(addresses, index, token=None, timeout=5.0, chain_master=None):
     """Tells every parameter server that worker `index` is gone for good (it died while the
     job went on), so they stop counting on it and exit when the others are done. Best effort:
-    a server that does not answer learns it from the missing heartbeats."""
+    a server that does not answer learns it from the missing heartbeats. With `chain_master`
+    (`addresses`: the heads of chains at the start), each shard's current head is told."""
     for shard, address in enumerate(addresses):
-        client = ShardClient(shard, address, timeout=timeout, token=token or "")
+        client = _client(shard, address, timeout, token, chain_master)
         try:
             client.call("WorkerDone", worker_request(index), wait_for_ready=False)
         except PsflowError:

@@ -7,7 +7,8 @@ ADDRESS is a parameter server's host:port, shard 0 first: the list TF1 calls --p
 one job `launch` runs on this machine is shown. Two looks at every shard, `--interval` seconds
 apart, give the rates; shard 0 also knows the global step and the workers. Calls carry the
 job's token: PSFLOW_AUTH_TOKEN, else that of the job `launch` runs on this machine on those
-addresses (in its job folder, readable by its user alone). Exit codes: 0 when shard 0
+addresses (in its job folder, readable by its user alone). A job whose shards run as chains of
+replicas (`launch --ps-replicas`) is read from each chain's current head. Exit codes: 0 when shard 0
 answered, 1 when it did not (a message names the addresses) or no job was found, 2 on bad
 arguments.
 """
@@ -20,6 +21,7 @@ import sys
 import time
 
 from psflow.argparsing import OneLineParser, seconds
+from psflow.errors import PsflowError
 from psflow.transport import auth
 from psflow.worker.client import shard_clients
 from psflow.worker.jobstats import Look, rates
@@ -250,6 +252,26 @@ def _job_and_token(given, folder=None):
     return given, token
 
 
+def _chain_master(given, folder=None):
+    """The chain master of the job `launch` runs on this machine whose shards' heads (at the
+    start) are `given`, when its shards run as chains of replicas; else None."""
+    return next((job.get("chain_master") for job in running_jobs(folder)
+                 if job["ps"] == list(given)), None)
+
+
+def _clients(addresses, timeout, token, chain_master):
+    """The shards' clients: with a chain master, each calls its chain's current head (the
+    addresses are the heads at the start); without, or when the master does not answer, the
+    servers at `addresses`."""
+    if chain_master:
+        try:
+            return shard_clients(addresses, timeout=timeout, token=token,
+                                 chain_master=chain_master)
+        except PsflowError:
+            pass
+    return shard_clients(addresses, timeout=timeout, token=token)
+
+
 def main(argv, folder=None):
     """`launch --status ...`; returns its exit code (2 leaves through SystemExit).
     `folder`: where `launch` keeps its job folders (default: the temporary folder)."""
@@ -259,7 +281,7 @@ def main(argv, folder=None):
     except LookupError as exc:
         print(f"launch: {exc}", file=sys.stderr)
         return 1
-    clients = shard_clients(args.status, timeout=args.timeout, token=token)
+    clients = _clients(args.status, args.timeout, token, _chain_master(args.status, folder))
     try:
         before = Look.take(clients, args.timeout)
         if all(stats is None for stats in before.shards):
@@ -268,10 +290,11 @@ def main(argv, folder=None):
             return 1
         time.sleep(args.interval)
         now = Look.take(clients, args.timeout)
+        asked = [client.address for client in clients]  # a chain's head may have changed
     finally:
         for client in clients:
             client.close()
-    sys.stdout.write(render(args.status, before, now))
+    sys.stdout.write(render(asked, before, now))
     sys.stdout.flush()
     if before.chief is None and now.chief is None:
         why = _one_line(now.errors.get(0) or before.errors.get(0) or "no answer")

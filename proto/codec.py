@@ -26,6 +26,12 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
 ]
+# To a chain master: one that was not up yet (or restarted) is reached again within a second,
+# not after gRPC's default reconnect backoff (which grows to minutes): meanwhile the replicas'
+# leases run out and the workers cannot find a new head.
+MASTER_CHANNEL_OPTIONS = CHANNEL_OPTIONS + [("grpc.initial_reconnect_backoff_ms", 100),
+                                            ("grpc.min_reconnect_backoff_ms", 100),
+                                            ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 class CodecError(ValueError):

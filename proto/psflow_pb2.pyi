@@ -106,14 +106,16 @@ class PushAnswer(_message.Message):
     def __init__(self, worker: _Optional[int] = ..., id: _Optional[_Union[PushId, _Mapping]] = ..., staleness: _Optional[_Iterable[int]] = ..., global_step: _Optional[int] = ...) -> None: ...
 
 class ReplicaHeartbeatRequest(_message.Message):
-    __slots__ = ("shard", "address", "epoch")
+    __slots__ = ("shard", "address", "epoch", "replicas")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     shard: int
     address: str
     epoch: int
-    def __init__(self, shard: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+    replicas: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, shard: _Optional[int] = ..., address: _Optional[str] = ..., epoch: _Optional[int] = ..., replicas: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReplicaHeartbeatResponse(_message.Message):
     __slots__ = ("chain", "lease_s")

@@ -10,12 +10,16 @@ had not acknowledged. Workers ask it for a shard's chain (GetChain) to find the 
 
 import argparse
 import logging
+import signal
+import sys
 import threading
 import time
 from concurrent import futures
 
 import grpc
 
+from psflow.fileio import atomic_write
+from psflow.parent import ParentWatch
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.transport import auth
@@ -27,6 +31,9 @@ LEASE_S = 3.0
 # How often the master looks for replicas whose heartbeats stopped.
 CHECK_S = 0.1
 INSTALL_TIMEOUT_S = 10.0
+# How long a starting master gathers the chains the replicas hold (a master that restarted
+# continues from them; the replicas heartbeat every half second).
+RECOVER_S = 1.5
 
 
 class _Shard:
@@ -60,6 +67,10 @@ class ChainMaster:
         self._server = None
         self.exit_after_silence_s = float(exit_after_silence_s)
         self._last_heard = None  # time.monotonic() of the last heartbeat of any replica
+        # While starting: (shard, address) -> (epoch, replicas) a replica's heartbeat said it
+        # holds (see _gather_reports).
+        self._recovering = True
+        self._reports = {}
 
     @property
     def address(self):
@@ -93,9 +104,18 @@ class ChainMaster:
         if self.port == 0:
             raise OSError(f"cannot bind {self.host}:{self.requested_port}")
         self._server.start()
-        for s in self.shards.values():  # the replicas may still be starting: wait for them
+        reports = self._gather_reports()
+        for s in self.shards.values():
             with s.installing:
-                self._install_next(s, s.replicas, wait_for_ready=True)
+                held = reports.get(s.shard)
+                if held:  # the master restarted: the replicas' newest chain goes on
+                    epoch, replicas = max(held)
+                    log.info("shard %d: its replicas hold epoch %d (%s): the chain goes on "
+                             "from there", s.shard, epoch, ", ".join(replicas))
+                    s.epoch = epoch
+                    self._install_next(s, list(replicas))
+                else:  # the replicas may still be starting: wait for them
+                    self._install_next(s, s.replicas, wait_for_ready=True)
         now = time.monotonic()
         with self._lock:
             for s in self.shards.values():
@@ -103,6 +123,27 @@ class ChainMaster:
         threading.Thread(target=self._watch, daemon=True, name="chain-master").start()
         log.info("chain master on %s for %d shards", self.address, len(self.shards))
         return self
+
+    def _gather_reports(self):
+        """{shard: [(epoch, replicas)]} of the chains the replicas' first heartbeats say they
+        hold, gathered for up to RECOVER_S (less once every named replica reported). A
+        master that restarted finds its shards' chains there; a new job's replicas hold
+        none (epoch 0)."""
+        deadline = time.monotonic() + min(RECOVER_S, self.lease_s)
+        named = {(s.shard, r) for s in self.shards.values() for r in s.replicas}
+        while time.monotonic() < deadline and not self._stopped.is_set():
+            with self._lock:
+                heard = set(self._reports)
+            if named <= heard:
+                break
+            time.sleep(0.02)
+        with self._lock:
+            self._recovering = False
+            reports = {}
+            for (shard, _), (epoch, replicas) in self._reports.items():
+                if epoch > 0 and replicas:
+                    reports.setdefault(shard, []).append((epoch, tuple(replicas)))
+            return reports
 
     def _config(self, s, address):
         index = s.replicas.index(address) if address in s.replicas else -1
@@ -113,6 +154,9 @@ class ChainMaster:
             s = self.shards.get(request.shard)
             if s is None:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no shard {request.shard} here")
+            if self._recovering:
+                self._reports[(s.shard, request.address)] = (request.epoch,
+                                                             list(request.replicas))
             if request.address in s.replicas:
                 s.heard[request.address] = self._last_heard = time.monotonic()
             return pb.ReplicaHeartbeatResponse(chain=self._config(s, request.address),
@@ -288,7 +332,22 @@ def parse_chains(items):
     return chains
 
 
+def _heartbeats_arrived(master, since, timeout):
+    """Waits (up to `timeout` seconds) until a heartbeat of every replica reached `master`
+    after `since` (time.monotonic()); whether they all did."""
+    deadline = since + timeout
+    while True:
+        heard = [t for s in master.shards.values() for t in list(s.heard.values())]
+        if all(t > since for t in heard):
+            return True
+        if time.monotonic() > deadline or master.wait(CHECK_S):
+            return False
+
+
 def main(argv=None):
+    """Serves until SIGTERM or SIGINT, or until the --parent-pid process is gone (exit 0, as
+    the parameter servers); exit 2 on bad arguments, 1 when it cannot serve or write its port
+    file."""
     parser = argparse.ArgumentParser(prog="python -m psflow.ps.chain_master",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--chain", action="append", required=True,
@@ -299,20 +358,50 @@ def main(argv=None):
     parser.add_argument("--exit-after-silence", type=float, default=0.0, metavar="SECONDS",
                         help="exit 0 once no replica has heartbeated for this long, after "
                              "some did (0, the default: serve until stopped)")
+    parser.add_argument("--port-file",
+                        help="write the bound port to this file (atomically) once epoch 1 of "
+                             "every chain is installed and every replica has heartbeated")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     args = parser.parse_args(argv)
+    if args.parent_pid is not None and args.parent_pid < 1:
+        parser.error(f"--parent-pid must be a process id, got {args.parent_pid}")
     try:
         chains = parse_chains(args.chain)
         master = ChainMaster(chains, args.host, args.port, args.lease,
-                             exit_after_silence_s=args.exit_after_silence).start()
-    except (ValueError, OSError) as exc:
+                             exit_after_silence_s=args.exit_after_silence)
+    except ValueError as exc:
         parser.error(str(exc))
-    print(f"chain master on {master.address}", flush=True)
+    ended = []  # why the master stops: a signal's name, or the parent gone
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # The handler only notes the signal: grpc's stop must not run inside its frame.
+        signal.signal(signum, lambda num, frame: ended.append(signal.Signals(num).name))
+    if args.parent_pid is not None:
+        ParentWatch(args.parent_pid).start(lambda: ended.append("parent gone"),
+                                           name="chain-master-parent")
     try:
-        master.wait()
-    except KeyboardInterrupt:
-        master.stop()
+        master.start()  # returns once epoch 1 is installed on every replica
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    if args.port_file:
+        # Ready for workers once every replica holds a lease, not just its chain.
+        if not _heartbeats_arrived(master, time.monotonic(), master.lease_s):
+            log.warning("not every replica heartbeated within %g s of its chain's install",
+                        master.lease_s)
+        try:
+            atomic_write(args.port_file, f"{master.port}\n".encode())
+        except OSError as exc:
+            log.error("cannot write the port file %s: %s", args.port_file, exc)
+            master.stop()
+            return 1
+    print(f"chain master on {master.address}", flush=True)
+    while not ended and not master.wait(0.2):
+        pass
+    master.stop()
+    log.info("chain master exiting: %s", ended[0] if ended else "stopped")
+    return 0
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    main()
+    sys.exit(main())

@@ -50,7 +50,7 @@ class Joiner:
         self.store = server.store
         self.replication = server.servicer.replication
         self._metadata = auth.call_metadata(token)
-        self._channel = auth.open_channel(master, codec.CHANNEL_OPTIONS)
+        self._channel = auth.open_channel(master, codec.MASTER_CHANNEL_OPTIONS)
         self._join = self._channel.unary_unary(
             "/psflow.ChainMaster/JoinChain",
             request_serializer=pb.JoinChainRequest.SerializeToString,

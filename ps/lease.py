@@ -22,11 +22,6 @@ from . import faults
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 0.5
-# A master that was not up yet (or restarted) is reached again within a second, not after
-# gRPC's default reconnect backoff (which grows to minutes): meanwhile the lease runs out.
-RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
-                     ("grpc.min_reconnect_backoff_ms", 100),
-                     ("grpc.max_reconnect_backoff_ms", 1000)]
 
 
 class Lease:
@@ -63,12 +58,13 @@ class LeaseKeeper:
         self.shard, self.address, self.replication = shard, address, replication
         self.interval_s = interval_s
         self._metadata = auth.call_metadata(token)
-        self._channel = auth.open_channel(master, codec.CHANNEL_OPTIONS + RECONNECT_OPTIONS)
+        self._channel = auth.open_channel(master, codec.MASTER_CHANNEL_OPTIONS)
         self._heartbeat = self._channel.unary_unary(
             "/psflow.ChainMaster/ReplicaHeartbeat",
             request_serializer=pb.ReplicaHeartbeatRequest.SerializeToString,
             response_deserializer=pb.ReplicaHeartbeatResponse.FromString)
         self._stopped = threading.Event()
+        self._answered = False  # the master answered once (until then it may be starting)
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"ps{shard}-lease")
         replication.lease.require()
@@ -81,16 +77,23 @@ class LeaseKeeper:
         """One heartbeat; True if the master answered (and the lease was renewed)."""
         faults.hit("heartbeat", self.shard, self.replication.config.index)
         sent = time.monotonic()
+        config = self.replication.config
         try:
             answer = self._heartbeat(pb.ReplicaHeartbeatRequest(
-                shard=self.shard, address=self.address, epoch=self.replication.config.epoch),
+                shard=self.shard, address=self.address, epoch=config.epoch,
+                replicas=list(config.replicas) if config.epoch else []),
                 timeout=max(self.interval_s, 1.0), metadata=self._metadata)
         except grpc.RpcError as exc:
-            log.warning("shard %d: no heartbeat answer from the chain master: %s: %s",
-                        self.shard, exc.code().name, exc.details())
+            if self._answered:
+                log.warning("shard %d: no heartbeat answer from the chain master: %s: %s",
+                            self.shard, exc.code().name, exc.details())
+            else:  # a replica may start before its master (as under launch): no alarm yet
+                log.debug("shard %d: the chain master does not answer yet: %s", self.shard,
+                          exc.code().name)
             return False
         except ValueError:  # the channel is closed: stopping
             return False
+        self._answered = True
         if answer.chain.index >= 0:
             self.replication.lease.renew(sent + answer.lease_s)
         return True

@@ -307,7 +307,9 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     def SaveShard(self, request, context):
         digest, step, size, names, positions, (delta, seq, incarnation) = \
             self.store.save_incremental(request.path, request.since_seq,
-                                        request.since_incarnation)
+                                        request.since_incarnation,
+                                        # a replica of a chain changes only by its log's writes
+                                        evict=self.replication.config.epoch == 0)
         reply = pb.SaveShardResponse(sha256=digest, global_step=-1 if step is None else step,
                                      bytes=size, variables=names, delta=delta, table_seq=seq,
                                      incarnation=incarnation)

@@ -130,7 +130,7 @@ class ShardStore:
         positions = self.input_positions.all() if self.holds_global_step else []
         return (*self.save(path), positions)
 
-    def save_incremental(self, path, since_seq=0, since_incarnation=0):
+    def save_incremental(self, path, since_seq=0, since_incarnation=0, evict=True):
         """As `save_with_positions`, a delta of the tables when it can (see
         ShardSnapshots.save_incremental): (sha256, global step or None, bytes, variable
         names, positions, (delta, table sequence, incarnation))."""
@@ -138,7 +138,7 @@ class ShardStore:
         *saved, chain = self.snapshots.save_incremental(
             path, self.variables, self.tables,
             lambda: self.global_step if self.holds_global_step else None,
-            since_seq, since_incarnation)
+            since_seq, since_incarnation, evict)
         return (*saved, positions, chain)
 
     def missing(self, names):

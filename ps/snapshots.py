@@ -39,7 +39,7 @@ class ShardSnapshots:
         return self.save_incremental(path, variables, tables, global_step)[:4]
 
     def save_incremental(self, path, variables, tables, global_step, since_seq=0,
-                         since_incarnation=0):
+                         since_incarnation=0, evict=True):
         """As `save`, writing only the tables' rows changed or removed after sequence
         `since_seq` (a delta) when it belongs to the tables' incarnation `since_incarnation`
         and they still know their changes since then; every row otherwise. Returns (sha256,
@@ -55,13 +55,13 @@ class ShardSnapshots:
         delta = 0 < int(since_seq) <= seq and int(since_incarnation) == tables.incarnation
         if delta:
             try:
-                pause = tables.add_changes_to(contents, int(since_seq))
+                pause = tables.add_changes_to(contents, int(since_seq), evict)
             except ChangesLost as exc:
                 log.info("shard %d: a full checkpoint instead of a delta: %s", self.shard, exc)
                 contents.tables.clear()
                 delta = False
         if not delta:
-            pause = tables.add_to(contents)
+            pause = tables.add_to(contents, evict)
         if contents.tables:
             log.info("shard %d: tables %s copied for the %s checkpoint; each held for at "
                      "most %.3f s", self.shard, ", ".join(sorted(contents.tables)),

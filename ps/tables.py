@@ -187,29 +187,33 @@ class ShardTables:
             held.table.remove_keys(keys)
             held.version += 1
 
-    def add_to(self, contents):
+    def add_to(self, contents, evict=True):
         """Adds each table's state to `contents` (a psflow.checkpoint.ShardContents), copied a
         chunk of rows at a time under its table's lock (training goes on between chunks), after
-        evicting its stale rows (stale rows go at checkpoint time); returns the longest a table
-        was held at once."""
+        evicting its stale rows (stale rows go at checkpoint time, unless not `evict`: a
+        replica of a chain changes only through the writes of its log); returns the longest a
+        table was held at once."""
         pause = 0.0
         for name, held in list(self.held.items()):
-            with held.lock:
-                held.table.evict(self.step)
+            if evict:
+                with held.lock:
+                    held.table.evict(self.step)
             contents.tables[name], longest = held.table.copy_state(held.lock)
             pause = max(pause, longest)
         return pause
 
-    def add_changes_to(self, contents, since):
+    def add_changes_to(self, contents, since, evict=True):
         """Adds to `contents` each table's rows changed or removed after sequence `since`
         (EmbeddingTable.changes_since with their state, and the removed keys as the field
-        "removed"), after evicting its stale rows; returns the longest a table was held.
+        "removed"), after evicting its stale rows (as add_to); returns the longest a table
+        was held.
         ChangesLost when a table no longer knows its removals back to `since`."""
         pause = 0.0
         for name, held in list(self.held.items()):
             with held.lock:
                 started = time.monotonic()
-                held.table.evict(self.step)
+                if evict:
+                    held.table.evict(self.step)
                 changes = held.table.changes_since(since, with_state=True)
                 pause = max(pause, time.monotonic() - started)
             contents.tables[name] = dict(changes.state, removed=changes.removed)

@@ -143,3 +143,23 @@ def test_master_refuses_a_bad_chain():
         chain_master.parse_chains(["0:127.0.0.1:1"])
     with pytest.raises(SystemExit):
         chain_master.main(["--chain", "x=1"])
+
+
+@pytest.mark.cluster  # a master's death and its successor: over a second
+def test_a_restarted_master_goes_on_with_the_chain_its_replicas_hold(replicas):
+    r = replicas(3)
+    declare(r.stubs[0])
+    train(r.stubs[0], 2)
+    r.servers[2].stop(grace=0)
+    assert r.wait_epoch(2) == (2, r.addresses[:2])
+    port = r.master.port
+    r.master.stop()
+    # Started again with the chain it was first given, it takes the replicas' newest one.
+    r.master = chain_master.ChainMaster({0: r.addresses}, port=port, lease_s=LEASE_S,
+                                        check_s=0.02).start()
+    assert r.master.chain(0) == (3, r.addresses[:2])
+    wait_for(lambda: all(s.servicer.replication.lease.remaining() > 0
+                         for s in r.servers[:2]), 5, "leases from the new master")
+    train_epoch(r.stubs[0], 3, 3)
+    assert_same_state(state(r.servers[0]), state(r.servers[1]))
+    assert state(r.servers[1])[3] == 5

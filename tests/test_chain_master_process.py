@@ -1,7 +1,8 @@
 """The chain master and a shard's two replicas as processes: the head, killed by PSFLOW_FAULT
 after the tail applied a push and before answering it, is removed from the chain, and a
 worker's ShardClient gets the push's answer from the new head without an error, the push
-applied once."""
+applied once. A master run as launch runs it writes its port file once its replicas hold
+leases and exits when its parent is gone."""
 
 import os
 import subprocess
@@ -14,6 +15,8 @@ from launcher.resources import free_ports
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.worker.client import ShardClient
+from psflow.worker.failover import ChainLookup
+from waiting import wait_for
 
 TIMEOUT = 30
 
@@ -64,6 +67,36 @@ def test_a_head_process_killed_mid_push_is_replaced_and_the_push_answered_once()
         assert reply.global_step == 2
     finally:
         client.close()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+
+@pytest.mark.cluster  # a replica and a master as processes; a second or two
+def test_a_master_writes_its_port_once_the_replicas_hold_leases_and_exits_with_its_parent(
+        tmp_path):
+    master_port, replica_port = free_ports("127.0.0.1", 2)
+    replica, master = f"127.0.0.1:{replica_port}", f"127.0.0.1:{master_port}"
+    port_file = tmp_path / "master.port"
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    processes = [parent, start(["psflow.ps", "--task-index", "0", "--num-workers", "1",
+                                "--port", str(replica_port), "--chain-master", master,
+                                "--heartbeat-interval", "0.1"])]
+    processes.append(start(["psflow.ps.chain_master", "--chain", f"0={replica}", "--port",
+                            str(master_port), "--port-file", str(port_file), "--parent-pid",
+                            str(parent.pid)]))
+    lookup = ChainLookup(master, 0, "")
+    try:
+        wait_for(port_file.exists, TIMEOUT, "the master's port file")
+        assert port_file.read_text() == f"{master_port}\n"
+        assert lookup.current(timeout=5) == (1, replica)
+        parent.kill()
+        parent.wait()
+        assert processes[2].wait(timeout=10) == 0  # its parent is gone
+        assert processes[1].poll() is None  # only the master watched that process
+    finally:
+        lookup.close()
         for process in processes:
             if process.poll() is None:
                 process.kill()

@@ -19,38 +19,32 @@ from psflow.ps.shard_copy import CopyApplier, copy_pieces
 from psflow.ps.shard_server import ParameterServer
 from psflow.ps.shard_store import ShardStore
 from psflow.table_changes import ChangesLost
-from test_chain_master import Replicas
+from test_chain_master import replicas  # noqa: F401 -- the fixture
 from test_replication import TIMEOUT, assert_same_state, declare, state, step_requests
 from waiting import wait_for
 
-RETRIED = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
-
 
 @pytest.fixture
-def cluster():
-    made = []
+def cluster(replicas):  # noqa: F811 -- test_chain_master's fixture: chains under a master
+    return replicas
 
-    def make(count):
-        made.append(Replicas(count))
-        return made[-1]
-    yield make
-    for r in made:
-        r.close()
+
+RETRIED = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAVAILABLE)
 
 
 class Trainer:
     """A worker training through the head of shard 0's chain until stopped, retrying a write
     the chain refused while it changed (a push keeps its id, so it is applied once)."""
 
-    def __init__(self, replicas, incarnation=4):
-        self.replicas, self.steps, self.incarnation = replicas, 0, incarnation
+    def __init__(self, chain, incarnation=4):
+        self.chain, self.steps, self.incarnation = chain, 0, incarnation
         self._stop = threading.Event()
         self.error = None
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def head(self):
-        head = self.replicas.master.chain(0)[1][0]
-        return self.replicas.stubs[self.replicas.addresses.index(head)]
+        head = self.chain.master.chain(0)[1][0]
+        return self.chain.stubs[self.chain.addresses.index(head)]
 
     def _call(self, method, request):
         for _ in range(200):
@@ -84,22 +78,23 @@ class Trainer:
         return self.steps
 
 
-def add_replica(replicas):
+def add_replica(chain):
     """A new server of shard 0 heartbeating to the master, known to the test's stubs."""
     server = ParameterServer(shard=0, num_workers=1, heartbeat_s=0.05).start()
-    server.heartbeat_to(replicas.master.address)
-    replicas.servers.append(server)
-    replicas.addresses.append(server.address)
+    server.heartbeat_to(chain.master.address)
+    chain.servers.append(server)
+    chain.addresses.append(server.address)
     channel = grpc.insecure_channel(server.address)
-    replicas.channels.append(channel)
-    replicas.stubs.append(pb_grpc.ParameterServerStub(channel))
+    chain.channels.append(channel)
+    chain.stubs.append(pb_grpc.ParameterServerStub(channel))
     return server
 
 
-def joiner(replicas, server):
-    return Joiner(server, replicas.master.address, server.address)
+def joiner(chain, server):
+    return Joiner(server, chain.master.address, server.address)
 
 
+@pytest.mark.cluster  # a concurrency run of a second or more
 def test_a_replica_joins_while_training_goes_on_and_holds_every_write(cluster):
     r = cluster(2)
     declare(r.stubs[0])
@@ -151,7 +146,8 @@ def test_a_founder_takes_its_place_before_and_after_the_chain_is_installed():
     address = f"127.0.0.1:{port}"
     started = []
     master = threading.Thread(target=lambda: started.append(
-        chain_master.ChainMaster({0: [address]}, check_s=0.02).start()), daemon=True)
+        chain_master.ChainMaster({0: [address]}, lease_s=0.4, check_s=0.02).start()),
+        daemon=True)
     master.start()  # it waits for its replica to install the chain
     server = ParameterServer(shard=0, num_workers=1, heartbeat_s=0.05, port=port).start()
     try:
@@ -177,6 +173,7 @@ def test_a_lone_replica_restarted_takes_its_place_empty(cluster):
     assert r.master.chain(0) == (2, [address])
 
 
+@pytest.mark.cluster  # a concurrency run of a second or more
 def test_a_join_whose_tail_changed_fails_naming_it(cluster):
     r = cluster(2)
     declare(r.stubs[0])

@@ -5,34 +5,18 @@ workers need to find one another."""
 
 import json
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
-import yaml
 
 from psflow.launcher import cli, k8s
 from psflow.launcher.job_spec import JobSpec
 from psflow.ps import __main__ as ps_main
 from psflow.ps.chain_master import parse_chains
 from psflow.train.cluster import task_config_from_env
+from test_k8s import KUBERNETES_VERSION, ROOT, by_kind, generate
 
-ROOT = Path(__file__).resolve().parent.parent
-KUBERNETES_VERSION = "1.33"
 DIGITS = str(ROOT / "examples" / "digits.py")
-
-
-def generate(*args):
-    result = subprocess.run([sys.executable, "-m", "psflow.launcher", *map(str, args)],
-                            capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    return list(yaml.safe_load_all(result.stdout))
-
-
-def by_kind(documents):
-    return {(d["kind"], d["metadata"]["name"]): d for d in documents}
 
 
 def pod_spec(document):

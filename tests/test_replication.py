@@ -27,8 +27,9 @@ class Chain:
     """`replicas` servers of shard `shard` (each its own ParameterServer), and a stub to
     each."""
 
-    def __init__(self, replicas, shard=0):
-        self.servers = [ParameterServer(shard=shard, num_workers=1).start()
+    def __init__(self, replicas, shard=0, checkpoint_root=None):
+        self.servers = [ParameterServer(shard=shard, num_workers=1,
+                                        checkpoint_root=checkpoint_root).start()
                         for _ in range(replicas)]
         self.channels = [grpc.insecure_channel(s.address, options=codec.CHANNEL_OPTIONS)
                          for s in self.servers]
@@ -56,12 +57,12 @@ class Chain:
 
 @pytest.fixture
 def chains():
-    """chains(R, epoch, shard): a chain of R replicas of `shard` at `epoch`; chains(1) is a
-    lone server."""
+    """chains(R, epoch, shard, checkpoint_root): a chain of R replicas of `shard` at `epoch`;
+    chains(1) is a lone server."""
     made = []
 
-    def make(replicas, epoch=1, shard=0):
-        made.append(Chain(replicas, shard))
+    def make(replicas, epoch=1, shard=0, checkpoint_root=None):
+        made.append(Chain(replicas, shard, checkpoint_root=checkpoint_root))
         return made[-1].install(epoch) if replicas > 1 else made[-1]
     yield make
     faults.clear()
@@ -397,3 +398,28 @@ def test_mutated_chain_configurations_never_fail_inside_the_server(chains):
                      grpc.StatusCode.FAILED_PRECONDITION}
     assert grpc.StatusCode.INVALID_ARGUMENT in codes
     c.head.GetStats(pb.StatsRequest(), timeout=TIMEOUT)
+
+
+def test_a_replica_writing_a_checkpoint_evicts_nothing_the_others_keep(chains, tmp_path):
+    """Stale rows go at checkpoint time on a lone server; a replica of a chain changes only
+    through its log's writes, so its checkpoint keeps them (the next push evicts them on
+    every replica alike)."""
+    c = chains(2, checkpoint_root=str(tmp_path))
+    c.head.DeclareVariables(pb.DeclareVariablesRequest(tables=[pb.TableSpec(
+        name="t", dim=2, dtype="float32", initializer="zeros", steps_to_live=2)]),
+        timeout=TIMEOUT)
+    lookup = pb.PullRowsRequest(global_step=1)
+    codec.encode(np.arange(5, dtype=np.int64), lookup.keys.add(name="t", train=True).keys)
+    c.head.PullRows(lookup, timeout=TIMEOUT)
+    for server in c.servers:
+        server.store.tables.note_step(10)  # rows untouched for 9 steps: stale
+    c.head.SaveShard(pb.SaveShardRequest(path=str(tmp_path / "replica.npz")), timeout=TIMEOUT)
+    assert [len(s.store.tables.held["t"].table) for s in c.servers] == [5, 5]
+    lone = chains(1, checkpoint_root=str(tmp_path))
+    lone.head.DeclareVariables(pb.DeclareVariablesRequest(tables=[pb.TableSpec(
+        name="t", dim=2, dtype="float32", initializer="zeros", steps_to_live=2)]),
+        timeout=TIMEOUT)
+    lone.head.PullRows(lookup, timeout=TIMEOUT)
+    lone.servers[0].store.tables.note_step(10)
+    lone.head.SaveShard(pb.SaveShardRequest(path=str(tmp_path / "lone.npz")), timeout=TIMEOUT)
+    assert len(lone.servers[0].store.tables.held["t"].table) == 0

@@ -37,7 +37,7 @@ class ChainLookup:
     def __init__(self, master, shard, token):
         self.master, self.shard = master, shard
         self._metadata = auth.call_metadata(token)
-        self._channel = auth.open_channel(master, codec.CHANNEL_OPTIONS)
+        self._channel = auth.open_channel(master, codec.MASTER_CHANNEL_OPTIONS)
         self._get = self._channel.unary_unary(
             "/psflow.ChainMaster/GetChain",
             request_serializer=pb.GetChainRequest.SerializeToString,
