@@ -1,15 +1,16 @@
 """Chain replication of a shard's writes (see docs/replication.md).
 
-The head applies each write (Push, a training PullRows, DeclareVariables,
-InitializeVariables) under the shard's order lock, numbering it in the shard's log (`seq`),
-and passes the worker's request bytes down the chain with Forward(epoch, seq). Every replica
-applies the writes in log order (one that arrives early waits for its predecessors), passes
-each on, and answers once its successor did: the tail's answer travels back up, so the head
-answers the worker only once every replica has applied the write. Applying the same requests
-in the same order gives the same values everywhere: row initialization is a function of the
-table's spec and the key, and the update rules depend only on the order. A push keeps its id
-on the way, so every replica remembers its answer: a retry sent to another head later is
-answered, not applied again.
+The head applies each write (Push, a training PullRows, a pull carrying a synchronous step's
+commit, DeclareVariables, InitializeVariables, worker membership, and its own decisions of
+synchronous steps: see ps/sync_chain.py) under the shard's order lock, numbering it in the
+shard's log (`seq`), and passes the request bytes down the chain with Forward(epoch, seq).
+Every replica applies the writes in log order (one that arrives early waits for its
+predecessors), passes each on, and answers once its successor did: the tail's answer travels
+back up, so the head answers the worker only once every replica has applied the write.
+Applying the same requests in the same order gives the same values everywhere: row
+initialization is a function of the table's spec and the key, and the update rules depend
+only on the order. A push keeps its id on the way, so every replica remembers its answer: a
+retry sent to another head later is answered, not applied again.
 
 Reads are answered by the head, which holds every acknowledged write. A lone server (no chain
 installed, or a chain of one) applies its writes as it always did, without the order lock.
