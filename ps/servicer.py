@@ -238,13 +238,13 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_handler
     def Pull(self, request, context):
-        header = self._pull_header(request)
+        header = self._pull_header("Pull", request)
         return self.store.with_values(request.names,
                                       lambda values: wire.pull_response(header, values))
 
     @_handler
     def PullRows(self, request, context):
-        header = self._pull_header(request)
+        header = self._pull_header("PullRows", request)
         selections = [(s.name, codec.decode(s.rows, f"rows of {s.name!r}"))
                       for s in request.selections]
         keyed = []
@@ -259,8 +259,9 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         return self.store.with_rows(
             selections, lambda values: wire.pull_response(header, list(values) + keyed))
 
-    def _pull_header(self, request):
+    def _pull_header(self, method, request):
         """A PullResponse without values, after applying the request's sync commit."""
+        self.chain_steps.settle_read(method, request)
         commit = (request.commit.step, list(request.commit.workers)) \
             if request.HasField("commit") else None
         global_step, decision = self.store.pull_header(commit)

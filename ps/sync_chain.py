@@ -24,7 +24,7 @@ import time
 
 from psflow.errors import DeadlineExceededError
 from psflow.proto import psflow_pb2 as pb
-from .replication import SYNC_DECISION, Later
+from .replication import SYNC_DECISION, Later, is_write
 from .shard_store import PushResult
 from .sync import STEP_TIMEOUT_S, WAKE_S
 
@@ -43,6 +43,20 @@ class ChainSteps:
     def in_chain(self, consistency):
         """Whether a push in `consistency` is recorded now and waited for afterwards."""
         return consistency.mode != "async" and self.replication.config.epoch >= 1
+
+    def settle_read(self, method, request):
+        """Before shard 0's head of a chain that trains synchronously or with bounded
+        staleness answers a read (a `method` "Pull" or "PullRows" that writes nothing): waits
+        until the tail acknowledged every write applied here, so that no worker reads a step
+        decided here that a new head might not hold (it would hand the decision on, or push
+        for the step after it). A write's answer needs no wait: it comes after the writes
+        before it were acknowledged."""
+        config = self.replication.config
+        if not self.store.holds_global_step or config.epoch == 0 or not config.is_head or \
+                is_write(method, request) or \
+                not self.store.sync.in_use():
+            return
+        self.replication.wait_acknowledged(time.monotonic() + STEP_TIMEOUT_S)
 
     def later(self, worker, step, consistency, recorded, answer):
         """The push's answer once recorded: on shard 0, answer(PushResult) after the step's

@@ -5,6 +5,7 @@ applied once, also after the head changed."""
 
 import random
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -298,6 +299,24 @@ def test_a_synchronous_step_is_decided_at_the_head_and_applied_by_every_replica(
     code, details = code_of(lambda: list(c.stubs[2].CopyShard(pb.CopyShardRequest(),
                                                               timeout=TIMEOUT)))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "synchronously" in details
+
+
+def test_a_step_is_answered_and_read_only_once_the_tail_holds_its_decision(chains):
+    c = chains(2)
+    declare(c.head)
+    # The push is the next write, its step's decision the one after: the tail stalls before
+    # acknowledging the decision.
+    stall = faults.install(faults.Fault("stall", "before-forward", shard=0, replica=1,
+                                        after=1))
+    push = c.head.Push.future(sync_push(0, 1), timeout=TIMEOUT)
+    assert stall.reached.wait(10)
+    assert c.servers[1].store.global_step == 1  # the tail applied it, not acknowledged yet
+    read = c.head.Pull.future(pb.PullRequest(names=["w"]), timeout=TIMEOUT)
+    time.sleep(0.3)
+    assert not push.done() and not read.done()
+    stall.release()
+    assert read.result().global_step == 1 and read.result().decision.step == 0
+    assert push.result().global_step == 1
 
 
 def test_a_synchronous_commit_on_another_shard_reaches_every_replica(chains):
