@@ -1,14 +1,19 @@
 """Synchronous and bounded-staleness training through shards run as chains of two replicas
 (in this process, gRPC on loopback, worker threads each with its own graph and session):
 the same values, slots and global step as through lone shards, also when a replica dies in
-the middle of a step and the workers fail over through the chain master."""
+the middle of a step (stopped here, or a replica process killed as by kill -9) and the
+workers fail over through the chain master."""
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
 
 import psflow as tf
+from launcher.resources import free_ports
 from psflow.proto import psflow_pb2 as pb
 from psflow.ps import chain_master, faults
 from psflow.ps.shard_server import ParameterServer
@@ -21,6 +26,7 @@ from waiting import wait_for
 
 WORKERS = 2
 STEPS = 6
+TIMEOUT_S = 30
 
 
 @pytest.fixture(autouse=True)
@@ -91,12 +97,16 @@ def data(step, worker):
     return rng.integers(0, 30, size=(8, 2)), rng.normal(size=8)
 
 
-def train(chains, make_optimizer, master=None, on_step=None, steps=STEPS):
-    """Trains WORKERS worker threads for `steps` steps each through the shards' heads;
-    returns {worker: [the probed rows, w, b, global step]}. on_step(worker, k) runs before
-    each step."""
+def heads(chains):
+    return [chain[0].address for chain in chains]
+
+
+def train(addresses, make_optimizer, master=None, on_step=None, steps=STEPS):
+    """Trains WORKERS worker threads for `steps` steps each through the shards' heads
+    (`addresses`); returns {worker: [the probed rows, w, b, global step]}. on_step(worker, k)
+    runs before each step."""
     probe = np.stack([np.arange(30)] * 2, axis=1)
-    cluster = ClusterSpec({"ps": [c[0].address for c in chains],
+    cluster = ClusterSpec({"ps": addresses,
                            "worker": ["127.0.0.1:0"] * WORKERS})
 
     def work(index):
@@ -130,8 +140,8 @@ def assert_same_results(got, expected):
 def test_sync_through_chains_of_two_equals_sync_through_lone_shards(servers):
     lone, _ = servers(2, 1)
     chains, _ = servers(2, 2)
-    expected = train(lone, sync_adagrad)
-    got = train(chains, sync_adagrad)
+    expected = train(heads(lone), sync_adagrad)
+    got = train(heads(chains), sync_adagrad)
     assert_same_results(got, expected)
     assert got[0][-1] == STEPS
     for chain, alone in zip(chains, lone, strict=True):
@@ -166,7 +176,7 @@ def test_sync_through_chains_equals_lone_shards_when_a_replica_dies_mid_step(
         servers, shard, replica, point):
     lone, _ = servers(2, 1)
     chains, master = servers(2, 2, master=True)
-    expected = train(lone, sync_adagrad)
+    expected = train(heads(lone), sync_adagrad)
     killer = []
 
     def on_step(index, k):
@@ -174,7 +184,7 @@ def test_sync_through_chains_equals_lone_shards_when_a_replica_dies_mid_step(
             killer.append(kill_when_reached(chains[shard][replica], point, shard, replica))
             killer[0].start()
 
-    got = train(chains, sync_adagrad, master.address, on_step)
+    got = train(heads(chains), sync_adagrad, master.address, on_step)
     killer[0].join(5)
     assert chains[shard][replica].stopped
     survivor = chains[shard][1 - replica]
@@ -201,7 +211,7 @@ def test_ssp_through_chains_of_two_counts_every_push_once(servers):
             killer.append(kill_when_reached(chains[0][0], "before-ack", 0, 0))
             killer[0].start()
 
-    results = train(chains, ssp, master.address, on_step)
+    results = train(heads(chains), ssp, master.address, on_step)
     killer[0].join(5)
     head = chains[0][1]
     assert chains[0][0].stopped and master.chain(0) == (2, [head.address])
@@ -210,3 +220,43 @@ def test_ssp_through_chains_of_two_counts_every_push_once(servers):
     assert head.store.sync.clocks == {w: STEPS for w in range(WORKERS)}
     assert sum(row[6] for row in head.store.members.rows()) == WORKERS * STEPS
     assert_same_state(state(chains[1][1]), state(chains[1][0]))
+
+
+@pytest.mark.cluster  # a replica process killed as by kill -9, two seconds or three
+def test_sync_through_chains_equals_lone_shards_when_shard_0s_head_process_is_killed(servers):
+    lone, _ = servers(2, 1)
+    expected = train(heads(lone), sync_adagrad)
+    head_port, master_port = free_ports("127.0.0.1", 2)
+    head, master_address = f"127.0.0.1:{head_port}", f"127.0.0.1:{master_port}"
+    # Shard 0's head exits 137 at the 15th write it applied, before passing it on.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "psflow.ps", "--task-index", "0", "--num-workers", str(WORKERS),
+         "--port", str(head_port), "--chain-master", master_address,
+         "--heartbeat-interval", "0.05"],
+        env=dict(os.environ, PSFLOW_FAULT="kill:before-forward:0:0:1:14"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    others = [[ParameterServer(shard=s, num_workers=WORKERS, heartbeat_s=0.05).start()
+               for _ in range(2 - (s == 0))] for s in range(2)]
+    for server in (r for c in others for r in c):
+        server.heartbeat_to(master_address)
+    master = chain_master.ChainMaster(
+        {0: [head, others[0][0].address], 1: [r.address for r in others[1]]},
+        port=master_port, lease_s=0.5, check_s=0.02).start()
+    try:
+        wait_for(lambda: master.chain(0)[0] == 1 and master.chain(1)[0] == 1, 20,
+                 "both chains installed")
+        got = train([head, others[1][0].address], sync_adagrad, master.address)
+        assert process.wait(timeout=TIMEOUT_S) == 137
+        assert "before-forward" in process.stderr.read()
+        assert master.chain(0) == (2, [others[0][0].address])
+        assert_same_results(got, expected)
+        assert_same_state(state(others[0][0]), state(lone[0][0]))
+        for server in others[1]:
+            assert_same_state(state(server), state(lone[1][0]))
+    finally:
+        master.stop()
+        for server in (r for c in others for r in c):
+            server.stop(grace=0)
+        if process.poll() is None:
+            process.kill()
+        process.wait()
