@@ -37,12 +37,12 @@ def no_faults():
 
 @pytest.fixture
 def servers():
-    """servers(shards, replicas, master=False) -> ([[head, ...] of each shard], the chain
-    master or None); all stopped after the test."""
+    """servers(shards, replicas, master=False, workers=WORKERS) -> ([[head, ...] of each
+    shard], the chain master or None); all stopped after the test."""
     started, masters = [], []
 
-    def start(shards, replicas, master=False):
-        chains = [[ParameterServer(shard=s, num_workers=WORKERS,
+    def start(shards, replicas, master=False, workers=WORKERS):
+        chains = [[ParameterServer(shard=s, num_workers=workers,
                                    heartbeat_s=0.05).start()
                    for _ in range(replicas)] for s in range(shards)]
         started.extend(r for c in chains for r in c)
@@ -101,13 +101,13 @@ def heads(chains):
     return [chain[0].address for chain in chains]
 
 
-def train(addresses, make_optimizer, master=None, on_step=None, steps=STEPS):
-    """Trains WORKERS worker threads for `steps` steps each through the shards' heads
+def train(addresses, make_optimizer, master=None, on_step=None, steps=STEPS, workers=WORKERS):
+    """Trains `workers` worker threads for `steps` steps each through the shards' heads
     (`addresses`); returns {worker: [the probed rows, w, b, global step]}. on_step(worker, k)
     runs before each step."""
     probe = np.stack([np.arange(30)] * 2, axis=1)
     cluster = ClusterSpec({"ps": addresses,
-                           "worker": ["127.0.0.1:0"] * WORKERS})
+                           "worker": ["127.0.0.1:0"] * workers})
 
     def work(index):
         with tf.Graph().as_default() as graph:
@@ -124,7 +124,7 @@ def train(addresses, make_optimizer, master=None, on_step=None, steps=STEPS):
             finally:
                 session.close()
 
-    return in_threads(WORKERS, work)
+    return in_threads(workers, work)
 
 
 def sync_adagrad():
@@ -260,3 +260,20 @@ def test_sync_through_chains_equals_lone_shards_when_shard_0s_head_process_is_ki
         if process.poll() is None:
             process.kill()
         process.wait()
+
+
+def test_backup_workers_steps_are_decided_once_for_every_replica(servers):
+    """Three workers, steps of two: each step takes the first two pushes at the head, drops
+    the third, and every replica applies the same steps and drops the same pushes."""
+    chains, _ = servers(2, 2, workers=3)
+    make = lambda: tf.train.SyncReplicasOptimizer(  # noqa: E731
+        tf.train.GradientDescentOptimizer(0.05), replicas_to_aggregate=2, total_num_replicas=3)
+    train(heads(chains), make, steps=5, workers=3)
+    head, tail = chains[0]
+    decisions = head.store.sync.decisions
+    assert tail.store.sync.decisions == decisions
+    assert head.store.stats()["dropped"] == tail.store.stats()["dropped"] > 0
+    assert sorted(decisions) == list(range(head.store.global_step))
+    assert {len(workers) for workers in decisions.values()} <= {1, 2}
+    for chain in chains:
+        assert_same_state(state(chain[1]), state(chain[0]))
