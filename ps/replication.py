@@ -277,16 +277,16 @@ class Replication:
             self._forward(successor, config, seq, method, data)
         return True
 
-    def wait_acknowledged(self, deadline):
+    def wait_acknowledged(self, deadline, what):
         """Waits until the tail acknowledged every write applied here so far (the head
-        answers a pusher waiting for a step's decision only then). Refuses once this replica
-        is no longer the head or its lease ran out (the worker asks for the new chain);
-        DeadlineExceededError at time.monotonic() `deadline`."""
+        answers a pusher waiting for a step's decision only then). Refuses `what` (the call
+        waiting) once this replica is no longer the head or its lease ran out (the worker
+        asks for the new chain); DeadlineExceededError at time.monotonic() `deadline`."""
         with self._order:
             last = self.applied_seq
             while any(seq <= last for seq in self._unacked):
-                self._check_head(self.chain.config, "the push")
-                self.lease.check(self.shard, "the push")
+                self._check_head(self.chain.config, what)
+                self.lease.check(self.shard, f"the {what} call")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise DeadlineExceededError(
@@ -414,4 +414,3 @@ class Replication:
             if self._successor is not None:
                 self._successor.close()
                 self._successor = None
-

@@ -56,7 +56,7 @@ class ChainSteps:
                 is_write(method, request) or \
                 not self.store.sync.in_use():
             return
-        self.replication.wait_acknowledged(time.monotonic() + STEP_TIMEOUT_S)
+        self.replication.wait_acknowledged(time.monotonic() + STEP_TIMEOUT_S, method)
 
     def later(self, worker, step, consistency, recorded, answer):
         """The push's answer once recorded: on shard 0, answer(PushResult) after the step's
@@ -67,17 +67,19 @@ class ChainSteps:
 
     def _finish(self, worker, step, consistency, recorded):
         store = self.store
+        deadline = time.monotonic() + STEP_TIMEOUT_S
         if consistency.mode == "ssp":
             sync = store.sync
             with sync.cond:
                 clock = sync.clocks.get(worker, 0)
             sync.ssp_wait(worker, clock, consistency.staleness)
+            # The global step it answers is one every replica holds (as a read's).
+            self.replication.wait_acknowledged(deadline, "Push")
             return recorded._replace(global_step=store.global_step)
         if recorded.dropped:
             return recorded
-        deadline = time.monotonic() + STEP_TIMEOUT_S
         workers = self._await_decision(step, consistency.replicas_to_aggregate, deadline)
-        self.replication.wait_acknowledged(deadline)
+        self.replication.wait_acknowledged(deadline, "Push")
         return PushResult([], store.reported_global_step(), worker not in workers,
                           (step, workers))
 
