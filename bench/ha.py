@@ -4,11 +4,13 @@ target is met.
 
 - kill: a 2-worker CTR job (examples/ctr.py) on 2 shards x 2 replicas, once with the head of
   shard 0 killed (exit 137, as by kill -9) as it answers a push, once with its tail killed as a
-  push reaches it (ps/faults.py's named points), once without a failure. Per run: the longest
-  step any worker saw (target <= 5 s: the workers continue), the workers' steps against the
-  final global step (each step pushes once: equal means no acknowledged update lost and none
-  applied twice), whether the chief restored a checkpoint (target: no), the replacement's
-  join, and the test AUC.
+  push reaches it (ps/faults.py's named points), once without a failure. The fault fires in
+  every replica process that gets there (after as many writes in that place), so a replacement
+  that later holds the same place may die the same way: the runs say how many replicas died.
+  Per run: the longest step any worker saw (target <= 5 s: the workers continue), the
+  workers' steps against the final global step (each step pushes once: equal means no
+  acknowledged update lost and none applied twice), whether the chief restored a checkpoint
+  (target: no), the replacement's join, and the test AUC.
 - cost: the CTR job and the digits MLP (examples/digits.py) with R=1 and R=2, alternately,
   best of --rounds: R=2's throughput against R=1's (target: costs <= 30%).
 - catchup: bench/ha_catchup.py (a new replica of a 10M-row shard catching up under training;
@@ -42,6 +44,7 @@ STEPS = re.compile(r"\[worker:(\d+)\] this worker: (\d+) steps, the longest ([\d
 AUC = re.compile(r"test auc: ([\d.]+)")
 THROUGHPUT = re.compile(r"throughput: ([\d.]+) examples/s")
 GLOBAL_STEP = re.compile(r"global step (\d+)")
+LOST = re.compile(r"(\d+) replicas? lost on the way")
 STARTED = re.compile(r"started (ps\S*) \(pid (\d+)\)")
 ACCURACY = re.compile(r"test accuracy: ([\d.]+)")
 
@@ -91,13 +94,15 @@ def describe_failover(name, run):
     longest = max((float(m.group(3)) for m in steps), default=float("nan"))
     global_step = run.last(GLOBAL_STEP, int)
     restored = "restor" in run.text().lower()
+    lost = run.last(LOST, int) or 0
     joined = [line for _, line in run.lines if "joined" in line]
     stall = "met" if longest <= STALL_TARGET_S else "not met"
     counted = "none lost or applied twice" if worker_steps == global_step else "DIFFERENT"
     print(f"{name}: exit {run.code}, {run.seconds:.0f} s; longest step {longest:.2f} s "
           f"(target <= {STALL_TARGET_S:g} s: {stall}); workers' steps {worker_steps} vs "
           f"global step {global_step} ({counted}); checkpoint restored: "
-          f"{'yes' if restored else 'no'}; test auc {run.last(AUC)}", flush=True)
+          f"{'yes' if restored else 'no'}; replicas lost {lost}; test auc {run.last(AUC)}",
+          flush=True)
     for line in joined[-2:]:
         print(f"    {line}")
     return run.code == 0 and worker_steps == global_step and not restored and \

@@ -41,6 +41,7 @@ from .resources import free_ports
 # replacement then starts) and whether a replacement has joined.
 CHAIN_CHECK_S = 0.2
 GET_CHAIN_TIMEOUT_S = 1.0
+GONE_TIMEOUT_S = 5.0
 
 
 def chain_master_command():
@@ -60,6 +61,10 @@ class ChainView:
             "/psflow.ChainMaster/GetChain",
             request_serializer=pb.GetChainRequest.SerializeToString,
             response_deserializer=pb.ChainConfig.FromString)
+        self._gone = self._channel.unary_unary(
+            "/psflow.ChainMaster/ReplicaGone",
+            request_serializer=pb.ReplicaGoneRequest.SerializeToString,
+            response_deserializer=pb.ChainConfig.FromString)
 
     def chain(self, shard, timeout=GET_CHAIN_TIMEOUT_S):
         """(epoch, [addresses, head first]) of `shard`'s chain; None if the master did not
@@ -70,6 +75,17 @@ class ChainView:
         except grpc.RpcError:
             return None
         return config.epoch, list(config.replicas)
+
+    def gone(self, shard, address, timeout=GONE_TIMEOUT_S):
+        """Tells the master that replica `address` of `shard` exited, so that the chain goes
+        on without it now rather than once its lease ran out; False if it did not answer
+        (the lease then does it)."""
+        try:
+            self._gone(pb.ReplicaGoneRequest(shard=shard, address=address), timeout=timeout,
+                       metadata=self._metadata)
+        except grpc.RpcError:
+            return False
+        return True
 
     def close(self):
         self._channel.close()
@@ -196,9 +212,10 @@ class ReplicatedShards:
                 self.output.error(f"{child.name} {describe_exit(code)} while the workers were "
                                   f"running; shard {shard} goes on with {', '.join(live)}; "
                                   "starting a replacement")
-                # Once the master has removed it from the chain: a replica joins the chain
-                # of the live ones.
+                # Once the master has removed it from the chain (told now: no need to wait
+                # for its lease to run out), a replica joins the chain of the live ones.
                 self._leaving.append((shard, self.addresses[child]))
+                self._view.gone(shard, self.addresses[child])
         return True
 
     def _start_replacement(self, shard):

@@ -7,6 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class ReplicaGoneRequest(_message.Message):
+    __slots__ = ("shard", "address")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    address: str
+    def __init__(self, shard: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
+
 class JoinChainRequest(_message.Message):
     __slots__ = ("shard", "address", "ready", "copied_from", "epoch")
     SHARD_FIELD_NUMBER: _ClassVar[int]

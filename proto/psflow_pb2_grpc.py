@@ -818,6 +818,11 @@ class ChainMasterStub:
                 request_serializer=psflow__pb2.JoinChainRequest.SerializeToString,
                 response_deserializer=psflow__pb2.JoinChainResponse.FromString,
                 _registered_method=True)
+        self.ReplicaGone = channel.unary_unary(
+                '/psflow.ChainMaster/ReplicaGone',
+                request_serializer=psflow__pb2.ReplicaGoneRequest.SerializeToString,
+                response_deserializer=psflow__pb2.ChainConfig.FromString,
+                _registered_method=True)
 
 
 class ChainMasterServicer:
@@ -849,6 +854,15 @@ class ChainMasterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplicaGone(self, request, context):
+        """A replica whose process is known to have ended (the launcher saw it exit): removed from
+        its chain at once, without waiting for its lease to run out (a process that is gone
+        acknowledges nothing). Answers the shard's chain.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChainMasterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -866,6 +880,11 @@ def add_ChainMasterServicer_to_server(servicer, server):
                     servicer.JoinChain,
                     request_deserializer=psflow__pb2.JoinChainRequest.FromString,
                     response_serializer=psflow__pb2.JoinChainResponse.SerializeToString,
+            ),
+            'ReplicaGone': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplicaGone,
+                    request_deserializer=psflow__pb2.ReplicaGoneRequest.FromString,
+                    response_serializer=psflow__pb2.ChainConfig.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -952,6 +971,33 @@ class ChainMaster:
             '/psflow.ChainMaster/JoinChain',
             psflow__pb2.JoinChainRequest.SerializeToString,
             psflow__pb2.JoinChainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplicaGone(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/psflow.ChainMaster/ReplicaGone',
+            psflow__pb2.ReplicaGoneRequest.SerializeToString,
+            psflow__pb2.ChainConfig.FromString,
             options,
             channel_credentials,
             insecure,

@@ -97,6 +97,9 @@ class ChainMaster:
             "JoinChain": grpc.unary_unary_rpc_method_handler(
                 self._join_chain, pb.JoinChainRequest.FromString,
                 pb.JoinChainResponse.SerializeToString),
+            "ReplicaGone": grpc.unary_unary_rpc_method_handler(
+                self._replica_gone, pb.ReplicaGoneRequest.FromString,
+                pb.ChainConfig.SerializeToString),
         }
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("psflow.ChainMaster", handlers),))
@@ -200,6 +203,23 @@ class ChainMaster:
             log.error("shard %d: no replica heartbeats; the chain stays %s", s.shard,
                       s.replicas)
         s.silent = not live
+
+    def _replica_gone(self, request, context):
+        """ReplicaGone: the replica's process ended; the survivors go on at the next epoch."""
+        s = self.shards.get(request.shard)
+        if s is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no shard {request.shard} here")
+        with s.installing:
+            with self._lock:
+                rest = [r for r in s.replicas if r != request.address]
+                gone = bool(rest) and len(rest) < len(s.replicas)
+                if gone:
+                    s.replicas = rest
+            if gone:
+                log.warning("shard %d: replica %s ended: removed from the chain", s.shard,
+                            request.address)
+                self._install_next(s, rest)
+            return self._installed_config(s)
 
     def _join_chain(self, request, context):
         """JoinChain (see join.py): where a joining replica copies from, and, once it copied

@@ -163,3 +163,24 @@ def test_a_restarted_master_goes_on_with_the_chain_its_replicas_hold(replicas):
     train_epoch(r.stubs[0], 3, 3)
     assert_same_state(state(r.servers[0]), state(r.servers[1]))
     assert state(r.servers[1])[3] == 5
+
+
+def test_a_replica_reported_gone_leaves_the_chain_at_once(replicas):
+    r = replicas(2)
+    r.master.lease_s = 30.0  # its heartbeats alone would keep it in the chain for long
+    declare(r.stubs[0])
+    r.servers[1].stop(grace=0)
+    channel = grpc.insecure_channel(r.master.address)
+    gone = channel.unary_unary("/psflow.ChainMaster/ReplicaGone",
+                               request_serializer=pb.ReplicaGoneRequest.SerializeToString,
+                               response_deserializer=pb.ChainConfig.FromString)
+    try:
+        answer = gone(pb.ReplicaGoneRequest(shard=0, address=r.addresses[1]), timeout=TIMEOUT)
+        assert (answer.epoch, list(answer.replicas)) == (2, r.addresses[:1])
+        # The last replica of a shard is never removed: the chain keeps its only copy.
+        answer = gone(pb.ReplicaGoneRequest(shard=0, address=r.addresses[0]), timeout=TIMEOUT)
+        assert (answer.epoch, list(answer.replicas)) == (2, r.addresses[:1])
+    finally:
+        channel.close()
+    train_epoch(r.stubs[0], 2, 2)
+    assert state(r.servers[0])[3] == 2
