@@ -60,16 +60,55 @@ class CopyShardRequest(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., since: _Optional[int] = ..., incarnation: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
 
 class ShardPiece(_message.Message):
-    __slots__ = ("method", "request", "removed", "end")
+    __slots__ = ("method", "request", "removed", "end", "pending")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    PENDING_FIELD_NUMBER: _ClassVar[int]
     method: str
     request: bytes
     removed: TableRemovals
     end: ShardCopyEnd
-    def __init__(self, method: _Optional[str] = ..., request: _Optional[bytes] = ..., removed: _Optional[_Union[TableRemovals, _Mapping]] = ..., end: _Optional[_Union[ShardCopyEnd, _Mapping]] = ...) -> None: ...
+    pending: PendingPush
+    def __init__(self, method: _Optional[str] = ..., request: _Optional[bytes] = ..., removed: _Optional[_Union[TableRemovals, _Mapping]] = ..., end: _Optional[_Union[ShardCopyEnd, _Mapping]] = ..., pending: _Optional[_Union[PendingPush, _Mapping]] = ...) -> None: ...
+
+class PendingPush(_message.Message):
+    __slots__ = ("step", "worker", "rule", "gradients")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    worker: int
+    rule: UpdateRule
+    gradients: _containers.RepeatedCompositeFieldContainer[Gradient]
+    def __init__(self, step: _Optional[int] = ..., worker: _Optional[int] = ..., rule: _Optional[_Union[UpdateRule, _Mapping]] = ..., gradients: _Optional[_Iterable[_Union[Gradient, _Mapping]]] = ...) -> None: ...
+
+class SyncCopy(_message.Message):
+    __slots__ = ("arrivals", "decisions", "last_decision", "applied", "dropped", "steps", "clocks")
+    class ClocksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    ARRIVALS_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    LAST_DECISION_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    CLOCKS_FIELD_NUMBER: _ClassVar[int]
+    arrivals: _containers.RepeatedCompositeFieldContainer[StepDecision]
+    decisions: _containers.RepeatedCompositeFieldContainer[StepDecision]
+    last_decision: StepDecision
+    applied: int
+    dropped: int
+    steps: int
+    clocks: _containers.ScalarMap[int, int]
+    def __init__(self, arrivals: _Optional[_Iterable[_Union[StepDecision, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[StepDecision, _Mapping]]] = ..., last_decision: _Optional[_Union[StepDecision, _Mapping]] = ..., applied: _Optional[int] = ..., dropped: _Optional[int] = ..., steps: _Optional[int] = ..., clocks: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class TableRemovals(_message.Message):
     __slots__ = ("table", "keys")
@@ -80,7 +119,7 @@ class TableRemovals(_message.Message):
     def __init__(self, table: _Optional[str] = ..., keys: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ShardCopyEnd(_message.Message):
-    __slots__ = ("upto", "incarnation", "applied_seq", "registered", "done", "push_answers", "global_step", "input_positions", "table_step")
+    __slots__ = ("upto", "incarnation", "applied_seq", "registered", "done", "push_answers", "global_step", "input_positions", "table_step", "sync")
     UPTO_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +129,7 @@ class ShardCopyEnd(_message.Message):
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
     INPUT_POSITIONS_FIELD_NUMBER: _ClassVar[int]
     TABLE_STEP_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
     upto: int
     incarnation: int
     applied_seq: int
@@ -99,19 +139,22 @@ class ShardCopyEnd(_message.Message):
     global_step: int
     input_positions: _containers.RepeatedCompositeFieldContainer[InputPosition]
     table_step: int
-    def __init__(self, upto: _Optional[int] = ..., incarnation: _Optional[int] = ..., applied_seq: _Optional[int] = ..., registered: _Optional[_Iterable[int]] = ..., done: _Optional[_Iterable[int]] = ..., push_answers: _Optional[_Iterable[_Union[PushAnswer, _Mapping]]] = ..., global_step: _Optional[int] = ..., input_positions: _Optional[_Iterable[_Union[InputPosition, _Mapping]]] = ..., table_step: _Optional[int] = ...) -> None: ...
+    sync: SyncCopy
+    def __init__(self, upto: _Optional[int] = ..., incarnation: _Optional[int] = ..., applied_seq: _Optional[int] = ..., registered: _Optional[_Iterable[int]] = ..., done: _Optional[_Iterable[int]] = ..., push_answers: _Optional[_Iterable[_Union[PushAnswer, _Mapping]]] = ..., global_step: _Optional[int] = ..., input_positions: _Optional[_Iterable[_Union[InputPosition, _Mapping]]] = ..., table_step: _Optional[int] = ..., sync: _Optional[_Union[SyncCopy, _Mapping]] = ...) -> None: ...
 
 class PushAnswer(_message.Message):
-    __slots__ = ("worker", "id", "staleness", "global_step")
+    __slots__ = ("worker", "id", "staleness", "global_step", "dropped")
     WORKER_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEP_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     worker: int
     id: PushId
     staleness: _containers.RepeatedScalarFieldContainer[int]
     global_step: int
-    def __init__(self, worker: _Optional[int] = ..., id: _Optional[_Union[PushId, _Mapping]] = ..., staleness: _Optional[_Iterable[int]] = ..., global_step: _Optional[int] = ...) -> None: ...
+    dropped: bool
+    def __init__(self, worker: _Optional[int] = ..., id: _Optional[_Union[PushId, _Mapping]] = ..., staleness: _Optional[_Iterable[int]] = ..., global_step: _Optional[int] = ..., dropped: _Optional[bool] = ...) -> None: ...
 
 class ReplicaHeartbeatRequest(_message.Message):
     __slots__ = ("shard", "address", "epoch", "replicas")

@@ -397,11 +397,6 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"CopyShard: the request is not a CopyShardRequest: {exc}")
         try:
-            if self.store.sync.in_use():
-                raise FailedPreconditionError(
-                    f"shard {self.store.shard} trained synchronously or with bounded "
-                    "staleness, whose pending steps a copy of the shard does not carry: a "
-                    "replica cannot join its chain")
             yield from shard_copy.serve(self.store, self.replication, request)
         except Exception as exc:  # noqa: BLE001 -- every failure must become a status
             code = _status_of(exc)

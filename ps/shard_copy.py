@@ -1,7 +1,9 @@
 """A copy of a shard's state for a replica joining its chain (the CopyShard rpc), and applying
 one. The copy is a series of ShardPiece messages: the declarations, each table's state a chunk
-of rows at a time, each dense variable's value and slots, then the end (membership, the
-remembered push answers, the global step, and the table sequence the copy is complete up to).
+of rows at a time, each dense variable's value and slots, the sync pushes waiting for their
+step, then the end (membership, the remembered push answers, the global step, the rest of the
+sync and ssp bookkeeping (psflow.ps.sync_copy), and the table sequence the copy is complete up
+to).
 
 A first copy reads every row while training goes on; the next ones read only the rows changed
 or removed after the previous copy's end ("rows changed since X", psflow.table_changes), so a
@@ -14,6 +16,7 @@ import numpy as np
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.table_changes import ChangesLost
+from .sync_copy import pending_push, replace_sync, sync_pieces
 
 # Rows of a table in one piece: with a dim-16 float table and one slot, about 5 MB.
 CHUNK_ROWS = 1 << 15
@@ -78,10 +81,10 @@ def _dense_pieces(store):
         yield _write("InitializeVariables", request)
 
 
-def _end(store, upto, applied_seq):
+def _end(store, upto, applied_seq, sync):
     end = pb.ShardCopyEnd(upto=upto, incarnation=store.tables.incarnation,
                           applied_seq=applied_seq, global_step=store.global_step,
-                          table_step=store.tables.step)
+                          table_step=store.tables.step, sync=sync)
     for index, registered, done, *_ in store.members.rows():
         if registered:
             end.registered.append(index)
@@ -89,7 +92,7 @@ def _end(store, upto, applied_seq):
             end.done.append(index)
     for (worker, push_id), result in store.push_answers():
         answer = end.push_answers.add(worker=worker, staleness=result.staleness,
-                                      global_step=result.global_step)
+                                      global_step=result.global_step, dropped=result.dropped)
         answer.id.incarnation, answer.id.sequence, answer.id.index = push_id
     if store.holds_global_step:
         for dataset, shard, num_shards, file, lines in store.input_positions.all():
@@ -112,7 +115,9 @@ def copy_pieces(store, since=0, incarnation=0, applied_seq=0, chunk_rows=CHUNK_R
     yield _declarations(store)
     yield from _table_pieces(store, since, chunk_rows)
     yield from _dense_pieces(store)
-    yield _end(store, upto, applied_seq)
+    pending, sync = sync_pieces(store)
+    yield from pending
+    yield _end(store, upto, applied_seq, sync)
 
 
 def serve(store, replication, request):
@@ -134,6 +139,7 @@ class CopyApplier:
         self.store = store
         self._apply_write = apply_write
         self.rows = 0
+        self._pending = []  # the pending sync pushes of the copy under way
 
     def apply(self, piece):
         """Applies one piece; returns its ShardCopyEnd for the last one, else None."""
@@ -151,6 +157,9 @@ class CopyApplier:
         if piece.HasField("removed"):
             self.store.tables.remove_keys(piece.removed.table,
                                           codec.decode(piece.removed.keys, "removed keys"))
+            return None
+        if piece.HasField("pending"):
+            self._pending.append(pending_push(self.store, piece.pending))
             return None
         if piece.HasField("end"):
             self._finish(piece.end)
@@ -171,4 +180,7 @@ class CopyApplier:
         store.tables.note_step(end.table_step)
         store.remember_push_answers(
             [(a.worker, (a.id.incarnation, a.id.sequence, a.id.index), list(a.staleness),
-              a.global_step) for a in end.push_answers])
+              a.global_step, a.dropped) for a in end.push_answers])
+        if end.HasField("sync"):
+            replace_sync(store, self._pending, end.sync)
+        self._pending = []

@@ -113,9 +113,11 @@ class ShardStore:
         return self._push_ids.answers()
 
     def remember_push_answers(self, answers):
-        """Remembers [(worker, push id, staleness, global step)] as pushes applied (async)."""
-        self._push_ids.remember([((worker, push_id), PushResult(staleness, step, False, None))
-                                 for worker, push_id, staleness, step in answers])
+        """Remembers [(worker, push id, staleness, global step, dropped)] as pushes recorded
+        (a sync push's decision is its step's, found again when it is repeated)."""
+        self._push_ids.remember([((worker, push_id),
+                                  PushResult(staleness, step, dropped, None))
+                                 for worker, push_id, staleness, step, dropped in answers])
 
     def save(self, path):
         """Writes the shard's snapshot to the shard file `path` (see ShardSnapshots.save)."""

@@ -173,8 +173,7 @@ class SyncState:
             self._decide(step, tuple(workers))
 
     def in_use(self):
-        """Whether synchronous or bounded-staleness training ran here (state a copy of the
-        shard does not carry)."""
+        """Whether synchronous or bounded-staleness training ran here."""
         with self.cond:
             return bool(self.steps or self.pending or self.arrivals or
                         any(self.clocks.values()))
@@ -240,6 +239,32 @@ class SyncState:
     def decision(self):
         with self.cond:
             return self.last_decision
+
+    # -- copies ----------------------------------------------------------------------------
+    def snapshot(self):
+        """The bookkeeping as a dict of plain values (the pending gradients' arrays shared,
+        never changed in place): what a copy of the shard carries (see
+        psflow.ps.sync_copy)."""
+        with self.cond:
+            return {"pending": {step: dict(by_worker)
+                                for step, by_worker in self.pending.items()},
+                    "arrivals": {step: list(w) for step, w in self.arrivals.items()},
+                    "decisions": dict(self.decisions), "last_decision": self.last_decision,
+                    "applied": self.applied, "dropped": self.dropped, "steps": self.steps,
+                    "clocks": dict(self.clocks)}
+
+    def replace(self, snapshot):
+        """Takes a `snapshot`'s bookkeeping (another replica's) in place of its own."""
+        with self.cond:
+            self.pending = snapshot["pending"]
+            self.arrivals = snapshot["arrivals"]
+            self.decisions = snapshot["decisions"]
+            self.last_decision = snapshot["last_decision"]
+            self.applied = snapshot["applied"]
+            self.dropped = snapshot["dropped"]
+            self.steps = snapshot["steps"]
+            self.clocks = snapshot["clocks"]
+            self.cond.notify_all()
 
     # -- ssp -------------------------------------------------------------------------------
     def on_register(self, worker):
