@@ -45,7 +45,7 @@ def build_parser():
     job.add_argument("--ps-replicas", type=whole_number(1), default=1, metavar="R",
                      help="run each shard as a chain of R replicas under a chain master: a "
                           "replica that dies is replaced while training goes on, and the "
-                          "workers move to the shard's next replica (async mode only; see "
+                          "workers move to the shard's next replica (in every --mode; see "
                           "docs/replication.md; default: 1)")
     job.add_argument("--mode", choices=MODES, default="async",
                      help="how the workers' gradients are applied: async (on arrival), sync "

@@ -174,7 +174,3 @@ class JobSpec:
         if self.serving_replicas:
             raise ValueError("a serving tier does not follow shards run as chains of replicas "
                              "yet: --serving-replicas does not go with --ps-replicas above 1")
-        if self.mode != "async":
-            raise ValueError(f"shards run as chains of replicas apply asynchronous training "
-                             f"only for now: --ps-replicas above 1 does not go with --mode "
-                             f"{self.mode}")

@@ -66,10 +66,6 @@ def pids(stderr):
 @pytest.mark.parametrize("args, problem", [
     (["--ps-replicas", "0"], "argument --ps-replicas: must be at least 1, got 0"),
     (["--ps-replicas", "two"], "argument --ps-replicas: must be a whole number"),
-    (["--ps-replicas", "2", "--mode", "sync"],
-     "chains of replicas apply asynchronous training only for now: --ps-replicas above 1 does "
-     "not go with --mode sync"),
-    (["--ps-replicas", "2", "--mode", "ssp", "--staleness", "1"], "not go with --mode ssp"),
     (["--ps-replicas", "2", "--script-ps"], "it does not go with --script-ps"),
     (["--ps-replicas", "2", "--serving-replicas", "1"],
      "--serving-replicas does not go with --ps-replicas above 1"),
@@ -262,3 +258,30 @@ def test_a_chain_master_killed_mid_run_is_restarted_and_the_chains_go_on(tmp_pat
     started = [int(pid) for pid in re.findall(r"started the chain master \(pid (\d+)\)",
                                               job.stderr)]
     assert len(started) == 2 and not any(alive(pid) for pid in started)
+
+
+def trained_sync(tmp_path):
+    """Runs TRAINING with 2 workers in sync mode on 2 shards of 2 replicas each, 0.1 s between
+    steps; (launch's result, the chief's values)."""
+    tmp_path.mkdir()
+    out = tmp_path / "values.json"
+    result = run_launch(tmp_path, "--no-progress", "--workers", 2, "--ps", 2, "--ps-replicas", 2,
+                        "--mode", "sync", TRAINING, out, 0.1)
+    assert result.returncode == 0, explain(result)
+    return result, json.loads(out.read_text())
+
+
+@pytest.mark.cluster
+def test_a_sync_job_whose_head_is_killed_trains_what_it_trains_without(tmp_path, monkeypatch):
+    _, expected = trained_sync(tmp_path / "whole")
+    assert expected["step"] == 40
+    # Shard 0's head dies at its 21st write, after the tail applied it, before answering; its
+    # replacement copies the steps under way from the tail and joins the chain.
+    monkeypatch.setenv("PSFLOW_FAULT", "kill:before-ack:0:0:1:20")
+    result, values = trained_sync(tmp_path / "fault")
+    assert values == expected
+    assert "launch: ps 0.0 failed with exit code 137 while the workers were running; shard 0 " \
+           "goes on with ps 0.1; starting a replacement" in result.stderr, explain(result)
+    assert re.search(r"^\[launch\] ps 0\.2 joined shard 0's chain at epoch \d+: ps 0\.1, ps 0\.2$",
+                     result.stderr, re.M), explain(result)
+    assert not [name for name, pid in pids(result.stderr).items() if alive(pid)]
