@@ -254,8 +254,9 @@ class ParameterServerServicer:
     def CopyShard(self, request, context):
         """A copy of this replica's state for a replica joining its chain, as writes to apply in
         order: declarations, then the dense variables and table rows a chunk at a time (training
-        goes on meanwhile), then the end, which says up to which table sequence the copy is
-        complete. With `since`, only the rows changed or removed after that sequence (of the
+        goes on meanwhile), then the sync pushes waiting for their step, then the end, which says
+        up to which table sequence the copy is complete and carries the rest of the sync and ssp
+        bookkeeping. With `since`, only the rows changed or removed after that sequence (of the
         same table incarnation); ChangesLost is FAILED_PRECONDITION. With `final` (the joiner is
         this replica's successor by now) the copy is taken under the order of the shard's log
         and its end names the last write it holds.

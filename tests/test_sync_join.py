@@ -4,6 +4,8 @@ step and the steps' bookkeeping, so once the chain's first head is stopped the w
 through the old tail and the newcomer, and end with the same values, slots and global step as
 through lone shards."""
 
+import types
+
 import numpy as np
 import pytest
 
@@ -141,4 +143,4 @@ def test_a_copy_carries_the_pending_pushes_and_the_steps_bookkeeping():
 
 
 def state_of(store):
-    return state(type("Server", (), {"store": store}))
+    return state(types.SimpleNamespace(store=store))
