@@ -294,11 +294,10 @@ def test_a_synchronous_step_is_decided_at_the_head_and_applied_by_every_replica(
     for server in c.servers:
         assert_same_state(state(server), head)
         assert server.store.sync.decisions == {0: (0,), 1: (0,), 2: (0,)}
-    # A replica that trained synchronously is not copied to a joiner: its pending steps are
-    # not part of a copy.
-    code, details = code_of(lambda: list(c.stubs[2].CopyShard(pb.CopyShardRequest(),
-                                                              timeout=TIMEOUT)))
-    assert code == grpc.StatusCode.FAILED_PRECONDITION and "synchronously" in details
+    # A copy of a replica that trained synchronously carries its steps' decisions.
+    end = list(c.stubs[2].CopyShard(pb.CopyShardRequest(), timeout=TIMEOUT))[-1].end
+    assert {d.step: list(d.workers) for d in end.sync.decisions} == {0: [0], 1: [0], 2: [0]}
+    assert end.sync.last_decision.step == 2 and end.global_step == 3
 
 
 def test_a_step_is_answered_and_read_only_once_the_tail_holds_its_decision(chains):
