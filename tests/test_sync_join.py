@@ -120,12 +120,15 @@ def test_a_copy_carries_the_pending_pushes_and_the_steps_bookkeeping():
     for worker in (0, 1):
         source.push_step(grads, rule, sync, worker=worker, global_step=0, wait=False)
     source.sync.apply_decision(0, (0, 1))
-    source.push_step(grads, rule, sync, worker=2, global_step=0, wait=False)  # too late
+    source.push_step(grads, rule, sync, worker=2, global_step=0, wait=False,
+                     push_id=(1, 1, 0))  # too late: dropped
     source.push_step(grads, rule, sync, worker=1, global_step=1, wait=False)  # pending
     source.sync.ssp_count(2)
     target = ShardStore(shard=0, num_workers=3)
     _apply(CopyApplier(target, _Writes(target).apply), copy_pieces(source))
     assert target.global_step == 1
+    assert [(key, result.dropped) for key, result in target.push_answers()] == \
+        [((2, (1, 1, 0)), True)]
     assert target.sync.snapshot()["decisions"] == {0: (0, 1)}
     for key in ("arrivals", "last_decision", "applied", "dropped", "steps", "clocks"):
         assert target.sync.snapshot()[key] == source.sync.snapshot()[key], key
