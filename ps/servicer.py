@@ -173,6 +173,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             self.chain_steps.apply(data)
             return
         request = data if method == "Push" else _REQUEST_TYPES[method].FromString(data)
+        # Called without a context, a handler applies the write and builds no answer.
         getattr(type(self), method).__wrapped__(self, request, None)
 
     @_handler
@@ -239,6 +240,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     @_handler
     def Pull(self, request, context):
         header = self._pull_header("Pull", request)
+        if context is None:  # a step's commit forwarded down the chain
+            return None
         return self.store.with_values(request.names,
                                       lambda values: wire.pull_response(header, values))
 
@@ -254,6 +257,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
                   codec.decode(k.counts, f"counts of table {k.name!r}")
                   if k.HasField("counts") else None, k.train) for k in request.keys],
                 request.global_step)
+        if context is None:  # a write forwarded down the chain: its answer is the head's
+            return None
         if not selections:
             return wire.pull_response(header, keyed)
         return self.store.with_rows(
@@ -288,6 +293,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             return self.chain_steps.later(request.worker, request.global_step, consistency,
                                           result, lambda r: self._push_reply(request,
                                                                              consistency, r))
+        if context is None:  # forwarded down the chain: the values it returns are the head's
+            return None
         return self._push_reply(request, consistency, result)
 
     def _push_reply(self, request, consistency, result):
