@@ -20,7 +20,7 @@ from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 from psflow.train.consistency import Consistency
-from . import shard_copy
+from . import faults, shard_copy
 from .replication import Replication
 from .sync_chain import SYNC_DECISION, ChainSteps
 
@@ -313,6 +313,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_handler
     def SaveShard(self, request, context):
+        faults.hit("mid-checkpoint", self.store.shard, self.replication.config.index)
         digest, step, size, names, positions, (delta, seq, incarnation) = \
             self.store.save_incremental(request.path, request.since_seq,
                                         request.since_incarnation,
