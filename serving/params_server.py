@@ -149,6 +149,12 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="psflow-params", description=__doc__.splitlines()[0])
     parser.add_argument("--follow", required=True, metavar="HOST:PORT",
                         help="the training parameter server (one shard) to mirror")
+    parser.add_argument("--chain-master", metavar="HOST:PORT",
+                        help="the shard runs as a chain of replicas: mirror the chain's tail, "
+                             "as this chain master names it, and the next tail when it fails "
+                             "(--follow is where to start)")
+    parser.add_argument("--shard", type=int, default=0,
+                        help="with --chain-master: the shard's index (default 0)")
     parser.add_argument("--host", default="0.0.0.0", help="address to serve on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port to serve on (default {DEFAULT_PORT}; 0 picks one)")
@@ -168,7 +174,8 @@ def main(argv=None):
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        server = ParamsServer(args.follow, args.host, args.port).start()
+        server = ParamsServer(args.follow, args.host, args.port,
+                              chain_master=args.chain_master, shard=args.shard).start()
     except OSError as exc:
         log.error("%s", exc)
         return 1

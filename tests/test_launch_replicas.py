@@ -28,6 +28,7 @@ from test_launcher import (
     ROOT,
     SCRIPTS,
     LaunchInBackground,
+    _answers,
     alive,
     explain,
     job_env,
@@ -71,8 +72,6 @@ def pids(stderr):
      "not go with --mode sync"),
     (["--ps-replicas", "2", "--mode", "ssp", "--staleness", "1"], "not go with --mode ssp"),
     (["--ps-replicas", "2", "--script-ps"], "it does not go with --script-ps"),
-    (["--ps-replicas", "2", "--serving-replicas", "1"],
-     "--serving-replicas does not go with --ps-replicas above 1"),
     (["--ps-replicas", "3", "--ps-port", "65531"], "PS ports 65531..65536 go past 65535"),
 ])
 def test_flags_chains_do_not_go_with_are_one_line_and_exit_2(args, problem, capsys,
@@ -262,3 +261,39 @@ def test_a_chain_master_killed_mid_run_is_restarted_and_the_chains_go_on(tmp_pat
     started = [int(pid) for pid in re.findall(r"started the chain master \(pid (\d+)\)",
                                               job.stderr)]
     assert len(started) == 2 and not any(alive(pid) for pid in started)
+
+
+@pytest.mark.cluster
+def test_a_serving_tier_follows_each_chain_s_tail_through_a_replica_s_death(tmp_path):
+    from psflow.serving.remote_params import RemoteParams
+    stop = tmp_path / "stop"
+    token = "tier-test-token"
+    launcher = subprocess.Popen(
+        launcher_command("--no-progress", "--workers", 1, "--ps", 2, "--ps-replicas", 2,
+                         "--serving-replicas", 1,
+                         ROOT / "tests" / "cluster_scripts" / "table_until_told.py", stop),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env=dict(job_env(tmp_path), PSFLOW_AUTH_TOKEN=token))
+    lines = []
+    try:
+        while not lines or "serving tier:" not in lines[-1]:
+            lines.append(launcher.stdout.readline())
+            assert lines[-1], "the launcher ended before printing the tier:\n" + "".join(lines)
+        shards = [flag.split("=", 1)[1].split(",") for flag in lines[-1].split()
+                  if flag.startswith("--params_shard=")]
+        tier = RemoteParams(shards, token=token, cache_ttl=0, deadline=2.0)
+        keys = np.arange(1, 21)
+        wait_until(lambda: _answers(tier, keys), 30, "the tier to hold the trained rows")
+        # Shard 0's tail, which its tier process follows, dies; the tier follows the new tail.
+        os.kill(pids("".join(lines))["ps 0.1"], signal.SIGKILL)
+        before = tier.lookup("items", keys)
+        wait_until(lambda: not np.array_equal(tier.lookup("items", keys), before), 30,
+                   "the tier to move on with the new tail")
+        tier.close()
+    finally:
+        stop.touch()
+        out, _ = launcher.communicate(timeout=120)
+        lines.append(out)
+    text = "".join(lines)
+    assert launcher.returncode == 0, text
+    assert "following shard 0's chain: now" in text, text
