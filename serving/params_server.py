@@ -2,6 +2,7 @@
 answering reads of it as the training shard would.
 
     python -m psflow.serving.params_server --follow=HOST:PORT [--port 2300] [--host 0.0.0.0]
+        [--chain-master HOST:PORT --shard S]
 
 It follows the shard's parameter stream (serving.param_follower.ShardFollower) and serves
 psflow's ParameterServer service's reads on `--port`: PullRows by key (train=False only: the
@@ -10,7 +11,9 @@ predict servers read it with serving.remote_params as they would read the traini
 Every other rpc is refused (UNIMPLEMENTED). The health service reports
 "psflow.ParameterServer" SERVING once the mirror holds the shard's first snapshot (a
 Kubernetes readiness probe), NOT_SERVING before. Calls need the job's token when
-PSFLOW_AUTH_TOKEN is set; the same token follows the training shard.
+PSFLOW_AUTH_TOKEN is set; the same token follows the training shard. A shard run as a chain
+of replicas is followed at its tail, as `--chain-master` names it, and at the next tail when
+that one fails.
 """
 
 import argparse
