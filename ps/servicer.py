@@ -180,7 +180,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     def InstallChain(self, request, context):
         config, applied = self.replication.install(request.epoch, list(request.replicas),
                                                    request.index)
-        return pb.ChainConfigResponse(epoch=config.epoch, applied_seq=applied)
+        return pb.ChainConfigResponse(epoch=config.epoch, applied_seq=applied,
+                                      incarnation=self.store.tables.incarnation)
 
     @_handler
     def Forward(self, request, context):

@@ -157,6 +157,17 @@ def test_a_founder_takes_its_place_before_and_after_the_chain_is_installed():
         server.heartbeat_to(started[0].address)
         assert Joiner(server, started[0].address, address).run() == "founder"
         assert started[0].chain(0) == (1, [address])
+        # Asked by the same process before it heard of the install: a founder still.
+        channel = grpc.insecure_channel(started[0].address)
+        join = channel.unary_unary("/psflow.ChainMaster/JoinChain",
+                                   request_serializer=pb.JoinChainRequest.SerializeToString,
+                                   response_deserializer=pb.JoinChainResponse.FromString)
+        answer = join(pb.JoinChainRequest(shard=0, address=address, epoch=0,
+                                          incarnation=server.store.tables.incarnation),
+                      timeout=TIMEOUT)
+        channel.close()
+        assert answer.action == pb.JoinChainResponse.FOUNDER
+        assert started[0].chain(0) == (1, [address])
     finally:
         server.stop(grace=0)
         if started:
