@@ -47,6 +47,7 @@ GLOBAL_STEP = re.compile(r"global step (\d+)")
 LOST = re.compile(r"(\d+) replicas? lost on the way")
 STARTED = re.compile(r"started (ps\S*) \(pid (\d+)\)")
 ACCURACY = re.compile(r"test accuracy: ([\d.]+)")
+DIGITS_STEP = re.compile(r"\] step (\d+): loss")
 
 
 class Run:
@@ -70,6 +71,15 @@ class Run:
 
     def find(self, pattern):
         return [m for _, line in self.lines for m in [pattern.search(line)] if m]
+
+    def rate(self, pattern):
+        """Steps per second between the first and the last line matching `pattern` (its group
+        a global step), from the times they arrived: the job's pace once it runs."""
+        seen = [(when, int(m.group(1))) for when, line in self.lines
+                for m in [pattern.search(line)] if m]
+        if len(seen) < 2 or seen[-1][0] <= seen[0][0]:
+            return None
+        return (seen[-1][1] - seen[0][1]) / (seen[-1][0] - seen[0][0])
 
     def last(self, pattern, cast=float):
         found = self.find(pattern)
@@ -135,13 +145,15 @@ def cost(args, data):
         for round_ in range(args.rounds):
             for replicas in (1, 2):
                 run = Run(make(replicas))
-                rate = run.last(pattern) if pattern else args.digits_steps / run.seconds
+                rate = run.last(pattern) if pattern else run.rate(DIGITS_STEP)
                 if run.code != 0 or rate is None:
                     print(run.text()[-3000:])
                     raise SystemExit(f"{name} with R={replicas} failed")
-                unit = "examples/s" if pattern else "steps/s (whole job)"
-                print(f"  round {round_ + 1}, {name}, R={replicas}: {rate:,.1f} {unit}",
-                      flush=True)
+                unit = "examples/s" if pattern else "global steps/s (steps 250 on)"
+                quality = f"test auc {run.last(AUC)}" if pattern else \
+                    f"test accuracy {run.last(ACCURACY)}"
+                print(f"  round {round_ + 1}, {name}, R={replicas}: {rate:,.1f} {unit}, "
+                      f"{quality}", flush=True)
                 best[replicas] = max(best[replicas], rate)
         kept = best[2] / best[1]
         print(f"{name}: R=2 keeps {kept:.2f}x of R=1 (costs {1 - kept:.0%}; target <= "

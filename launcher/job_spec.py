@@ -171,6 +171,3 @@ class JobSpec:
         if self.script_ps:
             raise ValueError("--ps-replicas runs psflow's own parameter servers as chains of "
                              "replicas; it does not go with --script-ps")
-        if self.serving_replicas:
-            raise ValueError("a serving tier does not follow shards run as chains of replicas "
-                             "yet: --serving-replicas does not go with --ps-replicas above 1")

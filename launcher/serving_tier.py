@@ -66,6 +66,9 @@ class ServingTier:
         command = [sys.executable, "-m", "psflow.serving.params_server",
                    f"--follow={self.ps_addresses[shard]}", f"--host={self.spec.host}",
                    f"--port={port}", f"--port-file={port_file}"]
+        chains = getattr(self, "chain_config", None)
+        if chains:  # the shard is a chain: its tier follows the chain's tail, whichever
+            command += [f"--chain-master={chains['chain_master']}", f"--shard={shard}"]
         index = f"{shard}.{replica}"  # "params 0.1": replica 1 of shard 0
         child = Child("params", index, command, self._child_env("params", index, 1),
                       self.output, self.watchdog)

@@ -16,18 +16,20 @@ class ReplicaGoneRequest(_message.Message):
     def __init__(self, shard: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
 
 class JoinChainRequest(_message.Message):
-    __slots__ = ("shard", "address", "ready", "copied_from", "epoch")
+    __slots__ = ("shard", "address", "ready", "copied_from", "epoch", "incarnation")
     SHARD_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     COPIED_FROM_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     shard: int
     address: str
     ready: bool
     copied_from: str
     epoch: int
-    def __init__(self, shard: _Optional[int] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., copied_from: _Optional[str] = ..., epoch: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, shard: _Optional[int] = ..., address: _Optional[str] = ..., ready: _Optional[bool] = ..., copied_from: _Optional[str] = ..., epoch: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class JoinChainResponse(_message.Message):
     __slots__ = ("action", "chain")
@@ -193,12 +195,14 @@ class ChainConfig(_message.Message):
     def __init__(self, epoch: _Optional[int] = ..., replicas: _Optional[_Iterable[str]] = ..., index: _Optional[int] = ...) -> None: ...
 
 class ChainConfigResponse(_message.Message):
-    __slots__ = ("epoch", "applied_seq")
+    __slots__ = ("epoch", "applied_seq", "incarnation")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     APPLIED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     applied_seq: int
-    def __init__(self, epoch: _Optional[int] = ..., applied_seq: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, epoch: _Optional[int] = ..., applied_seq: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class ForwardRequest(_message.Message):
     __slots__ = ("epoch", "seq", "method", "request")

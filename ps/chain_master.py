@@ -44,6 +44,7 @@ class _Shard:
         self.installed = (0, [])  # the last (epoch, replicas) every replica of took
         self.silent = False  # no replica's heartbeats arrive (logged once)
         self.installing = threading.Lock()  # one new chain of the shard at a time
+        self.incarnations = {}  # address -> the incarnation of the process installed there
 
 
 class ChainMaster:
@@ -237,7 +238,11 @@ class ChainMaster:
                 context.abort(grpc.StatusCode.UNAVAILABLE, f"shard {s.shard}'s chain is not "
                               "installed yet")
             if not request.ready:
-                if address in replicas and request.epoch == epoch:
+                # The very process the chain was installed on (it may ask before it heard
+                # of the install): a founder; another one at its address lost its state.
+                if address in replicas and (request.epoch == epoch or (
+                        request.incarnation and
+                        request.incarnation == s.incarnations.get(address))):
                     return pb.JoinChainResponse(action=pb.JoinChainResponse.FOUNDER,
                                                 chain=self._installed_config(s))
                 return self._copy_from(s, address, replicas)
@@ -305,10 +310,11 @@ class ChainMaster:
             failed = None
             for index in reversed(range(len(replicas))):
                 try:
-                    self._stub(replicas[index])(
+                    answer = self._stub(replicas[index])(
                         pb.ChainConfig(epoch=epoch, replicas=replicas, index=index),
                         timeout=INSTALL_TIMEOUT_S, metadata=self._metadata,
                         wait_for_ready=wait_for_ready)
+                    s.incarnations[replicas[index]] = answer.incarnation
                 except grpc.RpcError as exc:
                     log.warning("shard %d: replica %s refused epoch %d: %s: %s", s.shard,
                                 replicas[index], epoch, exc.code().name, exc.details())

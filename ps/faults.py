@@ -23,6 +23,10 @@ POINTS = {
                   "it yet",
     "heartbeat": "a replica is about to heartbeat to the chain master (stalled: it goes "
                  "silent, as a replica cut off from the master)",
+    "mid-copy": "a replica is sending a copy of its state to a joining replica: between two "
+                "pieces of a table",
+    "mid-checkpoint": "a replica was asked for a checkpoint (SaveShard) and has not written "
+                      "it yet",
 }
 ACTIONS = ("kill", "stall")
 STALL_S = 3600.0

@@ -61,8 +61,9 @@ class Joiner:
     def run(self):
         """Joins; returns the outcome, or raises JoinFailed."""
         try:
-            answer = self._ask(pb.JoinChainRequest(shard=self.shard, address=self.address,
-                                                   epoch=self.replication.config.epoch))
+            answer = self._ask(pb.JoinChainRequest(
+                shard=self.shard, address=self.address, epoch=self.replication.config.epoch,
+                incarnation=self.store.tables.incarnation))
             if answer.action == pb.JoinChainResponse.FOUNDER:
                 log.info("shard %d: %s founds the chain", self.shard, self.address)
                 self.outcome = "founder"

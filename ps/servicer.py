@@ -20,7 +20,7 @@ from psflow.proto import codec, wire
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
 from psflow.train.consistency import Consistency
-from . import shard_copy
+from . import faults, shard_copy
 from .replication import Replication
 from .sync_chain import SYNC_DECISION, ChainSteps
 
@@ -173,13 +173,15 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             self.chain_steps.apply(data)
             return
         request = data if method == "Push" else _REQUEST_TYPES[method].FromString(data)
+        # Called without a context, a handler applies the write and builds no answer.
         getattr(type(self), method).__wrapped__(self, request, None)
 
     @_handler
     def InstallChain(self, request, context):
         config, applied = self.replication.install(request.epoch, list(request.replicas),
                                                    request.index)
-        return pb.ChainConfigResponse(epoch=config.epoch, applied_seq=applied)
+        return pb.ChainConfigResponse(epoch=config.epoch, applied_seq=applied,
+                                      incarnation=self.store.tables.incarnation)
 
     @_handler
     def Forward(self, request, context):
@@ -239,6 +241,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     @_handler
     def Pull(self, request, context):
         header = self._pull_header("Pull", request)
+        if context is None:  # a step's commit forwarded down the chain
+            return None
         return self.store.with_values(request.names,
                                       lambda values: wire.pull_response(header, values))
 
@@ -254,6 +258,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
                   codec.decode(k.counts, f"counts of table {k.name!r}")
                   if k.HasField("counts") else None, k.train) for k in request.keys],
                 request.global_step)
+        if context is None:  # a write forwarded down the chain: its answer is the head's
+            return None
         if not selections:
             return wire.pull_response(header, keyed)
         return self.store.with_rows(
@@ -288,6 +294,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             return self.chain_steps.later(request.worker, request.global_step, consistency,
                                           result, lambda r: self._push_reply(request,
                                                                              consistency, r))
+        if context is None:  # forwarded down the chain: the values it returns are the head's
+            return None
         return self._push_reply(request, consistency, result)
 
     def _push_reply(self, request, consistency, result):
@@ -306,6 +314,7 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
 
     @_handler
     def SaveShard(self, request, context):
+        faults.hit("mid-checkpoint", self.store.shard, self.replication.config.index)
         digest, step, size, names, positions, (delta, seq, incarnation) = \
             self.store.save_incremental(request.path, request.since_seq,
                                         request.since_incarnation,

@@ -16,6 +16,7 @@ import numpy as np
 from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.table_changes import ChangesLost
+from . import faults
 from .sync_copy import pending_push, replace_sync, sync_pieces
 
 # Rows of a table in one piece: with a dim-16 float table and one slot, about 5 MB.
@@ -47,11 +48,12 @@ def _rows_piece(name, fields):
     return _write("InitializeVariables", request)
 
 
-def _table_pieces(store, since, chunk_rows):
+def _table_pieces(store, since, chunk_rows, replica):
     for name, held in list(store.tables.held.items()):
         if since <= 0:
             for chunk in held.table.state_chunks(held.lock, chunk_rows):
                 yield _rows_piece(name, chunk)
+                faults.hit("mid-copy", store.shard, replica)
             continue
         with held.lock:
             changes = held.table.changes_since(since, with_state=True)
@@ -101,11 +103,13 @@ def _end(store, upto, applied_seq, sync):
     return pb.ShardPiece(end=end)
 
 
-def copy_pieces(store, since=0, incarnation=0, applied_seq=0, chunk_rows=CHUNK_ROWS):
+def copy_pieces(store, since=0, incarnation=0, applied_seq=0, chunk_rows=CHUNK_ROWS,
+                replica=0):
     """The ShardPiece messages of a copy of `store` (a ShardStore): everything, or with `since`
     the table rows changed or removed after that sequence of the tables' `incarnation`
     (ChangesLost when they no longer know, or of another incarnation). `applied_seq` goes in
-    the end (the caller's log position, when it holds the log's order)."""
+    the end (the caller's log position, when it holds the log's order); `replica` is the
+    source's place in its chain (for ps.faults' "mid-copy")."""
     tables = store.tables
     since = int(since)
     if since > 0 and int(incarnation) != tables.incarnation:
@@ -113,7 +117,7 @@ def copy_pieces(store, since=0, incarnation=0, applied_seq=0, chunk_rows=CHUNK_R
                           "copy's; a full copy is needed")
     upto = tables.clock.value  # every change after it is in the next copy
     yield _declarations(store)
-    yield from _table_pieces(store, since, chunk_rows)
+    yield from _table_pieces(store, since, chunk_rows, replica)
     yield from _dense_pieces(store)
     pending, sync = sync_pieces(store)
     yield from pending
@@ -125,7 +129,8 @@ def serve(store, replication, request):
     ps.replication.Replication): a `final` copy only at the caller's epoch, read while no
     write of the log is applied, its end naming the last write it holds."""
     if not request.final:
-        return copy_pieces(store, request.since, request.incarnation)
+        return copy_pieces(store, request.since, request.incarnation,
+                           replica=replication.config.index)
     replication.chain.check_epoch(request.epoch, "the last copy of the shard")
     return iter(replication.in_order(lambda applied_seq: list(
         copy_pieces(store, request.since, request.incarnation, applied_seq))))

@@ -39,6 +39,30 @@ class _Gap(Exception):
     """The stream does not continue the mirror: follow again."""
 
 
+class _ChainTail:
+    """The tail of shard `shard`'s chain, as the chain master at `master` names it."""
+
+    def __init__(self, master, shard, token):
+        self.shard, self._metadata = shard, auth.call_metadata(token)
+        self._channel = auth.open_channel(master, codec.MASTER_CHANNEL_OPTIONS)
+        self._get = self._channel.unary_unary(
+            "/psflow.ChainMaster/GetChain",
+            request_serializer=pb.GetChainRequest.SerializeToString,
+            response_deserializer=pb.ChainConfig.FromString)
+
+    def tail(self):
+        """The tail's address; None when the master does not answer."""
+        try:
+            chain = self._get(pb.GetChainRequest(shard=self.shard), timeout=2.0,
+                              metadata=self._metadata)
+        except grpc.RpcError:
+            return None
+        return chain.replicas[-1] if chain.replicas else None
+
+    def close(self):
+        self._channel.close()
+
+
 class ShardFollower:
     """A mirror of one parameter-server shard at `address` (see the module's docstring).
     `start()` follows in a thread; `wait_synced()` waits for the first snapshot. `token`:
@@ -46,8 +70,13 @@ class ShardFollower:
     again after the stream ended or failed; `on_dense`: called (in the following thread)
     after an update that carried dense values was applied."""
 
-    def __init__(self, address, token=None, retry_s=0.2, channel_options=None, on_dense=None):
+    def __init__(self, address, token=None, retry_s=0.2, channel_options=None, on_dense=None,
+                 chain_master=None, shard=0):
         self.address = address
+        # A replicated shard: the chain master names its replicas; the mirror follows the
+        # tail (which holds every acknowledged write) and, when the stream fails, the chain's
+        # tail then (a new replica: a snapshot, since its stream is another incarnation).
+        self.chain_master, self.chain_shard = chain_master, int(shard)
         self.token = auth.token_from_env() if token is None else token
         self.retry_s = float(retry_s)
         self.channel_options = codec.CHANNEL_OPTIONS if channel_options is None \
@@ -95,39 +124,57 @@ class ShardFollower:
             call.cancel()
 
     def _run(self):
-        channel = auth.open_channel(self.address, self.channel_options)
-        follow = channel.unary_stream(FOLLOW_METHOD,
-                                      request_serializer=pb.FollowRequest.SerializeToString,
-                                      response_deserializer=pb.ParameterUpdate.FromString)
+        channel, follow = None, None
+        master = _ChainTail(self.chain_master, self.chain_shard, self.token) \
+            if self.chain_master else None
         try:
             while not self._stopping.is_set():
-                request = pb.FollowRequest(after_seq=self.seq, incarnation=self.incarnation)
-                try:
-                    self._call = follow(request, metadata=auth.call_metadata(self.token),
-                                        wait_for_ready=True)
-                    self._consume(self._call)
-                except _Gap as exc:
-                    log.info("following %s: %s; resyncing", self.address, exc)
-                    self.seq = 0  # a snapshot next
-                    self.stats["resyncs"] += 1
-                except grpc.RpcError as exc:
-                    self.last_error = f"{exc.code().name}: {exc.details()}"
-                    if not self._stopping.is_set():
-                        log.info("following %s: %s", self.address, self.last_error)
-                        self.stats["resyncs"] += 1
-                except Exception as exc:  # noqa: BLE001 -- an update it cannot apply
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.exception("following %s: an update could not be applied; resyncing",
-                                  self.address)
-                    self.seq = 0
-                    self.stats["resyncs"] += 1
-                finally:
-                    if self._call is not None:
-                        self._call.cancel()
-                    self._call = None
+                address = master.tail() or self.address if master else self.address
+                if channel is None or address != self.address:
+                    if channel is not None:
+                        channel.close()
+                        log.info("following shard %d's chain: now %s", self.chain_shard,
+                                 address)
+                    self.address = address
+                    channel = auth.open_channel(address, self.channel_options)
+                    follow = channel.unary_stream(
+                        FOLLOW_METHOD, request_serializer=pb.FollowRequest.SerializeToString,
+                        response_deserializer=pb.ParameterUpdate.FromString)
+                self._follow_once(follow, wait_for_ready=master is None)
                 self._stopping.wait(self.retry_s)
         finally:
-            channel.close()
+            if channel is not None:
+                channel.close()
+            if master is not None:
+                master.close()
+
+    def _follow_once(self, follow, wait_for_ready):
+        """Follows until the stream ends or fails (a replica of a chain that is not up fails
+        at once: the chain's tail is asked for again)."""
+        request = pb.FollowRequest(after_seq=self.seq, incarnation=self.incarnation)
+        try:
+            self._call = follow(request, metadata=auth.call_metadata(self.token),
+                                wait_for_ready=wait_for_ready)
+            self._consume(self._call)
+        except _Gap as exc:
+            log.info("following %s: %s; resyncing", self.address, exc)
+            self.seq = 0  # a snapshot next
+            self.stats["resyncs"] += 1
+        except grpc.RpcError as exc:
+            self.last_error = f"{exc.code().name}: {exc.details()}"
+            if not self._stopping.is_set():
+                log.info("following %s: %s", self.address, self.last_error)
+                self.stats["resyncs"] += 1
+        except Exception as exc:  # noqa: BLE001 -- an update it cannot apply
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("following %s: an update could not be applied; resyncing",
+                          self.address)
+            self.seq = 0
+            self.stats["resyncs"] += 1
+        finally:
+            if self._call is not None:
+                self._call.cancel()
+            self._call = None
 
     def _consume(self, stream):
         pending = []

@@ -2,6 +2,7 @@
 answering reads of it as the training shard would.
 
     python -m psflow.serving.params_server --follow=HOST:PORT [--port 2300] [--host 0.0.0.0]
+        [--chain-master HOST:PORT --shard S]
 
 It follows the shard's parameter stream (serving.param_follower.ShardFollower) and serves
 psflow's ParameterServer service's reads on `--port`: PullRows by key (train=False only: the
@@ -10,7 +11,9 @@ predict servers read it with serving.remote_params as they would read the traini
 Every other rpc is refused (UNIMPLEMENTED). The health service reports
 "psflow.ParameterServer" SERVING once the mirror holds the shard's first snapshot (a
 Kubernetes readiness probe), NOT_SERVING before. Calls need the job's token when
-PSFLOW_AUTH_TOKEN is set; the same token follows the training shard.
+PSFLOW_AUTH_TOKEN is set; the same token follows the training shard. A shard run as a chain
+of replicas is followed at its tail, as `--chain-master` names it, and at the next tail when
+that one fails.
 """
 
 import argparse
@@ -149,6 +152,12 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="psflow-params", description=__doc__.splitlines()[0])
     parser.add_argument("--follow", required=True, metavar="HOST:PORT",
                         help="the training parameter server (one shard) to mirror")
+    parser.add_argument("--chain-master", metavar="HOST:PORT",
+                        help="the shard runs as a chain of replicas: mirror the chain's tail, "
+                             "as this chain master names it, and the next tail when it fails "
+                             "(--follow is where to start)")
+    parser.add_argument("--shard", type=int, default=0,
+                        help="with --chain-master: the shard's index (default 0)")
     parser.add_argument("--host", default="0.0.0.0", help="address to serve on")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help=f"port to serve on (default {DEFAULT_PORT}; 0 picks one)")
@@ -168,7 +177,8 @@ def main(argv=None):
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        server = ParamsServer(args.follow, args.host, args.port).start()
+        server = ParamsServer(args.follow, args.host, args.port,
+                              chain_master=args.chain_master, shard=args.shard).start()
     except OSError as exc:
         log.error("%s", exc)
         return 1

@@ -10,6 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
+from psflow.checkpoint import read_shard
 from psflow.launcher.resources import free_ports
 from psflow.proto import psflow_pb2 as pb
 from psflow.proto import psflow_pb2_grpc as pb_grpc
@@ -19,6 +20,7 @@ from psflow.ps.shard_copy import CopyApplier, copy_pieces
 from psflow.ps.shard_server import ParameterServer
 from psflow.ps.shard_store import ShardStore
 from psflow.table_changes import ChangesLost
+from psflow.worker.client import ShardClient
 from test_chain_master import replicas  # noqa: F401 -- the fixture
 from test_replication import TIMEOUT, assert_same_state, declare, state, step_requests
 from waiting import wait_for
@@ -155,6 +157,17 @@ def test_a_founder_takes_its_place_before_and_after_the_chain_is_installed():
         server.heartbeat_to(started[0].address)
         assert Joiner(server, started[0].address, address).run() == "founder"
         assert started[0].chain(0) == (1, [address])
+        # Asked by the same process before it heard of the install: a founder still.
+        channel = grpc.insecure_channel(started[0].address)
+        join = channel.unary_unary("/psflow.ChainMaster/JoinChain",
+                                   request_serializer=pb.JoinChainRequest.SerializeToString,
+                                   response_deserializer=pb.JoinChainResponse.FromString)
+        answer = join(pb.JoinChainRequest(shard=0, address=address, epoch=0,
+                                          incarnation=server.store.tables.incarnation),
+                      timeout=TIMEOUT)
+        channel.close()
+        assert answer.action == pb.JoinChainResponse.FOUNDER
+        assert started[0].chain(0) == (1, [address])
     finally:
         server.stop(grace=0)
         if started:
@@ -257,3 +270,69 @@ def _table(store):
         return (fields["keys"][order].tolist(), fields["values"][order].tolist(),
                 sorted(zip(fields["entry_keys"][entry_order].tolist(),
                            fields["entry_freq"][entry_order].tolist(), strict=True)))
+
+
+@pytest.mark.cluster  # a replica's death and the master's detection: a second or more
+def test_a_tail_that_dies_mid_copy_fails_the_join_and_the_next_one_copies_the_new_tail(
+        cluster):
+    r = cluster(2)
+    declare(r.stubs[0])
+    Trainer(r).start().stop()
+    first = add_replica(r)
+    stall = faults.install(faults.Fault("stall", "mid-copy", 0, 1))
+    failed = []
+    thread = threading.Thread(target=lambda: failed.append(_join_error(r, first)))
+    thread.start()
+    assert stall.reached.wait(10)
+    r.servers[1].stop(grace=0)  # the tail dies while it sends its copy
+    stall.release()
+    thread.join(30)
+    assert "copying shard 0's state from" in failed[0]
+    wait_for(lambda: r.master.chain(0)[1] == r.addresses[:1], 10, "the dead tail removed")
+    second = add_replica(r)
+    assert joiner(r, second).run() == "joined"
+    assert r.master.chain(0)[1] == [r.addresses[0], second.address]
+    Trainer(r, incarnation=6).start().stop()
+    assert_same_state(state(second), state(r.servers[0]))
+
+
+def _join_error(chain, server):
+    try:
+        joiner(chain, server).run()
+    except JoinFailed as exc:
+        return str(exc)
+    return "joined"
+
+
+@pytest.mark.cluster  # a replica's death and the master's detection: a second or more
+def test_a_head_that_dies_mid_checkpoint_leaves_the_checkpoint_to_the_new_head(tmp_path):
+    servers = [ParameterServer(shard=0, num_workers=1, heartbeat_s=0.05,
+                               checkpoint_root=str(tmp_path)).start() for _ in range(2)]
+    addresses = [s.address for s in servers]
+    master = chain_master.ChainMaster({0: addresses}, lease_s=0.4, check_s=0.02).start()
+    for s in servers:
+        s.heartbeat_to(master.address)
+    client = ShardClient(0, addresses[0], timeout=TIMEOUT, token="",
+                         chain_master=master.address)
+    try:
+        declare(client.stub)
+        stall = faults.install(faults.Fault("stall", "mid-checkpoint", 0, 0))
+        saved = []
+        path = str(tmp_path / "shard-0.npz")
+        thread = threading.Thread(target=lambda: saved.append(
+            client.call("SaveShard", pb.SaveShardRequest(path=path))))
+        thread.start()
+        assert stall.reached.wait(10)
+        servers[0].stop(grace=0)  # the head dies before it wrote the checkpoint
+        stall.release()
+        thread.join(30)
+        assert saved and saved[0].variables == ["w"]
+        assert master.chain(0)[1] == addresses[1:]
+        values, _, _ = read_shard(path, saved[0].sha256)
+        np.testing.assert_array_equal(values["w"], np.ones((4, 3), np.float32))
+    finally:
+        faults.clear()
+        client.close()
+        master.stop()
+        for s in servers:
+            s.stop(grace=0)

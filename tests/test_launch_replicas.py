@@ -28,6 +28,7 @@ from test_launcher import (
     ROOT,
     SCRIPTS,
     LaunchInBackground,
+    _answers,
     alive,
     explain,
     job_env,
@@ -67,8 +68,6 @@ def pids(stderr):
     (["--ps-replicas", "0"], "argument --ps-replicas: must be at least 1, got 0"),
     (["--ps-replicas", "two"], "argument --ps-replicas: must be a whole number"),
     (["--ps-replicas", "2", "--script-ps"], "it does not go with --script-ps"),
-    (["--ps-replicas", "2", "--serving-replicas", "1"],
-     "--serving-replicas does not go with --ps-replicas above 1"),
     (["--ps-replicas", "3", "--ps-port", "65531"], "PS ports 65531..65536 go past 65535"),
 ])
 def test_flags_chains_do_not_go_with_are_one_line_and_exit_2(args, problem, capsys,
@@ -285,3 +284,39 @@ def test_a_sync_job_whose_head_is_killed_trains_what_it_trains_without(tmp_path,
     assert re.search(r"^\[launch\] ps 0\.2 joined shard 0's chain at epoch \d+: ps 0\.1, ps 0\.2$",
                      result.stderr, re.M), explain(result)
     assert not [name for name, pid in pids(result.stderr).items() if alive(pid)]
+
+
+@pytest.mark.cluster
+def test_a_serving_tier_follows_each_chain_s_tail_through_a_replica_s_death(tmp_path):
+    from psflow.serving.remote_params import RemoteParams
+    stop = tmp_path / "stop"
+    token = "tier-test-token"
+    launcher = subprocess.Popen(
+        launcher_command("--no-progress", "--workers", 1, "--ps", 2, "--ps-replicas", 2,
+                         "--serving-replicas", 1,
+                         ROOT / "tests" / "cluster_scripts" / "table_until_told.py", stop),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        env=dict(job_env(tmp_path), PSFLOW_AUTH_TOKEN=token))
+    lines = []
+    try:
+        while not lines or "serving tier:" not in lines[-1]:
+            lines.append(launcher.stdout.readline())
+            assert lines[-1], "the launcher ended before printing the tier:\n" + "".join(lines)
+        shards = [flag.split("=", 1)[1].split(",") for flag in lines[-1].split()
+                  if flag.startswith("--params_shard=")]
+        tier = RemoteParams(shards, token=token, cache_ttl=0, deadline=2.0)
+        keys = np.arange(1, 21)
+        wait_until(lambda: _answers(tier, keys), 30, "the tier to hold the trained rows")
+        # Shard 0's tail, which its tier process follows, dies; the tier follows the new tail.
+        os.kill(pids("".join(lines))["ps 0.1"], signal.SIGKILL)
+        before = tier.lookup("items", keys)
+        wait_until(lambda: not np.array_equal(tier.lookup("items", keys), before), 30,
+                   "the tier to move on with the new tail")
+        tier.close()
+    finally:
+        stop.touch()
+        out, _ = launcher.communicate(timeout=120)
+        lines.append(out)
+    text = "".join(lines)
+    assert launcher.returncode == 0, text
+    assert "following shard 0's chain: now" in text, text
