@@ -72,6 +72,7 @@ def with_epoch(epoch):
     return [(chain.EPOCH_METADATA, str(epoch))]
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_master_installs_the_chain_and_a_silent_head_is_replaced(replicas):
     r = replicas(2)
     assert r.master.chain(0) == (1, r.addresses)
@@ -101,6 +102,7 @@ def train_epoch(stub, steps, epoch):
         stub.Push(push, timeout=TIMEOUT, metadata=with_epoch(epoch))
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_a_stopped_tail_is_removed_and_the_head_carries_on(replicas):
     r = replicas(3)
     declare(r.stubs[0])
@@ -113,6 +115,7 @@ def test_a_stopped_tail_is_removed_and_the_head_carries_on(replicas):
     assert state(r.servers[1])[3] == 5
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_a_write_stalled_mid_push_is_not_lost_when_the_tail_is_replaced(replicas):
     r = replicas(3)
     declare(r.stubs[0])

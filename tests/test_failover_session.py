@@ -56,6 +56,7 @@ def train(graph, heads, master=None, mid_run=None):
         session.close()
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_a_head_that_dies_mid_push_is_replaced_without_the_session_noticing(fresh_graph):
     lone = [ParameterServer(shard=s, num_workers=1).start() for s in range(2)]
     chains = [[ParameterServer(shard=s, num_workers=1, heartbeat_s=0.05).start()

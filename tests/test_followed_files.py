@@ -57,6 +57,7 @@ def test_reads_files_in_name_order_and_ignores_temporary_names(tmp_path):
     assert read_all(ds) == [b"a1", b"b1", b"b2"]
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_files_appearing_while_reading_are_read_and_late_names_skipped(tmp_path):
     ship(tmp_path, "f-001", ["1", "2"])
     ds = tf.data.FollowedFilesDataset(str(tmp_path), idle_timeout=1.5, poll_interval=0.05)
@@ -146,6 +147,7 @@ def test_a_resumed_reader_starts_after_its_position(tmp_path):
         read_all(ds)
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_a_stop_request_ends_a_waiting_reader(tmp_path):
     ship(tmp_path, "x-1", ["a"])
     ds = tf.data.FollowedFilesDataset(str(tmp_path), poll_interval=0.05)

@@ -123,6 +123,7 @@ def test_a_replica_joins_while_training_goes_on_and_holds_every_write(cluster):
     assert r.stubs[2].Push(push, timeout=TIMEOUT).global_step == steps + 1
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_a_restarted_replica_at_a_known_address_is_removed_then_copies(cluster):
     r = cluster(2)
     declare(r.stubs[0])

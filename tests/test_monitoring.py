@@ -60,6 +60,7 @@ def servers(tmp_path):
         server.stop(grace=0)
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_a_shard_and_a_worker_report_what_training_did(fresh_graph, servers, tmp_path):
     x, y, _, _, loss, _, train = linear_model()
     cluster = ClusterSpec({"ps": [f"127.0.0.1:{s.port}" for s in servers],

@@ -42,6 +42,7 @@ def shard_0_positions(server):
     return [(p.dataset, p.shard, p.num_shards, p.file, p.lines) for p in reply.positions]
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_a_restarted_job_trains_on_every_line_once(tmp_path, monkeypatch):
     data, ckpt = tmp_path / "data", tmp_path / "ckpt"
     data.mkdir()

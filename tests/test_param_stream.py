@@ -174,6 +174,7 @@ def test_a_follower_mirrors_creations_updates_and_evictions(ps_process, tmp_path
         channel.close()
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_a_disconnected_follower_catches_up_and_a_fresh_one_gets_a_snapshot(ps_process,
                                                                           tmp_path):
     rng = np.random.default_rng(1)
@@ -200,6 +201,7 @@ def test_a_disconnected_follower_catches_up_and_a_fresh_one_gets_a_snapshot(ps_p
         channel.close()
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_a_follower_that_falls_behind_is_dropped_and_resyncs(tmp_path):
     server = ParameterServer(port=0, publish_period=0.02, dense_period=0.1,
                              follower_buffer_bytes=4096, checkpoint_root=str(tmp_path)).start()

@@ -151,6 +151,7 @@ def test_the_psflow_params_process_serves_a_shard_and_exits_0_on_sigterm(tier):
             process.wait()
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_a_dead_training_shard_leaves_the_tier_answering_with_its_last_state():
     server = ParameterServer(shard=0, num_workers=1, port=0, publish_period=0.02).start()
     client = ShardClient(0, f"127.0.0.1:{server.port}", token="")

@@ -36,6 +36,7 @@ CHIEF = BURN + textwrap.dedent("""
 """)
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_run_job_waits_for_both_figures_and_counts_every_process(common):
     commands = [("ps0", [sys.executable, "-c", "import time; time.sleep(600)"], {}),
                 ("worker0", [sys.executable, "-c", CHIEF], {})]

@@ -292,6 +292,7 @@ def test_wait_initialized_times_out_with_missing(stub):
     assert 0.25 <= time.monotonic() - started < 3
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_wait_initialized_answers_before_the_callers_deadline(stub):
     declare(stub, a=("float32", (1,)))
     reply = stub.WaitInitialized(pb.WaitInitializedRequest(names=["a"], timeout_ms=60_000),

@@ -131,6 +131,7 @@ def test_variables_whole_and_partitioned_and_their_changes(shards):
     params.close()
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_hot_rows_are_cached_for_their_ttl_only(shards):
     servers, clients = shards
     for client in clients:
@@ -147,6 +148,7 @@ def test_hot_rows_are_cached_for_their_ttl_only(shards):
     params.close()
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_concurrent_lookups_share_calls_and_each_gets_its_own_rows(shards):
     import threading
     servers, clients = shards

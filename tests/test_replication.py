@@ -154,6 +154,7 @@ def test_every_replica_holds_what_a_lone_server_holds(chains, replicas):
         assert_same_state(state(server), expected)
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_concurrent_pushes_leave_every_replica_equal(chains):
     c = chains(3)
     declare(c.head)

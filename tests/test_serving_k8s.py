@@ -420,6 +420,7 @@ FOLLOWED = ["--follow", "ctr-ps-0.ctr.ml.svc.cluster.local:2222,"
             "--namespace", "ml"]
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_a_serving_parameter_tier_follows_each_training_shard_on_r_replicas():
     from psflow.serving.params_server import build_parser as params_parser
     docs = generate(*BASE, *FOLLOWED, "--serving-replicas", 3)

@@ -71,6 +71,7 @@ def _fix(base, version, seed):
         json.dump({"seed": seed, "broken": False, "delay": 0.0}, f)
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_a_failed_version_is_tried_max_num_load_retries_times_then_ends_with_its_error(
         tmp_path):
     manager, load = _manager(retries=2, interval=0.05)
@@ -115,6 +116,7 @@ def test_a_version_whose_files_are_fixed_before_the_retries_run_out_becomes_avai
         manager.unload_all()
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_the_retries_stop_when_the_version_is_no_longer_asked_for(tmp_path):
     manager, load = _manager(retries=100, interval=0.05)
     try:

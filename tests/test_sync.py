@@ -170,6 +170,7 @@ def test_workers_with_different_budgets_all_finish(cluster):
     assert servers[0].store.stats()["dropped"] == 0
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_ssp_keeps_the_fast_worker_within_the_bound(cluster):
     servers = cluster(1, 2)
     staleness, steps = 2, 12

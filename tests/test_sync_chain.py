@@ -172,6 +172,7 @@ def kill_when_reached(server, point, shard, replica):
     (1, 0, "before-forward"),  # a commit or pending push dies with the head
     (0, 1, "before-forward"),  # shard 0's tail dies before acknowledging: its head goes on
 ])
+@pytest.mark.cluster  # a concurrency or timing run
 def test_sync_through_chains_equals_lone_shards_when_a_replica_dies_mid_step(
         servers, shard, replica, point):
     lone, _ = servers(2, 1)
@@ -202,6 +203,7 @@ def ssp():
                                               staleness=1)
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_ssp_through_chains_of_two_counts_every_push_once(servers):
     chains, master = servers(2, 2, master=True)
     killer = []

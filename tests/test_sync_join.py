@@ -67,6 +67,7 @@ def join_then_stop_head(chains, master, shard, newcomers, pending=True):
     return on_step
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 @pytest.mark.parametrize("shard", [0, 1])
 def test_sync_through_a_chain_a_replica_joined_equals_lone_shards(start, newcomers, shard):
     lone, _ = start(2, 1)
@@ -90,6 +91,7 @@ def test_sync_through_a_chain_a_replica_joined_equals_lone_shards(start, newcome
     assert new.store.stats()["dropped"] == 0
 
 
+@pytest.mark.cluster  # a concurrency or timing run
 def test_ssp_through_a_chain_a_replica_joined_counts_every_push_once(start, newcomers):
     chains, master = start(2, 2, master=True)
     results = train(heads(chains), ssp, master.address,
