@@ -39,13 +39,14 @@ STALL_TARGET_S = 5.0
 COST_TARGET = 0.30
 AUC_TARGET = 0.005
 CHAOS_EVERY_S = 30.0
+BATCH = 512  # examples/ctr.py's default batch
 
 STEPS = re.compile(r"\[worker:(\d+)\] this worker: (\d+) steps, the longest ([\d.]+) s")
 AUC = re.compile(r"test auc: ([\d.]+)")
 THROUGHPUT = re.compile(r"throughput: ([\d.]+) examples/s")
 GLOBAL_STEP = re.compile(r"global step (\d+)")
 LOST = re.compile(r"(\d+) replicas? lost on the way")
-STARTED = re.compile(r"started (ps\S*) \(pid (\d+)\)")
+STARTED = re.compile(r"started (ps \d+\.\d+) \(pid (\d+)\)")
 ACCURACY = re.compile(r"test accuracy: ([\d.]+)")
 DIGITS_STEP = re.compile(r"\] step (\d+): loss")
 
@@ -171,9 +172,13 @@ def chaos(args, data):
     seconds = args.chaos_minutes * 60
     print(f"== chaos: a CTR job of about {args.chaos_minutes:g} minutes, a random replica "
           f"killed every {CHAOS_EVERY_S:g} s, against the same job without faults", flush=True)
-    # As many steps as the job runs in the time, measured on a short run first.
+    # As many steps as the job trains in the time, at the pace of a short run first.
     probe = Run(ctr_args(data, 600, 2))
-    steps = int(600 / max(probe.seconds - 15, 1) * seconds)
+    pace = (probe.last(THROUGHPUT) or 0) / BATCH
+    if not pace:
+        print(probe.text()[-3000:])
+        raise SystemExit("the probe run printed no throughput")
+    steps = int(pace * seconds)
     pids, killed, done = {}, [], threading.Event()
 
     def on_line(line):
