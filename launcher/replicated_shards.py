@@ -35,7 +35,7 @@ from psflow.proto import codec
 from psflow.proto import psflow_pb2 as pb
 from psflow.transport import auth
 from .process import Child, describe_exit
-from .resources import free_ports
+from .resources import free_ports, port_in
 
 # How often the launcher asks the master whether a dead replica has left its chain (its
 # replacement then starts) and whether a replacement has joined.
@@ -284,7 +284,7 @@ class ReplicatedShards:
         for child, place in list(self._joining.items()):
             shard, port_file, address = place
             if address is None:
-                port = _port(port_file)
+                port = port_in(port_file)
                 if port is None:
                     continue
                 place[2] = address = f"{self.spec.host}:{port}"
@@ -320,12 +320,3 @@ class ReplicatedShards:
     def _chain_children(self):
         """The master and the replacements still joining, for the teardown."""
         return list(getattr(self, "_joining", ())) + ([self.master] if self.master else [])
-
-
-def _port(path):
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() else None

@@ -24,6 +24,16 @@ def free_ports(host, count, base=0):
     return ports
 
 
+def port_in(path):
+    """The port a child wrote to the file `path`; None while it has not (or not whole)."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
 def available_cores():
     try:
         return len(os.sched_getaffinity(0))

@@ -14,6 +14,7 @@ import sys
 import time
 
 from .process import Child, describe_exit
+from .resources import port_in
 
 POLL_S = 0.05
 START_TIMEOUT_S = 60.0
@@ -39,7 +40,7 @@ class ServingTier:
                 for replica, child in enumerate(row):
                     if self.params_addresses[shard][replica] is not None:
                         continue
-                    port = _port(self._params_port_file(shard, replica))
+                    port = port_in(self._params_port_file(shard, replica))
                     if port is not None:
                         self.params_addresses[shard][replica] = f"{self.spec.host}:{port}"
                     elif not child.running or time.monotonic() > deadline:
@@ -92,12 +93,3 @@ class ServingTier:
 
     def _tier_children(self):
         return [child for row in getattr(self, "params", ()) for child in row]
-
-
-def _port(path):
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except FileNotFoundError:
-        return None
-    return int(text) if text.isdigit() else None
