@@ -167,12 +167,14 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         self.chain_steps = ChainSteps(store, self.replication)
 
     def apply_write(self, method, data):
-        """Applies a write forwarded down the chain (or a piece of a shard's copy) as the
-        handler `method` applies a worker's (its answer is the caller's business)."""
+        """Applies a write forwarded down the chain (or a piece of a shard's copy, its bytes or
+        the message parsed) as the handler `method` applies a worker's (its answer is the
+        caller's business)."""
         if method == SYNC_DECISION:
             self.chain_steps.apply(data)
             return
-        request = data if method == "Push" else _REQUEST_TYPES[method].FromString(data)
+        request = data if method == "Push" or not isinstance(data, bytes) \
+            else _REQUEST_TYPES[method].FromString(data)
         # Called without a context, a handler applies the write and builds no answer.
         getattr(type(self), method).__wrapped__(self, request, None)
 

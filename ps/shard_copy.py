@@ -137,8 +137,9 @@ def serve(store, replication, request):
 
 
 class CopyApplier:
-    """Applies a copy's pieces to a ShardStore: `apply_write(method, request bytes)` applies a
-    DeclareVariables or InitializeVariables as the servicer does. Counts the table rows."""
+    """Applies a copy's pieces to a ShardStore: `apply_write(method, request)` (its bytes, or
+    the message parsed) applies a DeclareVariables or InitializeVariables as the servicer
+    does. Counts the table rows."""
 
     def __init__(self, store, apply_write):
         self.store = store
@@ -151,13 +152,14 @@ class CopyApplier:
         if piece.method:
             if piece.method not in ("DeclareVariables", "InitializeVariables"):
                 raise ValueError(f"a shard copy holds no {piece.method} writes")
-            if piece.method == "InitializeVariables":
+            request = piece.request
+            if piece.method == "InitializeVariables":  # parsed once: counted, then applied
                 request = pb.InitializeVariablesRequest.FromString(piece.request)
                 for rows in request.table_rows:
                     for field in rows.fields:
                         if field.name == "keys":
                             self.rows += int(np.prod(field.tensor.shape) or 0)
-            self._apply_write(piece.method, piece.request)
+            self._apply_write(piece.method, request)
             return None
         if piece.HasField("removed"):
             self.store.tables.remove_keys(piece.removed.table,
